@@ -1,0 +1,325 @@
+//! The public error type.
+//!
+//! Every layer has its own small error (`format::DecodeError` for bytes); they are
+//! converted into [`Error`] at the boundary of the engine. Callers branch on
+//! [`Error::kind`], never on message text.
+
+use std::path::PathBuf;
+
+use crate::event::{Epoch, Offset, PartitionId, ProducerId};
+use crate::format::DecodeError;
+
+/// A result with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error other than a full disk.
+    #[error("I/O during {op} on {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk (or quota) is full. Nothing of the failed append was kept; appends
+    /// work again once space is freed.
+    #[error("disk full during {op} on {path}")]
+    DiskFull { op: &'static str, path: PathBuf },
+    /// Bytes on disk fail a check. Nothing from the damaged place is served.
+    #[error("corruption in {path} at position {position}: {reason}")]
+    Corruption {
+        path: PathBuf,
+        position: u64,
+        reason: DecodeError,
+    },
+    /// A file is well-formed but disagrees with the rest of the data directory.
+    #[error("inconsistent data in {path}: {reason}")]
+    Inconsistent { path: PathBuf, reason: String },
+    /// Options failed validation.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An argument is malformed (bad name, bad UTF-8, empty batch).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An argument exceeds a hard bound.
+    #[error("{what} is {value}, above the limit of {max}")]
+    LimitExceeded {
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
+    /// No topic of that name exists.
+    #[error("topic {0:?} not found")]
+    TopicNotFound(String),
+    /// A topic of that name exists already (with other settings, for `create`).
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// The key's last sequence is not what the append expected. Nothing was written.
+    #[error("wrong expected sequence for key: expected {expected}, actual {}", display_sequence(*actual))]
+    WrongExpectedSequence {
+        expected: crate::event::ExpectedSequence,
+        /// The key's last sequence, `None` when the key has no events.
+        actual: Option<u64>,
+    },
+    /// Some but not all events of an append carry idempotency ids already seen.
+    /// Nothing was written.
+    #[error("{duplicates} of {events} events are duplicates of earlier events; nothing was written")]
+    PartialDuplicate { duplicates: usize, events: usize },
+    /// An append carried the same idempotency id twice.
+    #[error("idempotency id repeated within one append (events {first} and {second})")]
+    RepeatedIdempotencyId { first: usize, second: usize },
+    /// The producer was opened again with a newer epoch.
+    #[error("producer {producer} fenced: epoch {epoch} < current {current}")]
+    ProducerFenced {
+        producer: ProducerId,
+        epoch: Epoch,
+        current: Epoch,
+    },
+    /// The producer id is not registered in the topic, or its epoch is in the future.
+    #[error("unknown producer {producer} epoch {epoch}")]
+    UnknownProducer { producer: ProducerId, epoch: Epoch },
+    /// The producer's sequence is not the next one for that partition.
+    #[error(
+        "out-of-order sequence for producer {producer} in partition {partition}: expected {expected}, got {got}"
+    )]
+    ProducerOutOfOrder {
+        producer: ProducerId,
+        partition: PartitionId,
+        expected: u64,
+        got: u64,
+    },
+    /// A read asked for an offset outside the partition's retained range.
+    #[error("offset {requested} out of range [{earliest}, {high_watermark})")]
+    OffsetOutOfRange {
+        requested: Offset,
+        earliest: Offset,
+        high_watermark: Offset,
+    },
+    /// No cursor of that name exists in the topic.
+    #[error("cursor {0:?} not found")]
+    CursorNotFound(String),
+    /// A cursor commit would move backwards without being asked to.
+    #[error("cursor commit would move partition {partition} back from {committed} to {requested}")]
+    CursorBackwards {
+        partition: PartitionId,
+        committed: Offset,
+        requested: Offset,
+    },
+    /// A cursor commit is past the partition's high watermark.
+    #[error("cursor commit {requested} is past the high watermark {high_watermark} of partition {partition}")]
+    CursorAheadOfHighWatermark {
+        partition: PartitionId,
+        requested: Offset,
+        high_watermark: Offset,
+    },
+    /// An earlier fsync failed; the partition refuses writes until reopened.
+    #[error("partition {partition} is poisoned after a failed fsync; reopen to recover")]
+    Poisoned { partition: PartitionId },
+    /// Another process holds the data directory.
+    #[error("data directory {path} is locked by another process")]
+    Locked { path: PathBuf },
+    /// The log or topic was closed.
+    #[error("closed")]
+    Closed,
+}
+
+fn display_sequence(sequence: Option<u64>) -> String {
+    match sequence {
+        Some(sequence) => sequence.to_string(),
+        None => "no events".to_string(),
+    }
+}
+
+/// A coarse classification of [`Error`], stable for callers to branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    Io,
+    DiskFull,
+    Corruption,
+    Inconsistent,
+    Config,
+    InvalidArgument,
+    LimitExceeded,
+    TopicNotFound,
+    TopicExists,
+    WrongExpectedSequence,
+    PartialDuplicate,
+    RepeatedIdempotencyId,
+    ProducerFenced,
+    UnknownProducer,
+    ProducerOutOfOrder,
+    OffsetOutOfRange,
+    CursorNotFound,
+    CursorBackwards,
+    CursorAheadOfHighWatermark,
+    Poisoned,
+    Locked,
+    Closed,
+}
+
+impl Error {
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::DiskFull { .. } => ErrorKind::DiskFull,
+            Error::Corruption { .. } => ErrorKind::Corruption,
+            Error::Inconsistent { .. } => ErrorKind::Inconsistent,
+            Error::Config(_) => ErrorKind::Config,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::LimitExceeded { .. } => ErrorKind::LimitExceeded,
+            Error::TopicNotFound(_) => ErrorKind::TopicNotFound,
+            Error::TopicExists(_) => ErrorKind::TopicExists,
+            Error::WrongExpectedSequence { .. } => ErrorKind::WrongExpectedSequence,
+            Error::PartialDuplicate { .. } => ErrorKind::PartialDuplicate,
+            Error::RepeatedIdempotencyId { .. } => ErrorKind::RepeatedIdempotencyId,
+            Error::ProducerFenced { .. } => ErrorKind::ProducerFenced,
+            Error::UnknownProducer { .. } => ErrorKind::UnknownProducer,
+            Error::ProducerOutOfOrder { .. } => ErrorKind::ProducerOutOfOrder,
+            Error::OffsetOutOfRange { .. } => ErrorKind::OffsetOutOfRange,
+            Error::CursorNotFound(_) => ErrorKind::CursorNotFound,
+            Error::CursorBackwards { .. } => ErrorKind::CursorBackwards,
+            Error::CursorAheadOfHighWatermark { .. } => ErrorKind::CursorAheadOfHighWatermark,
+            Error::Poisoned { .. } => ErrorKind::Poisoned,
+            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Closed => ErrorKind::Closed,
+        }
+    }
+
+    /// Wraps an I/O error with the operation and path; a full disk becomes
+    /// [`Error::DiskFull`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        let path = path.into();
+        if is_disk_full(&source) {
+            Error::DiskFull { op, path }
+        } else {
+            Error::Io { op, path, source }
+        }
+    }
+
+    /// Wraps a decode failure with the file and byte position.
+    pub(crate) fn corruption(path: impl Into<PathBuf>, position: u64, reason: DecodeError) -> Error {
+        Error::Corruption {
+            path: path.into(),
+            position,
+            reason,
+        }
+    }
+
+    /// A copy for delivering one failure to many waiters. I/O sources are not
+    /// `Clone`; their kind and message are kept.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::DiskFull { op, path } => Error::DiskFull {
+                op,
+                path: path.clone(),
+            },
+            Error::Corruption {
+                path,
+                position,
+                reason,
+            } => Error::Corruption {
+                path: path.clone(),
+                position: *position,
+                reason: *reason,
+            },
+            Error::Inconsistent { path, reason } => Error::Inconsistent {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::Config(message) => Error::Config(message.clone()),
+            Error::InvalidArgument(message) => Error::InvalidArgument(message.clone()),
+            Error::LimitExceeded { what, value, max } => Error::LimitExceeded {
+                what,
+                value: *value,
+                max: *max,
+            },
+            Error::TopicNotFound(name) => Error::TopicNotFound(name.clone()),
+            Error::TopicExists(name) => Error::TopicExists(name.clone()),
+            Error::WrongExpectedSequence { expected, actual } => Error::WrongExpectedSequence {
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::PartialDuplicate { duplicates, events } => Error::PartialDuplicate {
+                duplicates: *duplicates,
+                events: *events,
+            },
+            Error::RepeatedIdempotencyId { first, second } => Error::RepeatedIdempotencyId {
+                first: *first,
+                second: *second,
+            },
+            Error::ProducerFenced {
+                producer,
+                epoch,
+                current,
+            } => Error::ProducerFenced {
+                producer: *producer,
+                epoch: *epoch,
+                current: *current,
+            },
+            Error::UnknownProducer { producer, epoch } => Error::UnknownProducer {
+                producer: *producer,
+                epoch: *epoch,
+            },
+            Error::ProducerOutOfOrder {
+                producer,
+                partition,
+                expected,
+                got,
+            } => Error::ProducerOutOfOrder {
+                producer: *producer,
+                partition: *partition,
+                expected: *expected,
+                got: *got,
+            },
+            Error::OffsetOutOfRange {
+                requested,
+                earliest,
+                high_watermark,
+            } => Error::OffsetOutOfRange {
+                requested: *requested,
+                earliest: *earliest,
+                high_watermark: *high_watermark,
+            },
+            Error::CursorNotFound(name) => Error::CursorNotFound(name.clone()),
+            Error::CursorBackwards {
+                partition,
+                committed,
+                requested,
+            } => Error::CursorBackwards {
+                partition: *partition,
+                committed: *committed,
+                requested: *requested,
+            },
+            Error::CursorAheadOfHighWatermark {
+                partition,
+                requested,
+                high_watermark,
+            } => Error::CursorAheadOfHighWatermark {
+                partition: *partition,
+                requested: *requested,
+                high_watermark: *high_watermark,
+            },
+            Error::Poisoned { partition } => Error::Poisoned {
+                partition: *partition,
+            },
+            Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::Closed => Error::Closed,
+        }
+    }
+}
+
+/// Whether an I/O error means the disk or quota is full.
+pub(crate) fn is_disk_full(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || error.kind() == std::io::ErrorKind::StorageFull
+}

@@ -1,0 +1,365 @@
+//! The record frame: one event as stored in a segment. See FORMAT.md.
+//!
+//! | off | size | type | field               | meaning                                   |
+//! |-----|------|------|---------------------|-------------------------------------------|
+//! | 0   | 4    | u32  | frame_len           | bytes after this field                    |
+//! | 4   | 4    | u32  | crc                 | CRC-32C of bytes [8, 4 + frame_len)       |
+//! | 8   | 8    | u64  | offset              | the record's offset in its partition      |
+//! | 16  | 8    | i64  | timestamp_ms        | append time, Unix ms, never decreasing    |
+//! | 24  | 8    | u64  | sequence            | the event's sequence within its key       |
+//! | 32  | 8    | u64  | key_previous_offset | offset of the key's previous event, or MAX|
+//! | 40  | 8    | u64  | producer_id         | 0 = no producer stamp                     |
+//! | 48  | 8    | u64  | producer_sequence   | the stamp's sequence                      |
+//! | 56  | 4    | u32  | producer_epoch      | the stamp's epoch                         |
+//! | 60  | 2    | u16  | flags               | bit 0: last event of its append call      |
+//! | 62  | 2    | u16  | key_len             | 1..=KEY_SIZE_MAX                          |
+//! | 64  | 1    | u8   | type_len            | 1..=255                                   |
+//! | 65  | 1    | u8   | idempotency_id_len  | 0 = none                                  |
+//! | 66  | 2    | u16  | headers_len         | <= HEADERS_SIZE_MAX                       |
+//! | 68  | 4    | u32  | payload_len         | <= PAYLOAD_SIZE_MAX_LIMIT                 |
+//! | 72  | ..   | [u8] | key, type, idempotency_id, headers, payload, in that order   |
+
+use super::{DecodeError, Put, Reader, check_len, crc};
+use crate::event::{Epoch, Offset, ProducerId, ProducerStamp};
+use crate::limits;
+
+/// Length of the fixed part of a frame.
+pub const RECORD_HEADER_LEN: usize = 72;
+/// `key_previous_offset` of a key's first event.
+pub const NO_PREVIOUS: u64 = u64::MAX;
+/// Flag: the record is the last event of its append call. A call is atomic: on
+/// recovery, records after the last such flag are cut.
+pub const FLAG_CALL_END: u16 = 1;
+const FLAGS_KNOWN: u16 = FLAG_CALL_END;
+
+/// The fields of a record, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: Offset,
+    pub timestamp_ms: i64,
+    pub sequence: u64,
+    pub key_previous_offset: u64,
+    pub producer: Option<ProducerStamp>,
+    pub flags: u16,
+    pub key: &'a [u8],
+    pub event_type: &'a str,
+    pub idempotency_id: Option<&'a [u8]>,
+    /// The encoded header block; iterate it with [`headers`].
+    pub headers: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// Whether this record ends its append call.
+    pub fn is_call_end(&self) -> bool {
+        self.flags & FLAG_CALL_END != 0
+    }
+}
+
+/// The encoded size of a frame with these variable parts.
+pub fn frame_size(
+    key_len: usize,
+    type_len: usize,
+    id_len: usize,
+    headers_len: usize,
+    payload_len: usize,
+) -> u64 {
+    (RECORD_HEADER_LEN + key_len + type_len + id_len + headers_len + payload_len) as u64
+}
+
+/// The encoded size of a header block.
+pub fn headers_size(headers: &[(String, Vec<u8>)]) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| 1 + name.len() + 2 + value.len())
+        .sum()
+}
+
+/// Appends one frame to `buf`. The caller has validated every length against
+/// `limits`; a violation is a bug and panics.
+pub fn encode(buf: &mut Vec<u8>, record: &RecordView<'_>, headers: &[(String, Vec<u8>)]) {
+    let headers_len = headers_size(headers);
+    let id = record.idempotency_id.unwrap_or(&[]);
+    assert!(!record.key.is_empty() && record.key.len() <= limits::KEY_SIZE_MAX);
+    assert!(!record.event_type.is_empty() && record.event_type.len() <= limits::EVENT_TYPE_SIZE_MAX);
+    assert!(id.len() <= limits::IDEMPOTENCY_ID_SIZE_MAX);
+    assert!(headers_len <= limits::HEADERS_SIZE_MAX);
+    assert!(record.payload.len() as u64 <= limits::PAYLOAD_SIZE_MAX_LIMIT as u64);
+    let size = frame_size(
+        record.key.len(),
+        record.event_type.len(),
+        id.len(),
+        headers_len,
+        record.payload.len(),
+    );
+    let start = buf.len();
+    buf.reserve(size as usize);
+    buf.put_u32((size - 4) as u32);
+    buf.put_u32(0); // The CRC, filled in below.
+    buf.put_u64(record.offset.0);
+    buf.put_i64(record.timestamp_ms);
+    buf.put_u64(record.sequence);
+    buf.put_u64(record.key_previous_offset);
+    let stamp = record.producer.unwrap_or(ProducerStamp {
+        producer: ProducerId(0),
+        epoch: Epoch(0),
+        sequence: 0,
+    });
+    buf.put_u64(stamp.producer.0);
+    buf.put_u64(stamp.sequence);
+    buf.put_u32(stamp.epoch.0);
+    buf.put_u16(record.flags);
+    buf.put_u16(record.key.len() as u16);
+    buf.put_u8(record.event_type.len() as u8);
+    buf.put_u8(id.len() as u8);
+    buf.put_u16(headers_len as u16);
+    buf.put_u32(record.payload.len() as u32);
+    buf.extend_from_slice(record.key);
+    buf.extend_from_slice(record.event_type.as_bytes());
+    buf.extend_from_slice(id);
+    for (name, value) in headers {
+        buf.put_u8(name.len() as u8);
+        buf.extend_from_slice(name.as_bytes());
+        buf.put_bytes16(value);
+    }
+    buf.extend_from_slice(record.payload);
+    debug_assert_eq!((buf.len() - start) as u64, size);
+    let checksum = crc(&buf[start + 8..]);
+    buf[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
+    if cfg!(debug_assertions) {
+        let (decoded, decoded_size) = decode(&buf[start..]).expect("a frame just encoded decodes");
+        assert_eq!(decoded_size, size);
+        assert_eq!(decoded.offset, record.offset);
+    }
+}
+
+/// Reads only a frame's length and offset, without checking its CRC: enough to
+/// skip forward to a wanted offset. Returns (frame size, offset).
+pub fn peek(bytes: &[u8]) -> Result<(u64, Offset), DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let frame_len = reader.u32()? as u64;
+    check_frame_len(frame_len)?;
+    let _crc = reader.u32()?;
+    let offset = reader.u64()?;
+    Ok((frame_len + 4, Offset(offset)))
+}
+
+fn check_frame_len(frame_len: u64) -> Result<(), DecodeError> {
+    if frame_len < (RECORD_HEADER_LEN - 4) as u64 {
+        return Err(DecodeError::LengthOutOfBounds {
+            len: frame_len,
+            max: limits::RECORD_FRAME_SIZE_MAX - 4,
+        });
+    }
+    check_len(frame_len, limits::RECORD_FRAME_SIZE_MAX - 4)
+}
+
+/// Decodes and checks the frame at the start of `bytes`. Returns the record and
+/// the frame's size.
+pub fn decode(bytes: &[u8]) -> Result<(RecordView<'_>, u64), DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let frame_len = reader.u32()? as u64;
+    check_frame_len(frame_len)?;
+    let stored_crc = reader.u32()?;
+    if (reader.remaining() as u64) < frame_len - 4 {
+        return Err(DecodeError::Truncated {
+            needed: frame_len + 4,
+            available: bytes.len() as u64,
+        });
+    }
+    let body = &bytes[8..4 + frame_len as usize];
+    let computed = crc(body);
+    if computed != stored_crc {
+        return Err(DecodeError::CrcMismatch {
+            expected: stored_crc,
+            actual: computed,
+        });
+    }
+    let mut reader = Reader::new(body);
+    let offset = Offset(reader.u64()?);
+    let timestamp_ms = reader.i64()?;
+    let sequence = reader.u64()?;
+    let key_previous_offset = reader.u64()?;
+    let producer_id = reader.u64()?;
+    let producer_sequence = reader.u64()?;
+    let producer_epoch = reader.u32()?;
+    let flags = reader.u16()?;
+    let key_len = reader.u16()? as usize;
+    let type_len = reader.u8()? as usize;
+    let id_len = reader.u8()? as usize;
+    let headers_len = reader.u16()? as usize;
+    let payload_len = reader.u32()? as usize;
+    if flags & !FLAGS_KNOWN != 0 {
+        return Err(DecodeError::Invalid("unknown record flags"));
+    }
+    if key_len == 0 || type_len == 0 {
+        return Err(DecodeError::Invalid("empty key or event type"));
+    }
+    check_len(key_len as u64, limits::KEY_SIZE_MAX as u64)?;
+    check_len(headers_len as u64, limits::HEADERS_SIZE_MAX as u64)?;
+    check_len(payload_len as u64, limits::PAYLOAD_SIZE_MAX_LIMIT as u64)?;
+    let variable = key_len + type_len + id_len + headers_len + payload_len;
+    if variable != reader.remaining() {
+        return Err(DecodeError::Invalid("field lengths disagree with frame length"));
+    }
+    let key = reader.bytes(key_len)?;
+    let event_type = std::str::from_utf8(reader.bytes(type_len)?)
+        .map_err(|_| DecodeError::Invalid("event type is not UTF-8"))?;
+    let id = reader.bytes(id_len)?;
+    let headers = reader.bytes(headers_len)?;
+    let payload = reader.bytes(payload_len)?;
+    validate_headers(headers)?;
+    let producer = (producer_id != 0).then_some(ProducerStamp {
+        producer: ProducerId(producer_id),
+        epoch: Epoch(producer_epoch),
+        sequence: producer_sequence,
+    });
+    Ok((
+        RecordView {
+            offset,
+            timestamp_ms,
+            sequence,
+            key_previous_offset,
+            producer,
+            flags,
+            key,
+            event_type,
+            idempotency_id: (id_len > 0).then_some(id),
+            headers,
+            payload,
+        },
+        frame_len + 4,
+    ))
+}
+
+fn validate_headers(block: &[u8]) -> Result<(), DecodeError> {
+    let mut count = 0;
+    for header in headers(block) {
+        header?;
+        count += 1;
+        if count > limits::HEADERS_COUNT_MAX {
+            return Err(DecodeError::LengthOutOfBounds {
+                len: count as u64,
+                max: limits::HEADERS_COUNT_MAX as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Iterates an encoded header block as (name, value) pairs.
+pub fn headers(block: &[u8]) -> impl Iterator<Item = Result<(&str, &[u8]), DecodeError>> {
+    let mut reader = Reader::new(block);
+    std::iter::from_fn(move || {
+        if reader.remaining() == 0 {
+            return None;
+        }
+        let mut next = || -> Result<(&str, &[u8]), DecodeError> {
+            let name_len = reader.u8()? as usize;
+            let name = std::str::from_utf8(reader.bytes(name_len)?)
+                .map_err(|_| DecodeError::Invalid("header name is not UTF-8"))?;
+            let value = reader.bytes16(limits::HEADERS_SIZE_MAX)?;
+            Ok((name, value))
+        };
+        let result = next();
+        if result.is_err() {
+            // Stop after the first error.
+            reader = Reader::new(&[]);
+        }
+        Some(result)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample<'a>(key: &'a [u8], payload: &'a [u8], id: Option<&'a [u8]>) -> RecordView<'a> {
+        RecordView {
+            offset: Offset(7),
+            timestamp_ms: 1_700_000_000_000,
+            sequence: 3,
+            key_previous_offset: 5,
+            producer: Some(ProducerStamp {
+                producer: ProducerId(9),
+                epoch: Epoch(2),
+                sequence: 11,
+            }),
+            flags: FLAG_CALL_END,
+            key,
+            event_type: "payment_failed",
+            idempotency_id: id,
+            headers: &[],
+            payload,
+        }
+    }
+
+    #[test]
+    fn record_detects_every_flipped_bit() {
+        // Goal: a single flipped bit anywhere in a frame never decodes to a record.
+        let mut buf = Vec::new();
+        let headers = vec![("trace".to_string(), b"abc".to_vec())];
+        encode(
+            &mut buf,
+            &sample(b"invoice-42", b"payload", Some(b"id-1")),
+            &headers,
+        );
+        for bit in 0..buf.len() * 8 {
+            let mut damaged = buf.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(&damaged).is_err(), "bit {bit} of {} undetected", buf.len());
+        }
+    }
+
+    #[test]
+    fn record_rejects_every_truncation() {
+        let mut buf = Vec::new();
+        encode(&mut buf, &sample(b"k", b"some payload", None), &[]);
+        for cut in 0..buf.len() {
+            assert!(decode(&buf[..cut]).is_err(), "cut at {cut} decoded");
+        }
+        assert!(decode(&buf).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn record_roundtrips(
+            key in proptest::collection::vec(any::<u8>(), 1..64),
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+            id in proptest::option::of(proptest::collection::vec(any::<u8>(), 1..32)),
+            header_values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..16), 0..4),
+            offset in any::<u64>(),
+            timestamp in any::<i64>(),
+        ) {
+            let headers: Vec<(String, Vec<u8>)> = header_values
+                .into_iter()
+                .enumerate()
+                .map(|(index, value)| (format!("h{index}"), value))
+                .collect();
+            let mut record = sample(&key, &payload, id.as_deref());
+            record.offset = Offset(offset);
+            record.timestamp_ms = timestamp;
+            let mut buf = vec![0xAA];
+            encode(&mut buf, &record, &headers);
+            let (decoded, size) = decode(&buf[1..]).expect("decodes");
+            prop_assert_eq!(size as usize, buf.len() - 1);
+            prop_assert_eq!(decoded.key, &key[..]);
+            prop_assert_eq!(decoded.payload, &payload[..]);
+            prop_assert_eq!(decoded.idempotency_id, id.as_deref());
+            prop_assert_eq!(decoded.offset, Offset(offset));
+            prop_assert_eq!(decoded.timestamp_ms, timestamp);
+            let decoded_headers: Vec<(String, Vec<u8>)> = super::headers(decoded.headers)
+                .map(|header| header.map(|(name, value)| (name.to_string(), value.to_vec())))
+                .collect::<Result<_, _>>()
+                .expect("headers decode");
+            prop_assert_eq!(decoded_headers, headers);
+        }
+
+        #[test]
+        fn record_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+            let _ = peek(&bytes);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The only code that touches files.
+//!
+//! The engine reaches the file system through the [`Storage`] and [`StorageFile`]
+//! traits so that tests can inject failures ([`FaultyStorage`]): failed writes,
+//! short writes, a full disk, failed syncs, and crashes that lose unsynced bytes.
+//! All `unsafe` (the read-only memory maps) lives in `mmap.rs`.
+//!
+//! Invariant: writes go through `write_at` (pwrite) and `sync_data` (fdatasync),
+//! never through a writable mapping.
+
+mod faulty;
+mod mmap;
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use faulty::{Fault, FaultyStorage};
+pub use mmap::Map;
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only; the file must exist.
+    Read,
+    /// Read and write; the file must exist.
+    ReadWrite,
+    /// Read and write; the file must not exist yet.
+    CreateNew,
+    /// Read and write; created or emptied.
+    CreateTruncate,
+}
+
+/// A file system.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Opens a file.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file atomically.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything below it.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Makes a directory's entries (created, renamed, removed files) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// The names of a directory's entries, sorted.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Whether a path exists.
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// An open file.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// Reads exactly `buf.len()` bytes at `position`.
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `position`.
+    fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// fdatasync.
+    fn sync_data(&self) -> io::Result<()>;
+    /// The file's length.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves disk blocks up to `len` bytes (the file's length becomes `len`).
+    fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Maps `len` bytes read-only. The mapping may be longer than the file; only
+    /// bytes below the file's length may be read.
+    fn map(&self, len: u64) -> io::Result<Map>;
+    /// Takes an exclusive advisory lock; `false` when another process holds it.
+    fn try_lock(&self) -> io::Result<bool>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdStorage;
+
+impl Storage for StdStorage {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        match mode {
+            OpenMode::Read => {}
+            OpenMode::ReadWrite => {
+                options.write(true);
+            }
+            OpenMode::CreateNew => {
+                options.write(true).create_new(true);
+            }
+            OpenMode::CreateTruncate => {
+                options.write(true).create(true).truncate(true);
+            }
+        }
+        Ok(Arc::new(StdFile {
+            file: options.open(path)?,
+        }))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+#[derive(Debug)]
+struct StdFile {
+    file: File,
+}
+
+impl StorageFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, position)
+    }
+
+    fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, position)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        mmap::allocate(&self.file, len)
+    }
+
+    fn map(&self, len: u64) -> io::Result<Map> {
+        Map::new(&self.file, len)
+    }
+
+    fn try_lock(&self) -> io::Result<bool> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(error)) => Err(error),
+        }
+    }
+}
+
+/// Writes a whole small file atomically: a temporary file, fdatasync, rename over
+/// the target, then fsync of the directory.
+pub fn write_file_atomic(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let file = storage.open(&temporary, OpenMode::CreateTruncate)?;
+    file.write_at(bytes, 0)?;
+    file.sync_data()?;
+    drop(file);
+    storage.rename(&temporary, path)?;
+    let directory = path.parent().unwrap_or_else(|| Path::new("."));
+    storage.sync_dir(directory)
+}
+
+/// Reads a whole file, refusing files longer than `size_max`.
+pub fn read_file(storage: &dyn Storage, path: &Path, size_max: u64) -> io::Result<Vec<u8>> {
+    let file = storage.open(path, OpenMode::Read)?;
+    let len = file.len()?;
+    if len > size_max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {len} bytes, above the limit of {size_max}"),
+        ));
+    }
+    let mut bytes = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+    file.read_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
