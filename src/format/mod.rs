@@ -4,6 +4,7 @@
 //! panics on any input, so each can be fuzzed alone. FORMAT.md is the spec.
 //! All integers are little-endian; every checksum is CRC-32C (Castagnoli).
 
+pub mod checkpoint;
 pub mod envelope;
 pub mod index;
 pub mod record;

@@ -1,0 +1,200 @@
+//! The partition checkpoint (`checkpoint`), in an envelope (`STELECKP`): the
+//! derived state of a partition (key states, producer states) as of an offset, so
+//! that reopening replays only the log after it. See FORMAT.md.
+//!
+//! Body, version 1: `u32 partition`, `u64 next_offset` (the checkpoint covers
+//! records below it), `u64 floor_base_offset` and `u64 floor_position` (the segment
+//! and byte position up to which the log was synced when the checkpoint was
+//! written), `i64 last_timestamp_ms`, `u64 keys_count` then per key
+//! `u64 hash, u64 last_sequence, u64 last_offset`; `u32 collided_count` then per key
+//! `u16 key_len, key, u64 last_sequence, u64 last_offset`; `u32 producers_count`
+//! then per producer `u64 id, u32 epoch, u64 last_sequence, i64 last_timestamp_ms,
+//! u8 recent_count` and per recent append `u64 sequence, u64 first_offset,
+//! u64 first_sequence, u64 last_sequence, i64 timestamp_ms`.
+
+use super::{DecodeError, Put, Reader, check_len, envelope};
+use crate::event::{Epoch, Offset, PartitionId, ProducerId};
+use crate::limits;
+
+pub const CHECKPOINT_MAGIC: &[u8; 8] = b"STELECKP";
+pub const CHECKPOINT_VERSION: u16 = 1;
+pub const CHECKPOINT_VERSIONS_SUPPORTED: &[u16] = &[1];
+
+/// One of a producer's recent appends in a partition, kept to answer retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentAppend {
+    pub sequence: u64,
+    pub first_offset: Offset,
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    pub timestamp_ms: i64,
+}
+
+/// A producer's state in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerSnapshot {
+    pub id: ProducerId,
+    pub epoch: Epoch,
+    pub last_sequence: u64,
+    pub last_timestamp_ms: i64,
+    /// Oldest first, at most `PRODUCER_RECENT_APPENDS_COUNT`.
+    pub recent: Vec<RecentAppend>,
+}
+
+/// A decoded checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    pub partition: PartitionId,
+    pub next_offset: Offset,
+    pub floor_base_offset: Offset,
+    pub floor_position: u64,
+    pub last_timestamp_ms: i64,
+    /// (hash, last_sequence, last_offset).
+    pub keys: Vec<(u64, u64, Offset)>,
+    /// (key, last_sequence, last_offset) of keys whose hash is taken.
+    pub collided: Vec<(Vec<u8>, u64, Offset)>,
+    pub producers: Vec<ProducerSnapshot>,
+}
+
+/// Encodes a checkpoint file.
+pub fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64 + checkpoint.keys.len() * 24);
+    body.put_u32(checkpoint.partition.0);
+    body.put_u64(checkpoint.next_offset.0);
+    body.put_u64(checkpoint.floor_base_offset.0);
+    body.put_u64(checkpoint.floor_position);
+    body.put_i64(checkpoint.last_timestamp_ms);
+    body.put_u64(checkpoint.keys.len() as u64);
+    for (hash, sequence, offset) in &checkpoint.keys {
+        body.put_u64(*hash);
+        body.put_u64(*sequence);
+        body.put_u64(offset.0);
+    }
+    body.put_u32(u32::try_from(checkpoint.collided.len()).expect("collided keys fit in u32"));
+    for (key, sequence, offset) in &checkpoint.collided {
+        body.put_bytes16(key);
+        body.put_u64(*sequence);
+        body.put_u64(offset.0);
+    }
+    body.put_u32(u32::try_from(checkpoint.producers.len()).expect("producers are bounded"));
+    for producer in &checkpoint.producers {
+        body.put_u64(producer.id.0);
+        body.put_u32(producer.epoch.0);
+        body.put_u64(producer.last_sequence);
+        body.put_i64(producer.last_timestamp_ms);
+        body.put_u8(u8::try_from(producer.recent.len()).expect("recent appends are bounded"));
+        for recent in &producer.recent {
+            body.put_u64(recent.sequence);
+            body.put_u64(recent.first_offset.0);
+            body.put_u64(recent.first_sequence);
+            body.put_u64(recent.last_sequence);
+            body.put_i64(recent.timestamp_ms);
+        }
+    }
+    envelope::encode(CHECKPOINT_MAGIC, CHECKPOINT_VERSION, &body)
+}
+
+/// Decodes and checks a checkpoint file.
+pub fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
+    let (_, body) = envelope::decode(
+        bytes,
+        CHECKPOINT_MAGIC,
+        CHECKPOINT_VERSIONS_SUPPORTED,
+        limits::CHECKPOINT_SIZE_BYTES_MAX,
+    )?;
+    let mut reader = Reader::new(body);
+    let mut checkpoint = Checkpoint {
+        partition: PartitionId(reader.u32()?),
+        next_offset: Offset(reader.u64()?),
+        floor_base_offset: Offset(reader.u64()?),
+        floor_position: reader.u64()?,
+        last_timestamp_ms: reader.i64()?,
+        ..Checkpoint::default()
+    };
+    let keys_count = reader.u64()?;
+    check_len(keys_count.saturating_mul(24), reader.remaining() as u64)?;
+    checkpoint.keys.reserve(keys_count as usize);
+    for _ in 0..keys_count {
+        let hash = reader.u64()?;
+        let sequence = reader.u64()?;
+        let offset = Offset(reader.u64()?);
+        checkpoint.keys.push((hash, sequence, offset));
+    }
+    let collided_count = reader.u32()? as u64;
+    check_len(collided_count.saturating_mul(18), reader.remaining() as u64)?;
+    for _ in 0..collided_count {
+        let key = reader.bytes16(limits::KEY_SIZE_MAX)?.to_vec();
+        let sequence = reader.u64()?;
+        let offset = Offset(reader.u64()?);
+        checkpoint.collided.push((key, sequence, offset));
+    }
+    let producers_count = reader.u32()? as u64;
+    check_len(producers_count, limits::PARTITION_PRODUCERS_COUNT_MAX as u64)?;
+    for _ in 0..producers_count {
+        let id = ProducerId(reader.u64()?);
+        let epoch = Epoch(reader.u32()?);
+        let last_sequence = reader.u64()?;
+        let last_timestamp_ms = reader.i64()?;
+        let recent_count = reader.u8()? as u64;
+        check_len(recent_count, limits::PRODUCER_RECENT_APPENDS_COUNT as u64)?;
+        let mut recent = Vec::with_capacity(recent_count as usize);
+        for _ in 0..recent_count {
+            recent.push(RecentAppend {
+                sequence: reader.u64()?,
+                first_offset: Offset(reader.u64()?),
+                first_sequence: reader.u64()?,
+                last_sequence: reader.u64()?,
+                timestamp_ms: reader.i64()?,
+            });
+        }
+        checkpoint.producers.push(ProducerSnapshot {
+            id,
+            epoch,
+            last_sequence,
+            last_timestamp_ms,
+            recent,
+        });
+    }
+    if reader.remaining() != 0 {
+        return Err(DecodeError::Invalid("trailing bytes in checkpoint"));
+    }
+    Ok(checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_roundtrips_and_rejects_damage() {
+        let checkpoint = Checkpoint {
+            partition: PartitionId(2),
+            next_offset: Offset(100),
+            floor_base_offset: Offset(50),
+            floor_position: 4000,
+            last_timestamp_ms: 123,
+            keys: vec![(1, 2, Offset(3)), (4, 5, Offset(6))],
+            collided: vec![(b"key".to_vec(), 7, Offset(8))],
+            producers: vec![ProducerSnapshot {
+                id: ProducerId(1),
+                epoch: Epoch(3),
+                last_sequence: 9,
+                last_timestamp_ms: 10,
+                recent: vec![RecentAppend {
+                    sequence: 9,
+                    first_offset: Offset(90),
+                    first_sequence: 0,
+                    last_sequence: 1,
+                    timestamp_ms: 10,
+                }],
+            }],
+        };
+        let bytes = encode(&checkpoint);
+        assert_eq!(decode(&bytes), Ok(checkpoint));
+        for bit in (0..bytes.len() * 8).step_by(7) {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(&damaged).is_err(), "bit {bit} undetected");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! `Log`: a data directory, its lock, and the set of topics.
+//!
+//! Layout: `LOCK`; `topics/{name}/topic.meta`, `producers`, `cursors`, and one
+//! `p{index:05}/` directory per partition. A topic is created under a temporary
+//! name and renamed into place, and deleted by renaming it away first, so that a
+//! crash never leaves a half-created or half-deleted topic visible.
+//!
+//! Invariant: at most one process has a data directory open (an exclusive lock on
+//! `LOCK`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::config::{self, LogOptions, TopicOptions};
+use crate::error::{Error, Result};
+use crate::io::{self, OpenMode, StorageFile};
+use crate::limits;
+use crate::topic::Topic;
+
+const TOPICS_DIR: &str = "topics";
+const TOPIC_META_FILE: &str = "topic.meta";
+
+/// An open data directory.
+pub struct Log {
+    dir: PathBuf,
+    options: LogOptions,
+    _lock: Arc<dyn StorageFile>,
+    topics: RwLock<BTreeMap<String, Topic>>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.dir).finish()
+    }
+}
+
+/// Checks a topic name: 1 to `TOPIC_NAME_SIZE_MAX` bytes of ASCII letters, digits,
+/// `.`, `_` and `-`, not starting with `.`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] saying what is wrong.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > limits::TOPIC_NAME_SIZE_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "topic name must be 1 to {} bytes, got {}",
+            limits::TOPIC_NAME_SIZE_MAX,
+            name.len()
+        )));
+    }
+    if name.starts_with('.') {
+        return Err(Error::InvalidArgument(
+            "topic name must not start with '.'".to_string(),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "topic name {name:?} contains {bad:?}; allowed are ASCII letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+impl Log {
+    /// Opens (creating if needed) a data directory and every topic in it,
+    /// recovering from a crash where needed.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process has it open; [`Error::Corruption`]
+    /// naming file and position when stored bytes fail their checks outside a
+    /// torn tail; I/O errors.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Log> {
+        let dir = dir.as_ref().to_path_buf();
+        let storage_handle = Arc::clone(&options.storage);
+        let storage = &*storage_handle;
+        let topics_dir = dir.join(TOPICS_DIR);
+        storage
+            .create_dir_all(&topics_dir)
+            .map_err(|error| Error::io("create data directory", &topics_dir, error))?;
+        let lock_path = dir.join("LOCK");
+        let lock = storage
+            .open(&lock_path, OpenMode::CreateTruncate)
+            .map_err(|error| Error::io("open lock file", &lock_path, error))?;
+        if !lock
+            .try_lock()
+            .map_err(|error| Error::io("lock data directory", &lock_path, error))?
+        {
+            return Err(Error::Locked { path: dir });
+        }
+        let log = Log {
+            dir,
+            options,
+            _lock: lock,
+            topics: RwLock::new(BTreeMap::new()),
+        };
+        let names = storage
+            .read_dir(&topics_dir)
+            .map_err(|error| Error::io("list topics", &topics_dir, error))?;
+        for name in names {
+            let path = topics_dir.join(&name);
+            if name.starts_with('.') {
+                // A topic half-created or half-deleted when the process stopped.
+                storage
+                    .remove_dir_all(&path)
+                    .map_err(|error| Error::io("remove unfinished topic", &path, error))?;
+                continue;
+            }
+            let meta_path = path.join(TOPIC_META_FILE);
+            let bytes = io::read_file(storage, &meta_path, 4096)
+                .map_err(|error| Error::io("read topic meta", &meta_path, error))?;
+            let (stored_name, topic_options) = config::decode_topic_meta(&bytes)
+                .map_err(|reason| Error::corruption(&meta_path, 0, reason))?;
+            if stored_name != name {
+                return Err(Error::Inconsistent {
+                    path: meta_path,
+                    reason: format!("meta names topic {stored_name:?}"),
+                });
+            }
+            let topic = Topic::open(
+                name.clone(),
+                path,
+                topic_options,
+                Arc::clone(&log.options.storage),
+                Arc::clone(&log.options.clock),
+            )?;
+            log.topics_mut().insert(name, topic);
+        }
+        Ok(log)
+    }
+
+    fn topics_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Topic>> {
+        self.topics
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn topics_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates a topic.
+    ///
+    /// # Errors
+    /// [`Error::TopicExists`] when the name is taken; [`Error::InvalidArgument`]
+    /// for a bad name; [`Error::Config`] for bad options; I/O errors.
+    pub fn create_topic(&self, name: &str, options: TopicOptions) -> Result<Topic> {
+        validate_topic_name(name)?;
+        options.validate()?;
+        let mut topics = self.topics_mut();
+        if topics.contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        if topics.len() >= limits::TOPICS_COUNT_MAX {
+            return Err(Error::LimitExceeded {
+                what: "topics",
+                value: topics.len() as u64 + 1,
+                max: limits::TOPICS_COUNT_MAX as u64,
+            });
+        }
+        let storage = &*self.options.storage;
+        let topics_dir = self.dir.join(TOPICS_DIR);
+        let staging = topics_dir.join(format!(".creating-{name}"));
+        let path = topics_dir.join(name);
+        let io_error = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |error| Error::io(op, path, error)
+        };
+        if storage.exists(&staging) {
+            storage
+                .remove_dir_all(&staging)
+                .map_err(io_error("remove unfinished topic", &staging))?;
+        }
+        storage
+            .create_dir_all(&staging)
+            .map_err(io_error("create topic directory", &staging))?;
+        io::write_file_atomic(
+            storage,
+            &staging.join(TOPIC_META_FILE),
+            &config::encode_topic_meta(name, &options),
+        )
+        .map_err(io_error("write topic meta", &staging))?;
+        storage
+            .rename(&staging, &path)
+            .map_err(io_error("create topic", &path))?;
+        storage
+            .sync_dir(&topics_dir)
+            .map_err(io_error("sync topics", &topics_dir))?;
+        let topic = Topic::open(
+            name.to_string(),
+            path,
+            options,
+            Arc::clone(&self.options.storage),
+            Arc::clone(&self.options.clock),
+        )?;
+        topics.insert(name.to_string(), topic.clone());
+        Ok(topic)
+    }
+
+    /// Returns the topic, creating it with `options` if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::TopicExists`] when it exists with other options; as
+    /// [`Log::create_topic`] otherwise.
+    pub fn ensure_topic(&self, name: &str, options: TopicOptions) -> Result<Topic> {
+        if let Some(topic) = self.topics_read().get(name) {
+            return if *topic.options() == options {
+                Ok(topic.clone())
+            } else {
+                Err(Error::TopicExists(name.to_string()))
+            };
+        }
+        match self.create_topic(name, options.clone()) {
+            Err(Error::TopicExists(_)) => self.ensure_topic(name, options),
+            other => other,
+        }
+    }
+
+    /// An open topic.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`].
+    pub fn topic(&self, name: &str) -> Result<Topic> {
+        self.topics_read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))
+    }
+
+    /// The names of all topics, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        self.topics_read().keys().cloned().collect()
+    }
+
+    /// Deletes a topic and all its data. Handles to it stop accepting appends.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`]; I/O errors.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let topic = self
+            .topics_mut()
+            .remove(name)
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        topic.close()?;
+        let storage = &*self.options.storage;
+        let topics_dir = self.dir.join(TOPICS_DIR);
+        let doomed = topics_dir.join(format!(".deleting-{name}"));
+        storage
+            .rename(topic.dir(), &doomed)
+            .map_err(|error| Error::io("delete topic", topic.dir(), error))?;
+        storage
+            .sync_dir(&topics_dir)
+            .map_err(|error| Error::io("sync topics", &topics_dir, error))?;
+        storage
+            .remove_dir_all(&doomed)
+            .map_err(|error| Error::io("delete topic", &doomed, error))
+    }
+
+    /// Flushes and checkpoints every topic and releases the directory.
+    ///
+    /// # Errors
+    /// The first I/O error met; every topic is closed regardless.
+    pub fn close(self) -> Result<()> {
+        let topics = std::mem::take(&mut *self.topics_mut());
+        let mut first_error = None;
+        for topic in topics.values() {
+            if let Err(error) = topic.close() {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        for topic in self.topics_mut().values() {
+            let _ = topic.close();
+        }
+    }
+}

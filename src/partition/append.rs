@@ -1,0 +1,804 @@
+//! The write path: validation, conditions, encoding into the open group, the
+//! group commit, publication and rollback.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+
+use super::{Completion, Partition, Pending, PendingId, PendingKey, SegmentWrite, State};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::event::{AppendAck, AppendRequest, ExpectedSequence, Offset, ProducerStamp};
+use crate::format::checkpoint::{ProducerSnapshot, RecentAppend};
+use crate::format::index::IndexEntry;
+use crate::format::record::{self, FLAG_CALL_END, NO_PREVIOUS, RecordView};
+use crate::keys::{KeyState, key_hash};
+use crate::limits;
+use crate::segment::Segment;
+
+/// An append request checked against the limits, with its hashes computed.
+pub(crate) struct Prepared {
+    request: AppendRequest,
+    hash: u64,
+    fingerprints: Vec<Option<u64>>,
+    size: u64,
+}
+
+/// Checks every bound of a request; computes hashes outside the lock.
+pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<Prepared> {
+    let limit = |what: &'static str, value: usize, max: usize| -> Result<()> {
+        if value > max {
+            Err(Error::LimitExceeded {
+                what,
+                value: value as u64,
+                max: max as u64,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    if request.key.is_empty() {
+        return Err(Error::InvalidArgument("key is empty".to_string()));
+    }
+    limit("key size", request.key.len(), limits::KEY_SIZE_MAX)?;
+    if request.events.is_empty() {
+        return Err(Error::InvalidArgument("append has no events".to_string()));
+    }
+    limit(
+        "events in one append",
+        request.events.len(),
+        limits::APPEND_EVENTS_COUNT_MAX,
+    )?;
+    let mut size = 0u64;
+    let mut fingerprints = Vec::with_capacity(request.events.len());
+    let mut seen: HashMap<&[u8], usize> = HashMap::new();
+    for (index, event) in request.events.iter().enumerate() {
+        if event.event_type.is_empty() {
+            return Err(Error::InvalidArgument(format!("event {index} has an empty type")));
+        }
+        if event.event_type.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "event {index} type contains control characters"
+            )));
+        }
+        limit(
+            "event type size",
+            event.event_type.len(),
+            limits::EVENT_TYPE_SIZE_MAX,
+        )?;
+        limit("payload size", event.payload.len(), payload_size_max as usize)?;
+        limit("headers count", event.headers.len(), limits::HEADERS_COUNT_MAX)?;
+        for (name, _) in &event.headers {
+            if name.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "event {index} has an empty header name"
+                )));
+            }
+            limit("header name size", name.len(), limits::HEADER_NAME_SIZE_MAX)?;
+        }
+        let headers_size = record::headers_size(&event.headers);
+        limit("headers size", headers_size, limits::HEADERS_SIZE_MAX)?;
+        let id = event.idempotency_id.as_deref();
+        if let Some(id) = id {
+            if id.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "event {index} has an empty idempotency id"
+                )));
+            }
+            limit("idempotency id size", id.len(), limits::IDEMPOTENCY_ID_SIZE_MAX)?;
+            if let Some(first) = seen.insert(id, index) {
+                return Err(Error::RepeatedIdempotencyId { first, second: index });
+            }
+        }
+        fingerprints.push(id.map(key_hash));
+        size += record::frame_size(
+            request.key.len(),
+            event.event_type.len(),
+            id.map_or(0, <[u8]>::len),
+            headers_size,
+            event.payload.len(),
+        );
+    }
+    if size > limits::APPEND_SIZE_BYTES_MAX {
+        return Err(Error::LimitExceeded {
+            what: "append size",
+            value: size,
+            max: limits::APPEND_SIZE_BYTES_MAX,
+        });
+    }
+    let hash = key_hash(&request.key);
+    Ok(Prepared {
+        request,
+        hash,
+        fingerprints,
+        size,
+    })
+}
+
+/// What the conditions say about an append.
+enum Decision {
+    /// Write it.
+    Write { key: Option<KeyState>, owns_hash: bool },
+    /// A retry of an append already stored: answer with the original.
+    Duplicate { ack: AppendAck, published: bool },
+}
+
+impl Partition {
+    /// Appends, calling `completion` once with the outcome: at once for a rejected
+    /// or already-published duplicate append, else when the group is acknowledged.
+    pub(crate) fn submit(&self, request: AppendRequest, completion: Completion) {
+        let prepared = match prepare(request, self.context.options.payload_size_max) {
+            Ok(prepared) => prepared,
+            Err(error) => return completion(Err(error)),
+        };
+        let mut state = self.lock();
+        // Back-pressure: wait for the worker to take the open group.
+        while (state.open.completions.len() >= limits::PENDING_APPENDS_COUNT_MAX
+            || state.open.bytes >= limits::PENDING_SIZE_BYTES_MAX)
+            && !self.is_poisoned()
+            && !self.is_closing()
+        {
+            state = self
+                .room
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if self.is_poisoned() {
+            drop(state);
+            return completion(Err(Error::Poisoned { partition: self.id }));
+        }
+        if self.is_closing() {
+            drop(state);
+            return completion(Err(Error::Closed));
+        }
+        match self.decide(&mut state, &prepared) {
+            Err(error) => {
+                drop(state);
+                completion(Err(error));
+            }
+            Ok(Decision::Duplicate { ack, published: true }) => {
+                drop(state);
+                completion(Ok(ack));
+            }
+            Ok(Decision::Duplicate {
+                ack,
+                published: false,
+            }) => {
+                state.open.completions.push((completion, Ok(ack)));
+                self.after_encode(state);
+            }
+            Ok(Decision::Write { key, owns_hash }) => {
+                if let Err(error) = self.encode(&mut state, prepared, key, owns_hash, completion) {
+                    // Encoding fails only when rolling a segment fails; the
+                    // completion was already called by `encode`.
+                    let _ = error;
+                }
+                self.after_encode(state);
+            }
+        }
+    }
+
+    /// After an append joined the open group: hand it to the worker, or write and
+    /// publish it inline.
+    fn after_encode(&self, mut state: MutexGuard<'_, State>) {
+        match self.context.options.durability {
+            Durability::Always => {
+                self.work.notify_one();
+            }
+            Durability::Interval { .. } | Durability::None => {
+                if state.flushing.is_some() {
+                    // The worker is publishing a group; it takes this one next.
+                    self.work.notify_one();
+                    return;
+                }
+                let completions = self.flush_inline(&mut state);
+                drop(state);
+                self.tail.notify();
+                run(completions);
+            }
+        }
+    }
+
+    /// The current state of a key as the writer sees it: open overlay, flushing
+    /// overlay, then published state confirmed against the log.
+    fn key_state(&self, state: &State, key: &[u8], hash: u64) -> Result<(Option<KeyState>, bool)> {
+        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
+            if let Some(pending) = group.keys.get(key) {
+                return Ok((Some(pending.state), pending.owns_hash));
+            }
+        }
+        let found = state.keys.get(key, hash, |offset| self.is_key_at(key, offset))?;
+        let owns_hash = match found {
+            Some(_) => !state.keys.is_collided(key),
+            None => !state.keys.contains_hash(hash),
+        };
+        Ok((found, owns_hash))
+    }
+
+    /// Whether the published record at `offset` has `key`.
+    fn is_key_at(&self, key: &[u8], offset: Offset) -> Result<bool> {
+        match self.with_record(offset, |view| view.key == key) {
+            Ok(matches) => Ok(matches),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn decide(&self, state: &mut State, prepared: &Prepared) -> Result<Decision> {
+        let request = &prepared.request;
+        let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
+        if let Some(stamp) = request.producer {
+            if let Some(decision) = self.check_producer(state, stamp)? {
+                return Ok(decision);
+            }
+        }
+        if let Some(decision) = self.check_ids(state, prepared, now)? {
+            return Ok(decision);
+        }
+        let (key, owns_hash) = self.key_state(state, &request.key, prepared.hash)?;
+        let actual = key.map(|key| key.last_sequence);
+        let matches = match request.expected {
+            ExpectedSequence::Any => true,
+            ExpectedSequence::NoEvents => actual.is_none(),
+            ExpectedSequence::Exact(expected) => actual == Some(expected),
+        };
+        if !matches {
+            return Err(Error::WrongExpectedSequence {
+                expected: request.expected,
+                actual,
+            });
+        }
+        Ok(Decision::Write { key, owns_hash })
+    }
+
+    fn producer_state<'a>(&self, state: &'a State, stamp: &ProducerStamp) -> Option<&'a ProducerSnapshot> {
+        state
+            .open
+            .producers
+            .get(&stamp.producer)
+            .or_else(|| {
+                state
+                    .flushing
+                    .as_ref()
+                    .and_then(|group| group.producers.get(&stamp.producer))
+            })
+            .or_else(|| state.producers.get(&stamp.producer))
+    }
+
+    fn check_producer(&self, state: &State, stamp: ProducerStamp) -> Result<Option<Decision>> {
+        let current = (self.context.epoch_of)(stamp.producer).ok_or(Error::UnknownProducer {
+            producer: stamp.producer,
+            epoch: stamp.epoch,
+        })?;
+        if stamp.epoch < current {
+            return Err(Error::ProducerFenced {
+                producer: stamp.producer,
+                epoch: stamp.epoch,
+                current,
+            });
+        }
+        if stamp.epoch > current {
+            return Err(Error::UnknownProducer {
+                producer: stamp.producer,
+                epoch: stamp.epoch,
+            });
+        }
+        let Some(producer) = self.producer_state(state, &stamp) else {
+            // Unknown here (new, or expired after idleness): any sequence starts it.
+            return Ok(None);
+        };
+        if producer.epoch < stamp.epoch {
+            // A new epoch restarts the sequence at 0.
+            return if stamp.sequence == 0 {
+                Ok(None)
+            } else {
+                Err(self.out_of_order(stamp, 0))
+            };
+        }
+        if producer.epoch > stamp.epoch {
+            return Err(Error::ProducerFenced {
+                producer: stamp.producer,
+                epoch: stamp.epoch,
+                current: producer.epoch,
+            });
+        }
+        if stamp.sequence == producer.last_sequence.wrapping_add(1) {
+            return Ok(None);
+        }
+        if let Some(recent) = producer
+            .recent
+            .iter()
+            .find(|recent| recent.sequence == stamp.sequence)
+        {
+            let ack = AppendAck {
+                partition: self.id,
+                first_offset: recent.first_offset,
+                first_sequence: recent.first_sequence,
+                last_sequence: recent.last_sequence,
+                timestamp_ms: recent.timestamp_ms,
+                duplicate: true,
+            };
+            let published = recent.first_offset < self.high_watermark();
+            return Ok(Some(Decision::Duplicate { ack, published }));
+        }
+        Err(self.out_of_order(stamp, producer.last_sequence.wrapping_add(1)))
+    }
+
+    fn out_of_order(&self, stamp: ProducerStamp, expected: u64) -> Error {
+        Error::ProducerOutOfOrder {
+            producer: stamp.producer,
+            partition: self.id,
+            expected,
+            got: stamp.sequence,
+        }
+    }
+
+    /// Finds events of the request whose idempotency ids were seen within the
+    /// window. All duplicates: the original ack. Some: an error. None: `None`.
+    fn check_ids(&self, state: &State, prepared: &Prepared, now: i64) -> Result<Option<Decision>> {
+        if prepared.fingerprints.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let window = self.context.options.dedup_window_ms as i64;
+        let events = &prepared.request.events;
+        let mut originals: Vec<Option<(AppendAck, bool)>> = Vec::with_capacity(events.len());
+        let mut candidates = Vec::new();
+        for (event, fingerprint) in events.iter().zip(&prepared.fingerprints) {
+            let (Some(id), Some(fingerprint)) = (event.idempotency_id.as_deref(), fingerprint) else {
+                originals.push(None);
+                continue;
+            };
+            let mut found = None;
+            for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
+                if let Some(pending) = group.ids.get(fingerprint) {
+                    if let Some(hit) = pending.iter().find(|pending| pending.id == id) {
+                        found = Some((hit.ack, false));
+                    }
+                }
+            }
+            if found.is_none() {
+                candidates.clear();
+                state.dedup.candidates(*fingerprint, now, &mut candidates)?;
+                for offset in &candidates {
+                    let hit = match self.with_record(*offset, |view| {
+                        (view.idempotency_id == Some(id) && now.saturating_sub(view.timestamp_ms) < window)
+                            .then_some((view.sequence, view.timestamp_ms))
+                    }) {
+                        Ok(hit) => hit,
+                        Err(Error::OffsetOutOfRange { .. }) => None,
+                        Err(error) => return Err(error),
+                    };
+                    if let Some((sequence, timestamp_ms)) = hit {
+                        let ack = AppendAck {
+                            partition: self.id,
+                            first_offset: *offset,
+                            first_sequence: sequence,
+                            last_sequence: sequence,
+                            timestamp_ms,
+                            duplicate: true,
+                        };
+                        found = Some((ack, true));
+                        break;
+                    }
+                }
+            }
+            originals.push(found);
+        }
+        let duplicates = originals.iter().filter(|original| original.is_some()).count();
+        if duplicates == 0 {
+            return Ok(None);
+        }
+        if duplicates < events.len() {
+            return Err(Error::PartialDuplicate {
+                duplicates,
+                events: events.len(),
+            });
+        }
+        let (first, first_published) = originals[0].expect("every event is a duplicate");
+        let (last, last_published) = originals[events.len() - 1].expect("every event is a duplicate");
+        let ack = AppendAck {
+            last_sequence: last.last_sequence,
+            ..first
+        };
+        Ok(Some(Decision::Duplicate {
+            ack,
+            published: first_published && last_published,
+        }))
+    }
+
+    /// Encodes an accepted append into the open group.
+    fn encode(
+        &self,
+        state: &mut State,
+        prepared: Prepared,
+        key: Option<KeyState>,
+        owns_hash: bool,
+        completion: Completion,
+    ) -> Result<()> {
+        if let Err(error) = self.roll_if_needed(state, prepared.size) {
+            completion(Err(error.duplicate()));
+            return Err(error);
+        }
+        let request = &prepared.request;
+        let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
+        state.last_timestamp_ms = now;
+        let first_offset = state.next_offset;
+        let first_sequence = key.map_or(0, |key| key.last_sequence + 1);
+        let count = request.events.len() as u64;
+        let last_sequence = first_sequence + count - 1;
+        let ack = AppendAck {
+            partition: self.id,
+            first_offset,
+            first_sequence,
+            last_sequence,
+            timestamp_ms: now,
+            duplicate: false,
+        };
+        let active = Arc::clone(&state.active);
+        let interval = self.context.options.index_interval_bytes as u64;
+        let mut write_end = state.write_end;
+        let mut last_index_position = state.last_index_position;
+        let open = &mut state.open;
+        let write = match open.writes.last_mut() {
+            Some(write) if Arc::ptr_eq(&write.segment, &active) => write,
+            _ => {
+                open.writes.push(SegmentWrite {
+                    segment: Arc::clone(&active),
+                    position: write_end,
+                    bytes: Vec::with_capacity(prepared.size as usize),
+                    end_offset: first_offset,
+                    timestamp_max: now,
+                    index: Vec::new(),
+                    fingerprints: Vec::new(),
+                });
+                open.writes.last_mut().expect("just pushed")
+            }
+        };
+        let mut previous = key.map_or(NO_PREVIOUS, |key| key.last_offset.0);
+        for (index, (event, fingerprint)) in request.events.iter().zip(&prepared.fingerprints).enumerate() {
+            let offset = Offset(first_offset.0 + index as u64);
+            if last_index_position.is_none_or(|last| write_end - last >= interval) {
+                write.index.push(IndexEntry {
+                    offset_delta: u32::try_from(offset.0 - active.base_offset.0)
+                        .expect("segments roll before u32 offsets overflow"),
+                    position: u32::try_from(write_end).expect("segments roll before u32 positions overflow"),
+                    timestamp_ms: now,
+                });
+                last_index_position = Some(write_end);
+            }
+            let view = RecordView {
+                offset,
+                timestamp_ms: now,
+                sequence: first_sequence + index as u64,
+                key_previous_offset: previous,
+                producer: request.producer,
+                flags: if index as u64 == count - 1 {
+                    FLAG_CALL_END
+                } else {
+                    0
+                },
+                key: &request.key,
+                event_type: &event.event_type,
+                idempotency_id: event.idempotency_id.as_deref(),
+                headers: &[],
+                payload: &event.payload,
+            };
+            let before = write.bytes.len();
+            record::encode(&mut write.bytes, &view, &event.headers);
+            write_end += (write.bytes.len() - before) as u64;
+            previous = offset.0;
+            if let (Some(id), Some(fingerprint)) = (event.idempotency_id.as_ref(), fingerprint) {
+                write.fingerprints.push((*fingerprint, offset, now));
+                open.ids.entry(*fingerprint).or_default().push(PendingId {
+                    id: id.clone(),
+                    ack: AppendAck {
+                        first_offset: offset,
+                        first_sequence: first_sequence + index as u64,
+                        last_sequence: first_sequence + index as u64,
+                        duplicate: true,
+                        ..ack
+                    },
+                });
+            }
+        }
+        let end_offset = Offset(first_offset.0 + count);
+        write.end_offset = end_offset;
+        write.timestamp_max = now;
+        open.end_offset = Some(end_offset);
+        open.records_count += count;
+        open.bytes += prepared.size;
+        open.keys.insert(
+            request.key.clone(),
+            PendingKey {
+                hash: prepared.hash,
+                state: KeyState {
+                    last_sequence,
+                    last_offset: Offset(end_offset.0 - 1),
+                },
+                owns_hash,
+            },
+        );
+        if let Some(stamp) = request.producer {
+            let mut producer = self
+                .producer_state(state, &stamp)
+                .filter(|producer| producer.epoch == stamp.epoch)
+                .cloned()
+                .unwrap_or(ProducerSnapshot {
+                    id: stamp.producer,
+                    epoch: stamp.epoch,
+                    last_sequence: 0,
+                    last_timestamp_ms: now,
+                    recent: Vec::new(),
+                });
+            remember_append(&mut producer, stamp, &ack);
+            state.open.producers.insert(stamp.producer, producer);
+        }
+        state.next_offset = end_offset;
+        state.write_end = write_end;
+        state.last_index_position = last_index_position;
+        state.open.completions.push((completion, Ok(ack)));
+        Ok(())
+    }
+
+    /// Starts a new segment when the append would not fit the active one, or the
+    /// active one is too old.
+    fn roll_if_needed(&self, state: &mut State, size: u64) -> Result<()> {
+        let options = &self.context.options;
+        let active = &state.active;
+        let has_records = state.next_offset > active.base_offset;
+        if !has_records {
+            return Ok(());
+        }
+        let full = state.write_end + size > options.segment_size_bytes_max;
+        let old = options
+            .segment_age_ms_max
+            .is_some_and(|age| self.context.clock.now_ms().saturating_sub(active.created_ms) >= age as i64);
+        let too_many = state.next_offset.0 - active.base_offset.0 + limits::APPEND_EVENTS_COUNT_MAX as u64
+            >= limits::SEGMENT_RECORDS_COUNT_MAX;
+        if !(full || old || too_many) {
+            return Ok(());
+        }
+        let segment = Arc::new(Segment::create(
+            &*self.context.storage,
+            &self.dir,
+            self.id,
+            state.next_offset,
+            self.context.clock.now_ms(),
+            options.preallocate.then_some(options.segment_size_bytes_max),
+        )?);
+        self.segments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Arc::clone(&segment));
+        state.write_end = crate::format::segment::SEGMENT_HEADER_LEN as u64;
+        state.last_index_position = None;
+        state.active = segment;
+        Ok(())
+    }
+
+    /// Worker side of group commit: takes the open group, writes and syncs it
+    /// without the lock, then publishes or rolls back.
+    pub(super) fn flush_group<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let mut group = std::mem::take(&mut state.open);
+        let writes = std::mem::take(&mut group.writes);
+        let completions = std::mem::take(&mut group.completions);
+        state.flushing = Some(group);
+        drop(state);
+        self.room.notify_all();
+        let outcome = write_all(&writes).and_then(|()| {
+            if self.context.options.durability == Durability::Always {
+                sync_all(&writes, self)
+            } else {
+                Ok(())
+            }
+        });
+        let mut state = self.lock();
+        let group = state.flushing.take().expect("the worker owns the flushing group");
+        let completions = match outcome {
+            Ok(()) => {
+                self.publish(&mut state, group, writes);
+                completions
+            }
+            Err(error) => self.fail_pending(&mut state, error, completions),
+        };
+        drop(state);
+        self.tail.notify();
+        run(completions);
+        self.lock()
+    }
+
+    /// `Interval`/`None`: writes the open group now, under the lock, and publishes.
+    fn flush_inline(&self, state: &mut State) -> Vec<(Completion, Result<AppendAck>)> {
+        let mut group = std::mem::take(&mut state.open);
+        let writes = std::mem::take(&mut group.writes);
+        let completions = std::mem::take(&mut group.completions);
+        match write_all(&writes) {
+            Ok(()) => {
+                state.unsynced |= !writes.is_empty();
+                self.publish(state, group, writes);
+                if state.unsynced {
+                    self.work.notify_one();
+                }
+                completions
+            }
+            Err(error) => self.fail_pending(state, error, completions),
+        }
+    }
+
+    /// Makes a written (and, for `Always`, synced) group visible and durable state.
+    fn publish(&self, state: &mut State, group: Pending, writes: Vec<SegmentWrite>) {
+        debug_assert!(
+            writes.iter().all(|write| !write.segment.is_sealed()),
+            "a write into a sealed segment"
+        );
+        for write in &writes {
+            let end = write.position + write.bytes.len() as u64;
+            write
+                .segment
+                .publish(end, write.end_offset, write.timestamp_max, &write.index);
+        }
+        if let Some(end_offset) = group.end_offset {
+            let previous = self.high_watermark.swap(end_offset.0, Ordering::AcqRel);
+            assert!(
+                previous <= end_offset.0,
+                "high watermark moves backwards: {previous} -> {end_offset}"
+            );
+        }
+        for (key, pending) in group.keys {
+            state
+                .keys
+                .set(&key, pending.hash, pending.state, pending.owns_hash);
+        }
+        for (id, producer) in group.producers {
+            state.producers.insert(id, producer);
+        }
+        if state.producers.len() > limits::PARTITION_PRODUCERS_COUNT_MAX {
+            evict_idlest(&mut state.producers);
+        }
+        for write in &writes {
+            for (fingerprint, offset, timestamp) in &write.fingerprints {
+                if let Err(error) = state.dedup.insert(*fingerprint, *offset, *timestamp) {
+                    // The dedup index is derived: the next open rebuilds it from the
+                    // log. Until then the id may go unrecognised; poison so that no
+                    // duplicate slips in silently.
+                    self.poison(&error);
+                }
+            }
+        }
+        state.bytes_since_checkpoint += group.bytes;
+        self.seal_full_segments();
+    }
+
+    /// Seals segments that are no longer active once all their records are
+    /// published (the next segment starts right after them). Segments are sealed
+    /// in order, so only those after the newest sealed one are looked at.
+    fn seal_full_segments(&self) {
+        let full: Vec<Arc<Segment>> = {
+            let segments = self.segments();
+            let mut full = Vec::new();
+            for index in (0..segments.len().saturating_sub(1)).rev() {
+                let segment = &segments[index];
+                if segment.is_sealed() {
+                    break;
+                }
+                if segment.published_end_offset() == segments[index + 1].base_offset {
+                    full.push(Arc::clone(segment));
+                }
+            }
+            full
+        };
+        for segment in full.into_iter().rev() {
+            if let Err(error) = segment.seal(&*self.context.storage) {
+                self.poison(&error);
+            }
+        }
+    }
+
+    /// Fails every pending append after a failed write or sync. A write failure
+    /// rolls the files back to their published size; a sync failure (or a failed
+    /// rollback) poisons the partition.
+    fn fail_pending(
+        &self,
+        state: &mut State,
+        error: Error,
+        mut completions: Vec<(Completion, Result<AppendAck>)>,
+    ) -> Vec<(Completion, Result<AppendAck>)> {
+        completions.append(&mut std::mem::take(&mut state.open).completions);
+        state.flushing = None;
+        let high_watermark = self.high_watermark();
+        if !self.is_poisoned() {
+            if let Err(rollback) = self.roll_back(state, high_watermark) {
+                self.poison(&rollback);
+            }
+        }
+        state.next_offset = high_watermark;
+        completions
+            .into_iter()
+            .map(|(completion, _)| (completion, Err(error.duplicate())))
+            .collect()
+    }
+
+    /// Cuts unpublished bytes from the files and drops segments created for
+    /// appends that failed.
+    fn roll_back(&self, state: &mut State, high_watermark: Offset) -> Result<()> {
+        let mut segments = self
+            .segments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while segments.len() > 1
+            && segments
+                .last()
+                .is_some_and(|segment| segment.base_offset >= high_watermark && segment.records_count() == 0)
+        {
+            let segment = segments.pop().expect("checked non-empty");
+            let _ = self.context.storage.remove_file(&segment.path);
+        }
+        let active = Arc::clone(segments.last().expect("a partition always has a segment"));
+        drop(segments);
+        let size = active.published_size();
+        active
+            .file()
+            .set_len(size)
+            .map_err(|error| Error::io("roll back unpublished bytes", &active.path, error))?;
+        state.write_end = size;
+        state.last_index_position = active.last_index_position();
+        state.active = active;
+        Ok(())
+    }
+}
+
+/// Remembers a producer's append so that a retry is answered as a duplicate.
+pub(super) fn remember_append(producer: &mut ProducerSnapshot, stamp: ProducerStamp, ack: &AppendAck) {
+    producer.epoch = stamp.epoch;
+    producer.last_sequence = stamp.sequence;
+    producer.last_timestamp_ms = ack.timestamp_ms;
+    if producer.recent.len() == limits::PRODUCER_RECENT_APPENDS_COUNT {
+        producer.recent.remove(0);
+    }
+    producer.recent.push(RecentAppend {
+        sequence: stamp.sequence,
+        first_offset: ack.first_offset,
+        first_sequence: ack.first_sequence,
+        last_sequence: ack.last_sequence,
+        timestamp_ms: ack.timestamp_ms,
+    });
+}
+
+fn evict_idlest(producers: &mut HashMap<crate::event::ProducerId, ProducerSnapshot>) {
+    while producers.len() > limits::PARTITION_PRODUCERS_COUNT_MAX {
+        let idlest = producers
+            .values()
+            .min_by_key(|producer| producer.last_timestamp_ms)
+            .map(|producer| producer.id)
+            .expect("the map is not empty");
+        producers.remove(&idlest);
+    }
+}
+
+fn write_all(writes: &[SegmentWrite]) -> Result<()> {
+    for write in writes {
+        write
+            .segment
+            .file()
+            .write_at(&write.bytes, write.position)
+            .map_err(|error| Error::io("append to segment", &write.segment.path, error))?;
+    }
+    Ok(())
+}
+
+fn sync_all(writes: &[SegmentWrite], partition: &Partition) -> Result<()> {
+    for write in writes {
+        if let Err(error) = write.segment.file().sync_data() {
+            let error = Error::io("sync segment", &write.segment.path, error);
+            partition.poison(&error);
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn run(completions: Vec<(Completion, Result<AppendAck>)>) {
+    for (completion, result) in completions {
+        completion(result);
+    }
+}

@@ -1,0 +1,359 @@
+//! One partition: ordered segments, the append path with group commit, reads,
+//! recovery, retention and checkpoints.
+//!
+//! Appenders encode their records under the partition's state lock into an open
+//! group (no I/O for `Durability::Always`). A worker thread takes the open group,
+//! writes it with pwrite, fdatasyncs once, then publishes it: the segment's
+//! published size, the high watermark, the key/producer/dedup state, then the
+//! acknowledgements. While it syncs, new appends fill the next group, so one
+//! fdatasync carries everything that arrived during the previous one. For
+//! `Interval` and `None` the appender writes and publishes inline.
+//!
+//! Invariant: state visible to readers (segment published sizes, the high
+//! watermark, `State::keys`) only ever describes acknowledged records.
+//! Invariant: the writer-side view of a key, producer or idempotency id is the
+//! open group's overlay, else the flushing group's overlay, else the published
+//! state; a failed write discards both overlays and every pending append fails.
+//! Invariant: a failed fdatasync poisons the partition; it is never retried.
+
+mod append;
+mod read;
+mod recover;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use crate::config::{Clock, TopicOptions};
+use crate::dedup::DedupIndex;
+use crate::error::{Error, Result};
+use crate::event::{AppendAck, Epoch, Offset, PartitionId, ProducerId};
+use crate::format::checkpoint::ProducerSnapshot;
+use crate::format::index::IndexEntry;
+use crate::io::Storage;
+use crate::keys::{KeyIndex, KeyState};
+use crate::segment::Segment;
+use crate::subscribe::{AsNotifier, Notifier};
+
+pub use recover::RecoveryReport;
+
+/// Called once with the outcome of an append.
+pub(crate) type Completion = Box<dyn FnOnce(Result<AppendAck>) + Send>;
+
+/// Looks up a producer's current epoch in the topic's registry.
+pub(crate) type EpochOf = Arc<dyn Fn(ProducerId) -> Option<Epoch> + Send + Sync>;
+
+/// How often the worker looks at retention, checkpoints and idle producers.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// What a partition needs from its topic.
+#[derive(Clone)]
+pub(crate) struct PartitionContext {
+    pub(crate) options: Arc<TopicOptions>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) epoch_of: EpochOf,
+}
+
+/// A summary of a partition for callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: PartitionId,
+    /// The oldest retained offset.
+    pub earliest: Offset,
+    /// One past the newest acknowledged offset.
+    pub high_watermark: Offset,
+    /// Bytes of segment files.
+    pub size_bytes: u64,
+    pub segments_count: usize,
+    /// Keys with at least one event ever.
+    pub keys_count: usize,
+}
+
+pub(crate) struct Partition {
+    pub(crate) id: PartitionId,
+    pub(crate) dir: PathBuf,
+    context: PartitionContext,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    high_watermark: AtomicU64,
+    earliest: AtomicU64,
+    state: Mutex<State>,
+    /// Wakes the worker: an open group to flush, or shutdown.
+    work: Condvar,
+    /// Wakes appenders waiting for room in the open group.
+    room: Condvar,
+    tail: Notifier,
+    poisoned: AtomicBool,
+    closing: AtomicBool,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    recovery: RecoveryReport,
+}
+
+impl AsNotifier for Partition {
+    fn notifier(&self) -> &Notifier {
+        &self.tail
+    }
+}
+
+/// The state behind the partition lock.
+pub(crate) struct State {
+    /// Published key states.
+    keys: KeyIndex,
+    /// Published producer states.
+    producers: HashMap<ProducerId, ProducerSnapshot>,
+    /// Published idempotency fingerprints.
+    dedup: DedupIndex,
+    /// Appends encoded but not yet handed to the worker.
+    open: Pending,
+    /// Overlays of the group the worker is writing.
+    flushing: Option<Pending>,
+    /// The next offset to assign.
+    next_offset: Offset,
+    /// The newest assigned timestamp; timestamps never decrease.
+    last_timestamp_ms: i64,
+    /// The segment appends go to.
+    active: Arc<Segment>,
+    /// Position after the last encoded byte of the active segment.
+    write_end: u64,
+    /// Position of the newest sparse index entry of the active segment.
+    last_index_position: Option<u64>,
+    /// Unsynced bytes written (`Interval` and `None`).
+    unsynced: bool,
+    /// The offset the newest checkpoint covers.
+    checkpoint_offset: Offset,
+    bytes_since_checkpoint: u64,
+    last_housekeeping_ms: i64,
+}
+
+/// Appends encoded but not yet published, with the state they would publish.
+#[derive(Default)]
+pub(crate) struct Pending {
+    writes: Vec<SegmentWrite>,
+    completions: Vec<(Completion, Result<AppendAck>)>,
+    /// Key states after this group, by key.
+    keys: HashMap<Vec<u8>, PendingKey>,
+    /// Idempotency ids in this group, by fingerprint.
+    ids: HashMap<u64, Vec<PendingId>>,
+    /// Producer states after this group.
+    producers: HashMap<ProducerId, ProducerSnapshot>,
+    /// One past the last offset of this group; `None` when it holds no records.
+    end_offset: Option<Offset>,
+    records_count: u64,
+    bytes: u64,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.completions.is_empty() && self.writes.is_empty()
+    }
+}
+
+pub(crate) struct PendingKey {
+    hash: u64,
+    state: KeyState,
+    owns_hash: bool,
+}
+
+pub(crate) struct PendingId {
+    id: Vec<u8>,
+    ack: AppendAck,
+}
+
+/// Bytes to write into one segment, and what to publish there afterwards.
+pub(crate) struct SegmentWrite {
+    segment: Arc<Segment>,
+    position: u64,
+    bytes: Vec<u8>,
+    end_offset: Offset,
+    timestamp_max: i64,
+    index: Vec<IndexEntry>,
+    /// Fingerprints to insert into the dedup index once published.
+    fingerprints: Vec<(u64, Offset, i64)>,
+}
+
+impl Partition {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn high_watermark(&self) -> Offset {
+        Offset(self.high_watermark.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn earliest(&self) -> Offset {
+        Offset(self.earliest.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    fn segments(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Segment>>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn info(&self) -> PartitionInfo {
+        let segments = self.segments();
+        PartitionInfo {
+            partition: self.id,
+            earliest: self.earliest(),
+            high_watermark: self.high_watermark(),
+            size_bytes: segments.iter().map(|segment| segment.published_size()).sum(),
+            segments_count: segments.len(),
+            keys_count: self.lock().keys.len(),
+        }
+    }
+
+    /// Bytes of RAM held by per-key state.
+    pub(crate) fn keys_memory_bytes(&self) -> usize {
+        self.lock().keys.memory_bytes()
+    }
+
+    /// Blocks until the high watermark passes `after` or `timeout` elapses;
+    /// returns the high watermark.
+    pub(crate) fn wait_past(&self, after: Offset, timeout: Duration) -> Offset {
+        self.tail.wait_until(timeout, || {
+            self.high_watermark() > after || self.closing.load(Ordering::Acquire)
+        });
+        self.high_watermark()
+    }
+
+    /// Whether the partition is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Starts the worker thread.
+    fn start_worker(self: &Arc<Self>) -> Result<()> {
+        let partition = Arc::clone(self);
+        let handle = std::thread::Builder::new()
+            .name(format!("stele-p{}", self.id))
+            .spawn(move || partition.run_worker())
+            .map_err(|error| Error::io("spawn partition worker", &self.dir, error))?;
+        *self
+            .worker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Flushes what is pending, writes a checkpoint, persists the dedup index and
+    /// stops the worker. Appends after this fail with `Closed`.
+    pub(crate) fn close(&self) -> Result<()> {
+        {
+            let _state = self.lock();
+            self.closing.store(true, Ordering::Release);
+            self.work.notify_all();
+            self.room.notify_all();
+        }
+        let handle = self
+            .worker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+        self.tail.notify();
+        if self.is_poisoned() {
+            return Ok(());
+        }
+        self.sync_unsynced()?;
+        self.write_checkpoint()?;
+        self.lock().dedup.flush()
+    }
+
+    fn run_worker(self: Arc<Self>) {
+        let mut state = self.lock();
+        loop {
+            let closing = self.closing.load(Ordering::Acquire);
+            if !state.open.is_empty() && !self.is_poisoned() {
+                state = self.flush_group(state);
+                continue;
+            }
+            if closing {
+                break;
+            }
+            let now = self.context.clock.now_ms();
+            if now.saturating_sub(state.last_housekeeping_ms) >= HOUSEKEEPING_INTERVAL.as_millis() as i64
+                || state.bytes_since_checkpoint >= self.context.options.checkpoint_interval_bytes
+            {
+                state.last_housekeeping_ms = now;
+                drop(state);
+                // Housekeeping failures are reported by the next operation that
+                // depends on them (a poisoned partition, an I/O error on append).
+                let _ = self.housekeeping();
+                state = self.lock();
+                continue;
+            }
+            let wait = match self.context.options.durability {
+                crate::Durability::Interval { interval_ms } if state.unsynced => {
+                    Duration::from_millis(interval_ms)
+                }
+                _ => HOUSEKEEPING_INTERVAL,
+            };
+            let (guard, timeout) = self
+                .work
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = guard;
+            if timeout.timed_out() && state.unsynced {
+                drop(state);
+                let _ = self.sync_unsynced();
+                state = self.lock();
+            }
+        }
+    }
+
+    /// fdatasyncs the active segment if bytes were written without sync.
+    /// A failure poisons the partition.
+    fn sync_unsynced(&self) -> Result<()> {
+        let active = {
+            let mut state = self.lock();
+            if !state.unsynced {
+                return Ok(());
+            }
+            state.unsynced = false;
+            Arc::clone(&state.active)
+        };
+        active.file().sync_data().map_err(|error| {
+            let error = Error::io("sync segment", &active.path, error);
+            self.poison(&error);
+            error
+        })
+    }
+
+    /// Retention, checkpoints, producer expiry, dedup upkeep.
+    fn housekeeping(&self) -> Result<()> {
+        let now = self.context.clock.now_ms();
+        {
+            let mut state = self.lock();
+            let idle_max = self.context.options.producer_idle_ms_max as i64;
+            state
+                .producers
+                .retain(|_, producer| now.saturating_sub(producer.last_timestamp_ms) < idle_max);
+            state.dedup.maintain(now)?;
+        }
+        let due = self.lock().bytes_since_checkpoint >= self.context.options.checkpoint_interval_bytes;
+        if due {
+            self.write_checkpoint()?;
+        }
+        self.enforce_retention()?;
+        Ok(())
+    }
+
+    fn poison(&self, error: &Error) {
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            let _ = error;
+        }
+        self.room.notify_all();
+    }
+}

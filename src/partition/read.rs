@@ -1,0 +1,247 @@
+//! The read path: by offset, by key, by timestamp. Readers never take the
+//! partition's state lock except to look up a key, and never see a record at or
+//! beyond the high watermark.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::Partition;
+use crate::error::{Error, Result};
+use crate::event::{Direction, Offset, RecordedEvent};
+use crate::format::record::{self, NO_PREVIOUS, RecordView};
+use crate::keys::key_hash;
+use crate::limits;
+use crate::segment::Segment;
+
+impl Partition {
+    fn out_of_range(&self, requested: Offset) -> Error {
+        Error::OffsetOutOfRange {
+            requested,
+            earliest: self.earliest(),
+            high_watermark: self.high_watermark(),
+        }
+    }
+
+    /// The segment holding the published `offset`.
+    fn segment_of(&self, offset: Offset) -> Result<Arc<Segment>> {
+        if offset >= self.high_watermark() || offset < self.earliest() {
+            return Err(self.out_of_range(offset));
+        }
+        let segments = self.segments();
+        let slot = segments.partition_point(|segment| segment.base_offset <= offset);
+        if slot == 0 {
+            return Err(self.out_of_range(offset));
+        }
+        let segment = &segments[slot - 1];
+        if offset >= segment.published_end_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        Ok(Arc::clone(segment))
+    }
+
+    /// Calls `f` with the published record at `offset`.
+    pub(crate) fn with_record<T>(&self, offset: Offset, f: impl FnOnce(&RecordView<'_>) -> T) -> Result<T> {
+        let segment = self.segment_of(offset)?;
+        let position = segment.position_of(offset)?;
+        let (view, _) = segment.decode_at(position)?;
+        if view.offset != offset {
+            return Err(Error::corruption(
+                &segment.path,
+                position,
+                crate::format::DecodeError::Invalid("record offset out of sequence"),
+            ));
+        }
+        Ok(f(&view))
+    }
+
+    /// Visits published records from `from` while `visit` returns true, at most
+    /// `count_max` records and about `bytes_max` bytes (at least one record).
+    /// Every frame's CRC is checked.
+    pub(crate) fn scan(
+        &self,
+        from: Offset,
+        count_max: usize,
+        bytes_max: u64,
+        mut visit: impl FnMut(&RecordView<'_>) -> bool,
+    ) -> Result<Offset> {
+        let high_watermark = self.high_watermark();
+        if from < self.earliest() || from > high_watermark {
+            return Err(self.out_of_range(from));
+        }
+        let mut offset = from;
+        let mut count = 0usize;
+        let mut bytes = 0u64;
+        while offset < high_watermark && count < count_max {
+            let segment = match self.segment_of(offset) {
+                Ok(segment) => segment,
+                // Retention removed the segment after the check above.
+                Err(Error::OffsetOutOfRange { .. }) if count == 0 => return Err(self.out_of_range(offset)),
+                Err(Error::OffsetOutOfRange { .. }) => break,
+                Err(error) => return Err(error),
+            };
+            let mut position = segment.position_of(offset)?;
+            let end_offset = segment.published_end_offset().min(high_watermark);
+            while offset < end_offset && count < count_max {
+                let (view, size) = segment.decode_at(position)?;
+                if view.offset != offset {
+                    return Err(Error::corruption(
+                        &segment.path,
+                        position,
+                        crate::format::DecodeError::Invalid("record offset out of sequence"),
+                    ));
+                }
+                if count > 0 && bytes + size > bytes_max {
+                    return Ok(offset);
+                }
+                if !visit(&view) {
+                    return Ok(offset);
+                }
+                bytes += size;
+                count += 1;
+                position += size;
+                offset = offset.next();
+            }
+        }
+        Ok(offset)
+    }
+
+    /// Reads up to `count_max` events from `from`, about `bytes_max` bytes at most.
+    pub(crate) fn read(&self, from: Offset, count_max: usize, bytes_max: u64) -> Result<Vec<RecordedEvent>> {
+        let count_max = count_max.min(limits::READ_EVENTS_COUNT_MAX);
+        let bytes_max = bytes_max.min(limits::READ_SIZE_BYTES_MAX);
+        let mut events = Vec::new();
+        self.scan(from, count_max, bytes_max, |view| {
+            events.push(self.to_event(view));
+            true
+        })?;
+        Ok(events)
+    }
+
+    pub(crate) fn to_event(&self, view: &RecordView<'_>) -> RecordedEvent {
+        RecordedEvent {
+            partition: self.id,
+            offset: view.offset,
+            timestamp_ms: view.timestamp_ms,
+            key: view.key.to_vec(),
+            sequence: view.sequence,
+            event_type: view.event_type.to_string(),
+            payload: view.payload.to_vec(),
+            headers: record::headers(view.headers)
+                .filter_map(|header| header.ok())
+                .map(|(name, value)| (name.to_string(), value.to_vec()))
+                .collect(),
+            idempotency_id: view.idempotency_id.map(<[u8]>::to_vec),
+            producer: view.producer,
+        }
+    }
+
+    /// The published state of a key: (last sequence, last offset).
+    pub(crate) fn key_last(&self, key: &[u8]) -> Result<Option<(u64, Offset)>> {
+        let hash = key_hash(key);
+        let state = self.lock();
+        let found = state.keys.get(key, hash, |offset| {
+            match self.with_record(offset, |view| view.key == key) {
+                Ok(matches) => Ok(matches),
+                Err(Error::OffsetOutOfRange { .. }) => Ok(false),
+                Err(error) => Err(error),
+            }
+        })?;
+        Ok(found.map(|state| (state.last_sequence, state.last_offset)))
+    }
+
+    /// Reads a key's events. Forwards: from `from` (default 0) towards the newest.
+    /// Backwards: from `from` (default the newest) towards the oldest. Events
+    /// removed by retention are skipped: the history starts at the oldest retained.
+    ///
+    /// The key's events are chained backwards on disk; finding the start costs one
+    /// hop per event newer than it.
+    pub(crate) fn read_key(
+        &self,
+        key: &[u8],
+        from: Option<u64>,
+        direction: Direction,
+        count_max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let count_max = count_max.min(limits::READ_EVENTS_COUNT_MAX);
+        let Some((last_sequence, last_offset)) = self.key_last(key)? else {
+            return Ok(Vec::new());
+        };
+        if count_max == 0 {
+            return Ok(Vec::new());
+        }
+        let earliest = self.earliest();
+        let mut offsets: VecDeque<Offset> = VecDeque::new();
+        let mut events = Vec::new();
+        let mut offset = last_offset;
+        let mut sequence = last_sequence;
+        loop {
+            if offset < earliest {
+                break;
+            }
+            let (previous, found) = match self.with_record(offset, |view| {
+                (view.key == key).then(|| (view.key_previous_offset, view.sequence))
+            }) {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    return Err(Error::Inconsistent {
+                        path: self.dir.clone(),
+                        reason: format!("key chain reaches offset {offset} of another key"),
+                    });
+                }
+                Err(Error::OffsetOutOfRange { .. }) => break,
+                Err(error) => return Err(error),
+            };
+            if found != sequence {
+                return Err(Error::Inconsistent {
+                    path: self.dir.clone(),
+                    reason: format!(
+                        "key chain at offset {offset} holds sequence {found}, expected {sequence}"
+                    ),
+                });
+            }
+            match direction {
+                Direction::Backwards => {
+                    if from.is_none_or(|from| sequence <= from) {
+                        events.push(self.with_record(offset, |view| self.to_event(view))?);
+                        if events.len() == count_max {
+                            break;
+                        }
+                    }
+                }
+                Direction::Forwards => {
+                    if from.is_some_and(|from| sequence < from) {
+                        break;
+                    }
+                    offsets.push_front(offset);
+                    if offsets.len() > count_max {
+                        offsets.pop_back();
+                    }
+                }
+            }
+            if previous == NO_PREVIOUS || sequence == 0 {
+                break;
+            }
+            offset = Offset(previous);
+            sequence -= 1;
+        }
+        if direction == Direction::Forwards {
+            for offset in offsets {
+                events.push(self.with_record(offset, |view| self.to_event(view))?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The first offset whose timestamp is at or after `timestamp_ms`; the high
+    /// watermark when every retained event is older.
+    pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Offset> {
+        let segments: Vec<Arc<Segment>> = self.segments().clone();
+        let high_watermark = self.high_watermark();
+        for segment in segments {
+            if let Some((_, offset)) = segment.seek_timestamp(timestamp_ms)? {
+                return Ok(offset.min(high_watermark));
+            }
+        }
+        Ok(high_watermark)
+    }
+}

@@ -1,0 +1,524 @@
+//! Opening a partition (recovery), checkpoints and retention.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use super::append::remember_append;
+use super::{Partition, PartitionContext, Pending, State};
+use crate::dedup::DedupIndex;
+use crate::error::{Error, Result};
+use crate::event::{AppendAck, Offset, PartitionId, ProducerId};
+use crate::format::checkpoint::{self, Checkpoint, ProducerSnapshot};
+use crate::format::record::RecordView;
+use crate::format::segment::SEGMENT_HEADER_LEN;
+use crate::io;
+use crate::keys::{KeyIndex, KeyState, key_hash};
+use crate::limits;
+use crate::segment::{self, Segment, TailRecovery};
+use crate::subscribe::Notifier;
+
+const CHECKPOINT_FILE: &str = "checkpoint";
+const DEDUP_DIR: &str = "dedup";
+
+/// What opening a partition found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The torn tail cut from the active segment.
+    pub tail: TailRecovery,
+    /// Records replayed from the log to rebuild derived state.
+    pub records_replayed: u64,
+    /// The checkpoint was missing or unreadable and state was rebuilt from the log.
+    pub checkpoint_rebuilt: bool,
+    /// Dedup run files dropped as damaged (rebuilt from the log).
+    pub dedup_runs_dropped: usize,
+}
+
+/// Replays records into derived state.
+struct Replayer<'a> {
+    keys: &'a mut KeyIndex,
+    producers: &'a mut HashMap<ProducerId, ProducerSnapshot>,
+    dedup: &'a mut DedupIndex,
+    partition: PartitionId,
+    keys_from: Offset,
+    dedup_from: Offset,
+    /// First offset, first sequence and timestamp of the call being replayed.
+    call: Option<(Offset, u64, i64)>,
+    records: u64,
+    last_timestamp_ms: i64,
+}
+
+impl Replayer<'_> {
+    fn apply(&mut self, view: &RecordView<'_>) -> Result<()> {
+        self.records += 1;
+        self.last_timestamp_ms = self.last_timestamp_ms.max(view.timestamp_ms);
+        let call = *self
+            .call
+            .get_or_insert((view.offset, view.sequence, view.timestamp_ms));
+        if view.offset >= self.keys_from {
+            self.keys.replay(
+                view.key,
+                key_hash(view.key),
+                view.sequence,
+                view.offset,
+                view.key_previous_offset,
+            );
+        }
+        if view.offset >= self.dedup_from {
+            if let Some(id) = view.idempotency_id {
+                self.dedup.insert(key_hash(id), view.offset, view.timestamp_ms)?;
+            }
+        }
+        if view.is_call_end() {
+            self.call = None;
+            if let (Some(stamp), true) = (view.producer, view.offset >= self.keys_from) {
+                let ack = AppendAck {
+                    partition: self.partition,
+                    first_offset: call.0,
+                    first_sequence: call.1,
+                    last_sequence: view.sequence,
+                    timestamp_ms: call.2,
+                    duplicate: false,
+                };
+                let producer = self
+                    .producers
+                    .entry(stamp.producer)
+                    .or_insert_with(|| ProducerSnapshot {
+                        id: stamp.producer,
+                        epoch: stamp.epoch,
+                        last_sequence: 0,
+                        last_timestamp_ms: call.2,
+                        recent: Vec::new(),
+                    });
+                if producer.epoch != stamp.epoch {
+                    producer.recent.clear();
+                }
+                remember_append(producer, stamp, &ack);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Partition {
+    /// Opens or creates a partition directory, recovering after a crash.
+    pub(crate) fn open(dir: PathBuf, id: PartitionId, context: PartitionContext) -> Result<Arc<Partition>> {
+        let storage = &*context.storage;
+        let options = &context.options;
+        storage
+            .create_dir_all(&dir)
+            .map_err(|error| Error::io("create partition directory", &dir, error))?;
+        let names = storage
+            .read_dir(&dir)
+            .map_err(|error| Error::io("list partition directory", &dir, error))?;
+        let mut bases: Vec<Offset> = names
+            .iter()
+            .filter_map(|name| segment::parse_log_file_name(name))
+            .collect();
+        bases.sort();
+        drop_unfinished_last_segment(storage, &dir, &mut bases)?;
+        let mut report = RecoveryReport::default();
+
+        let checkpoint_path = dir.join(CHECKPOINT_FILE);
+        let checkpoint = load_checkpoint(storage, &checkpoint_path, id)?;
+        let earliest_base = bases.first().copied();
+        let checkpoint = match checkpoint {
+            Some(Ok(checkpoint)) => Some(checkpoint),
+            Some(Err(error)) if earliest_base.is_some_and(|base| base > Offset(0)) => {
+                // Segments were deleted by retention: rebuilding from the log would
+                // restart the sequences of keys whose events are gone.
+                return Err(error);
+            }
+            Some(Err(_)) => {
+                report.checkpoint_rebuilt = true;
+                None
+            }
+            None => {
+                if earliest_base.is_some_and(|base| base > Offset(0)) {
+                    return Err(Error::Inconsistent {
+                        path: checkpoint_path,
+                        reason: "checkpoint missing while early segments are deleted".to_string(),
+                    });
+                }
+                None
+            }
+        };
+
+        let (mut dedup, dedup_report) = DedupIndex::open(
+            Arc::clone(&context.storage),
+            dir.join(DEDUP_DIR),
+            options.dedup_window_ms,
+        )?;
+        report.dedup_runs_dropped = dedup_report.runs_dropped;
+
+        let now = context.clock.now_ms();
+        let mut keys = KeyIndex::default();
+        let mut producers = HashMap::new();
+        let mut keys_from = Offset(0);
+        let mut last_timestamp_ms = i64::MIN;
+        let mut floor = (Offset(0), 0u64);
+        if let Some(checkpoint) = checkpoint {
+            keys.reserve(checkpoint.keys.len());
+            for (hash, sequence, offset) in checkpoint.keys {
+                keys.set(
+                    &[],
+                    hash,
+                    KeyState {
+                        last_sequence: sequence,
+                        last_offset: offset,
+                    },
+                    true,
+                );
+            }
+            for (key, sequence, offset) in checkpoint.collided {
+                keys.set(
+                    &key,
+                    key_hash(&key),
+                    KeyState {
+                        last_sequence: sequence,
+                        last_offset: offset,
+                    },
+                    false,
+                );
+            }
+            for producer in checkpoint.producers {
+                producers.insert(producer.id, producer);
+            }
+            keys_from = checkpoint.next_offset;
+            last_timestamp_ms = checkpoint.last_timestamp_ms;
+            floor = (checkpoint.floor_base_offset, checkpoint.floor_position);
+        }
+
+        // Open the sealed segments.
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
+        let sealed_count = bases.len().saturating_sub(1);
+        for base in &bases[..sealed_count] {
+            let segment = Segment::open_sealed(storage, &dir, id, *base, options.index_interval_bytes)?;
+            if let Some(previous) = segments.last() {
+                check_contiguous(previous, &segment)?;
+            }
+            segments.push(Arc::new(segment));
+        }
+
+        // Replay from the older of what the checkpoint covers and what the dedup
+        // index lacks within the window.
+        let window_start = now.saturating_sub(options.dedup_window_ms as i64);
+        let dedup_window_offset = segments
+            .iter()
+            .find(|segment| segment.timestamp_max() >= window_start)
+            .map_or(bases.last().copied().unwrap_or(Offset(0)), |segment| {
+                segment.base_offset
+            });
+        let dedup_from = dedup.persisted_end().max(dedup_window_offset);
+        if keys_from > Offset(0) && dedup.persisted_end() > keys_from.max(dedup_from) {
+            dedup.truncate_from(keys_from.max(dedup_from));
+        }
+        let mut replayer = Replayer {
+            keys: &mut keys,
+            producers: &mut producers,
+            dedup: &mut dedup,
+            partition: id,
+            keys_from,
+            dedup_from,
+            call: None,
+            records: 0,
+            last_timestamp_ms,
+        };
+        let replay_from = keys_from.min(dedup_from);
+        for segment in &segments {
+            if segment.published_end_offset() <= replay_from {
+                continue;
+            }
+            let mut position = if segment.base_offset >= replay_from {
+                SEGMENT_HEADER_LEN as u64
+            } else {
+                segment.position_of(replay_from)?
+            };
+            while position < segment.published_size() {
+                let (view, size) = segment.decode_at(position)?;
+                replayer.apply(&view)?;
+                position += size;
+            }
+        }
+
+        // The active segment: scan it whole, cut a torn tail.
+        let active = match bases.last() {
+            Some(base) => {
+                let durable_floor = if floor.0 == *base { floor.1 } else { 0 };
+                let (segment, tail) = Segment::open_active(
+                    storage,
+                    &dir,
+                    id,
+                    *base,
+                    options.index_interval_bytes,
+                    durable_floor,
+                    |view, _| {
+                        if view.offset >= replay_from {
+                            replayer.apply(view)?;
+                        }
+                        Ok(())
+                    },
+                )?;
+                report.tail = tail;
+                if let Some(previous) = segments.last() {
+                    check_contiguous(previous, &segment)?;
+                }
+                Arc::new(segment)
+            }
+            None => Arc::new(Segment::create(
+                storage,
+                &dir,
+                id,
+                keys_from,
+                now,
+                options.preallocate.then_some(options.segment_size_bytes_max),
+            )?),
+        };
+        report.records_replayed = replayer.records;
+        last_timestamp_ms = replayer.last_timestamp_ms;
+        segments.push(Arc::clone(&active));
+
+        let high_watermark = active.published_end_offset();
+        if high_watermark < keys_from {
+            return Err(Error::Inconsistent {
+                path: checkpoint_path,
+                reason: format!("checkpoint covers offset {keys_from} but the log ends at {high_watermark}"),
+            });
+        }
+        if dedup.persisted_end() > high_watermark {
+            dedup.truncate_from(high_watermark);
+        }
+        let earliest = segments.first().map_or(Offset(0), |segment| segment.base_offset);
+        let write_end = active.published_size();
+        let last_index_position = active.last_index_position();
+        let state = State {
+            keys,
+            producers,
+            dedup,
+            open: Pending::default(),
+            flushing: None,
+            next_offset: high_watermark,
+            last_timestamp_ms,
+            active,
+            write_end,
+            last_index_position,
+            unsynced: false,
+            checkpoint_offset: keys_from,
+            bytes_since_checkpoint: 0,
+            last_housekeeping_ms: now,
+        };
+        let partition = Arc::new(Partition {
+            id,
+            dir,
+            context,
+            segments: RwLock::new(segments),
+            high_watermark: AtomicU64::new(high_watermark.0),
+            earliest: AtomicU64::new(earliest.0),
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            tail: Notifier::default(),
+            poisoned: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            worker: Mutex::new(None),
+            recovery: report,
+        });
+        // Seal a segment left unsealed by a crash right after a roll.
+        let unsealed: Vec<Arc<Segment>> = partition.segments()[..partition.segments().len() - 1]
+            .iter()
+            .filter(|segment| !segment.is_sealed())
+            .cloned()
+            .collect();
+        for segment in unsealed {
+            segment.seal(storage_of(&partition))?;
+        }
+        partition.start_worker()?;
+        Ok(partition)
+    }
+
+    /// Writes a checkpoint of the published state. The data it covers is synced
+    /// first, so a checkpoint never covers bytes a power cut could lose.
+    pub(crate) fn write_checkpoint(&self) -> Result<()> {
+        let active = Arc::clone(&self.lock().active);
+        active.file().sync_data().map_err(|error| {
+            let error = Error::io("sync segment", &active.path, error);
+            self.poison(&error);
+            error
+        })?;
+        let bytes = {
+            let mut state = self.lock();
+            let high_watermark = self.high_watermark();
+            let floor_segment = Arc::clone(&state.active);
+            let checkpoint = Checkpoint {
+                partition: self.id,
+                next_offset: high_watermark,
+                floor_base_offset: floor_segment.base_offset,
+                floor_position: if Arc::ptr_eq(&floor_segment, &active) {
+                    floor_segment.published_size()
+                } else {
+                    0
+                },
+                last_timestamp_ms: state.last_timestamp_ms,
+                keys: state
+                    .keys
+                    .iter_by_hash()
+                    .map(|(hash, key)| (hash, key.last_sequence, key.last_offset))
+                    .collect(),
+                collided: state
+                    .keys
+                    .iter_collided()
+                    .map(|(key, state)| (key.to_vec(), state.last_sequence, state.last_offset))
+                    .collect(),
+                producers: state.producers.values().cloned().collect(),
+            };
+            state.bytes_since_checkpoint = 0;
+            state.checkpoint_offset = high_watermark;
+            checkpoint::encode(&checkpoint)
+        };
+        let path = self.dir.join(CHECKPOINT_FILE);
+        io::write_file_atomic(&*self.context.storage, &path, &bytes)
+            .map_err(|error| Error::io("write checkpoint", &path, error))
+    }
+
+    /// Deletes whole sealed segments beyond the retention limits. Returns how many
+    /// were deleted.
+    pub(crate) fn enforce_retention(&self) -> Result<usize> {
+        let options = &self.context.options;
+        if options.retention_age_ms.is_none() && options.retention_bytes.is_none() {
+            return Ok(0);
+        }
+        let now = self.context.clock.now_ms();
+        let doomed: Vec<Arc<Segment>> = {
+            let segments = self.segments();
+            let mut total: u64 = segments.iter().map(|segment| segment.published_size()).sum();
+            let mut doomed = Vec::new();
+            for segment in &segments[..segments.len() - 1] {
+                if !segment.is_sealed() {
+                    break;
+                }
+                let too_old = options
+                    .retention_age_ms
+                    .is_some_and(|age| now.saturating_sub(segment.timestamp_max()) > age as i64);
+                let too_big = options.retention_bytes.is_some_and(|bytes| total > bytes);
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= segment.published_size();
+                doomed.push(Arc::clone(segment));
+            }
+            doomed
+        };
+        let Some(last) = doomed.last() else {
+            return Ok(0);
+        };
+        // Key sequences must survive the deletion: the checkpoint must cover it.
+        if self.lock().checkpoint_offset < last.published_end_offset() {
+            self.write_checkpoint()?;
+        }
+        {
+            let mut segments = self
+                .segments
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            segments.drain(..doomed.len());
+            let earliest = segments
+                .first()
+                .expect("the active segment is never deleted")
+                .base_offset;
+            self.earliest.store(earliest.0, Ordering::Release);
+        }
+        let storage = &*self.context.storage;
+        for segment in &doomed {
+            // Unlinking is safe while readers hold a mapping: the inode lives on.
+            storage
+                .remove_file(&segment.path)
+                .map_err(|error| Error::io("delete segment", &segment.path, error))?;
+            let index_path = segment.path.with_extension("idx");
+            if storage.exists(&index_path) {
+                storage
+                    .remove_file(&index_path)
+                    .map_err(|error| Error::io("delete segment index", &index_path, error))?;
+            }
+        }
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|error| Error::io("sync partition directory", &self.dir, error))?;
+        Ok(doomed.len())
+    }
+}
+
+fn storage_of(partition: &Partition) -> &dyn crate::io::Storage {
+    &*partition.context.storage
+}
+
+fn check_contiguous(previous: &Segment, next: &Segment) -> Result<()> {
+    if previous.published_end_offset() != next.base_offset {
+        return Err(Error::Inconsistent {
+            path: next.path.clone(),
+            reason: format!(
+                "segment starts at offset {} but the previous one ends at {}",
+                next.base_offset,
+                previous.published_end_offset()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A crash while a segment was being created can leave a last file shorter than
+/// its header; it holds no records and is removed.
+fn drop_unfinished_last_segment(
+    storage: &dyn crate::io::Storage,
+    dir: &Path,
+    bases: &mut Vec<Offset>,
+) -> Result<()> {
+    let Some(last) = bases.last().copied() else {
+        return Ok(());
+    };
+    let path = dir.join(segment::log_file_name(last));
+    let file = storage
+        .open(&path, io::OpenMode::Read)
+        .map_err(|error| Error::io("open segment", &path, error))?;
+    let len = file
+        .len()
+        .map_err(|error| Error::io("stat segment", &path, error))?;
+    let mut header = vec![0u8; (len as usize).min(SEGMENT_HEADER_LEN)];
+    file.read_at(&mut header, 0)
+        .map_err(|error| Error::io("read segment header", &path, error))?;
+    let unfinished = len < SEGMENT_HEADER_LEN as u64 || header.iter().all(|byte| *byte == 0);
+    if unfinished {
+        drop(file);
+        storage
+            .remove_file(&path)
+            .map_err(|error| Error::io("remove unfinished segment", &path, error))?;
+        bases.pop();
+    }
+    Ok(())
+}
+
+fn load_checkpoint(
+    storage: &dyn crate::io::Storage,
+    path: &Path,
+    partition: PartitionId,
+) -> Result<Option<Result<Checkpoint>>> {
+    if !storage.exists(path) {
+        return Ok(None);
+    }
+    let bytes = io::read_file(storage, path, limits::CHECKPOINT_SIZE_BYTES_MAX)
+        .map_err(|error| Error::io("read checkpoint", path, error))?;
+    Ok(Some(
+        checkpoint::decode(&bytes)
+            .map_err(|reason| Error::corruption(path, 0, reason))
+            .and_then(|checkpoint| {
+                if checkpoint.partition == partition {
+                    Ok(checkpoint)
+                } else {
+                    Err(Error::Inconsistent {
+                        path: path.to_path_buf(),
+                        reason: format!("checkpoint of partition {}", checkpoint.partition),
+                    })
+                }
+            }),
+    ))
+}
