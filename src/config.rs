@@ -166,12 +166,12 @@ impl TopicOptions {
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be positive".to_string());
         }
-        if let Durability::Interval { interval_ms } = self.durability {
-            if interval_ms == 0 || interval_ms > SYNC_INTERVAL_MS_MAX {
-                return bad(format!(
-                    "sync interval is {interval_ms} ms, must be 1..={SYNC_INTERVAL_MS_MAX}"
-                ));
-            }
+        if let Durability::Interval { interval_ms } = self.durability
+            && (interval_ms == 0 || interval_ms > SYNC_INTERVAL_MS_MAX)
+        {
+            return bad(format!(
+                "sync interval is {interval_ms} ms, must be 1..={SYNC_INTERVAL_MS_MAX}"
+            ));
         }
         if self.retention_age_ms == Some(0) || self.retention_bytes == Some(0) {
             return bad("retention limits must be positive (use None for no limit)".to_string());

@@ -67,10 +67,10 @@ impl KeyIndex {
         hash: u64,
         is_key_at: impl FnOnce(Offset) -> Result<bool>,
     ) -> Result<Option<KeyState>> {
-        if !self.collided.is_empty() {
-            if let Some(state) = self.collided.get(key) {
-                return Ok(Some(*state));
-            }
+        if !self.collided.is_empty()
+            && let Some(state) = self.collided.get(key)
+        {
+            return Ok(Some(*state));
         }
         match self.by_hash.get(&hash) {
             Some(state) if is_key_at(state.last_offset)? => Ok(Some(*state)),
@@ -154,8 +154,8 @@ impl KeyIndex {
         self.by_hash.capacity() * entry
             + self
                 .collided
-                .iter()
-                .map(|(key, _)| key.len() + std::mem::size_of::<(Box<[u8]>, KeyState)>() + 1)
+                .keys()
+                .map(|key| key.len() + std::mem::size_of::<(Box<[u8]>, KeyState)>() + 1)
                 .sum::<usize>()
     }
 }

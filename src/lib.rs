@@ -43,6 +43,7 @@ pub mod error;
 pub mod event;
 pub mod format;
 pub mod io;
+mod journal;
 mod keys;
 pub mod limits;
 mod log;

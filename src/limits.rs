@@ -92,3 +92,42 @@ const _: () = assert!(IDEMPOTENCY_ID_SIZE_MAX <= u8::MAX as usize);
 const _: () = assert!(HEADERS_SIZE_MAX <= u16::MAX as usize);
 const _: () = assert!(HEADERS_COUNT_MAX <= u8::MAX as usize);
 const _: () = assert!(PAYLOAD_SIZE_MAX_DEFAULT <= PAYLOAD_SIZE_MAX_LIMIT);
+
+/// Most entries in a partition's in-memory dedup table; a full table is written out
+/// as a run file. At about 52 bytes of RAM per entry this bounds the table near 13 MiB.
+pub const DEDUP_MEMTABLE_ENTRIES_MAX: usize = 262_144;
+/// Largest age, by append timestamp, of the oldest entry of the in-memory dedup table
+/// before upkeep writes it out, so that the replay on open stays short.
+pub const DEDUP_MEMTABLE_AGE_MS_MAX: i64 = 60_000;
+/// Size of one block of a dedup run file: page-aligned, with its own CRC.
+pub const DEDUP_RUN_BLOCK_SIZE: usize = 4096;
+/// Size of one dedup run entry: fingerprint, offset, timestamp.
+pub const DEDUP_RUN_ENTRY_LEN: usize = 24;
+/// Entries in one full dedup run block (the last 4 bytes of a block are its CRC).
+pub const DEDUP_RUN_BLOCK_ENTRIES_COUNT: usize = (DEDUP_RUN_BLOCK_SIZE - 4) / DEDUP_RUN_ENTRY_LEN;
+/// Most entries a dedup run header may claim (about 400 GiB of run file).
+pub const DEDUP_RUN_ENTRIES_COUNT_MAX: u64 = 1 << 34;
+/// Most run files in one partition's dedup directory. Merging keeps far fewer; a
+/// directory holding more is discarded on open and rebuilt by replay.
+pub const DEDUP_RUNS_COUNT_MAX: usize = 256;
+/// Above this many runs, upkeep merges the smallest adjacent runs even when their
+/// sizes differ, so the count stays bounded whatever the size pattern.
+pub const DEDUP_RUNS_COUNT_SOFT_MAX: usize = 48;
+/// How many runs of one size tier are merged into one.
+pub const DEDUP_MERGE_FANOUT: usize = 4;
+
+// A block must hold at least one entry and its CRC.
+const _: () = assert!(DEDUP_RUN_BLOCK_ENTRIES_COUNT >= 1);
+const _: () = assert!(DEDUP_RUN_BLOCK_ENTRIES_COUNT * DEDUP_RUN_ENTRY_LEN + 4 <= DEDUP_RUN_BLOCK_SIZE);
+// Memtable entries are chained by `u32` indexes.
+const _: () = assert!(DEDUP_MEMTABLE_ENTRIES_MAX < u32::MAX as usize);
+const _: () = assert!((DEDUP_MEMTABLE_ENTRIES_MAX as u64) < DEDUP_RUN_ENTRIES_COUNT_MAX);
+// The fence array of a maximal run (8 bytes per block) must be addressable.
+const _: () =
+    assert!(DEDUP_RUN_ENTRIES_COUNT_MAX / DEDUP_RUN_BLOCK_ENTRIES_COUNT as u64 * 8 <= u32::MAX as u64);
+// Merging needs at least two runs, and the soft bound must leave room for a merge's
+// output and for the runs written between two upkeep calls.
+const _: () = assert!(DEDUP_MERGE_FANOUT >= 2);
+const _: () = assert!(DEDUP_RUNS_COUNT_SOFT_MAX >= 2 * DEDUP_MERGE_FANOUT);
+const _: () = assert!(DEDUP_RUNS_COUNT_SOFT_MAX * 4 <= DEDUP_RUNS_COUNT_MAX);
+const _: () = assert!(DEDUP_MEMTABLE_AGE_MS_MAX > 0);

@@ -242,10 +242,10 @@ impl Segment {
             }
             Ok(())
         })?;
-        if let Some((position, reason)) = scan.failure {
-            if position < durable_floor {
-                return Err(Error::corruption(&segment.path, position, reason));
-            }
+        if let Some((position, reason)) = scan.failure
+            && position < durable_floor
+        {
+            return Err(Error::corruption(&segment.path, position, reason));
         }
         let tail = TailRecovery {
             bytes_cut: file_size - scan.call_end_size,

@@ -378,6 +378,15 @@ impl Topic {
             .collect()
     }
 
+    /// Bytes cut from the torn tails of the topic's cursor and producer journals
+    /// when it was opened: (cursors, producers).
+    pub fn journal_bytes_cut(&self) -> (u64, u64) {
+        (
+            self.inner.cursors.torn_bytes_count(),
+            self.inner.producers.torn_bytes_count(),
+        )
+    }
+
     /// The high watermark of a partition.
     ///
     /// # Errors

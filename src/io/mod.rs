@@ -55,6 +55,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
 }
 
 /// An open file.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Reads exactly `buf.len()` bytes at `position`.
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;

@@ -227,10 +227,10 @@ impl Partition {
     fn decide(&self, state: &mut State, prepared: &Prepared) -> Result<Decision> {
         let request = &prepared.request;
         let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
-        if let Some(stamp) = request.producer {
-            if let Some(decision) = self.check_producer(state, stamp)? {
-                return Ok(decision);
-            }
+        if let Some(stamp) = request.producer
+            && let Some(decision) = self.check_producer(state, stamp)?
+        {
+            return Ok(decision);
         }
         if let Some(decision) = self.check_ids(state, prepared, now)? {
             return Ok(decision);
@@ -350,10 +350,10 @@ impl Partition {
             };
             let mut found = None;
             for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
-                if let Some(pending) = group.ids.get(fingerprint) {
-                    if let Some(hit) = pending.iter().find(|pending| pending.id == id) {
-                        found = Some((hit.ack, false));
-                    }
+                if let Some(pending) = group.ids.get(fingerprint)
+                    && let Some(hit) = pending.iter().find(|pending| pending.id == id)
+                {
+                    found = Some((hit.ack, false));
                 }
             }
             if found.is_none() {
@@ -706,10 +706,10 @@ impl Partition {
         completions.append(&mut std::mem::take(&mut state.open).completions);
         state.flushing = None;
         let high_watermark = self.high_watermark();
-        if !self.is_poisoned() {
-            if let Err(rollback) = self.roll_back(state, high_watermark) {
-                self.poison(&rollback);
-            }
+        if !self.is_poisoned()
+            && let Err(rollback) = self.roll_back(state, high_watermark)
+        {
+            self.poison(&rollback);
         }
         state.next_offset = high_watermark;
         completions

@@ -70,6 +70,10 @@ pub struct PartitionInfo {
     pub segments_count: usize,
     /// Keys with at least one event ever.
     pub keys_count: usize,
+    /// Bytes of RAM held by the idempotency index.
+    pub dedup_memory_bytes: usize,
+    /// Files of the idempotency index.
+    pub dedup_runs_count: usize,
 }
 
 pub(crate) struct Partition {
@@ -201,6 +205,15 @@ impl Partition {
     }
 
     pub(crate) fn info(&self) -> PartitionInfo {
+        // The state lock is never taken while holding the segments lock.
+        let (keys_count, dedup_memory_bytes, dedup_runs_count) = {
+            let state = self.lock();
+            (
+                state.keys.len(),
+                state.dedup.memory_bytes(),
+                state.dedup.runs_count(),
+            )
+        };
         let segments = self.segments();
         PartitionInfo {
             partition: self.id,
@@ -208,7 +221,9 @@ impl Partition {
             high_watermark: self.high_watermark(),
             size_bytes: segments.iter().map(|segment| segment.published_size()).sum(),
             segments_count: segments.len(),
-            keys_count: self.lock().keys.len(),
+            keys_count,
+            dedup_memory_bytes,
+            dedup_runs_count,
         }
     }
 

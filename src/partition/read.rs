@@ -179,7 +179,7 @@ impl Partition {
                 break;
             }
             let (previous, found) = match self.with_record(offset, |view| {
-                (view.key == key).then(|| (view.key_previous_offset, view.sequence))
+                (view.key == key).then_some((view.key_previous_offset, view.sequence))
             }) {
                 Ok(Some(found)) => found,
                 Ok(None) => {

@@ -65,10 +65,10 @@ impl Replayer<'_> {
                 view.key_previous_offset,
             );
         }
-        if view.offset >= self.dedup_from {
-            if let Some(id) = view.idempotency_id {
-                self.dedup.insert(key_hash(id), view.offset, view.timestamp_ms)?;
-            }
+        if view.offset >= self.dedup_from
+            && let Some(id) = view.idempotency_id
+        {
+            self.dedup.insert(key_hash(id), view.offset, view.timestamp_ms)?;
         }
         if view.is_call_end() {
             self.call = None;
@@ -211,9 +211,6 @@ impl Partition {
                 segment.base_offset
             });
         let dedup_from = dedup.persisted_end().max(dedup_window_offset);
-        if keys_from > Offset(0) && dedup.persisted_end() > keys_from.max(dedup_from) {
-            dedup.truncate_from(keys_from.max(dedup_from));
-        }
         let mut replayer = Replayer {
             keys: &mut keys,
             producers: &mut producers,
