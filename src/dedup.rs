@@ -946,8 +946,10 @@ impl DedupIndex {
     /// memtable's entries from that offset on (a replay after `truncate_from`).
     ///
     /// # Errors
-    /// I/O errors from writing a full memtable out, or from a pending truncation.
-    /// The entry is not recorded then; reopening and replaying recovers it.
+    /// I/O errors from a pending truncation, or from writing a full memtable out
+    /// once it holds twice its limit (a single failed write-out keeps the entries
+    /// in memory and is retried). The entry is not recorded then; reopening and
+    /// replaying recovers it.
     pub(crate) fn insert(&mut self, fingerprint: u64, offset: Offset, timestamp_ms: i64) -> Result<()> {
         self.apply_truncation()?;
         debug_assert!(
@@ -959,13 +961,20 @@ impl DedupIndex {
             self.memtable.truncate_from(offset.0);
         }
         if self.memtable.len() >= self.memtable_entries_max {
-            self.flush_memtable()?;
-            if self.runs.len() >= DEDUP_RUNS_COUNT_MAX / 2 {
-                // Upkeep has not run for a long time; keep the run count bounded.
-                self.merge(timestamp_ms)?;
+            match self.flush_memtable() {
+                Ok(()) if self.runs.len() >= DEDUP_RUNS_COUNT_MAX / 2 => {
+                    // Upkeep has not run for a long time; keep the run count bounded.
+                    self.merge(timestamp_ms)?;
+                }
+                Ok(()) => {}
+                // A failed write-out (a full disk, say) keeps the entries in memory
+                // and is retried by the next insert or `maintain`, up to twice the
+                // table's limit; past that the id cannot be kept and this fails.
+                Err(error) if self.memtable.len() >= 2 * self.memtable_entries_max => return Err(error),
+                Err(_) => {}
             }
         }
-        assert!(self.memtable.len() < self.memtable_entries_max);
+        assert!(self.memtable.len() < 2 * self.memtable_entries_max);
         self.memtable.insert(fingerprint, offset.0, timestamp_ms);
         Ok(())
     }

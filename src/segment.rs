@@ -501,6 +501,18 @@ impl Segment {
         Ok(None)
     }
 
+    /// The key of the published frame at `position`, read without checking the
+    /// frame's CRC; lengths are still bounds-checked.
+    pub(crate) fn key_at(&self, position: u64) -> Result<&[u8]> {
+        let size = self.published_size();
+        assert!(
+            position < size,
+            "position {position} at or past published size {size}"
+        );
+        record::peek_key(self.map.slice(position, size))
+            .map_err(|reason| Error::corruption(&self.path, position, reason))
+    }
+
     /// Decodes and checks the published frame at `position`.
     pub(crate) fn decode_at(&self, position: u64) -> Result<(RecordView<'_>, u64)> {
         let size = self.published_size();

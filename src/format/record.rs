@@ -80,11 +80,11 @@ pub fn headers_size(headers: &[(String, Vec<u8>)]) -> usize {
 pub fn encode(buf: &mut Vec<u8>, record: &RecordView<'_>, headers: &[(String, Vec<u8>)]) {
     let headers_len = headers_size(headers);
     let id = record.idempotency_id.unwrap_or(&[]);
-    assert!(!record.key.is_empty() && record.key.len() <= limits::KEY_SIZE_MAX);
-    assert!(!record.event_type.is_empty() && record.event_type.len() <= limits::EVENT_TYPE_SIZE_MAX);
-    assert!(id.len() <= limits::IDEMPOTENCY_ID_SIZE_MAX);
-    assert!(headers_len <= limits::HEADERS_SIZE_MAX);
-    assert!(record.payload.len() as u64 <= limits::PAYLOAD_SIZE_MAX_LIMIT as u64);
+    debug_assert!(!record.key.is_empty() && record.key.len() <= limits::KEY_SIZE_MAX);
+    debug_assert!(!record.event_type.is_empty() && record.event_type.len() <= limits::EVENT_TYPE_SIZE_MAX);
+    debug_assert!(id.len() <= limits::IDEMPOTENCY_ID_SIZE_MAX);
+    debug_assert!(headers_len <= limits::HEADERS_SIZE_MAX);
+    debug_assert!(record.payload.len() as u64 <= limits::PAYLOAD_SIZE_MAX_LIMIT as u64);
     let size = frame_size(
         record.key.len(),
         record.event_type.len(),
@@ -142,6 +142,21 @@ pub fn peek(bytes: &[u8]) -> Result<(u64, Offset), DecodeError> {
     let _crc = reader.u32()?;
     let offset = reader.u64()?;
     Ok((frame_len + 4, Offset(offset)))
+}
+
+/// Reads only a frame's key, without checking its CRC: enough to confirm which
+/// key a record belongs to. Lengths are checked against the frame and the limits.
+pub fn peek_key(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let frame_len = reader.u32()? as u64;
+    check_frame_len(frame_len)?;
+    let header = reader.bytes(RECORD_HEADER_LEN - 4)?;
+    let key_len = u16::from_le_bytes([header[58], header[59]]) as u64;
+    if key_len == 0 || key_len + (RECORD_HEADER_LEN as u64 - 4) > frame_len {
+        return Err(DecodeError::Invalid("key length disagrees with frame length"));
+    }
+    check_len(key_len, limits::KEY_SIZE_MAX as u64)?;
+    reader.bytes(key_len as usize)
 }
 
 fn check_frame_len(frame_len: u64) -> Result<(), DecodeError> {
@@ -360,6 +375,14 @@ mod tests {
         fn record_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes);
             let _ = peek(&bytes);
+            let _ = peek_key(&bytes);
+        }
+
+        #[test]
+        fn peek_key_agrees_with_decode(key in proptest::collection::vec(any::<u8>(), 1..64)) {
+            let mut buf = Vec::new();
+            encode(&mut buf, &sample(&key, b"payload", None), &[]);
+            prop_assert_eq!(peek_key(&buf).expect("peek"), &key[..]);
         }
     }
 }

@@ -51,7 +51,12 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
     )?;
     let mut size = 0u64;
     let mut fingerprints = Vec::with_capacity(request.events.len());
-    let mut seen: HashMap<&[u8], usize> = HashMap::new();
+    let ids_count = request
+        .events
+        .iter()
+        .filter(|event| event.idempotency_id.is_some())
+        .count();
+    let mut seen: HashMap<&[u8], usize> = HashMap::with_capacity(if ids_count > 1 { ids_count } else { 0 });
     for (index, event) in request.events.iter().enumerate() {
         if event.event_type.is_empty() {
             return Err(Error::InvalidArgument(format!("event {index} has an empty type")));
@@ -86,8 +91,10 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
                 )));
             }
             limit("idempotency id size", id.len(), limits::IDEMPOTENCY_ID_SIZE_MAX)?;
-            if let Some(first) = seen.insert(id, index) {
-                return Err(Error::RepeatedIdempotencyId { first, second: index });
+            if ids_count > 1 {
+                if let Some(first) = seen.insert(id, index) {
+                    return Err(Error::RepeatedIdempotencyId { first, second: index });
+                }
             }
         }
         fingerprints.push(id.map(key_hash));
@@ -215,9 +222,10 @@ impl Partition {
         Ok((found, owns_hash))
     }
 
-    /// Whether the published record at `offset` has `key`.
+    /// Whether the published record at `offset` has `key`. Only the key is read:
+    /// the frame's CRC is checked when the record is served, not here.
     fn is_key_at(&self, key: &[u8], offset: Offset) -> Result<bool> {
-        match self.with_record(offset, |view| view.key == key) {
+        match self.with_key_at(offset, |found| found == key) {
             Ok(matches) => Ok(matches),
             Err(Error::OffsetOutOfRange { .. }) => Ok(false),
             Err(error) => Err(error),
@@ -614,9 +622,11 @@ impl Partition {
         let completions = std::mem::take(&mut group.completions);
         match write_all(&writes) {
             Ok(()) => {
+                let became_unsynced = !state.unsynced && !writes.is_empty();
                 state.unsynced |= !writes.is_empty();
                 self.publish(state, group, writes);
-                if state.unsynced {
+                if became_unsynced && matches!(self.context.options.durability, Durability::Interval { .. }) {
+                    // Start the sync timer.
                     self.work.notify_one();
                 }
                 completions
@@ -697,7 +707,7 @@ impl Partition {
     /// Fails every pending append after a failed write or sync. A write failure
     /// rolls the files back to their published size; a sync failure (or a failed
     /// rollback) poisons the partition.
-    fn fail_pending(
+    pub(super) fn fail_pending(
         &self,
         state: &mut State,
         error: Error,

@@ -125,6 +125,8 @@ pub(crate) struct State {
     last_index_position: Option<u64>,
     /// Unsynced bytes written (`Interval` and `None`).
     unsynced: bool,
+    /// When the active segment was last synced (`Interval`).
+    last_sync: std::time::Instant,
     /// The offset the newest checkpoint covers.
     checkpoint_offset: Offset,
     bytes_since_checkpoint: u64,
@@ -290,8 +292,17 @@ impl Partition {
         let mut state = self.lock();
         loop {
             let closing = self.closing.load(Ordering::Acquire);
-            if !state.open.is_empty() && !self.is_poisoned() {
-                state = self.flush_group(state);
+            if !state.open.is_empty() {
+                if self.is_poisoned() {
+                    // Poisoned by housekeeping (a failed sync) after these joined.
+                    let error = Error::Poisoned { partition: self.id };
+                    let completions = self.fail_pending(&mut state, error, Vec::new());
+                    drop(state);
+                    append::run(completions);
+                    state = self.lock();
+                } else {
+                    state = self.flush_group(state);
+                }
                 continue;
             }
             if closing {
@@ -311,20 +322,23 @@ impl Partition {
             }
             let wait = match self.context.options.durability {
                 crate::Durability::Interval { interval_ms } if state.unsynced => {
-                    Duration::from_millis(interval_ms)
+                    let interval = Duration::from_millis(interval_ms);
+                    let elapsed = state.last_sync.elapsed();
+                    if elapsed >= interval {
+                        drop(state);
+                        let _ = self.sync_unsynced();
+                        state = self.lock();
+                        continue;
+                    }
+                    interval - elapsed
                 }
                 _ => HOUSEKEEPING_INTERVAL,
             };
-            let (guard, timeout) = self
+            state = self
                 .work
                 .wait_timeout(state, wait)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            state = guard;
-            if timeout.timed_out() && state.unsynced {
-                drop(state);
-                let _ = self.sync_unsynced();
-                state = self.lock();
-            }
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
     }
 
@@ -337,6 +351,7 @@ impl Partition {
                 return Ok(());
             }
             state.unsynced = false;
+            state.last_sync = std::time::Instant::now();
             Arc::clone(&state.active)
         };
         active.file().sync_data().map_err(|error| {

@@ -54,6 +54,15 @@ impl Partition {
         Ok(f(&view))
     }
 
+    /// Calls `f` with the key of the published record at `offset`, without
+    /// checking the frame's CRC (for identity checks on the write path).
+    pub(crate) fn with_key_at<T>(&self, offset: Offset, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        let segment = self.segment_of(offset)?;
+        let position = segment.position_of(offset)?;
+        let key = segment.key_at(position)?;
+        Ok(f(key))
+    }
+
     /// Visits published records from `from` while `visit` returns true, at most
     /// `count_max` records and about `bytes_max` bytes (at least one record).
     /// Every frame's CRC is checked.

@@ -301,6 +301,7 @@ impl Partition {
             write_end,
             last_index_position,
             unsynced: false,
+            last_sync: std::time::Instant::now(),
             checkpoint_offset: keys_from,
             bytes_since_checkpoint: 0,
             last_housekeeping_ms: now,
