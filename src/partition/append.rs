@@ -91,10 +91,10 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
                 )));
             }
             limit("idempotency id size", id.len(), limits::IDEMPOTENCY_ID_SIZE_MAX)?;
-            if ids_count > 1 {
-                if let Some(first) = seen.insert(id, index) {
-                    return Err(Error::RepeatedIdempotencyId { first, second: index });
-                }
+            if ids_count > 1
+                && let Some(first) = seen.insert(id, index)
+            {
+                return Err(Error::RepeatedIdempotencyId { first, second: index });
             }
         }
         fingerprints.push(id.map(key_hash));
