@@ -50,6 +50,7 @@ mod log;
 mod partition;
 mod producer;
 mod segment;
+pub mod server;
 pub mod subscribe;
 mod topic;
 

@@ -269,7 +269,7 @@ impl Log {
     ///
     /// # Errors
     /// The first I/O error met; every topic is closed regardless.
-    pub fn close(self) -> Result<()> {
+    pub fn close(&self) -> Result<()> {
         let topics = std::mem::take(&mut *self.topics_mut());
         let mut first_error = None;
         for topic in topics.values() {

@@ -1,0 +1,283 @@
+//! The narrow interface between the gRPC service and a storage backend.
+//!
+//! The service talks only to [`Backend`]; [`EngineBackend`] implements it over
+//! the embedded engine. A second backend (the planned scale-out mode on a
+//! distributed log) implements the same trait and serves the same API without
+//! touching the service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use crate::config::TopicOptions;
+use crate::error::{Error, Result};
+use crate::event::{
+    AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, RecordedEvent,
+};
+use crate::format::record::RecordView;
+use crate::log::Log;
+use crate::partition::PartitionInfo;
+use crate::topic::{CursorPosition, Topic};
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A topic's settings and partitions.
+#[derive(Debug, Clone)]
+pub struct TopicDescription {
+    pub options: TopicOptions,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// Everything the service needs from storage.
+pub trait Backend: Send + Sync + 'static {
+    /// The options a topic gets when a request leaves them unset.
+    fn default_topic_options(&self) -> TopicOptions;
+    /// Creates a topic; returns the options in effect.
+    fn create_topic(&self, name: &str, options: TopicOptions) -> Result<TopicOptions>;
+    fn describe_topic(&self, name: &str) -> Result<TopicDescription>;
+    fn list_topics(&self) -> Vec<String>;
+    fn delete_topic(&self, name: &str) -> Result<()>;
+    /// Appends requests (each atomic, any keys); results in request order. The
+    /// outer error is for the topic as a whole (not found).
+    fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>>;
+    fn open_producer(&self, topic: &str, name: &str) -> Result<(ProducerId, Epoch)>;
+    /// Visits a partition's events from `from` while `visit` returns true; returns
+    /// the offset after the last visited event.
+    fn scan(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        from: Offset,
+        count_max: usize,
+        bytes_max: u64,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
+    ) -> Result<Offset>;
+    /// A key's history and its last sequence.
+    fn read_key(
+        &self,
+        topic: &str,
+        key: &[u8],
+        from: Option<u64>,
+        direction: Direction,
+        count_max: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>)>;
+    fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset>;
+    /// One past the newest acknowledged offset of a partition.
+    fn high_watermark(&self, topic: &str, partition: PartitionId) -> Result<Offset>;
+    /// The oldest retained offset of a partition.
+    fn earliest(&self, topic: &str, partition: PartitionId) -> Result<Offset>;
+    /// Resolves to the high watermark once it passes `after`, or the backend closes.
+    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> Result<BoxFuture<Offset>>;
+    fn commit_cursor(
+        &self,
+        topic: &str,
+        name: &str,
+        offsets: &[(PartitionId, Offset)],
+        allow_backwards: bool,
+    ) -> Result<()>;
+    fn cursor(&self, topic: &str, name: &str) -> Result<Vec<CursorPosition>>;
+    fn cursors(&self, topic: &str) -> Result<Vec<(String, Vec<CursorPosition>)>>;
+    fn delete_cursor(&self, topic: &str, name: &str) -> Result<()>;
+}
+
+/// The embedded engine as a backend.
+pub struct EngineBackend {
+    log: Arc<Log>,
+    defaults: TopicOptions,
+    auto_create: bool,
+}
+
+impl EngineBackend {
+    /// A backend over `log`. With `auto_create`, appending to an unknown topic
+    /// creates it with `defaults`.
+    pub fn new(log: Arc<Log>, defaults: TopicOptions, auto_create: bool) -> EngineBackend {
+        EngineBackend {
+            log,
+            defaults,
+            auto_create,
+        }
+    }
+
+    /// The log behind the backend.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    fn topic(&self, name: &str) -> Result<Topic> {
+        self.log.topic(name)
+    }
+
+    fn topic_for_append(&self, name: &str) -> Result<Topic> {
+        match self.log.topic(name) {
+            Err(Error::TopicNotFound(_)) if self.auto_create => {
+                crate::log::validate_topic_name(name)?;
+                match self.log.create_topic(name, self.defaults.clone()) {
+                    Err(Error::TopicExists(_)) => self.log.topic(name),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Submits requests to a topic and resolves when all are acknowledged.
+pub fn append_async(topic: &Topic, requests: Vec<AppendRequest>) -> BoxFuture<Vec<Result<AppendAck>>> {
+    type Shared = (
+        Vec<Option<Result<AppendAck>>>,
+        usize,
+        Option<tokio::sync::oneshot::Sender<()>>,
+    );
+    let count = requests.len();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let shared: Arc<Mutex<Shared>> = Arc::new(Mutex::new((
+        (0..count).map(|_| None).collect(),
+        count,
+        Some(sender),
+    )));
+    if count == 0 {
+        return Box::pin(async { Vec::new() });
+    }
+    for (index, request) in requests.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        topic.submit(request, move |result| {
+            let mut guard = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            guard.0[index] = Some(result);
+            guard.1 -= 1;
+            if guard.1 == 0
+                && let Some(sender) = guard.2.take()
+            {
+                let _ = sender.send(());
+            }
+        });
+    }
+    Box::pin(async move {
+        let _ = receiver.await;
+        let mut guard = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::take(&mut guard.0)
+            .into_iter()
+            .map(|result| result.unwrap_or(Err(Error::Closed)))
+            .collect()
+    })
+}
+
+impl Backend for EngineBackend {
+    fn default_topic_options(&self) -> TopicOptions {
+        self.defaults.clone()
+    }
+
+    fn create_topic(&self, name: &str, options: TopicOptions) -> Result<TopicOptions> {
+        Ok(self.log.create_topic(name, options)?.options().clone())
+    }
+
+    fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let topic = self.topic(name)?;
+        Ok(TopicDescription {
+            options: topic.options().clone(),
+            partitions: topic.partition_infos(),
+        })
+    }
+
+    fn list_topics(&self) -> Vec<String> {
+        self.log.topics()
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        self.log.delete_topic(name)
+    }
+
+    fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>> {
+        match self.topic_for_append(topic) {
+            Ok(topic) => {
+                let future = append_async(&topic, requests);
+                Box::pin(async move { Ok(future.await) })
+            }
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
+    }
+
+    fn open_producer(&self, topic: &str, name: &str) -> Result<(ProducerId, Epoch)> {
+        self.topic_for_append(topic)?.open_producer(name)
+    }
+
+    fn scan(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        from: Offset,
+        count_max: usize,
+        bytes_max: u64,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
+    ) -> Result<Offset> {
+        let topic = self.topic(topic)?;
+        let mut bytes = 0u64;
+        let mut count = 0usize;
+        topic.scan(partition, from, count_max, |view| {
+            let size = view.payload.len() as u64 + view.key.len() as u64 + 64;
+            if count > 0 && bytes + size > bytes_max {
+                return false;
+            }
+            bytes += size;
+            count += 1;
+            visit(view)
+        })
+    }
+
+    fn read_key(
+        &self,
+        topic: &str,
+        key: &[u8],
+        from: Option<u64>,
+        direction: Direction,
+        count_max: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>)> {
+        let topic = self.topic(topic)?;
+        let last = topic.key_sequence(key)?;
+        Ok((topic.read_key(key, from, direction, count_max)?, last))
+    }
+
+    fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset> {
+        self.topic(topic)?.offset_for_timestamp(partition, timestamp_ms)
+    }
+
+    fn high_watermark(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
+        self.topic(topic)?.high_watermark(partition)
+    }
+
+    fn earliest(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
+        let topic = self.topic(topic)?;
+        topic
+            .partition_infos()
+            .get(partition.0 as usize)
+            .map(|info| info.earliest)
+            .ok_or_else(|| Error::InvalidArgument(format!("partition {partition} out of range")))
+    }
+
+    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> Result<BoxFuture<Offset>> {
+        let future = self.topic(topic)?.wait_past(partition, after)?;
+        Ok(Box::pin(future))
+    }
+
+    fn commit_cursor(
+        &self,
+        topic: &str,
+        name: &str,
+        offsets: &[(PartitionId, Offset)],
+        allow_backwards: bool,
+    ) -> Result<()> {
+        self.topic(topic)?.commit_cursor(name, offsets, allow_backwards)
+    }
+
+    fn cursor(&self, topic: &str, name: &str) -> Result<Vec<CursorPosition>> {
+        self.topic(topic)?.cursor(name)
+    }
+
+    fn cursors(&self, topic: &str) -> Result<Vec<(String, Vec<CursorPosition>)>> {
+        Ok(self.topic(topic)?.cursors())
+    }
+
+    fn delete_cursor(&self, topic: &str, name: &str) -> Result<()> {
+        self.topic(topic)?.delete_cursor(name)
+    }
+}

@@ -1,0 +1,235 @@
+//! Hand-written mapping between the generated `stele.v1` types and the engine's
+//! types, so that generated types never leak into the library API.
+
+use super::proto;
+use crate::config::{Durability, TopicOptions};
+use crate::event::{
+    AppendAck, AppendRequest, Epoch, Event, ExpectedSequence, ProducerId, ProducerStamp, RecordedEvent,
+};
+use crate::format::record::{self, RecordView};
+
+/// A request field that was malformed.
+pub type Invalid = String;
+
+pub fn event_from_proto(event: proto::Event) -> Event {
+    let mut headers: Vec<(String, Vec<u8>)> = event
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, value.to_vec()))
+        .collect();
+    headers.sort();
+    Event {
+        event_type: event.r#type,
+        payload: event.payload.to_vec(),
+        headers,
+        idempotency_id: (!event.idempotency_id.is_empty()).then(|| event.idempotency_id.to_vec()),
+    }
+}
+
+pub fn event_to_proto(event: &Event) -> proto::Event {
+    proto::Event {
+        r#type: event.event_type.clone(),
+        payload: event.payload.clone().into(),
+        headers: event
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone().into()))
+            .collect(),
+        idempotency_id: event.idempotency_id.clone().unwrap_or_default().into(),
+    }
+}
+
+pub fn expected_from_proto(expected: Option<proto::ExpectedSequence>) -> ExpectedSequence {
+    use proto::expected_sequence::Kind;
+    match expected.and_then(|expected| expected.kind) {
+        None | Some(Kind::Any(_)) => ExpectedSequence::Any,
+        Some(Kind::NoEvents(_)) => ExpectedSequence::NoEvents,
+        Some(Kind::Exact(sequence)) => ExpectedSequence::Exact(sequence),
+    }
+}
+
+pub fn expected_to_proto(expected: ExpectedSequence) -> proto::ExpectedSequence {
+    use proto::expected_sequence::Kind;
+    proto::ExpectedSequence {
+        kind: Some(match expected {
+            ExpectedSequence::Any => Kind::Any(proto::Empty {}),
+            ExpectedSequence::NoEvents => Kind::NoEvents(proto::Empty {}),
+            ExpectedSequence::Exact(sequence) => Kind::Exact(sequence),
+        }),
+    }
+}
+
+pub fn stamp_from_proto(stamp: proto::ProducerStamp) -> ProducerStamp {
+    ProducerStamp {
+        producer: ProducerId(stamp.producer_id),
+        epoch: Epoch(stamp.epoch),
+        sequence: stamp.sequence,
+    }
+}
+
+pub fn stamp_to_proto(stamp: ProducerStamp) -> proto::ProducerStamp {
+    proto::ProducerStamp {
+        producer_id: stamp.producer.0,
+        epoch: stamp.epoch.0,
+        sequence: stamp.sequence,
+    }
+}
+
+pub fn append_from_proto(append: proto::BatchAppend) -> AppendRequest {
+    AppendRequest {
+        key: append.key.to_vec(),
+        expected: expected_from_proto(append.expected),
+        events: append.events.into_iter().map(event_from_proto).collect(),
+        producer: append.producer.map(stamp_from_proto),
+    }
+}
+
+pub fn append_to_proto(request: &AppendRequest) -> proto::BatchAppend {
+    proto::BatchAppend {
+        key: request.key.clone().into(),
+        expected: Some(expected_to_proto(request.expected)),
+        events: request.events.iter().map(event_to_proto).collect(),
+        producer: request.producer.map(stamp_to_proto),
+    }
+}
+
+pub fn ack_to_proto(ack: &AppendAck) -> proto::AppendResult {
+    proto::AppendResult {
+        partition: ack.partition.0,
+        first_offset: ack.first_offset.0,
+        first_sequence: ack.first_sequence,
+        last_sequence: ack.last_sequence,
+        timestamp_ms: ack.timestamp_ms,
+        duplicate: ack.duplicate,
+    }
+}
+
+pub fn ack_from_proto(result: &proto::AppendResult) -> AppendAck {
+    AppendAck {
+        partition: crate::PartitionId(result.partition),
+        first_offset: crate::Offset(result.first_offset),
+        first_sequence: result.first_sequence,
+        last_sequence: result.last_sequence,
+        timestamp_ms: result.timestamp_ms,
+        duplicate: result.duplicate,
+    }
+}
+
+pub fn recorded_to_proto(event: RecordedEvent) -> proto::RecordedEvent {
+    proto::RecordedEvent {
+        partition: event.partition.0,
+        offset: event.offset.0,
+        timestamp_ms: event.timestamp_ms,
+        key: event.key.into(),
+        sequence: event.sequence,
+        r#type: event.event_type,
+        payload: event.payload.into(),
+        headers: event
+            .headers
+            .into_iter()
+            .map(|(name, value)| (name, value.into()))
+            .collect(),
+        idempotency_id: event.idempotency_id.unwrap_or_default().into(),
+        producer: event.producer.map(stamp_to_proto),
+    }
+}
+
+pub fn recorded_from_proto(event: proto::RecordedEvent) -> RecordedEvent {
+    let mut headers: Vec<(String, Vec<u8>)> = event
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, value.to_vec()))
+        .collect();
+    headers.sort();
+    RecordedEvent {
+        partition: crate::PartitionId(event.partition),
+        offset: crate::Offset(event.offset),
+        timestamp_ms: event.timestamp_ms,
+        key: event.key.to_vec(),
+        sequence: event.sequence,
+        event_type: event.r#type,
+        payload: event.payload.to_vec(),
+        headers,
+        idempotency_id: (!event.idempotency_id.is_empty()).then(|| event.idempotency_id.to_vec()),
+        producer: event.producer.map(stamp_from_proto),
+    }
+}
+
+/// Converts a stored record without an intermediate owned event.
+pub fn view_to_proto(partition: u32, view: &RecordView<'_>) -> proto::RecordedEvent {
+    proto::RecordedEvent {
+        partition,
+        offset: view.offset.0,
+        timestamp_ms: view.timestamp_ms,
+        key: view.key.to_vec().into(),
+        sequence: view.sequence,
+        r#type: view.event_type.to_string(),
+        payload: view.payload.to_vec().into(),
+        headers: record::headers(view.headers)
+            .filter_map(|header| header.ok())
+            .map(|(name, value)| (name.to_string(), value.to_vec().into()))
+            .collect(),
+        idempotency_id: view.idempotency_id.map(<[u8]>::to_vec).unwrap_or_default().into(),
+        producer: view.producer.map(stamp_to_proto),
+    }
+}
+
+/// Topic options from settings, zero fields taking `defaults`.
+pub fn options_from_settings(
+    settings: Option<proto::TopicSettings>,
+    defaults: &TopicOptions,
+) -> Result<TopicOptions, Invalid> {
+    let Some(settings) = settings else {
+        return Ok(defaults.clone());
+    };
+    let nonzero = |value: u64| (value != 0).then_some(value);
+    let durability = match proto::Durability::try_from(settings.durability) {
+        Ok(proto::Durability::Unspecified) => defaults.durability,
+        Ok(proto::Durability::Always) => Durability::Always,
+        Ok(proto::Durability::Interval) => Durability::Interval {
+            interval_ms: nonzero(settings.sync_interval_ms).unwrap_or(match defaults.durability {
+                Durability::Interval { interval_ms } => interval_ms,
+                _ => 100,
+            }),
+        },
+        Ok(proto::Durability::None) => Durability::None,
+        Err(_) => return Err(format!("unknown durability {}", settings.durability)),
+    };
+    Ok(TopicOptions {
+        partitions: if settings.partitions == 0 {
+            defaults.partitions
+        } else {
+            settings.partitions
+        },
+        retention_age_ms: nonzero(settings.retention_age_ms).or(defaults.retention_age_ms),
+        retention_bytes: nonzero(settings.retention_bytes).or(defaults.retention_bytes),
+        dedup_window_ms: nonzero(settings.dedup_window_ms).unwrap_or(defaults.dedup_window_ms),
+        durability,
+        segment_size_bytes_max: nonzero(settings.segment_size_bytes)
+            .unwrap_or(defaults.segment_size_bytes_max),
+        payload_size_max: if settings.payload_size_max == 0 {
+            defaults.payload_size_max
+        } else {
+            settings.payload_size_max
+        },
+        ..defaults.clone()
+    })
+}
+
+pub fn settings_from_options(options: &TopicOptions) -> proto::TopicSettings {
+    let (durability, sync_interval_ms) = match options.durability {
+        Durability::Always => (proto::Durability::Always, 0),
+        Durability::Interval { interval_ms } => (proto::Durability::Interval, interval_ms),
+        Durability::None => (proto::Durability::None, 0),
+    };
+    proto::TopicSettings {
+        partitions: options.partitions,
+        retention_age_ms: options.retention_age_ms.unwrap_or(0),
+        retention_bytes: options.retention_bytes.unwrap_or(0),
+        dedup_window_ms: options.dedup_window_ms,
+        durability: durability as i32,
+        sync_interval_ms,
+        segment_size_bytes: options.segment_size_bytes_max,
+        payload_size_max: options.payload_size_max,
+    }
+}

@@ -1,0 +1,175 @@
+//! The gRPC server: the only module that names `tonic` and `prost`.
+//!
+//! [`RunningServer::start`] serves `stele.v1.Stele`, gRPC health and server
+//! reflection (v1 and v1alpha) on a TCP listener. Shutdown stops accepting,
+//! ends subscriptions and append sessions after their in-flight work, lets
+//! in-flight calls finish, then closes the log (sync, checkpoint).
+
+pub mod backend;
+pub mod convert;
+pub mod proto;
+mod service;
+pub mod status;
+mod subscription;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use backend::{Backend, EngineBackend};
+pub use service::SteleService;
+
+use crate::config::{LogOptions, TopicOptions};
+use crate::error::{Error, Result};
+use crate::limits;
+use crate::log::Log;
+
+/// The port `stele serve` listens on by default.
+pub const PORT_DEFAULT: u16 = 7077;
+/// The largest gRPC message accepted: a maximal append call plus framing.
+pub const MESSAGE_SIZE_BYTES_MAX: usize = (limits::APPEND_SIZE_BYTES_MAX as usize) + (1 << 20);
+
+/// What a server needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Create unknown topics on first append (with `default_topic`).
+    pub auto_create_topics: bool,
+    /// Options of topics created without explicit settings.
+    pub default_topic: TopicOptions,
+}
+
+impl ServerConfig {
+    /// Defaults: `./stele-data`, `127.0.0.1:7077`, auto-create on.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)),
+            auto_create_topics: true,
+            default_topic: TopicOptions::default(),
+        }
+    }
+}
+
+/// A server running on a tokio runtime.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    log: Arc<Log>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+}
+
+impl RunningServer {
+    /// Opens the data directory and starts serving. Must be called within a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process has the directory; I/O errors for
+    /// the directory or the listener.
+    pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+        let log = Arc::new(Log::open(&config.data_dir, LogOptions::default())?);
+        RunningServer::start_with_log(log, config).await
+    }
+
+    /// Starts serving an already open log.
+    ///
+    /// # Errors
+    /// I/O errors binding the listener.
+    pub async fn start_with_log(log: Arc<Log>, config: ServerConfig) -> Result<RunningServer> {
+        config.default_topic.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| Error::io("bind listener", config.listen.to_string(), error))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|error| Error::io("read listener address", config.listen.to_string(), error))?;
+        let backend: Arc<dyn Backend> = Arc::new(EngineBackend::new(
+            Arc::clone(&log),
+            config.default_topic.clone(),
+            config.auto_create_topics,
+        ));
+        let (closing_sender, closing) = watch::channel(false);
+        let service = SteleService::new(backend, closing);
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<proto::stele_server::SteleServer<SteleService>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|error| Error::Config(format!("reflection: {error}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|error| Error::Config(format!("reflection: {error}")))?;
+        let stele = proto::stele_server::SteleServer::new(service)
+            .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+                // End subscriptions and sessions so that in-flight calls can finish.
+                let _ = closing_sender.send(true);
+            };
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(stele)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        });
+        Ok(RunningServer {
+            local_addr,
+            log,
+            stop: Some(stop),
+            served: Some(served),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The log behind the server.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// Stops accepting, finishes in-flight calls, then syncs and closes the log.
+    ///
+    /// # Errors
+    /// I/O errors closing the log.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.stop_serving().await;
+        self.log.close()
+    }
+
+    async fn stop_serving(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

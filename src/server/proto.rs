@@ -1,0 +1,7 @@
+//! The generated `stele.v1` types and stubs.
+#![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+
+tonic::include_proto!("stele.v1");
+
+/// The encoded file descriptor set of `stele.v1`, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stele_descriptor.bin"));

@@ -1,0 +1,362 @@
+//! The `stele.v1.Stele` gRPC service over a [`Backend`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::backend::Backend;
+use super::convert;
+use super::proto::{self, stele_server::Stele};
+use super::status::{error_detail, invalid_argument, to_status};
+use super::subscription;
+use crate::event::{Direction, Offset, PartitionId};
+use crate::limits;
+
+/// Default and largest events per read.
+const READ_EVENTS_DEFAULT: usize = 1000;
+const READ_BYTES_DEFAULT: u64 = 4 << 20;
+/// Requests of one AppendSession in flight at once; more wait (back-pressure).
+const SESSION_IN_FLIGHT_MAX: usize = 1024;
+
+/// The service.
+pub struct SteleService {
+    backend: Arc<dyn Backend>,
+    /// Turns true when the server shuts down: streams end after in-flight work.
+    closing: watch::Receiver<bool>,
+}
+
+impl SteleService {
+    /// A service over `backend`; streams end when `closing` turns true.
+    pub fn new(backend: Arc<dyn Backend>, closing: watch::Receiver<bool>) -> SteleService {
+        SteleService { backend, closing }
+    }
+}
+
+fn outcomes(results: Vec<crate::Result<crate::AppendAck>>) -> Vec<proto::BatchAppendOutcome> {
+    results
+        .into_iter()
+        .map(|result| proto::BatchAppendOutcome {
+            outcome: Some(match result {
+                Ok(ack) => proto::batch_append_outcome::Outcome::Result(convert::ack_to_proto(&ack)),
+                Err(error) => proto::batch_append_outcome::Outcome::Error(error_detail(&error)),
+            }),
+        })
+        .collect()
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Stele for SteleService {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::CreateTopicResponse>, Status> {
+        let request = request.into_inner();
+        let options = convert::options_from_settings(request.settings, &self.backend.default_topic_options())
+            .map_err(invalid_argument)?;
+        let options = self.backend.create_topic(&request.topic, options)?;
+        Ok(Response::new(proto::CreateTopicResponse {
+            settings: Some(convert::settings_from_options(&options)),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<proto::DescribeTopicRequest>,
+    ) -> Result<Response<proto::DescribeTopicResponse>, Status> {
+        let request = request.into_inner();
+        let description = self.backend.describe_topic(&request.topic)?;
+        Ok(Response::new(proto::DescribeTopicResponse {
+            topic: request.topic,
+            settings: Some(convert::settings_from_options(&description.options)),
+            partitions: description
+                .partitions
+                .iter()
+                .map(|info| proto::PartitionDescription {
+                    partition: info.partition.0,
+                    earliest_offset: info.earliest.0,
+                    high_watermark: info.high_watermark.0,
+                    size_bytes: info.size_bytes,
+                    segment_count: info.segments_count as u32,
+                    key_count: info.keys_count as u64,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        Ok(Response::new(proto::ListTopicsResponse {
+            topics: self.backend.list_topics(),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        self.backend.delete_topic(&request.into_inner().topic)?;
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn append(
+        &self,
+        request: Request<proto::AppendRequest>,
+    ) -> Result<Response<proto::AppendResponse>, Status> {
+        let request = request.into_inner();
+        let append = convert::append_from_proto(proto::BatchAppend {
+            key: request.key,
+            expected: request.expected,
+            events: request.events,
+            producer: request.producer,
+        });
+        let mut results = self.backend.append(&request.topic, vec![append]).await?;
+        let ack = results
+            .pop()
+            .ok_or_else(|| Status::internal("append produced no result"))??;
+        Ok(Response::new(proto::AppendResponse {
+            result: Some(convert::ack_to_proto(&ack)),
+        }))
+    }
+
+    async fn append_batch(
+        &self,
+        request: Request<proto::AppendBatchRequest>,
+    ) -> Result<Response<proto::AppendBatchResponse>, Status> {
+        let request = request.into_inner();
+        let appends = request
+            .appends
+            .into_iter()
+            .map(convert::append_from_proto)
+            .collect();
+        let results = self.backend.append(&request.topic, appends).await?;
+        Ok(Response::new(proto::AppendBatchResponse {
+            outcomes: outcomes(results),
+        }))
+    }
+
+    type AppendSessionStream = BoxStream<proto::AppendSessionResponse>;
+
+    async fn append_session(
+        &self,
+        request: Request<Streaming<proto::AppendSessionRequest>>,
+    ) -> Result<Response<Self::AppendSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let backend = Arc::clone(&self.backend);
+        // Appends start in arrival order (so they join group commits early) and
+        // their responses are sent in the same order.
+        let (pending_sender, mut pending) =
+            mpsc::channel::<(u64, super::backend::BoxFuture<_>)>(SESSION_IN_FLIGHT_MAX);
+        let (sender, receiver) = mpsc::channel(64);
+        let error_sender = sender.clone();
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = closing.wait_for(|closing| *closing) => break,
+                };
+                let message = match next {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = error_sender.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let appends = message
+                    .appends
+                    .into_iter()
+                    .map(convert::append_from_proto)
+                    .collect();
+                let future = backend.append(&message.topic, appends);
+                if pending_sender
+                    .send((message.correlation_id, future))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((correlation_id, future)) = pending.recv().await {
+                let response = match future.await {
+                    Ok(results) => Ok(proto::AppendSessionResponse {
+                        correlation_id,
+                        outcomes: outcomes(results),
+                    }),
+                    Err(error) => Err(to_status(&error)),
+                };
+                let failed = response.is_err();
+                if sender.send(response).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn open_producer(
+        &self,
+        request: Request<proto::OpenProducerRequest>,
+    ) -> Result<Response<proto::OpenProducerResponse>, Status> {
+        let request = request.into_inner();
+        let (producer, epoch) = self.backend.open_producer(&request.topic, &request.name)?;
+        Ok(Response::new(proto::OpenProducerResponse {
+            producer_id: producer.0,
+            epoch: epoch.0,
+        }))
+    }
+
+    async fn read(
+        &self,
+        request: Request<proto::ReadRequest>,
+    ) -> Result<Response<proto::ReadResponse>, Status> {
+        let request = request.into_inner();
+        let count_max = match request.max_events {
+            0 => READ_EVENTS_DEFAULT,
+            count => (count as usize).min(limits::READ_EVENTS_COUNT_MAX),
+        };
+        let bytes_max = match request.max_bytes {
+            0 => READ_BYTES_DEFAULT,
+            bytes => bytes.min(limits::READ_SIZE_BYTES_MAX),
+        };
+        let partition = PartitionId(request.partition);
+        let mut events = Vec::new();
+        let next_offset = self.backend.scan(
+            &request.topic,
+            partition,
+            Offset(request.from_offset),
+            count_max,
+            bytes_max,
+            &mut |view| {
+                events.push(convert::view_to_proto(partition.0, view));
+                true
+            },
+        )?;
+        let high_watermark = self.backend.high_watermark(&request.topic, partition)?.0;
+        Ok(Response::new(proto::ReadResponse {
+            events,
+            next_offset: next_offset.0,
+            high_watermark,
+        }))
+    }
+
+    async fn read_key(
+        &self,
+        request: Request<proto::ReadKeyRequest>,
+    ) -> Result<Response<proto::ReadKeyResponse>, Status> {
+        let request = request.into_inner();
+        let direction = match proto::ReadDirection::try_from(request.direction) {
+            Ok(proto::ReadDirection::Forwards) => Direction::Forwards,
+            Ok(proto::ReadDirection::Backwards) => Direction::Backwards,
+            Err(_) => {
+                return Err(invalid_argument(format!(
+                    "unknown direction {}",
+                    request.direction
+                )));
+            }
+        };
+        let count_max = match request.max_events {
+            0 => READ_EVENTS_DEFAULT,
+            count => (count as usize).min(limits::READ_EVENTS_COUNT_MAX),
+        };
+        let (events, last_sequence) = self.backend.read_key(
+            &request.topic,
+            &request.key,
+            request.from_sequence,
+            direction,
+            count_max,
+        )?;
+        Ok(Response::new(proto::ReadKeyResponse {
+            events: events.into_iter().map(convert::recorded_to_proto).collect(),
+            last_sequence,
+        }))
+    }
+
+    type SubscribeStream = BoxStream<proto::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let stream = subscription::start(
+            Arc::clone(&self.backend),
+            request.into_inner(),
+            self.closing.clone(),
+        )?;
+        Ok(Response::new(stream))
+    }
+
+    async fn commit_cursor(
+        &self,
+        request: Request<proto::CommitCursorRequest>,
+    ) -> Result<Response<proto::CommitCursorResponse>, Status> {
+        let request = request.into_inner();
+        let mut offsets: Vec<(PartitionId, Offset)> = request
+            .offsets
+            .iter()
+            .map(|(partition, offset)| (PartitionId(*partition), Offset(*offset)))
+            .collect();
+        offsets.sort();
+        self.backend
+            .commit_cursor(&request.topic, &request.cursor, &offsets, request.allow_backwards)?;
+        Ok(Response::new(proto::CommitCursorResponse {}))
+    }
+
+    async fn get_cursor(
+        &self,
+        request: Request<proto::GetCursorRequest>,
+    ) -> Result<Response<proto::GetCursorResponse>, Status> {
+        let request = request.into_inner();
+        let positions = self.backend.cursor(&request.topic, &request.cursor)?;
+        Ok(Response::new(proto::GetCursorResponse {
+            cursor: Some(cursor_to_proto(request.cursor, positions)),
+        }))
+    }
+
+    async fn list_cursors(
+        &self,
+        request: Request<proto::ListCursorsRequest>,
+    ) -> Result<Response<proto::ListCursorsResponse>, Status> {
+        let request = request.into_inner();
+        let cursors = self.backend.cursors(&request.topic)?;
+        Ok(Response::new(proto::ListCursorsResponse {
+            cursors: cursors
+                .into_iter()
+                .map(|(name, positions)| cursor_to_proto(name, positions))
+                .collect(),
+        }))
+    }
+
+    async fn delete_cursor(
+        &self,
+        request: Request<proto::DeleteCursorRequest>,
+    ) -> Result<Response<proto::DeleteCursorResponse>, Status> {
+        let request = request.into_inner();
+        self.backend.delete_cursor(&request.topic, &request.cursor)?;
+        Ok(Response::new(proto::DeleteCursorResponse {}))
+    }
+}
+
+fn cursor_to_proto(name: String, positions: Vec<crate::CursorPosition>) -> proto::Cursor {
+    proto::Cursor {
+        name,
+        partitions: positions
+            .into_iter()
+            .map(|position| proto::CursorPartition {
+                partition: position.partition.0,
+                committed_offset: position.committed.map(|offset| offset.0),
+                lag: position.lag,
+            })
+            .collect(),
+    }
+}
