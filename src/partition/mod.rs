@@ -382,7 +382,7 @@ impl Partition {
 
     fn poison(&self, error: &Error) {
         if !self.poisoned.swap(true, Ordering::AcqRel) {
-            let _ = error;
+            tracing::error!(dir = %self.dir.display(), %error, "partition poisoned: writes fail until it is reopened");
         }
         self.room.notify_all();
     }

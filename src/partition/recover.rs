@@ -331,6 +331,26 @@ impl Partition {
         for segment in unsealed {
             segment.seal(storage_of(&partition))?;
         }
+        let report = &partition.recovery;
+        if report.tail.bytes_cut > 0 {
+            tracing::warn!(
+                dir = %partition.dir.display(),
+                bytes_cut = report.tail.bytes_cut,
+                records_cut = report.tail.records_cut,
+                "cut a torn tail from the active segment"
+            );
+        }
+        if report.checkpoint_rebuilt {
+            tracing::warn!(dir = %partition.dir.display(), "checkpoint unreadable: state rebuilt from the log");
+        }
+        if report.dedup_runs_dropped > 0 {
+            tracing::warn!(
+                dir = %partition.dir.display(),
+                runs = report.dedup_runs_dropped,
+                "damaged dedup runs dropped: rebuilt from the log"
+            );
+        }
+        tracing::debug!(dir = %partition.dir.display(), records_replayed = report.records_replayed, "partition open");
         partition.start_worker()?;
         Ok(partition)
     }
@@ -442,6 +462,7 @@ impl Partition {
         storage
             .sync_dir(&self.dir)
             .map_err(|error| Error::io("sync partition directory", &self.dir, error))?;
+        tracing::info!(dir = %self.dir.display(), segments = doomed.len(), earliest = %self.earliest(), "retention deleted segments");
         Ok(doomed.len())
     }
 }

@@ -129,6 +129,7 @@ impl RunningServer {
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
                 .await
         });
+        tracing::info!(%local_addr, "serving stele.v1");
         Ok(RunningServer {
             local_addr,
             log,
@@ -152,8 +153,11 @@ impl RunningServer {
     /// # Errors
     /// I/O errors closing the log.
     pub async fn shutdown(mut self) -> Result<()> {
+        tracing::info!("shutting down: finishing in-flight calls");
         self.stop_serving().await;
-        self.log.close()
+        let closed = self.log.close();
+        tracing::info!("log closed");
+        closed
     }
 
     async fn stop_serving(&mut self) {

@@ -97,6 +97,11 @@ pub fn error_detail(error: &Error) -> ErrorDetail {
 /// An engine error as a gRPC status with details and the code trailer.
 pub fn to_status(error: &Error) -> Status {
     let detail = error_detail(error);
+    match grpc_code(error.kind()) {
+        Code::Internal | Code::DataLoss => tracing::error!(%error, "request failed"),
+        Code::Unavailable | Code::ResourceExhausted => tracing::warn!(%error, "request failed"),
+        _ => tracing::debug!(%error, "request rejected"),
+    }
     let mut metadata = tonic::metadata::MetadataMap::new();
     if let Ok(value) = detail.code.to_string().parse() {
         metadata.insert(ERROR_CODE_METADATA, value);
