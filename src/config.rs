@@ -14,12 +14,19 @@ use crate::format::{DecodeError, Put, Reader, envelope};
 use crate::io::{StdStorage, Storage};
 use crate::limits;
 
+/// Default number of partitions of a new topic.
 pub const PARTITIONS_COUNT_DEFAULT: u32 = 4;
+/// Default dedup window, in milliseconds (2 minutes).
 pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 2 * 60 * 1000;
+/// Default size at which the active segment rolls, in bytes (128 MiB).
 pub const SEGMENT_SIZE_BYTES_MAX_DEFAULT: u64 = 128 << 20;
+/// Default distance between sparse index entries, in bytes of segment.
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
+/// Default idleness after which a producer's partition state is forgotten, in milliseconds (24 hours).
 pub const PRODUCER_IDLE_MS_MAX_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+/// Default number of appended bytes between checkpoints (256 MiB).
 pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 256 << 20;
+/// Largest sync interval of [`Durability::Interval`], in milliseconds.
 pub const SYNC_INTERVAL_MS_MAX: u64 = 60_000;
 
 /// When an append is acknowledged relative to fdatasync.
@@ -32,7 +39,10 @@ pub enum Durability {
     /// The append returns once written to the OS; the data is synced at most
     /// `interval_ms` later. Survives a process crash; acknowledged data written in
     /// the last interval may be lost on power failure.
-    Interval { interval_ms: u64 },
+    Interval {
+        /// Longest time between a write and its sync, in milliseconds; 1..=[`SYNC_INTERVAL_MS_MAX`].
+        interval_ms: u64,
+    },
     /// Never synced by the engine (the OS writes back eventually). Survives a
     /// process crash; acknowledged data may be lost on power failure.
     None,

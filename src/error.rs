@@ -19,25 +19,41 @@ pub enum Error {
     /// An operating-system I/O error other than a full disk.
     #[error("I/O during {op} on {path}: {source}")]
     Io {
+        /// The operation that failed, e.g. `"fdatasync segment"`.
         op: &'static str,
+        /// The file or directory the operation was on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// The disk (or quota) is full. Nothing of the failed append was kept; appends
     /// work again once space is freed.
     #[error("disk full during {op} on {path}")]
-    DiskFull { op: &'static str, path: PathBuf },
+    DiskFull {
+        /// The operation that failed for lack of space.
+        op: &'static str,
+        /// The file or directory the operation was on.
+        path: PathBuf,
+    },
     /// Bytes on disk fail a check. Nothing from the damaged place is served.
     #[error("corruption in {path} at position {position}: {reason}")]
     Corruption {
+        /// The damaged file.
         path: PathBuf,
+        /// The byte position of the damage within the file.
         position: u64,
+        /// The check that failed.
         reason: DecodeError,
     },
     /// A file is well-formed but disagrees with the rest of the data directory.
     #[error("inconsistent data in {path}: {reason}")]
-    Inconsistent { path: PathBuf, reason: String },
+    Inconsistent {
+        /// The file that disagrees.
+        path: PathBuf,
+        /// What it disagrees with, in words.
+        reason: String,
+    },
     /// Options failed validation.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -47,8 +63,11 @@ pub enum Error {
     /// An argument exceeds a hard bound.
     #[error("{what} is {value}, above the limit of {max}")]
     LimitExceeded {
+        /// The bounded quantity, e.g. `"payload size"`.
         what: &'static str,
+        /// The argument's value (bytes or count).
         value: u64,
+        /// The largest value allowed.
         max: u64,
     },
     /// No topic of that name exists.
@@ -60,6 +79,7 @@ pub enum Error {
     /// The key's last sequence is not what the append expected. Nothing was written.
     #[error("wrong expected sequence for key: expected {expected}, actual {}", display_sequence(*actual))]
     WrongExpectedSequence {
+        /// The condition the append stated.
         expected: crate::event::ExpectedSequence,
         /// The key's last sequence, `None` when the key has no events.
         actual: Option<u64>,
@@ -67,35 +87,60 @@ pub enum Error {
     /// Some but not all events of an append carry idempotency ids already seen.
     /// Nothing was written.
     #[error("{duplicates} of {events} events are duplicates of earlier events; nothing was written")]
-    PartialDuplicate { duplicates: usize, events: usize },
+    PartialDuplicate {
+        /// How many events of the append are duplicates.
+        duplicates: usize,
+        /// How many events the append has.
+        events: usize,
+    },
     /// An append carried the same idempotency id twice.
     #[error("idempotency id repeated within one append (events {first} and {second})")]
-    RepeatedIdempotencyId { first: usize, second: usize },
+    RepeatedIdempotencyId {
+        /// The 0-based index of the first event carrying the id.
+        first: usize,
+        /// The 0-based index of the later event repeating it.
+        second: usize,
+    },
     /// The producer was opened again with a newer epoch.
     #[error("producer {producer} fenced: epoch {epoch} < current {current}")]
     ProducerFenced {
+        /// The fenced producer.
         producer: ProducerId,
+        /// The stale epoch the append carried.
         epoch: Epoch,
+        /// The producer's current epoch.
         current: Epoch,
     },
     /// The producer id is not registered in the topic, or its epoch is in the future.
     #[error("unknown producer {producer} epoch {epoch}")]
-    UnknownProducer { producer: ProducerId, epoch: Epoch },
+    UnknownProducer {
+        /// The producer id the append carried.
+        producer: ProducerId,
+        /// The epoch the append carried.
+        epoch: Epoch,
+    },
     /// The producer's sequence is not the next one for that partition.
     #[error(
         "out-of-order sequence for producer {producer} in partition {partition}: expected {expected}, got {got}"
     )]
     ProducerOutOfOrder {
+        /// The producer.
         producer: ProducerId,
+        /// The partition the append went to.
         partition: PartitionId,
+        /// The producer sequence the partition expected next.
         expected: u64,
+        /// The producer sequence the append carried.
         got: u64,
     },
     /// A read asked for an offset outside the partition's retained range.
     #[error("offset {requested} out of range [{earliest}, {high_watermark})")]
     OffsetOutOfRange {
+        /// The offset asked for.
         requested: Offset,
+        /// The earliest retained offset of the partition.
         earliest: Offset,
+        /// The partition's high watermark (one past the newest acknowledged offset).
         high_watermark: Offset,
     },
     /// No cursor of that name exists in the topic.
@@ -104,23 +149,35 @@ pub enum Error {
     /// A cursor commit would move backwards without being asked to.
     #[error("cursor commit would move partition {partition} back from {committed} to {requested}")]
     CursorBackwards {
+        /// The partition whose position would move back.
         partition: PartitionId,
+        /// The cursor's committed offset in that partition.
         committed: Offset,
+        /// The smaller offset the commit asked for.
         requested: Offset,
     },
     /// A cursor commit is past the partition's high watermark.
     #[error("cursor commit {requested} is past the high watermark {high_watermark} of partition {partition}")]
     CursorAheadOfHighWatermark {
+        /// The partition of the commit.
         partition: PartitionId,
+        /// The offset the commit asked for.
         requested: Offset,
+        /// The partition's high watermark at the time of the commit.
         high_watermark: Offset,
     },
     /// An earlier fsync failed; the partition refuses writes until reopened.
     #[error("partition {partition} is poisoned after a failed fsync; reopen to recover")]
-    Poisoned { partition: PartitionId },
+    Poisoned {
+        /// The poisoned partition.
+        partition: PartitionId,
+    },
     /// Another process holds the data directory.
     #[error("data directory {path} is locked by another process")]
-    Locked { path: PathBuf },
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// The log or topic was closed.
     #[error("closed")]
     Closed,
@@ -137,27 +194,49 @@ fn display_sequence(sequence: Option<u64>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
+    /// An I/O error: [`Error::Io`].
     Io,
+    /// The disk is full: [`Error::DiskFull`].
     DiskFull,
+    /// Bytes on disk fail a check: [`Error::Corruption`].
     Corruption,
+    /// A file disagrees with the data directory: [`Error::Inconsistent`].
     Inconsistent,
+    /// Options failed validation: [`Error::Config`].
     Config,
+    /// An argument is malformed: [`Error::InvalidArgument`].
     InvalidArgument,
+    /// An argument exceeds a hard bound: [`Error::LimitExceeded`].
     LimitExceeded,
+    /// No such topic: [`Error::TopicNotFound`].
     TopicNotFound,
+    /// The topic exists already: [`Error::TopicExists`].
     TopicExists,
+    /// The key's last sequence is not the expected one: [`Error::WrongExpectedSequence`].
     WrongExpectedSequence,
+    /// Some events of an append are duplicates: [`Error::PartialDuplicate`].
     PartialDuplicate,
+    /// An idempotency id repeats within one append: [`Error::RepeatedIdempotencyId`].
     RepeatedIdempotencyId,
+    /// The producer was fenced by a newer epoch: [`Error::ProducerFenced`].
     ProducerFenced,
+    /// The producer or epoch is unknown: [`Error::UnknownProducer`].
     UnknownProducer,
+    /// The producer's sequence is not the next one: [`Error::ProducerOutOfOrder`].
     ProducerOutOfOrder,
+    /// A read offset is outside the retained range: [`Error::OffsetOutOfRange`].
     OffsetOutOfRange,
+    /// No such cursor: [`Error::CursorNotFound`].
     CursorNotFound,
+    /// A cursor commit would move backwards: [`Error::CursorBackwards`].
     CursorBackwards,
+    /// A cursor commit is past the high watermark: [`Error::CursorAheadOfHighWatermark`].
     CursorAheadOfHighWatermark,
+    /// The partition is poisoned after a failed fsync: [`Error::Poisoned`].
     Poisoned,
+    /// The data directory is locked by another process: [`Error::Locked`].
     Locked,
+    /// The log or topic was closed: [`Error::Closed`].
     Closed,
 }
 

@@ -108,17 +108,24 @@ impl fmt::Display for ExpectedSequence {
 /// producer's sequence number for the target partition (0, 1, 2, ... per partition).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerStamp {
+    /// The producer's id, as registered in the topic.
     pub producer: ProducerId,
+    /// The producer's epoch; an older epoch than the registered one is fenced.
     pub epoch: Epoch,
+    /// The producer's sequence for the target partition, dense from 0.
     pub sequence: u64,
 }
 
 /// One atomic append: events for one key, with a condition and an optional stamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendRequest {
+    /// The key the events belong to; it also picks the partition. Must not be empty.
     pub key: Vec<u8>,
+    /// The condition on the key's last sequence; [`ExpectedSequence::Any`] for none.
     pub expected: ExpectedSequence,
+    /// The events, appended together or not at all; must not be empty.
     pub events: Vec<Event>,
+    /// The idempotent producer's stamp; `None` for an unstamped append.
     pub producer: Option<ProducerStamp>,
 }
 
@@ -149,6 +156,7 @@ impl AppendRequest {
 /// The acknowledgement of an append: where its events are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendAck {
+    /// The partition the events were appended to.
     pub partition: PartitionId,
     /// The offset of the first event; the others follow contiguously.
     pub first_offset: Offset,
@@ -166,14 +174,23 @@ pub struct AppendAck {
 /// An event as stored, with the positions the engine assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
+    /// The partition holding the event.
     pub partition: PartitionId,
+    /// The event's offset within its partition.
     pub offset: Offset,
+    /// The append timestamp, Unix milliseconds.
     pub timestamp_ms: i64,
+    /// The event's key.
     pub key: Vec<u8>,
+    /// The event's sequence within its key, dense from 0.
     pub sequence: u64,
+    /// The event's type name.
     pub event_type: String,
+    /// The payload bytes.
     pub payload: Vec<u8>,
+    /// The headers, in the order they were appended.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The idempotency id, or `None` when the event had none.
     pub idempotency_id: Option<Vec<u8>>,
     /// The producer stamp of the append that wrote this event, if any.
     pub producer: Option<ProducerStamp>,

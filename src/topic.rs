@@ -41,6 +41,7 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
 /// A cursor's position in one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorPosition {
+    /// The partition this position is in.
     pub partition: PartitionId,
     /// The next offset the consumer will read; `None` when never committed.
     pub committed: Option<Offset>,

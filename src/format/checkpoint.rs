@@ -16,26 +16,38 @@ use super::{DecodeError, Put, Reader, check_len, envelope};
 use crate::event::{Epoch, Offset, PartitionId, ProducerId};
 use crate::limits;
 
+/// Magic of a checkpoint file's envelope.
 pub const CHECKPOINT_MAGIC: &[u8; 8] = b"STELECKP";
+/// Body version this build writes.
 pub const CHECKPOINT_VERSION: u16 = 1;
+/// Body versions this build reads.
 pub const CHECKPOINT_VERSIONS_SUPPORTED: &[u16] = &[1];
 
 /// One of a producer's recent appends in a partition, kept to answer retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecentAppend {
+    /// The producer sequence of the append.
     pub sequence: u64,
+    /// The offset of the append's first event.
     pub first_offset: Offset,
+    /// The key sequence of the append's first event.
     pub first_sequence: u64,
+    /// The key sequence of the append's last event.
     pub last_sequence: u64,
+    /// The append timestamp, Unix milliseconds.
     pub timestamp_ms: i64,
 }
 
 /// A producer's state in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerSnapshot {
+    /// The producer's id.
     pub id: ProducerId,
+    /// The newest epoch seen from the producer in this partition.
     pub epoch: Epoch,
+    /// The producer sequence of its last append to this partition.
     pub last_sequence: u64,
+    /// The timestamp of its last append, Unix milliseconds; drives idle expiry.
     pub last_timestamp_ms: i64,
     /// Oldest first, at most `PRODUCER_RECENT_APPENDS_COUNT`.
     pub recent: Vec<RecentAppend>,
@@ -44,19 +56,28 @@ pub struct ProducerSnapshot {
 /// A decoded checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
+    /// The partition; must match the directory.
     pub partition: PartitionId,
+    /// The state covers records below this offset.
     pub next_offset: Offset,
+    /// The base offset of the segment holding the sync floor.
     pub floor_base_offset: Offset,
+    /// Bytes of that segment known to be synced; a bad frame below is corruption.
     pub floor_position: u64,
+    /// The newest assigned timestamp, Unix milliseconds.
     pub last_timestamp_ms: i64,
     /// (hash, last_sequence, last_offset).
     pub keys: Vec<(u64, u64, Offset)>,
     /// (key, last_sequence, last_offset) of keys whose hash is taken.
     pub collided: Vec<(Vec<u8>, u64, Offset)>,
+    /// The state of every producer known to the partition.
     pub producers: Vec<ProducerSnapshot>,
 }
 
 /// Encodes a checkpoint file.
+///
+/// # Panics
+/// When a count or a key length does not fit its field; callers keep them within `limits`.
 pub fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + checkpoint.keys.len() * 24);
     body.put_u32(checkpoint.partition.0);
@@ -95,6 +116,9 @@ pub fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
 }
 
 /// Decodes and checks a checkpoint file.
+///
+/// # Errors
+/// A [`DecodeError`] on any malformed envelope or body, including trailing bytes.
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
     let (_, body) = envelope::decode(
         bytes,

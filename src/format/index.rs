@@ -17,30 +17,45 @@
 use super::{DecodeError, Put, Reader, envelope};
 use crate::event::Offset;
 
+/// Magic of an index file's envelope.
 pub const INDEX_MAGIC: &[u8; 8] = b"STELEIDX";
+/// Body version this build writes.
 pub const INDEX_VERSION: u16 = 1;
+/// Body versions this build reads.
 pub const INDEX_VERSIONS_SUPPORTED: &[u16] = &[1];
+/// Encoded length of one [`IndexEntry`], in bytes.
 pub const INDEX_ENTRY_LEN: usize = 16;
 
 /// One sparse index entry: where a record starts, and its timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
+    /// The record's offset minus the segment's base offset.
     pub offset_delta: u32,
+    /// The byte position of the record's frame within the segment file.
     pub position: u32,
+    /// The record's timestamp, Unix milliseconds.
     pub timestamp_ms: i64,
 }
 
 /// A sealed segment's summary and sparse index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentIndex {
+    /// The segment's base offset.
     pub base_offset: Offset,
+    /// The segment file's length in bytes; an index disagreeing with the file is rebuilt.
     pub segment_size: u64,
+    /// Records in the segment.
     pub records_count: u64,
+    /// The largest record timestamp, Unix milliseconds; `i64::MIN` for no records.
     pub timestamp_max: i64,
+    /// Entries with strictly increasing offsets and positions.
     pub entries: Vec<IndexEntry>,
 }
 
 /// Encodes an index file.
+///
+/// # Panics
+/// When there are more than `u32::MAX` entries.
 pub fn encode(index: &SegmentIndex) -> Vec<u8> {
     let mut body = Vec::with_capacity(36 + index.entries.len() * INDEX_ENTRY_LEN);
     body.put_u64(index.base_offset.0);
@@ -58,6 +73,10 @@ pub fn encode(index: &SegmentIndex) -> Vec<u8> {
 
 /// Decodes and checks an index file. `segment_size_max` bounds the sizes it may
 /// claim.
+///
+/// # Errors
+/// A [`DecodeError`] on a bad envelope, a count disagreeing with the length, or
+/// entries not increasing or outside the segment.
 pub fn decode(bytes: &[u8], segment_size_max: u64) -> Result<SegmentIndex, DecodeError> {
     let (_, body) = envelope::decode(bytes, INDEX_MAGIC, INDEX_VERSIONS_SUPPORTED, segment_size_max)?;
     let mut reader = Reader::new(body);

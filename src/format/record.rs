@@ -35,17 +35,27 @@ const FLAGS_KNOWN: u16 = FLAG_CALL_END;
 /// The fields of a record, borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordView<'a> {
+    /// The record's offset in its partition.
     pub offset: Offset,
+    /// The append time, Unix milliseconds; never decreasing within a partition.
     pub timestamp_ms: i64,
+    /// The event's sequence within its key.
     pub sequence: u64,
+    /// The offset of the key's previous event, or [`NO_PREVIOUS`] for its first.
     pub key_previous_offset: u64,
+    /// The producer stamp; `None` when the frame's producer id is 0.
     pub producer: Option<ProducerStamp>,
+    /// Frame flags; only [`FLAG_CALL_END`] is defined.
     pub flags: u16,
+    /// The key, 1..=`KEY_SIZE_MAX` bytes.
     pub key: &'a [u8],
+    /// The event type, 1..=255 bytes of UTF-8.
     pub event_type: &'a str,
+    /// The idempotency id; `None` when the frame has none.
     pub idempotency_id: Option<&'a [u8]>,
     /// The encoded header block; iterate it with [`headers`].
     pub headers: &'a [u8],
+    /// The payload bytes.
     pub payload: &'a [u8],
 }
 
@@ -77,6 +87,9 @@ pub fn headers_size(headers: &[(String, Vec<u8>)]) -> usize {
 
 /// Appends one frame to `buf`. The caller has validated every length against
 /// `limits`; a violation is a bug and panics.
+///
+/// # Panics
+/// When a length exceeds its bound (fully checked only in debug builds).
 pub fn encode(buf: &mut Vec<u8>, record: &RecordView<'_>, headers: &[(String, Vec<u8>)]) {
     let headers_len = headers_size(headers);
     let id = record.idempotency_id.unwrap_or(&[]);
@@ -135,6 +148,9 @@ pub fn encode(buf: &mut Vec<u8>, record: &RecordView<'_>, headers: &[(String, Ve
 
 /// Reads only a frame's length and offset, without checking its CRC: enough to
 /// skip forward to a wanted offset. Returns (frame size, offset).
+///
+/// # Errors
+/// [`DecodeError::Truncated`] on short input, [`DecodeError::LengthOutOfBounds`] for a bad frame length.
 pub fn peek(bytes: &[u8]) -> Result<(u64, Offset), DecodeError> {
     let mut reader = Reader::new(bytes);
     let frame_len = reader.u32()? as u64;
@@ -146,6 +162,9 @@ pub fn peek(bytes: &[u8]) -> Result<(u64, Offset), DecodeError> {
 
 /// Reads only a frame's key, without checking its CRC: enough to confirm which
 /// key a record belongs to. Lengths are checked against the frame and the limits.
+///
+/// # Errors
+/// A [`DecodeError`] on short input or a frame or key length out of bounds.
 pub fn peek_key(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     let mut reader = Reader::new(bytes);
     let frame_len = reader.u32()? as u64;
@@ -171,6 +190,9 @@ fn check_frame_len(frame_len: u64) -> Result<(), DecodeError> {
 
 /// Decodes and checks the frame at the start of `bytes`. Returns the record and
 /// the frame's size.
+///
+/// # Errors
+/// A [`DecodeError`] on short input, a bad length or CRC, unknown flags, or invalid fields.
 pub fn decode(bytes: &[u8]) -> Result<(RecordView<'_>, u64), DecodeError> {
     let mut reader = Reader::new(bytes);
     let frame_len = reader.u32()? as u64;

@@ -14,17 +14,23 @@
 use super::{DecodeError, Put, Reader, crc};
 use crate::event::{Offset, PartitionId};
 
+/// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"STELESEG";
+/// Format version this build writes.
 pub const SEGMENT_VERSION: u16 = 1;
 /// Versions this build reads.
 pub const SEGMENT_VERSIONS_SUPPORTED: &[u16] = &[1];
+/// Length of the segment header; the first record frame starts at this position.
 pub const SEGMENT_HEADER_LEN: usize = 40;
 
 /// A decoded segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The partition's index; must match the directory.
     pub partition: PartitionId,
+    /// The offset of the segment's first record; must match the file name.
     pub base_offset: Offset,
+    /// Creation time, Unix milliseconds; drives rolling by age.
     pub created_ms: i64,
 }
 
@@ -45,6 +51,10 @@ pub fn encode(header: &SegmentHeader) -> Vec<u8> {
 }
 
 /// Decodes and checks a header.
+///
+/// # Errors
+/// [`DecodeError::Truncated`], [`DecodeError::CrcMismatch`], [`DecodeError::BadMagic`] or
+/// [`DecodeError::UnsupportedVersion`], checked in that order.
 pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, DecodeError> {
     let mut reader = Reader::new(bytes);
     let magic = reader.bytes(8)?;

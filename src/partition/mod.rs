@@ -60,6 +60,7 @@ pub(crate) struct PartitionContext {
 /// A summary of a partition for callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionInfo {
+    /// The partition described.
     pub partition: PartitionId,
     /// The oldest retained offset.
     pub earliest: Offset,
@@ -67,6 +68,7 @@ pub struct PartitionInfo {
     pub high_watermark: Offset,
     /// Bytes of segment files.
     pub size_bytes: u64,
+    /// Segment files, sealed and active.
     pub segments_count: usize,
     /// Keys with at least one event ever.
     pub keys_count: usize,

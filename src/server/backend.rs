@@ -25,7 +25,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// A topic's settings and partitions.
 #[derive(Debug, Clone)]
 pub struct TopicDescription {
+    /// The topic's options, as stored in its `topic.meta`.
     pub options: TopicOptions,
+    /// One summary per partition, in partition order.
     pub partitions: Vec<PartitionInfo>,
 }
 
@@ -34,16 +36,40 @@ pub trait Backend: Send + Sync + 'static {
     /// The options a topic gets when a request leaves them unset.
     fn default_topic_options(&self) -> TopicOptions;
     /// Creates a topic; returns the options in effect.
+    ///
+    /// # Errors
+    /// [`Error::TopicExists`], [`Error::Config`], [`Error::InvalidArgument`] for a bad name, or I/O.
     fn create_topic(&self, name: &str, options: TopicOptions) -> Result<TopicOptions>;
+    /// A topic's options and a summary of each partition.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist.
     fn describe_topic(&self, name: &str) -> Result<TopicDescription>;
+    /// The names of every topic.
     fn list_topics(&self) -> Vec<String>;
+    /// Deletes a topic and all its data.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, or I/O.
     fn delete_topic(&self, name: &str) -> Result<()>;
     /// Appends requests (each atomic, any keys); results in request order. The
     /// outer error is for the topic as a whole (not found).
+    ///
+    /// # Errors
+    /// The outer [`Error::TopicNotFound`] when the topic does not exist and is not auto-created;
+    /// each inner result fails as [`Topic::append_request`] does.
     fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>>;
+    /// Registers an idempotent producer, or re-opens it with its epoch bumped.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist and is not auto-created, and as
+    /// [`Topic::open_producer`].
     fn open_producer(&self, topic: &str, name: &str) -> Result<(ProducerId, Epoch)>;
     /// Visits a partition's events from `from` while `visit` returns true; returns
     /// the offset after the last visited event.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::scan`].
     fn scan(
         &self,
         topic: &str,
@@ -53,7 +79,10 @@ pub trait Backend: Send + Sync + 'static {
         bytes_max: u64,
         visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
     ) -> Result<Offset>;
-    /// A key's history and its last sequence.
+    /// A key's history and its last sequence (`None` when the key has no events).
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::read_key`].
     fn read_key(
         &self,
         topic: &str,
@@ -62,13 +91,34 @@ pub trait Backend: Send + Sync + 'static {
         direction: Direction,
         count_max: usize,
     ) -> Result<(Vec<RecordedEvent>, Option<u64>)>;
+    /// The first offset whose timestamp is at or after `timestamp_ms` (Unix milliseconds), or the
+    /// high watermark when all events are older.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::offset_for_timestamp`].
     fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset>;
     /// One past the newest acknowledged offset of a partition.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::InvalidArgument`] for a
+    /// partition out of range.
     fn high_watermark(&self, topic: &str, partition: PartitionId) -> Result<Offset>;
     /// The oldest retained offset of a partition.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::InvalidArgument`] for a
+    /// partition out of range.
     fn earliest(&self, topic: &str, partition: PartitionId) -> Result<Offset>;
     /// Resolves to the high watermark once it passes `after`, or the backend closes.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::InvalidArgument`] for a
+    /// partition out of range.
     fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> Result<BoxFuture<Offset>>;
+    /// Commits a named cursor's next offsets for the given partitions, creating the cursor if needed.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::commit_cursor`].
     fn commit_cursor(
         &self,
         topic: &str,
@@ -76,8 +126,20 @@ pub trait Backend: Send + Sync + 'static {
         offsets: &[(PartitionId, Offset)],
         allow_backwards: bool,
     ) -> Result<()>;
+    /// A cursor's position and lag in every partition.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::CursorNotFound`].
     fn cursor(&self, topic: &str, name: &str) -> Result<Vec<CursorPosition>>;
+    /// Every cursor of a topic with its positions.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist.
     fn cursors(&self, topic: &str) -> Result<Vec<(String, Vec<CursorPosition>)>>;
+    /// Deletes a named cursor.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`] when the topic does not exist, [`Error::CursorNotFound`], or I/O.
     fn delete_cursor(&self, topic: &str, name: &str) -> Result<()>;
 }
 

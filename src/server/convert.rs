@@ -11,6 +11,7 @@ use crate::format::record::{self, RecordView};
 /// A request field that was malformed.
 pub type Invalid = String;
 
+/// An event from its wire form; headers come sorted by name, an empty idempotency id means none.
 pub fn event_from_proto(event: proto::Event) -> Event {
     let mut headers: Vec<(String, Vec<u8>)> = event
         .headers
@@ -26,6 +27,7 @@ pub fn event_from_proto(event: proto::Event) -> Event {
     }
 }
 
+/// An event in its wire form; no idempotency id is sent as empty bytes.
 pub fn event_to_proto(event: &Event) -> proto::Event {
     proto::Event {
         r#type: event.event_type.clone(),
@@ -39,6 +41,7 @@ pub fn event_to_proto(event: &Event) -> proto::Event {
     }
 }
 
+/// An append condition from its wire form; an absent condition is [`ExpectedSequence::Any`].
 pub fn expected_from_proto(expected: Option<proto::ExpectedSequence>) -> ExpectedSequence {
     use proto::expected_sequence::Kind;
     match expected.and_then(|expected| expected.kind) {
@@ -48,6 +51,7 @@ pub fn expected_from_proto(expected: Option<proto::ExpectedSequence>) -> Expecte
     }
 }
 
+/// An append condition in its wire form.
 pub fn expected_to_proto(expected: ExpectedSequence) -> proto::ExpectedSequence {
     use proto::expected_sequence::Kind;
     proto::ExpectedSequence {
@@ -59,6 +63,7 @@ pub fn expected_to_proto(expected: ExpectedSequence) -> proto::ExpectedSequence 
     }
 }
 
+/// A producer stamp from its wire form.
 pub fn stamp_from_proto(stamp: proto::ProducerStamp) -> ProducerStamp {
     ProducerStamp {
         producer: ProducerId(stamp.producer_id),
@@ -67,6 +72,7 @@ pub fn stamp_from_proto(stamp: proto::ProducerStamp) -> ProducerStamp {
     }
 }
 
+/// A producer stamp in its wire form.
 pub fn stamp_to_proto(stamp: ProducerStamp) -> proto::ProducerStamp {
     proto::ProducerStamp {
         producer_id: stamp.producer.0,
@@ -75,6 +81,7 @@ pub fn stamp_to_proto(stamp: ProducerStamp) -> proto::ProducerStamp {
     }
 }
 
+/// An append request from its wire form.
 pub fn append_from_proto(append: proto::BatchAppend) -> AppendRequest {
     AppendRequest {
         key: append.key.to_vec(),
@@ -84,6 +91,7 @@ pub fn append_from_proto(append: proto::BatchAppend) -> AppendRequest {
     }
 }
 
+/// An append request in its wire form, with its condition always set.
 pub fn append_to_proto(request: &AppendRequest) -> proto::BatchAppend {
     proto::BatchAppend {
         key: request.key.clone().into(),
@@ -93,6 +101,7 @@ pub fn append_to_proto(request: &AppendRequest) -> proto::BatchAppend {
     }
 }
 
+/// An acknowledgement in its wire form.
 pub fn ack_to_proto(ack: &AppendAck) -> proto::AppendResult {
     proto::AppendResult {
         partition: ack.partition.0,
@@ -104,6 +113,7 @@ pub fn ack_to_proto(ack: &AppendAck) -> proto::AppendResult {
     }
 }
 
+/// An acknowledgement from its wire form.
 pub fn ack_from_proto(result: &proto::AppendResult) -> AppendAck {
     AppendAck {
         partition: crate::PartitionId(result.partition),
@@ -115,6 +125,7 @@ pub fn ack_from_proto(result: &proto::AppendResult) -> AppendAck {
     }
 }
 
+/// A stored event in its wire form.
 pub fn recorded_to_proto(event: RecordedEvent) -> proto::RecordedEvent {
     proto::RecordedEvent {
         partition: event.partition.0,
@@ -134,6 +145,7 @@ pub fn recorded_to_proto(event: RecordedEvent) -> proto::RecordedEvent {
     }
 }
 
+/// A stored event from its wire form; headers come sorted by name, an empty idempotency id means none.
 pub fn recorded_from_proto(event: proto::RecordedEvent) -> RecordedEvent {
     let mut headers: Vec<(String, Vec<u8>)> = event
         .headers
@@ -175,6 +187,9 @@ pub fn view_to_proto(partition: u32, view: &RecordView<'_>) -> proto::RecordedEv
 }
 
 /// Topic options from settings, zero fields taking `defaults`.
+///
+/// # Errors
+/// An [`Invalid`] message when the durability is not a known value.
 pub fn options_from_settings(
     settings: Option<proto::TopicSettings>,
     defaults: &TopicOptions,
@@ -216,6 +231,7 @@ pub fn options_from_settings(
     })
 }
 
+/// Topic settings in their wire form; an unset optional limit is sent as 0.
 pub fn settings_from_options(options: &TopicOptions) -> proto::TopicSettings {
     let (durability, sync_interval_ms) = match options.durability {
         Durability::Always => (proto::Durability::Always, 0),
