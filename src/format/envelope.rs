@@ -31,6 +31,10 @@ pub fn encode(magic: &[u8; 8], version: u16, body: &[u8]) -> Vec<u8> {
 
 /// Checks an envelope and returns its version and body. `versions` lists the
 /// versions this build reads; `body_len_max` bounds the body.
+///
+/// # Errors
+/// A [`DecodeError`] for a short input, a bad header or body CRC, a wrong magic,
+/// an unsupported version, or a body longer than `body_len_max`.
 pub fn decode<'a>(
     bytes: &'a [u8],
     magic: &[u8; 8],
