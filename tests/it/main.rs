@@ -1,3 +1,5 @@
 //! Integration tests through the public API.
 
 mod embed;
+mod support;
+mod torn;
