@@ -697,7 +697,7 @@ impl Partition {
     /// Fails every pending append after a failed write or sync. A write failure
     /// rolls the files back to their published size; a sync failure (or a failed
     /// rollback) poisons the partition.
-    fn fail_pending(
+    pub(super) fn fail_pending(
         &self,
         state: &mut State,
         error: Error,

@@ -1,5 +1,8 @@
 //! Integration tests through the public API.
 
 mod embed;
+mod faults;
+mod regress_failed_roll;
+mod regress_poisoned_open_group;
 mod support;
 mod torn;
