@@ -2,6 +2,7 @@
 
 mod embed;
 mod faults;
+mod model;
 mod regress_failed_roll;
 mod regress_poisoned_open_group;
 mod support;
