@@ -82,17 +82,28 @@ impl Segment {
             base_offset,
             created_ms,
         });
-        if let Some(bytes) = preallocate_bytes {
-            file.allocate(bytes)
-                .map_err(|error| Error::io("preallocate segment", &path, error))?;
+        let prepared = (|| {
+            if let Some(bytes) = preallocate_bytes {
+                file.allocate(bytes)
+                    .map_err(|error| Error::io("preallocate segment", &path, error))?;
+            }
+            file.write_at(&header, 0)
+                .map_err(|error| Error::io("write segment header", &path, error))?;
+            file.sync_data()
+                .map_err(|error| Error::io("sync segment header", &path, error))?;
+            storage
+                .sync_dir(dir)
+                .map_err(|error| Error::io("sync partition directory", dir, error))
+        })();
+        if let Err(error) = prepared {
+            // A failed roll must not leave a file behind: once later records go
+            // to the previous segment, a stray file in the middle of the
+            // partition would fail the next open. A crash before this removal
+            // leaves it last, where opening drops it as unfinished.
+            drop(file);
+            let _ = storage.remove_file(&path);
+            return Err(error);
         }
-        file.write_at(&header, 0)
-            .map_err(|error| Error::io("write segment header", &path, error))?;
-        file.sync_data()
-            .map_err(|error| Error::io("sync segment header", &path, error))?;
-        storage
-            .sync_dir(dir)
-            .map_err(|error| Error::io("sync partition directory", dir, error))?;
         Segment::with_file(
             path,
             file,

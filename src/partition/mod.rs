@@ -307,6 +307,16 @@ impl Partition {
                 }
                 continue;
             }
+            if !state.open.is_empty() {
+                // Poisoned outside a flush (a failed seal, checkpoint or sync):
+                // appends that joined the open group before it must still hear.
+                let error = Error::Poisoned { partition: self.id };
+                let completions = self.fail_pending(&mut state, error, Vec::new());
+                drop(state);
+                append::run(completions);
+                state = self.lock();
+                continue;
+            }
             if closing {
                 break;
             }
