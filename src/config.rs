@@ -20,6 +20,8 @@ pub const SEGMENT_SIZE_BYTES_MAX_DEFAULT: u64 = 128 << 20;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 pub const PRODUCER_IDLE_MS_MAX_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 256 << 20;
+/// The sync interval of `Durability::Interval` when none is given.
+pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 pub const SYNC_INTERVAL_MS_MAX: u64 = 60_000;
 
 /// When an append is acknowledged relative to fdatasync.
