@@ -224,8 +224,10 @@ impl fmt::Display for Millis {
         if self.0 == 0 {
             return f.write_str("0");
         }
+        // Days read better than weeks (7d, not 1w).
         let (unit, factor) = DURATION_UNITS
             .iter()
+            .filter(|(unit, _)| *unit != "w")
             .find(|(_, factor)| self.0 % factor == 0)
             .copied()
             .unwrap_or(("ms", 1));
