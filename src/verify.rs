@@ -141,6 +141,9 @@ fn lock_held(path: &Path) -> Option<bool> {
 /// Where and why a frame failed.
 type Failure = (u64, String);
 
+/// Checks one journal record body found at a byte position.
+type BodyCheck<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
+
 /// What the scan of one segment found.
 struct SegmentScan {
     /// One past the last offset of a whole append call.
@@ -272,13 +275,7 @@ impl Verifier {
     }
 
     /// Checks a journal: header, every frame, and every record body with `check`.
-    fn journal(
-        &mut self,
-        path: &Path,
-        magic: &[u8; 8],
-        body_size_max: u32,
-        check: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
-    ) {
+    fn journal(&mut self, path: &Path, magic: &[u8; 8], body_size_max: u32, check: &mut BodyCheck<'_>) {
         if !path.exists() {
             self.note(path, None, "journal is missing (created empty at open)");
             return;

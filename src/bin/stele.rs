@@ -228,7 +228,7 @@ impl fmt::Display for Millis {
         let (unit, factor) = DURATION_UNITS
             .iter()
             .filter(|(unit, _)| *unit != "w")
-            .find(|(_, factor)| self.0 % factor == 0)
+            .find(|(_, factor)| self.0.is_multiple_of(*factor))
             .copied()
             .unwrap_or(("ms", 1));
         write!(f, "{}{unit}", self.0 / factor)
@@ -281,7 +281,7 @@ impl fmt::Display for ByteSize {
             ("MiB", 1 << 20),
             ("KiB", 1 << 10),
         ] {
-            if self.0 >= factor && self.0 % factor == 0 {
+            if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", self.0 / factor);
             }
         }
