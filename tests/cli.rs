@@ -431,6 +431,18 @@ fn verify_exits_0_when_clean_and_1_naming_file_and_position_when_damaged() {
     for index in 0..5 {
         ok(server.run(&["append", "t", "k", &format!("payload-{index}"), "--type", "n"]));
     }
+    // While the server runs, verify reads without taking the lock and says so.
+    let live = command(&["verify", data.to_str().expect("UTF-8")])
+        .output()
+        .expect("run verify");
+    assert_eq!(live.status.code(), Some(0), "{}{}", stdout(&live), stderr(&live));
+    if Path::new("/proc/locks").exists() {
+        assert!(
+            stderr(&live).contains("locked by a running process"),
+            "{}",
+            stderr(&live)
+        );
+    }
     assert!(server.terminate().success());
     let clean = command(&["verify", data.to_str().expect("UTF-8")])
         .output()
