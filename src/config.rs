@@ -26,6 +26,8 @@ pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 pub const PRODUCER_IDLE_MS_MAX_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 /// Default number of appended bytes between checkpoints (256 MiB).
 pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 256 << 20;
+/// The sync interval of [`Durability::Interval`] when none is given, in milliseconds.
+pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 /// Largest sync interval of [`Durability::Interval`], in milliseconds.
 pub const SYNC_INTERVAL_MS_MAX: u64 = 60_000;
 

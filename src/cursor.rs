@@ -446,7 +446,7 @@ fn encode_snapshot(cursors: &BTreeMap<String, Offsets>) -> Vec<u8> {
 }
 
 /// Applies one record read at open.
-fn replay(
+pub(crate) fn replay(
     cursors: &mut BTreeMap<String, Offsets>,
     partitions: u32,
     path: &std::path::Path,

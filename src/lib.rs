@@ -54,6 +54,7 @@ mod segment;
 pub mod server;
 pub mod subscribe;
 mod topic;
+pub mod verify;
 
 pub use config::{Clock, Durability, LogOptions, ManualClock, SystemClock, TopicOptions};
 pub use error::{Error, ErrorKind, Result};

@@ -226,7 +226,7 @@ fn encode_snapshot(producers: &BTreeMap<String, (ProducerId, Epoch)>) -> Vec<u8>
 }
 
 /// Applies one record read at open.
-fn replay(
+pub(crate) fn replay(
     producers: &mut BTreeMap<String, (ProducerId, Epoch)>,
     epochs: &mut HashMap<ProducerId, Epoch>,
     body: &[u8],

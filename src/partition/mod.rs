@@ -296,7 +296,8 @@ impl Partition {
             let closing = self.closing.load(Ordering::Acquire);
             if !state.open.is_empty() {
                 if self.is_poisoned() {
-                    // Poisoned by housekeeping (a failed sync) after these joined.
+                    // Poisoned outside a flush (a failed seal, checkpoint or sync):
+                    // appends that joined the open group before it must still hear.
                     let error = Error::Poisoned { partition: self.id };
                     let completions = self.fail_pending(&mut state, error, Vec::new());
                     drop(state);
@@ -305,16 +306,6 @@ impl Partition {
                 } else {
                     state = self.flush_group(state);
                 }
-                continue;
-            }
-            if !state.open.is_empty() {
-                // Poisoned outside a flush (a failed seal, checkpoint or sync):
-                // appends that joined the open group before it must still hear.
-                let error = Error::Poisoned { partition: self.id };
-                let completions = self.fail_pending(&mut state, error, Vec::new());
-                drop(state);
-                append::run(completions);
-                state = self.lock();
                 continue;
             }
             if closing {

@@ -204,7 +204,7 @@ pub fn options_from_settings(
         Ok(proto::Durability::Interval) => Durability::Interval {
             interval_ms: nonzero(settings.sync_interval_ms).unwrap_or(match defaults.durability {
                 Durability::Interval { interval_ms } => interval_ms,
-                _ => 100,
+                _ => crate::config::SYNC_INTERVAL_MS_DEFAULT,
             }),
         },
         Ok(proto::Durability::None) => Durability::None,
