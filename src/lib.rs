@@ -36,6 +36,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod client;
 pub mod config;
 mod cursor;
 mod dedup;
