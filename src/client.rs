@@ -444,6 +444,12 @@ pub struct Subscription {
     inbound: Streaming<proto::SubscribeResponse>,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
 impl Subscription {
     /// The next item; `None` when the server ended the stream.
     pub async fn next(&mut self) -> Option<ClientResult<SubscriptionItem>> {
@@ -484,6 +490,12 @@ pub struct AppendSession {
     url: String,
     outbound: mpsc::Sender<proto::AppendSessionRequest>,
     inbound: Streaming<proto::AppendSessionResponse>,
+}
+
+impl std::fmt::Debug for AppendSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendSession").field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 impl AppendSession {
@@ -528,6 +540,12 @@ impl AppendSession {
 pub struct AppendSessionResponses {
     url: String,
     inbound: Streaming<proto::AppendSessionResponse>,
+}
+
+impl std::fmt::Debug for AppendSessionResponses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendSessionResponses").field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 impl AppendSessionResponses {
@@ -1631,16 +1649,19 @@ impl Driver {
             )));
         };
         if request.correlation_id != response.correlation_id || request.appends.len() != response.outcomes.len() {
+            let (correlation_id, count) = (request.correlation_id, request.appends.len());
+            // Put it back so that its appends get the error.
+            self.in_flight.push_front(request);
             return Err(ClientError::Protocol(format!(
                 "response {} with {} outcomes for request {} of {} appends",
                 response.correlation_id,
                 response.outcomes.len(),
-                request.correlation_id,
-                request.appends.len()
+                correlation_id, count
             )));
         }
         self.reconnect_attempts = 0;
-        for (mut pending, outcome) in request.appends.into_iter().zip(response.outcomes) {
+        let mut answers = request.appends.into_iter().zip(response.outcomes);
+        while let Some((mut pending, outcome)) = answers.next() {
             let index = pending.partition;
             let partition = &mut self.partitions[index];
             partition.in_flight -= 1;
@@ -1649,7 +1670,13 @@ impl Driver {
                 Ok(ack) => {
                     let _ = pending.reply.send(Ok(ack));
                 }
-                Err(error) if error.kind() == Some(ErrorKind::ProducerFenced) => return Err(error),
+                Err(error) if error.kind() == Some(ErrorKind::ProducerFenced) => {
+                    let _ = pending.reply.send(Err(copy_error(&error)));
+                    for (pending, _) in answers {
+                        let _ = pending.reply.send(Err(copy_error(&error)));
+                    }
+                    return Err(error);
+                }
                 Err(error) if partition.rewind_to.is_some() && error.kind() == Some(ErrorKind::ProducerOutOfOrder) => {
                     // Rejected only because an earlier append of the partition failed.
                     pending.request.producer = None;
@@ -1685,23 +1712,7 @@ impl Driver {
 
     /// Fails every outstanding append and flush; the producer stops.
     fn fail_all(&mut self, error: &ClientError) {
-        let message = error.to_string();
-        let failure = |error: &ClientError| match error {
-            ClientError::Status {
-                code,
-                kind,
-                error_code,
-                message,
-                details,
-            } => ClientError::Status {
-                code: *code,
-                kind: *kind,
-                error_code: *error_code,
-                message: message.clone(),
-                details: details.clone(),
-            },
-            _ => ClientError::Closed(message.clone()),
-        };
+        let failure = copy_error;
         for request in self.in_flight.drain(..) {
             for pending in request.appends {
                 let _ = pending.reply.send(Err(failure(error)));
@@ -1719,6 +1730,27 @@ impl Driver {
             }
         }
         self.flushes.clear();
+    }
+}
+
+/// The same error for another waiter: server errors keep their code and
+/// details, others become [`ClientError::Closed`] with the message.
+fn copy_error(error: &ClientError) -> ClientError {
+    match error {
+        ClientError::Status {
+            code,
+            kind,
+            error_code,
+            message,
+            details,
+        } => ClientError::Status {
+            code: *code,
+            kind: *kind,
+            error_code: *error_code,
+            message: message.clone(),
+            details: details.clone(),
+        },
+        other => ClientError::Closed(other.to_string()),
     }
 }
 
