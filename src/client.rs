@@ -1169,7 +1169,9 @@ impl ProducerBuilder {
             wake_at: None,
             flushes: Vec::new(),
             linger_deadline: None,
+            stopped: StopReason::default(),
         };
+        let stopped = driver.stopped.clone();
         let task = tokio::spawn(driver.run());
         Ok(Producer {
             commands,
@@ -1177,6 +1179,7 @@ impl ProducerBuilder {
             epoch,
             partitions_count,
             task: Some(task),
+            stopped,
         })
     }
 }
@@ -1211,6 +1214,27 @@ pub struct Producer {
     epoch: Epoch,
     partitions_count: u32,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Why the session task stopped, once it has.
+    stopped: StopReason,
+}
+
+/// Why a producer's session task stopped; shared with the producer handle.
+#[derive(Clone, Default)]
+struct StopReason(Arc<Mutex<Option<String>>>);
+
+impl StopReason {
+    fn set(&self, reason: String) {
+        let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.get_or_insert(reason);
+    }
+
+    fn error(&self) -> ClientError {
+        let guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ClientError::Closed(format!(
+            "producer stopped: {}",
+            guard.as_deref().unwrap_or("closed")
+        ))
+    }
 }
 
 impl Producer {
@@ -1241,10 +1265,10 @@ impl Producer {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(command)) => Some((self.commands.clone(), command)),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return futures_either(Err(ClientError::Closed("producer closed".into())), None, ack);
+                return futures_either(Err(self.stopped.error()), None, ack, self.stopped.clone());
             }
         };
-        futures_either(Ok(()), queued, ack)
+        futures_either(Ok(()), queued, ack, self.stopped.clone())
     }
 
     /// Resolves once every append queued so far is acknowledged or failed.
@@ -1256,9 +1280,8 @@ impl Producer {
         self.commands
             .send(Command::Flush(sender))
             .await
-            .map_err(|_| ClientError::Closed("producer closed".into()))?;
-        done.await
-            .map_err(|_| ClientError::Closed("producer closed".into()))
+            .map_err(|_| self.stopped.error())?;
+        done.await.map_err(|_| self.stopped.error())
     }
 
     /// Flushes, then stops the session task.
@@ -1280,6 +1303,7 @@ fn futures_either(
     queued: ClientResult<()>,
     waiting: Option<(mpsc::Sender<Command>, Command)>,
     ack: oneshot::Receiver<ClientResult<AppendAck>>,
+    stopped: StopReason,
 ) -> impl Future<Output = ClientResult<AppendAck>> + Send + 'static {
     async move {
         queued?;
@@ -1287,10 +1311,9 @@ fn futures_either(
             commands
                 .send(command)
                 .await
-                .map_err(|_| ClientError::Closed("producer closed".into()))?;
+                .map_err(|_| stopped.error())?;
         }
-        ack.await
-            .map_err(|_| ClientError::Closed("producer stopped".into()))?
+        ack.await.map_err(|_| stopped.error())?
     }
 }
 
@@ -1362,6 +1385,7 @@ struct Driver {
     flushes: Vec<oneshot::Sender<()>>,
     /// Send a partial request once this passes.
     linger_deadline: Option<Instant>,
+    stopped: StopReason,
 }
 
 enum Wake {
@@ -1671,6 +1695,8 @@ impl Driver {
                     let _ = pending.reply.send(Ok(ack));
                 }
                 Err(error) if error.kind() == Some(ErrorKind::ProducerFenced) => {
+                    self.stopped.set(error.to_string());
+                    self.commands.close();
                     let _ = pending.reply.send(Err(copy_error(&error)));
                     for (pending, _) in answers {
                         let _ = pending.reply.send(Err(copy_error(&error)));
@@ -1712,6 +1738,9 @@ impl Driver {
 
     /// Fails every outstanding append and flush; the producer stops.
     fn fail_all(&mut self, error: &ClientError) {
+        // Stop taking appends first, so that every later send sees the reason.
+        self.stopped.set(error.to_string());
+        self.commands.close();
         let failure = copy_error;
         for request in self.in_flight.drain(..) {
             for pending in request.appends {

@@ -1166,6 +1166,7 @@ async fn fenced_producer_fails_permanently_with_aborted() {
     assert_status(&error, GrpcCode::Aborted, ErrorKind::ProducerFenced);
     let later = step(old.send(append("k", "3"))).await.expect_err("still fenced");
     assert!(matches!(later, ClientError::Closed(_)), "{later}");
+    assert!(later.to_string().contains("fenced"), "{later}");
     step(new.send(append("k", "4"))).await.expect("new instance writes");
     let read = server
         .client
