@@ -45,8 +45,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::TopicOptions;
 use crate::error::ErrorKind;
 use crate::event::{
-    AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, ProducerStamp,
-    RecordedEvent,
+    AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, ProducerStamp, RecordedEvent,
 };
 use crate::limits;
 use crate::server::proto::{self, stele_client::SteleClient};
@@ -254,7 +253,7 @@ fn from_detail(code: GrpcCode, detail: proto::ErrorDetail) -> ClientError {
             current_epoch: detail.current_epoch.map(Epoch),
             earliest_offset: detail.earliest_offset.map(Offset),
             high_watermark: detail.high_watermark.map(Offset),
-            limit: (!detail.limit_name.is_empty()).then(|| LimitDetail {
+            limit: (!detail.limit_name.is_empty()).then_some(LimitDetail {
                 name: detail.limit_name,
                 value: detail.limit_value,
                 max: detail.limit_max,
@@ -307,7 +306,9 @@ fn outcome_to_result(outcome: proto::BatchAppendOutcome) -> ClientResult<AppendA
     match outcome.outcome {
         Some(proto::batch_append_outcome::Outcome::Result(result)) => Ok(convert::ack_from_proto(&result)),
         Some(proto::batch_append_outcome::Outcome::Error(detail)) => Err(from_outcome_detail(detail)),
-        None => Err(ClientError::Protocol("append outcome without result or error".into())),
+        None => Err(ClientError::Protocol(
+            "append outcome without result or error".into(),
+        )),
     }
 }
 
@@ -339,11 +340,7 @@ impl ServerUrl {
 
 fn endpoint(url: &str) -> ClientResult<Endpoint> {
     Endpoint::from_shared(url.to_string())
-        .map(|endpoint| {
-            endpoint
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5))
-        })
+        .map(|endpoint| endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(5)))
         .map_err(|error| ClientError::InvalidUrl {
             url: url.to_string(),
             reason: error.to_string(),
@@ -433,9 +430,13 @@ pub enum SubscriptionItem {
         next_offset: Offset,
     },
     /// Every followed partition was read up to its high watermark at the start.
-    CaughtUp { next_offsets: BTreeMap<PartitionId, Offset> },
+    CaughtUp {
+        next_offsets: BTreeMap<PartitionId, Offset>,
+    },
     /// Nothing to send for a while; the high watermarks now.
-    Heartbeat { high_watermarks: BTreeMap<PartitionId, Offset> },
+    Heartbeat {
+        high_watermarks: BTreeMap<PartitionId, Offset>,
+    },
 }
 
 /// A raw subscription stream.
@@ -446,7 +447,9 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Subscription")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -471,7 +474,11 @@ fn subscription_item(message: proto::SubscribeResponse) -> ClientResult<Subscrip
     match message.item {
         Some(Item::Events(batch)) => Ok(SubscriptionItem::Events {
             partition: PartitionId(batch.partition),
-            events: batch.events.into_iter().map(convert::recorded_from_proto).collect(),
+            events: batch
+                .events
+                .into_iter()
+                .map(convert::recorded_from_proto)
+                .collect(),
             next_offset: Offset(batch.next_offset),
         }),
         Some(Item::CaughtUp(caught_up)) => Ok(SubscriptionItem::CaughtUp {
@@ -494,7 +501,9 @@ pub struct AppendSession {
 
 impl std::fmt::Debug for AppendSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppendSession").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("AppendSession")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -503,7 +512,12 @@ impl AppendSession {
     ///
     /// # Errors
     /// [`ClientError::Closed`] when the stream has ended.
-    pub async fn send(&self, correlation_id: u64, topic: &str, appends: &[AppendRequest]) -> ClientResult<()> {
+    pub async fn send(
+        &self,
+        correlation_id: u64,
+        topic: &str,
+        appends: &[AppendRequest],
+    ) -> ClientResult<()> {
         self.outbound
             .send(proto::AppendSessionRequest {
                 correlation_id,
@@ -544,7 +558,9 @@ pub struct AppendSessionResponses {
 
 impl std::fmt::Debug for AppendSessionResponses {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppendSessionResponses").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("AppendSessionResponses")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -630,7 +646,10 @@ impl Client {
     /// broken connection; a changed URL gets a new channel.
     fn stub(&self) -> ClientResult<(String, SteleClient<Channel>)> {
         let current = self.url.get();
-        let mut guard = self.channel.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .channel
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if guard.0 != current {
             *guard = (current.clone(), endpoint(&current)?.connect_lazy());
         }
@@ -832,7 +851,11 @@ impl Client {
             .map_err(|status| status_error(&url, &status))?
             .into_inner();
         Ok(ReadResult {
-            events: response.events.into_iter().map(convert::recorded_from_proto).collect(),
+            events: response
+                .events
+                .into_iter()
+                .map(convert::recorded_from_proto)
+                .collect(),
             next_offset: Offset(response.next_offset),
             high_watermark: Offset(response.high_watermark),
         })
@@ -867,7 +890,11 @@ impl Client {
             .map_err(|status| status_error(&url, &status))?
             .into_inner();
         Ok(KeyHistory {
-            events: response.events.into_iter().map(convert::recorded_from_proto).collect(),
+            events: response
+                .events
+                .into_iter()
+                .map(convert::recorded_from_proto)
+                .collect(),
             last_sequence: response.last_sequence,
         })
     }
@@ -1259,16 +1286,19 @@ impl Producer {
     /// Appends are queued in the order of `send` calls while the queue has room
     /// (`queue_appends_max`); when it is full, in the order the returned futures
     /// are first polled. Appends to one partition are stored in queue order.
-    pub fn send(&self, request: AppendRequest) -> impl Future<Output = ClientResult<AppendAck>> + Send + 'static {
+    pub fn send(
+        &self,
+        request: AppendRequest,
+    ) -> impl Future<Output = ClientResult<AppendAck>> + Send + 'static {
         let (reply, ack) = oneshot::channel();
         let queued = match self.commands.try_send(Command::Append(request, reply)) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(command)) => Some((self.commands.clone(), command)),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return futures_either(Err(self.stopped.error()), None, ack, self.stopped.clone());
+                return acknowledged(Err(self.stopped.error()), None, ack, self.stopped.clone());
             }
         };
-        futures_either(Ok(()), queued, ack, self.stopped.clone())
+        acknowledged(Ok(()), queued, ack, self.stopped.clone())
     }
 
     /// Resolves once every append queued so far is acknowledged or failed.
@@ -1299,22 +1329,18 @@ impl Producer {
     }
 }
 
-fn futures_either(
+/// Waits for room in the queue (only when it was full at `send`), then for the ack.
+async fn acknowledged(
     queued: ClientResult<()>,
     waiting: Option<(mpsc::Sender<Command>, Command)>,
     ack: oneshot::Receiver<ClientResult<AppendAck>>,
     stopped: StopReason,
-) -> impl Future<Output = ClientResult<AppendAck>> + Send + 'static {
-    async move {
-        queued?;
-        if let Some((commands, command)) = waiting {
-            commands
-                .send(command)
-                .await
-                .map_err(|_| stopped.error())?;
-        }
-        ack.await.map_err(|_| stopped.error())?
+) -> ClientResult<AppendAck> {
+    queued?;
+    if let Some((commands, command)) = waiting {
+        commands.send(command).await.map_err(|_| stopped.error())?;
     }
+    ack.await.map_err(|_| stopped.error())?
 }
 
 /// One append on its way: its stamp is set when it is first put in a request
@@ -1447,7 +1473,11 @@ impl Driver {
                     self.broken(ClientError::Closed("append session ended by the server".into()))
                 }
                 Wake::Response(Err(status)) => {
-                    let url = self.session.as_ref().map(|session| session.url.clone()).unwrap_or_default();
+                    let url = self
+                        .session
+                        .as_ref()
+                        .map(|session| session.url.clone())
+                        .unwrap_or_default();
                     self.broken(status_error(&url, &status))
                 }
                 Wake::Timer => {
@@ -1563,7 +1593,11 @@ impl Driver {
                     appends.push(pending);
                 }
             }
-            if self.partitions.iter().all(|partition| partition.queued.is_empty()) {
+            if self
+                .partitions
+                .iter()
+                .all(|partition| partition.queued.is_empty())
+            {
                 self.linger_deadline = None;
             }
             let correlation_id = self.next_correlation_id;
@@ -1672,7 +1706,9 @@ impl Driver {
                 response.correlation_id
             )));
         };
-        if request.correlation_id != response.correlation_id || request.appends.len() != response.outcomes.len() {
+        if request.correlation_id != response.correlation_id
+            || request.appends.len() != response.outcomes.len()
+        {
             let (correlation_id, count) = (request.correlation_id, request.appends.len());
             // Put it back so that its appends get the error.
             self.in_flight.push_front(request);
@@ -1680,7 +1716,8 @@ impl Driver {
                 "response {} with {} outcomes for request {} of {} appends",
                 response.correlation_id,
                 response.outcomes.len(),
-                correlation_id, count
+                correlation_id,
+                count
             )));
         }
         self.reconnect_attempts = 0;
@@ -1703,7 +1740,10 @@ impl Driver {
                     }
                     return Err(error);
                 }
-                Err(error) if partition.rewind_to.is_some() && error.kind() == Some(ErrorKind::ProducerOutOfOrder) => {
+                Err(error)
+                    if partition.rewind_to.is_some()
+                        && error.kind() == Some(ErrorKind::ProducerOutOfOrder) =>
+                {
                     // Rejected only because an earlier append of the partition failed.
                     pending.request.producer = None;
                     partition.held.push(pending);
@@ -1936,8 +1976,9 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// The next event; `None` only if the consumer was closed. Transient
-    /// failures are retried by resubscribing from the delivered position.
+    /// The next event, waiting for one to be appended if needed. Transient
+    /// failures are retried by resubscribing after the delivered position; the
+    /// `Option` mirrors a stream, and this consumer never ends on its own.
     ///
     /// # Errors
     /// Permanent errors (unknown topic, out of range), or transient ones once
@@ -2050,7 +2091,11 @@ impl Consumer {
                 Err(error) if error.kind() == Some(ErrorKind::CursorNotFound) => {}
                 Err(error) => return Err(error),
             }
-            offsets.extend(self.delivered.iter().map(|(partition, offset)| (*partition, *offset)));
+            offsets.extend(
+                self.delivered
+                    .iter()
+                    .map(|(partition, offset)| (*partition, *offset)),
+            );
             options.start = StartPosition::Offsets(offsets);
             return self.client.subscribe(&self.topic, &options).await;
         }

@@ -188,7 +188,8 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for MessageLimi
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, RequestBody> tonic::codegen::Service<tonic::codegen::http::Request<RequestBody>> for MessageLimitStatus<S>
+impl<S, RequestBody> tonic::codegen::Service<tonic::codegen::http::Request<RequestBody>>
+    for MessageLimitStatus<S>
 where
     S: tonic::codegen::Service<
             tonic::codegen::http::Request<RequestBody>,

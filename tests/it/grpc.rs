@@ -108,13 +108,12 @@ async fn topic_rpcs_create_describe_list_and_delete() {
             .partitions
             .iter()
             .enumerate()
-            .all(|(index, partition)| partition.partition == PartitionId(index as u32)
-                && partition.high_watermark == Offset(0))
+            .all(
+                |(index, partition)| partition.partition == PartitionId(index as u32)
+                    && partition.high_watermark == Offset(0)
+            )
     );
-    let again = client
-        .create_topic("orders", &options)
-        .await
-        .expect_err("exists");
+    let again = client.create_topic("orders", &options).await.expect_err("exists");
     assert_status(&again, GrpcCode::AlreadyExists, ErrorKind::TopicExists);
     assert_eq!(again.error_code(), Some(9));
     topic(&server, "payments", 1).await;
@@ -122,7 +121,10 @@ async fn topic_rpcs_create_describe_list_and_delete() {
     topics.sort();
     assert_eq!(topics, vec!["orders".to_string(), "payments".to_string()]);
     client.delete_topic("orders").await.expect("delete");
-    assert_eq!(client.list_topics().await.expect("list"), vec!["payments".to_string()]);
+    assert_eq!(
+        client.list_topics().await.expect("list"),
+        vec!["payments".to_string()]
+    );
     let gone = client.describe_topic("orders").await.expect_err("deleted");
     assert_status(&gone, GrpcCode::NotFound, ErrorKind::TopicNotFound);
     let gone = client.delete_topic("orders").await.expect_err("deleted");
@@ -168,8 +170,15 @@ async fn appends_and_reads_round_trip_events_through_every_read_rpc() {
     assert_eq!(outcomes.len(), 3);
     assert_eq!(outcomes[0].as_ref().expect("first").first_offset, Offset(1));
     let stale = outcomes[1].as_ref().expect_err("stale");
-    assert_status(stale, GrpcCode::FailedPrecondition, ErrorKind::WrongExpectedSequence);
-    assert_eq!(stale.details().and_then(|details| details.actual_sequence), Some(1));
+    assert_status(
+        stale,
+        GrpcCode::FailedPrecondition,
+        ErrorKind::WrongExpectedSequence,
+    );
+    assert_eq!(
+        stale.details().and_then(|details| details.actual_sequence),
+        Some(1)
+    );
     assert_eq!(outcomes[2].as_ref().expect("third").first_offset, Offset(2));
 
     let read = client
@@ -198,7 +207,11 @@ async fn appends_and_reads_round_trip_events_through_every_read_rpc() {
         .expect("read key");
     assert_eq!(forwards.last_sequence, Some(1));
     assert_eq!(
-        forwards.events.iter().map(|event| event.sequence).collect::<Vec<_>>(),
+        forwards
+            .events
+            .iter()
+            .map(|event| event.sequence)
+            .collect::<Vec<_>>(),
         vec![0, 1]
     );
     let backwards = client
@@ -222,15 +235,26 @@ async fn wrong_expected_sequence_is_failed_precondition_with_actual_sequence_and
     // raw status, not through the typed client).
     let server = start_test_server().await;
     topic(&server, "t", 1).await;
-    server.client.append("t", &append("k", "1")).await.expect("append");
+    server
+        .client
+        .append("t", &append("k", "1"))
+        .await
+        .expect("append");
     let error = server
         .client
         .append("t", &append("k", "2").expect(ExpectedSequence::NoEvents))
         .await
         .expect_err("conflict");
-    assert_status(&error, GrpcCode::FailedPrecondition, ErrorKind::WrongExpectedSequence);
+    assert_status(
+        &error,
+        GrpcCode::FailedPrecondition,
+        ErrorKind::WrongExpectedSequence,
+    );
     assert_eq!(error.error_code(), Some(10));
-    assert_eq!(error.details().and_then(|details| details.actual_sequence), Some(0));
+    assert_eq!(
+        error.details().and_then(|details| details.actual_sequence),
+        Some(0)
+    );
 
     let mut raw = SteleClient::connect(server.url()).await.expect("raw client");
     let status = raw
@@ -281,7 +305,10 @@ async fn unknown_topics_and_cursors_are_not_found() {
     let error = client.get_cursor("t", "ghost").await.expect_err("unknown cursor");
     assert_status(&error, GrpcCode::NotFound, ErrorKind::CursorNotFound);
     assert_eq!(error.error_code(), Some(17));
-    let error = client.delete_cursor("t", "ghost").await.expect_err("unknown cursor");
+    let error = client
+        .delete_cursor("t", "ghost")
+        .await
+        .expect_err("unknown cursor");
     assert_status(&error, GrpcCode::NotFound, ErrorKind::CursorNotFound);
     let options = SubscribeOptions {
         start: StartPosition::Cursor("ghost".into()),
@@ -359,7 +386,10 @@ async fn bad_input_is_invalid_argument_naming_the_limit() {
     let client = &server.client;
     topic(&server, "t", 1).await;
     let oversized = AppendRequest::new("k", vec![Event::new("big", vec![0u8; (1 << 20) + 1])]);
-    let error = client.append("t", &oversized).await.expect_err("payload above 1 MiB");
+    let error = client
+        .append("t", &oversized)
+        .await
+        .expect_err("payload above 1 MiB");
     assert_status(&error, GrpcCode::InvalidArgument, ErrorKind::LimitExceeded);
     assert_eq!(error.error_code(), Some(7));
     let limit = error
@@ -439,7 +469,11 @@ async fn stamped_appends_are_deduplicated_and_older_epochs_are_aborted() {
         .await
         .expect_err("gap");
     assert_status(&gap, GrpcCode::FailedPrecondition, ErrorKind::ProducerOutOfOrder);
-    assert_eq!(gap.details().and_then(|details| details.expected_producer_sequence), Some(2));
+    assert_eq!(
+        gap.details()
+            .and_then(|details| details.expected_producer_sequence),
+        Some(2)
+    );
 
     let (again, newer) = client.open_producer("t", "writer").await.expect("reopen");
     assert_eq!(again, producer);
@@ -450,7 +484,10 @@ async fn stamped_appends_are_deduplicated_and_older_epochs_are_aborted() {
         .expect_err("fenced");
     assert_status(&fenced, GrpcCode::Aborted, ErrorKind::ProducerFenced);
     assert_eq!(fenced.error_code(), Some(13));
-    assert_eq!(fenced.details().and_then(|details| details.current_epoch), Some(newer));
+    assert_eq!(
+        fenced.details().and_then(|details| details.current_epoch),
+        Some(newer)
+    );
     assert!(!fenced.is_transient());
 }
 
@@ -477,7 +514,11 @@ async fn append_session_answers_each_request_in_order_with_its_correlation_id() 
             assert_eq!(outcomes.len(), 2);
             assert!(outcomes[0].is_ok());
             let error = outcomes[1].as_ref().expect_err("conflict");
-            assert_status(error, GrpcCode::FailedPrecondition, ErrorKind::WrongExpectedSequence);
+            assert_status(
+                error,
+                GrpcCode::FailedPrecondition,
+                ErrorKind::WrongExpectedSequence,
+            );
         } else {
             assert_eq!(outcomes.len(), 1);
             assert!(outcomes[0].is_ok());
@@ -586,7 +627,11 @@ async fn subscription_filters_by_event_type_and_key_prefix_on_the_server() {
             SubscriptionItem::Events {
                 events, next_offset, ..
             } => {
-                kept.extend(events.iter().map(|event| (event.offset, event.event_type.clone())));
+                kept.extend(
+                    events
+                        .iter()
+                        .map(|event| (event.offset, event.event_type.clone())),
+                );
                 next = next_offset;
             }
             SubscriptionItem::CaughtUp { .. } => break,
@@ -686,10 +731,7 @@ async fn idle_subscription_sends_heartbeats_with_high_watermarks() {
     };
     let mut subscription = client.subscribe("t", &options).await.expect("subscribe");
     payloads_until_caught_up(&mut subscription).await;
-    let item = step(subscription.next())
-        .await
-        .expect("open")
-        .expect("item");
+    let item = step(subscription.next()).await.expect("open").expect("item");
     let SubscriptionItem::Heartbeat { high_watermarks } = item else {
         panic!("expected a heartbeat, got {item:?}");
     };
@@ -755,7 +797,12 @@ impl Backend for CountingBackend {
     ) -> stele::Result<(Vec<stele::RecordedEvent>, Option<u64>)> {
         self.inner.read_key(topic, key, from, direction, count_max)
     }
-    fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> stele::Result<Offset> {
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> stele::Result<Offset> {
         self.inner.offset_for_timestamp(topic, partition, timestamp_ms)
     }
     fn high_watermark(&self, topic: &str, partition: PartitionId) -> stele::Result<Offset> {
@@ -820,7 +867,9 @@ async fn slow_subscriber_holds_the_server_back_instead_of_buffering_everything()
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let client = Client::connect(format!("http://{address}")).await.expect("connect");
+    let client = Client::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
     client
         .create_topic("t", &TopicOptions::default().partitions(1))
         .await
@@ -925,10 +974,7 @@ async fn cursor_rpcs_commit_get_list_and_delete_with_their_preconditions() {
 async fn consume(consumer: &mut stele::client::Consumer, count: usize) -> Vec<String> {
     let mut payloads = Vec::new();
     for _ in 0..count {
-        let event = step(consumer.next())
-            .await
-            .expect("open")
-            .expect("event");
+        let event = step(consumer.next()).await.expect("open").expect("event");
         payloads.push(String::from_utf8(event.payload).expect("utf-8"));
     }
     payloads
@@ -1025,7 +1071,10 @@ async fn consumer_auto_commits_and_survives_a_server_restart_without_repeats() {
             .expect("append after restart");
     }
     seen.extend(consume(&mut consumer, 7).await);
-    let mut sorted: Vec<usize> = seen.iter().map(|payload| payload.parse().expect("number")).collect();
+    let mut sorted: Vec<usize> = seen
+        .iter()
+        .map(|payload| payload.parse().expect("number"))
+        .collect();
     sorted.sort_unstable();
     assert_eq!(sorted, (0..15).collect::<Vec<_>>(), "each event exactly once");
 }
@@ -1075,7 +1124,10 @@ async fn producer_routes_batches_and_pipelines_in_key_order() {
         .iter()
         .map(|event| String::from_utf8_lossy(&event.payload).parse().expect("number"))
         .collect();
-    assert_eq!(payloads, (0..400).filter(|index| index % 13 == 3).collect::<Vec<_>>());
+    assert_eq!(
+        payloads,
+        (0..400).filter(|index| index % 13 == 3).collect::<Vec<_>>()
+    );
     assert!(
         history
             .events
@@ -1139,7 +1191,11 @@ async fn producer_keeps_going_in_order_after_an_append_is_rejected() {
     }
     assert!(results[0].is_ok());
     let rejected = results[1].as_ref().expect_err("wrong expected sequence");
-    assert_status(rejected, GrpcCode::FailedPrecondition, ErrorKind::WrongExpectedSequence);
+    assert_status(
+        rejected,
+        GrpcCode::FailedPrecondition,
+        ErrorKind::WrongExpectedSequence,
+    );
     assert!(results[2].is_ok(), "{:?}", results[2]);
     assert!(results[3].is_ok(), "{:?}", results[3]);
     assert!(results[4].is_ok(), "{:?}", results[4]);
@@ -1167,7 +1223,9 @@ async fn fenced_producer_fails_permanently_with_aborted() {
     let later = step(old.send(append("k", "3"))).await.expect_err("still fenced");
     assert!(matches!(later, ClientError::Closed(_)), "{later}");
     assert!(later.to_string().contains("fenced"), "{later}");
-    step(new.send(append("k", "4"))).await.expect("new instance writes");
+    step(new.send(append("k", "4")))
+        .await
+        .expect("new instance writes");
     let read = server
         .client
         .read("t", PartitionId(0), Offset(0), 0, 0)
@@ -1260,7 +1318,10 @@ async fn server_restart_between_writes_and_reads_keeps_acknowledged_data() {
     let old_url = server.url();
     server.restart().await;
     assert_ne!(server.url(), old_url, "a new port");
-    assert_eq!(server.client.list_topics().await.expect("list"), vec!["t".to_string()]);
+    assert_eq!(
+        server.client.list_topics().await.expect("list"),
+        vec!["t".to_string()]
+    );
     let history = server
         .client
         .read_key("t", b"k", None, Direction::Forwards, 0)
@@ -1304,10 +1365,10 @@ async fn health_check_reports_serving() {
 async fn reflection_lists_the_stele_service() {
     // Goal: gRPC server reflection (v1) lists `stele.v1.Stele`, so generic tools
     // such as grpcurl work without the proto file.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let server = start_test_server().await;
     let mut reflection = ServerReflectionClient::new(channel(&server).await);
