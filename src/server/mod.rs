@@ -114,6 +114,7 @@ impl RunningServer {
         let stele = proto::stele_server::SteleServer::new(service)
             .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);
+        let stele = MessageLimitStatus { inner: stele };
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(async move {
             let shutdown = async move {
@@ -175,5 +176,60 @@ impl Drop for RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Wraps the generated service so that a unary request rejected by tonic for
+/// its size (OUT_OF_RANGE, before the handler runs) is answered with the
+/// contract's RESOURCE_EXHAUSTED and `MESSAGE_TOO_LARGE` detail instead.
+/// Streaming requests are mapped where their messages are read.
+#[derive(Clone)]
+struct MessageLimitStatus<S> {
+    inner: S,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for MessageLimitStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, RequestBody> tonic::codegen::Service<tonic::codegen::http::Request<RequestBody>>
+    for MessageLimitStatus<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<RequestBody>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = backend::BoxFuture<std::result::Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<RequestBody>) -> Self::Future {
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            // A trailers-only error response carries its status in the headers.
+            if let Some(status) = tonic::Status::from_header_map(response.headers())
+                && status.code() == tonic::Code::OutOfRange
+            {
+                let mapped = status::map_transport_status(status);
+                if mapped.code() != tonic::Code::OutOfRange {
+                    let headers = response.headers_mut();
+                    headers.remove("grpc-status");
+                    headers.remove("grpc-message");
+                    headers.remove("grpc-status-details-bin");
+                    let _ = mapped.add_header(headers);
+                }
+            }
+            Ok(response)
+        })
     }
 }

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::backend::Backend;
 use super::convert;
 use super::proto::{self, stele_server::Stele};
-use super::status::{error_detail, invalid_argument, to_status};
+use super::status::{error_detail, invalid_argument, map_transport_status, to_status};
 use super::subscription;
 use crate::event::{Direction, Offset, PartitionId};
 use crate::limits;
@@ -167,7 +167,7 @@ impl Stele for SteleService {
                     Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(status) => {
-                        let _ = error_sender.send(Err(status)).await;
+                        let _ = error_sender.send(Err(map_transport_status(status))).await;
                         break;
                     }
                 };

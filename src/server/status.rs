@@ -119,6 +119,40 @@ pub fn invalid_argument(message: impl Into<String>) -> Status {
     to_status(&Error::InvalidArgument(message.into()))
 }
 
+/// A request message above the server's size limit: RESOURCE_EXHAUSTED with
+/// code `MESSAGE_TOO_LARGE`, as the proto's error contract says.
+pub fn message_too_large(message: impl Into<String>) -> Status {
+    let detail = ErrorDetail {
+        code: ErrorCode::MessageTooLarge as i32,
+        message: message.into(),
+        ..ErrorDetail::default()
+    };
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    if let Ok(value) = detail.code.to_string().parse() {
+        metadata.insert(ERROR_CODE_METADATA, value);
+    }
+    Status::with_details_and_metadata(
+        Code::ResourceExhausted,
+        detail.message.clone(),
+        detail.encode_to_vec().into(),
+        metadata,
+    )
+}
+
+/// tonic rejects a message above `max_decoding_message_size` with OUT_OF_RANGE
+/// (and no Stele detail) before any handler runs; this maps that status to
+/// [`message_too_large`] and leaves every other status alone.
+pub fn map_transport_status(status: Status) -> Status {
+    if status.code() == Code::OutOfRange
+        && detail_of(&status).is_none()
+        && status.message().contains("message length too large")
+    {
+        message_too_large(status.message())
+    } else {
+        status
+    }
+}
+
 /// Decodes the `ErrorDetail` of a status, if it carries one.
 pub fn detail_of(status: &Status) -> Option<ErrorDetail> {
     ErrorDetail::decode(status.details())

@@ -1,8 +1,9 @@
-//! Integration tests through the public API.
+//! Integration tests through the public API and through real gRPC.
 
 mod compat;
 mod embed;
 mod faults;
+mod grpc;
 mod model;
 mod regress_failed_roll;
 mod regress_poisoned_open_group;
