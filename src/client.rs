@@ -64,22 +64,39 @@ pub type ClientResult<T> = std::result::Result<T, ClientError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum GrpcCode {
+    /// gRPC `Ok`.
     Ok,
+    /// gRPC `Cancelled`.
     Cancelled,
+    /// gRPC `Unknown`.
     Unknown,
+    /// gRPC `InvalidArgument`.
     InvalidArgument,
+    /// gRPC `DeadlineExceeded`.
     DeadlineExceeded,
+    /// gRPC `NotFound`.
     NotFound,
+    /// gRPC `AlreadyExists`.
     AlreadyExists,
+    /// gRPC `PermissionDenied`.
     PermissionDenied,
+    /// gRPC `ResourceExhausted`.
     ResourceExhausted,
+    /// gRPC `FailedPrecondition`.
     FailedPrecondition,
+    /// gRPC `Aborted`.
     Aborted,
+    /// gRPC `OutOfRange`.
     OutOfRange,
+    /// gRPC `Unimplemented`.
     Unimplemented,
+    /// gRPC `Internal`.
     Internal,
+    /// gRPC `Unavailable`.
     Unavailable,
+    /// gRPC `DataLoss`.
     DataLoss,
+    /// gRPC `Unauthenticated`.
     Unauthenticated,
 }
 
@@ -142,10 +159,20 @@ pub struct ErrorDetails {
 pub enum ClientError {
     /// The server URL is malformed.
     #[error("invalid server URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The connection could not be made or broke.
     #[error("transport error talking to {url}: {reason}")]
-    Transport { url: String, reason: String },
+    Transport {
+        /// The server's URL.
+        url: String,
+        /// The transport's message.
+        reason: String,
+    },
     /// The server answered with an error status.
     #[error("{code:?}: {message}")]
     Status {
@@ -350,37 +377,46 @@ fn endpoint(url: &str) -> ClientResult<Endpoint> {
 /// A topic's settings and partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {
+    /// The topic's name.
     pub topic: String,
     /// The settings in effect. Options the API does not carry keep their defaults.
     pub options: TopicOptions,
+    /// Every partition, by index.
     pub partitions: Vec<PartitionDescription>,
 }
 
 /// One partition's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionDescription {
+    /// The partition's index.
     pub partition: PartitionId,
     /// The oldest retained offset.
     pub earliest: Offset,
     /// One past the newest acknowledged offset.
     pub high_watermark: Offset,
+    /// Bytes of segment files.
     pub size_bytes: u64,
+    /// Segment files.
     pub segments_count: u32,
+    /// Keys that ever had an event in the partition.
     pub keys_count: u64,
 }
 
 /// The answer to a partition read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadResult {
+    /// The events, in offset order.
     pub events: Vec<RecordedEvent>,
     /// Where to read next.
     pub next_offset: Offset,
+    /// The partition's high watermark.
     pub high_watermark: Offset,
 }
 
 /// The answer to a key read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyHistory {
+    /// The events, in the direction asked.
     pub events: Vec<RecordedEvent>,
     /// The key's last sequence; `None` when it has no events.
     pub last_sequence: Option<u64>,
@@ -408,6 +444,7 @@ pub enum StartPosition {
 pub struct SubscribeOptions {
     /// Partitions to follow; empty means all.
     pub partitions: Vec<PartitionId>,
+    /// Where each partition starts.
     pub start: StartPosition,
     /// Only events of these types (empty = all), filtered on the server.
     pub event_types: Vec<String>,
@@ -425,16 +462,21 @@ pub enum SubscriptionItem {
     /// Events of one partition in offset order, and where the partition
     /// continues (past events the filters skipped).
     Events {
+        /// The partition.
         partition: PartitionId,
+        /// The events that passed the filters.
         events: Vec<RecordedEvent>,
+        /// Where the partition continues; commit this to resume here.
         next_offset: Offset,
     },
     /// Every followed partition was read up to its high watermark at the start.
     CaughtUp {
+        /// Per partition, the next offset at the moment of catching up.
         next_offsets: BTreeMap<PartitionId, Offset>,
     },
     /// Nothing to send for a while; the high watermarks now.
     Heartbeat {
+        /// Per partition, the high watermark now.
         high_watermarks: BTreeMap<PartitionId, Offset>,
     },
 }
@@ -1853,7 +1895,12 @@ pub enum CommitMode {
     Manual,
     /// After every `events` delivered events, or once `interval` has passed
     /// since the last commit when an event is delivered; whichever comes first.
-    Auto { events: u64, interval: Duration },
+    Auto {
+        /// Commit after this many delivered events.
+        events: u64,
+        /// Commit when this much time passed since the last commit.
+        interval: Duration,
+    },
 }
 
 /// A consumer's options.
@@ -1865,6 +1912,7 @@ pub struct ConsumerOptions {
     pub event_types: Vec<String>,
     /// Only events whose key starts with this (empty = all), filtered on the server.
     pub key_prefix: Vec<u8>,
+    /// When positions are committed.
     pub commit: CommitMode,
     /// Retries of transient failures when resubscribing.
     pub retry: RetryPolicy,

@@ -26,6 +26,8 @@ pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 pub const PRODUCER_IDLE_MS_MAX_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 /// Default number of appended bytes between checkpoints (256 MiB).
 pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 256 << 20;
+/// How often partitions look at retention, checkpoints and idle producers.
+pub const HOUSEKEEPING_INTERVAL_DEFAULT: std::time::Duration = std::time::Duration::from_millis(1000);
 /// The sync interval of [`Durability::Interval`] when none is given, in milliseconds.
 pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 /// Largest sync interval of [`Durability::Interval`], in milliseconds.
@@ -332,6 +334,9 @@ pub struct LogOptions {
     pub storage: Arc<dyn Storage>,
     /// The wall clock; tests inject a manual clock here.
     pub clock: Arc<dyn Clock>,
+    /// How often each partition's worker checks retention, checkpoints, idle
+    /// producers and the dedup index (real time, not the injected clock).
+    pub housekeeping_interval: std::time::Duration,
 }
 
 impl Default for LogOptions {
@@ -339,6 +344,7 @@ impl Default for LogOptions {
         LogOptions {
             storage: Arc::new(StdStorage),
             clock: Arc::new(SystemClock),
+            housekeeping_interval: HOUSEKEEPING_INTERVAL_DEFAULT,
         }
     }
 }
@@ -353,6 +359,12 @@ impl LogOptions {
     /// Sets the clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> LogOptions {
         self.clock = clock;
+        self
+    }
+
+    /// Sets the housekeeping interval.
+    pub fn housekeeping_interval(mut self, interval: std::time::Duration) -> LogOptions {
+        self.housekeeping_interval = interval;
         self
     }
 }

@@ -25,7 +25,8 @@ const TOPIC_META_FILE: &str = "topic.meta";
 pub struct Log {
     dir: PathBuf,
     options: LogOptions,
-    _lock: Arc<dyn StorageFile>,
+    /// The locked `LOCK` file; released by `close`.
+    lock: std::sync::Mutex<Option<Arc<dyn StorageFile>>>,
     topics: RwLock<BTreeMap<String, Topic>>,
 }
 
@@ -93,7 +94,7 @@ impl Log {
         let log = Log {
             dir,
             options,
-            _lock: lock,
+            lock: std::sync::Mutex::new(Some(lock)),
             topics: RwLock::new(BTreeMap::new()),
         };
         let names = storage
@@ -119,13 +120,7 @@ impl Log {
                     reason: format!("meta names topic {stored_name:?}"),
                 });
             }
-            let topic = Topic::open(
-                name.clone(),
-                path,
-                topic_options,
-                Arc::clone(&log.options.storage),
-                Arc::clone(&log.options.clock),
-            )?;
+            let topic = Topic::open(name.clone(), path, topic_options, &log.options)?;
             log.topics_mut().insert(name, topic);
         }
         Ok(log)
@@ -195,13 +190,7 @@ impl Log {
         storage
             .sync_dir(&topics_dir)
             .map_err(io_error("sync topics", &topics_dir))?;
-        let topic = Topic::open(
-            name.to_string(),
-            path,
-            options,
-            Arc::clone(&self.options.storage),
-            Arc::clone(&self.options.clock),
-        )?;
+        let topic = Topic::open(name.to_string(), path, options, &self.options)?;
         topics.insert(name.to_string(), topic.clone());
         Ok(topic)
     }
@@ -265,7 +254,8 @@ impl Log {
             .map_err(|error| Error::io("delete topic", &doomed, error))
     }
 
-    /// Flushes and checkpoints every topic and releases the directory.
+    /// Flushes and checkpoints every topic and releases the directory. Topic
+    /// handles still held fail appends with [`Error::Closed`] afterwards.
     ///
     /// # Errors
     /// The first I/O error met; every topic is closed regardless.
@@ -277,6 +267,11 @@ impl Log {
                 first_error.get_or_insert(error);
             }
         }
+        // Release the directory for another process (or a reopen).
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         first_error.map_or(Ok(()), Err)
     }
 }

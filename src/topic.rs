@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::config::{Clock, TopicOptions};
+use crate::config::{LogOptions, TopicOptions};
 use crate::cursor::CursorStore;
 use crate::error::{Error, Result};
 use crate::event::{
     AppendAck, AppendRequest, Direction, Epoch, Event, ExpectedSequence, Offset, PartitionId, ProducerId,
     RecordedEvent,
 };
-use crate::io::Storage;
 use crate::partition::{Completion, Partition, PartitionContext, PartitionInfo, RecoveryReport};
 use crate::producer::ProducerRegistry;
 use crate::subscribe::WaitPast;
@@ -110,9 +109,10 @@ impl Topic {
         name: String,
         dir: PathBuf,
         options: TopicOptions,
-        storage: Arc<dyn Storage>,
-        clock: Arc<dyn Clock>,
+        log_options: &LogOptions,
     ) -> Result<Topic> {
+        let storage = Arc::clone(&log_options.storage);
+        let clock = Arc::clone(&log_options.clock);
         let options = Arc::new(options);
         let producers = Arc::new(ProducerRegistry::open(
             Arc::clone(&storage),
@@ -125,6 +125,7 @@ impl Topic {
             storage,
             clock,
             epoch_of: Arc::new(move |producer| registry.current_epoch(producer)),
+            housekeeping_interval: log_options.housekeeping_interval,
         };
         let mut partitions = Vec::with_capacity(options.partitions as usize);
         for index in 0..options.partitions {

@@ -222,16 +222,6 @@ impl Partition {
         Ok((found, owns_hash))
     }
 
-    /// Whether the published record at `offset` has `key`. Only the key is read:
-    /// the frame's CRC is checked when the record is served, not here.
-    fn is_key_at(&self, key: &[u8], offset: Offset) -> Result<bool> {
-        match self.with_key_at(offset, |found| found == key) {
-            Ok(matches) => Ok(matches),
-            Err(Error::OffsetOutOfRange { .. }) => Ok(false),
-            Err(error) => Err(error),
-        }
-    }
-
     fn decide(&self, state: &mut State, prepared: &Prepared) -> Result<Decision> {
         let request = &prepared.request;
         let now = self.context.clock.now_ms().max(state.last_timestamp_ms);

@@ -45,9 +45,6 @@ pub(crate) type Completion = Box<dyn FnOnce(Result<AppendAck>) + Send>;
 /// Looks up a producer's current epoch in the topic's registry.
 pub(crate) type EpochOf = Arc<dyn Fn(ProducerId) -> Option<Epoch> + Send + Sync>;
 
-/// How often the worker looks at retention, checkpoints and idle producers.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(1000);
-
 /// What a partition needs from its topic.
 #[derive(Clone)]
 pub(crate) struct PartitionContext {
@@ -55,6 +52,8 @@ pub(crate) struct PartitionContext {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) epoch_of: EpochOf,
+    /// How often the worker looks at retention, checkpoints and idle producers.
+    pub(crate) housekeeping_interval: Duration,
 }
 
 /// A summary of a partition for callers.
@@ -132,7 +131,7 @@ pub(crate) struct State {
     /// The offset the newest checkpoint covers.
     checkpoint_offset: Offset,
     bytes_since_checkpoint: u64,
-    last_housekeeping_ms: i64,
+    last_housekeeping: std::time::Instant,
 }
 
 /// Appends encoded but not yet published, with the state they would publish.
@@ -311,11 +310,11 @@ impl Partition {
             if closing {
                 break;
             }
-            let now = self.context.clock.now_ms();
-            if now.saturating_sub(state.last_housekeeping_ms) >= HOUSEKEEPING_INTERVAL.as_millis() as i64
+            let housekeeping_interval = self.context.housekeeping_interval;
+            if state.last_housekeeping.elapsed() >= housekeeping_interval
                 || state.bytes_since_checkpoint >= self.context.options.checkpoint_interval_bytes
             {
-                state.last_housekeeping_ms = now;
+                state.last_housekeeping = std::time::Instant::now();
                 drop(state);
                 // Housekeeping failures are reported by the next operation that
                 // depends on them (a poisoned partition, an I/O error on append).
@@ -335,7 +334,7 @@ impl Partition {
                     }
                     interval - elapsed
                 }
-                _ => HOUSEKEEPING_INTERVAL,
+                _ => housekeeping_interval.saturating_sub(state.last_housekeeping.elapsed()),
             };
             state = self
                 .work

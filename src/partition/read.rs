@@ -144,17 +144,25 @@ impl Partition {
         }
     }
 
+    /// Whether the published record at `offset` has `key`. Only the key is read:
+    /// the frame's CRC is checked when the record is served, not here. A record
+    /// already removed by retention cannot be read: the hash match is trusted
+    /// then, so that a key's sequence never restarts (two keys sharing a 64-bit
+    /// hash whose newest event is gone are not told apart).
+    pub(crate) fn is_key_at(&self, key: &[u8], offset: Offset) -> Result<bool> {
+        match self.with_key_at(offset, |found| found == key) {
+            Ok(matches) => Ok(matches),
+            Err(Error::OffsetOutOfRange { .. }) if offset < self.earliest() => Ok(true),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// The published state of a key: (last sequence, last offset).
     pub(crate) fn key_last(&self, key: &[u8]) -> Result<Option<(u64, Offset)>> {
         let hash = key_hash(key);
         let state = self.lock();
-        let found = state.keys.get(key, hash, |offset| {
-            match self.with_record(offset, |view| view.key == key) {
-                Ok(matches) => Ok(matches),
-                Err(Error::OffsetOutOfRange { .. }) => Ok(false),
-                Err(error) => Err(error),
-            }
-        })?;
+        let found = state.keys.get(key, hash, |offset| self.is_key_at(key, offset))?;
         Ok(found.map(|state| (state.last_sequence, state.last_offset)))
     }
 

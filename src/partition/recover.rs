@@ -304,7 +304,7 @@ impl Partition {
             last_sync: std::time::Instant::now(),
             checkpoint_offset: keys_from,
             bytes_since_checkpoint: 0,
-            last_housekeeping_ms: now,
+            last_housekeeping: std::time::Instant::now(),
         };
         let partition = Arc::new(Partition {
             id,

@@ -141,7 +141,11 @@ fn options() -> TopicOptions {
 fn open(dir: &Path, clock: &Arc<ManualClock>) -> Log {
     Log::open(
         dir,
-        crate::support::no_sync_options().clock(Arc::clone(clock) as Arc<dyn stele::Clock>),
+        crate::support::no_sync_options()
+            .clock(Arc::clone(clock) as Arc<dyn stele::Clock>)
+            // Retention runs only when the model says so (`Op::Retention`), not in
+            // the background between a check and a read.
+            .housekeeping_interval(std::time::Duration::from_secs(24 * 60 * 60)),
     )
     .expect("open")
 }
