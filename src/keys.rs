@@ -106,20 +106,27 @@ impl KeyIndex {
             last_sequence: sequence,
             last_offset: offset,
         };
-        if let Some(existing) = self.collided.get_mut(key) {
+        if !self.collided.is_empty()
+            && let Some(existing) = self.collided.get_mut(key)
+        {
             *existing = state;
             return;
         }
-        match self.by_hash.get_mut(&hash) {
-            None => {
-                self.by_hash.insert(hash, state);
+        // One hash probe per record: the entry either is vacant or holds a chain.
+        let existing = match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(state);
+                return;
             }
-            Some(existing) if existing.last_offset.0 == previous => *existing = state,
-            Some(_) if previous == crate::format::record::NO_PREVIOUS || sequence == 0 => {
+            std::collections::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
+        };
+        match existing {
+            existing if existing.last_offset.0 == previous => *existing = state,
+            _ if previous == crate::format::record::NO_PREVIOUS || sequence == 0 => {
                 // A new key whose hash is taken.
                 self.collided.insert(key.into(), state);
             }
-            Some(existing) => {
+            existing => {
                 // The chain does not continue: the hash holder was replaced by a
                 // checkpoint older than this record, or the key is new; trust the
                 // record, which is the newest fact.

@@ -315,7 +315,7 @@ impl Segment {
         let mut timestamp_max = scan.timestamp_max;
         while position < file_size {
             let bytes = self.map.slice(position, file_size);
-            let view = match record::decode(bytes) {
+            let (view, size) = match record::decode(bytes) {
                 Ok((view, _)) if view.offset != expected => {
                     scan.failure = Some((position, DecodeError::Invalid("record offset out of sequence")));
                     break;
@@ -324,15 +324,12 @@ impl Segment {
                     scan.failure = Some((position, DecodeError::Invalid("record timestamp decreases")));
                     break;
                 }
-                Ok((view, _)) => view,
+                Ok(decoded) => decoded,
                 Err(reason) => {
                     scan.failure = Some((position, reason));
                     break;
                 }
             };
-            let size = record::decode(bytes)
-                .map(|(_, size)| size)
-                .expect("decoded above");
             visit(&view, position)?;
             if last_index_position.is_none_or(|last| position - last >= index_interval_bytes as u64) {
                 pending_index.push(IndexEntry {
@@ -512,15 +509,15 @@ impl Segment {
         Ok(None)
     }
 
-    /// The key of the published frame at `position`, read without checking the
-    /// frame's CRC; lengths are still bounds-checked.
-    pub(crate) fn key_at(&self, position: u64) -> Result<&[u8]> {
+    /// The chain fields of the published frame at `position`, read without
+    /// checking the frame's CRC; lengths are still bounds-checked.
+    pub(crate) fn link_at(&self, position: u64) -> Result<record::Link<'_>> {
         let size = self.published_size();
         assert!(
             position < size,
             "position {position} at or past published size {size}"
         );
-        record::peek_key(self.map.slice(position, size))
+        record::peek_link(self.map.slice(position, size))
             .map_err(|reason| Error::corruption(&self.path, position, reason))
     }
 

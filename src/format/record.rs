@@ -160,22 +160,53 @@ pub fn peek(bytes: &[u8]) -> Result<(u64, Offset), DecodeError> {
     Ok((frame_len + 4, Offset(offset)))
 }
 
-/// Reads only a frame's key, without checking its CRC: enough to confirm which
-/// key a record belongs to. Lengths are checked against the frame and the limits.
+/// The chain fields of a frame, read without checking its CRC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link<'a> {
+    /// The record's offset.
+    pub offset: Offset,
+    /// The event's sequence within its key.
+    pub sequence: u64,
+    /// The offset of the key's previous event, or [`NO_PREVIOUS`].
+    pub key_previous_offset: u64,
+    /// The key.
+    pub key: &'a [u8],
+}
+
+/// Reads a frame's offset, sequence, previous offset and key without checking
+/// its CRC: enough to confirm which key a record belongs to and to walk a key's
+/// chain. Lengths are checked against the frame and the limits; callers decode
+/// (with the CRC) every record they serve.
 ///
 /// # Errors
-/// A [`DecodeError`] on short input or a frame or key length out of bounds.
-pub fn peek_key(bytes: &[u8]) -> Result<&[u8], DecodeError> {
-    let mut reader = Reader::new(bytes);
-    let frame_len = reader.u32()? as u64;
+/// A [`DecodeError`] for a short input or lengths that disagree.
+pub fn peek_link(bytes: &[u8]) -> Result<Link<'_>, DecodeError> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Err(DecodeError::Truncated {
+            needed: RECORD_HEADER_LEN as u64,
+            available: bytes.len() as u64,
+        });
+    }
+    let frame_len = le_u32(bytes, 0) as u64;
     check_frame_len(frame_len)?;
-    let header = reader.bytes(RECORD_HEADER_LEN - 4)?;
-    let key_len = u16::from_le_bytes([header[58], header[59]]) as u64;
+    let key_len = le_u16(bytes, 62) as u64;
     if key_len == 0 || key_len + (RECORD_HEADER_LEN as u64 - 4) > frame_len {
         return Err(DecodeError::Invalid("key length disagrees with frame length"));
     }
     check_len(key_len, limits::KEY_SIZE_MAX as u64)?;
-    reader.bytes(key_len as usize)
+    let key_end = RECORD_HEADER_LEN + key_len as usize;
+    if bytes.len() < key_end {
+        return Err(DecodeError::Truncated {
+            needed: key_end as u64,
+            available: bytes.len() as u64,
+        });
+    }
+    Ok(Link {
+        offset: Offset(le_u64(bytes, 8)),
+        sequence: le_u64(bytes, 24),
+        key_previous_offset: le_u64(bytes, 32),
+        key: &bytes[RECORD_HEADER_LEN..key_end],
+    })
 }
 
 fn check_frame_len(frame_len: u64) -> Result<(), DecodeError> {
@@ -194,38 +225,38 @@ fn check_frame_len(frame_len: u64) -> Result<(), DecodeError> {
 /// # Errors
 /// A [`DecodeError`] on short input, a bad length or CRC, unknown flags, or invalid fields.
 pub fn decode(bytes: &[u8]) -> Result<(RecordView<'_>, u64), DecodeError> {
-    let mut reader = Reader::new(bytes);
-    let frame_len = reader.u32()? as u64;
-    check_frame_len(frame_len)?;
-    let stored_crc = reader.u32()?;
-    if (reader.remaining() as u64) < frame_len - 4 {
+    // The fixed header is read at constant positions (no cursor), which keeps
+    // this hot path free of per-field bounds checks after the one length check.
+    if bytes.len() < RECORD_HEADER_LEN {
         return Err(DecodeError::Truncated {
-            needed: frame_len + 4,
+            needed: RECORD_HEADER_LEN as u64,
             available: bytes.len() as u64,
         });
     }
-    let body = &bytes[8..4 + frame_len as usize];
-    let computed = crc(body);
+    let frame_len = le_u32(bytes, 0) as u64;
+    check_frame_len(frame_len)?;
+    let frame_size = frame_len + 4;
+    if (bytes.len() as u64) < frame_size {
+        return Err(DecodeError::Truncated {
+            needed: frame_size,
+            available: bytes.len() as u64,
+        });
+    }
+    let frame = &bytes[..frame_size as usize];
+    let stored_crc = le_u32(frame, 4);
+    let computed = crc(&frame[8..]);
     if computed != stored_crc {
         return Err(DecodeError::CrcMismatch {
             expected: stored_crc,
             actual: computed,
         });
     }
-    let mut reader = Reader::new(body);
-    let offset = Offset(reader.u64()?);
-    let timestamp_ms = reader.i64()?;
-    let sequence = reader.u64()?;
-    let key_previous_offset = reader.u64()?;
-    let producer_id = reader.u64()?;
-    let producer_sequence = reader.u64()?;
-    let producer_epoch = reader.u32()?;
-    let flags = reader.u16()?;
-    let key_len = reader.u16()? as usize;
-    let type_len = reader.u8()? as usize;
-    let id_len = reader.u8()? as usize;
-    let headers_len = reader.u16()? as usize;
-    let payload_len = reader.u32()? as usize;
+    let flags = le_u16(frame, 60);
+    let key_len = le_u16(frame, 62) as usize;
+    let type_len = frame[64] as usize;
+    let id_len = frame[65] as usize;
+    let headers_len = le_u16(frame, 66) as usize;
+    let payload_len = le_u32(frame, 68) as usize;
     if flags & !FLAGS_KNOWN != 0 {
         return Err(DecodeError::Invalid("unknown record flags"));
     }
@@ -236,27 +267,36 @@ pub fn decode(bytes: &[u8]) -> Result<(RecordView<'_>, u64), DecodeError> {
     check_len(headers_len as u64, limits::HEADERS_SIZE_MAX as u64)?;
     check_len(payload_len as u64, limits::PAYLOAD_SIZE_MAX_LIMIT as u64)?;
     let variable = key_len + type_len + id_len + headers_len + payload_len;
-    if variable != reader.remaining() {
+    if RECORD_HEADER_LEN + variable != frame.len() {
         return Err(DecodeError::Invalid("field lengths disagree with frame length"));
     }
-    let key = reader.bytes(key_len)?;
-    let event_type = std::str::from_utf8(reader.bytes(type_len)?)
-        .map_err(|_| DecodeError::Invalid("event type is not UTF-8"))?;
-    let id = reader.bytes(id_len)?;
-    let headers = reader.bytes(headers_len)?;
-    let payload = reader.bytes(payload_len)?;
-    validate_headers(headers)?;
-    let producer = (producer_id != 0).then_some(ProducerStamp {
+    let mut position = RECORD_HEADER_LEN;
+    let mut take = |len: usize| {
+        let slice = &frame[position..position + len];
+        position += len;
+        slice
+    };
+    let key = take(key_len);
+    let event_type =
+        std::str::from_utf8(take(type_len)).map_err(|_| DecodeError::Invalid("event type is not UTF-8"))?;
+    let id = take(id_len);
+    let headers = take(headers_len);
+    let payload = take(payload_len);
+    if !headers.is_empty() {
+        validate_headers(headers)?;
+    }
+    let producer_id = le_u64(frame, 40);
+    let producer = (producer_id != 0).then(|| ProducerStamp {
         producer: ProducerId(producer_id),
-        epoch: Epoch(producer_epoch),
-        sequence: producer_sequence,
+        epoch: Epoch(le_u32(frame, 56)),
+        sequence: le_u64(frame, 48),
     });
     Ok((
         RecordView {
-            offset,
-            timestamp_ms,
-            sequence,
-            key_previous_offset,
+            offset: Offset(le_u64(frame, 8)),
+            timestamp_ms: le_u64(frame, 16) as i64,
+            sequence: le_u64(frame, 24),
+            key_previous_offset: le_u64(frame, 32),
             producer,
             flags,
             key,
@@ -265,8 +305,28 @@ pub fn decode(bytes: &[u8]) -> Result<(RecordView<'_>, u64), DecodeError> {
             headers,
             payload,
         },
-        frame_len + 4,
+        frame_size,
     ))
+}
+
+/// Little-endian reads at a position the caller has bounds-checked.
+#[inline(always)]
+fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+#[inline(always)]
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut array = [0u8; 4];
+    array.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(array)
+}
+
+#[inline(always)]
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut array = [0u8; 8];
+    array.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(array)
 }
 
 fn validate_headers(block: &[u8]) -> Result<(), DecodeError> {
@@ -397,14 +457,19 @@ mod tests {
         fn record_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes);
             let _ = peek(&bytes);
-            let _ = peek_key(&bytes);
+            let _ = peek_link(&bytes);
         }
 
         #[test]
-        fn peek_key_agrees_with_decode(key in proptest::collection::vec(any::<u8>(), 1..64)) {
+        fn peek_link_agrees_with_decode(key in proptest::collection::vec(any::<u8>(), 1..64)) {
             let mut buf = Vec::new();
             encode(&mut buf, &sample(&key, b"payload", None), &[]);
-            prop_assert_eq!(peek_key(&buf).expect("peek"), &key[..]);
+            let link = peek_link(&buf).expect("peek");
+            let (view, _) = decode(&buf).expect("decode");
+            prop_assert_eq!(link.key, view.key);
+            prop_assert_eq!(link.offset, view.offset);
+            prop_assert_eq!(link.sequence, view.sequence);
+            prop_assert_eq!(link.key_previous_offset, view.key_previous_offset);
         }
     }
 }

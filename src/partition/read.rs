@@ -54,13 +54,25 @@ impl Partition {
         Ok(f(&view))
     }
 
-    /// Calls `f` with the key of the published record at `offset`, without
-    /// checking the frame's CRC (for identity checks on the write path).
-    pub(crate) fn with_key_at<T>(&self, offset: Offset, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+    /// Calls `f` with the chain fields of the published record at `offset`,
+    /// without checking the frame's CRC (for identity checks and chain walks;
+    /// served records are always decoded with their CRC).
+    pub(crate) fn with_link_at<T>(
+        &self,
+        offset: Offset,
+        f: impl FnOnce(&record::Link<'_>) -> T,
+    ) -> Result<T> {
         let segment = self.segment_of(offset)?;
         let position = segment.position_of(offset)?;
-        let key = segment.key_at(position)?;
-        Ok(f(key))
+        let link = segment.link_at(position)?;
+        if link.offset != offset {
+            return Err(Error::corruption(
+                &segment.path,
+                position,
+                crate::format::DecodeError::Invalid("record offset out of sequence"),
+            ));
+        }
+        Ok(f(&link))
     }
 
     /// Visits published records from `from` while `visit` returns true, at most
@@ -150,7 +162,7 @@ impl Partition {
     /// then, so that a key's sequence never restarts (two keys sharing a 64-bit
     /// hash whose newest event is gone are not told apart).
     pub(crate) fn is_key_at(&self, key: &[u8], offset: Offset) -> Result<bool> {
-        match self.with_key_at(offset, |found| found == key) {
+        match self.with_link_at(offset, |link| link.key == key) {
             Ok(matches) => Ok(matches),
             Err(Error::OffsetOutOfRange { .. }) if offset < self.earliest() => Ok(true),
             Err(Error::OffsetOutOfRange { .. }) => Ok(false),
@@ -187,18 +199,19 @@ impl Partition {
             return Ok(Vec::new());
         }
         let earliest = self.earliest();
+        // Walk the chain back from the newest event with cheap header reads,
+        // keeping the offsets to serve; decode (with CRC) only those.
         let mut offsets: VecDeque<Offset> = VecDeque::new();
-        let mut events = Vec::new();
         let mut offset = last_offset;
         let mut sequence = last_sequence;
         loop {
             if offset < earliest {
                 break;
             }
-            let (previous, found) = match self.with_record(offset, |view| {
-                (view.key == key).then_some((view.key_previous_offset, view.sequence))
+            let link = match self.with_link_at(offset, |link| {
+                (link.key == key).then_some((link.key_previous_offset, link.sequence))
             }) {
-                Ok(Some(found)) => found,
+                Ok(Some(link)) => link,
                 Ok(None) => {
                     return Err(Error::Inconsistent {
                         path: self.dir.clone(),
@@ -208,6 +221,7 @@ impl Partition {
                 Err(Error::OffsetOutOfRange { .. }) => break,
                 Err(error) => return Err(error),
             };
+            let (previous, found) = link;
             if found != sequence {
                 return Err(Error::Inconsistent {
                     path: self.dir.clone(),
@@ -219,8 +233,8 @@ impl Partition {
             match direction {
                 Direction::Backwards => {
                     if from.is_none_or(|from| sequence <= from) {
-                        events.push(self.with_record(offset, |view| self.to_event(view))?);
-                        if events.len() == count_max {
+                        offsets.push_back(offset);
+                        if offsets.len() == count_max {
                             break;
                         }
                     }
@@ -241,10 +255,13 @@ impl Partition {
             offset = Offset(previous);
             sequence -= 1;
         }
-        if direction == Direction::Forwards {
-            for offset in offsets {
-                events.push(self.with_record(offset, |view| self.to_event(view))?);
-            }
+        let mut events = Vec::with_capacity(offsets.len());
+        for offset in offsets {
+            let event = self.with_record(offset, |view| (view.key == key).then(|| self.to_event(view)))?;
+            events.push(event.ok_or_else(|| Error::Inconsistent {
+                path: self.dir.clone(),
+                reason: format!("record at offset {offset} is not of the key read"),
+            })?);
         }
         Ok(events)
     }
