@@ -50,19 +50,27 @@ impl Hasher for IdentityHasher {
 
 type ByHash = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
 
+/// Bytes of key copies kept to confirm hash holders without reading the log.
+const CONFIRMED_KEYS_SIZE_BYTES_MAX: usize = 4 << 20;
+
 /// The published key states of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
     by_hash: ByHash,
     /// Keys whose hash is taken by another key.
     collided: HashMap<Box<[u8]>, KeyState>,
+    /// The key bytes of recently confirmed hash holders: a bounded cache that
+    /// spares the log read of a confirmation. Cleared whole when full.
+    /// Invariant: an entry names the key that holds its hash in `by_hash`.
+    confirmed: HashMap<u64, Box<[u8]>, BuildHasherDefault<IdentityHasher>>,
+    confirmed_size: usize,
 }
 
 impl KeyIndex {
     /// The state of `key`. `is_key_at(offset)` reads the log and says whether the
     /// record at `offset` belongs to `key`.
     pub(crate) fn get(
-        &self,
+        &mut self,
         key: &[u8],
         hash: u64,
         is_key_at: impl FnOnce(Offset) -> Result<bool>,
@@ -72,9 +80,28 @@ impl KeyIndex {
         {
             return Ok(Some(*state));
         }
-        match self.by_hash.get(&hash) {
-            Some(state) if is_key_at(state.last_offset)? => Ok(Some(*state)),
-            _ => Ok(None),
+        let Some(state) = self.by_hash.get(&hash).copied() else {
+            return Ok(None);
+        };
+        if let Some(confirmed) = self.confirmed.get(&hash) {
+            return Ok((**confirmed == *key).then_some(state));
+        }
+        if is_key_at(state.last_offset)? {
+            self.remember(hash, key);
+            Ok(Some(state))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Remembers that `key` holds `hash`.
+    fn remember(&mut self, hash: u64, key: &[u8]) {
+        if self.confirmed_size + key.len() > CONFIRMED_KEYS_SIZE_BYTES_MAX {
+            self.confirmed.clear();
+            self.confirmed_size = 0;
+        }
+        if self.confirmed.insert(hash, key.into()).is_none() {
+            self.confirmed_size += key.len() + std::mem::size_of::<(u64, Box<[u8]>)>();
         }
     }
 
@@ -83,6 +110,9 @@ impl KeyIndex {
     pub(crate) fn set(&mut self, key: &[u8], hash: u64, state: KeyState, owns_hash: bool) {
         if owns_hash {
             self.by_hash.insert(hash, state);
+            if !key.is_empty() {
+                self.remember(hash, key);
+            }
         } else {
             self.collided.insert(key.into(), state);
         }
@@ -127,6 +157,7 @@ impl KeyIndex {
                 self.collided.insert(key.into(), state);
             }
             existing => {
+                self.confirmed.remove(&hash);
                 // The chain does not continue: the hash holder was replaced by a
                 // checkpoint older than this record, or the key is new; trust the
                 // record, which is the newest fact.
@@ -155,7 +186,8 @@ impl KeyIndex {
         self.by_hash.reserve(additional);
     }
 
-    /// Bytes of RAM held by the tables (excluding allocator overhead).
+    /// Bytes of RAM held by the per-key tables (excluding allocator overhead
+    /// and the bounded confirmation cache, at most 4 MiB per partition).
     pub(crate) fn memory_bytes(&self) -> usize {
         let entry = std::mem::size_of::<(u64, KeyState)>() + 1;
         self.by_hash.capacity() * entry

@@ -61,9 +61,9 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
         if event.event_type.is_empty() {
             return Err(Error::InvalidArgument(format!("event {index} has an empty type")));
         }
-        if event.event_type.chars().any(char::is_control) {
+        if event.event_type.bytes().any(|byte| byte < 0x20 || byte == 0x7f) {
             return Err(Error::InvalidArgument(format!(
-                "event {index} type contains control characters"
+                "event {index} type contains ASCII control characters"
             )));
         }
         limit(
@@ -208,7 +208,7 @@ impl Partition {
 
     /// The current state of a key as the writer sees it: open overlay, flushing
     /// overlay, then published state confirmed against the log.
-    fn key_state(&self, state: &State, key: &[u8], hash: u64) -> Result<(Option<KeyState>, bool)> {
+    fn key_state(&self, state: &mut State, key: &[u8], hash: u64) -> Result<(Option<KeyState>, bool)> {
         for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
             if let Some(pending) = group.keys.get(key) {
                 return Ok((Some(pending.state), pending.owns_hash));

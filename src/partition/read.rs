@@ -173,7 +173,7 @@ impl Partition {
     /// The published state of a key: (last sequence, last offset).
     pub(crate) fn key_last(&self, key: &[u8]) -> Result<Option<(u64, Offset)>> {
         let hash = key_hash(key);
-        let state = self.lock();
+        let mut state = self.lock();
         let found = state.keys.get(key, hash, |offset| self.is_key_at(key, offset))?;
         Ok(found.map(|state| (state.last_sequence, state.last_offset)))
     }
