@@ -580,9 +580,11 @@ impl Partition {
         let mut group = std::mem::take(&mut state.open);
         let writes = std::mem::take(&mut group.writes);
         let completions = std::mem::take(&mut group.completions);
+        state.last_group_size = completions.len();
         state.flushing = Some(group);
         drop(state);
         self.room.notify_all();
+        let started = std::time::Instant::now();
         let outcome = write_all(&writes).and_then(|()| {
             if self.context.options.durability == Durability::Always {
                 sync_all(&writes, self)
@@ -590,7 +592,9 @@ impl Partition {
                 Ok(())
             }
         });
+        let elapsed = started.elapsed();
         let mut state = self.lock();
+        state.last_flush_duration = elapsed;
         let group = state.flushing.take().expect("the worker owns the flushing group");
         let completions = match outcome {
             Ok(()) => {
@@ -601,7 +605,7 @@ impl Partition {
         };
         drop(state);
         self.tail.notify();
-        run(completions);
+        self.complete(completions);
         self.lock()
     }
 

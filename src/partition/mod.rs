@@ -34,13 +34,23 @@ use crate::format::checkpoint::ProducerSnapshot;
 use crate::format::index::IndexEntry;
 use crate::io::Storage;
 use crate::keys::{KeyIndex, KeyState};
+use crate::limits;
 use crate::segment::Segment;
 use crate::subscribe::{AsNotifier, Notifier};
 
 pub use recover::RecoveryReport;
 
+/// The longest a group commit waits for more appends to join.
+const GROUP_COMMIT_WAIT_MAX: Duration = Duration::from_micros(500);
+
 /// Called once with the outcome of an append.
 pub(crate) type Completion = Box<dyn FnOnce(Result<AppendAck>) + Send>;
+
+/// Groups with more acknowledgements than this are delivered by the completer.
+const COMPLETER_GROUP_SIZE_MIN: usize = 16;
+
+/// Hands groups of acknowledgements to the completer thread.
+type Completer = std::sync::mpsc::Sender<Vec<(Completion, Result<AppendAck>)>>;
 
 /// Looks up a producer's current epoch in the topic's registry.
 pub(crate) type EpochOf = Arc<dyn Fn(ProducerId) -> Option<Epoch> + Send + Sync>;
@@ -93,6 +103,9 @@ pub(crate) struct Partition {
     poisoned: AtomicBool,
     closing: AtomicBool,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `Durability::Always`: acknowledgements are delivered by a second thread,
+    /// so that waking many appenders overlaps with the next group commit.
+    completer: Mutex<Option<(Completer, std::thread::JoinHandle<()>)>>,
     recovery: RecoveryReport,
 }
 
@@ -126,6 +139,10 @@ pub(crate) struct State {
     last_index_position: Option<u64>,
     /// Unsynced bytes written (`Interval` and `None`).
     unsynced: bool,
+    /// Appends in the previous group commit, and how long writing and syncing it
+    /// took: the next group waits a moment for as many (`gather`).
+    last_group_size: usize,
+    last_flush_duration: Duration,
     /// When the active segment was last synced (`Interval`).
     last_sync: std::time::Instant,
     /// The offset the newest checkpoint covers.
@@ -260,7 +277,45 @@ impl Partition {
             .worker
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
+        if self.context.options.durability == crate::Durability::Always {
+            let (sender, receiver) = std::sync::mpsc::channel::<Vec<(Completion, Result<AppendAck>)>>();
+            let handle = std::thread::Builder::new()
+                .name(format!("stele-p{}-ack", self.id))
+                .spawn(move || {
+                    for completions in receiver {
+                        append::run(completions);
+                    }
+                })
+                .map_err(|error| Error::io("spawn partition completer", &self.dir, error))?;
+            *self
+                .completer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((sender, handle));
+        }
         Ok(())
+    }
+
+    /// Delivers acknowledgements: a large group on the completer thread, when
+    /// there is one, so that the worker can start the next group commit.
+    fn complete(&self, completions: Vec<(Completion, Result<AppendAck>)>) {
+        // Waking a few appenders is cheaper than a hop to another thread.
+        if completions.len() <= COMPLETER_GROUP_SIZE_MIN {
+            append::run(completions);
+            return;
+        }
+        let completer = self
+            .completer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let unsent = match completer.as_ref() {
+            Some((sender, _)) => match sender.send(completions) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(completions)) => completions,
+            },
+            None => completions,
+        };
+        drop(completer);
+        append::run(unsent);
     }
 
     /// Flushes what is pending, writes a checkpoint, persists the dedup index and
@@ -278,6 +333,16 @@ impl Partition {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+        // The worker delivered its last acknowledgements; let the completer drain.
+        let completer = self
+            .completer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some((sender, handle)) = completer {
+            drop(sender);
             let _ = handle.join();
         }
         self.tail.notify();
@@ -303,6 +368,7 @@ impl Partition {
                     append::run(completions);
                     state = self.lock();
                 } else {
+                    state = self.gather(state);
                     state = self.flush_group(state);
                 }
                 continue;
@@ -342,6 +408,34 @@ impl Partition {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
+    }
+
+    /// Group commit: before flushing a group smaller than the previous one, waits
+    /// a moment for the appenders the previous group woke to come back, so that
+    /// one fdatasync carries them all. The wait is at most half the previous
+    /// flush's duration (bounded by `GROUP_COMMIT_WAIT_MAX`), and none at all
+    /// for a lone appender (its group had one append).
+    fn gather<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if self.context.options.durability != crate::Durability::Always {
+            return state;
+        }
+        let wait = (state.last_flush_duration / 2).min(GROUP_COMMIT_WAIT_MAX);
+        let deadline = std::time::Instant::now() + wait;
+        while state.open.completions.len() < state.last_group_size
+            && state.open.bytes < limits::PENDING_SIZE_BYTES_MAX / 2
+            && !self.is_closing()
+        {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self
+                .work
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        state
     }
 
     /// fdatasyncs the active segment if bytes were written without sync.

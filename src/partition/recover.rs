@@ -302,6 +302,8 @@ impl Partition {
             last_index_position,
             unsynced: false,
             last_sync: std::time::Instant::now(),
+            last_group_size: 0,
+            last_flush_duration: std::time::Duration::ZERO,
             checkpoint_offset: keys_from,
             bytes_since_checkpoint: 0,
             last_housekeeping: std::time::Instant::now(),
@@ -320,6 +322,7 @@ impl Partition {
             poisoned: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             worker: Mutex::new(None),
+            completer: Mutex::new(None),
             recovery: report,
         });
         // Seal a segment left unsealed by a crash right after a roll.
