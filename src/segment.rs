@@ -521,6 +521,18 @@ impl Segment {
             .map_err(|reason| Error::corruption(&self.path, position, reason))
     }
 
+    /// The size, offset, flags and id length of the published frame at
+    /// `position`, read without checking its CRC.
+    pub(crate) fn summary_at(&self, position: u64) -> Result<(u64, Offset, u16, u8)> {
+        let size = self.published_size();
+        assert!(
+            position < size,
+            "position {position} at or past published size {size}"
+        );
+        record::peek_summary(self.map.slice(position, size))
+            .map_err(|reason| Error::corruption(&self.path, position, reason))
+    }
+
     /// Decodes and checks the published frame at `position`.
     pub(crate) fn decode_at(&self, position: u64) -> Result<(RecordView<'_>, u64)> {
         let size = self.published_size();

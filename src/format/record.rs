@@ -160,6 +160,28 @@ pub fn peek(bytes: &[u8]) -> Result<(u64, Offset), DecodeError> {
     Ok((frame_len + 4, Offset(offset)))
 }
 
+/// Reads a frame's size, offset, flags and idempotency id length without
+/// checking its CRC: enough to skip records that carry no id.
+///
+/// # Errors
+/// A [`DecodeError`] for a short input or a bad frame length.
+pub fn peek_summary(bytes: &[u8]) -> Result<(u64, Offset, u16, u8), DecodeError> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Err(DecodeError::Truncated {
+            needed: RECORD_HEADER_LEN as u64,
+            available: bytes.len() as u64,
+        });
+    }
+    let frame_len = le_u32(bytes, 0) as u64;
+    check_frame_len(frame_len)?;
+    Ok((
+        frame_len + 4,
+        Offset(le_u64(bytes, 8)),
+        le_u16(bytes, 60),
+        bytes[65],
+    ))
+}
+
 /// The chain fields of a frame, read without checking its CRC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link<'a> {
@@ -458,6 +480,7 @@ mod tests {
             let _ = decode(&bytes);
             let _ = peek(&bytes);
             let _ = peek_link(&bytes);
+            let _ = peek_summary(&bytes);
         }
 
         #[test]
