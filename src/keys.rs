@@ -51,7 +51,10 @@ impl Hasher for IdentityHasher {
 type ByHash = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
 
 /// Bytes of key copies kept to confirm hash holders without reading the log.
-const CONFIRMED_KEYS_SIZE_BYTES_MAX: usize = 4 << 20;
+const CONFIRMED_KEYS_SIZE_BYTES_MAX: usize = 1 << 20;
+/// What one cached key costs beyond its bytes: the table slot and the
+/// allocation's header and rounding.
+const CONFIRMED_KEY_OVERHEAD_BYTES: usize = 64;
 
 /// The published key states of one partition.
 #[derive(Debug, Default)]
@@ -96,12 +99,13 @@ impl KeyIndex {
 
     /// Remembers that `key` holds `hash`.
     fn remember(&mut self, hash: u64, key: &[u8]) {
-        if self.confirmed_size + key.len() > CONFIRMED_KEYS_SIZE_BYTES_MAX {
+        let cost = key.len() + CONFIRMED_KEY_OVERHEAD_BYTES;
+        if self.confirmed_size + cost > CONFIRMED_KEYS_SIZE_BYTES_MAX {
             self.confirmed.clear();
             self.confirmed_size = 0;
         }
         if self.confirmed.insert(hash, key.into()).is_none() {
-            self.confirmed_size += key.len() + std::mem::size_of::<(u64, Box<[u8]>)>();
+            self.confirmed_size += cost;
         }
     }
 
@@ -187,7 +191,7 @@ impl KeyIndex {
     }
 
     /// Bytes of RAM held by the per-key tables (excluding allocator overhead
-    /// and the bounded confirmation cache, at most 4 MiB per partition).
+    /// and the bounded confirmation cache, about 1 MiB per partition).
     pub(crate) fn memory_bytes(&self) -> usize {
         let entry = std::mem::size_of::<(u64, KeyState)>() + 1;
         self.by_hash.capacity() * entry
