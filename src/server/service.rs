@@ -19,6 +19,8 @@ use crate::limits;
 /// Default and largest events per read.
 const READ_EVENTS_DEFAULT: usize = 1000;
 const READ_BYTES_DEFAULT: u64 = 4 << 20;
+/// The most bytes of events one Read returns: well inside the largest message.
+const READ_BYTES_MAX: u64 = (super::MESSAGE_SIZE_BYTES_MAX as u64) / 2;
 /// Requests of one AppendSession in flight at once; more wait (back-pressure).
 const SESSION_IN_FLIGHT_MAX: usize = 1024;
 
@@ -227,7 +229,8 @@ impl Stele for SteleService {
         };
         let bytes_max = match request.max_bytes {
             0 => READ_BYTES_DEFAULT,
-            bytes => bytes.min(limits::READ_SIZE_BYTES_MAX),
+            // A response must fit the server's largest gRPC message.
+            bytes => bytes.min(READ_BYTES_MAX),
         };
         let partition = PartitionId(request.partition);
         let mut events = Vec::new();

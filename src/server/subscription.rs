@@ -73,7 +73,12 @@ pub fn start(
     let topic = request.topic.clone();
     let mut next = Vec::with_capacity(partitions.len());
     let cursor_offsets = match request.start.as_ref().and_then(|start| start.position.as_ref()) {
-        Some(Position::Cursor(name)) => Some(backend.cursor(&topic, name)?),
+        // A cursor never committed starts every partition at the earliest event.
+        Some(Position::Cursor(name)) => match backend.cursor(&topic, name) {
+            Ok(positions) => Some(positions),
+            Err(Error::CursorNotFound(_)) => None,
+            Err(error) => return Err(to_status(&error)),
+        },
         _ => None,
     };
     for partition in &partitions {
