@@ -104,6 +104,11 @@ impl Segment {
             let _ = storage.remove_file(&path);
             return Err(error);
         }
+        Segment::empty(path, file, base_offset, created_ms)
+    }
+
+    /// A segment with no published records yet (scanning or appending follows).
+    fn empty(path: PathBuf, file: Arc<dyn StorageFile>, base_offset: Offset, created_ms: i64) -> Result<Segment> {
         Segment::with_file(
             path,
             file,
@@ -177,16 +182,7 @@ impl Segment {
                 index.timestamp_max,
             )?,
             None => {
-                let segment = Segment::with_file(
-                    path,
-                    file,
-                    base_offset,
-                    created_ms,
-                    Vec::new(),
-                    SEGMENT_HEADER_LEN as u64,
-                    base_offset,
-                    i64::MIN,
-                )?;
+                let segment = Segment::empty(path, file, base_offset, created_ms)?;
                 let scan = segment.scan_tail(size, index_interval_bytes, |_, _| Ok(()))?;
                 if let Some((position, reason)) = scan.failure {
                     return Err(Error::corruption(&segment.path, position, reason));
@@ -230,16 +226,7 @@ impl Segment {
         let file_size = file
             .len()
             .map_err(|error| Error::io("stat segment", &path, error))?;
-        let segment = Segment::with_file(
-            path,
-            file,
-            base_offset,
-            created_ms,
-            Vec::new(),
-            SEGMENT_HEADER_LEN as u64,
-            base_offset,
-            i64::MIN,
-        )?;
+        let segment = Segment::empty(path, file, base_offset, created_ms)?;
         // Records are replayed only once their call is known to be complete.
         let mut call: Vec<(u64, u64)> = Vec::new();
         let scan = segment.scan_tail(file_size, index_interval_bytes, |view, position| {
