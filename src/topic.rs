@@ -127,22 +127,45 @@ impl Topic {
             epoch_of: Arc::new(move |producer| registry.current_epoch(producer)),
             housekeeping_interval: log_options.housekeeping_interval,
         };
-        let mut partitions = Vec::with_capacity(options.partitions as usize);
-        for index in 0..options.partitions {
-            let opened = Partition::open(
-                dir.join(format!("p{index:05}")),
-                PartitionId(index),
-                context.clone(),
-            );
-            match opened {
+        // Partitions recover independently: open them on as many threads as
+        // there are cores (recovery is CPU-bound: CRC checks and replay).
+        let count = options.partitions as usize;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |threads| threads.get())
+            .min(count);
+        let mut opened: Vec<Option<Result<Arc<Partition>>>> = (0..count).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let chunk_size = count.div_ceil(threads.max(1));
+            for (chunk_index, chunk) in opened.chunks_mut(chunk_size.max(1)).enumerate() {
+                let context = &context;
+                let dir = &dir;
+                scope.spawn(move || {
+                    for (offset, slot) in chunk.iter_mut().enumerate() {
+                        let index = (chunk_index * chunk_size + offset) as u32;
+                        *slot = Some(Partition::open(
+                            dir.join(format!("p{index:05}")),
+                            PartitionId(index),
+                            context.clone(),
+                        ));
+                    }
+                });
+            }
+        });
+        let mut partitions = Vec::with_capacity(count);
+        let mut first_error = None;
+        for result in opened {
+            match result.expect("every partition slot was filled") {
                 Ok(partition) => partitions.push(partition),
                 Err(error) => {
-                    for partition in &partitions {
-                        let _ = partition.close();
-                    }
-                    return Err(error);
+                    first_error.get_or_insert(error);
                 }
             }
+        }
+        if let Some(error) = first_error {
+            for partition in &partitions {
+                let _ = partition.close();
+            }
+            return Err(error);
         }
         Ok(Topic {
             inner: Arc::new(TopicInner {
