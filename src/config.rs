@@ -47,8 +47,10 @@ pub enum Durability {
         /// Longest time between a write and its sync, in milliseconds; 1..=[`SYNC_INTERVAL_MS_MAX`].
         interval_ms: u64,
     },
-    /// Never synced by the engine (the OS writes back eventually). Survives a
-    /// process crash; acknowledged data may be lost on power failure.
+    /// Not synced on the append path: the engine syncs only before writing a
+    /// checkpoint (every `checkpoint_interval_bytes`) and at close; otherwise
+    /// the OS writes back eventually. Survives a process crash; acknowledged
+    /// data may be lost on power failure.
     None,
 }
 
