@@ -28,6 +28,21 @@
 //!
 //! The client does not discover servers or balance load: it talks to the one
 //! URL held by its [`ServerUrl`], which can be changed while running.
+//!
+//! ```
+//! use stele::{AppendRequest, Event};
+//!
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), stele::client::ClientError> {
+//! // An in-process server on a free port, over a temporary directory.
+//! let server = stele::client::start_test_server().await;
+//! let producer = server.client.producer("orders", "billing").build().await?;
+//! let created = AppendRequest::new("invoice-42", vec![Event::new("created", b"{}".to_vec())]);
+//! let ack = producer.send(created).await?;
+//! assert_eq!(ack.first_sequence, 0);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
