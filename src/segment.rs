@@ -61,6 +61,9 @@ pub struct TailRecovery {
     pub bytes_cut: u64,
     /// Whole frames cut because their append call was not complete.
     pub records_cut: u64,
+    /// Segment files removed because they followed the end of the recovered log
+    /// (created by a roll whose earlier records never reached the disk).
+    pub segments_removed: u64,
 }
 
 impl Segment {
@@ -169,11 +172,7 @@ impl Segment {
         let size = file
             .len()
             .map_err(|error| Error::io("stat segment", &path, error))?;
-        let index_path = dir.join(index_file_name(base_offset));
-        let loaded = io::read_file(storage, &index_path, limits::SEGMENT_MAP_SIZE_BYTES)
-            .ok()
-            .and_then(|bytes| format::index::decode(&bytes, limits::SEGMENT_MAP_SIZE_BYTES).ok())
-            .filter(|index| index.base_offset == base_offset && index.segment_size == size);
+        let loaded = load_index(storage, dir, base_offset, size);
         let created_ms = read_header(&*file, &path)?.created_ms;
         let segment = match loaded {
             Some(index) => Segment::with_file(
@@ -253,6 +252,7 @@ impl Segment {
         let tail = TailRecovery {
             bytes_cut: file_size - scan.call_end_size,
             records_cut: call.len() as u64,
+            segments_removed: 0,
         };
         let zero_tail = tail.bytes_cut > 0 && segment.is_zero(scan.call_end_size, file_size);
         if tail.bytes_cut > 0 {
@@ -535,6 +535,30 @@ impl Segment {
         record::decode(self.map.slice(position, size))
             .map_err(|reason| Error::corruption(&self.path, position, reason))
     }
+}
+
+/// The segment's `.idx`, when it exists, decodes, and agrees with the segment's
+/// base offset and size.
+fn load_index(storage: &dyn Storage, dir: &Path, base_offset: Offset, size: u64) -> Option<SegmentIndex> {
+    let index_path = dir.join(index_file_name(base_offset));
+    io::read_file(storage, &index_path, limits::SEGMENT_MAP_SIZE_BYTES)
+        .ok()
+        .and_then(|bytes| format::index::decode(&bytes, limits::SEGMENT_MAP_SIZE_BYTES).ok())
+        .filter(|index| index.base_offset == base_offset && index.segment_size == size)
+}
+
+/// Whether the segment was sealed: its `.idx` exists and agrees with it.
+/// Sealing writes the index last, after every record of the segment was
+/// acknowledged, so a segment without one may end torn.
+pub(crate) fn is_sealed_on_disk(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> bool {
+    let path = dir.join(log_file_name(base_offset));
+    let Ok(file) = storage.open(&path, OpenMode::Read) else {
+        return false;
+    };
+    let Ok(size) = file.len() else {
+        return false;
+    };
+    load_index(storage, dir, base_offset, size).is_some()
 }
 
 struct Scan {

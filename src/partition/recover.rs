@@ -190,9 +190,20 @@ impl Partition {
             floor = (checkpoint.floor_base_offset, checkpoint.floor_position);
         }
 
-        // Open the sealed segments.
+        // Open the sealed segments. Segments at the end without a valid index, and
+        // not below the checkpoint's sync floor, may not have been sealed when the
+        // process stopped (sealing writes the index after all their records were
+        // acknowledged): they are recovered like the active segment, below.
+        // Segments below the floor were synced whole; a missing index there is
+        // rebuilt, and damage is corruption.
         let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
-        let sealed_count = bases.len().saturating_sub(1);
+        let mut sealed_count = bases.len().saturating_sub(1);
+        while sealed_count > 0
+            && bases[sealed_count - 1] >= floor.0
+            && !segment::is_sealed_on_disk(storage, &dir, bases[sealed_count - 1])
+        {
+            sealed_count -= 1;
+        }
         for base in &bases[..sealed_count] {
             let segment = Segment::open_sealed(storage, &dir, id, *base, options.index_interval_bytes)?;
             if let Some(previous) = segments.last() {
@@ -250,30 +261,61 @@ impl Partition {
             }
         }
 
-        // The active segment: scan it whole, cut a torn tail.
-        let active = match bases.last() {
-            Some(base) => {
-                let durable_floor = if floor.0 == *base { floor.1 } else { 0 };
-                let (segment, tail) = Segment::open_active(
-                    storage,
-                    &dir,
-                    id,
-                    *base,
-                    options.index_interval_bytes,
-                    durable_floor,
-                    |view, _| {
-                        if view.offset >= replay_from {
-                            replayer.apply(view)?;
-                        }
-                        Ok(())
-                    },
-                )?;
-                report.tail = tail;
-                if let Some(previous) = segments.last() {
-                    check_contiguous(previous, &segment)?;
-                }
-                Arc::new(segment)
+        // The unsealed segments, in order: scan each whole and cut a torn tail. The
+        // first one that ends torn, or short of the next one's base offset (its
+        // last calls never reached the disk), ends the log: later segments hold
+        // only records written after it, which were never acknowledged (a group
+        // commit syncs a segment's records before any later one's are
+        // acknowledged), and are removed.
+        let tail_bases = &bases[sealed_count..];
+        let mut active = None;
+        for (position, base) in tail_bases.iter().enumerate() {
+            if active.is_some() {
+                remove_segment_files(storage, &dir, *base)?;
+                report.tail.segments_removed += 1;
+                continue;
             }
+            let durable_floor = if floor.0 == *base { floor.1 } else { 0 };
+            let (segment, tail) = Segment::open_active(
+                storage,
+                &dir,
+                id,
+                *base,
+                options.index_interval_bytes,
+                durable_floor,
+                |view, _| {
+                    if view.offset >= replay_from {
+                        replayer.apply(view)?;
+                    }
+                    Ok(())
+                },
+            )?;
+            report.tail.bytes_cut += tail.bytes_cut;
+            report.tail.records_cut += tail.records_cut;
+            if let Some(previous) = segments.last() {
+                check_contiguous(previous, &segment)?;
+            }
+            let next = tail_bases.get(position + 1);
+            let ends_here = next.is_none_or(|next| tail.bytes_cut > 0 || segment.published_end_offset() != *next);
+            if ends_here {
+                if next.is_some() && floor.0 > *base {
+                    return Err(Error::Inconsistent {
+                        path: segment.path.clone(),
+                        reason: format!(
+                            "the log ends in this segment at offset {} but the checkpoint says segment {} was synced",
+                            segment.published_end_offset(),
+                            floor.0
+                        ),
+                    });
+                }
+                active = Some(Arc::new(segment));
+            } else {
+                segment.seal(storage)?;
+                segments.push(Arc::new(segment));
+            }
+        }
+        let active = match active {
+            Some(active) => active,
             None => Arc::new(Segment::create(
                 storage,
                 &dir,
@@ -483,6 +525,22 @@ impl Partition {
 
 fn storage_of(partition: &Partition) -> &dyn crate::io::Storage {
     &*partition.context.storage
+}
+
+/// Removes a segment file and its index (unacknowledged records after the end of
+/// the recovered log), and makes the removal durable.
+fn remove_segment_files(storage: &dyn crate::io::Storage, dir: &Path, base: Offset) -> Result<()> {
+    for name in [segment::log_file_name(base), segment::index_file_name(base)] {
+        let path = dir.join(name);
+        if storage.exists(&path) {
+            storage
+                .remove_file(&path)
+                .map_err(|error| Error::io("remove unacknowledged segment", &path, error))?;
+        }
+    }
+    storage
+        .sync_dir(dir)
+        .map_err(|error| Error::io("sync partition directory", dir, error))
 }
 
 fn check_contiguous(previous: &Segment, next: &Segment) -> Result<()> {

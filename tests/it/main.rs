@@ -7,5 +7,6 @@ mod grpc;
 mod model;
 mod regress_failed_roll;
 mod regress_poisoned_open_group;
+mod regress_unsealed_roll;
 mod support;
 mod torn;
