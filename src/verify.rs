@@ -379,7 +379,47 @@ impl Verifier {
         let mut timestamp_max = i64::MIN;
         let mut sizes = BTreeMap::new();
         let last = segments.keys().next_back().copied();
+        // The same rule as open: trailing segments without a valid index, not
+        // below the checkpoint's sync floor, may have been cut short by a crash
+        // right after a roll; they are tail, like the active segment.
+        let floor_base = checkpoint
+            .as_ref()
+            .map_or(Offset(0), |checkpoint| checkpoint.floor_base_offset);
+        let mut tail_from = last;
+        for &base_offset in segments.keys().rev().skip(1) {
+            if base_offset < floor_base || crate::segment::is_sealed_on_disk(&self.storage, dir, base_offset)
+            {
+                break;
+            }
+            tail_from = Some(base_offset);
+        }
+        let mut log_ended = false;
         for (&base_offset, path) in &segments {
+            let in_tail = tail_from.is_some_and(|tail_from| base_offset >= tail_from);
+            if log_ended {
+                self.note(
+                    path,
+                    None,
+                    "follows the end of the log: its records were never acknowledged (removed at open)",
+                );
+                continue;
+            }
+            if let Some(expected) = expected
+                && base_offset != expected
+                && in_tail
+                && base_offset > expected
+            {
+                log_ended = true;
+                self.note(
+                    path,
+                    None,
+                    format!(
+                        "follows the end of the log at offset {}: its records were never acknowledged (removed at open)",
+                        expected.0
+                    ),
+                );
+                continue;
+            }
             if let Some(expected) = expected
                 && base_offset != expected
             {
@@ -392,7 +432,7 @@ impl Verifier {
                     ),
                 );
             }
-            let active = Some(base_offset) == last;
+            let active = in_tail;
             // Bytes known to have been synced: a bad frame below them is damage.
             let durable_floor = match &checkpoint {
                 Some(checkpoint) if checkpoint.floor_base_offset == base_offset => checkpoint.floor_position,

@@ -296,7 +296,8 @@ impl Partition {
                 check_contiguous(previous, &segment)?;
             }
             let next = tail_bases.get(position + 1);
-            let ends_here = next.is_none_or(|next| tail.bytes_cut > 0 || segment.published_end_offset() != *next);
+            let ends_here =
+                next.is_none_or(|next| tail.bytes_cut > 0 || segment.published_end_offset() != *next);
             if ends_here {
                 if next.is_some() && floor.0 > *base {
                     return Err(Error::Inconsistent {

@@ -44,7 +44,10 @@ fn frame_positions(bytes: &[u8]) -> Vec<usize> {
 fn build(dir: &Path) -> (PathBuf, u64) {
     let log = Log::open(dir, LogOptions::default()).expect("open");
     let topic = log
-        .create_topic("t", TopicOptions::default().partitions(1).segment_size_bytes_max(4096))
+        .create_topic(
+            "t",
+            TopicOptions::default().partitions(1).segment_size_bytes_max(4096),
+        )
         .expect("create");
     let mut count = 0;
     while topic.partition_infos()[0].segments_count < 3 {
@@ -84,6 +87,19 @@ fn a_roll_whose_previous_calls_never_reached_disk_recovers_to_the_last_whole_cal
         let frames_in_first = frame_positions(&std::fs::read(&logs[0]).expect("read")).len() as u64;
         let frames_kept = frames_in_first + frame_positions(&bytes).len() as u64 - 1;
 
+        // The offline check agrees with open: nothing is damaged, the cut and the
+        // removal are what open repairs on its own.
+        let report = stele::verify::verify_dir(dir.path()).expect("verify runs");
+        assert!(report.is_clean(), "torn={torn}: {:?}", report.problems);
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|note| note.path == logs[2] && note.message.contains("follows the end of the log")),
+            "torn={torn}: {:?}",
+            report.notes
+        );
+
         let log = Log::open(dir.path(), LogOptions::default()).expect("reopens");
         let topic = log.topic("t").expect("topic");
         let report = topic.recovery_reports()[0].tail;
@@ -92,20 +108,35 @@ fn a_roll_whose_previous_calls_never_reached_disk_recovers_to_the_last_whole_cal
         let high_watermark = topic.high_watermark(PartitionId(0)).expect("hw");
         assert_eq!(high_watermark, Offset(frames_kept), "torn={torn}");
         assert!(frames_kept < count);
-        assert!(!logs[2].exists(), "the segment after the end of the log is removed");
-        let events = topic.read(PartitionId(0), Offset(0), 10_000, u64::MAX).expect("read");
+        assert!(
+            !logs[2].exists(),
+            "the segment after the end of the log is removed"
+        );
+        let events = topic
+            .read(PartitionId(0), Offset(0), 10_000, u64::MAX)
+            .expect("read");
         assert_eq!(events.len() as u64, frames_kept);
         let sequences: Vec<u64> = events.iter().map(|event| event.sequence).collect();
         assert_eq!(sequences, (0..frames_kept).collect::<Vec<_>>());
         let ack = topic
-            .append("k", ExpectedSequence::Exact(frames_kept - 1), vec![Event::new("e", b"after".to_vec())])
+            .append(
+                "k",
+                ExpectedSequence::Exact(frames_kept - 1),
+                vec![Event::new("e", b"after".to_vec())],
+            )
             .expect("appends continue");
-        assert_eq!((ack.first_offset, ack.first_sequence), (Offset(frames_kept), frames_kept));
+        assert_eq!(
+            (ack.first_offset, ack.first_sequence),
+            (Offset(frames_kept), frames_kept)
+        );
         log.close().expect("close");
         // A second reopen finds a consistent log with nothing to cut.
         let log = Log::open(dir.path(), LogOptions::default()).expect("reopens again");
         let topic = log.topic("t").expect("topic");
         assert_eq!(topic.recovery_reports()[0].tail, stele::TailRecovery::default());
-        assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(frames_kept + 1));
+        assert_eq!(
+            topic.high_watermark(PartitionId(0)).expect("hw"),
+            Offset(frames_kept + 1)
+        );
     }
 }
