@@ -107,7 +107,7 @@ impl Scenario {
         match self {
             Scenario::Pipelined | Scenario::Cas | Scenario::Dedup => 200_000,
             Scenario::Batched | Scenario::Read => 1_000_000,
-            Scenario::Sequential => 5_000,
+            Scenario::Sequential => 2_000,
         }
     }
 }
@@ -582,7 +582,7 @@ async fn cas(
     line.insert("sequences_ok".into(), json!(sequences_ok));
     // A stale expectation is refused with the actual sequence.
     let key = key_of(0);
-    let actual = count / keys + u64::from(0 < count % keys) - 1;
+    let actual = count / keys + u64::from(!count.is_multiple_of(keys)) - 1;
     let stale = match actual {
         0 => ExpectedSequence::NoEvents,
         actual => ExpectedSequence::Exact(actual - 1),

@@ -80,7 +80,7 @@ flight, compared with an fdatasync probe in --fsync-probe-dir), cas (one append 
 per key expecting its previous sequence, then a stale expectation must be refused),
 dedup (idempotency ids, every 10th event sent twice), read (Subscribe from the earliest
 event until CaughtUp). Each run creates a fresh topic. Without --count each scenario
-takes its own default (pipelined, cas, dedup 200000; batched, read 1000000; sequential 5000).";
+takes its own default (pipelined, cas, dedup 200000; batched, read 1000000; sequential 2000).";
 
 #[derive(Debug, Args)]
 struct BenchArgs {
