@@ -958,6 +958,17 @@ pub fn process_memory_kb(pid: u32) -> LoadgenResult<Value> {
     }))
 }
 
+/// False when a line reports a failed correctness check: a stale CAS
+/// expectation accepted, CAS sequences off, wrong duplicate flags or
+/// watermarks, or a read that did not deliver every event.
+pub fn checks_passed(line: &Value) -> bool {
+    let failed = |value: &Value| value == &Value::Bool(false);
+    !(failed(&line["stale_check"]["rejected"])
+        || failed(&line["sequences_ok"])
+        || failed(&line["dedup_ok"])
+        || failed(&line["read_ok"]))
+}
+
 /// The median run by `events_per_s` (the middle one of an odd count, the
 /// lower middle of an even count), marked `"run": "median"` with the rates
 /// of every run.

@@ -59,6 +59,7 @@ async fn every_scenario_runs_and_checks() {
                 _ => 300,
             };
             assert_common(&line, scenario, name, events);
+            assert!(stele::loadgen::checks_passed(&line), "{line}");
             assert!(line["server_memory_kb"]["vm_hwm"].as_u64().is_some(), "{line}");
             match scenario {
                 Scenario::Sequential => {

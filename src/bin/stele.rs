@@ -80,7 +80,9 @@ flight, compared with an fdatasync probe in --fsync-probe-dir), cas (one append 
 per key expecting its previous sequence, then a stale expectation must be refused),
 dedup (idempotency ids, every 10th event sent twice), read (Subscribe from the earliest
 event until CaughtUp). Each run creates a fresh topic. Without --count each scenario
-takes its own default (pipelined, cas, dedup 200000; batched, read 1000000; sequential 2000).";
+takes its own default (pipelined, cas, dedup 200000; batched, read 1000000; sequential 2000).
+The exit code is 1 when a correctness check of a line is false (stale_check.rejected,
+sequences_ok, dedup_ok, read_ok).";
 
 #[derive(Debug, Args)]
 struct BenchArgs {
@@ -961,6 +963,7 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
         .build()
         .map_err(|error| CliError::Failed(format!("cannot start the runtime: {error}")))?;
     runtime.block_on(async move {
+        let mut failed_checks = Vec::new();
         for scenario in scenarios {
             for durability in &durabilities {
                 let mut runs = Vec::with_capacity(args.repeat);
@@ -976,6 +979,9 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
                             error => CliError::Failed(format!("{}: {error}", scenario.name())),
                         })?;
                     println!("{line}");
+                    if !stele::loadgen::checks_passed(&line) {
+                        failed_checks.push(format!("{} run {run}", scenario.name()));
+                    }
                     runs.push(line);
                 }
                 if args.repeat > 1
@@ -984,6 +990,12 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
                     println!("{median}");
                 }
             }
+        }
+        if !failed_checks.is_empty() {
+            return Err(CliError::Failed(format!(
+                "correctness checks failed: {}",
+                failed_checks.join(", ")
+            )));
         }
         Ok(EXIT_OK)
     })
