@@ -48,6 +48,7 @@ pub mod io;
 mod journal;
 mod keys;
 pub mod limits;
+pub mod loadgen;
 mod log;
 mod partition;
 mod producer;

@@ -68,6 +68,82 @@ enum Command {
     Cursor(CursorCommand),
     /// Check a data directory offline and report every problem with file and position.
     Verify(VerifyArgs),
+    /// Drive a running server with load scenarios; one JSON line per run and per median.
+    #[command(after_help = BENCH_HELP)]
+    Bench(BenchArgs),
+}
+
+const BENCH_HELP: &str = "\
+Scenarios: pipelined (single-event appends, many in flight per AppendSession stream),
+batched (AppendSession requests of --batch events), sequential (one unary append in
+flight, compared with an fdatasync probe in --fsync-probe-dir), cas (one append in flight
+per key expecting its previous sequence, then a stale expectation must be refused),
+dedup (idempotency ids, every 10th event sent twice), read (Subscribe from the earliest
+event until CaughtUp). Each run creates a fresh topic. Without --count each scenario
+takes its own default (pipelined, cas, dedup 200000; batched, read 1000000; sequential 2000).
+The exit code is 1 when a correctness check of a line is false (stale_check.rejected,
+sequences_ok, dedup_ok, read_ok).";
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Server URL.
+    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT)]
+    url: String,
+    /// Events per scenario run [default: per scenario, see below].
+    #[arg(long)]
+    count: Option<u64>,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// AppendSession streams, each on its own connection.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Requests in flight per stream (pipelined, dedup; batched uses a sixteenth).
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Events per request in batched (and when filling read's topic).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Partitions of each fresh topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Runs per scenario; each run is printed, then the median run.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Scenario: all, or one of pipelined, batched, sequential, cas, dedup, read
+    /// (comma-separated for several).
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Durability of the fresh topics.
+    #[arg(long, value_enum, default_value_t = BenchDurability::Always)]
+    durability: BenchDurability,
+    /// Run every scenario with both durabilities (always, then none).
+    #[arg(long)]
+    both: bool,
+    /// Directory for the fdatasync probe of `sequential`: put it on the server's data filesystem.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    fsync_probe_dir: PathBuf,
+    /// How long the fdatasync probe runs, e.g. 2s.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = stele::loadgen::parse_duration)]
+    fsync_probe_time: std::time::Duration,
+    /// read: pause per received message, e.g. 20ms (a slow consumer).
+    #[arg(long, value_name = "DURATION", value_parser = stele::loadgen::parse_duration)]
+    slow_consumer: Option<std::time::Duration>,
+    /// read: most events per subscription message.
+    #[arg(long, default_value_t = 10_000)]
+    read_batch: u32,
+    /// The server's process id: report its memory (/proc/PID/status) with every run.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchDurability {
+    Always,
+    None,
 }
 
 const SERVE_HELP: &str = "\
@@ -579,6 +655,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args, serve_matches.expect("the serve subcommand was parsed")),
         Command::Verify(args) => verify(&args),
+        Command::Bench(args) => bench(args),
         command => client_command(command),
     };
     match result {
@@ -842,6 +919,89 @@ fn verify(args: &VerifyArgs) -> Result<u8, CliError> {
 }
 
 // ---------------------------------------------------------------------------
+// bench
+
+fn bench(args: BenchArgs) -> Result<u8, CliError> {
+    use stele::loadgen::{BenchConfig, Scenario};
+    let scenarios: Vec<Scenario> = if args.scenario == "all" {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenario
+            .split(',')
+            .map(|name| {
+                Scenario::from_name(name.trim())
+                    .ok_or_else(|| CliError::Usage(format!("unknown scenario {name:?}")))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let durabilities = match (args.both, args.durability) {
+        (true, _) => vec![Durability::Always, Durability::None],
+        (false, BenchDurability::Always) => vec![Durability::Always],
+        (false, BenchDurability::None) => vec![Durability::None],
+    };
+    if args.repeat == 0 || args.concurrency == 0 || args.keys == 0 || args.batch == 0 || args.in_flight == 0 {
+        return Err(CliError::Usage(
+            "--repeat, --concurrency, --keys, --batch and --in-flight must be at least 1".into(),
+        ));
+    }
+    let config = BenchConfig {
+        count: args.count,
+        size: args.size,
+        keys: args.keys,
+        concurrency: args.concurrency,
+        in_flight: args.in_flight,
+        batch: args.batch,
+        partitions: args.partitions,
+        fsync_probe_dir: args.fsync_probe_dir,
+        fsync_probe_duration: args.fsync_probe_time,
+        slow_consumer: args.slow_consumer,
+        read_batch_events: args.read_batch,
+        server_pid: args.server_pid,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| CliError::Failed(format!("cannot start the runtime: {error}")))?;
+    runtime.block_on(async move {
+        let mut failed_checks = Vec::new();
+        for scenario in scenarios {
+            for durability in &durabilities {
+                let mut runs = Vec::with_capacity(args.repeat);
+                for run in 0..args.repeat {
+                    let line = stele::loadgen::run_scenario(&args.url, scenario, *durability, &config, run)
+                        .await
+                        .map_err(|error| match error {
+                            stele::loadgen::LoadgenError::Client(error)
+                                if error.code() == Some(stele::client::GrpcCode::Unavailable) =>
+                            {
+                                CliError::Unreachable(format!("{}: {error}", scenario.name()))
+                            }
+                            error => CliError::Failed(format!("{}: {error}", scenario.name())),
+                        })?;
+                    println!("{line}");
+                    if !stele::loadgen::checks_passed(&line) {
+                        failed_checks.push(format!("{} run {run}", scenario.name()));
+                    }
+                    runs.push(line);
+                }
+                if args.repeat > 1
+                    && let Some(median) = stele::loadgen::median_run(&runs)
+                {
+                    println!("{median}");
+                }
+            }
+        }
+        if !failed_checks.is_empty() {
+            return Err(CliError::Failed(format!(
+                "correctness checks failed: {}",
+                failed_checks.join(", ")
+            )));
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+// ---------------------------------------------------------------------------
 // client commands
 
 fn client_command(command: Command) -> Result<u8, CliError> {
@@ -856,7 +1016,9 @@ fn client_command(command: Command) -> Result<u8, CliError> {
             Command::Read(args) => read(args).await,
             Command::Tail(args) => tail(args).await,
             Command::Cursor(command) => cursor(command).await,
-            Command::Serve(_) | Command::Verify(_) => unreachable!("handled without a client"),
+            Command::Serve(_) | Command::Verify(_) | Command::Bench(_) => {
+                unreachable!("handled without a client")
+            }
         }
     })
 }
