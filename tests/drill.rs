@@ -1099,6 +1099,14 @@ mod linux {
             });
         }
         let mut checked = Checked::default();
+        // Time spent appending, verifying offline, restarting, settling, checking.
+        let mut spent = [Duration::ZERO; 5];
+        let mut clock = Instant::now();
+        let mut lap = |slot: usize| {
+            let now = Instant::now();
+            spent[slot] += now - clock;
+            clock = now;
+        };
         let result = (|| -> Res<()> {
             for kill in 1..=kills {
                 let kill_after = KILL_AFTER_MIN + rng.below(KILL_AFTER_SPREAD);
@@ -1110,9 +1118,12 @@ mod linux {
                 phase.send_modify(|phase| phase.killed = true);
                 server.kill()?;
                 phase.send_modify(|phase| phase.running = false);
+                lap(0);
                 verify_offline(&data).map_err(|message| format!("kill {kill}: {message}"))?;
+                lap(1);
                 server = ServerProcess::start(&data)?;
                 client.server_url().set(server.url.clone());
+                lap(2);
                 let generation = kill;
                 phase.send_modify(|phase| {
                     *phase = Phase {
@@ -1126,12 +1137,14 @@ mod linux {
                 shared.wait("the writers to settle after the restart", |state| {
                     state.idle == WORKERS && state.reopened == generation
                 })?;
+                lap(3);
                 let book = lock(&shared.state).book.clone();
                 checked = runtime
                     .block_on(check(&client, TOPIC, &book))
                     .map_err(|message| {
                         format!("after kill {kill} (after {kill_after} acknowledgements): {message}")
                     })?;
+                lap(4);
             }
             Ok(())
         })();
@@ -1154,7 +1167,8 @@ mod linux {
         Ok(format!(
             "{kills} kills, {} acknowledged appends ({} answered as duplicates after a restart), \
              {} events and {} keys checked after the last restart, {} retries answered as duplicates, \
-             {} lost races, {} unknown outcomes retried, {} fencing checks, {} cursor partitions",
+             {} lost races, {} unknown outcomes retried, {} fencing checks, {} cursor partitions; \
+             seconds appending {:.1}, verifying {:.1}, restarting {:.1}, settling {:.1}, checking {:.1}",
             state.acks,
             state.duplicates,
             checked.events,
@@ -1163,7 +1177,12 @@ mod linux {
             state.conflicts,
             state.unknown_outcomes,
             state.fence_checks,
-            state.book.commits.len()
+            state.book.commits.len(),
+            spent[0].as_secs_f64(),
+            spent[1].as_secs_f64(),
+            spent[2].as_secs_f64(),
+            spent[3].as_secs_f64(),
+            spent[4].as_secs_f64(),
         ))
     }
 
