@@ -88,6 +88,9 @@ mod linux {
     const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
     /// Appends a retry check sends per batch call.
     const RETRY_BATCH: usize = 200;
+    /// Older acknowledged appends a check retries besides the newest (every
+    /// one in a default run; a sample in a long soak). The last check retries all.
+    const RETRY_SAMPLE: usize = 5000;
 
     type Res<T> = Result<T, String>;
 
@@ -359,6 +362,19 @@ mod linux {
             .collect()
     }
 
+    /// Which acknowledged appends a check retries.
+    #[derive(Debug, Clone, Copy)]
+    enum Retry {
+        All,
+        /// Those from `since` on, and a seeded sample of `sample` older ones
+        /// (all of them when there are no more): keeps long soaks linear.
+        Recent {
+            since: usize,
+            sample: usize,
+            seed: u64,
+        },
+    }
+
     /// What one check found.
     #[derive(Debug, Default)]
     struct Checked {
@@ -369,7 +385,7 @@ mod linux {
 
     /// Reads the whole topic by offset and by key through the server and checks
     /// it against the book (see the module comment).
-    async fn check(client: &Client, topic: &str, book: &Book) -> Res<Checked> {
+    async fn check(client: &Client, topic: &str, book: &Book, retry: Retry) -> Res<Checked> {
         let partitions = book.partitions;
         let description = client
             .describe_topic(topic)
@@ -540,8 +556,23 @@ mod linux {
                 );
             }
         }
-        // Retries of every acknowledged append: duplicates at the original positions.
-        for chunk in book.acked.chunks(RETRY_BATCH) {
+        // Retries of acknowledged appends: duplicates at the original positions.
+        let retried: Vec<&Acked> = match retry {
+            Retry::All => book.acked.iter().collect(),
+            Retry::Recent { since, sample, seed } => {
+                let since = since.min(book.acked.len());
+                let mut rng = Rng::new(seed);
+                let older: Vec<&Acked> = if since <= sample {
+                    book.acked[..since].iter().collect()
+                } else {
+                    (0..sample)
+                        .map(|_| &book.acked[rng.below(since as u64) as usize])
+                        .collect()
+                };
+                older.into_iter().chain(&book.acked[since..]).collect()
+            }
+        };
+        for chunk in retried.chunks(RETRY_BATCH) {
             let requests: Vec<AppendRequest> = chunk
                 .iter()
                 .map(|call| AppendRequest::new(call.key.clone(), events_of(&call.ids)))
@@ -1099,6 +1130,8 @@ mod linux {
             });
         }
         let mut checked = Checked::default();
+        // Acknowledged appends before this index were retried by an earlier check.
+        let mut checked_until = 0usize;
         // Time spent appending, verifying offline, restarting, settling, checking.
         let mut spent = [Duration::ZERO; 5];
         let mut clock = Instant::now();
@@ -1139,8 +1172,18 @@ mod linux {
                 })?;
                 lap(3);
                 let book = lock(&shared.state).book.clone();
+                let retry = if kill == kills {
+                    Retry::All
+                } else {
+                    Retry::Recent {
+                        since: checked_until,
+                        sample: RETRY_SAMPLE,
+                        seed: seed ^ kill,
+                    }
+                };
+                checked_until = book.acked.len();
                 checked = runtime
-                    .block_on(check(&client, TOPIC, &book))
+                    .block_on(check(&client, TOPIC, &book, retry))
                     .map_err(|message| {
                         format!("after kill {kill} (after {kill_after} acknowledgements): {message}")
                     })?;
@@ -1209,7 +1252,10 @@ mod linux {
                 output.status.success(),
                 "mount -t tmpfs failed ({}): {}",
                 output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
             );
             Ok(Tmpfs {
                 path: path.to_path_buf(),
@@ -1415,7 +1461,7 @@ mod linux {
                 }
             }
             // Reads, reads by key, cursors and duplicate answers keep working.
-            check(&self.client, FULL_TOPIC, &self.book)
+            check(&self.client, FULL_TOPIC, &self.book, Retry::All)
                 .await
                 .map_err(|message| format!("while full: {message}"))?;
             // A producer's append meets the full disk and is retried until space returns.
@@ -1442,7 +1488,7 @@ mod linux {
                 .await
                 .map_err(|error| format!("close producer: {error}"))?;
             self.commit_all().await?;
-            check(&self.client, FULL_TOPIC, &self.book)
+            check(&self.client, FULL_TOPIC, &self.book, Retry::All)
                 .await
                 .map_err(|message| format!("after space returned: {message}"))?;
             Ok(())
@@ -1489,7 +1535,7 @@ mod linux {
         let server = ServerProcess::start(&data)?;
         full.client.server_url().set(server.url.clone());
         runtime
-            .block_on(check(&full.client, FULL_TOPIC, &full.book))
+            .block_on(check(&full.client, FULL_TOPIC, &full.book, Retry::All))
             .map_err(|message| fail(format!("after the kill: {message}"), &server))?;
         Ok(())
     }
@@ -1529,7 +1575,7 @@ mod linux {
             full.client
                 .server_url()
                 .set(format!("http://{}", server.local_addr()));
-            check(&full.client, FULL_TOPIC, &full.book)
+            check(&full.client, FULL_TOPIC, &full.book, Retry::All)
                 .await
                 .map_err(|message| format!("after the restart: {message}"))?;
             server
