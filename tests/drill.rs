@@ -31,7 +31,8 @@
 //! RESOURCE_EXHAUSTED (`DiskFull`), loses nothing acknowledged, keeps reads and
 //! duplicate answers working, and writes resume as soon as space returns.
 //! Method: mount an 8 MiB tmpfs (root only), run the server binary on it, fill
-//! the rest with a filler file, check, remove the filler, check, then kill -9
+//! the rest with a filler file, check, kill -9 and restart on the full disk
+//! (recovery needs no space), check, remove the filler, check, then kill -9
 //! and check the recovered directory. Without the mount (or with
 //! `STELE_DRILL_DISK_FULL=faulty`) the same scenario runs the real server code
 //! in-process over `stele::io::FaultyStorage::set_disk_full`. The output names
@@ -1503,7 +1504,7 @@ mod linux {
         let mount_dir = tempfile::tempdir().map_err(|error| format!("temporary directory: {error}"))?;
         match Tmpfs::mount(mount_dir.path()) {
             Ok(tmpfs) => disk_full_tmpfs(runtime, &tmpfs).map(|()| {
-                "tmpfs of 8 MiB, the stele binary killed with SIGKILL after the episode".to_string()
+                "tmpfs of 8 MiB, the stele binary; SIGKILL while full, restarted on the full disk, SIGKILL after".to_string()
             }),
             Err(reason) => {
                 disk_full_faulty(runtime).map(|()| format!("in-process FaultyStorage; no tmpfs: {reason}"))
@@ -1525,6 +1526,14 @@ mod linux {
         let pending = runtime
             .block_on(full.while_full(&producer))
             .map_err(|message| fail(message, &server))?;
+        // Killed and restarted while still full: recovery needs no space, and
+        // reads and duplicate answers work.
+        server.kill()?;
+        server = ServerProcess::start(&data)?;
+        full.client.server_url().set(server.url.clone());
+        runtime
+            .block_on(check(&full.client, FULL_TOPIC, &full.book, Retry::All))
+            .map_err(|message| fail(format!("restarted on a full disk: {message}"), &server))?;
         std::fs::remove_file(&filler).map_err(|error| format!("remove the filler: {error}"))?;
         runtime
             .block_on(full.after(producer, pending))
