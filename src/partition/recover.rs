@@ -193,12 +193,54 @@ impl Partition {
         // Open the sealed segments.
         let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
         let sealed_count = bases.len().saturating_sub(1);
+        // Whether the segment before the last was never sealed (no index yet):
+        // opening it as sealed writes one.
+        let before_last_unsealed =
+            sealed_count > 0 && !storage.exists(&dir.join(segment::index_file_name(bases[sealed_count - 1])));
         for base in &bases[..sealed_count] {
             let segment = Segment::open_sealed(storage, &dir, id, *base, options.index_interval_bytes)?;
             if let Some(previous) = segments.last() {
                 check_contiguous(previous, &segment)?;
             }
             segments.push(Arc::new(segment));
+        }
+
+        // A crash right after a roll can leave a last segment that starts past the
+        // end of the previous, never sealed one: the roll creates the next segment
+        // when an append is encoded, before the group ahead of it reaches the disk.
+        // Nothing in the last segment was acknowledged (a group is acknowledged
+        // only after every group before it is written), so it is removed and the
+        // previous segment is the active one again. A checkpoint covering the
+        // missing offsets, or a sealed previous segment, means damage instead.
+        if before_last_unsealed
+            && let (Some(previous), Some(&last)) = (segments.last(), bases.last())
+            && previous.published_end_offset() < last
+            && keys_from <= previous.published_end_offset()
+            && floor.0 < last
+        {
+            let previous_base = previous.base_offset;
+            tracing::warn!(
+                dir = %dir.display(),
+                segment = %last,
+                previous_end = %previous.published_end_offset(),
+                "removing a segment created by a roll whose earlier records were never written"
+            );
+            segments.pop();
+            for path in [
+                dir.join(segment::log_file_name(last)),
+                dir.join(segment::index_file_name(last)),
+                dir.join(segment::index_file_name(previous_base)),
+            ] {
+                if storage.exists(&path) {
+                    storage
+                        .remove_file(&path)
+                        .map_err(|error| Error::io("remove segment after a gap", &path, error))?;
+                }
+            }
+            storage
+                .sync_dir(&dir)
+                .map_err(|error| Error::io("sync partition directory", &dir, error))?;
+            bases.pop();
         }
 
         // Replay from the older of what the checkpoint covers and what the dedup

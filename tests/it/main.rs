@@ -7,5 +7,6 @@ mod grpc;
 mod model;
 mod regress_failed_roll;
 mod regress_poisoned_open_group;
+mod regress_roll_gap;
 mod support;
 mod torn;
