@@ -87,6 +87,8 @@ mod linux {
     /// Failure bounds, not synchronisation delays.
     const START_TIMEOUT: Duration = Duration::from_secs(60);
     const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
+    /// Events a check asks for per read call (the server may send fewer).
+    const PAGE_EVENTS: u32 = 10_000;
     /// Appends a retry check sends per batch call.
     const RETRY_BATCH: usize = 200;
     /// Older acknowledged appends a check retries besides the newest (every
@@ -409,7 +411,7 @@ mod linux {
             let mut from = 0u64;
             while from < high_watermark {
                 let page = client
-                    .read(topic, PartitionId(p), Offset(from), 0, 0)
+                    .read(topic, PartitionId(p), Offset(from), PAGE_EVENTS, 0)
                     .await
                     .map_err(|error| format!("read partition {p} from {from}: {error}"))?;
                 ensure!(
@@ -486,10 +488,17 @@ mod linux {
             let mut last_offset: Option<u64> = None;
             loop {
                 let history = client
-                    .read_key(topic, key.as_bytes(), Some(from), Direction::Forwards, 500)
+                    .read_key(
+                        topic,
+                        key.as_bytes(),
+                        Some(from),
+                        Direction::Forwards,
+                        PAGE_EVENTS,
+                    )
                     .await
                     .map_err(|error| format!("read key {key} from {from}: {error}"))?;
-                let count = history.events.len();
+                let last_sequence = history.last_sequence;
+                let done = history.events.is_empty();
                 for event in history.events {
                     ensure!(
                         event.sequence == from,
@@ -515,11 +524,10 @@ mod linux {
                     last_offset = Some(event.offset.0);
                     from += 1;
                 }
-                if count < 500 {
+                if done || last_sequence.is_some_and(|last| last < from) {
                     ensure!(
-                        history.last_sequence == from.checked_sub(1),
-                        "key {key}: last sequence {:?} after {from} events",
-                        history.last_sequence
+                        last_sequence == from.checked_sub(1),
+                        "key {key}: last sequence {last_sequence:?} after {from} events"
                     );
                     break;
                 }
@@ -1131,6 +1139,7 @@ mod linux {
             });
         }
         let mut checked = Checked::default();
+        let started = Instant::now();
         // Acknowledged appends before this index were retried by an earlier check.
         let mut checked_until = 0usize;
         // Time spent appending, verifying offline, restarting, settling, checking.
@@ -1189,6 +1198,13 @@ mod linux {
                         format!("after kill {kill} (after {kill_after} acknowledgements): {message}")
                     })?;
                 lap(4);
+                if kill % 10 == 0 && kill < kills {
+                    println!(
+                        "drill: kill {kill}/{kills} ok, {} appends acknowledged so far ({:.1} s)",
+                        book.acked.len(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
             }
             Ok(())
         })();
