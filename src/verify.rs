@@ -379,19 +379,41 @@ impl Verifier {
         let mut timestamp_max = i64::MIN;
         let mut sizes = BTreeMap::new();
         let last = segments.keys().next_back().copied();
+        // Whether the previous segment has no index (was never sealed).
+        let mut previous_unindexed = false;
         for (&base_offset, path) in &segments {
             if let Some(expected) = expected
                 && base_offset != expected
             {
-                self.problem(
-                    path,
-                    None,
-                    format!(
-                        "segment starts at offset {}, but the previous segment ends at {}",
-                        base_offset.0, expected.0
-                    ),
-                );
+                // The open rule for a kill right after a roll (partition/recover.rs).
+                let removed_at_open = Some(base_offset) == last
+                    && previous_unindexed
+                    && expected < base_offset
+                    && checkpoint.as_ref().is_none_or(|checkpoint| {
+                        checkpoint.next_offset <= expected && checkpoint.floor_base_offset < base_offset
+                    });
+                if removed_at_open {
+                    self.note(
+                        path,
+                        None,
+                        format!(
+                            "segment starts at offset {}, past the end {} of the previous, never sealed segment \
+                             (a kill right after a roll): removed at open, nothing in it was acknowledged",
+                            base_offset.0, expected.0
+                        ),
+                    );
+                } else {
+                    self.problem(
+                        path,
+                        None,
+                        format!(
+                            "segment starts at offset {}, but the previous segment ends at {}",
+                            base_offset.0, expected.0
+                        ),
+                    );
+                }
             }
+            previous_unindexed = !path.with_file_name(index_file_name(base_offset)).exists();
             let active = Some(base_offset) == last;
             // Bytes known to have been synced: a bad frame below them is damage.
             let durable_floor = match &checkpoint {

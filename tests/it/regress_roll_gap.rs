@@ -11,7 +11,7 @@
 //! once in about a hundred kills.
 //! Crash point: SIGKILL between `Segment::create` in a roll and the write of
 //! the group holding the previous segment's last records.
-//! Fix: at open, a last segment that starts past the end of a never-sealed
+//! Fix: at open (and in `stele verify`, as a note), a last segment that starts past the end of a never-sealed
 //! previous segment holds nothing acknowledged (a group is acknowledged only
 //! after every group before it is written); it is removed and the previous
 //! segment is the active one again, unless a checkpoint covers the missing
@@ -59,6 +59,17 @@ fn a_segment_created_ahead_of_an_unwritten_group_is_removed_at_open() {
         }),
     )
     .expect("write the rolled segment");
+
+    let report = stele::verify::verify_dir(dir.path()).expect("verify the gap");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|note| format!("{note:?}").contains("removed at open")),
+        "{:?}",
+        report.notes
+    );
 
     let log = Log::open(dir.path(), LogOptions::default()).expect("reopen after the gap");
     let topic = log.topic("t").expect("topic");
