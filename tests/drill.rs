@@ -82,11 +82,15 @@ mod linux {
     /// Kills after this many acknowledgements, plus a random number below the spread.
     const KILL_AFTER_MIN: u64 = 20;
     const KILL_AFTER_SPREAD: u64 = 280;
+    /// Small segments: rolls are frequent, so kills land around them too.
+    const KILL_SEGMENT_SIZE: u64 = 16 * 1024;
     /// Idempotency ids must outlive the longest soak.
     const DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
     /// Failure bounds, not synchronisation delays.
     const START_TIMEOUT: Duration = Duration::from_secs(60);
     const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
+    /// What the server logs when open removes a segment past a roll gap.
+    const ROLL_REPAIRED: &str = "removing a segment created by a roll";
     /// Events a check asks for per read call (the server may send fewer).
     const PAGE_EVENTS: u32 = 10_000;
     /// Appends a retry check sends per batch call.
@@ -264,6 +268,14 @@ mod linux {
                     }
                 }
             }
+        }
+
+        /// How many stderr lines so far contain `needle`.
+        fn stderr_count(&self, needle: &str) -> usize {
+            lock(&self.stderr)
+                .iter()
+                .filter(|line| line.contains(needle))
+                .count()
         }
 
         fn stderr_text(&self) -> String {
@@ -1101,7 +1113,7 @@ mod linux {
                     TOPIC,
                     &TopicOptions::default()
                         .partitions(PARTITIONS)
-                        .segment_size_bytes_max(64 * 1024)
+                        .segment_size_bytes_max(KILL_SEGMENT_SIZE)
                         .dedup_window_ms(DEDUP_WINDOW_MS),
                 ),
             )
@@ -1140,6 +1152,8 @@ mod linux {
         }
         let mut checked = Checked::default();
         let started = Instant::now();
+        // Segments open removed after a kill right after a roll (5327b33).
+        let mut repaired = 0usize;
         // Acknowledged appends before this index were retried by an earlier check.
         let mut checked_until = 0usize;
         // Time spent appending, verifying offline, restarting, settling, checking.
@@ -1159,6 +1173,7 @@ mod linux {
                     state.acks >= target
                 })?;
                 phase.send_modify(|phase| phase.killed = true);
+                repaired += server.stderr_count(ROLL_REPAIRED);
                 server.kill()?;
                 phase.send_modify(|phase| phase.running = false);
                 lap(0);
@@ -1227,7 +1242,8 @@ mod linux {
         Ok(format!(
             "{kills} kills, {} acknowledged appends ({} answered as duplicates after a restart), \
              {} events and {} keys checked after the last restart, {} retries answered as duplicates, \
-             {} lost races, {} unknown outcomes retried, {} fencing checks, {} cursor partitions; \
+             {} lost races, {} unknown outcomes retried, {} fencing checks, {} cursor partitions, \
+             {} segments past a roll gap removed at open; \
              seconds appending {:.1}, verifying {:.1}, restarting {:.1}, settling {:.1}, checking {:.1}",
             state.acks,
             state.duplicates,
@@ -1238,6 +1254,7 @@ mod linux {
             state.unknown_outcomes,
             state.fence_checks,
             state.book.commits.len(),
+            repaired + server.stderr_count(ROLL_REPAIRED),
             spent[0].as_secs_f64(),
             spent[1].as_secs_f64(),
             spent[2].as_secs_f64(),
