@@ -7,6 +7,7 @@ mod grpc;
 mod model;
 mod regress_failed_roll;
 mod regress_poisoned_open_group;
+mod regress_roll_gap;
 mod regress_unsealed_roll;
 mod support;
 mod torn;
