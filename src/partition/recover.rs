@@ -215,10 +215,12 @@ impl Partition {
         // Replay from the older of what the checkpoint covers and what the dedup
         // index lacks within the window.
         let window_start = now.saturating_sub(options.dedup_window_ms as i64);
+        // The first sealed segment with an event in the window; else the first
+        // unsealed one (whose timestamps are known only once scanned below).
         let dedup_window_offset = segments
             .iter()
             .find(|segment| segment.timestamp_max() >= window_start)
-            .map_or(bases.last().copied().unwrap_or(Offset(0)), |segment| {
+            .map_or(bases.get(sealed_count).copied().unwrap_or(Offset(0)), |segment| {
                 segment.base_offset
             });
         let dedup_from = dedup.persisted_end().max(dedup_window_offset);

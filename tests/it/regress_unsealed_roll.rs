@@ -140,3 +140,51 @@ fn a_roll_whose_previous_calls_never_reached_disk_recovers_to_the_last_whole_cal
         );
     }
 }
+
+/// Regression: with every trailing segment unsealed, recovery took the dedup
+/// window to start at the last segment, so idempotency ids in the earlier
+/// unsealed segments were not replayed and an acknowledged id was written again
+/// (found by the kill -9 drill, seed 1795726222246494474: a retry answered as a
+/// new append). The window now starts at the first unsealed segment.
+#[test]
+fn ids_in_unsealed_segments_are_still_recognised_after_reopen() {
+    // Method: ids on every event over three small segments; remove every index,
+    // the checkpoint and the dedup index (a crash before any of them was
+    // written); reopen and retry the first id.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), LogOptions::default()).expect("open");
+    let topic = log
+        .create_topic(
+            "t",
+            TopicOptions::default().partitions(1).segment_size_bytes_max(4096),
+        )
+        .expect("create");
+    let mut index = 0;
+    while topic.partition_infos()[0].segments_count < 3 {
+        let event = Event::new("e", vec![b'x'; 300]).with_idempotency_id(format!("id-{index}"));
+        topic
+            .append("k", ExpectedSequence::Any, vec![event])
+            .expect("append");
+        index += 1;
+    }
+    log.close().expect("close");
+    let partition = dir.path().join("topics/t/p00000");
+    for log_path in segments(&partition) {
+        let _ = std::fs::remove_file(log_path.with_extension("idx"));
+    }
+    std::fs::remove_file(partition.join("checkpoint")).expect("remove checkpoint");
+    std::fs::remove_dir_all(partition.join("dedup")).expect("remove dedup index");
+
+    let log = Log::open(dir.path(), LogOptions::default()).expect("reopens");
+    let topic = log.topic("t").expect("topic");
+    let retry = topic
+        .append(
+            "k",
+            ExpectedSequence::Any,
+            vec![Event::new("e", vec![b'x'; 300]).with_idempotency_id("id-0")],
+        )
+        .expect("retry");
+    assert!(retry.duplicate, "{retry:?}");
+    assert_eq!(retry.first_offset, Offset(0));
+    assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(index));
+}
