@@ -484,7 +484,7 @@ pub fn grpc_requests(data: &[u8]) {
         return;
     }
     let backend = crate::server::EngineBackend::new(Arc::clone(&log), small_topic(), true);
-    let (_closing_sender, closing) = tokio::sync::watch::channel(false);
+    let (closing_sender, closing) = tokio::sync::watch::channel(false);
     let service = crate::server::SteleService::new(Arc::new(backend), closing);
     let total_high_watermark = |log: &Log| -> u64 {
         log.topics()
@@ -636,7 +636,10 @@ pub fn grpc_requests(data: &[u8]) {
             }
         }
     });
+    // End subscriptions, then stop whatever tasks they left behind.
+    let _ = closing_sender.send(true);
     drop(service);
+    runtime.shutdown_timeout(Duration::from_millis(100));
     drop(topic);
     let _ = log.close();
 }
@@ -825,7 +828,7 @@ pub fn engine_ops(data: &[u8]) {
                             });
                         }
                         sequences.insert(key.clone(), ack.last_sequence);
-                        last = (shape & 0x40 != 0).then(|| (key, expected, events, ack));
+                        last = (shape & 0x40 != 0).then_some((key, expected, events, ack));
                     }
                     (false, Err(error)) => {
                         assert_eq!(error.kind(), ErrorKind::WrongExpectedSequence, "{error}");
@@ -836,6 +839,14 @@ pub fn engine_ops(data: &[u8]) {
             }
             3 => {
                 // Retry the last append with ids: it is recognised, nothing is written.
+                // Only within the dedup window (less a margin): later, a retry is new.
+                let now_ms = crate::Clock::now_ms(clock.as_ref());
+                if last
+                    .as_ref()
+                    .is_some_and(|(_, _, _, ack)| now_ms - ack.timestamp_ms >= MODEL_WINDOW_MS as i64 - 1_000)
+                {
+                    last = None;
+                }
                 if let Some((key, expected, events, ack)) = &last {
                     match topic.append(key.clone(), *expected, events.clone()) {
                         Ok(retry) => {

@@ -108,7 +108,12 @@ impl Segment {
     }
 
     /// A segment with no published records yet (scanning or appending follows).
-    fn empty(path: PathBuf, file: Arc<dyn StorageFile>, base_offset: Offset, created_ms: i64) -> Result<Segment> {
+    fn empty(
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        base_offset: Offset,
+        created_ms: i64,
+    ) -> Result<Segment> {
         Segment::with_file(
             path,
             file,
