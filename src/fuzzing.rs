@@ -67,6 +67,59 @@ fn is_bad_bytes(kind: ErrorKind) -> bool {
     matches!(kind, ErrorKind::Corruption | ErrorKind::Inconsistent)
 }
 
+/// Reads a little-endian `u32` at `at`, if the bytes are there.
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let slice = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([slice[0], slice[1], slice[2], slice[3]]))
+}
+
+/// Rewrites the CRC of every record frame laid end to end in `bytes`, so that a
+/// fuzzer, which cannot forge CRC-32C, reaches the checks behind it.
+fn fix_record_crcs(bytes: &mut [u8]) {
+    let mut at = 0usize;
+    // Bounded: every round moves past at least one frame header.
+    while let Some(frame_len) = u32_at(bytes, at) {
+        let end = at
+            .saturating_add(4)
+            .saturating_add(frame_len as usize)
+            .min(bytes.len());
+        if end < at + 8 {
+            return;
+        }
+        let checksum = crate::format::crc(&bytes[at + 8..end]);
+        bytes[at + 4..at + 8].copy_from_slice(&checksum.to_le_bytes());
+        at = end;
+    }
+}
+
+/// Rewrites an envelope's body CRC (over the body its length claims, cut at the
+/// input's end) and header CRC.
+fn fix_envelope_crcs(bytes: &mut [u8]) {
+    if bytes.len() < envelope::ENVELOPE_HEADER_LEN {
+        return;
+    }
+    let mut body_len = [0u8; 8];
+    body_len.copy_from_slice(&bytes[12..20]);
+    let body_len = u64::from_le_bytes(body_len);
+    let end = (envelope::ENVELOPE_HEADER_LEN as u64)
+        .saturating_add(body_len)
+        .min(bytes.len() as u64) as usize;
+    let body_crc = crate::format::crc(&bytes[envelope::ENVELOPE_HEADER_LEN..end]);
+    bytes[20..24].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crate::format::crc(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&header_crc.to_le_bytes());
+}
+
+/// Runs `check` on the input as it is, then on a copy whose CRCs `fix` rewrote.
+fn raw_and_fixed(data: &[u8], fix: fn(&mut [u8]), check: fn(&[u8])) {
+    check(data);
+    let mut fixed = data.to_vec();
+    fix(&mut fixed);
+    if fixed != data {
+        check(&fixed);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Pure decoders.
 // ---------------------------------------------------------------------------
@@ -74,6 +127,10 @@ fn is_bad_bytes(kind: ErrorKind) -> bool {
 /// A record frame: decode never panics; a decoded frame re-encodes to a frame
 /// that decodes to the same value, and the peek functions agree with decode.
 pub fn decode_record(data: &[u8]) {
+    raw_and_fixed(data, fix_record_crcs, decode_record_once);
+}
+
+fn decode_record_once(data: &[u8]) {
     let peeked = record::peek(data);
     let _ = record::peek_summary(data);
     let _ = record::peek_link(data);
@@ -107,6 +164,20 @@ pub fn decode_record(data: &[u8]) {
 
 /// A segment header: decode never panics and roundtrips.
 pub fn decode_segment_header(data: &[u8]) {
+    raw_and_fixed(
+        data,
+        |bytes| {
+            if bytes.len() >= segment::SEGMENT_HEADER_LEN {
+                let checksum = crate::format::crc(&bytes[..segment::SEGMENT_HEADER_LEN - 4]);
+                bytes[segment::SEGMENT_HEADER_LEN - 4..segment::SEGMENT_HEADER_LEN]
+                    .copy_from_slice(&checksum.to_le_bytes());
+            }
+        },
+        decode_segment_header_once,
+    );
+}
+
+fn decode_segment_header_once(data: &[u8]) {
     let Ok(header) = segment::decode(data) else {
         return;
     };
@@ -116,6 +187,10 @@ pub fn decode_segment_header(data: &[u8]) {
 
 /// An index file: decode never panics and roundtrips.
 pub fn decode_index(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_index_once);
+}
+
+fn decode_index_once(data: &[u8]) {
     let Ok(decoded) = index::decode(data, limits::SEGMENT_SIZE_BYTES_MAX) else {
         return;
     };
@@ -129,6 +204,10 @@ pub fn decode_index(data: &[u8]) {
 
 /// A checkpoint file: decode never panics and roundtrips.
 pub fn decode_checkpoint(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_checkpoint_once);
+}
+
+fn decode_checkpoint_once(data: &[u8]) {
     let Ok(decoded) = checkpoint::decode(data) else {
         return;
     };
@@ -138,6 +217,10 @@ pub fn decode_checkpoint(data: &[u8]) {
 
 /// A `topic.meta` file: decode never panics and roundtrips.
 pub fn decode_topic_meta(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_topic_meta_once);
+}
+
+fn decode_topic_meta_once(data: &[u8]) {
     let Ok((name, options)) = crate::config::decode_topic_meta(data) else {
         return;
     };
@@ -152,6 +235,10 @@ pub fn decode_topic_meta(data: &[u8]) {
 /// An envelope, under its own magic and version and under every known magic:
 /// decode never panics and roundtrips.
 pub fn decode_envelope(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_envelope_once);
+}
+
+fn decode_envelope_once(data: &[u8]) {
     let own_magic: Option<[u8; 8]> = data.get(..8).and_then(|magic| magic.try_into().ok());
     let own_version = data
         .get(8..10)
@@ -378,7 +465,8 @@ fn read_all(topic: &crate::Topic, partition: PartitionId) -> (Offset, Offset, Ve
 /// contiguous offsets, and a second open recovers the same records.
 ///
 /// `data[0]` bit 0: prefix a valid segment header; bit 1: remove the checkpoint
-/// and dedup runs written at close, so recovery scans from the start.
+/// and dedup runs written at close, so recovery scans from the start; bit 2:
+/// rewrite the CRC of every frame laid end to end after the header.
 pub fn recover_segment(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -407,7 +495,11 @@ pub fn recover_segment(data: &[u8]) {
             created_ms: 1_700_000_000_000,
         }));
     }
+    let records_start = bytes.len();
     bytes.extend_from_slice(rest);
+    if mode & 4 != 0 {
+        fix_record_crcs(&mut bytes[records_start..]);
+    }
     if std::fs::write(partition_dir.join(format!("{:020}.log", 0)), &bytes).is_err() {
         return;
     }
