@@ -306,7 +306,11 @@ fn generate_seed_corpus() {
             &format!("records-{at}"),
             &[&[1u8][..], &bytes[40..]].concat(),
         );
-        write_seed("recover_segment", &format!("records-{at}-crc-fixed"), &[&[7u8][..], &bytes[40..]].concat());
+        write_seed(
+            "recover_segment",
+            &format!("records-{at}-crc-fixed"),
+            &[&[7u8][..], &bytes[40..]].concat(),
+        );
         let torn = &bytes[..bytes.len() - 3];
         write_seed(
             "recover_segment",
