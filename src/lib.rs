@@ -44,6 +44,8 @@ mod dedup;
 pub mod error;
 pub mod event;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 mod journal;
 mod keys;
