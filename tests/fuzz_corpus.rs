@@ -56,6 +56,9 @@ fn corpus_files(name: &str) -> Vec<PathBuf> {
 
 #[test]
 fn every_target_has_a_corpus_and_replays_it() {
+    if std::env::var_os("STELE_WRITE_FUZZ_SEEDS").is_some() {
+        generate_seed_corpus();
+    }
     for (name, target) in TARGETS {
         let files = corpus_files(name);
         assert!(!files.is_empty(), "corpus of {name} is empty");
@@ -136,8 +139,8 @@ fn files_under(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-#[ignore = "writes fuzz/corpus/*/seed-*; run by hand after a format change"]
+/// Writes `fuzz/corpus/*/seed-*` from the real encoders and a real engine run.
+/// Run after a format change with `STELE_WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_corpus`.
 fn generate_seed_corpus() {
     // Pure codecs.
     write_seed("decode_record", "plain", &sample_record(0, None, false));
