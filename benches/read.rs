@@ -40,7 +40,7 @@ fn read_scan(c: &mut Criterion) {
     let scan_all = || {
         let mut bytes = 0usize;
         let end = topic
-            .scan(partition, Offset(0), usize::MAX, |view| {
+            .scan(partition, Offset(0), usize::MAX, u64::MAX, |view| {
                 bytes += view.payload.len();
                 true
             })

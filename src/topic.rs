@@ -335,7 +335,9 @@ impl Topic {
     }
 
     /// Visits events of a partition from `from` without copying them, while
-    /// `visit` returns true; returns the offset after the last visited event.
+    /// `visit` returns true, at most `count_max` events and about `bytes_max`
+    /// bytes of frames (at least one event when one exists); returns the offset
+    /// after the last visited event.
     ///
     /// # Errors
     /// As [`Topic::read`].
@@ -344,9 +346,10 @@ impl Topic {
         partition: PartitionId,
         from: Offset,
         count_max: usize,
+        bytes_max: u64,
         visit: impl FnMut(&crate::format::record::RecordView<'_>) -> bool,
     ) -> Result<Offset> {
-        self.partition(partition)?.scan(from, count_max, u64::MAX, visit)
+        self.partition(partition)?.scan(from, count_max, bytes_max, visit)
     }
 
     /// Reads a key's history: forwards from sequence `from` (default 0), or

@@ -175,12 +175,15 @@ impl Partition {
                 self.after_encode(state);
             }
             Ok(Decision::Write { key, owns_hash }) => {
-                if let Err(error) = self.encode(&mut state, prepared, key, owns_hash, completion) {
-                    // Encoding fails only when rolling a segment fails; the
-                    // completion was already called by `encode`.
-                    let _ = error;
-                }
+                let failed = self
+                    .encode(&mut state, prepared, key, owns_hash, completion)
+                    .err();
                 self.after_encode(state);
+                // Encoding fails only when rolling a segment fails; the append is
+                // answered outside the lock, like every other.
+                if let Some((completion, error)) = failed {
+                    completion(Err(error));
+                }
             }
         }
     }
@@ -404,7 +407,8 @@ impl Partition {
         }))
     }
 
-    /// Encodes an accepted append into the open group.
+    /// Encodes an accepted append into the open group. On failure (a roll that
+    /// could not create its segment) the completion is handed back unanswered.
     fn encode(
         &self,
         state: &mut State,
@@ -412,10 +416,9 @@ impl Partition {
         key: Option<KeyState>,
         owns_hash: bool,
         completion: Completion,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), (Completion, Error)> {
         if let Err(error) = self.roll_if_needed(state, prepared.size) {
-            completion(Err(error.duplicate()));
-            return Err(error);
+            return Err((completion, error));
         }
         let request = &prepared.request;
         let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
@@ -503,7 +506,6 @@ impl Partition {
         write.end_offset = end_offset;
         write.timestamp_max = now;
         open.end_offset = Some(end_offset);
-        open.records_count += count;
         open.bytes += prepared.size;
         open.keys.insert(
             request.key.clone(),

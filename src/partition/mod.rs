@@ -164,7 +164,6 @@ pub(crate) struct Pending {
     producers: HashMap<ProducerId, ProducerSnapshot>,
     /// One past the last offset of this group; `None` when it holds no records.
     end_offset: Option<Offset>,
-    records_count: u64,
     bytes: u64,
 }
 

@@ -381,15 +381,12 @@ impl Partition {
             completer: Mutex::new(None),
             recovery: report,
         });
-        // Seal a segment left unsealed by a crash right after a roll.
-        let unsealed: Vec<Arc<Segment>> = partition.segments()[..partition.segments().len() - 1]
-            .iter()
-            .filter(|segment| !segment.is_sealed())
-            .cloned()
-            .collect();
-        for segment in unsealed {
-            segment.seal(storage_of(&partition))?;
-        }
+        debug_assert!(
+            partition.segments()[..partition.segments().len() - 1]
+                .iter()
+                .all(|segment| segment.is_sealed()),
+            "every segment but the active one is sealed at open"
+        );
         let report = &partition.recovery;
         if report.tail.bytes_cut > 0 {
             tracing::warn!(
@@ -524,10 +521,6 @@ impl Partition {
         tracing::info!(dir = %self.dir.display(), segments = doomed.len(), earliest = %self.earliest(), "retention deleted segments");
         Ok(doomed.len())
     }
-}
-
-fn storage_of(partition: &Partition) -> &dyn crate::io::Storage {
-    &*partition.context.storage
 }
 
 /// Removes a segment file and its index (unacknowledged records after the end of

@@ -272,18 +272,8 @@ impl Backend for EngineBackend {
         bytes_max: u64,
         visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
     ) -> Result<Offset> {
-        let topic = self.topic(topic)?;
-        let mut bytes = 0u64;
-        let mut count = 0usize;
-        topic.scan(partition, from, count_max, |view| {
-            let size = view.payload.len() as u64 + view.key.len() as u64 + 64;
-            if count > 0 && bytes + size > bytes_max {
-                return false;
-            }
-            bytes += size;
-            count += 1;
-            visit(view)
-        })
+        self.topic(topic)?
+            .scan(partition, from, count_max, bytes_max, visit)
     }
 
     fn read_key(
