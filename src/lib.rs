@@ -52,6 +52,7 @@ mod keys;
 pub mod limits;
 pub mod loadgen;
 mod log;
+pub mod metrics;
 mod partition;
 mod producer;
 mod segment;

@@ -16,6 +16,7 @@ use crate::config::{self, LogOptions, TopicOptions};
 use crate::error::{Error, Result};
 use crate::io::{self, OpenMode, StorageFile};
 use crate::limits;
+use crate::metrics::EngineMetrics;
 use crate::topic::Topic;
 
 const TOPICS_DIR: &str = "topics";
@@ -28,6 +29,7 @@ pub struct Log {
     /// The locked `LOCK` file; released by `close`.
     lock: std::sync::Mutex<Option<Arc<dyn StorageFile>>>,
     topics: RwLock<BTreeMap<String, Topic>>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl std::fmt::Debug for Log {
@@ -96,6 +98,7 @@ impl Log {
             options,
             lock: std::sync::Mutex::new(Some(lock)),
             topics: RwLock::new(BTreeMap::new()),
+            metrics: Arc::new(EngineMetrics::new()),
         };
         let names = storage
             .read_dir(&topics_dir)
@@ -120,7 +123,7 @@ impl Log {
                     reason: format!("meta names topic {stored_name:?}"),
                 });
             }
-            let topic = Topic::open(name.clone(), path, topic_options, &log.options)?;
+            let topic = Topic::open(name.clone(), path, topic_options, &log.options, &log.metrics)?;
             log.topics_mut().insert(name, topic);
         }
         Ok(log)
@@ -141,6 +144,20 @@ impl Log {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The space of the filesystem holding the data directory.
+    ///
+    /// # Errors
+    /// I/O errors from `statvfs`.
+    pub fn disk_space(&self) -> Result<io::DiskSpace> {
+        io::disk_space(&self.dir).map_err(|error| Error::io("read filesystem space", &self.dir, error))
+    }
+
+    /// The engine's metrics: fsync durations, group commit sizes, segment rolls
+    /// and retention deletions, by topic.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
     }
 
     /// Creates a topic.
@@ -190,7 +207,7 @@ impl Log {
         storage
             .sync_dir(&topics_dir)
             .map_err(io_error("sync topics", &topics_dir))?;
-        let topic = Topic::open(name.to_string(), path, options, &self.options)?;
+        let topic = Topic::open(name.to_string(), path, options, &self.options, &self.metrics)?;
         topics.insert(name.to_string(), topic.clone());
         Ok(topic)
     }
@@ -239,6 +256,7 @@ impl Log {
             .topics_mut()
             .remove(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        self.metrics.remove_topic(name);
         topic.close()?;
         let storage = &*self.options.storage;
         let topics_dir = self.dir.join(TOPICS_DIR);

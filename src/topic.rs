@@ -110,6 +110,7 @@ impl Topic {
         dir: PathBuf,
         options: TopicOptions,
         log_options: &LogOptions,
+        metrics: &crate::metrics::EngineMetrics,
     ) -> Result<Topic> {
         let storage = Arc::clone(&log_options.storage);
         let clock = Arc::clone(&log_options.clock);
@@ -126,6 +127,7 @@ impl Topic {
             clock,
             epoch_of: Arc::new(move |producer| registry.current_epoch(producer)),
             housekeeping_interval: log_options.housekeeping_interval,
+            metrics: metrics.topic(&name),
         };
         // Partitions recover independently: open them on as many threads as
         // there are cores (recovery is CPU-bound: CRC checks and replay).

@@ -151,7 +151,10 @@ Configuration comes from flags, then environment variables, then the TOML file g
 with --config (keys are the long flag names, e.g. `data-dir = \"/var/lib/stele\"`,
 `retention-age = \"7d\"`, `auto-create = false`), then the defaults shown above.
 Durations take a unit (100ms, 30s, 2m, 12h, 7d, 1w); sizes take an optional unit
-(4096, 64KiB, 128MiB, 10GiB, 1GB). SIGINT or SIGTERM shuts down gracefully.";
+(4096, 64KiB, 128MiB, 10GiB, 1GB). SIGINT or SIGTERM shuts down gracefully.
+With --metrics-listen (or `metrics-listen = \"127.0.0.1:9187\"`), Prometheus metrics are
+served at http://ADDR/metrics on that separate port; deploy/ has a Grafana dashboard and
+alert rules, docs/runbooks/ what to do when an alert fires.";
 
 #[derive(Debug, Args)]
 struct ServeArgs {
@@ -165,6 +168,9 @@ struct ServeArgs {
     #[arg(long, env = "STELE_LISTEN", value_name = "ADDR",
           default_value_t = SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)))]
     listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 [default: off].
+    #[arg(long, env = "STELE_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Do not create unknown topics on first append [default: topics are auto-created].
     #[arg(long, env = "STELE_NO_AUTO_CREATE")]
     no_auto_create: bool,
@@ -205,6 +211,7 @@ struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
+    metrics_listen: Option<String>,
     auto_create: Option<bool>,
     partitions: Option<u32>,
     durability: Option<String>,
@@ -718,6 +725,15 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
                 .map_err(|error| CliError::Usage(format!("configuration key listen: {text:?}: {error}")))
         })
         .transpose()?;
+    let file_metrics_listen = file
+        .metrics_listen
+        .as_deref()
+        .map(|text| {
+            text.parse::<SocketAddr>().map(Some).map_err(|error| {
+                CliError::Usage(format!("configuration key metrics-listen: {text:?}: {error}"))
+            })
+        })
+        .transpose()?;
     let file_durability = file
         .durability
         .as_deref()
@@ -731,6 +747,12 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
         .transpose()?;
     let data_dir = pick(matches, "data_dir", args.data_dir, file.data_dir);
     let listen = pick(matches, "listen", args.listen, file_listen);
+    let metrics_listen = pick(
+        matches,
+        "metrics_listen",
+        args.metrics_listen,
+        file_metrics_listen,
+    );
     let auto_create = if given(matches, "no_auto_create") {
         !args.no_auto_create
     } else {
@@ -797,6 +819,7 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
         .map_err(|error| CliError::Usage(format!("invalid topic defaults: {error}")))?;
     let mut server = ServerConfig::new(data_dir);
     server.listen = listen;
+    server.metrics_listen = metrics_listen;
     server.auto_create_topics = auto_create;
     server.default_topic = default_topic;
     Ok(ServeConfig { server, log_filter })
@@ -847,6 +870,10 @@ async fn run_server(config: ServerConfig) -> Result<u8, CliError> {
         server.local_addr(),
         data_dir.display()
     );
+    if let Some(address) = server.metrics_addr() {
+        tracing::info!(%address, "serving metrics");
+        eprintln!("stele: metrics on http://{address}/metrics");
+    }
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",

@@ -208,3 +208,24 @@ pub fn read_file(storage: &dyn Storage, path: &Path, size_max: u64) -> io::Resul
     file.read_at(&mut bytes, 0)?;
     Ok(bytes)
 }
+
+/// Space on a filesystem, as `statvfs` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes an unprivileged process may still allocate.
+    pub available_bytes: u64,
+    /// The filesystem's size.
+    pub capacity_bytes: u64,
+}
+
+/// The space of the filesystem holding `path`.
+///
+/// # Errors
+/// The `statvfs` error, e.g. when `path` does not exist.
+pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(DiskSpace {
+        available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+        capacity_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+    })
+}

@@ -573,6 +573,7 @@ impl Partition {
         state.write_end = crate::format::segment::SEGMENT_HEADER_LEN as u64;
         state.last_index_position = None;
         state.active = segment;
+        self.context.metrics.segment_rolled();
         Ok(())
     }
 
@@ -598,6 +599,11 @@ impl Partition {
         let mut state = self.lock();
         state.last_flush_duration = elapsed;
         let group = state.flushing.take().expect("the worker owns the flushing group");
+        // Groups publish in order: the events of this one start at the high watermark.
+        let events = group
+            .end_offset
+            .map_or(0, |end| end.0.saturating_sub(self.high_watermark().0));
+        let published = outcome.is_ok();
         let completions = match outcome {
             Ok(()) => {
                 self.publish(&mut state, group, writes);
@@ -606,6 +612,9 @@ impl Partition {
             Err(error) => self.fail_pending(&mut state, error, completions),
         };
         drop(state);
+        if published {
+            self.context.metrics.group_commit(completions.len(), events);
+        }
         self.tail.notify();
         self.complete(completions);
         self.lock()
@@ -794,7 +803,7 @@ fn write_all(writes: &[SegmentWrite]) -> Result<()> {
 
 fn sync_all(writes: &[SegmentWrite], partition: &Partition) -> Result<()> {
     for write in writes {
-        if let Err(error) = write.segment.file().sync_data() {
+        if let Err(error) = partition.sync_data(&write.segment) {
             let error = Error::io("sync segment", &write.segment.path, error);
             partition.poison(&error);
             return Err(error);

@@ -64,6 +64,8 @@ pub(crate) struct PartitionContext {
     pub(crate) epoch_of: EpochOf,
     /// How often the worker looks at retention, checkpoints and idle producers.
     pub(crate) housekeeping_interval: Duration,
+    /// Where the partition records fsync, group commit, roll and retention figures.
+    pub(crate) metrics: crate::metrics::TopicMetrics,
 }
 
 /// A summary of a partition for callers.
@@ -449,11 +451,19 @@ impl Partition {
             state.last_sync = std::time::Instant::now();
             Arc::clone(&state.active)
         };
-        active.file().sync_data().map_err(|error| {
+        self.sync_data(&active).map_err(|error| {
             let error = Error::io("sync segment", &active.path, error);
             self.poison(&error);
             error
         })
+    }
+
+    /// fdatasyncs a segment file and records how long it took.
+    fn sync_data(&self, segment: &Segment) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let result = segment.file().sync_data();
+        self.context.metrics.fsync(started.elapsed());
+        result
     }
 
     /// Retention, checkpoints, producer expiry, dedup upkeep.

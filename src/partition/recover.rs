@@ -415,7 +415,7 @@ impl Partition {
     /// first, so a checkpoint never covers bytes a power cut could lose.
     pub(crate) fn write_checkpoint(&self) -> Result<()> {
         let active = Arc::clone(&self.lock().active);
-        active.file().sync_data().map_err(|error| {
+        self.sync_data(&active).map_err(|error| {
             let error = Error::io("sync segment", &active.path, error);
             self.poison(&error);
             error
@@ -503,6 +503,7 @@ impl Partition {
             self.earliest.store(earliest.0, Ordering::Release);
         }
         let storage = &*self.context.storage;
+        let doomed_bytes: u64 = doomed.iter().map(|segment| segment.published_size()).sum();
         for segment in &doomed {
             // Unlinking is safe while readers hold a mapping: the inode lives on.
             storage
@@ -518,6 +519,7 @@ impl Partition {
         storage
             .sync_dir(&self.dir)
             .map_err(|error| Error::io("sync partition directory", &self.dir, error))?;
+        self.context.metrics.retention_deleted(doomed.len(), doomed_bytes);
         tracing::info!(dir = %self.dir.display(), segments = doomed.len(), earliest = %self.earliest(), "retention deleted segments");
         Ok(doomed.len())
     }

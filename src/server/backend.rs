@@ -141,6 +141,12 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, [`Error::CursorNotFound`], or I/O.
     fn delete_cursor(&self, topic: &str, name: &str) -> Result<()>;
+    /// Called when a subscription to `topic` starts; the subscription holds the
+    /// returned value until it ends. A decorator (metrics) counts open
+    /// subscriptions with it; the default holds nothing.
+    fn subscription_started(&self, _topic: &str) -> Box<dyn Send + Sync> {
+        Box::new(())
+    }
 }
 
 /// The embedded engine as a backend.

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod convert;
+pub mod metrics;
 pub mod proto;
 mod service;
 pub mod status;
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     pub auto_create_topics: bool,
     /// Options of topics created without explicit settings.
     pub default_topic: TopicOptions,
+    /// Address of the Prometheus `/metrics` endpoint; `None` (the default)
+    /// serves no metrics. Port 0 picks a free port.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -55,6 +59,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)),
             auto_create_topics: true,
             default_topic: TopicOptions::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -65,6 +70,8 @@ pub struct RunningServer {
     log: Arc<Log>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    metrics: Arc<metrics::ServerMetrics>,
+    metrics_endpoint: Option<metrics::MetricsEndpoint>,
 }
 
 impl RunningServer {
@@ -96,6 +103,16 @@ impl RunningServer {
             config.default_topic.clone(),
             config.auto_create_topics,
         ));
+        let metrics = Arc::new(metrics::ServerMetrics::new(
+            Arc::clone(&backend),
+            Some(Arc::clone(&log)),
+        ));
+        metrics.count_recovery_damage(&log);
+        let backend: Arc<dyn Backend> = Arc::new(metrics::MeteredBackend::new(backend, Arc::clone(&metrics)));
+        let metrics_endpoint = match config.metrics_listen {
+            Some(listen) => Some(metrics::MetricsEndpoint::start(listen, Arc::clone(&metrics)).await?),
+            None => None,
+        };
         let (closing_sender, closing) = watch::channel(false);
         let service = SteleService::new(backend, closing);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -147,6 +164,8 @@ impl RunningServer {
             log,
             stop: Some(stop),
             served: Some(served),
+            metrics,
+            metrics_endpoint,
         })
     }
 
@@ -158,6 +177,19 @@ impl RunningServer {
     /// The log behind the server.
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// The address of the `/metrics` endpoint, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(metrics::MetricsEndpoint::local_addr)
+    }
+
+    /// The server's metrics (the webhook dispatcher reports into
+    /// [`metrics::ServerMetrics::webhook`]).
+    pub fn metrics(&self) -> &Arc<metrics::ServerMetrics> {
+        &self.metrics
     }
 
     /// Stops accepting, finishes in-flight calls, then syncs and closes the log.
@@ -173,6 +205,9 @@ impl RunningServer {
     }
 
     async fn stop_serving(&mut self) {
+        if let Some(endpoint) = self.metrics_endpoint.take() {
+            endpoint.stop().await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -123,7 +123,9 @@ pub fn start(
         count => (count as usize).min(BATCH_EVENTS_MAX),
     };
     let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER_MESSAGES);
+    let started = backend.subscription_started(&topic);
     let task = Subscription {
+        _started: started,
         backend,
         topic,
         partitions,
@@ -150,6 +152,8 @@ struct Subscription {
     batch_events: usize,
     sender: Sender,
     closing: watch::Receiver<bool>,
+    /// Held while the subscription runs (it counts open subscriptions).
+    _started: Box<dyn Send + Sync>,
 }
 
 impl Subscription {
