@@ -24,18 +24,20 @@ use stele::{
 /// The longest any wait may take before the test fails instead of hanging.
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
-const PACKAGES: &[&str] = &["prometheus_client"];
+const PACKAGES: &[&str] = &["prometheus_client", "pyyaml"];
 
-/// The Python interpreter of a virtual environment with the parser, created on
-/// first use.
+/// The Python interpreter of a virtual environment with the parser and PyYAML,
+/// created on first use.
 fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("STELE_PYTHON") {
         return PathBuf::from(python);
     }
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics-venv");
     let python = venv.join("bin").join("python");
+    // The marker holds the package list, so that a changed list reinstalls.
     let ready = venv.join(".ready");
-    if !ready.exists() {
+    let wanted = PACKAGES.join(" ");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
         let status = Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
@@ -48,7 +50,7 @@ fn python() -> PathBuf {
             .status()
             .expect("pip runs");
         assert!(status.success(), "pip install {PACKAGES:?} failed");
-        std::fs::write(&ready, b"").expect("mark the venv ready");
+        std::fs::write(&ready, &wanted).expect("mark the venv ready");
     }
     python
 }
@@ -645,12 +647,13 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// Every string under a key named `expr` in a Grafana dashboard.
+/// Every query in a Grafana dashboard: the `expr` of panel targets and the
+/// `definition` of template variables.
 fn dashboard_expressions(value: &serde_json::Value, found: &mut Vec<String>) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, value) in map {
-                if key == "expr"
+                if (key == "expr" || key == "definition")
                     && let Some(text) = value.as_str()
                 {
                     found.push(text.to_string());
@@ -667,13 +670,53 @@ fn dashboard_expressions(value: &serde_json::Value, found: &mut Vec<String>) {
     }
 }
 
+/// The alerting rules of a rule file, read with PyYAML: (alert, expr, severity, runbook_url).
+fn alert_rules(path: &Path) -> Vec<(String, String, String, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_alerts.py");
+    let output = Command::new(python())
+        .arg(&script)
+        .arg(path)
+        .output()
+        .expect("the rule reader runs");
+    assert!(
+        output.status.success(),
+        "the rule file does not parse: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rules: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON rules");
+    rules
+        .as_array()
+        .expect("a list of rules")
+        .iter()
+        .map(|rule| {
+            let field = |name: &str| rule[name].as_str().unwrap_or_default().to_string();
+            (
+                field("alert"),
+                field("expr"),
+                field("severity"),
+                field("runbook_url"),
+            )
+        })
+        .collect()
+}
+
+/// Whether a name written in a query (`_total`, `_bucket`, `_sum`, `_count`
+/// included) belongs to `family`.
+fn belongs_to(name: &str, family: &str) -> bool {
+    name == family
+        || ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .any(|suffix| name.strip_suffix(suffix) == Some(family))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_and_alert_rules_name_only_exposed_metrics() {
     // Goal: the shipped dashboard and alerts keep working as metrics change.
-    // Method: parse the dashboard as JSON, collect every query expression and
-    // every alert expression, extract `stele_*` names and check each against the
+    // Method: parse the dashboard as JSON and the rules with PyYAML, extract
+    // every `stele_*` name from their queries and check each against the
     // families a fresh server exposes (every family is declared before it has
-    // samples); also check that every family appears in the dashboard.
+    // samples); every family has a dashboard panel; every alert has a severity
+    // and a runbook that exists; the five alerts the product asks for exist.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("deploy/grafana/stele.json")).expect("read the dashboard"),
@@ -682,12 +725,7 @@ async fn the_dashboard_and_alert_rules_name_only_exposed_metrics() {
     let mut expressions = Vec::new();
     dashboard_expressions(&dashboard, &mut expressions);
     assert!(expressions.len() >= 20, "only {} queries", expressions.len());
-    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("read the alerts");
-    let alert_expressions: Vec<String> = alerts
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .map(str::to_string)
-        .collect();
+    let rules = alert_rules(&root.join("deploy/prometheus/alerts.yml"));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(Log::open(dir.path(), LogOptions::default()).expect("open"));
@@ -695,44 +733,55 @@ async fn the_dashboard_and_alert_rules_name_only_exposed_metrics() {
     let scrape = scrape_metrics(server.metrics_addr().expect("metrics on")).await;
     server.shutdown().await.expect("shutdown");
 
-    let mut used = BTreeSet::new();
     for (source, text) in expressions
         .iter()
-        .map(|text| ("dashboard", text))
-        .chain(alert_expressions.iter().map(|text| ("alerts", text)))
+        .map(|text| ("the dashboard", text))
+        .chain(rules.iter().map(|(_, expr, _, _)| ("the alerts", expr)))
     {
-        for name in metric_names(text) {
+        let names = metric_names(text);
+        assert!(
+            !names.is_empty() || text.contains("up{"),
+            "{source} has a query without a Stele metric: {text}"
+        );
+        for name in names {
             assert!(
                 scrape.names_family(&name),
                 "{source} names {name}, which the server does not expose, in: {text}"
             );
-            used.insert(name);
         }
     }
-    let used_dashboard: BTreeSet<String> = expressions.iter().flat_map(|text| metric_names(text)).collect();
+    let used: BTreeSet<String> = expressions.iter().flat_map(|text| metric_names(text)).collect();
     for family in scrape
         .families
         .keys()
         .filter(|family| family.starts_with("stele_"))
     {
         assert!(
-            used_dashboard.iter().any(|name| name == family
-                || name.strip_suffix("_total") == Some(family)
-                || ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .any(|suffix| name.strip_suffix(suffix) == Some(family))),
+            used.iter().any(|name| belongs_to(name, family)),
             "the dashboard has no panel for {family}"
         );
     }
-    // The runbooks the alerts link to exist.
-    for line in alerts.lines() {
-        if let Some(link) = line.trim().strip_prefix("runbook_url:") {
-            let link = link.trim().trim_matches('"');
-            let path = link
-                .split_once("docs/runbooks/")
-                .map(|(_, file)| root.join("docs/runbooks").join(file))
-                .expect("runbook links point into docs/runbooks/");
-            assert!(path.exists(), "missing runbook {}", path.display());
-        }
+    for (alert, _, severity, runbook) in &rules {
+        assert!(
+            severity == "warning" || severity == "critical",
+            "{alert} has severity {severity:?}"
+        );
+        let file = runbook
+            .strip_prefix("docs/runbooks/")
+            .unwrap_or_else(|| panic!("{alert} links {runbook:?}, not a file in docs/runbooks/"));
+        assert!(
+            root.join("docs/runbooks").join(file).exists(),
+            "{alert} links the missing runbook {runbook}"
+        );
+    }
+    let names: BTreeSet<&str> = rules.iter().map(|(alert, ..)| alert.as_str()).collect();
+    for wanted in [
+        "SteleConsumerLagGrowing",
+        "SteleWebhookEndpointFailing",
+        "SteleDiskFilling",
+        "SteleFsyncSlow",
+        "SteleCorruptionDetected",
+    ] {
+        assert!(names.contains(wanted), "no alert {wanted}");
     }
 }
