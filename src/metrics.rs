@@ -4,7 +4,7 @@
 //! `Log::metrics` hands it to whoever exposes metrics (the server registers it
 //! in its Prometheus registry with [`EngineMetrics::register`]).
 //! Each topic resolves its label set once, when it opens, into a
-//! [`TopicMetrics`] of metric handles; partitions record into those handles.
+//! `TopicMetrics` of metric handles; partitions record into those handles.
 //!
 //! Invariant: nothing is recorded per event or per append on the engine's hot
 //! path: group commit records once per group, and the other points (fdatasync,

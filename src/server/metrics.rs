@@ -97,6 +97,16 @@ pub enum AppendResult {
 }
 
 impl AppendResult {
+    /// Every result, in declaration order.
+    pub const ALL: [AppendResult; 6] = [
+        AppendResult::Ok,
+        AppendResult::Duplicate,
+        AppendResult::SequenceConflict,
+        AppendResult::Fenced,
+        AppendResult::Rejected,
+        AppendResult::Error,
+    ];
+
     /// Classifies the outcome of one append request.
     pub fn of(result: &Result<AppendAck>) -> AppendResult {
         match result {
@@ -131,8 +141,6 @@ impl AppendResult {
             | ErrorKind::Poisoned
             | ErrorKind::Locked
             | ErrorKind::Closed => AppendResult::Error,
-            #[allow(unreachable_patterns)]
-            _ => AppendResult::Error,
         }
     }
 
@@ -250,14 +258,7 @@ impl RequestMetrics {
 
     fn remove_topic(&self, topic: &str) {
         let labels = TopicLabels::new(topic);
-        for result in [
-            AppendResult::Ok,
-            AppendResult::Duplicate,
-            AppendResult::SequenceConflict,
-            AppendResult::Fenced,
-            AppendResult::Rejected,
-            AppendResult::Error,
-        ] {
+        for result in AppendResult::ALL {
             let labels = AppendLabels {
                 topic: topic.to_string(),
                 result: result.as_str(),
@@ -357,7 +358,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "stele_webhook_dead_lettered",
-            "Events given up on and written to the dead-letter topic of a webhook endpoint",
+            "Events a webhook endpoint gave up on (dead-lettered)",
             Declared(self.dead_lettered.clone()),
         );
     }
@@ -420,7 +421,9 @@ impl WebhookMetrics {
         self.dead_lettered.get_or_create(&Self::endpoint(endpoint)).inc();
     }
 
-    /// Drops every label set of a deleted endpoint.
+    /// Drops every label set of a deleted endpoint. Delivery counters are
+    /// removed for the documented outcomes and status classes only, so callers
+    /// use no other values.
     pub fn remove(&self, endpoint: &str) {
         let labels = Self::endpoint(endpoint);
         self.attempts.remove(&labels);
@@ -493,17 +496,6 @@ impl<L: EncodeLabelSet> GaugeFamily<L> {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
-        let topics: Vec<(String, TopicDescription, Vec<(String, Vec<CursorPosition>)>)> = self
-            .backend
-            .list_topics()
-            .into_iter()
-            .filter_map(|topic| {
-                // A topic deleted since it was listed is left out.
-                let description = self.backend.describe_topic(&topic).ok()?;
-                let cursors = self.backend.cursors(&topic).unwrap_or_default();
-                Some((topic, description, cursors))
-            })
-            .collect();
         let mut high_watermark = GaugeFamily::new(
             "stele_partition_high_watermark",
             "One past the newest acknowledged offset of a partition",
@@ -528,7 +520,12 @@ impl Collector for StateCollector {
             "stele_cursor_lag_events",
             "Events between a cursor's committed offset (or the earliest offset) and the high watermark",
         );
-        for (topic, description, cursors) in &topics {
+        for topic in self.backend.list_topics() {
+            // A topic deleted since it was listed is left out.
+            let Ok(description) = self.backend.describe_topic(&topic) else {
+                continue;
+            };
+            let cursors = self.backend.cursors(&topic).unwrap_or_default();
             for info in &description.partitions {
                 let labels = PartitionLabels {
                     topic: topic.clone(),
@@ -539,7 +536,7 @@ impl Collector for StateCollector {
                 size.push(labels.clone(), info.size_bytes);
                 segments.push(labels, info.segments_count as u64);
             }
-            for (cursor, positions) in cursors {
+            for (cursor, positions) in &cursors {
                 for position in positions {
                     let labels = CursorLabels {
                         topic: topic.clone(),
@@ -698,15 +695,34 @@ fn request_size(request: &AppendRequest) -> (u64, u64) {
     (request.events.len() as u64, bytes as u64)
 }
 
+/// Requests, events and bytes of one append call, per result.
+#[derive(Default)]
+struct AppendTally([(u64, u64, u64); AppendResult::ALL.len()]);
+
+impl AppendTally {
+    fn add(&mut self, result: AppendResult, (events, bytes): (u64, u64)) {
+        let slot = &mut self.0[result as usize];
+        slot.0 += 1;
+        slot.1 += events;
+        slot.2 += bytes;
+    }
+}
+
 impl RequestMetrics {
-    fn record_append(&self, topic: &str, result: AppendResult, (events, bytes): (u64, u64)) {
-        let labels = AppendLabels {
-            topic: topic.to_string(),
-            result: result.as_str(),
-        };
-        self.append_requests.get_or_create(&labels).inc();
-        self.append_events.get_or_create(&labels).inc_by(events);
-        self.append_bytes.get_or_create(&labels).inc_by(bytes);
+    /// Adds one call's tally: one family lookup per result present, not per request.
+    fn record_appends(&self, topic: &str, tally: &AppendTally) {
+        for (result, (requests, events, bytes)) in AppendResult::ALL.iter().zip(&tally.0) {
+            if *requests == 0 {
+                continue;
+            }
+            let labels = AppendLabels {
+                topic: topic.to_string(),
+                result: result.as_str(),
+            };
+            self.append_requests.get_or_create(&labels).inc_by(*requests);
+            self.append_events.get_or_create(&labels).inc_by(*events);
+            self.append_bytes.get_or_create(&labels).inc_by(*bytes);
+        }
     }
 }
 
@@ -744,38 +760,39 @@ impl Backend for MeteredBackend {
         Box::pin(async move {
             let outcome = future.await;
             let requests = &metrics.requests;
+            let mut tally = AppendTally::default();
             match &outcome {
                 Ok(results) => {
                     let elapsed = started.elapsed().as_secs_f64();
                     let histogram = requests
                         .append_duration_seconds
                         .get_or_create_owned(&TopicLabels::new(&topic));
+                    let mut corrupt = 0;
                     for (result, size) in results.iter().zip(&sizes) {
-                        requests.record_append(&topic, AppendResult::of(result), *size);
+                        tally.add(AppendResult::of(result), *size);
                         histogram.observe(elapsed);
                         if let Err(error) = result
                             && error.kind() == ErrorKind::Corruption
                         {
-                            requests
-                                .corruption_detected
-                                .get_or_create(&TopicLabels::new(&topic))
-                                .inc();
+                            corrupt += 1;
                         }
+                    }
+                    requests.record_appends(&topic, &tally);
+                    if corrupt > 0 {
+                        requests
+                            .corruption_detected
+                            .get_or_create(&TopicLabels::new(&topic))
+                            .inc_by(corrupt);
                     }
                 }
                 Err(error) => {
-                    // The topic is unknown (or its name invalid): keep the name out of the labels.
-                    let label = if error.kind() == ErrorKind::TopicNotFound
-                        || error.kind() == ErrorKind::InvalidArgument
-                    {
-                        TOPIC_UNKNOWN
-                    } else {
-                        topic.as_str()
-                    };
+                    // The topic does not exist or cannot be created: keep its name
+                    // out of the labels.
                     let result = AppendResult::of_kind(error.kind());
                     for size in &sizes {
-                        requests.record_append(label, result, *size);
+                        tally.add(result, *size);
                     }
+                    requests.record_appends(TOPIC_UNKNOWN, &tally);
                 }
             }
             outcome
@@ -1014,6 +1031,15 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_results_index_their_tally_slots() {
+        // Goal: `AppendTally` indexes by discriminant; `ALL` must list the
+        // results in declaration order for the labels to match the counts.
+        for (index, result) in AppendResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, index, "{result:?}");
+        }
+    }
 
     #[test]
     fn every_error_kind_has_an_append_result() {
