@@ -18,7 +18,8 @@ use stele::client::{Client, StartPosition, SubscribeOptions, SubscriptionItem};
 use stele::io::FaultyStorage;
 use stele::server::{RunningServer, ServerConfig};
 use stele::{
-    AppendRequest, Event, ExpectedSequence, Log, LogOptions, Offset, PartitionId, ProducerStamp, TopicOptions,
+    AppendRequest, Event, ExpectedSequence, Log, LogOptions, ManualClock, Offset, PartitionId, ProducerStamp,
+    TopicOptions,
 };
 
 /// The longest any wait may take before the test fails instead of hanging.
@@ -29,6 +30,12 @@ const PACKAGES: &[&str] = &["prometheus_client", "pyyaml"];
 /// The Python interpreter of a virtual environment with the parser and PyYAML,
 /// created on first use.
 fn python() -> PathBuf {
+    // Tests of this file run on parallel threads; one of them creates the venv.
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(create_python).clone()
+}
+
+fn create_python() -> PathBuf {
     if let Some(python) = std::env::var_os("STELE_PYTHON") {
         return PathBuf::from(python);
     }
@@ -520,6 +527,54 @@ async fn a_damaged_checkpoint_found_at_open_is_counted_as_corruption() {
         Some(1.0)
     );
     server.shutdown().await.expect("shutdown");
+}
+
+#[test]
+fn engine_metrics_count_segment_rolls_and_retention_deletions() {
+    // Goal: the engine records segment rolls and retention deletions (segments
+    // and bytes) into the log's metrics. Method: a manual clock makes segments
+    // roll by age and then expire; the log's families, encoded and parsed by the
+    // reference parser, equal the changes the topic itself reports.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = Log::open(dir.path(), LogOptions::default().clock(clock.clone())).expect("open");
+    let mut options = TopicOptions::default().partitions(1);
+    options.segment_age_ms_max = Some(1_000);
+    options.retention_age_ms = Some(5_000);
+    let topic = log.create_topic("t", options).expect("create");
+    for payload in ["a", "b", "c"] {
+        topic
+            .append_request(AppendRequest::new("k", vec![event(payload)]))
+            .expect("append");
+        clock.advance(2_000);
+    }
+    let before = topic.partition_infos()[0];
+    assert_eq!(before.segments_count, 3, "two rolls");
+    clock.advance(10_000);
+    topic.enforce_retention().expect("retention");
+    let after = topic.partition_infos()[0];
+    assert_eq!(after.segments_count, 1, "both sealed segments expired");
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    log.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encode");
+    let scrape = parse(&text);
+    let labels = [("topic", "t")];
+    assert_eq!(scrape.value("stele_segment_rolls_total", &labels), Some(2.0));
+    assert_eq!(
+        scrape.value("stele_retention_deleted_segments_total", &labels),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value("stele_retention_deleted_bytes_total", &labels),
+        Some((before.size_bytes - after.size_bytes) as f64)
+    );
+    assert_eq!(
+        scrape.value("stele_group_commit_appends_count", &labels),
+        Some(3.0)
+    );
+    log.close().expect("close");
 }
 
 /// The process's listening TCP sockets: socket inodes of its open files that
