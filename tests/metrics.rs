@@ -22,6 +22,9 @@ use stele::{
     TopicOptions,
 };
 
+#[path = "python/venv.rs"]
+mod venv;
+
 /// The longest any wait may take before the test fails instead of hanging.
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -32,34 +35,9 @@ const PACKAGES: &[&str] = &["prometheus_client", "pyyaml"];
 fn python() -> PathBuf {
     // Tests of this file run on parallel threads; one of them creates the venv.
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(create_python).clone()
-}
-
-fn create_python() -> PathBuf {
-    if let Some(python) = std::env::var_os("STELE_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics-venv");
-    let python = venv.join("bin").join("python");
-    // The marker holds the package list, so that a changed list reinstalls.
-    let ready = venv.join(".ready");
-    let wanted = PACKAGES.join(" ");
-    if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(PACKAGES)
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "pip install {PACKAGES:?} failed");
-        std::fs::write(&ready, &wanted).expect("mark the venv ready");
-    }
-    python
+    PYTHON
+        .get_or_init(|| venv::python("metrics-venv", PACKAGES))
+        .clone()
 }
 
 /// A parsed exposition.

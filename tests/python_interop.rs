@@ -6,7 +6,7 @@
 //! from `STELE_PYTHON`); an in-process server listens on port 0; the script
 //! `tests/python/interop.py` runs its checks and exits non-zero on any failure.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use stele::server::{RunningServer, ServerConfig};
@@ -18,39 +18,15 @@ const PACKAGES: &[&str] = &[
     "grpcio-reflection",
 ];
 
-/// The Python interpreter of a virtual environment with the packages, created
-/// on first use.
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("STELE_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
-    let python = venv.join("bin").join("python");
-    let ready = venv.join(".ready");
-    if !ready.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(PACKAGES)
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "pip install {PACKAGES:?} failed");
-        std::fs::write(&ready, b"").expect("mark the venv ready");
-    }
-    python
-}
+#[path = "python/venv.rs"]
+mod venv;
 
 #[test]
 fn python_client_generated_from_the_proto_drives_the_server() {
     // Goal: a foreign client sees the documented API: CAS conflict with the actual
     // sequence in the status details, duplicates, reads, subscription catch-up and
     // live tail, cursors, health and reflection.
-    let python = python();
+    let python = venv::python("python-venv", PACKAGES);
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut config = ServerConfig::new(dir.path());
