@@ -621,7 +621,7 @@ fn serve(data_dir: &Path, extra: &[&str]) -> (std::process::Child, Vec<String>) 
         }
     }
     // The metrics line, when there is one, follows the listening line.
-    if extra.contains(&"--metrics-listen") {
+    if extra.contains(&"--metrics-listen") || extra.contains(&"--config") {
         lines.push(receiver.recv_timeout(WAIT_MAX).expect("the metrics line"));
     }
     (child, lines)
@@ -630,9 +630,9 @@ fn serve(data_dir: &Path, extra: &[&str]) -> (std::process::Child, Vec<String>) 
 #[test]
 fn the_metrics_listener_exists_only_when_asked_for() {
     // Goal: metrics are off by default (no second listener), and
-    // `--metrics-listen` serves them from the real command. Method: run
-    // `stele serve` both ways, count the process's listening sockets from /proc,
-    // and scrape the announced address.
+    // `--metrics-listen` (or the TOML key) serves them from the real command.
+    // Method: run `stele serve` each way, count the process's listening sockets
+    // from /proc, and scrape the announced address.
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut off, lines) = serve(dir.path(), &[]);
     assert_eq!(listening_sockets_count(off.id()), 1, "{lines:?}");
@@ -658,6 +658,15 @@ fn the_metrics_listener_exists_only_when_asked_for() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     on.kill().expect("kill");
     on.wait().expect("wait");
+
+    // The TOML key turns it on as well.
+    let config = dir.path().join("stele.toml");
+    std::fs::write(&config, "metrics-listen = \"127.0.0.1:0\"\n").expect("write the configuration");
+    let config = config.to_str().expect("a UTF-8 path");
+    let (mut from_file, lines) = serve(dir.path(), &["--config", config]);
+    assert_eq!(listening_sockets_count(from_file.id()), 2, "{lines:?}");
+    from_file.kill().expect("kill");
+    from_file.wait().expect("wait");
 }
 
 /// Every `stele_*` metric name in `text`.
