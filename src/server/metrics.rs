@@ -75,6 +75,8 @@ const DELIVERY_BUCKETS_SECONDS: [f64; 16] = [
 const CONNECTIONS_COUNT_MAX: usize = 16;
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listener pauses after a failed accept.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How long shutdown waits for scrapes in progress.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -432,21 +434,14 @@ impl WebhookMetrics {
         self.lag_events.remove(&labels);
         self.circuit_state.remove(&labels);
         self.dead_lettered.remove(&labels);
-        let doomed: Vec<DeliveryLabels> = {
-            let mut doomed = Vec::new();
-            for outcome in ["success", "retry", "permanent_failure", "dead_lettered"] {
-                for status_class in ["2xx", "3xx", "4xx", "5xx", "timeout", "connection"] {
-                    doomed.push(DeliveryLabels {
-                        endpoint: endpoint.to_string(),
-                        outcome: outcome.to_string(),
-                        status_class: status_class.to_string(),
-                    });
-                }
+        for outcome in ["success", "retry", "permanent_failure", "dead_lettered"] {
+            for status_class in ["2xx", "3xx", "4xx", "5xx", "timeout", "connection"] {
+                self.deliveries.remove(&DeliveryLabels {
+                    endpoint: endpoint.to_string(),
+                    outcome: outcome.to_string(),
+                    status_class: status_class.to_string(),
+                });
             }
-            doomed
-        };
-        for labels in &doomed {
-            self.deliveries.remove(labels);
         }
     }
 }
@@ -945,7 +940,9 @@ async fn accept(listener: TcpListener, metrics: Arc<ServerMetrics>, mut stopped:
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
+                    // Out of file descriptors, for example: back off instead of spinning.
                     tracing::warn!(%error, "metrics listener cannot accept");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             },

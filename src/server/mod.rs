@@ -1,7 +1,10 @@
 //! The gRPC server: the only module that names `tonic` and `prost`.
 //!
 //! [`RunningServer::start`] serves `stele.v1.Stele`, gRPC health and server
-//! reflection (v1 and v1alpha) on a TCP listener. Shutdown stops accepting,
+//! reflection (v1 and v1alpha) on a TCP listener, and with
+//! [`ServerConfig::metrics_listen`] Prometheus metrics on a second one
+//! ([`metrics`]); every backend call goes through [`metrics::MeteredBackend`].
+//! Shutdown stops the metrics listener, stops accepting,
 //! ends subscriptions and append sessions after their in-flight work, lets
 //! in-flight calls finish, then closes the log (sync, checkpoint).
 
