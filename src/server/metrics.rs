@@ -243,7 +243,7 @@ impl RequestMetrics {
         );
         registry.register(
             "stele_append_duration_seconds",
-            "Time from receiving an append call to its acknowledgement, one observation per request",
+            "Time from handing an append call to the storage backend to its acknowledgement, one observation per request",
             Declared(self.append_duration_seconds.clone()),
         );
         registry.register(
