@@ -11,6 +11,7 @@ pub mod proto;
 mod service;
 pub mod status;
 mod subscription;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
