@@ -935,7 +935,7 @@ impl Client {
         let response = stub
             .read_key(proto::ReadKeyRequest {
                 topic: topic.to_string(),
-                key: key.to_vec().into(),
+                key: key.to_vec(),
                 from_sequence,
                 direction: match direction {
                     Direction::Forwards => proto::ReadDirection::Forwards,
@@ -984,7 +984,7 @@ impl Client {
                     position: Some(position),
                 }),
                 event_types: options.event_types.clone(),
-                key_prefix: options.key_prefix.clone().into(),
+                key_prefix: options.key_prefix.clone(),
                 heartbeat_ms: options.heartbeat_ms,
                 max_batch_events: options.max_batch_events,
             })

@@ -74,7 +74,9 @@ impl EventBatch {
     pub fn push_view(&mut self, view: &RecordView<'_>) {
         let body_len = event_body_len(self.partition, view);
         let buf = &mut self.encoded;
-        buf.reserve(encoding::key_len(BATCH_EVENTS) + encoding::encoded_len_varint(body_len as u64) + body_len);
+        buf.reserve(
+            encoding::key_len(BATCH_EVENTS) + encoding::encoded_len_varint(body_len as u64) + body_len,
+        );
         let start = buf.len();
         encoding::encode_key(BATCH_EVENTS, WireType::LengthDelimited, buf);
         encoding::encode_varint(body_len as u64, buf);
@@ -257,8 +259,8 @@ fn encode_event_body(partition: u32, view: &RecordView<'_>, buf: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     use super::*;
     use crate::event::{Epoch, Offset, ProducerId, ProducerStamp};
