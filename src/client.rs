@@ -382,7 +382,13 @@ impl ServerUrl {
 
 fn endpoint(url: &str) -> ClientResult<Endpoint> {
     Endpoint::from_shared(url.to_string())
-        .map(|endpoint| endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(5)))
+        .map(|endpoint| {
+            endpoint
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW_BYTES)
+        })
         .map_err(|error| ClientError::InvalidUrl {
             url: url.to_string(),
             reason: error.to_string(),
