@@ -10,7 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let encoded = prost::Message::encode_to_vec(&descriptors);
     std::fs::write(out_dir.join("stele_descriptor.bin"), encoded)?;
     tonic_prost_build::configure()
-        .bytes(".")
+        // Subscriptions encode their batches straight from stored frames (src/server/wire.rs).
+        .extern_path(".stele.v1.EventBatch", "crate::server::wire::EventBatch")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -382,7 +382,13 @@ impl ServerUrl {
 
 fn endpoint(url: &str) -> ClientResult<Endpoint> {
     Endpoint::from_shared(url.to_string())
-        .map(|endpoint| endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(5)))
+        .map(|endpoint| {
+            endpoint
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW_BYTES)
+        })
         .map_err(|error| ClientError::InvalidUrl {
             url: url.to_string(),
             reason: error.to_string(),
@@ -935,7 +941,7 @@ impl Client {
         let response = stub
             .read_key(proto::ReadKeyRequest {
                 topic: topic.to_string(),
-                key: key.to_vec().into(),
+                key: key.to_vec(),
                 from_sequence,
                 direction: match direction {
                     Direction::Forwards => proto::ReadDirection::Forwards,
@@ -984,7 +990,7 @@ impl Client {
                     position: Some(position),
                 }),
                 event_types: options.event_types.clone(),
-                key_prefix: options.key_prefix.clone().into(),
+                key_prefix: options.key_prefix.clone(),
                 heartbeat_ms: options.heartbeat_ms,
                 max_batch_events: options.max_batch_events,
             })

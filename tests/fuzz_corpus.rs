@@ -335,8 +335,8 @@ fn generate_seed_corpus() {
     // gRPC requests: a kind byte, then the message.
     let event = proto::Event {
         r#type: "e".to_string(),
-        payload: prost::bytes::Bytes::from_static(b"x"),
-        idempotency_id: prost::bytes::Bytes::from_static(b"id"),
+        payload: b"x".to_vec(),
+        idempotency_id: b"id".to_vec(),
         ..proto::Event::default()
     };
     let grpc: Vec<(&str, u8, Vec<u8>)> = vec![
@@ -345,7 +345,7 @@ fn generate_seed_corpus() {
             0,
             proto::AppendRequest {
                 topic: "t".to_string(),
-                key: prost::bytes::Bytes::from_static(b"k"),
+                key: b"k".to_vec(),
                 events: vec![event.clone()],
                 ..proto::AppendRequest::default()
             }
@@ -356,7 +356,7 @@ fn generate_seed_corpus() {
             0,
             proto::AppendRequest {
                 topic: "new".to_string(),
-                key: prost::bytes::Bytes::from_static(b"k"),
+                key: b"k".to_vec(),
                 events: vec![event.clone(), event.clone()],
                 ..proto::AppendRequest::default()
             }
@@ -369,12 +369,12 @@ fn generate_seed_corpus() {
                 topic: "t".to_string(),
                 appends: vec![
                     proto::BatchAppend {
-                        key: prost::bytes::Bytes::from_static(b"k"),
+                        key: b"k".to_vec(),
                         events: vec![event.clone()],
                         ..proto::BatchAppend::default()
                     },
                     proto::BatchAppend {
-                        key: prost::bytes::Bytes::from_static(b"j"),
+                        key: b"j".to_vec(),
                         events: vec![event],
                         ..proto::BatchAppend::default()
                     },
@@ -399,7 +399,7 @@ fn generate_seed_corpus() {
             3,
             proto::ReadKeyRequest {
                 topic: "t".to_string(),
-                key: prost::bytes::Bytes::from_static(b"k"),
+                key: b"k".to_vec(),
                 max_events: 10,
                 ..proto::ReadKeyRequest::default()
             }

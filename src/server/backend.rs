@@ -198,6 +198,17 @@ pub fn append_async(topic: &Topic, requests: Vec<AppendRequest>) -> BoxFuture<Ve
         Option<tokio::sync::oneshot::Sender<()>>,
     );
     let count = requests.len();
+    if count == 1 {
+        // One request (every pipelined single-event append): its result goes
+        // straight through the channel, without the shared slots below.
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        if let Some(request) = requests.into_iter().next() {
+            topic.submit(request, move |result| {
+                let _ = sender.send(result);
+            });
+        }
+        return Box::pin(async move { vec![receiver.await.unwrap_or(Err(Error::Closed))] });
+    }
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let shared: Arc<Mutex<Shared>> = Arc::new(Mutex::new((
         (0..count).map(|_| None).collect(),

@@ -13,17 +13,13 @@ pub type Invalid = String;
 
 /// An event from its wire form; headers come sorted by name, an empty idempotency id means none.
 pub fn event_from_proto(event: proto::Event) -> Event {
-    let mut headers: Vec<(String, Vec<u8>)> = event
-        .headers
-        .into_iter()
-        .map(|(name, value)| (name, value.to_vec()))
-        .collect();
+    let mut headers: Vec<(String, Vec<u8>)> = event.headers.into_iter().collect();
     headers.sort();
     Event {
         event_type: event.r#type,
-        payload: event.payload.to_vec(),
+        payload: event.payload,
         headers,
-        idempotency_id: (!event.idempotency_id.is_empty()).then(|| event.idempotency_id.to_vec()),
+        idempotency_id: (!event.idempotency_id.is_empty()).then_some(event.idempotency_id),
     }
 }
 
@@ -31,13 +27,13 @@ pub fn event_from_proto(event: proto::Event) -> Event {
 pub fn event_to_proto(event: &Event) -> proto::Event {
     proto::Event {
         r#type: event.event_type.clone(),
-        payload: event.payload.clone().into(),
+        payload: event.payload.clone(),
         headers: event
             .headers
             .iter()
-            .map(|(name, value)| (name.clone(), value.clone().into()))
+            .map(|(name, value)| (name.clone(), value.clone()))
             .collect(),
-        idempotency_id: event.idempotency_id.clone().unwrap_or_default().into(),
+        idempotency_id: event.idempotency_id.clone().unwrap_or_default(),
     }
 }
 
@@ -84,7 +80,7 @@ pub fn stamp_to_proto(stamp: ProducerStamp) -> proto::ProducerStamp {
 /// An append request from its wire form.
 pub fn append_from_proto(append: proto::BatchAppend) -> AppendRequest {
     AppendRequest {
-        key: append.key.to_vec(),
+        key: append.key,
         expected: expected_from_proto(append.expected),
         events: append.events.into_iter().map(event_from_proto).collect(),
         producer: append.producer.map(stamp_from_proto),
@@ -94,7 +90,7 @@ pub fn append_from_proto(append: proto::BatchAppend) -> AppendRequest {
 /// An append request in its wire form, with its condition always set.
 pub fn append_to_proto(request: &AppendRequest) -> proto::BatchAppend {
     proto::BatchAppend {
-        key: request.key.clone().into(),
+        key: request.key.clone(),
         expected: Some(expected_to_proto(request.expected)),
         events: request.events.iter().map(event_to_proto).collect(),
         producer: request.producer.map(stamp_to_proto),
@@ -131,38 +127,30 @@ pub fn recorded_to_proto(event: RecordedEvent) -> proto::RecordedEvent {
         partition: event.partition.0,
         offset: event.offset.0,
         timestamp_ms: event.timestamp_ms,
-        key: event.key.into(),
+        key: event.key,
         sequence: event.sequence,
         r#type: event.event_type,
-        payload: event.payload.into(),
-        headers: event
-            .headers
-            .into_iter()
-            .map(|(name, value)| (name, value.into()))
-            .collect(),
-        idempotency_id: event.idempotency_id.unwrap_or_default().into(),
+        payload: event.payload,
+        headers: event.headers.into_iter().collect(),
+        idempotency_id: event.idempotency_id.unwrap_or_default(),
         producer: event.producer.map(stamp_to_proto),
     }
 }
 
 /// A stored event from its wire form; headers come sorted by name, an empty idempotency id means none.
 pub fn recorded_from_proto(event: proto::RecordedEvent) -> RecordedEvent {
-    let mut headers: Vec<(String, Vec<u8>)> = event
-        .headers
-        .into_iter()
-        .map(|(name, value)| (name, value.to_vec()))
-        .collect();
+    let mut headers: Vec<(String, Vec<u8>)> = event.headers.into_iter().collect();
     headers.sort();
     RecordedEvent {
         partition: crate::PartitionId(event.partition),
         offset: crate::Offset(event.offset),
         timestamp_ms: event.timestamp_ms,
-        key: event.key.to_vec(),
+        key: event.key,
         sequence: event.sequence,
         event_type: event.r#type,
-        payload: event.payload.to_vec(),
+        payload: event.payload,
         headers,
-        idempotency_id: (!event.idempotency_id.is_empty()).then(|| event.idempotency_id.to_vec()),
+        idempotency_id: (!event.idempotency_id.is_empty()).then_some(event.idempotency_id),
         producer: event.producer.map(stamp_from_proto),
     }
 }
@@ -173,15 +161,15 @@ pub fn view_to_proto(partition: u32, view: &RecordView<'_>) -> proto::RecordedEv
         partition,
         offset: view.offset.0,
         timestamp_ms: view.timestamp_ms,
-        key: view.key.to_vec().into(),
+        key: view.key.to_vec(),
         sequence: view.sequence,
         r#type: view.event_type.to_string(),
-        payload: view.payload.to_vec().into(),
+        payload: view.payload.to_vec(),
         headers: record::headers(view.headers)
             .filter_map(|header| header.ok())
-            .map(|(name, value)| (name.to_string(), value.to_vec().into()))
+            .map(|(name, value)| (name.to_string(), value.to_vec()))
             .collect(),
-        idempotency_id: view.idempotency_id.map(<[u8]>::to_vec).unwrap_or_default().into(),
+        idempotency_id: view.idempotency_id.map(<[u8]>::to_vec).unwrap_or_default(),
         producer: view.producer.map(stamp_to_proto),
     }
 }

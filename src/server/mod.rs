@@ -15,6 +15,7 @@ pub mod proto;
 mod service;
 pub mod status;
 mod subscription;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,14 @@ use crate::log::Log;
 pub const PORT_DEFAULT: u16 = 7077;
 /// The largest gRPC message accepted: a maximal append call plus framing.
 pub const MESSAGE_SIZE_BYTES_MAX: usize = (limits::APPEND_SIZE_BYTES_MAX as usize) + (1 << 20);
+
+/// HTTP/2 flow-control window of one stream, for both directions. HTTP/2's
+/// default of 64 KiB makes a 1 MiB subscription batch or a stream of pipelined
+/// appends wait for sixteen window updates; 2 MiB lets a whole batch fly.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
+/// HTTP/2 flow-control window of a connection: what a peer may have in flight
+/// over all its streams, and so the most one connection can make the other side buffer.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 
 /// What a server needs.
 #[derive(Debug, Clone)]
@@ -154,6 +163,8 @@ impl RunningServer {
                 let _ = closing_sender.send(true);
             };
             tonic::transport::Server::builder()
+                .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

@@ -3,5 +3,8 @@
 
 tonic::include_proto!("stele.v1");
 
+/// `stele.v1.EventBatch` is hand-written: see [`super::wire`].
+pub use super::wire::EventBatch;
+
 /// The encoded file descriptor set of `stele.v1`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stele_descriptor.bin"));

@@ -260,13 +260,13 @@ async fn wrong_expected_sequence_is_failed_precondition_with_actual_sequence_and
     let status = raw
         .append(proto::AppendRequest {
             topic: "t".into(),
-            key: b"k".to_vec().into(),
+            key: b"k".to_vec(),
             expected: Some(proto::ExpectedSequence {
                 kind: Some(proto::expected_sequence::Kind::Exact(7)),
             }),
             events: vec![proto::Event {
                 r#type: "x".into(),
-                payload: b"3".to_vec().into(),
+                payload: b"3".to_vec(),
                 ..Default::default()
             }],
             producer: None,
