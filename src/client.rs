@@ -341,6 +341,8 @@ fn kind_of_code(code: u32) -> Option<ErrorKind> {
         proto::ErrorCode::Poisoned => ErrorKind::Poisoned,
         proto::ErrorCode::Locked => ErrorKind::Locked,
         proto::ErrorCode::Closed => ErrorKind::Closed,
+        proto::ErrorCode::WebhookNotFound => ErrorKind::WebhookNotFound,
+        proto::ErrorCode::WebhookExists => ErrorKind::WebhookExists,
     })
 }
 

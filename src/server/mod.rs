@@ -11,6 +11,7 @@ pub mod proto;
 mod service;
 pub mod status;
 mod subscription;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     pub auto_create_topics: bool,
     /// Options of topics created without explicit settings.
     pub default_topic: TopicOptions,
+    /// Webhook delivery: the SSRF allow-list, concurrency and default timeout.
+    pub webhooks: webhook::WebhookConfig,
 }
 
 impl ServerConfig {
@@ -55,6 +58,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)),
             auto_create_topics: true,
             default_topic: TopicOptions::default(),
+            webhooks: webhook::WebhookConfig::default(),
         }
     }
 }
@@ -65,6 +69,7 @@ pub struct RunningServer {
     log: Arc<Log>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    webhooks: Arc<webhook::Dispatcher>,
 }
 
 impl RunningServer {
@@ -84,6 +89,19 @@ impl RunningServer {
     /// # Errors
     /// I/O errors binding the listener.
     pub async fn start_with_log(log: Arc<Log>, config: ServerConfig) -> Result<RunningServer> {
+        RunningServer::start_with_observer(log, config, Arc::new(webhook::NoopObserver)).await
+    }
+
+    /// Starts serving an already open log, reporting webhook deliveries to
+    /// `observer`.
+    ///
+    /// # Errors
+    /// I/O errors binding the listener or opening the webhook store.
+    pub async fn start_with_observer(
+        log: Arc<Log>,
+        config: ServerConfig,
+        observer: Arc<dyn webhook::DeliveryObserver>,
+    ) -> Result<RunningServer> {
         config.default_topic.validate()?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -97,7 +115,8 @@ impl RunningServer {
             config.auto_create_topics,
         ));
         let (closing_sender, closing) = watch::channel(false);
-        let service = SteleService::new(backend, closing);
+        let webhooks = webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
+        let service = SteleService::new(backend, closing).with_webhooks(Arc::clone(&webhooks));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<proto::stele_server::SteleServer<SteleService>>()
@@ -147,6 +166,7 @@ impl RunningServer {
             log,
             stop: Some(stop),
             served: Some(served),
+            webhooks,
         })
     }
 
@@ -160,6 +180,11 @@ impl RunningServer {
         &self.log
     }
 
+    /// The webhook dispatcher.
+    pub fn webhooks(&self) -> &Arc<webhook::Dispatcher> {
+        &self.webhooks
+    }
+
     /// Stops accepting, finishes in-flight calls, then syncs and closes the log.
     ///
     /// # Errors
@@ -167,6 +192,7 @@ impl RunningServer {
     pub async fn shutdown(mut self) -> Result<()> {
         tracing::info!("shutting down: finishing in-flight calls");
         self.stop_serving().await;
+        self.webhooks.shutdown().await;
         let closed = self.log.close();
         tracing::info!("log closed");
         closed
