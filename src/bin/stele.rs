@@ -26,6 +26,9 @@ use stele::server::{MESSAGE_SIZE_BYTES_MAX, PORT_DEFAULT, RunningServer, ServerC
 use stele::{Durability, TopicOptions};
 use tonic::transport::Channel;
 
+#[path = "stele/webhook.rs"]
+mod webhook;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success; `verify` found no problems
@@ -33,7 +36,7 @@ Exit codes:
   2  usage error: bad arguments or configuration (also INVALID_ARGUMENT from the server)
   3  conflict: FAILED_PRECONDITION (wrong expected sequence, cursor moving backwards, ...),
      ALREADY_EXISTS (topic exists), ABORTED (producer fenced)
-  4  not found: unknown topic or cursor
+  4  not found: unknown topic, cursor or webhook
   5  server unavailable: connection refused, UNAVAILABLE, server shutting down";
 
 const URL_DEFAULT: &str = "http://127.0.0.1:7077";
@@ -68,6 +71,10 @@ enum Command {
     Cursor(CursorCommand),
     /// Check a data directory offline and report every problem with file and position.
     Verify(VerifyArgs),
+    /// Deliver a topic's events to HTTP endpoints (Standard Webhooks), manage dead letters,
+    /// and run a test receiver.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Drive a running server with load scenarios; one JSON line per run and per median.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
@@ -197,6 +204,19 @@ struct ServeArgs {
     /// applies when this flag is not given.
     #[arg(long, env = "STELE_LOG_LEVEL", value_name = "LEVEL", default_value = LOG_LEVEL_DEFAULT)]
     log_level: String,
+    /// Networks (CIDR or address) webhooks may target although they are private,
+    /// loopback or otherwise internal; repeat or separate with commas [default: none,
+    /// so only public addresses]. For local development: 127.0.0.0/8.
+    #[arg(long, env = "STELE_WEBHOOK_ALLOW", value_name = "CIDR", value_delimiter = ',')]
+    webhook_allow: Vec<String>,
+    /// Webhook requests in flight at once over all endpoints.
+    #[arg(long, env = "STELE_WEBHOOK_IN_FLIGHT", value_name = "N",
+          default_value_t = stele::server::webhook::IN_FLIGHT_MAX_DEFAULT)]
+    webhook_in_flight: usize,
+    /// Timeout of a webhook request for endpoints created without their own.
+    #[arg(long, env = "STELE_WEBHOOK_TIMEOUT", value_name = "DURATION",
+          default_value_t = Millis(stele::server::webhook::store::defaults::TIMEOUT_MS))]
+    webhook_timeout: Millis,
 }
 
 /// `stele serve`'s TOML file: every key is optional and named like its flag.
@@ -214,6 +234,9 @@ struct FileConfig {
     retention_bytes: Option<Scalar>,
     segment_size: Option<Scalar>,
     log_level: Option<String>,
+    webhook_allow: Option<Vec<String>>,
+    webhook_in_flight: Option<usize>,
+    webhook_timeout: Option<Scalar>,
 }
 
 /// A TOML value given either as a string with a unit or as a bare number.
@@ -795,7 +818,31 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
     default_topic
         .validate()
         .map_err(|error| CliError::Usage(format!("invalid topic defaults: {error}")))?;
+    let webhook_allow = pick(matches, "webhook_allow", args.webhook_allow, file.webhook_allow)
+        .iter()
+        .map(|text| {
+            text.parse::<stele::server::webhook::ssrf::Network>()
+                .map_err(|error| CliError::Usage(format!("--webhook-allow: {error}")))
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let webhook_in_flight = pick(matches, "webhook_in_flight", args.webhook_in_flight, file.webhook_in_flight);
+    let webhook_timeout = pick(
+        matches,
+        "webhook_timeout",
+        args.webhook_timeout,
+        parse(&file.webhook_timeout, "webhook-timeout")?,
+    );
+    if webhook_in_flight == 0 || webhook_timeout.0 == 0 {
+        return Err(CliError::Usage(
+            "--webhook-in-flight and --webhook-timeout must be above 0".to_string(),
+        ));
+    }
     let mut server = ServerConfig::new(data_dir);
+    server.webhooks = stele::server::webhook::WebhookConfig {
+        allow: webhook_allow,
+        in_flight_max: webhook_in_flight,
+        timeout_default_ms: webhook_timeout.0,
+    };
     server.listen = listen;
     server.auto_create_topics = auto_create;
     server.default_topic = default_topic;
@@ -1016,6 +1063,7 @@ fn client_command(command: Command) -> Result<u8, CliError> {
             Command::Read(args) => read(args).await,
             Command::Tail(args) => tail(args).await,
             Command::Cursor(command) => cursor(command).await,
+            Command::Webhook(command) => webhook::run(command).await,
             Command::Serve(_) | Command::Verify(_) | Command::Bench(_) => {
                 unreachable!("handled without a client")
             }
