@@ -1121,7 +1121,11 @@ impl Client {
             .await
             .map_err(|status| status_error(&url, &status))?
             .into_inner();
-        Ok(response.webhooks.into_iter().map(convert::webhook_from_proto).collect())
+        Ok(response
+            .webhooks
+            .into_iter()
+            .map(convert::webhook_from_proto)
+            .collect())
     }
 
     /// Pauses (`pause` true), resumes or deletes (`delete` true) a webhook endpoint.
@@ -1132,9 +1136,18 @@ impl Client {
         let (url, mut stub) = self.stub()?;
         let name = name.to_string();
         let result = match change {
-            WebhookChange::Pause => stub.pause_webhook(proto::PauseWebhookRequest { name }).await.map(|_| ()),
-            WebhookChange::Resume => stub.resume_webhook(proto::ResumeWebhookRequest { name }).await.map(|_| ()),
-            WebhookChange::Delete => stub.delete_webhook(proto::DeleteWebhookRequest { name }).await.map(|_| ()),
+            WebhookChange::Pause => stub
+                .pause_webhook(proto::PauseWebhookRequest { name })
+                .await
+                .map(|_| ()),
+            WebhookChange::Resume => stub
+                .resume_webhook(proto::ResumeWebhookRequest { name })
+                .await
+                .map(|_| ()),
+            WebhookChange::Delete => stub
+                .delete_webhook(proto::DeleteWebhookRequest { name })
+                .await
+                .map(|_| ()),
         };
         result.map_err(|status| status_error(&url, &status))
     }
@@ -1171,7 +1184,9 @@ impl Client {
     pub async fn redrive_dead_letters(&self, name: &str) -> ClientResult<u64> {
         let (url, mut stub) = self.stub()?;
         let response = stub
-            .redrive_dead_letters(proto::RedriveDeadLettersRequest { name: name.to_string() })
+            .redrive_dead_letters(proto::RedriveDeadLettersRequest {
+                name: name.to_string(),
+            })
             .await
             .map_err(|status| status_error(&url, &status))?
             .into_inner();

@@ -103,7 +103,10 @@ fn check(name: &str, stdout: &str, work: &Path) {
     match name {
         "tour" => {
             assert!(stdout.contains("conflict, exit 3"), "{stdout}");
-            assert!(stdout.contains("no problems") || work.join("stele-data").exists(), "{stdout}");
+            assert!(
+                stdout.contains("no problems") || work.join("stele-data").exists(),
+                "{stdout}"
+            );
         }
         "webhook-tour" => {
             assert_eq!(stdout.matches("signature ok").count(), 4, "{stdout}");

@@ -113,7 +113,9 @@ impl Receiver {
 
     /// Listens again on the same port.
     async fn up(&self) {
-        let listener = TcpListener::bind(self.address).await.expect("re-bind the receiver port");
+        let listener = TcpListener::bind(self.address)
+            .await
+            .expect("re-bind the receiver port");
         self.serve(listener);
     }
 
@@ -267,7 +269,10 @@ fn webhook(name: &str, url: &str, topic: &str, settings: WebhookSettings) -> New
 async fn append(client: &Client, topic: &str, key: &str, sequence: u64) {
     let payload = format!("{{\"key\":\"{key}\",\"n\":{sequence}}}");
     client
-        .append(topic, &AppendRequest::new(key.as_bytes(), vec![Event::new("tested", payload)]))
+        .append(
+            topic,
+            &AppendRequest::new(key.as_bytes(), vec![Event::new("tested", payload)]),
+        )
         .await
         .expect("append");
 }
@@ -328,13 +333,15 @@ async fn deliveries_survive_failures_in_order_per_key_with_stable_ids() {
     // honoured, and other keys flowing while one key waits.
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, client) = start_server(dir.path(), true).await;
-    let receiver = Receiver::start(Box::new(|delivery, earlier| match (delivery.key.as_str(), delivery.sequence) {
-        ("k0", 2) if earlier < 2 => Answer::Status(500),
-        ("k1", 1) if earlier < 1 => Answer::RetryAfter(429, 1),
-        ("k2", 3) if earlier < 1 => Answer::Reset,
-        ("k3", 0) if earlier < 1 => Answer::Hang,
-        ("k4", 4) if earlier < 1 => Answer::RetryAfter(503, 1),
-        _ => Answer::Status(200),
+    let receiver = Receiver::start(Box::new(|delivery, earlier| {
+        match (delivery.key.as_str(), delivery.sequence) {
+            ("k0", 2) if earlier < 2 => Answer::Status(500),
+            ("k1", 1) if earlier < 1 => Answer::RetryAfter(429, 1),
+            ("k2", 3) if earlier < 1 => Answer::Reset,
+            ("k3", 0) if earlier < 1 => Answer::Hang,
+            ("k4", 4) if earlier < 1 => Answer::RetryAfter(503, 1),
+            _ => Answer::Status(200),
+        }
     }))
     .await;
     let (_, secret) = client
@@ -348,15 +355,23 @@ async fn deliveries_survive_failures_in_order_per_key_with_stable_ids() {
         }
     }
     let records = receiver
-        .wait_until("every event delivered", |records| all_succeeded(records, &keys, 6))
+        .wait_until("every event delivered", |records| {
+            all_succeeded(records, &keys, 6)
+        })
         .await;
     assert_order_per_key(&records, &[]);
     assert_signatures(&records, &secret);
     // One webhook-id per event, kept across retries; distinct between events.
     let mut ids: HashMap<(String, u64), String> = HashMap::new();
     for record in &records {
-        let id = ids.entry((record.key.clone(), record.sequence)).or_insert(record.id.clone());
-        assert_eq!(*id, record.id, "retries of {}/{} keep their id", record.key, record.sequence);
+        let id = ids
+            .entry((record.key.clone(), record.sequence))
+            .or_insert(record.id.clone());
+        assert_eq!(
+            *id, record.id,
+            "retries of {}/{} keep their id",
+            record.key, record.sequence
+        );
     }
     let distinct: std::collections::HashSet<&String> = ids.values().collect();
     assert_eq!(distinct.len(), 30);
@@ -372,20 +387,33 @@ async fn deliveries_survive_failures_in_order_per_key_with_stable_ids() {
     assert_eq!(k0.len(), 3, "two 500s, then success");
     for (index, base_ms) in [(1usize, 20u64), (2, 40)] {
         let gap = k0[index].at - k0[index - 1].at;
-        assert!(gap >= Duration::from_millis(base_ms / 2), "backoff {gap:?} below {}", base_ms / 2);
-        assert!(gap <= Duration::from_millis(base_ms + 400), "backoff {gap:?} far above {base_ms}");
+        assert!(
+            gap >= Duration::from_millis(base_ms / 2),
+            "backoff {gap:?} below {}",
+            base_ms / 2
+        );
+        assert!(
+            gap <= Duration::from_millis(base_ms + 400),
+            "backoff {gap:?} far above {base_ms}"
+        );
     }
     // Retry-After: 1 is waited out for 429 and 503.
     for (key, sequence) in [("k1", 1), ("k4", 4)] {
         let tries = attempts(key, sequence);
         assert_eq!(tries.len(), 2);
-        assert!(tries[1].at - tries[0].at >= Duration::from_millis(990), "Retry-After honoured");
+        assert!(
+            tries[1].at - tries[0].at >= Duration::from_millis(990),
+            "Retry-After honoured"
+        );
     }
     // The reset and the timeout were retried.
     assert_eq!(attempts("k2", 3).len(), 2);
     let k3 = attempts("k3", 0);
     assert_eq!(k3.len(), 2);
-    assert!(k3[1].at - k3[0].at >= Duration::from_millis(300), "the hang lasted the timeout");
+    assert!(
+        k3[1].at - k3[0].at >= Duration::from_millis(300),
+        "the hang lasted the timeout"
+    );
     // While k3 waited for its timeout, other keys were delivered.
     assert!(
         records
@@ -426,7 +454,10 @@ async fn wait_dead_letters(
         if done(&letters) {
             return letters;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {letters:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {letters:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -457,7 +488,10 @@ async fn failing_events_are_dead_lettered_then_redriven_with_their_ids() {
     append(&client, "payments", "bad", 1).await;
     append(&client, "payments", "good", 0).await;
     append(&client, "payments", "gone", 0).await;
-    let letters = wait_dead_letters(&client, "letters", "three dead letters", |letters| letters.len() == 3).await;
+    let letters = wait_dead_letters(&client, "letters", "three dead letters", |letters| {
+        letters.len() == 3
+    })
+    .await;
     let records = receiver.records();
     assert_order_per_key(&records, &[("bad".to_string(), 0), ("bad".to_string(), 1)]);
     for letter in &letters {
@@ -467,7 +501,11 @@ async fn failing_events_are_dead_lettered_then_redriven_with_their_ids() {
             "bad" => {
                 assert_eq!(letter.attempts, 3);
                 assert_eq!(letter.last_status, 500);
-                assert!(letter.reason.contains("gave up after 3 attempts"), "{}", letter.reason);
+                assert!(
+                    letter.reason.contains("gave up after 3 attempts"),
+                    "{}",
+                    letter.reason
+                );
             }
             "gone" => {
                 assert_eq!(letter.attempts, 1);
@@ -486,8 +524,11 @@ async fn failing_events_are_dead_lettered_then_redriven_with_their_ids() {
     let ids: Vec<String> = letters.iter().map(|letter| letter.webhook_id.clone()).collect();
     let records = receiver
         .wait_until("redriven events delivered", |records| {
-            ids.iter()
-                .all(|id| records.iter().any(|record| record.id == *id && record.answer.is_success()))
+            ids.iter().all(|id| {
+                records
+                    .iter()
+                    .any(|record| record.id == *id && record.answer.is_success())
+            })
         })
         .await;
     // The redriven events are the originals: same id, same key, sequence and payload.
@@ -523,7 +564,10 @@ async fn wait_webhook(
         if done(view) {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {view:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {view:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -565,20 +609,34 @@ async fn breaker_opens_on_a_failing_receiver_and_closes_after_it_recovers() {
             all_succeeded(records, &keys, 5)
         })
         .await;
-    wait_webhook(&client, "flaky", "the breaker to open", |view| view.circuit == "open").await;
+    wait_webhook(&client, "flaky", "the breaker to open", |view| {
+        view.circuit == "open"
+    })
+    .await;
     // Failures 1..3 open the breaker; the 4th request is the probe after the pause,
     // and a failed probe opens it for another pause.
-    let records = failing.wait_until("two probes", |records| records.len() >= 5).await;
+    let records = failing
+        .wait_until("two probes", |records| records.len() >= 5)
+        .await;
     let pause = Duration::from_millis(pause_ms);
-    assert!(records[3].at - records[2].at >= pause - Duration::from_millis(5), "no request during the pause");
-    assert!(records[4].at - records[3].at >= pause - Duration::from_millis(5), "a failed probe re-opens");
+    assert!(
+        records[3].at - records[2].at >= pause - Duration::from_millis(5),
+        "no request during the pause"
+    );
+    assert!(
+        records[4].at - records[3].at >= pause - Duration::from_millis(5),
+        "a failed probe re-opens"
+    );
     failing.set_script(Box::new(|_, _| Answer::Status(200)));
     failing
         .wait_until("the flaky endpoint gets everything", |records| {
             all_succeeded(records, &keys, 5)
         })
         .await;
-    wait_webhook(&client, "flaky", "the breaker to close", |view| view.circuit == "closed").await;
+    wait_webhook(&client, "flaky", "the breaker to close", |view| {
+        view.circuit == "closed"
+    })
+    .await;
     assert_order_per_key(&failing.records(), &[]);
     server.shutdown().await.expect("shutdown");
 }
@@ -647,7 +705,9 @@ async fn endpoints_pause_resume_and_delete_and_private_targets_are_denied() {
         .await
         .expect("resume");
     receiver
-        .wait_until("delivery after resume", |records| all_succeeded(records, &["k"], 3))
+        .wait_until("delivery after resume", |records| {
+            all_succeeded(records, &["k"], 3)
+        })
         .await;
     client
         .change_webhook("pausable", WebhookChange::Delete)
@@ -675,10 +735,17 @@ async fn endpoints_pause_resume_and_delete_and_private_targets_are_denied() {
         .expect("create");
     let before = receiver.records().len();
     append(&client, "t", "k", 0).await;
-    let letters = wait_dead_letters(&client, "internal", "a refused target", |letters| letters.len() == 1).await;
+    let letters = wait_dead_letters(&client, "internal", "a refused target", |letters| {
+        letters.len() == 1
+    })
+    .await;
     assert!(letters[0].reason.contains("loopback"), "{}", letters[0].reason);
     assert_eq!(letters[0].attempts, 1);
-    assert_eq!(receiver.records().len(), before, "the receiver was never contacted");
+    assert_eq!(
+        receiver.records().len(),
+        before,
+        "the receiver was never contacted"
+    );
     server.shutdown().await.expect("shutdown");
 }
 
@@ -691,7 +758,14 @@ struct ServeProcess {
 fn spawn_serve(data_dir: &Path) -> ServeProcess {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_stele"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--webhook-allow", "127.0.0.0/8", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-allow",
+            "127.0.0.0/8",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -723,7 +797,11 @@ async fn delivery_resumes_in_order_after_the_server_is_killed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start(Box::new(|delivery, _| {
         // Slow answers keep deliveries in flight when the kill comes.
-        std::thread::sleep(Duration::from_millis(if delivery.sequence % 7 == 0 { 30 } else { 2 }));
+        std::thread::sleep(Duration::from_millis(if delivery.sequence % 7 == 0 {
+            30
+        } else {
+            2
+        }));
         Answer::Status(200)
     }))
     .await;
@@ -747,15 +825,24 @@ async fn delivery_resumes_in_order_after_the_server_is_killed() {
                 AppendRequest::new(key.as_bytes(), vec![Event::new("tested", payload)])
             })
             .collect();
-        for result in client.append_batch("stream", &requests).await.expect("append batch") {
+        for result in client
+            .append_batch("stream", &requests)
+            .await
+            .expect("append batch")
+        {
             result.expect("append");
         }
     }
-    receiver.wait_until("deliveries under way", |records| records.len() >= 60).await;
+    receiver
+        .wait_until("deliveries under way", |records| records.len() >= 60)
+        .await;
     serve.child.kill().expect("SIGKILL");
     serve.child.wait().expect("reap");
     let delivered_before = receiver.records().len();
-    assert!(delivered_before < (keys.len() as u64 * per_key) as usize, "killed mid-delivery");
+    assert!(
+        delivered_before < (keys.len() as u64 * per_key) as usize,
+        "killed mid-delivery"
+    );
     let mut serve = spawn_serve(dir.path());
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let records = receiver
@@ -775,7 +862,11 @@ async fn delivery_resumes_in_order_after_the_server_is_killed() {
         for sequence in 1..per_key {
             let previous = first[&(key.clone(), sequence - 1)].0;
             let current = first[&(key.clone(), sequence)].0;
-            assert!(previous <= current, "{key}: {sequence} first arrived before {}", sequence - 1);
+            assert!(
+                previous <= current,
+                "{key}: {sequence} first arrived before {}",
+                sequence - 1
+            );
         }
     }
     println!(
@@ -801,7 +892,14 @@ fn python_with_standardwebhooks() -> PathBuf {
             .expect("python3 runs");
         assert!(status.success(), "python3 -m venv failed");
         let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "standardwebhooks"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "standardwebhooks",
+            ])
             .status()
             .expect("pip runs");
         assert!(status.success(), "pip install standardwebhooks failed");
@@ -857,7 +955,9 @@ fn signatures_verify_with_the_standardwebhooks_package() {
         let mut cases = Vec::new();
         for (receiver, secret) in [(&receiver, &generated), (&second, &given)] {
             let records = receiver
-                .wait_until("three deliveries", |records| all_succeeded(records, &["user-1"], 3))
+                .wait_until("three deliveries", |records| {
+                    all_succeeded(records, &["user-1"], 3)
+                })
                 .await;
             for record in records {
                 use base64::Engine;

@@ -825,7 +825,12 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
                 .map_err(|error| CliError::Usage(format!("--webhook-allow: {error}")))
         })
         .collect::<Result<Vec<_>, CliError>>()?;
-    let webhook_in_flight = pick(matches, "webhook_in_flight", args.webhook_in_flight, file.webhook_in_flight);
+    let webhook_in_flight = pick(
+        matches,
+        "webhook_in_flight",
+        args.webhook_in_flight,
+        file.webhook_in_flight,
+    );
     let webhook_timeout = pick(
         matches,
         "webhook_timeout",

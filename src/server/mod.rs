@@ -115,7 +115,8 @@ impl RunningServer {
             config.auto_create_topics,
         ));
         let (closing_sender, closing) = watch::channel(false);
-        let webhooks = webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
+        let webhooks =
+            webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
         let service = SteleService::new(backend, closing).with_webhooks(Arc::clone(&webhooks));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter

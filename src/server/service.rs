@@ -434,7 +434,9 @@ impl Stele for SteleService {
         request: Request<proto::RedriveDeadLettersRequest>,
     ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
         let redriven_count = self.webhooks()?.redrive(&request.into_inner().name).await?;
-        Ok(Response::new(proto::RedriveDeadLettersResponse { redriven_count }))
+        Ok(Response::new(proto::RedriveDeadLettersResponse {
+            redriven_count,
+        }))
     }
 }
 

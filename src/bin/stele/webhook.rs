@@ -10,13 +10,13 @@ use stele::server::proto;
 use stele::server::webhook::signature;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ClientArgs, CliError, EXIT_OK, Millis, connect};
+use super::{CliError, ClientArgs, EXIT_OK, Millis, connect};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum WebhookCommand {
     /// Register an endpoint: events of TOPIC are POSTed to URL, signed, at least once,
     /// in order per key. Prints the signing secret (shown only once).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Every endpoint with its state, circuit breaker, lag and last error.
     List {
         #[command(flatten)]
@@ -141,10 +141,13 @@ pub(crate) struct ListenArgs {
 
 pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
     match command {
-        WebhookCommand::Create(args) => create(args).await,
+        WebhookCommand::Create(args) => create(*args).await,
         WebhookCommand::List { client } => {
             let mut stub = connect(&client.url).await?;
-            let response = stub.list_webhooks(proto::ListWebhooksRequest {}).await?.into_inner();
+            let response = stub
+                .list_webhooks(proto::ListWebhooksRequest {})
+                .await?
+                .into_inner();
             if !client.json && response.webhooks.is_empty() {
                 println!("no webhooks");
             }
@@ -198,7 +201,10 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
                 .await?
                 .into_inner();
             if client.json {
-                println!("{}", json!({"webhook": name, "redriven": response.redriven_count}));
+                println!(
+                    "{}",
+                    json!({"webhook": name, "redriven": response.redriven_count})
+                );
             } else {
                 println!("redriving {} dead letters to {name}", response.redriven_count);
             }

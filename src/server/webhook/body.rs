@@ -81,7 +81,11 @@ fn rfc3339_ms(timestamp_ms: i64) -> String {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
@@ -112,8 +116,12 @@ mod tests {
     #[test]
     fn json_payloads_are_embedded_and_others_base64() {
         // Goal: the body carries every field; JSON payloads stay JSON, binary becomes base64.
-        let headers = vec![("trace".to_string(), b"abc".to_vec()), ("bin".to_string(), vec![0xff])];
-        let body: Value = serde_json::from_slice(&render(&event(br#"{"n":1}"#, b"order-1", &headers))).expect("json");
+        let headers = vec![
+            ("trace".to_string(), b"abc".to_vec()),
+            ("bin".to_string(), vec![0xff]),
+        ];
+        let body: Value =
+            serde_json::from_slice(&render(&event(br#"{"n":1}"#, b"order-1", &headers))).expect("json");
         assert_eq!(body["payload"], json!({"n": 1}));
         assert_eq!(body["payload_encoding"], "json");
         assert_eq!(body["key"], "order-1");

@@ -131,7 +131,9 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant) {
-        self.state = CircuitState::Open { until: now + self.pause };
+        self.state = CircuitState::Open {
+            until: now + self.pause,
+        };
     }
 }
 
@@ -155,7 +157,11 @@ mod tests {
         assert_eq!(breaker.state(start).gauge(), 2);
         let later = start + pause;
         assert_eq!(breaker.admit(later), Admission::Probe);
-        assert_eq!(breaker.admit(later), Admission::Wait(None), "only one probe at a time");
+        assert_eq!(
+            breaker.admit(later),
+            Admission::Wait(None),
+            "only one probe at a time"
+        );
         assert_eq!(breaker.state(later).gauge(), 1);
         breaker.record(false, true, later);
         assert_eq!(breaker.state(later), CircuitState::Closed { failures: 0 });

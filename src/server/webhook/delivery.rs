@@ -207,7 +207,13 @@ pub(super) async fn run(
     status: Arc<EndpointStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut streams = vec![open_stream(&shared, &endpoint.topic, cursor_name(&endpoint.name), None, false)?];
+    let mut streams = vec![open_stream(
+        &shared,
+        &endpoint.topic,
+        cursor_name(&endpoint.name),
+        None,
+        false,
+    )?];
     if endpoint.redrive_until.iter().any(|(_, until)| *until > 0) {
         streams.push(open_stream(
             &shared,
@@ -313,7 +319,8 @@ fn open_stream(
 
 impl Loop {
     fn has_room(&self) -> bool {
-        self.buffered_count < WEBHOOK_BUFFERED_EVENTS_COUNT_MAX && self.buffered_size < WEBHOOK_BUFFERED_SIZE_BYTES_MAX
+        self.buffered_count < WEBHOOK_BUFFERED_EVENTS_COUNT_MAX
+            && self.buffered_size < WEBHOOK_BUFFERED_SIZE_BYTES_MAX
     }
 
     /// Reads what fits into the buffer; returns whether anything was read.
@@ -337,31 +344,43 @@ impl Loop {
         let lane = &stream.lanes[lane_index];
         let partition = PartitionId(lane_index as u32);
         let high_watermark = backend.high_watermark(&stream.topic, partition)?.0;
-        let end = lane.until.map_or(high_watermark, |until| until.min(high_watermark));
+        let end = lane
+            .until
+            .map_or(high_watermark, |until| until.min(high_watermark));
         if lane.next >= end {
             return Ok(false);
         }
-        let count_max = ((end - lane.next) as usize).min(WEBHOOK_BUFFERED_EVENTS_COUNT_MAX - self.buffered_count);
-        let bytes_max = WEBHOOK_BUFFERED_SIZE_BYTES_MAX.saturating_sub(self.buffered_size).max(1);
+        let count_max =
+            ((end - lane.next) as usize).min(WEBHOOK_BUFFERED_EVENTS_COUNT_MAX - self.buffered_count);
+        let bytes_max = WEBHOOK_BUFFERED_SIZE_BYTES_MAX
+            .saturating_sub(self.buffered_size)
+            .max(1);
         let endpoint = Arc::clone(&self.endpoint);
         let topic = stream.topic.clone();
         let redrive = stream.redrive;
         let mut jobs = Vec::new();
-        let scanned = backend.scan(&topic, partition, Offset(lane.next), count_max, bytes_max, &mut |view| {
-            if view.offset.0 >= end {
-                return false;
-            }
-            if redrive {
-                if dead_letter_endpoint(view) == Some(endpoint.name.as_bytes())
-                    && let Some(job) = Job::from_dead_letter(stream_index, partition.0, view)
-                {
-                    jobs.push(job);
+        let scanned = backend.scan(
+            &topic,
+            partition,
+            Offset(lane.next),
+            count_max,
+            bytes_max,
+            &mut |view| {
+                if view.offset.0 >= end {
+                    return false;
                 }
-            } else if matches(&endpoint, view) {
-                jobs.push(Job::from_event(stream_index, &topic, partition.0, view));
-            }
-            true
-        });
+                if redrive {
+                    if dead_letter_endpoint(view) == Some(endpoint.name.as_bytes())
+                        && let Some(job) = Job::from_dead_letter(stream_index, partition.0, view)
+                    {
+                        jobs.push(job);
+                    }
+                } else if matches(&endpoint, view) {
+                    jobs.push(Job::from_event(stream_index, &topic, partition.0, view));
+                }
+                true
+            },
+        );
         let next = match scanned {
             Ok(next) => next.0.min(end),
             Err(Error::OffsetOutOfRange { earliest, .. }) => {
@@ -396,7 +415,12 @@ impl Loop {
             let Some(order_key) = self.runnable.pop_front() else {
                 break;
             };
-            let Some(job) = self.queues.get(&order_key).and_then(|queue| queue.front()).cloned() else {
+            let Some(job) = self
+                .queues
+                .get(&order_key)
+                .and_then(|queue| queue.front())
+                .cloned()
+            else {
                 continue;
             };
             let shared = Arc::clone(&self.shared);
@@ -453,7 +477,9 @@ impl Loop {
             }
             if stream_index == 0 {
                 for (index, lane) in stream.lanes.iter().enumerate() {
-                    let high_watermark = backend.high_watermark(&stream.topic, PartitionId(index as u32))?.0;
+                    let high_watermark = backend
+                        .high_watermark(&stream.topic, PartitionId(index as u32))?
+                        .0;
                     lag += high_watermark.saturating_sub(lane.committed);
                 }
             }
@@ -575,7 +601,9 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, 
                 shared.observer.outcome(name, "success", class);
                 let latency_ms = now_ms().saturating_sub(job.timestamp_ms).max(0) as u64;
                 shared.observer.delivered(name, Duration::from_millis(latency_ms));
-                status.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                status
+                    .delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Finish::Delivered;
             }
             Verdict::Permanent => {
@@ -632,7 +660,10 @@ async fn dead_letter(
         (dl::PARTITION.to_string(), job.partition.to_string().into_bytes()),
         (dl::OFFSET.to_string(), job.offset.to_string().into_bytes()),
         (dl::SEQUENCE.to_string(), job.sequence.to_string().into_bytes()),
-        (dl::TIMESTAMP_MS.to_string(), job.timestamp_ms.to_string().into_bytes()),
+        (
+            dl::TIMESTAMP_MS.to_string(),
+            job.timestamp_ms.to_string().into_bytes(),
+        ),
         (dl::WEBHOOK_ID.to_string(), job.webhook_id.as_bytes().to_vec()),
     ]);
     // The idempotency id makes a dead letter appended again after a crash a

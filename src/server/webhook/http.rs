@@ -78,7 +78,9 @@ pub struct HttpClient {
 
 impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpClient").field("policy", &self.policy).finish()
+        f.debug_struct("HttpClient")
+            .field("policy", &self.policy)
+            .finish()
     }
 }
 
@@ -100,13 +102,12 @@ impl HttpClient {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS configuration: {error}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|error| format!("TLS configuration: {error}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         Ok(HttpClient {
             policy: Arc::new(policy),
             tls: TlsConnector::from(Arc::new(config)),
@@ -132,15 +133,16 @@ impl HttpClient {
 
     async fn post_unbounded(&self, target: &Target, headers: &[(&'static str, String)], body: Bytes) -> Sent {
         let failed = |result, message: String| Sent { result, message };
-        let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
-            Ok(addresses) => addresses.collect(),
-            Err(error) => {
-                return failed(
-                    AttemptResult::Connection,
-                    format!("cannot resolve {}: {error}", target.host),
-                );
-            }
-        };
+        let addresses: Vec<SocketAddr> =
+            match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
+                Ok(addresses) => addresses.collect(),
+                Err(error) => {
+                    return failed(
+                        AttemptResult::Connection,
+                        format!("cannot resolve {}: {error}", target.host),
+                    );
+                }
+            };
         let mut denied = None;
         let mut last_error = None;
         let mut stream = None;
@@ -214,7 +216,10 @@ fn build_request(
         .uri(target.path_and_query.as_str())
         .header(hyper::header::HOST, target.authority.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, concat!("stele-webhook/", env!("CARGO_PKG_VERSION")));
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("stele-webhook/", env!("CARGO_PKG_VERSION")),
+        );
     for (name, value) in headers {
         builder = builder.header(*name, value.as_str());
     }

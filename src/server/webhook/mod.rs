@@ -295,7 +295,9 @@ pub struct Dispatcher {
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher").field("config", &self.config).finish()
+        f.debug_struct("Dispatcher")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -428,7 +430,9 @@ impl Dispatcher {
             return Err(Error::InvalidArgument("key prefix longer than a key".to_string()));
         }
         let secret = match &request.secret {
-            Some(text) if !text.is_empty() => signature::decode_secret(text).map_err(Error::InvalidArgument)?,
+            Some(text) if !text.is_empty() => {
+                signature::decode_secret(text).map_err(Error::InvalidArgument)?
+            }
             _ => signature::generate_secret().map_err(Error::Config)?,
         };
         let settings = self.settings(&request.topic, &request.settings)?;
@@ -560,7 +564,11 @@ impl Dispatcher {
 
     /// Every endpoint with its state.
     pub fn list(&self) -> Vec<WebhookView> {
-        self.store.list().into_iter().map(|endpoint| self.view(endpoint)).collect()
+        self.store
+            .list()
+            .into_iter()
+            .map(|endpoint| self.view(endpoint))
+            .collect()
     }
 
     /// Stops delivering to an endpoint, durably; in-flight requests are
@@ -598,7 +606,10 @@ impl Dispatcher {
         self.store.delete(name)?;
         for (topic, cursor) in [
             (&endpoint.topic, delivery::cursor_name(name)),
-            (&endpoint.settings.dead_letter_topic, delivery::redrive_cursor_name(name)),
+            (
+                &endpoint.settings.dead_letter_topic,
+                delivery::redrive_cursor_name(name),
+            ),
         ] {
             match self.shared.backend.delete_cursor(topic, &cursor) {
                 Ok(()) | Err(Error::CursorNotFound(_)) | Err(Error::TopicNotFound(_)) => {}
@@ -694,7 +705,9 @@ impl Dispatcher {
             count += 1;
             true
         })?;
-        let endpoint = self.store.update(name, |endpoint| endpoint.redrive_until = marks)?;
+        let endpoint = self
+            .store
+            .update(name, |endpoint| endpoint.redrive_until = marks)?;
         if !endpoint.paused {
             self.stop_worker(name).await;
             self.spawn(endpoint);

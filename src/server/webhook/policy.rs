@@ -158,7 +158,11 @@ fn parse_http_date(value: &str) -> Option<u64> {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm), for years >= 1970.
-    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y / 400;
     let year_of_era = y - era * 400;
     let day_of_year = (153 * m + 2) / 5 + day - 1;
@@ -252,7 +256,10 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_770),
             Some(Duration::from_secs(7))
         );
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_800), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_800),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", 0), None);
     }
 }

@@ -149,7 +149,13 @@ mod tests {
         assert_eq!(message_id("t", 0, 5, None), message_id("t", 0, 5, None));
         assert_ne!(message_id("t", 0, 5, None), message_id("t", 0, 6, None));
         assert_ne!(message_id("t", 0, 5, None), message_id("t", 1, 5, None));
-        assert_eq!(message_id("t", 0, 5, Some(b"a")), message_id("t", 3, 9, Some(b"a")));
-        assert_ne!(message_id("t", 0, 5, Some(b"a")), message_id("u", 0, 5, Some(b"a")));
+        assert_eq!(
+            message_id("t", 0, 5, Some(b"a")),
+            message_id("t", 3, 9, Some(b"a"))
+        );
+        assert_ne!(
+            message_id("t", 0, 5, Some(b"a")),
+            message_id("u", 0, 5, Some(b"a"))
+        );
     }
 }

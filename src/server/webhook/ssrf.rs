@@ -29,7 +29,9 @@ impl Network {
                 u32::from(network) & mask == u32::from(address) & mask
             }
             (IpAddr::V6(network), IpAddr::V6(address)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
                 u128::from(network) & mask == u128::from(address) & mask
             }
             _ => false,
@@ -169,9 +171,7 @@ impl AddressPolicy {
         match denial(address) {
             None => Ok(()),
             Some(_) if self.allow.iter().any(|network| network.contains(address)) => Ok(()),
-            Some(reason) => Err(format!(
-                "{address} is a {reason}; allow it with --webhook-allow"
-            )),
+            Some(reason) => Err(format!("{address} is a {reason}; allow it with --webhook-allow")),
         }
     }
 }
@@ -219,7 +219,14 @@ mod tests {
         ] {
             assert!(denial(ip(denied)).is_some(), "{denied} must be denied");
         }
-        for allowed in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for allowed in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert_eq!(denial(ip(allowed)), None, "{allowed} must be allowed");
         }
     }
@@ -228,14 +235,22 @@ mod tests {
     fn allow_list_overrides_denial_only_inside_its_networks() {
         // Goal: an allow-listed network opens exactly its addresses, mapped forms included.
         let policy = AddressPolicy {
-            allow: vec!["127.0.0.0/8".parse().expect("network"), "::1".parse().expect("network")],
+            allow: vec![
+                "127.0.0.0/8".parse().expect("network"),
+                "::1".parse().expect("network"),
+            ],
         };
         assert!(policy.check(ip("127.0.0.1")).is_ok());
         assert!(policy.check(ip("::ffff:127.0.0.2")).is_ok());
         assert!(policy.check(ip("::1")).is_ok());
         assert!(policy.check(ip("10.0.0.1")).is_err());
         assert!(AddressPolicy::default().check(ip("127.0.0.1")).is_err());
-        assert!("0.0.0.0/0".parse::<Network>().expect("network").contains(ip("10.0.0.1")));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Network>()
+                .expect("network")
+                .contains(ip("10.0.0.1"))
+        );
         assert!("10.0.0.0/33".parse::<Network>().is_err());
         assert!("nope".parse::<Network>().is_err());
     }

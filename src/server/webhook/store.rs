@@ -17,8 +17,8 @@ use crate::format::{DecodeError, Put, Reader};
 use crate::io::Storage;
 use crate::journal::{COMPACT_SIZE_BYTES_MIN, Journal, encode_frame};
 use crate::limits::{
-    HEADER_NAME_SIZE_MAX, KEY_SIZE_MAX, PARTITIONS_COUNT_MAX, TOPIC_NAME_SIZE_MAX, WEBHOOK_EVENT_TYPES_COUNT_MAX,
-    WEBHOOK_NAME_SIZE_MAX, WEBHOOK_URL_SIZE_MAX, WEBHOOKS_COUNT_MAX,
+    EVENT_TYPE_SIZE_MAX, KEY_SIZE_MAX, PARTITIONS_COUNT_MAX, TOPIC_NAME_SIZE_MAX,
+    WEBHOOK_EVENT_TYPES_COUNT_MAX, WEBHOOK_NAME_SIZE_MAX, WEBHOOK_URL_SIZE_MAX, WEBHOOKS_COUNT_MAX,
 };
 
 use super::signature::SECRET_SIZE_MAX;
@@ -43,7 +43,7 @@ const RECORD_SIZE_MAX: u32 = (1
     + SECRET_SIZE_MAX
     + 1
     + 2
-    + WEBHOOK_EVENT_TYPES_COUNT_MAX * (2 + HEADER_NAME_SIZE_MAX)
+    + WEBHOOK_EVENT_TYPES_COUNT_MAX * (2 + EVENT_TYPE_SIZE_MAX)
     + 2
     + KEY_SIZE_MAX
     + 4 * 3
@@ -194,7 +194,7 @@ fn decode_put(reader: &mut Reader<'_>, name: String) -> std::result::Result<Endp
     crate::format::check_len(types_count as u64, WEBHOOK_EVENT_TYPES_COUNT_MAX as u64)?;
     let mut event_types = Vec::with_capacity(types_count);
     for _ in 0..types_count {
-        event_types.push(decode_string(reader, HEADER_NAME_SIZE_MAX)?);
+        event_types.push(decode_string(reader, EVENT_TYPE_SIZE_MAX)?);
     }
     let key_prefix = reader.bytes16(KEY_SIZE_MAX)?.to_vec();
     let settings = DeliverySettings {
@@ -228,10 +228,7 @@ fn decode_put(reader: &mut Reader<'_>, name: String) -> std::result::Result<Endp
 }
 
 /// Applies one journal record to the map.
-fn replay(
-    endpoints: &mut BTreeMap<String, Endpoint>,
-    body: &[u8],
-) -> std::result::Result<(), DecodeError> {
+fn replay(endpoints: &mut BTreeMap<String, Endpoint>, body: &[u8]) -> std::result::Result<(), DecodeError> {
     let mut reader = Reader::new(body);
     let kind = reader.u8()?;
     let name = decode_string(&mut reader, WEBHOOK_NAME_SIZE_MAX)?;
@@ -280,9 +277,16 @@ impl WebhookStore {
         let path: PathBuf = dir.join(WEBHOOKS_FILE);
         let mut endpoints = BTreeMap::new();
         let replay_path = path.clone();
-        let journal = Journal::open(storage, path, WEBHOOK_MAGIC, RECORD_SIZE_MAX, &mut |position, body| {
-            replay(&mut endpoints, body).map_err(|reason| Error::corruption(&replay_path, position, reason))
-        })?;
+        let journal = Journal::open(
+            storage,
+            path,
+            WEBHOOK_MAGIC,
+            RECORD_SIZE_MAX,
+            &mut |position, body| {
+                replay(&mut endpoints, body)
+                    .map_err(|reason| Error::corruption(&replay_path, position, reason))
+            },
+        )?;
         Ok(WebhookStore {
             state: Mutex::new((journal, endpoints)),
         })
@@ -415,8 +419,13 @@ mod tests {
             let store = WebhookStore::open(Arc::clone(&storage), dir.path()).expect("open");
             store.create(endpoint("a")).expect("create a");
             store.create(endpoint("b")).expect("create b");
-            assert!(matches!(store.create(endpoint("a")), Err(Error::WebhookExists(_))));
-            store.update("a", |endpoint| endpoint.paused = true).expect("pause");
+            assert!(matches!(
+                store.create(endpoint("a")),
+                Err(Error::WebhookExists(_))
+            ));
+            store
+                .update("a", |endpoint| endpoint.paused = true)
+                .expect("pause");
             store.delete("b").expect("delete");
             assert!(matches!(store.delete("b"), Err(Error::WebhookNotFound(_))));
         }
@@ -438,13 +447,31 @@ mod tests {
         }
         let path = dir.path().join(WEBHOOKS_FILE);
         let length = std::fs::metadata(&path).expect("stat").len();
-        let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open file");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open file");
         file.set_len(length - 3).expect("truncate");
         let store = WebhookStore::open(storage, dir.path()).expect("reopen");
         assert_eq!(store.list(), vec![endpoint("a")]);
         let mut endpoints = BTreeMap::new();
         assert!(replay(&mut endpoints, &[9, 0, 0]).is_err());
         assert!(replay(&mut endpoints, &[KIND_PUT, 1, 0, b'x', 0]).is_err());
+    }
+
+    #[test]
+    fn the_committed_v1_journal_still_opens() {
+        // Goal: the format v1 fixture (create two, pause one, delete the other)
+        // replays with the current code to the same definition.
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/webhooks-v1")
+            .join(WEBHOOKS_FILE);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(&fixture, dir.path().join(WEBHOOKS_FILE)).expect("copy the fixture");
+        let store = WebhookStore::open(Arc::new(StdStorage), dir.path()).expect("open");
+        let mut expected = endpoint("orders-crm");
+        expected.paused = true;
+        assert_eq!(store.list(), vec![expected]);
     }
 
     #[test]
