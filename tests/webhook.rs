@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use stele::client::{Client, WebhookChange};
 use stele::server::webhook::signature;
-use stele::server::webhook::{NewWebhook, WebhookSettings};
+use stele::server::webhook::{DeliveryObserver, NewWebhook, NoopObserver, WebhookSettings};
 use stele::server::{RunningServer, ServerConfig};
 use stele::{AppendRequest, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -228,14 +228,71 @@ async fn read_request(stream: &mut TcpStream) -> Option<(HashMap<String, String>
     Some((headers, body))
 }
 
+/// Records every observation as a line, for assertions on the metrics interface.
+#[derive(Default)]
+struct RecordingObserver {
+    lines: Mutex<Vec<String>>,
+}
+
+impl RecordingObserver {
+    fn push(&self, line: String) {
+        self.lines.lock().expect("lock").push(line);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+}
+
+impl DeliveryObserver for RecordingObserver {
+    fn attempt(&self, endpoint: &str) {
+        self.push(format!("attempt {endpoint}"));
+    }
+    fn outcome(&self, endpoint: &str, outcome: &str, status_class: &str) {
+        self.push(format!("outcome {endpoint} {outcome} {status_class}"));
+    }
+    fn retry_delay(&self, endpoint: &str, delay: Duration) {
+        self.push(format!("retry_delay {endpoint} {}", delay.as_millis()));
+    }
+    fn delivered(&self, endpoint: &str, _latency: Duration) {
+        self.push(format!("delivered {endpoint}"));
+    }
+    fn lag(&self, endpoint: &str, events: u64) {
+        self.push(format!("lag {endpoint} {events}"));
+    }
+    fn circuit(&self, endpoint: &str, state: i64) {
+        self.push(format!("circuit {endpoint} {state}"));
+    }
+    fn dead_lettered(&self, endpoint: &str) {
+        self.push(format!("dead_lettered {endpoint}"));
+    }
+    fn remove(&self, endpoint: &str) {
+        self.push(format!("remove {endpoint}"));
+    }
+}
+
 /// A server on port 0 whose webhooks may target loopback (or not).
 async fn start_server(dir: &Path, allow_loopback: bool) -> (RunningServer, Client) {
+    start_observed_server(dir, allow_loopback, Arc::new(NoopObserver)).await
+}
+
+async fn start_observed_server(
+    dir: &Path,
+    allow_loopback: bool,
+    observer: Arc<dyn DeliveryObserver>,
+) -> (RunningServer, Client) {
     let mut config = ServerConfig::new(dir);
     config.listen = "127.0.0.1:0".parse().expect("address");
     if allow_loopback {
         config.webhooks.allow = vec!["127.0.0.0/8".parse().expect("network")];
     }
-    let server = RunningServer::start(config).await.expect("server starts");
+    let server = RunningServer::start_with_observer(
+        Arc::new(stele::Log::open(dir, stele::LogOptions::default()).expect("open the log")),
+        config,
+        observer,
+    )
+    .await
+    .expect("server starts");
     let client = Client::connect(format!("http://{}", server.local_addr()))
         .await
         .expect("connect");
@@ -579,7 +636,8 @@ async fn breaker_opens_on_a_failing_receiver_and_closes_after_it_recovers() {
     // topic is unaffected; once the receiver recovers the breaker closes and every
     // event arrives in order.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, client) = start_server(dir.path(), true).await;
+    let observer = Arc::new(RecordingObserver::default());
+    let (server, client) = start_observed_server(dir.path(), true, observer.clone()).await;
     let failing = Receiver::start(Box::new(|_, _| Answer::Status(503))).await;
     let healthy = Receiver::start(Box::new(|_, _| Answer::Status(200))).await;
     let pause_ms = 400;
@@ -638,6 +696,34 @@ async fn breaker_opens_on_a_failing_receiver_and_closes_after_it_recovers() {
     })
     .await;
     assert_order_per_key(&failing.records(), &[]);
+    // The observer saw the same story (once the server has counted every delivery).
+    for name in ["flaky", "steady"] {
+        wait_webhook(&client, name, "every delivery counted", |view| {
+            view.delivered_count == 20 && view.lag == 0
+        })
+        .await;
+    }
+    let lines = observer.lines();
+    let count = |line: &str| lines.iter().filter(|seen| *seen == line).count();
+    let opened = lines
+        .iter()
+        .position(|line| line == "circuit flaky 2")
+        .expect("open gauge");
+    assert!(
+        lines[opened..].iter().any(|line| line == "circuit flaky 0"),
+        "closed gauge after open"
+    );
+    assert_eq!(count("delivered flaky"), 20);
+    assert_eq!(count("delivered steady"), 20);
+    assert!(count("outcome flaky retry 5xx") >= 5);
+    assert_eq!(count("outcome steady success 2xx"), 20);
+    assert_eq!(
+        count("attempt flaky"),
+        failing.records().len(),
+        "one attempt per request received"
+    );
+    assert!(lines.iter().any(|line| line.starts_with("retry_delay flaky ")));
+    assert!(lines.iter().any(|line| line == "lag steady 0"));
     server.shutdown().await.expect("shutdown");
 }
 
@@ -994,4 +1080,91 @@ fn signatures_verify_with_the_standardwebhooks_package() {
         String::from_utf8_lossy(&output.stdout).trim(),
         format!("verified {}", cases.len())
     );
+}
+
+/// Runs `stele ARGS --url URL`; returns the exit code and stdout.
+fn stele(url: &str, args: &[&str]) -> (i32, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stele"));
+    command.args(args).args(["--url", url]);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("STELE_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command.output().expect("stele runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_webhook_command_manages_endpoints_with_documented_exit_codes() {
+    // Goal: `stele webhook` creates (printing the secret once), lists as text and
+    // JSON, pauses, resumes and deletes; an unknown endpoint exits 4, a duplicate 3,
+    // a bad URL 2.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = spawn_serve(dir.path());
+    let url = serve.url.clone();
+    let (code, out) = stele(
+        &url,
+        &[
+            "webhook",
+            "create",
+            "crm",
+            "https://hooks.example.com/in",
+            "--topic",
+            "orders",
+            "--type",
+            "paid",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let created: Value = serde_json::from_str(out.trim()).expect("json");
+    assert!(created["secret"].as_str().expect("secret").starts_with("whsec_"));
+    assert_eq!(created["event_types"][0], "paid");
+    assert_eq!(created["settings"]["dead_letter_topic"], "orders.dead-letter");
+    let (code, out) = stele(
+        &url,
+        &[
+            "webhook",
+            "create",
+            "crm",
+            "https://hooks.example.com/in",
+            "--topic",
+            "orders",
+        ],
+    );
+    assert_eq!(code, 3, "{out}");
+    let (code, _) = stele(
+        &url,
+        &[
+            "webhook",
+            "create",
+            "other",
+            "ftp://example.com/",
+            "--topic",
+            "orders",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(stele(&url, &["webhook", "pause", "crm"]).0, 0);
+    let (code, out) = stele(&url, &["webhook", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("crm  paused  circuit=closed"), "{out}");
+    assert_eq!(stele(&url, &["webhook", "resume", "crm"]).0, 0);
+    let (_, out) = stele(&url, &["webhook", "list", "--json"]);
+    let listed: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(listed["state"], "active");
+    assert_eq!(listed["circuit"], "closed");
+    let (code, out) = stele(&url, &["webhook", "dead-letters", "crm"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "no dead letters for crm");
+    assert_eq!(stele(&url, &["webhook", "delete", "crm"]).0, 0);
+    assert_eq!(stele(&url, &["webhook", "delete", "crm"]).0, 4);
+    assert_eq!(stele(&url, &["webhook", "redrive", "crm"]).0, 4);
+    assert_eq!(stele(&url, &["webhook", "list"]).1.trim(), "no webhooks");
+    serve.child.kill().expect("kill");
+    serve.child.wait().expect("reap");
 }

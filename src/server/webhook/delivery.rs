@@ -68,8 +68,14 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// The bytes this job holds, for the buffer bound.
     fn size(&self) -> u64 {
-        (self.payload.len() + self.key.len()) as u64
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        (self.payload.len() + self.key.len() + headers) as u64
     }
 
     /// A job for an event of the endpoint's topic.

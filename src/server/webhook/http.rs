@@ -268,6 +268,37 @@ where
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn https_targets_go_through_tls_and_denied_addresses_are_refused() {
+        // Goal: an https URL runs the TLS handshake (which fails against a plain
+        // socket), and a loopback target is refused without an allow-list.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+            }
+        });
+        let allowed = HttpClient::new(AddressPolicy {
+            allow: vec!["127.0.0.0/8".parse().expect("network")],
+        })
+        .expect("client");
+        let target = parse_target(&format!("https://127.0.0.1:{port}/")).expect("target");
+        let sent = allowed
+            .post(&target, &[], Bytes::from_static(b"{}"), Duration::from_secs(5))
+            .await;
+        assert_eq!(sent.result, AttemptResult::Connection);
+        assert!(sent.message.contains("TLS"), "{}", sent.message);
+        let denied = HttpClient::new(AddressPolicy::default()).expect("client");
+        let target = parse_target(&format!("http://localhost:{port}/")).expect("target");
+        let sent = denied
+            .post(&target, &[], Bytes::from_static(b"{}"), Duration::from_secs(5))
+            .await;
+        assert_eq!(sent.result, AttemptResult::Refused);
+        assert!(sent.message.contains("loopback"), "{}", sent.message);
+    }
+
     #[test]
     fn targets_parse_with_default_ports_and_paths() {
         // Goal: http/https URLs parse to host, port, path; other schemes and user info are refused.
