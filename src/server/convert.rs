@@ -250,9 +250,42 @@ pub fn settings_from_options(options: &TopicOptions) -> proto::TopicSettings {
     }
 }
 
+/// Webhook delivery settings from their wire form (zero means the default).
+pub fn webhook_settings_from_proto(
+    settings: proto::WebhookSettings,
+) -> super::webhook::store::DeliverySettings {
+    super::webhook::store::DeliverySettings {
+        in_flight_max: settings.max_in_flight,
+        attempts_max: settings.max_attempts,
+        age_max_ms: settings.max_age_ms,
+        backoff_initial_ms: settings.backoff_initial_ms,
+        backoff_max_ms: settings.backoff_max_ms,
+        timeout_ms: settings.timeout_ms,
+        breaker_failures: settings.breaker_failures,
+        breaker_pause_ms: settings.breaker_pause_ms,
+        dead_letter_topic: settings.dead_letter_topic,
+    }
+}
+
+/// Webhook delivery settings in their wire form.
+pub fn webhook_settings_to_proto(
+    settings: &super::webhook::store::DeliverySettings,
+) -> proto::WebhookSettings {
+    proto::WebhookSettings {
+        max_in_flight: settings.in_flight_max,
+        max_attempts: settings.attempts_max,
+        max_age_ms: settings.age_max_ms,
+        backoff_initial_ms: settings.backoff_initial_ms,
+        backoff_max_ms: settings.backoff_max_ms,
+        timeout_ms: settings.timeout_ms,
+        breaker_failures: settings.breaker_failures,
+        breaker_pause_ms: settings.breaker_pause_ms,
+        dead_letter_topic: settings.dead_letter_topic.clone(),
+    }
+}
+
 /// A webhook registration from its wire form.
 pub fn new_webhook_from_proto(request: proto::CreateWebhookRequest) -> super::webhook::NewWebhook {
-    let settings = request.settings.unwrap_or_default();
     super::webhook::NewWebhook {
         name: request.name,
         url: request.url,
@@ -260,24 +293,13 @@ pub fn new_webhook_from_proto(request: proto::CreateWebhookRequest) -> super::we
         event_types: request.event_types,
         key_prefix: request.key_prefix.to_vec(),
         secret: (!request.secret.is_empty()).then_some(request.secret),
-        settings: super::webhook::WebhookSettings {
-            in_flight_max: settings.max_in_flight,
-            attempts_max: settings.max_attempts,
-            age_max_ms: settings.max_age_ms,
-            backoff_initial_ms: settings.backoff_initial_ms,
-            backoff_max_ms: settings.backoff_max_ms,
-            timeout_ms: settings.timeout_ms,
-            breaker_failures: settings.breaker_failures,
-            breaker_pause_ms: settings.breaker_pause_ms,
-            dead_letter_topic: settings.dead_letter_topic,
-        },
+        settings: webhook_settings_from_proto(request.settings.unwrap_or_default()),
         from_earliest: request.start == proto::WebhookStart::Earliest as i32,
     }
 }
 
 /// A webhook registration in its wire form.
 pub fn new_webhook_to_proto(request: &super::webhook::NewWebhook) -> proto::CreateWebhookRequest {
-    let settings = &request.settings;
     proto::CreateWebhookRequest {
         name: request.name.clone(),
         url: request.url.clone(),
@@ -285,17 +307,7 @@ pub fn new_webhook_to_proto(request: &super::webhook::NewWebhook) -> proto::Crea
         event_types: request.event_types.clone(),
         key_prefix: request.key_prefix.clone().into(),
         secret: request.secret.clone().unwrap_or_default(),
-        settings: Some(proto::WebhookSettings {
-            max_in_flight: settings.in_flight_max,
-            max_attempts: settings.attempts_max,
-            max_age_ms: settings.age_max_ms,
-            backoff_initial_ms: settings.backoff_initial_ms,
-            backoff_max_ms: settings.backoff_max_ms,
-            timeout_ms: settings.timeout_ms,
-            breaker_failures: settings.breaker_failures,
-            breaker_pause_ms: settings.breaker_pause_ms,
-            dead_letter_topic: settings.dead_letter_topic.clone(),
-        }),
+        settings: Some(webhook_settings_to_proto(&request.settings)),
         start: if request.from_earliest {
             proto::WebhookStart::Earliest
         } else {
@@ -307,24 +319,13 @@ pub fn new_webhook_to_proto(request: &super::webhook::NewWebhook) -> proto::Crea
 /// An endpoint's state in its wire form.
 pub fn webhook_to_proto(view: &super::webhook::WebhookView) -> proto::Webhook {
     let endpoint = &view.endpoint;
-    let settings = &endpoint.settings;
     proto::Webhook {
         name: endpoint.name.clone(),
         url: endpoint.url.clone(),
         topic: endpoint.topic.clone(),
         event_types: endpoint.event_types.clone(),
         key_prefix: endpoint.key_prefix.clone().into(),
-        settings: Some(proto::WebhookSettings {
-            max_in_flight: settings.in_flight_max,
-            max_attempts: settings.attempts_max,
-            max_age_ms: settings.age_max_ms,
-            backoff_initial_ms: settings.backoff_initial_ms,
-            backoff_max_ms: settings.backoff_max_ms,
-            timeout_ms: settings.timeout_ms,
-            breaker_failures: settings.breaker_failures,
-            breaker_pause_ms: settings.breaker_pause_ms,
-            dead_letter_topic: settings.dead_letter_topic.clone(),
-        }),
+        settings: Some(webhook_settings_to_proto(&endpoint.settings)),
         state: if endpoint.paused {
             proto::WebhookState::Paused
         } else {
@@ -354,7 +355,6 @@ pub fn webhook_to_proto(view: &super::webhook::WebhookView) -> proto::Webhook {
 
 /// An endpoint's state from its wire form (the secret is never sent).
 pub fn webhook_from_proto(webhook: proto::Webhook) -> super::webhook::WebhookView {
-    let settings = webhook.settings.unwrap_or_default();
     super::webhook::WebhookView {
         endpoint: super::webhook::store::Endpoint {
             name: webhook.name,
@@ -364,17 +364,7 @@ pub fn webhook_from_proto(webhook: proto::Webhook) -> super::webhook::WebhookVie
             key_prefix: webhook.key_prefix.to_vec(),
             secret: Vec::new(),
             paused: webhook.state == proto::WebhookState::Paused as i32,
-            settings: super::webhook::store::DeliverySettings {
-                in_flight_max: settings.max_in_flight,
-                attempts_max: settings.max_attempts,
-                age_max_ms: settings.max_age_ms,
-                backoff_initial_ms: settings.backoff_initial_ms,
-                backoff_max_ms: settings.backoff_max_ms,
-                timeout_ms: settings.timeout_ms,
-                breaker_failures: settings.breaker_failures,
-                breaker_pause_ms: settings.breaker_pause_ms,
-                dead_letter_topic: settings.dead_letter_topic,
-            },
+            settings: webhook_settings_from_proto(webhook.settings.unwrap_or_default()),
             redrive_until: Vec::new(),
         },
         circuit: match proto::CircuitState::try_from(webhook.circuit) {

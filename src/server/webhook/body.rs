@@ -59,40 +59,12 @@ pub fn render(event: &BodyEvent<'_>) -> Vec<u8> {
         "type": event.event_type,
         "sequence": event.sequence,
         "timestamp_ms": event.timestamp_ms,
-        "timestamp": rfc3339_ms(event.timestamp_ms),
+        "timestamp": crate::civil::format_timestamp_ms(event.timestamp_ms),
         "headers": headers,
         "payload": payload,
         "payload_encoding": encoding,
     });
     serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// Formats Unix milliseconds as RFC 3339 UTC.
-fn rfc3339_ms(timestamp_ms: i64) -> String {
-    let seconds = timestamp_ms.div_euclid(1000);
-    let millis = timestamp_ms.rem_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
 }
 
 #[cfg(test)]
@@ -139,13 +111,5 @@ mod tests {
         assert_eq!(body["key"], json!({"base64": "/g=="}));
         let body: Value = serde_json::from_slice(&render(&event(b"plain text", b"k", &[]))).expect("json");
         assert_eq!(body["payload_encoding"], "base64");
-    }
-
-    #[test]
-    fn timestamps_format_as_rfc3339() {
-        // Goal: the epoch, a leap day and pre-1970 times format correctly.
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 }

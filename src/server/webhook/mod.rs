@@ -206,28 +206,9 @@ pub struct NewWebhook {
     pub from_earliest: bool,
 }
 
-/// Requested delivery settings; zero (or empty) means the default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WebhookSettings {
-    /// Keys in flight at once.
-    pub in_flight_max: u32,
-    /// Attempts per event.
-    pub attempts_max: u32,
-    /// Age limit since the first attempt, ms.
-    pub age_max_ms: u64,
-    /// First backoff, ms.
-    pub backoff_initial_ms: u64,
-    /// Backoff cap, ms.
-    pub backoff_max_ms: u64,
-    /// Request timeout, ms.
-    pub timeout_ms: u64,
-    /// Failures that open the breaker.
-    pub breaker_failures: u32,
-    /// Breaker pause, ms.
-    pub breaker_pause_ms: u64,
-    /// Dead-letter topic.
-    pub dead_letter_topic: String,
-}
+/// Requested delivery settings: the fields of [`DeliverySettings`], where zero (or
+/// empty) means the default.
+pub type WebhookSettings = DeliverySettings;
 
 /// An endpoint as listed.
 #[derive(Debug, Clone)]

@@ -157,17 +157,12 @@ fn parse_http_date(value: &str) -> Option<u64> {
     if year < 1970 || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
-    // Days from the civil date (Howard Hinnant's algorithm), for years >= 1970.
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * m + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = (era * 146_097 + day_of_era).checked_sub(719_468)?;
+    let days = u64::try_from(crate::civil::days_from_civil(
+        year as i64,
+        month as i64,
+        day as i64,
+    ))
+    .ok()?;
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 

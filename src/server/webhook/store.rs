@@ -53,7 +53,7 @@ const RECORD_SIZE_MAX: u32 = (1
     + 12 * PARTITIONS_COUNT_MAX as usize) as u32;
 
 /// How an endpoint delivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliverySettings {
     /// Keys in flight at once.
     pub in_flight_max: u32,
