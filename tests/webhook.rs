@@ -34,11 +34,13 @@ enum Answer {
     Hang,
     /// Reset the connection.
     Reset,
+    /// Answer 200 after this many milliseconds.
+    SlowOk(u64),
 }
 
 impl Answer {
     fn is_success(self) -> bool {
-        matches!(self, Answer::Status(200..=299))
+        matches!(self, Answer::Status(200..=299) | Answer::SlowOk(_))
     }
 }
 
@@ -62,6 +64,9 @@ struct ReceiverState {
     records: Mutex<Vec<Delivery>>,
     script: Mutex<Script>,
     changed: Notify,
+    /// Requests being answered now, and the most at once.
+    open: std::sync::atomic::AtomicUsize,
+    open_max: std::sync::atomic::AtomicUsize,
 }
 
 struct Receiver {
@@ -78,6 +83,8 @@ impl Receiver {
             records: Mutex::new(Vec::new()),
             script: Mutex::new(script),
             changed: Notify::new(),
+            open: std::sync::atomic::AtomicUsize::new(0),
+            open_max: std::sync::atomic::AtomicUsize::new(0),
         });
         let receiver = Receiver {
             address,
@@ -169,8 +176,17 @@ async fn handle(state: Arc<ReceiverState>, mut stream: TcpStream) {
         answer
     };
     delivery.answer = answer;
+    let open = state.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    state
+        .open_max
+        .fetch_max(open, std::sync::atomic::Ordering::SeqCst);
     state.records.lock().expect("lock").push(delivery);
     state.changed.notify_waiters();
+    respond(&mut stream, answer).await;
+    state.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+async fn respond(stream: &mut TcpStream, answer: Answer) {
     match answer {
         Answer::Status(status) => {
             let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
@@ -191,7 +207,11 @@ async fn handle(state: Arc<ReceiverState>, mut stream: TcpStream) {
             // Closing with a zero linger sends a reset instead of a FIN.
             #[allow(deprecated)]
             let _ = stream.set_linger(Some(Duration::ZERO));
-            drop(stream);
+        }
+        Answer::SlowOk(delay_ms) => {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let response = "HTTP/1.1 200 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(response.as_bytes()).await;
         }
     }
 }
@@ -1167,4 +1187,36 @@ fn the_webhook_command_manages_endpoints_with_documented_exit_codes() {
     assert_eq!(stele(&url, &["webhook", "list"]).1.trim(), "no webhooks");
     serve.child.kill().expect("kill");
     serve.child.wait().expect("reap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_in_flight_stay_within_the_configured_limit() {
+    // Goal: with a slow receiver and more keys than the limit, exactly the
+    // configured number of requests is open at once, never more.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, client) = start_server(dir.path(), true).await;
+    let receiver = Receiver::start(Box::new(|_, _| Answer::SlowOk(50))).await;
+    let settings = WebhookSettings {
+        in_flight_max: 2,
+        ..fast_settings()
+    };
+    client
+        .create_webhook(&webhook("narrow", &receiver.url(), "wide", settings))
+        .await
+        .expect("create");
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    for key in keys {
+        append(&client, "wide", key, 0).await;
+        append(&client, "wide", key, 1).await;
+    }
+    receiver
+        .wait_until("every event", |records| all_succeeded(records, &keys, 2))
+        .await;
+    assert_eq!(
+        receiver.state.open_max.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "two keys in flight at once, no more"
+    );
+    assert_order_per_key(&receiver.records(), &[]);
+    server.shutdown().await.expect("shutdown");
 }
