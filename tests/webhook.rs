@@ -1220,3 +1220,28 @@ async fn keys_in_flight_stay_within_the_configured_limit() {
     assert_order_per_key(&receiver.records(), &[]);
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_the_webhook_journal() {
+    // Goal: `stele verify` reads webhooks.journal: clean after a server ran with
+    // endpoints, and a flipped byte inside a record is a problem naming the file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, client) = start_server(dir.path(), true).await;
+    for name in ["one", "two"] {
+        client
+            .create_webhook(&webhook(name, "https://hooks.example.com/", "t", fast_settings()))
+            .await
+            .expect("create");
+    }
+    server.shutdown().await.expect("shutdown");
+    let report = stele::verify::verify_dir(dir.path()).expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let path = dir.path().join(stele::server::webhook::store::WEBHOOKS_FILE);
+    let mut bytes = std::fs::read(&path).expect("read journal");
+    // Inside the first record's URL: not the tail, so it is corruption.
+    bytes[40] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write journal");
+    let report = stele::verify::verify_dir(dir.path()).expect("verify");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].path, path);
+}

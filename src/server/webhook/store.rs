@@ -34,7 +34,7 @@ const KIND_DELETE: u8 = 2;
 /// Flag bit of a put record: the endpoint is paused.
 const FLAG_PAUSED: u8 = 1;
 /// Largest record body: a put with every field at its limit.
-const RECORD_SIZE_MAX: u32 = (1
+pub(crate) const RECORD_SIZE_MAX: u32 = (1
     + 3 * 2
     + WEBHOOK_NAME_SIZE_MAX
     + WEBHOOK_URL_SIZE_MAX
@@ -228,7 +228,10 @@ fn decode_put(reader: &mut Reader<'_>, name: String) -> std::result::Result<Endp
 }
 
 /// Applies one journal record to the map.
-fn replay(endpoints: &mut BTreeMap<String, Endpoint>, body: &[u8]) -> std::result::Result<(), DecodeError> {
+pub(crate) fn replay(
+    endpoints: &mut BTreeMap<String, Endpoint>,
+    body: &[u8],
+) -> std::result::Result<(), DecodeError> {
     let mut reader = Reader::new(body);
     let kind = reader.u8()?;
     let name = decode_string(&mut reader, WEBHOOK_NAME_SIZE_MAX)?;
