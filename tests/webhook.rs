@@ -1245,3 +1245,35 @@ async fn verify_checks_the_webhook_journal() {
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert_eq!(report.problems[0].path, path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_failing_past_the_age_limit_are_dead_lettered() {
+    // Goal: with attempts to spare, a failing event is dead-lettered once its
+    // first attempt is older than the age limit, after fewer attempts than allowed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, client) = start_server(dir.path(), true).await;
+    let receiver = Receiver::start(Box::new(|_, _| Answer::Status(502))).await;
+    let settings = WebhookSettings {
+        attempts_max: 1000,
+        age_max_ms: 200,
+        ..fast_settings()
+    };
+    client
+        .create_webhook(&webhook("aging", &receiver.url(), "old", settings))
+        .await
+        .expect("create");
+    append(&client, "old", "k", 0).await;
+    let letters = wait_dead_letters(&client, "aging", "a dead letter", |letters| letters.len() == 1).await;
+    let records = receiver.records();
+    assert!(records.len() >= 2, "retried before giving up");
+    assert_eq!(letters[0].attempts as usize, records.len());
+    assert!(letters[0].attempts < 1000);
+    assert_eq!(letters[0].last_status, 502);
+    let first = records.first().expect("first").at;
+    let last = records.last().expect("last").at;
+    assert!(
+        last - first >= Duration::from_millis(200) - Duration::from_millis(80),
+        "gave up near the age limit"
+    );
+    server.shutdown().await.expect("shutdown");
+}
