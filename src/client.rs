@@ -314,6 +314,17 @@ fn from_outcome_detail(detail: proto::ErrorDetail) -> ClientError {
     from_detail(code, detail)
 }
 
+/// A change of a webhook endpoint's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookChange {
+    /// Stop delivering, keeping the position.
+    Pause,
+    /// Deliver again from the position.
+    Resume,
+    /// Remove the endpoint and its cursors.
+    Delete,
+}
+
 /// The engine's kind for a stable numeric code.
 fn kind_of_code(code: u32) -> Option<ErrorKind> {
     let code = proto::ErrorCode::try_from(i32::try_from(code).ok()?).ok()?;
@@ -341,6 +352,8 @@ fn kind_of_code(code: u32) -> Option<ErrorKind> {
         proto::ErrorCode::Poisoned => ErrorKind::Poisoned,
         proto::ErrorCode::Locked => ErrorKind::Locked,
         proto::ErrorCode::Closed => ErrorKind::Closed,
+        proto::ErrorCode::WebhookNotFound => ErrorKind::WebhookNotFound,
+        proto::ErrorCode::WebhookExists => ErrorKind::WebhookExists,
     })
 }
 
@@ -1080,6 +1093,110 @@ impl Client {
         .await
         .map_err(|status| status_error(&url, &status))?;
         Ok(())
+    }
+
+    /// Registers a webhook endpoint; returns it and its secret (`whsec_...`),
+    /// which is shown only here.
+    ///
+    /// # Errors
+    /// As the CreateWebhook RPC: invalid settings, an existing name, transport errors.
+    pub async fn create_webhook(
+        &self,
+        request: &crate::server::webhook::NewWebhook,
+    ) -> ClientResult<(crate::server::webhook::WebhookView, String)> {
+        let (url, mut stub) = self.stub()?;
+        let response = stub
+            .create_webhook(convert::new_webhook_to_proto(request))
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner();
+        let webhook = response
+            .webhook
+            .ok_or_else(|| ClientError::Protocol("CreateWebhook returned no webhook".to_string()))?;
+        Ok((convert::webhook_from_proto(webhook), response.secret))
+    }
+
+    /// Every webhook endpoint with its state, circuit breaker, cursor and lag.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn list_webhooks(&self) -> ClientResult<Vec<crate::server::webhook::WebhookView>> {
+        let (url, mut stub) = self.stub()?;
+        let response = stub
+            .list_webhooks(proto::ListWebhooksRequest {})
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner();
+        Ok(response
+            .webhooks
+            .into_iter()
+            .map(convert::webhook_from_proto)
+            .collect())
+    }
+
+    /// Pauses (`pause` true), resumes or deletes (`delete` true) a webhook endpoint.
+    ///
+    /// # Errors
+    /// [`ErrorKind::WebhookNotFound`]; transport errors.
+    pub async fn change_webhook(&self, name: &str, change: WebhookChange) -> ClientResult<()> {
+        let (url, mut stub) = self.stub()?;
+        let name = name.to_string();
+        let result = match change {
+            WebhookChange::Pause => stub
+                .pause_webhook(proto::PauseWebhookRequest { name })
+                .await
+                .map(|_| ()),
+            WebhookChange::Resume => stub
+                .resume_webhook(proto::ResumeWebhookRequest { name })
+                .await
+                .map(|_| ()),
+            WebhookChange::Delete => stub
+                .delete_webhook(proto::DeleteWebhookRequest { name })
+                .await
+                .map(|_| ()),
+        };
+        result.map_err(|status| status_error(&url, &status))
+    }
+
+    /// A webhook endpoint's dead letters not yet redriven, at most `count_max` (0 = 1000).
+    ///
+    /// # Errors
+    /// [`ErrorKind::WebhookNotFound`]; transport errors.
+    pub async fn dead_letters(
+        &self,
+        name: &str,
+        count_max: u32,
+    ) -> ClientResult<Vec<crate::server::webhook::DeadLetterView>> {
+        let (url, mut stub) = self.stub()?;
+        let response = stub
+            .list_dead_letters(proto::ListDeadLettersRequest {
+                name: name.to_string(),
+                max_events: count_max,
+            })
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner();
+        Ok(response
+            .dead_letters
+            .into_iter()
+            .map(convert::dead_letter_from_proto)
+            .collect())
+    }
+
+    /// Delivers a webhook endpoint's dead letters again; returns how many.
+    ///
+    /// # Errors
+    /// [`ErrorKind::WebhookNotFound`]; transport errors.
+    pub async fn redrive_dead_letters(&self, name: &str) -> ClientResult<u64> {
+        let (url, mut stub) = self.stub()?;
+        let response = stub
+            .redrive_dead_letters(proto::RedriveDeadLettersRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner();
+        Ok(response.redriven_count)
     }
 
     /// A builder for an idempotent, pipelining [`Producer`].

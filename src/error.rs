@@ -181,6 +181,12 @@ pub enum Error {
     /// The log or topic was closed.
     #[error("closed")]
     Closed,
+    /// No webhook endpoint of that name exists.
+    #[error("webhook {0:?} not found")]
+    WebhookNotFound(String),
+    /// A webhook endpoint of that name exists already.
+    #[error("webhook {0:?} already exists")]
+    WebhookExists(String),
 }
 
 fn display_sequence(sequence: Option<u64>) -> String {
@@ -238,6 +244,10 @@ pub enum ErrorKind {
     Locked,
     /// The log or topic was closed: [`Error::Closed`].
     Closed,
+    /// No such webhook: [`Error::WebhookNotFound`].
+    WebhookNotFound,
+    /// The webhook exists already: [`Error::WebhookExists`].
+    WebhookExists,
 }
 
 impl Error {
@@ -266,6 +276,8 @@ impl Error {
             Error::Poisoned { .. } => ErrorKind::Poisoned,
             Error::Locked { .. } => ErrorKind::Locked,
             Error::Closed => ErrorKind::Closed,
+            Error::WebhookNotFound(_) => ErrorKind::WebhookNotFound,
+            Error::WebhookExists(_) => ErrorKind::WebhookExists,
         }
     }
 
@@ -393,6 +405,8 @@ impl Error {
             },
             Error::Locked { path } => Error::Locked { path: path.clone() },
             Error::Closed => Error::Closed,
+            Error::WebhookNotFound(name) => Error::WebhookNotFound(name.clone()),
+            Error::WebhookExists(name) => Error::WebhookExists(name.clone()),
         }
     }
 }

@@ -37,6 +37,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod civil;
 pub mod client;
 pub mod config;
 mod cursor;

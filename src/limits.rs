@@ -131,3 +131,26 @@ const _: () = assert!(DEDUP_MERGE_FANOUT >= 2);
 const _: () = assert!(DEDUP_RUNS_COUNT_SOFT_MAX >= 2 * DEDUP_MERGE_FANOUT);
 const _: () = assert!(DEDUP_RUNS_COUNT_SOFT_MAX * 4 <= DEDUP_RUNS_COUNT_MAX);
 const _: () = assert!(DEDUP_MEMTABLE_AGE_MS_MAX > 0);
+
+/// Most webhook endpoints on one server.
+pub const WEBHOOKS_COUNT_MAX: usize = 1000;
+/// Longest webhook name: ASCII letters, digits, `.`, `_` and `-`.
+pub const WEBHOOK_NAME_SIZE_MAX: usize = 100;
+/// Longest webhook target URL.
+pub const WEBHOOK_URL_SIZE_MAX: usize = 2048;
+/// Most event types in a webhook's filter.
+pub const WEBHOOK_EVENT_TYPES_COUNT_MAX: usize = 64;
+/// Most events of one endpoint read ahead of their delivery (buffered in memory).
+pub const WEBHOOK_BUFFERED_EVENTS_COUNT_MAX: usize = 1024;
+/// Most payload bytes of one endpoint read ahead of their delivery.
+pub const WEBHOOK_BUFFERED_SIZE_BYTES_MAX: u64 = 16 << 20;
+/// Most keys of one endpoint in flight at once.
+pub const WEBHOOK_IN_FLIGHT_MAX: u32 = 1024;
+/// Most attempts per event.
+pub const WEBHOOK_ATTEMPTS_MAX: u32 = 1000;
+
+// The webhook journal encodes names, URLs and types with u16 lengths.
+const _: () = assert!(WEBHOOK_NAME_SIZE_MAX <= TOPIC_NAME_SIZE_MAX);
+const _: () = assert!(WEBHOOK_URL_SIZE_MAX <= u16::MAX as usize);
+// The webhook's cursor is named `webhook.<name>.redrive` at most.
+const _: () = assert!(WEBHOOK_NAME_SIZE_MAX + 16 <= CURSOR_NAME_SIZE_MAX);

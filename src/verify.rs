@@ -1,7 +1,7 @@
 //! Offline integrity check of a data directory (`stele verify`).
 //!
 //! [`verify_dir`] walks every topic and partition and checks each file kind of
-//! FORMAT.md with the crate's own decoders: topic meta, journals (producers,
+//! FORMAT.md with the crate's own decoders: topic meta, journals (producers, webhooks,
 //! cursors), segment headers and every record frame, segment indexes and
 //! checkpoints. It reports every problem it finds with the file and, where it
 //! has one, the byte position, and keeps going after each.
@@ -119,6 +119,19 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
         } else {
             verifier.note(&path, None, "unexpected file");
         }
+    }
+    let webhooks_path = dir.join(crate::server::webhook::store::WEBHOOKS_FILE);
+    if webhooks_path.exists() {
+        let mut endpoints = BTreeMap::new();
+        verifier.journal(
+            &webhooks_path,
+            crate::server::webhook::store::WEBHOOK_MAGIC,
+            crate::server::webhook::store::RECORD_SIZE_MAX,
+            &mut |_, body| {
+                crate::server::webhook::store::replay(&mut endpoints, body)
+                    .map_err(|reason| reason.to_string())
+            },
+        );
     }
     Ok(verifier.report)
 }

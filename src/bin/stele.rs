@@ -15,6 +15,7 @@ use std::str::FromStr;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use stele::civil::{days_from_civil, format_timestamp_ms as format_timestamp};
 use stele::config::{
     DEDUP_WINDOW_MS_DEFAULT, PARTITIONS_COUNT_DEFAULT, SEGMENT_SIZE_BYTES_MAX_DEFAULT,
     SYNC_INTERVAL_MS_DEFAULT,
@@ -31,6 +32,9 @@ use tonic::transport::Channel;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "stele/webhook.rs"]
+mod webhook;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success; `verify` found no problems
@@ -38,7 +42,7 @@ Exit codes:
   2  usage error: bad arguments or configuration (also INVALID_ARGUMENT from the server)
   3  conflict: FAILED_PRECONDITION (wrong expected sequence, cursor moving backwards, ...),
      ALREADY_EXISTS (topic exists), ABORTED (producer fenced)
-  4  not found: unknown topic or cursor
+  4  not found: unknown topic, cursor or webhook
   5  server unavailable: connection refused, UNAVAILABLE, server shutting down";
 
 const URL_DEFAULT: &str = "http://127.0.0.1:7077";
@@ -73,6 +77,10 @@ enum Command {
     Cursor(CursorCommand),
     /// Check a data directory offline and report every problem with file and position.
     Verify(VerifyArgs),
+    /// Deliver a topic's events to HTTP endpoints (Standard Webhooks), manage dead letters,
+    /// and run a test receiver.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Drive a running server with load scenarios; one JSON line per run and per median.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
@@ -208,6 +216,19 @@ struct ServeArgs {
     /// applies when this flag is not given.
     #[arg(long, env = "STELE_LOG_LEVEL", value_name = "LEVEL", default_value = LOG_LEVEL_DEFAULT)]
     log_level: String,
+    /// Networks (CIDR or address) webhooks may target although they are private,
+    /// loopback or otherwise internal; repeat or separate with commas [default: none,
+    /// so only public addresses]. For local development: 127.0.0.0/8.
+    #[arg(long, env = "STELE_WEBHOOK_ALLOW", value_name = "CIDR", value_delimiter = ',')]
+    webhook_allow: Vec<String>,
+    /// Webhook requests in flight at once over all endpoints.
+    #[arg(long, env = "STELE_WEBHOOK_IN_FLIGHT", value_name = "N",
+          default_value_t = stele::server::webhook::IN_FLIGHT_MAX_DEFAULT)]
+    webhook_in_flight: usize,
+    /// Timeout of a webhook request for endpoints created without their own.
+    #[arg(long, env = "STELE_WEBHOOK_TIMEOUT", value_name = "DURATION",
+          default_value_t = Millis(stele::server::webhook::store::defaults::TIMEOUT_MS))]
+    webhook_timeout: Millis,
 }
 
 /// `stele serve`'s TOML file: every key is optional and named like its flag.
@@ -226,6 +247,9 @@ struct FileConfig {
     retention_bytes: Option<Scalar>,
     segment_size: Option<Scalar>,
     log_level: Option<String>,
+    webhook_allow: Option<Vec<String>>,
+    webhook_in_flight: Option<usize>,
+    webhook_timeout: Option<Scalar>,
 }
 
 /// A TOML value given either as a string with a unit or as a bare number.
@@ -822,7 +846,36 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
     default_topic
         .validate()
         .map_err(|error| CliError::Usage(format!("invalid topic defaults: {error}")))?;
+    let webhook_allow = pick(matches, "webhook_allow", args.webhook_allow, file.webhook_allow)
+        .iter()
+        .map(|text| {
+            text.parse::<stele::server::webhook::ssrf::Network>()
+                .map_err(|error| CliError::Usage(format!("--webhook-allow: {error}")))
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let webhook_in_flight = pick(
+        matches,
+        "webhook_in_flight",
+        args.webhook_in_flight,
+        file.webhook_in_flight,
+    );
+    let webhook_timeout = pick(
+        matches,
+        "webhook_timeout",
+        args.webhook_timeout,
+        parse(&file.webhook_timeout, "webhook-timeout")?,
+    );
+    if webhook_in_flight == 0 || webhook_timeout.0 == 0 {
+        return Err(CliError::Usage(
+            "--webhook-in-flight and --webhook-timeout must be above 0".to_string(),
+        ));
+    }
     let mut server = ServerConfig::new(data_dir);
+    server.webhooks = stele::server::webhook::WebhookConfig {
+        allow: webhook_allow,
+        in_flight_max: webhook_in_flight,
+        timeout_default_ms: webhook_timeout.0,
+    };
     server.listen = listen;
     server.metrics_listen = metrics_listen;
     server.auto_create_topics = auto_create;
@@ -1048,6 +1101,7 @@ fn client_command(command: Command) -> Result<u8, CliError> {
             Command::Read(args) => read(args).await,
             Command::Tail(args) => tail(args).await,
             Command::Cursor(command) => cursor(command).await,
+            Command::Webhook(command) => webhook::run(command).await,
             Command::Serve(_) | Command::Verify(_) | Command::Bench(_) => {
                 unreachable!("handled without a client")
             }
@@ -1684,48 +1738,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The civil date of days since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Unix milliseconds as RFC 3339 UTC, e.g. `2024-05-01T12:00:00.123Z`.
-fn format_timestamp(timestamp_ms: i64) -> String {
-    let seconds = timestamp_ms.div_euclid(1000);
-    let millis = timestamp_ms.rem_euclid(1000);
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let second_of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) into Unix milliseconds.

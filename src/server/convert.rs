@@ -237,3 +237,176 @@ pub fn settings_from_options(options: &TopicOptions) -> proto::TopicSettings {
         payload_size_max: options.payload_size_max,
     }
 }
+
+/// Webhook delivery settings from their wire form (zero means the default).
+pub fn webhook_settings_from_proto(
+    settings: proto::WebhookSettings,
+) -> super::webhook::store::DeliverySettings {
+    super::webhook::store::DeliverySettings {
+        in_flight_max: settings.max_in_flight,
+        attempts_max: settings.max_attempts,
+        age_max_ms: settings.max_age_ms,
+        backoff_initial_ms: settings.backoff_initial_ms,
+        backoff_max_ms: settings.backoff_max_ms,
+        timeout_ms: settings.timeout_ms,
+        breaker_failures: settings.breaker_failures,
+        breaker_pause_ms: settings.breaker_pause_ms,
+        dead_letter_topic: settings.dead_letter_topic,
+    }
+}
+
+/// Webhook delivery settings in their wire form.
+pub fn webhook_settings_to_proto(
+    settings: &super::webhook::store::DeliverySettings,
+) -> proto::WebhookSettings {
+    proto::WebhookSettings {
+        max_in_flight: settings.in_flight_max,
+        max_attempts: settings.attempts_max,
+        max_age_ms: settings.age_max_ms,
+        backoff_initial_ms: settings.backoff_initial_ms,
+        backoff_max_ms: settings.backoff_max_ms,
+        timeout_ms: settings.timeout_ms,
+        breaker_failures: settings.breaker_failures,
+        breaker_pause_ms: settings.breaker_pause_ms,
+        dead_letter_topic: settings.dead_letter_topic.clone(),
+    }
+}
+
+/// A webhook registration from its wire form.
+pub fn new_webhook_from_proto(request: proto::CreateWebhookRequest) -> super::webhook::NewWebhook {
+    super::webhook::NewWebhook {
+        name: request.name,
+        url: request.url,
+        topic: request.topic,
+        event_types: request.event_types,
+        key_prefix: request.key_prefix.to_vec(),
+        secret: (!request.secret.is_empty()).then_some(request.secret),
+        settings: webhook_settings_from_proto(request.settings.unwrap_or_default()),
+        from_earliest: request.start == proto::WebhookStart::Earliest as i32,
+    }
+}
+
+/// A webhook registration in its wire form.
+pub fn new_webhook_to_proto(request: &super::webhook::NewWebhook) -> proto::CreateWebhookRequest {
+    proto::CreateWebhookRequest {
+        name: request.name.clone(),
+        url: request.url.clone(),
+        topic: request.topic.clone(),
+        event_types: request.event_types.clone(),
+        key_prefix: request.key_prefix.clone(),
+        secret: request.secret.clone().unwrap_or_default(),
+        settings: Some(webhook_settings_to_proto(&request.settings)),
+        start: if request.from_earliest {
+            proto::WebhookStart::Earliest
+        } else {
+            proto::WebhookStart::Latest
+        } as i32,
+    }
+}
+
+/// An endpoint's state in its wire form.
+pub fn webhook_to_proto(view: &super::webhook::WebhookView) -> proto::Webhook {
+    let endpoint = &view.endpoint;
+    proto::Webhook {
+        name: endpoint.name.clone(),
+        url: endpoint.url.clone(),
+        topic: endpoint.topic.clone(),
+        event_types: endpoint.event_types.clone(),
+        key_prefix: endpoint.key_prefix.clone(),
+        settings: Some(webhook_settings_to_proto(&endpoint.settings)),
+        state: if endpoint.paused {
+            proto::WebhookState::Paused
+        } else {
+            proto::WebhookState::Active
+        } as i32,
+        circuit: match view.circuit {
+            "open" => proto::CircuitState::Open,
+            "half_open" => proto::CircuitState::HalfOpen,
+            _ => proto::CircuitState::Closed,
+        } as i32,
+        partitions: view
+            .partitions
+            .iter()
+            .map(|position| proto::CursorPartition {
+                partition: position.partition.0,
+                committed_offset: position.committed.map(|offset| offset.0),
+                lag: position.lag,
+            })
+            .collect(),
+        lag: view.lag,
+        last_error: view.last_error.clone(),
+        last_status: u32::from(view.last_status),
+        delivered_count: view.delivered_count,
+        dead_lettered_count: view.dead_lettered_count,
+    }
+}
+
+/// An endpoint's state from its wire form (the secret is never sent).
+pub fn webhook_from_proto(webhook: proto::Webhook) -> super::webhook::WebhookView {
+    super::webhook::WebhookView {
+        endpoint: super::webhook::store::Endpoint {
+            name: webhook.name,
+            url: webhook.url,
+            topic: webhook.topic,
+            event_types: webhook.event_types,
+            key_prefix: webhook.key_prefix.to_vec(),
+            secret: Vec::new(),
+            paused: webhook.state == proto::WebhookState::Paused as i32,
+            settings: webhook_settings_from_proto(webhook.settings.unwrap_or_default()),
+            redrive_until: Vec::new(),
+        },
+        circuit: match proto::CircuitState::try_from(webhook.circuit) {
+            Ok(proto::CircuitState::Open) => "open",
+            Ok(proto::CircuitState::HalfOpen) => "half_open",
+            _ => "closed",
+        },
+        partitions: webhook
+            .partitions
+            .into_iter()
+            .map(|position| crate::CursorPosition {
+                partition: crate::event::PartitionId(position.partition),
+                committed: position.committed_offset.map(crate::event::Offset),
+                lag: position.lag,
+            })
+            .collect(),
+        lag: webhook.lag,
+        last_error: webhook.last_error,
+        last_status: u16::try_from(webhook.last_status).unwrap_or(0),
+        delivered_count: webhook.delivered_count,
+        dead_lettered_count: webhook.dead_lettered_count,
+    }
+}
+
+/// A dead letter in its wire form.
+pub fn dead_letter_to_proto(letter: &super::webhook::DeadLetterView) -> proto::DeadLetter {
+    proto::DeadLetter {
+        dead_letter_partition: letter.dead_letter_partition,
+        dead_letter_offset: letter.dead_letter_offset,
+        topic: letter.topic.clone(),
+        partition: letter.partition,
+        offset: letter.offset,
+        key: letter.key.clone(),
+        r#type: letter.event_type.clone(),
+        webhook_id: letter.webhook_id.clone(),
+        reason: letter.reason.clone(),
+        last_status: u32::from(letter.last_status),
+        attempts: letter.attempts,
+    }
+}
+
+/// A dead letter from its wire form.
+pub fn dead_letter_from_proto(letter: proto::DeadLetter) -> super::webhook::DeadLetterView {
+    super::webhook::DeadLetterView {
+        dead_letter_partition: letter.dead_letter_partition,
+        dead_letter_offset: letter.dead_letter_offset,
+        topic: letter.topic,
+        partition: letter.partition,
+        offset: letter.offset,
+        key: letter.key.to_vec(),
+        event_type: letter.r#type,
+        webhook_id: letter.webhook_id,
+        reason: letter.reason,
+        last_status: u16::try_from(letter.last_status).unwrap_or(0),
+        attempts: letter.attempts,
+    }
+}

@@ -134,7 +134,9 @@ impl AppendResult {
             | ErrorKind::OffsetOutOfRange
             | ErrorKind::CursorNotFound
             | ErrorKind::CursorBackwards
-            | ErrorKind::CursorAheadOfHighWatermark => AppendResult::Rejected,
+            | ErrorKind::CursorAheadOfHighWatermark
+            | ErrorKind::WebhookNotFound
+            | ErrorKind::WebhookExists => AppendResult::Rejected,
             ErrorKind::Io
             | ErrorKind::DiskFull
             | ErrorKind::Corruption
@@ -1022,6 +1024,34 @@ async fn respond(
             "text/plain; charset=utf-8",
             format!("cannot encode metrics: {error}\n"),
         ),
+    }
+}
+
+/// The dispatcher reports deliveries straight into the webhook families.
+impl super::webhook::DeliveryObserver for ServerMetrics {
+    fn attempt(&self, endpoint: &str) {
+        self.webhook.attempt(endpoint);
+    }
+    fn outcome(&self, endpoint: &str, outcome: &str, status_class: &str) {
+        self.webhook.outcome(endpoint, outcome, status_class);
+    }
+    fn retry_delay(&self, endpoint: &str, delay: Duration) {
+        self.webhook.retry_delay(endpoint, delay);
+    }
+    fn delivered(&self, endpoint: &str, latency: Duration) {
+        self.webhook.delivered(endpoint, latency);
+    }
+    fn lag(&self, endpoint: &str, events: u64) {
+        self.webhook.lag(endpoint, events);
+    }
+    fn circuit(&self, endpoint: &str, state: i64) {
+        self.webhook.circuit(endpoint, state);
+    }
+    fn dead_lettered(&self, endpoint: &str) {
+        self.webhook.dead_lettered(endpoint);
+    }
+    fn remove(&self, endpoint: &str) {
+        self.webhook.remove(endpoint);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod proto;
 mod service;
 pub mod status;
 mod subscription;
+pub mod webhook;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     /// Address of the Prometheus `/metrics` endpoint; `None` (the default)
     /// serves no metrics. Port 0 picks a free port.
     pub metrics_listen: Option<SocketAddr>,
+    /// Webhook delivery: the SSRF allow-list, concurrency and default timeout.
+    pub webhooks: webhook::WebhookConfig,
 }
 
 impl ServerConfig {
@@ -72,6 +75,7 @@ impl ServerConfig {
             auto_create_topics: true,
             default_topic: TopicOptions::default(),
             metrics_listen: None,
+            webhooks: webhook::WebhookConfig::default(),
         }
     }
 }
@@ -84,6 +88,7 @@ pub struct RunningServer {
     served: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
     metrics: Arc<metrics::ServerMetrics>,
     metrics_endpoint: Option<metrics::MetricsEndpoint>,
+    webhooks: Arc<webhook::Dispatcher>,
 }
 
 impl RunningServer {
@@ -103,6 +108,19 @@ impl RunningServer {
     /// # Errors
     /// I/O errors binding the listener.
     pub async fn start_with_log(log: Arc<Log>, config: ServerConfig) -> Result<RunningServer> {
+        RunningServer::start_with_observer(log, config, Arc::new(webhook::NoopObserver)).await
+    }
+
+    /// Starts serving an already open log, reporting webhook deliveries to
+    /// `observer` as well as to the server's metrics.
+    ///
+    /// # Errors
+    /// I/O errors binding the listener or opening the webhook store.
+    pub async fn start_with_observer(
+        log: Arc<Log>,
+        config: ServerConfig,
+        observer: Arc<dyn webhook::DeliveryObserver>,
+    ) -> Result<RunningServer> {
         config.default_topic.validate()?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -126,7 +144,13 @@ impl RunningServer {
             None => None,
         };
         let (closing_sender, closing) = watch::channel(false);
-        let service = SteleService::new(backend, closing);
+        let observer = Arc::new(webhook::Observers(vec![
+            Arc::clone(&metrics) as Arc<dyn webhook::DeliveryObserver>,
+            observer,
+        ]));
+        let webhooks =
+            webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
+        let service = SteleService::new(backend, closing).with_webhooks(Arc::clone(&webhooks));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<proto::stele_server::SteleServer<SteleService>>()
@@ -180,6 +204,7 @@ impl RunningServer {
             served: Some(served),
             metrics,
             metrics_endpoint,
+            webhooks,
         })
     }
 
@@ -206,6 +231,11 @@ impl RunningServer {
         &self.metrics
     }
 
+    /// The webhook dispatcher.
+    pub fn webhooks(&self) -> &Arc<webhook::Dispatcher> {
+        &self.webhooks
+    }
+
     /// Stops accepting, finishes in-flight calls, then syncs and closes the log.
     ///
     /// # Errors
@@ -213,6 +243,7 @@ impl RunningServer {
     pub async fn shutdown(mut self) -> Result<()> {
         tracing::info!("shutting down: finishing in-flight calls");
         self.stop_serving().await;
+        self.webhooks.shutdown().await;
         let closed = self.log.close();
         tracing::info!("log closed");
         closed

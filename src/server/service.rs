@@ -13,6 +13,7 @@ use super::convert;
 use super::proto::{self, stele_server::Stele};
 use super::status::{error_detail, invalid_argument, map_transport_status, to_status};
 use super::subscription;
+use super::webhook::Dispatcher;
 use crate::event::{Direction, Offset, PartitionId};
 use crate::limits;
 
@@ -29,12 +30,30 @@ pub struct SteleService {
     backend: Arc<dyn Backend>,
     /// Turns true when the server shuts down: streams end after in-flight work.
     closing: watch::Receiver<bool>,
+    /// Webhook delivery; the webhook RPCs fail as unimplemented without it.
+    webhooks: Option<Arc<Dispatcher>>,
 }
 
 impl SteleService {
     /// A service over `backend`; streams end when `closing` turns true.
     pub fn new(backend: Arc<dyn Backend>, closing: watch::Receiver<bool>) -> SteleService {
-        SteleService { backend, closing }
+        SteleService {
+            backend,
+            closing,
+            webhooks: None,
+        }
+    }
+
+    /// Serves the webhook RPCs with `webhooks`.
+    pub fn with_webhooks(mut self, webhooks: Arc<Dispatcher>) -> SteleService {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
+    fn webhooks(&self) -> Result<&Arc<Dispatcher>, Status> {
+        self.webhooks
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("webhooks are not served here"))
     }
 }
 
@@ -347,6 +366,77 @@ impl Stele for SteleService {
         let request = request.into_inner();
         self.backend.delete_cursor(&request.topic, &request.cursor)?;
         Ok(Response::new(proto::DeleteCursorResponse {}))
+    }
+
+    async fn create_webhook(
+        &self,
+        request: Request<proto::CreateWebhookRequest>,
+    ) -> Result<Response<proto::CreateWebhookResponse>, Status> {
+        let request = convert::new_webhook_from_proto(request.into_inner());
+        let (view, secret) = self.webhooks()?.create(request).await?;
+        Ok(Response::new(proto::CreateWebhookResponse {
+            webhook: Some(convert::webhook_to_proto(&view)),
+            secret,
+        }))
+    }
+
+    async fn list_webhooks(
+        &self,
+        _request: Request<proto::ListWebhooksRequest>,
+    ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
+        let webhooks = self.webhooks()?.list();
+        Ok(Response::new(proto::ListWebhooksResponse {
+            webhooks: webhooks.iter().map(convert::webhook_to_proto).collect(),
+        }))
+    }
+
+    async fn pause_webhook(
+        &self,
+        request: Request<proto::PauseWebhookRequest>,
+    ) -> Result<Response<proto::PauseWebhookResponse>, Status> {
+        self.webhooks()?.pause(&request.into_inner().name).await?;
+        Ok(Response::new(proto::PauseWebhookResponse {}))
+    }
+
+    async fn resume_webhook(
+        &self,
+        request: Request<proto::ResumeWebhookRequest>,
+    ) -> Result<Response<proto::ResumeWebhookResponse>, Status> {
+        self.webhooks()?.resume(&request.into_inner().name).await?;
+        Ok(Response::new(proto::ResumeWebhookResponse {}))
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<proto::DeleteWebhookRequest>,
+    ) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
+        self.webhooks()?.delete(&request.into_inner().name).await?;
+        Ok(Response::new(proto::DeleteWebhookResponse {}))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<proto::ListDeadLettersRequest>,
+    ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
+        let request = request.into_inner();
+        let count_max = match request.max_events {
+            0 => READ_EVENTS_DEFAULT,
+            count => (count as usize).min(limits::READ_EVENTS_COUNT_MAX),
+        };
+        let letters = self.webhooks()?.dead_letters(&request.name, count_max)?;
+        Ok(Response::new(proto::ListDeadLettersResponse {
+            dead_letters: letters.iter().map(convert::dead_letter_to_proto).collect(),
+        }))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<proto::RedriveDeadLettersRequest>,
+    ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
+        let redriven_count = self.webhooks()?.redrive(&request.into_inner().name).await?;
+        Ok(Response::new(proto::RedriveDeadLettersResponse {
+            redriven_count,
+        }))
     }
 }
 

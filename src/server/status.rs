@@ -38,6 +38,8 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::Poisoned => ErrorCode::Poisoned,
         ErrorKind::Locked => ErrorCode::Locked,
         ErrorKind::Closed => ErrorCode::Closed,
+        ErrorKind::WebhookNotFound => ErrorCode::WebhookNotFound,
+        ErrorKind::WebhookExists => ErrorCode::WebhookExists,
     }
 }
 
@@ -49,8 +51,8 @@ pub fn grpc_code(kind: ErrorKind) -> Code {
         | ErrorKind::ProducerOutOfOrder
         | ErrorKind::CursorBackwards
         | ErrorKind::CursorAheadOfHighWatermark => Code::FailedPrecondition,
-        ErrorKind::TopicNotFound | ErrorKind::CursorNotFound => Code::NotFound,
-        ErrorKind::TopicExists => Code::AlreadyExists,
+        ErrorKind::TopicNotFound | ErrorKind::CursorNotFound | ErrorKind::WebhookNotFound => Code::NotFound,
+        ErrorKind::TopicExists | ErrorKind::WebhookExists => Code::AlreadyExists,
         ErrorKind::OffsetOutOfRange => Code::OutOfRange,
         ErrorKind::InvalidArgument
         | ErrorKind::LimitExceeded

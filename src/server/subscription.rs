@@ -268,7 +268,7 @@ impl Subscription {
 }
 
 /// Resolves when any of the futures does, with its index and output.
-async fn any(futures: &mut [BoxFuture<Offset>]) -> (usize, Offset) {
+pub(super) async fn any(futures: &mut [BoxFuture<Offset>]) -> (usize, Offset) {
     std::future::poll_fn(|context| {
         for (index, future) in futures.iter_mut().enumerate() {
             if let Poll::Ready(offset) = future.as_mut().poll(context) {

@@ -1,0 +1,493 @@
+//! `stele webhook`: register, list, pause, resume and delete webhook endpoints,
+//! list and redrive dead letters, and `listen`, a receiver that prints what it
+//! gets (for trying webhooks out and for the README tour).
+
+use std::net::SocketAddr;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use stele::server::proto;
+use stele::server::webhook::signature;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{CliError, ClientArgs, EXIT_OK, Millis, connect};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhookCommand {
+    /// Register an endpoint: events of TOPIC are POSTed to URL, signed, at least once,
+    /// in order per key. Prints the signing secret (shown only once).
+    Create(Box<CreateArgs>),
+    /// Every endpoint with its state, circuit breaker, lag and last error.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop delivering to an endpoint; its position is kept.
+    Pause {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume delivering where the endpoint stood.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete an endpoint and its cursors (its dead letters stay in their topic).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// An endpoint's dead letters not yet redriven.
+    DeadLetters {
+        name: String,
+        /// Most dead letters to show [default: 1000].
+        #[arg(long, value_name = "N")]
+        max: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deliver an endpoint's dead letters again (with their original webhook-id).
+    Redrive {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a receiver that prints each delivery (and checks its signature with --secret).
+    Listen(ListenArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StartArg {
+    /// Only events appended from now on.
+    Latest,
+    /// Every retained event.
+    Earliest,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// Endpoint name: letters, digits, '.', '_' and '-'.
+    name: String,
+    /// Target URL (http:// or https://).
+    #[arg(value_name = "URL")]
+    target: String,
+    /// Topic to deliver.
+    #[arg(long)]
+    topic: String,
+    /// Only events of this type (repeat for several).
+    #[arg(long = "type", value_name = "TYPE")]
+    types: Vec<String>,
+    /// Only events whose key starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    key_prefix: Option<String>,
+    /// Signing secret, whsec_ and base64 [default: generated].
+    #[arg(long, value_name = "whsec_...")]
+    secret: Option<String>,
+    /// Where delivery starts.
+    #[arg(long, value_enum, default_value_t = StartArg::Latest)]
+    from: StartArg,
+    /// Keys in flight at once [default: 16].
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+    /// Attempts per event before it is dead-lettered [default: 10].
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Time since the first attempt after which a failure dead-letters [default: 1d].
+    #[arg(long, value_name = "DURATION")]
+    max_age: Option<Millis>,
+    /// First retry delay; it doubles per attempt, with jitter [default: 500ms].
+    #[arg(long, value_name = "DURATION")]
+    backoff_initial: Option<Millis>,
+    /// Cap on the retry delay [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    backoff_max: Option<Millis>,
+    /// Request timeout [default: the server's --webhook-timeout].
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<Millis>,
+    /// Consecutive failures that open the circuit breaker [default: 5].
+    #[arg(long, value_name = "N")]
+    breaker_failures: Option<u32>,
+    /// Pause of the open breaker before a probe [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    breaker_pause: Option<Millis>,
+    /// Dead-letter topic [default: TOPIC.dead-letter].
+    #[arg(long, value_name = "TOPIC")]
+    dead_letter_topic: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListenArgs {
+    /// Address to listen on; port 0 picks a free port (printed on stderr).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Check each request's signature with this secret.
+    #[arg(long, value_name = "whsec_...")]
+    secret: Option<String>,
+    /// Exit after this many deliveries.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Answer with this HTTP status.
+    #[arg(long, value_name = "CODE", default_value_t = 204)]
+    status: u16,
+    /// Print one JSON object per delivery.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
+    match command {
+        WebhookCommand::Create(args) => create(*args).await,
+        WebhookCommand::List { client } => {
+            let mut stub = connect(&client.url).await?;
+            let response = stub
+                .list_webhooks(proto::ListWebhooksRequest {})
+                .await?
+                .into_inner();
+            if !client.json && response.webhooks.is_empty() {
+                println!("no webhooks");
+            }
+            for webhook in &response.webhooks {
+                print_webhook(webhook, client.json);
+            }
+            Ok(EXIT_OK)
+        }
+        WebhookCommand::Pause { name, client } => {
+            let mut stub = connect(&client.url).await?;
+            stub.pause_webhook(proto::PauseWebhookRequest { name: name.clone() })
+                .await?;
+            done(client.json, "paused", &name);
+            Ok(EXIT_OK)
+        }
+        WebhookCommand::Resume { name, client } => {
+            let mut stub = connect(&client.url).await?;
+            stub.resume_webhook(proto::ResumeWebhookRequest { name: name.clone() })
+                .await?;
+            done(client.json, "resumed", &name);
+            Ok(EXIT_OK)
+        }
+        WebhookCommand::Delete { name, client } => {
+            let mut stub = connect(&client.url).await?;
+            stub.delete_webhook(proto::DeleteWebhookRequest { name: name.clone() })
+                .await?;
+            done(client.json, "deleted", &name);
+            Ok(EXIT_OK)
+        }
+        WebhookCommand::DeadLetters { name, max, client } => {
+            let mut stub = connect(&client.url).await?;
+            let response = stub
+                .list_dead_letters(proto::ListDeadLettersRequest {
+                    name: name.clone(),
+                    max_events: max.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            if !client.json && response.dead_letters.is_empty() {
+                println!("no dead letters for {name}");
+            }
+            for letter in &response.dead_letters {
+                print_dead_letter(letter, client.json);
+            }
+            Ok(EXIT_OK)
+        }
+        WebhookCommand::Redrive { name, client } => {
+            let mut stub = connect(&client.url).await?;
+            let response = stub
+                .redrive_dead_letters(proto::RedriveDeadLettersRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            if client.json {
+                println!(
+                    "{}",
+                    json!({"webhook": name, "redriven": response.redriven_count})
+                );
+            } else {
+                println!("redriving {} dead letters to {name}", response.redriven_count);
+            }
+            Ok(EXIT_OK)
+        }
+        WebhookCommand::Listen(args) => listen(args).await,
+    }
+}
+
+fn done(json_output: bool, what: &str, name: &str) {
+    if json_output {
+        println!("{}", json!({ what: name }));
+    } else {
+        println!("{what} webhook {name}");
+    }
+}
+
+async fn create(args: CreateArgs) -> Result<u8, CliError> {
+    let mut stub = connect(&args.client.url).await?;
+    let millis = |value: Option<Millis>| value.map_or(0, |value| value.0);
+    let request = proto::CreateWebhookRequest {
+        name: args.name.clone(),
+        url: args.target,
+        topic: args.topic,
+        event_types: args.types,
+        key_prefix: args.key_prefix.unwrap_or_default().into_bytes(),
+        secret: args.secret.unwrap_or_default(),
+        settings: Some(proto::WebhookSettings {
+            max_in_flight: args.max_in_flight.unwrap_or(0),
+            max_attempts: args.max_attempts.unwrap_or(0),
+            max_age_ms: millis(args.max_age),
+            backoff_initial_ms: millis(args.backoff_initial),
+            backoff_max_ms: millis(args.backoff_max),
+            timeout_ms: millis(args.timeout),
+            breaker_failures: args.breaker_failures.unwrap_or(0),
+            breaker_pause_ms: millis(args.breaker_pause),
+            dead_letter_topic: args.dead_letter_topic.unwrap_or_default(),
+        }),
+        start: match args.from {
+            StartArg::Latest => proto::WebhookStart::Latest,
+            StartArg::Earliest => proto::WebhookStart::Earliest,
+        } as i32,
+    };
+    let response = stub.create_webhook(request).await?.into_inner();
+    if args.client.json {
+        let mut value = response.webhook.as_ref().map_or(Value::Null, webhook_json);
+        value["secret"] = json!(response.secret);
+        println!("{value}");
+    } else {
+        println!("created webhook {}", args.name);
+        println!("secret: {}", response.secret);
+    }
+    Ok(EXIT_OK)
+}
+
+fn state_name(webhook: &proto::Webhook) -> &'static str {
+    if webhook.state == proto::WebhookState::Paused as i32 {
+        "paused"
+    } else {
+        "active"
+    }
+}
+
+fn circuit_name(webhook: &proto::Webhook) -> &'static str {
+    match proto::CircuitState::try_from(webhook.circuit) {
+        Ok(proto::CircuitState::Open) => "open",
+        Ok(proto::CircuitState::HalfOpen) => "half_open",
+        _ => "closed",
+    }
+}
+
+fn webhook_json(webhook: &proto::Webhook) -> Value {
+    let settings = webhook.settings.clone().unwrap_or_default();
+    json!({
+        "name": webhook.name,
+        "url": webhook.url,
+        "topic": webhook.topic,
+        "event_types": webhook.event_types,
+        "key_prefix": String::from_utf8_lossy(&webhook.key_prefix),
+        "state": state_name(webhook),
+        "circuit": circuit_name(webhook),
+        "lag": webhook.lag,
+        "delivered": webhook.delivered_count,
+        "dead_lettered": webhook.dead_lettered_count,
+        "last_error": webhook.last_error,
+        "last_status": webhook.last_status,
+        "partitions": webhook.partitions.iter().map(|partition| json!({
+            "partition": partition.partition,
+            "committed_offset": partition.committed_offset,
+            "lag": partition.lag,
+        })).collect::<Vec<_>>(),
+        "settings": {
+            "max_in_flight": settings.max_in_flight,
+            "max_attempts": settings.max_attempts,
+            "max_age_ms": settings.max_age_ms,
+            "backoff_initial_ms": settings.backoff_initial_ms,
+            "backoff_max_ms": settings.backoff_max_ms,
+            "timeout_ms": settings.timeout_ms,
+            "breaker_failures": settings.breaker_failures,
+            "breaker_pause_ms": settings.breaker_pause_ms,
+            "dead_letter_topic": settings.dead_letter_topic,
+        },
+    })
+}
+
+fn print_webhook(webhook: &proto::Webhook, json_output: bool) {
+    if json_output {
+        println!("{}", webhook_json(webhook));
+        return;
+    }
+    println!(
+        "{}  {}  circuit={}  lag={}  delivered={}  dead-lettered={}  topic={}  url={}",
+        webhook.name,
+        state_name(webhook),
+        circuit_name(webhook),
+        webhook.lag,
+        webhook.delivered_count,
+        webhook.dead_lettered_count,
+        webhook.topic,
+        webhook.url
+    );
+    if !webhook.last_error.is_empty() {
+        println!("  last error: {}", webhook.last_error);
+    }
+}
+
+fn print_dead_letter(letter: &proto::DeadLetter, json_output: bool) {
+    let key = String::from_utf8_lossy(&letter.key);
+    if json_output {
+        println!(
+            "{}",
+            json!({
+                "dead_letter_partition": letter.dead_letter_partition,
+                "dead_letter_offset": letter.dead_letter_offset,
+                "topic": letter.topic,
+                "partition": letter.partition,
+                "offset": letter.offset,
+                "key": key,
+                "type": letter.r#type,
+                "webhook_id": letter.webhook_id,
+                "reason": letter.reason,
+                "last_status": letter.last_status,
+                "attempts": letter.attempts,
+            })
+        );
+    } else {
+        println!(
+            "{}/{}@{}  key={key}  type={}  attempts={}  status={}  id={}  {}",
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            letter.r#type,
+            letter.attempts,
+            letter.last_status,
+            letter.webhook_id,
+            letter.reason
+        );
+    }
+}
+
+/// The most bytes of one request the listener reads.
+const LISTEN_REQUEST_SIZE_MAX: usize = 16 << 20;
+
+async fn listen(args: ListenArgs) -> Result<u8, CliError> {
+    let secret = args
+        .secret
+        .as_deref()
+        .map(signature::decode_secret)
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| CliError::Failed(format!("cannot listen on {}: {error}", args.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| CliError::Failed(format!("cannot read the listener address: {error}")))?;
+    eprintln!("stele webhook listen: listening on http://{address}");
+    let mut received = 0u64;
+    while args.count.is_none_or(|count| received < count) {
+        let (mut stream, _) = listener
+            .accept()
+            .await
+            .map_err(|error| CliError::Failed(format!("accept failed: {error}")))?;
+        let Some((headers, body)) = read_request(&mut stream).await else {
+            continue;
+        };
+        let reason = match args.status {
+            200..=299 => "OK",
+            _ => "Error",
+        };
+        let response = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            args.status
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        received += 1;
+        print_delivery(&headers, &body, secret.as_deref(), args.json);
+    }
+    Ok(EXIT_OK)
+}
+
+/// Reads one HTTP/1.1 request: lower-cased headers and the body.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Bounded by LISTEN_REQUEST_SIZE_MAX.
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buffer.len() > LISTEN_REQUEST_SIZE_MAX {
+            return None;
+        }
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let headers: Vec<(String, String)> = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(LISTEN_REQUEST_SIZE_MAX);
+    let mut body = buffer[head_end..].to_vec();
+    while body.len() < length {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..read]);
+    }
+    body.truncate(length);
+    Some((headers, body))
+}
+
+fn print_delivery(headers: &[(String, String)], body: &[u8], secret: Option<&[u8]>, json_output: bool) {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .map_or("", |(_, value)| value.as_str())
+    };
+    let id = header("webhook-id");
+    let timestamp = header("webhook-timestamp");
+    let verified = secret.map(|secret| {
+        let expected = timestamp
+            .parse::<i64>()
+            .map(|timestamp_s| signature::sign(secret, id, timestamp_s, body))
+            .unwrap_or_default();
+        header("webhook-signature")
+            .split(' ')
+            .any(|candidate| !expected.is_empty() && candidate == expected)
+    });
+    let event: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if json_output {
+        println!(
+            "{}",
+            json!({"webhook_id": id, "timestamp": timestamp, "verified": verified, "event": event})
+        );
+        return;
+    }
+    let signature = match verified {
+        Some(true) => "signature ok",
+        Some(false) => "SIGNATURE BAD",
+        None => "signature unchecked",
+    };
+    println!(
+        "{id}  {}/{}@{}  key={}  type={}  {signature}  payload={}",
+        event["topic"].as_str().unwrap_or("?"),
+        event["partition"],
+        event["offset"],
+        event["key"],
+        event["type"].as_str().unwrap_or("?"),
+        event["payload"]
+    );
+}
