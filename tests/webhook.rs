@@ -621,7 +621,38 @@ async fn failing_events_are_dead_lettered_then_redriven_with_their_ids() {
         assert_eq!(original.body, redelivered.body);
     }
     wait_dead_letters(&client, "letters", "an empty dead-letter list", <[_]>::is_empty).await;
+    // The server's own metrics saw the same story: three dead letters, a 410
+    // counted as a permanent failure, retries of the 500s, and successes.
+    let text = wait_metrics(&server, "the dead letters in the metrics", |text| {
+        text.contains("stele_webhook_dead_lettered_total{endpoint=\"letters\"} 3")
+    })
+    .await;
+    for line in [
+        "stele_webhook_deliveries_total{endpoint=\"letters\",outcome=\"permanent_failure\",status_class=\"4xx\"} 1",
+        "stele_webhook_deliveries_total{endpoint=\"letters\",outcome=\"retry\",status_class=\"5xx\"} 4",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert!(
+        text.contains(
+            "stele_webhook_deliveries_total{endpoint=\"letters\",outcome=\"success\",status_class=\"2xx\"}"
+        ),
+        "{text}"
+    );
     server.shutdown().await.expect("shutdown");
+}
+
+/// Polls the server's metrics exposition until `done` holds.
+async fn wait_metrics(server: &RunningServer, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = server.metrics().encode().expect("encode metrics");
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls the webhook list until endpoint `name` satisfies `done`.
