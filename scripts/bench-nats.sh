@@ -6,7 +6,7 @@
 #
 # Usage: scripts/bench-nats.sh [nats-bench flags...]
 #   e.g. scripts/bench-nats.sh                          # both modes, all scenarios, medians of 3
-#        SYNC_MODES=none scripts/bench-nats.sh --scenario pipelined,read --repeat 1
+#        SYNC_MODES=none REPEAT=1 scripts/bench-nats.sh --scenario pipelined,read   # set REPEAT, not --repeat
 # Build the tool first (a separate Cargo project, not part of the stele workspace):
 #   (cd tools/nats-bench && cargo build --release)
 # Environment:
