@@ -6,7 +6,7 @@
 #
 # Usage: scripts/bench-nats.sh [nats-bench flags...]
 #   e.g. scripts/bench-nats.sh                          # both modes, all scenarios, medians of 3
-#        SYNC_MODES=none REPEAT=1 scripts/bench-nats.sh --scenario pipelined,read   # set REPEAT, not --repeat
+#        SYNC_MODES=none scripts/bench-nats.sh --scenario pipelined,read --repeat 1
 # Build the tool first (a separate Cargo project, not part of the stele workspace):
 #   (cd tools/nats-bench && cargo build --release)
 # Environment:
@@ -17,12 +17,12 @@
 #   BENCH_DIR       parent of the store directory; default ./bench-tmp (a real disk, not tmpfs).
 #   SYNC_MODES      default "none always": none = JetStream's default sync_interval (2 minutes),
 #                   always = `jetstream { sync_interval: always }` (an fsync per message).
-#   REPEAT          runs per scenario, default 3; with more than 1 only the median lines are printed.
+#   REPEAT          runs per scenario (--repeat), default 3.
 #   ALWAYS_COUNT    most events per run in mode always (nats-bench --max-count), default 20000: at
 #                   about 1,200 events/s the counts of stele bench (200,000 and 1,000,000) would take
 #                   minutes per run; sequential keeps its 2,000.
-# Output: stdout gets one JSON line per scenario and mode (the median of REPEAT runs, "run":"median",
-# every run's rate in events_per_s_runs; with REPEAT=1 the run itself); every run's line goes to
+# Output: stdout gets one JSON line per scenario and mode (the median of the runs, "run":"median",
+# every run's rate in events_per_s_runs; with a single run, the run itself); every run's line goes to
 # a .jsonl file under BENCH_DIR whose path is printed on stderr with the versions and the load.
 # Exit code 1 when a correctness check failed or a run could not finish.
 set -euo pipefail
@@ -119,7 +119,8 @@ for mode in $modes; do
     "$bench_bin" --url "$url" --durability "$mode" --repeat "$repeat" \
         --fsync-probe-dir "$work/store" --server-pid "$server" "${caps[@]}" "$@" \
         | tee -a "$runs_file" \
-        | if [[ $repeat -gt 1 ]]; then grep --line-buffered '"run":"median"' || true; else cat; fi \
+        | awk '/"run":"median"/ { print; fflush(); medians = 1; next } { runs[n++] = $0 }
+               END { if (!medians) for (i = 0; i < n; i++) print runs[i] }' \
         || status=1
     echo "nats-bench: mode $mode done, load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     stop_server
