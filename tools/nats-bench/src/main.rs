@@ -142,10 +142,10 @@ const ABOUT: &str =
 const AFTER_HELP: &str = "\
 Scenarios: pipelined, batched (groups of --batch messages to one subject: with --batch-mode acks,
 separate publishes with all acks in flight; with atomic, one atomic batch publish per group, of
-server 2.12+), sequential (one publish awaiting its ack, after an
-fdatasync probe in --fsync-probe-dir), cas (Nats-Expected-Last-Subject-Sequence, one in flight
-per key, then a stale expectation must be refused), dedup (Nats-Msg-Id, every 10th sent twice),
-read (a pull consumer over the whole stream). Without --count each scenario takes the count of
+server 2.12+), sequential (one publish awaiting its ack, after an fdatasync probe in
+--fsync-probe-dir), cas (Nats-Expected-Last-Subject-Sequence, one in flight per key, then a stale
+expectation must be refused), dedup (Nats-Msg-Id, every 10th sent twice), read (a pull consumer
+over the whole stream). Without --count each scenario takes the count of
 stele bench (pipelined, cas, dedup 200000; batched, read 1000000; sequential 2000).
 --durability labels the lines with the server's sync setting; scripts/bench-nats.sh starts the
 server for each. The exit code is 1 when a correctness check of a line is false.";
