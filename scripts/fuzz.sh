@@ -20,6 +20,7 @@
 # after every target has run. The fuzz build uses its own target directory,
 # fuzz/target (STELE_FUZZ_TARGET_DIR overrides it), so the instrumentation
 # flags never invalidate the main build.
+# STELE_FUZZ_ARGS adds libFuzzer flags (e.g. "-dict=FILE -max_len=65536").
 set -euo pipefail
 
 seconds="${1:-30}"
@@ -79,7 +80,7 @@ run_target() {
     cp -n "$root/fuzz/corpus/$target"/* "$work"/ 2>/dev/null || true
     "$bin_dir/$target" "$work" \
         -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
-        -artifact_prefix="$artifacts/" -print_final_stats=1 \
+        -artifact_prefix="$artifacts/" -print_final_stats=1 ${STELE_FUZZ_ARGS:-} \
         >"$logs/$target.log" 2>&1 || status=$?
     echo "$status" >"$logs/$target.status"
 }
@@ -96,7 +97,7 @@ summarize() {
     else
         echo "=== $target: FAILED (exit $status); last lines of $log:"
         tail -n 40 "$log"
-        echo "=== $target: crash input(s):"
+        echo "=== $target: crash input(s); rerun one with: $bin_dir/$target INPUT"
         sed -n 's/.*Test unit written to \(.*\)$/  \1/p' "$log"
     fi
 }
