@@ -7,9 +7,9 @@
 #
 # The targets are built with plain cargo and the flags `cargo fuzz build
 # --sanitizer none` passes (cargo-fuzz 0.13), so cargo-fuzz need not be
-# installed; the `fuzz` profile in fuzz/Cargo.toml trades a little execution
-# speed for a much shorter build. STELE_FUZZ_BUILD=cargo-fuzz builds with
-# `cargo fuzz build --sanitizer none` (its release profile) instead.
+# installed; the `fuzz` profile in fuzz/Cargo.toml has the settings cargo-fuzz
+# gives its release build. STELE_FUZZ_BUILD=cargo-fuzz builds with
+# `cargo fuzz build --sanitizer none` instead.
 #
 # Targets run STELE_FUZZ_JOBS at a time (default: the number of CPUs), each
 # single-threaded. Each runs in its own working corpus,
@@ -40,6 +40,7 @@ case "${STELE_FUZZ_BUILD:-cargo}" in
         # What cargo-fuzz 0.13 passes for `--sanitizer none` on Linux, less
         # `-Cdebug-assertions` and `-Ccodegen-units=1`, which the `fuzz` profile
         # sets. `--target` keeps the flags off build scripts and proc macros.
+        # Sanitizers (AddressSanitizer...) need nightly: use cargo-fuzz for them.
         RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
