@@ -4,9 +4,12 @@
 //! or nothing at all while it is down) and records arrival times, headers and
 //! bodies. Tests wait on those records with deadlines, never on sleeps.
 
+#[path = "python/venv.rs"]
+mod venv;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1015,36 +1018,6 @@ async fn delivery_resumes_in_order_after_the_server_is_killed() {
     serve.child.wait().expect("reap");
 }
 
-/// The Python interpreter of a venv with `standardwebhooks`, created on first use
-/// (its own directory, apart from the gRPC interop test's venv).
-fn python_with_standardwebhooks() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webhook-venv");
-    let python = venv.join("bin").join("python");
-    let ready = venv.join(".ready");
-    if !ready.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "standardwebhooks",
-            ])
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "pip install standardwebhooks failed");
-        std::fs::write(&ready, b"").expect("mark the venv ready");
-    }
-    python
-}
-
 const VERIFY_PY: &str = r#"
 import base64, json, sys
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -1070,7 +1043,8 @@ fn signatures_verify_with_the_standardwebhooks_package() {
     // Goal: an independent implementation (the `standardwebhooks` package from PyPI)
     // accepts the signatures of real deliveries, with a generated and a given
     // secret, and rejects a tampered body.
-    let python = python_with_standardwebhooks();
+    // Only this test of the file uses the venv, so nothing races to create it.
+    let python = venv::python("webhook-venv", &["standardwebhooks"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let cases = runtime.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
