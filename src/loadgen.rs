@@ -189,13 +189,54 @@ pub fn percentiles(samples: &mut [u64]) -> Value {
     json!({"p50": at(0.50), "p99": at(0.99), "p999": at(0.999)})
 }
 
-fn micros(duration: Duration) -> u64 {
+/// Whole microseconds, saturating.
+pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn round(value: f64, digits: i32) -> f64 {
+/// `value` rounded to `digits` decimals.
+pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
+}
+
+/// What every scenario line reports, whichever system ran it: the names are the
+/// contract that lets `tools/nats-bench` lines line up with `stele bench` ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured<'a> {
+    /// The scenario's name.
+    pub scenario: &'a str,
+    /// The durability label (`always`, `none`).
+    pub durability: &'a str,
+    /// Events appended or read.
+    pub events: u64,
+    /// Wall time of the timed part.
+    pub elapsed: Duration,
+    /// Failed requests.
+    pub errors: u64,
+    /// Payload bytes per event.
+    pub size: usize,
+    /// Distinct keys.
+    pub keys: u64,
+}
+
+/// The common fields of a line: rates, percentiles of `latencies_us`, and the parameters.
+pub fn measured_line(measured: Measured<'_>, latencies_us: &mut [u64]) -> serde_json::Map<String, Value> {
+    let seconds = measured.elapsed.as_secs_f64().max(1e-9);
+    let events_per_s = measured.events as f64 / seconds;
+    let mb_per_s = events_per_s * measured.size as f64 / 1e6;
+    let mut line = serde_json::Map::new();
+    line.insert("scenario".into(), json!(measured.scenario));
+    line.insert("durability".into(), json!(measured.durability));
+    line.insert("events".into(), json!(measured.events));
+    line.insert("seconds".into(), json!(round(seconds, 4)));
+    line.insert("events_per_s".into(), json!(events_per_s.round() as u64));
+    line.insert("mb_per_s".into(), json!(round(mb_per_s, 2)));
+    line.insert("latency_us".into(), percentiles(latencies_us));
+    line.insert("errors".into(), json!(measured.errors));
+    line.insert("size".into(), json!(measured.size));
+    line.insert("keys".into(), json!(measured.keys));
+    line
 }
 
 /// The common fields of a scenario's result.
@@ -208,20 +249,16 @@ fn result_line(
     latencies_us: &mut [u64],
     errors: u64,
 ) -> serde_json::Map<String, Value> {
-    let seconds = elapsed.as_secs_f64().max(1e-9);
-    let events_per_s = events as f64 / seconds;
-    let mb_per_s = events_per_s * config.size as f64 / 1e6;
-    let mut line = serde_json::Map::new();
-    line.insert("scenario".into(), json!(scenario.name()));
-    line.insert("durability".into(), json!(durability_name(durability)));
-    line.insert("events".into(), json!(events));
-    line.insert("seconds".into(), json!(round(seconds, 4)));
-    line.insert("events_per_s".into(), json!(events_per_s.round() as u64));
-    line.insert("mb_per_s".into(), json!(round(mb_per_s, 2)));
-    line.insert("latency_us".into(), percentiles(latencies_us));
-    line.insert("errors".into(), json!(errors));
-    line.insert("size".into(), json!(config.size));
-    line.insert("keys".into(), json!(config.keys));
+    let measured = Measured {
+        scenario: scenario.name(),
+        durability: durability_name(durability),
+        events,
+        elapsed,
+        errors,
+        size: config.size,
+        keys: config.keys,
+    };
+    let mut line = measured_line(measured, latencies_us);
     line.insert("partitions".into(), json!(config.partitions));
     line
 }
@@ -353,8 +390,8 @@ async fn run_streams(
     Ok((started.elapsed(), total))
 }
 
-/// Deals requests round-robin to `streams` streams.
-fn deal<T>(items: impl Iterator<Item = T>, streams: usize) -> Vec<Vec<T>> {
+/// Deals items round-robin to `streams` lists.
+pub fn deal<T>(items: impl Iterator<Item = T>, streams: usize) -> Vec<Vec<T>> {
     let mut dealt: Vec<Vec<T>> = (0..streams.max(1)).map(|_| Vec::new()).collect();
     let count = dealt.len();
     for (index, item) in items.enumerate() {

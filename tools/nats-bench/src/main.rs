@@ -60,7 +60,7 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
-use stele::loadgen::{LoadgenError, Scenario};
+use stele::loadgen::{LoadgenError, Measured, Scenario, deal, measured_line, micros};
 
 /// Everything that stops a run.
 #[derive(Debug, thiserror::Error)]
@@ -236,15 +236,6 @@ fn context(client: async_nats::Client, in_flight: usize) -> jetstream::Context {
         .build(client)
 }
 
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
-}
-
 fn key_name(index: u64) -> String {
     format!("key-{index:07}")
 }
@@ -265,22 +256,18 @@ fn result_line(
     latencies_us: &mut [u64],
     errors: u64,
 ) -> Map<String, Value> {
-    let seconds = elapsed.as_secs_f64().max(1e-9);
-    let events_per_s = events as f64 / seconds;
-    let mb_per_s = events_per_s * args.size as f64 / 1e6;
-    let mut line = Map::new();
+    let measured = Measured {
+        scenario: scenario.name(),
+        durability: args.durability.name(),
+        events,
+        elapsed,
+        errors,
+        size: args.size,
+        keys: args.keys,
+    };
+    let mut line = measured_line(measured, latencies_us);
     line.insert("system".into(), json!("nats"));
-    line.insert("scenario".into(), json!(scenario.name()));
-    line.insert("durability".into(), json!(args.durability.name()));
     line.insert("server_sync".into(), json!(args.durability.server_setting()));
-    line.insert("events".into(), json!(events));
-    line.insert("seconds".into(), json!(round(seconds, 4)));
-    line.insert("events_per_s".into(), json!(events_per_s.round() as u64));
-    line.insert("mb_per_s".into(), json!(round(mb_per_s, 2)));
-    line.insert("latency_us".into(), stele::loadgen::percentiles(latencies_us));
-    line.insert("errors".into(), json!(errors));
-    line.insert("size".into(), json!(args.size));
-    line.insert("keys".into(), json!(args.keys));
     line
 }
 
@@ -396,16 +383,6 @@ async fn run_connections(
         total.outcomes.extend(outcome.outcomes);
     }
     Ok((started.elapsed(), total))
-}
-
-/// Deals items round-robin to `connections` lists.
-fn deal<T>(items: impl Iterator<Item = T>, connections: usize) -> Vec<Vec<T>> {
-    let mut dealt: Vec<Vec<T>> = (0..connections.max(1)).map(|_| Vec::new()).collect();
-    let count = dealt.len();
-    for (index, item) in items.enumerate() {
-        dealt[index % count].push(item);
-    }
-    dealt
 }
 
 /// A fresh stream name for one run.
