@@ -39,11 +39,17 @@ enum Answer {
     Reset,
     /// Answer 200 after this many milliseconds.
     SlowOk(u64),
+    /// Answer 200 once this many requests are open at the same time (or after
+    /// `DEADLINE`), so that concurrency shows whatever the machine's load.
+    OkWhenOpen(usize),
 }
 
 impl Answer {
     fn is_success(self) -> bool {
-        matches!(self, Answer::Status(200..=299) | Answer::SlowOk(_))
+        matches!(
+            self,
+            Answer::Status(200..=299) | Answer::SlowOk(_) | Answer::OkWhenOpen(_)
+        )
     }
 }
 
@@ -185,6 +191,18 @@ async fn handle(state: Arc<ReceiverState>, mut stream: TcpStream) {
         .fetch_max(open, std::sync::atomic::Ordering::SeqCst);
     state.records.lock().expect("lock").push(delivery);
     state.changed.notify_waiters();
+    if let Answer::OkWhenOpen(wanted) = answer {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let notified = state.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if state.open.load(std::sync::atomic::Ordering::SeqCst) >= wanted || Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+        }
+    }
     respond(&mut stream, answer).await;
     state.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
@@ -213,6 +231,10 @@ async fn respond(stream: &mut TcpStream, answer: Answer) {
         }
         Answer::SlowOk(delay_ms) => {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let response = "HTTP/1.1 200 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+        Answer::OkWhenOpen(_) => {
             let response = "HTTP/1.1 200 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
             let _ = stream.write_all(response.as_bytes()).await;
         }
@@ -1197,10 +1219,20 @@ fn the_webhook_command_manages_endpoints_with_documented_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_in_flight_stay_within_the_configured_limit() {
     // Goal: with a slow receiver and more keys than the limit, exactly the
-    // configured number of requests is open at once, never more.
+    // configured number of requests is open at once, never more. The first two
+    // requests are held until both are open (a third would be open by then if
+    // the limit leaked), so the check does not depend on the machine's speed.
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, client) = start_server(dir.path(), true).await;
-    let receiver = Receiver::start(Box::new(|_, _| Answer::SlowOk(50))).await;
+    let held = std::sync::atomic::AtomicUsize::new(0);
+    let receiver = Receiver::start(Box::new(move |_, _| {
+        if held.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            Answer::OkWhenOpen(2)
+        } else {
+            Answer::SlowOk(50)
+        }
+    }))
+    .await;
     let settings = WebhookSettings {
         in_flight_max: 2,
         ..fast_settings()

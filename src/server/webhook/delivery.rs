@@ -4,8 +4,10 @@
 //!
 //! Invariant: the next event of a key (within a stream) is not started before the
 //! previous one finished (delivered or dead-lettered).
-//! Invariant: a committed cursor offset is the lowest offset of its partition not
-//! yet finished, so a restart re-delivers at most the unfinished events.
+//! Invariant: a committed cursor offset is never past the lowest offset of its
+//! partition not yet finished, so a restart re-delivers at most the unfinished
+//! events and those finished since the last commit (at most `COMMIT_INTERVAL` ago
+//! while busy; an idle loop commits at once).
 //! Invariant: at most `WEBHOOK_BUFFERED_EVENTS_COUNT_MAX` events and about
 //! `WEBHOOK_BUFFERED_SIZE_BYTES_MAX` payload bytes are held per endpoint.
 //!
@@ -35,6 +37,8 @@ use crate::server::backend::BoxFuture;
 
 /// How often an idle loop refreshes its lag gauge.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The most often a busy loop commits its cursors.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// The pause before appending a dead letter again after a failure.
 const DEAD_LETTER_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -201,6 +205,8 @@ struct Loop {
     buffered_count: usize,
     buffered_size: u64,
     tasks: JoinSet<(OrderKey, Finish)>,
+    /// When the cursors were last committed.
+    committed_at: Instant,
 }
 
 /// Runs an endpoint's delivery until `stop` turns true.
@@ -239,6 +245,7 @@ pub(super) async fn run(
         buffered_count: 0,
         buffered_size: 0,
         tasks: JoinSet::new(),
+        committed_at: Instant::now(),
     };
     loop {
         if *stop.borrow() {
@@ -246,7 +253,14 @@ pub(super) async fn run(
         }
         let read = state.fill()?;
         state.start_runnable();
-        state.commit()?;
+        // A cursor commit is a synced journal write on this runtime thread: while
+        // deliveries are in flight, commit at most every `COMMIT_INTERVAL` (a crash
+        // re-delivers what finished since, which at-least-once allows); when the
+        // loop is idle, commit at once so the cursor and lag settle.
+        if state.tasks.is_empty() || state.committed_at.elapsed() >= COMMIT_INTERVAL {
+            state.commit()?;
+            state.committed_at = Instant::now();
+        }
         if read && state.has_room() {
             tokio::task::yield_now().await;
             continue;
