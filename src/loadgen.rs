@@ -239,6 +239,63 @@ pub fn measured_line(measured: Measured<'_>, latencies_us: &mut [u64]) -> serde_
     line
 }
 
+/// Adds the fdatasync probe to a `sequential` line, and how far the append p50
+/// is above the probe's p50 (the latency target compares the two).
+pub fn insert_fsync_comparison(line: &mut serde_json::Map<String, Value>, probe: &FsyncProbe) {
+    let p50 = line["latency_us"]["p50"].as_u64().unwrap_or_default();
+    line.insert("fsync_probe".into(), probe.to_json());
+    line.insert("fsync_p50_us".into(), json!(probe.p50_us));
+    line.insert(
+        "p50_minus_fsync_p50_us".into(),
+        json!(p50 as i64 - probe.p50_us as i64),
+    );
+}
+
+/// What a `dedup` run counted; `stored` is what the system holds afterwards
+/// (reported under `stored_field`), which must equal `unique`.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupCounts {
+    /// Distinct idempotency ids sent.
+    pub unique: u64,
+    /// Repeats sent.
+    pub duplicates_expected: u64,
+    /// Acknowledgements flagged duplicate.
+    pub duplicates_reported: u64,
+    /// Acknowledgements whose duplicate flag was wrong (or that failed).
+    pub wrong_duplicate_flags: u64,
+    /// Whether every repeat reported its original's position.
+    pub repeat_positions_match: bool,
+    /// The field naming `stored` (`high_watermark_sum`, `stream_messages`).
+    pub stored_field: &'static str,
+    /// Events the system holds after the run.
+    pub stored: u64,
+}
+
+/// Adds a `dedup` run's counts and its verdict `dedup_ok`.
+pub fn insert_dedup_counts(line: &mut serde_json::Map<String, Value>, counts: DedupCounts) {
+    line.insert("unique".into(), json!(counts.unique));
+    line.insert("duplicates_expected".into(), json!(counts.duplicates_expected));
+    line.insert("duplicates_reported".into(), json!(counts.duplicates_reported));
+    line.insert(
+        "wrong_duplicate_flags".into(),
+        json!(counts.wrong_duplicate_flags),
+    );
+    line.insert(
+        "repeat_positions_match".into(),
+        json!(counts.repeat_positions_match),
+    );
+    line.insert(counts.stored_field.into(), json!(counts.stored));
+    line.insert(
+        "dedup_ok".into(),
+        json!(
+            counts.wrong_duplicate_flags == 0
+                && counts.repeat_positions_match
+                && counts.duplicates_reported == counts.duplicates_expected
+                && counts.stored == counts.unique
+        ),
+    );
+}
+
 /// The common fields of a scenario's result.
 fn result_line(
     scenario: Scenario,
@@ -547,13 +604,7 @@ async fn sequential(
         &mut latencies,
         errors,
     );
-    let p50 = line["latency_us"]["p50"].as_u64().unwrap_or_default();
-    line.insert("fsync_probe".into(), probe.to_json());
-    line.insert("fsync_p50_us".into(), json!(probe.p50_us));
-    line.insert(
-        "p50_minus_fsync_p50_us".into(),
-        json!(p50 as i64 - probe.p50_us as i64),
-    );
+    insert_fsync_comparison(&mut line, &probe);
     Ok(line)
 }
 
@@ -789,20 +840,17 @@ async fn dedup(
         &mut outcome.latencies_us,
         outcome.errors,
     );
-    line.insert("unique".into(), json!(unique));
-    line.insert("duplicates_expected".into(), json!(duplicates_expected));
-    line.insert("duplicates_reported".into(), json!(duplicates_reported));
-    line.insert("wrong_duplicate_flags".into(), json!(wrong));
-    line.insert("repeat_positions_match".into(), json!(positions_match));
-    line.insert("high_watermark_sum".into(), json!(watermarks));
-    line.insert(
-        "dedup_ok".into(),
-        json!(
-            wrong == 0
-                && positions_match
-                && duplicates_reported == duplicates_expected
-                && watermarks == unique
-        ),
+    insert_dedup_counts(
+        &mut line,
+        DedupCounts {
+            unique,
+            duplicates_expected,
+            duplicates_reported,
+            wrong_duplicate_flags: wrong,
+            repeat_positions_match: positions_match,
+            stored_field: "high_watermark_sum",
+            stored: watermarks,
+        },
     );
     line.insert("streams".into(), json!(streams));
     Ok(line)

@@ -60,7 +60,10 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
-use stele::loadgen::{LoadgenError, Measured, Scenario, deal, measured_line, micros};
+use stele::loadgen::{
+    DedupCounts, LoadgenError, Measured, Scenario, deal, insert_dedup_counts, insert_fsync_comparison,
+    measured_line, micros,
+};
 
 /// Everything that stops a run.
 #[derive(Debug, thiserror::Error)]
@@ -555,13 +558,7 @@ async fn sequential(
     }
     let elapsed = started.elapsed();
     let mut line = result_line(Scenario::Sequential, args, count, elapsed, &mut latencies, errors);
-    let p50 = line["latency_us"]["p50"].as_u64().unwrap_or_default();
-    line.insert("fsync_probe".into(), probe.to_json());
-    line.insert("fsync_p50_us".into(), json!(probe.p50_us));
-    line.insert(
-        "p50_minus_fsync_p50_us".into(),
-        json!(p50 as i64 - probe.p50_us as i64),
-    );
+    insert_fsync_comparison(&mut line, &probe);
     Ok(line)
 }
 
@@ -826,17 +823,17 @@ async fn dedup(
         &mut outcome.latencies_us,
         outcome.errors,
     );
-    line.insert("unique".into(), json!(unique));
-    line.insert("duplicates_expected".into(), json!(duplicates_expected));
-    line.insert("duplicates_reported".into(), json!(duplicates_reported));
-    line.insert("wrong_duplicate_flags".into(), json!(wrong));
-    line.insert("repeat_positions_match".into(), json!(positions_match));
-    line.insert("stream_messages".into(), json!(messages));
-    line.insert(
-        "dedup_ok".into(),
-        json!(
-            wrong == 0 && positions_match && duplicates_reported == duplicates_expected && messages == unique
-        ),
+    insert_dedup_counts(
+        &mut line,
+        DedupCounts {
+            unique,
+            duplicates_expected,
+            duplicates_reported,
+            wrong_duplicate_flags: wrong,
+            repeat_positions_match: positions_match,
+            stored_field: "stream_messages",
+            stored: messages,
+        },
     );
     line.insert("streams".into(), json!(connections));
     line.insert("duplicate_window_s".into(), json!(120));
