@@ -108,7 +108,7 @@ impl RunningServer {
     /// # Errors
     /// I/O errors binding the listener.
     pub async fn start_with_log(log: Arc<Log>, config: ServerConfig) -> Result<RunningServer> {
-        RunningServer::start_with_observer(log, config, Arc::new(webhook::NoopObserver)).await
+        RunningServer::start_observed(log, config, None).await
     }
 
     /// Starts serving an already open log, reporting webhook deliveries to
@@ -120,6 +120,14 @@ impl RunningServer {
         log: Arc<Log>,
         config: ServerConfig,
         observer: Arc<dyn webhook::DeliveryObserver>,
+    ) -> Result<RunningServer> {
+        RunningServer::start_observed(log, config, Some(observer)).await
+    }
+
+    async fn start_observed(
+        log: Arc<Log>,
+        config: ServerConfig,
+        extra_observer: Option<Arc<dyn webhook::DeliveryObserver>>,
     ) -> Result<RunningServer> {
         config.default_topic.validate()?;
         let listener = TcpListener::bind(config.listen)
@@ -144,10 +152,10 @@ impl RunningServer {
             None => None,
         };
         let (closing_sender, closing) = watch::channel(false);
-        let observer = Arc::new(webhook::Observers(vec![
-            Arc::clone(&metrics) as Arc<dyn webhook::DeliveryObserver>,
-            observer,
-        ]));
+        let observer: Arc<dyn webhook::DeliveryObserver> = match extra_observer {
+            None => Arc::clone(&metrics) as Arc<dyn webhook::DeliveryObserver>,
+            Some(extra) => Arc::new(webhook::Observers(vec![metrics.clone(), extra])),
+        };
         let webhooks =
             webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
         let service = SteleService::new(backend, closing).with_webhooks(Arc::clone(&webhooks));
