@@ -9,9 +9,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(["stele/v1/stele.proto"], ["proto"])?;
     let encoded = prost::Message::encode_to_vec(&descriptors);
     std::fs::write(out_dir.join("stele_descriptor.bin"), encoded)?;
+    // The messages and the client stubs, with prost's codec.
     tonic_prost_build::configure()
+        .build_server(false)
         // Subscriptions encode their batches straight from stored frames (src/server/wire.rs).
         .extern_path(".stele.v1.EventBatch", "crate::server::wire::EventBatch")
+        .compile_fds(descriptors.clone())?;
+    // The server stubs alone (every message is extern, so none is generated
+    // twice), with the codec that answers undecodable requests with
+    // INVALID_ARGUMENT (src/server/codec.rs).
+    let server_dir = out_dir.join("server");
+    std::fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .extern_path(".stele.v1", "crate::server::proto")
+        .codec_path("crate::server::codec::RequestCodec")
+        .out_dir(&server_dir)
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! in-flight calls finish, then closes the log (sync, checkpoint).
 
 pub mod backend;
+mod codec;
 pub mod convert;
 pub mod metrics;
 pub mod proto;

@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 
 tonic::include_proto!("stele.v1");
+include!(concat!(env!("OUT_DIR"), "/server/stele.v1.rs"));
 
 /// `stele.v1.EventBatch` is hand-written: see [`super::wire`].
 pub use super::wire::EventBatch;

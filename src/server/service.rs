@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::backend::Backend;
 use super::convert;
 use super::proto::{self, stele_server::Stele};
-use super::status::{error_detail, invalid_argument, map_transport_status, to_status};
+use super::status::{error_detail, invalid_argument, map_transport_status};
 use super::subscription;
 use super::webhook::Dispatcher;
 use crate::event::{Direction, Offset, PartitionId};
@@ -67,6 +67,55 @@ fn outcomes(results: Vec<crate::Result<crate::AppendAck>>) -> Vec<proto::BatchAp
             }),
         })
         .collect()
+}
+
+/// One request of an AppendSession, in arrival order.
+enum SessionItem {
+    /// A request taken off the stream and submitted (or refused).
+    Request {
+        correlation_id: u64,
+        count: usize,
+        future: super::backend::BoxFuture<crate::Result<Vec<crate::Result<crate::AppendAck>>>>,
+    },
+    /// The stream failed; answered after every earlier request.
+    End(Status),
+}
+
+/// The answer to a session request refused as a whole (nothing of it applied):
+/// `error` set, and the same error as the outcome of each append.
+fn refused_request(correlation_id: u64, count: usize, error: &crate::Error) -> proto::AppendSessionResponse {
+    let detail = error_detail(error);
+    proto::AppendSessionResponse {
+        correlation_id,
+        outcomes: (0..count)
+            .map(|_| proto::BatchAppendOutcome {
+                outcome: Some(proto::batch_append_outcome::Outcome::Error(detail.clone())),
+            })
+            .collect(),
+        error: Some(detail),
+    }
+}
+
+/// Checks what bounds a whole append call, before anything is submitted: the
+/// topic name, at least one append, and at most `APPEND_EVENTS_COUNT_MAX`
+/// events over all its appends (the same bound as one append's events).
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] or [`crate::Error::LimitExceeded`].
+fn check_appends(topic: &str, appends: &[proto::BatchAppend]) -> crate::Result<()> {
+    crate::log::validate_topic_name(topic)?;
+    if appends.is_empty() {
+        return Err(crate::Error::InvalidArgument("a request needs at least one append".into()));
+    }
+    let events_count: usize = appends.iter().map(|append| append.events.len().max(1)).sum();
+    if events_count > limits::APPEND_EVENTS_COUNT_MAX {
+        return Err(crate::Error::LimitExceeded {
+            what: "events per call",
+            value: events_count as u64,
+            max: limits::APPEND_EVENTS_COUNT_MAX as u64,
+        });
+    }
+    Ok(())
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -152,6 +201,7 @@ impl Stele for SteleService {
         request: Request<proto::AppendBatchRequest>,
     ) -> Result<Response<proto::AppendBatchResponse>, Status> {
         let request = request.into_inner();
+        check_appends(&request.topic, &request.appends)?;
         let appends = request
             .appends
             .into_iter()
@@ -172,11 +222,14 @@ impl Stele for SteleService {
         let mut inbound = request.into_inner();
         let backend = Arc::clone(&self.backend);
         // Appends start in arrival order (so they join group commits early) and
-        // their responses are sent in the same order.
-        let (pending_sender, mut pending) =
-            mpsc::channel::<(u64, super::backend::BoxFuture<_>)>(SESSION_IN_FLIGHT_MAX);
+        // their responses are sent in the same order. Every request taken off the
+        // stream is answered exactly once: a refused request gets an in-stream
+        // error and the session goes on; when the stream itself fails (bytes that
+        // do not decode, a message above the size limit), the error goes through
+        // the same queue, after the answers of every request before it, and
+        // nothing after it is read.
+        let (pending_sender, mut pending) = mpsc::channel::<SessionItem>(SESSION_IN_FLIGHT_MAX);
         let (sender, receiver) = mpsc::channel(64);
-        let error_sender = sender.clone();
         let mut closing = self.closing.clone();
         tokio::spawn(async move {
             loop {
@@ -184,40 +237,50 @@ impl Stele for SteleService {
                     next = inbound.message() => next,
                     _ = closing.wait_for(|closing| *closing) => break,
                 };
-                let message = match next {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = error_sender.send(Err(map_transport_status(status))).await;
-                        break;
+                let item = match next {
+                    Ok(Some(message)) => {
+                        let count = message.appends.len();
+                        let future = match check_appends(&message.topic, &message.appends) {
+                            Ok(()) => backend.append(
+                                &message.topic,
+                                message.appends.into_iter().map(convert::append_from_proto).collect(),
+                            ),
+                            Err(error) => Box::pin(async move { Err(error) }),
+                        };
+                        SessionItem::Request {
+                            correlation_id: message.correlation_id,
+                            count,
+                            future,
+                        }
                     }
+                    Ok(None) => break,
+                    Err(status) => SessionItem::End(map_transport_status(status)),
                 };
-                let appends = message
-                    .appends
-                    .into_iter()
-                    .map(convert::append_from_proto)
-                    .collect();
-                let future = backend.append(&message.topic, appends);
-                if pending_sender
-                    .send((message.correlation_id, future))
-                    .await
-                    .is_err()
-                {
+                let end = matches!(item, SessionItem::End(_));
+                if pending_sender.send(item).await.is_err() || end {
                     break;
                 }
             }
         });
         tokio::spawn(async move {
-            while let Some((correlation_id, future)) = pending.recv().await {
-                let response = match future.await {
-                    Ok(results) => Ok(proto::AppendSessionResponse {
+            while let Some(item) = pending.recv().await {
+                let response = match item {
+                    SessionItem::Request {
                         correlation_id,
-                        outcomes: outcomes(results),
+                        count,
+                        future,
+                    } => Ok(match future.await {
+                        Ok(results) => proto::AppendSessionResponse {
+                            correlation_id,
+                            outcomes: outcomes(results),
+                            error: None,
+                        },
+                        Err(error) => refused_request(correlation_id, count, &error),
                     }),
-                    Err(error) => Err(to_status(&error)),
+                    SessionItem::End(status) => Err(status),
                 };
-                let failed = response.is_err();
-                if sender.send(response).await.is_err() || failed {
+                let end = response.is_err();
+                if sender.send(response).await.is_err() || end {
                     break;
                 }
             }
