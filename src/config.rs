@@ -155,12 +155,15 @@ impl TopicOptions {
     /// [`Error::Config`] naming the first bad option.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(Error::Config(message));
-        if self.partitions == 0 || self.partitions > limits::PARTITIONS_COUNT_MAX {
-            return bad(format!(
-                "partitions is {}, must be 1..={}",
-                self.partitions,
-                limits::PARTITIONS_COUNT_MAX
-            ));
+        if self.partitions == 0 {
+            return bad("partitions is 0, must be at least 1".to_string());
+        }
+        if self.partitions > limits::PARTITIONS_COUNT_MAX {
+            return Err(Error::LimitExceeded {
+                what: "partition count",
+                value: u64::from(self.partitions),
+                max: u64::from(limits::PARTITIONS_COUNT_MAX),
+            });
         }
         if !(limits::SEGMENT_SIZE_BYTES_MIN..=limits::SEGMENT_SIZE_BYTES_MAX)
             .contains(&self.segment_size_bytes_max)
@@ -173,11 +176,11 @@ impl TopicOptions {
             ));
         }
         if self.payload_size_max > limits::PAYLOAD_SIZE_MAX_LIMIT {
-            return bad(format!(
-                "payload_size_max is {}, above the limit of {}",
-                self.payload_size_max,
-                limits::PAYLOAD_SIZE_MAX_LIMIT
-            ));
+            return Err(Error::LimitExceeded {
+                what: "payload_size_max",
+                value: u64::from(self.payload_size_max),
+                max: u64::from(limits::PAYLOAD_SIZE_MAX_LIMIT),
+            });
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be positive".to_string());

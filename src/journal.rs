@@ -127,10 +127,15 @@ pub(crate) fn check_name(name: &str, size_max: usize, what: &str) -> Result<()> 
         return Err(Error::InvalidArgument(format!("{what} name is empty")));
     }
     if name.len() > size_max {
-        return Err(Error::InvalidArgument(format!(
-            "{what} name is {} bytes, above the limit of {size_max}",
-            name.len()
-        )));
+        return Err(Error::LimitExceeded {
+            what: match what {
+                "cursor" => "cursor name size",
+                "producer" => "producer name size",
+                _ => "name size",
+            },
+            value: name.len() as u64,
+            max: size_max as u64,
+        });
     }
     if name.chars().any(char::is_control) {
         return Err(Error::InvalidArgument(format!(

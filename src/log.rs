@@ -30,6 +30,9 @@ pub struct Log {
     lock: std::sync::Mutex<Option<Arc<dyn StorageFile>>>,
     topics: RwLock<BTreeMap<String, Topic>>,
     metrics: Arc<EngineMetrics>,
+    /// Set when `close` starts: from then on a missing topic means the log
+    /// closed, not that the topic was deleted.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Log {
@@ -42,14 +45,18 @@ impl std::fmt::Debug for Log {
 /// `.`, `_` and `-`, not starting with `.`.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] saying what is wrong.
+/// [`Error::InvalidArgument`] saying what is wrong, [`Error::LimitExceeded`]
+/// for a name above `TOPIC_NAME_SIZE_MAX`.
 pub fn validate_topic_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > limits::TOPIC_NAME_SIZE_MAX {
-        return Err(Error::InvalidArgument(format!(
-            "topic name must be 1 to {} bytes, got {}",
-            limits::TOPIC_NAME_SIZE_MAX,
-            name.len()
-        )));
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("topic name is empty".to_string()));
+    }
+    if name.len() > limits::TOPIC_NAME_SIZE_MAX {
+        return Err(Error::LimitExceeded {
+            what: "topic name size",
+            value: name.len() as u64,
+            max: limits::TOPIC_NAME_SIZE_MAX as u64,
+        });
     }
     if name.starts_with('.') {
         return Err(Error::InvalidArgument(
@@ -99,6 +106,7 @@ impl Log {
             lock: std::sync::Mutex::new(Some(lock)),
             topics: RwLock::new(BTreeMap::new()),
             metrics: Arc::new(EngineMetrics::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         let names = storage
             .read_dir(&topics_dir)
@@ -236,6 +244,7 @@ impl Log {
     /// # Errors
     /// [`Error::TopicNotFound`].
     pub fn topic(&self, name: &str) -> Result<Topic> {
+        validate_topic_name(name)?;
         self.topics_read()
             .get(name)
             .cloned()
@@ -252,6 +261,7 @@ impl Log {
     /// # Errors
     /// [`Error::TopicNotFound`]; I/O errors.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
+        validate_topic_name(name)?;
         let topic = self
             .topics_mut()
             .remove(name)
@@ -272,12 +282,18 @@ impl Log {
             .map_err(|error| Error::io("delete topic", &doomed, error))
     }
 
+    /// True once [`Log::close`] has started.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Flushes and checkpoints every topic and releases the directory. Topic
     /// handles still held fail appends with [`Error::Closed`] afterwards.
     ///
     /// # Errors
     /// The first I/O error met; every topic is closed regardless.
     pub fn close(&self) -> Result<()> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let topics = std::mem::take(&mut *self.topics_mut());
         let mut first_error = None;
         for topic in topics.values() {

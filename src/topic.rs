@@ -366,6 +366,7 @@ impl Topic {
         direction: Direction,
         count_max: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        validate_key(key)?;
         self.partition(self.partition_for(key))?
             .read_key(key, from, direction, count_max)
     }
@@ -375,6 +376,7 @@ impl Topic {
     /// # Errors
     /// I/O or corruption while confirming the key against the log.
     pub fn key_sequence(&self, key: &[u8]) -> Result<Option<u64>> {
+        validate_key(key)?;
         Ok(self
             .partition(self.partition_for(key))?
             .key_last(key)?
@@ -610,4 +612,19 @@ mod tests {
             PartitionId((0xaf63_dc4c_8601_ec8cu64 % 1000) as u32)
         );
     }
+}
+
+/// Checks a key given to a read: 1 to `KEY_SIZE_MAX` bytes, as appends require.
+fn validate_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("key is empty".to_string()));
+    }
+    if key.len() > crate::limits::KEY_SIZE_MAX {
+        return Err(Error::LimitExceeded {
+            what: "key size",
+            value: key.len() as u64,
+            max: crate::limits::KEY_SIZE_MAX as u64,
+        });
+    }
+    Ok(())
 }

@@ -268,9 +268,27 @@ impl Backend for EngineBackend {
 
     fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>> {
         match self.topic_for_append(topic) {
-            Ok(topic) => {
-                let future = append_async(&topic, requests);
-                Box::pin(async move { Ok(future.await) })
+            Ok(handle) => {
+                let future = append_async(&handle, requests);
+                let log = Arc::clone(&self.log);
+                let name = topic.to_string();
+                Box::pin(async move {
+                    let mut results = future.await;
+                    // An append that lost a race with the topic's deletion found
+                    // its partition closed: for the caller the topic is gone
+                    // (NOT_FOUND), not the server (UNAVAILABLE) nor a fault.
+                    if results.iter().any(|result| matches!(result, Err(Error::Closed)))
+                        && !log.is_closed()
+                        && matches!(log.topic(&name), Err(Error::TopicNotFound(_)))
+                    {
+                        for result in &mut results {
+                            if matches!(result, Err(Error::Closed)) {
+                                *result = Err(Error::TopicNotFound(name.clone()));
+                            }
+                        }
+                    }
+                    Ok(results)
+                })
             }
             Err(error) => Box::pin(async move { Err(error) }),
         }

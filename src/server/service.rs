@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::backend::Backend;
 use super::convert;
 use super::proto::{self, stele_server::Stele};
-use super::status::{error_detail, invalid_argument, map_transport_status};
+use super::status::{error_detail, invalid_field, map_transport_status, status_of_detail};
 use super::subscription;
 use super::webhook::Dispatcher;
 use crate::event::{Direction, Offset, PartitionId};
@@ -24,6 +24,8 @@ const READ_BYTES_DEFAULT: u64 = 4 << 20;
 const READ_BYTES_MAX: u64 = (super::MESSAGE_SIZE_BYTES_MAX as u64) / 2;
 /// Requests of one AppendSession in flight at once; more wait (back-pressure).
 const SESSION_IN_FLIGHT_MAX: usize = 1024;
+/// Cursors whose names start with this belong to webhook endpoints.
+const WEBHOOK_CURSOR_PREFIX: &str = "webhook.";
 
 /// The service.
 pub struct SteleService {
@@ -48,6 +50,35 @@ impl SteleService {
     pub fn with_webhooks(mut self, webhooks: Arc<Dispatcher>) -> SteleService {
         self.webhooks = Some(webhooks);
         self
+    }
+
+    /// Refuses a client's commit or delete of a cursor that a webhook endpoint
+    /// owns (`webhook.<name>` and `webhook.<name>.redrive` while endpoint
+    /// `<name>` exists): FAILED_PRECONDITION with code `CURSOR_RESERVED`.
+    fn check_cursor_owner(&self, cursor: &str) -> Result<(), Status> {
+        let (Some(rest), Some(webhooks)) = (cursor.strip_prefix(WEBHOOK_CURSOR_PREFIX), &self.webhooks) else {
+            return Ok(());
+        };
+        let owners = [Some(rest), rest.strip_suffix(".redrive")];
+        match webhooks
+            .list()
+            .into_iter()
+            .find(|view| owners.contains(&Some(view.endpoint.name.as_str())))
+        {
+            Some(view) => Err(status_of_detail(
+                tonic::Code::FailedPrecondition,
+                proto::ErrorDetail {
+                    code: proto::ErrorCode::CursorReserved as i32,
+                    message: format!(
+                        "cursor {cursor:?} belongs to webhook endpoint {:?}; delete the endpoint to release it",
+                        view.endpoint.name
+                    ),
+                    ..proto::ErrorDetail::default()
+                },
+                Some("cursor"),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn webhooks(&self) -> Result<&Arc<Dispatcher>, Status> {
@@ -128,7 +159,7 @@ impl Stele for SteleService {
     ) -> Result<Response<proto::CreateTopicResponse>, Status> {
         let request = request.into_inner();
         let options = convert::options_from_settings(request.settings, &self.backend.default_topic_options())
-            .map_err(invalid_argument)?;
+            .map_err(|message| invalid_field("settings", message))?;
         let options = self.backend.create_topic(&request.topic, options)?;
         Ok(Response::new(proto::CreateTopicResponse {
             settings: Some(convert::settings_from_options(&options)),
@@ -344,10 +375,10 @@ impl Stele for SteleService {
             Ok(proto::ReadDirection::Forwards) => Direction::Forwards,
             Ok(proto::ReadDirection::Backwards) => Direction::Backwards,
             Err(_) => {
-                return Err(invalid_argument(format!(
-                    "unknown direction {}",
-                    request.direction
-                )));
+                return Err(invalid_field(
+                    "direction",
+                    format!("unknown direction {}", request.direction),
+                ));
             }
         };
         let count_max = match request.max_events {
@@ -392,6 +423,7 @@ impl Stele for SteleService {
             .map(|(partition, offset)| (PartitionId(*partition), Offset(*offset)))
             .collect();
         offsets.sort();
+        self.check_cursor_owner(&request.cursor)?;
         self.backend
             .commit_cursor(&request.topic, &request.cursor, &offsets, request.allow_backwards)?;
         Ok(Response::new(proto::CommitCursorResponse {}))
@@ -427,6 +459,7 @@ impl Stele for SteleService {
         request: Request<proto::DeleteCursorRequest>,
     ) -> Result<Response<proto::DeleteCursorResponse>, Status> {
         let request = request.into_inner();
+        self.check_cursor_owner(&request.cursor)?;
         self.backend.delete_cursor(&request.topic, &request.cursor)?;
         Ok(Response::new(proto::DeleteCursorResponse {}))
     }
@@ -435,7 +468,11 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::CreateWebhookRequest>,
     ) -> Result<Response<proto::CreateWebhookResponse>, Status> {
-        let request = convert::new_webhook_from_proto(request.into_inner());
+        let request = request.into_inner();
+        if proto::WebhookStart::try_from(request.start).is_err() {
+            return Err(invalid_field("start", format!("unknown webhook start {}", request.start)));
+        }
+        let request = convert::new_webhook_from_proto(request);
         let (view, secret) = self.webhooks()?.create(request).await?;
         Ok(Response::new(proto::CreateWebhookResponse {
             webhook: Some(convert::webhook_to_proto(&view)),

@@ -20,7 +20,7 @@ use tonic::Status;
 
 use super::backend::{Backend, BoxFuture};
 use super::proto::{self, start_position::Position, subscribe_response::Item};
-use super::status::{invalid_argument, to_status};
+use super::status::{invalid_field, to_status};
 use crate::error::Error;
 use crate::event::{Offset, PartitionId};
 use crate::format::record::RecordView;
@@ -28,6 +28,9 @@ use crate::format::record::RecordView;
 /// Batches buffered per subscription before the reader waits for the consumer.
 const SUBSCRIBE_BUFFER_MESSAGES: usize = 8;
 const HEARTBEAT_MS_DEFAULT: u64 = 5000;
+/// The shortest heartbeat period a subscription may ask for: a client cannot
+/// turn the server's idle wait into a busy loop.
+pub const HEARTBEAT_MS_MIN: u32 = 100;
 const BATCH_EVENTS_DEFAULT: usize = 500;
 const BATCH_EVENTS_MAX: usize = 10_000;
 const BATCH_BYTES_MAX: u64 = 1 << 20;
@@ -65,12 +68,30 @@ pub fn start(
         chosen.sort_unstable();
         chosen.dedup();
         if let Some(bad) = chosen.iter().find(|partition| **partition >= count) {
-            return Err(invalid_argument(format!(
-                "partition {bad} out of range: topic has {count}"
-            )));
+            return Err(invalid_field(
+                "partitions",
+                format!("partition {bad} out of range: topic has {count}"),
+            ));
         }
         chosen.into_iter().map(PartitionId).collect()
     };
+    if let Some(Position::Offsets(offsets)) = request.start.as_ref().and_then(|start| start.position.as_ref())
+        && let Some(bad) = offsets.offsets.keys().find(|partition| **partition >= count)
+    {
+        return Err(invalid_field(
+            "start.offsets",
+            format!("start offset for partition {bad} out of range: topic has {count}"),
+        ));
+    }
+    if request.heartbeat_ms != 0 && request.heartbeat_ms < HEARTBEAT_MS_MIN {
+        return Err(invalid_field(
+            "heartbeat_ms",
+            format!(
+                "heartbeat_ms is {}, below the floor of {HEARTBEAT_MS_MIN} (0 means the default of {HEARTBEAT_MS_DEFAULT})",
+                request.heartbeat_ms
+            ),
+        ));
+    }
     let topic = request.topic.clone();
     let mut next = Vec::with_capacity(partitions.len());
     let cursor_offsets = match request.start.as_ref().and_then(|start| start.position.as_ref()) {
@@ -160,6 +181,16 @@ struct Subscription {
 impl Subscription {
     async fn run(mut self) {
         if let Err(status) = self.follow().await {
+            // A topic deleted under the subscription ends it with NOT_FOUND, which
+            // clients do not retry, whatever the partitions reported on the way
+            // (closed, I/O on a removed file); a server shutdown stays UNAVAILABLE.
+            let deleted = !*self.closing.borrow()
+                && matches!(self.backend.describe_topic(&self.topic), Err(Error::TopicNotFound(_)));
+            let status = if deleted {
+                to_status(&Error::TopicNotFound(self.topic.clone()))
+            } else {
+                status
+            };
             let _ = self.sender.send(Err(status)).await;
         }
     }
