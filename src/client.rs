@@ -329,7 +329,9 @@ pub enum WebhookChange {
 fn kind_of_code(code: u32) -> Option<ErrorKind> {
     let code = proto::ErrorCode::try_from(i32::try_from(code).ok()?).ok()?;
     Some(match code {
-        proto::ErrorCode::Unspecified | proto::ErrorCode::MessageTooLarge | proto::ErrorCode::CursorReserved => {
+        proto::ErrorCode::Unspecified
+        | proto::ErrorCode::MessageTooLarge
+        | proto::ErrorCode::CursorReserved => {
             return None;
         }
         proto::ErrorCode::Io => ErrorKind::Io,

@@ -33,6 +33,11 @@ pub struct Log {
     /// Set when `close` starts: from then on a missing topic means the log
     /// closed, not that the topic was deleted.
     closed: std::sync::atomic::AtomicBool,
+    /// Held by `create_topic` and for the whole of `delete_topic`, so that a
+    /// topic re-created (an append's auto-creation) while its namesake is being
+    /// deleted waits for the old directory to be gone.
+    /// Lock order: `directory_change`, then `topics`.
+    directory_change: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Log {
@@ -107,6 +112,7 @@ impl Log {
             topics: RwLock::new(BTreeMap::new()),
             metrics: Arc::new(EngineMetrics::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            directory_change: std::sync::Mutex::new(()),
         };
         let names = storage
             .read_dir(&topics_dir)
@@ -176,6 +182,10 @@ impl Log {
     pub fn create_topic(&self, name: &str, options: TopicOptions) -> Result<Topic> {
         validate_topic_name(name)?;
         options.validate()?;
+        let _directory_change = self
+            .directory_change
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut topics = self.topics_mut();
         if topics.contains_key(name) {
             return Err(Error::TopicExists(name.to_string()));
@@ -262,6 +272,10 @@ impl Log {
     /// [`Error::TopicNotFound`]; I/O errors.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         validate_topic_name(name)?;
+        let _directory_change = self
+            .directory_change
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let topic = self
             .topics_mut()
             .remove(name)

@@ -16,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "grpcio-tools",
     "grpcio-health-checking",
     "grpcio-reflection",
+    "grpcio-status",
 ];
 
 #[path = "python/venv.rs"]

@@ -56,7 +56,8 @@ impl SteleService {
     /// owns (`webhook.<name>` and `webhook.<name>.redrive` while endpoint
     /// `<name>` exists): FAILED_PRECONDITION with code `CURSOR_RESERVED`.
     fn check_cursor_owner(&self, cursor: &str) -> Result<(), Status> {
-        let (Some(rest), Some(webhooks)) = (cursor.strip_prefix(WEBHOOK_CURSOR_PREFIX), &self.webhooks) else {
+        let (Some(rest), Some(webhooks)) = (cursor.strip_prefix(WEBHOOK_CURSOR_PREFIX), &self.webhooks)
+        else {
             return Ok(());
         };
         let owners = [Some(rest), rest.strip_suffix(".redrive")];
@@ -136,7 +137,9 @@ fn refused_request(correlation_id: u64, count: usize, error: &crate::Error) -> p
 fn check_appends(topic: &str, appends: &[proto::BatchAppend]) -> crate::Result<()> {
     crate::log::validate_topic_name(topic)?;
     if appends.is_empty() {
-        return Err(crate::Error::InvalidArgument("a request needs at least one append".into()));
+        return Err(crate::Error::InvalidArgument(
+            "a request needs at least one append".into(),
+        ));
     }
     let events_count: usize = appends.iter().map(|append| append.events.len().max(1)).sum();
     if events_count > limits::APPEND_EVENTS_COUNT_MAX {
@@ -274,7 +277,11 @@ impl Stele for SteleService {
                         let future = match check_appends(&message.topic, &message.appends) {
                             Ok(()) => backend.append(
                                 &message.topic,
-                                message.appends.into_iter().map(convert::append_from_proto).collect(),
+                                message
+                                    .appends
+                                    .into_iter()
+                                    .map(convert::append_from_proto)
+                                    .collect(),
                             ),
                             Err(error) => Box::pin(async move { Err(error) }),
                         };
@@ -470,7 +477,10 @@ impl Stele for SteleService {
     ) -> Result<Response<proto::CreateWebhookResponse>, Status> {
         let request = request.into_inner();
         if proto::WebhookStart::try_from(request.start).is_err() {
-            return Err(invalid_field("start", format!("unknown webhook start {}", request.start)));
+            return Err(invalid_field(
+                "start",
+                format!("unknown webhook start {}", request.start),
+            ));
         }
         let request = convert::new_webhook_from_proto(request);
         let (view, secret) = self.webhooks()?.create(request).await?;

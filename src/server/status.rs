@@ -316,7 +316,10 @@ mod tests {
         assert_eq!(error_code(ErrorKind::ProducerFenced) as i32, 13);
         assert_eq!(error_code(ErrorKind::OffsetOutOfRange) as i32, 16);
         assert_eq!(error_code(ErrorKind::Closed) as i32, 22);
-        assert_eq!(error_name(ErrorCode::WrongExpectedSequence), "WRONG_EXPECTED_SEQUENCE");
+        assert_eq!(
+            error_name(ErrorCode::WrongExpectedSequence),
+            "WRONG_EXPECTED_SEQUENCE"
+        );
     }
 
     #[test]
@@ -336,7 +339,9 @@ mod tests {
         let info = status.get_details_error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "WRONG_EXPECTED_SEQUENCE");
         assert_eq!(info.domain, "stele");
-        let precondition = status.get_details_precondition_failure().expect("PreconditionFailure");
+        let precondition = status
+            .get_details_precondition_failure()
+            .expect("PreconditionFailure");
         assert_eq!(precondition.violations[0].r#type, "WRONG_EXPECTED_SEQUENCE");
         assert_eq!(
             status

@@ -185,7 +185,10 @@ impl Subscription {
             // clients do not retry, whatever the partitions reported on the way
             // (closed, I/O on a removed file); a server shutdown stays UNAVAILABLE.
             let deleted = !*self.closing.borrow()
-                && matches!(self.backend.describe_topic(&self.topic), Err(Error::TopicNotFound(_)));
+                && matches!(
+                    self.backend.describe_topic(&self.topic),
+                    Err(Error::TopicNotFound(_))
+                );
             let status = if deleted {
                 to_status(&Error::TopicNotFound(self.topic.clone()))
             } else {

@@ -732,7 +732,7 @@ async fn idle_subscription_sends_heartbeats_with_high_watermarks() {
     topic(&server, "t", 2).await;
     let ack = client.append("t", &append("k", "1")).await.expect("append");
     let options = SubscribeOptions {
-        heartbeat_ms: 20,
+        heartbeat_ms: 100,
         ..SubscribeOptions::default()
     };
     let mut subscription = client.subscribe("t", &options).await.expect("subscribe");

@@ -1,6 +1,7 @@
 //! Integration tests through the public API and through real gRPC.
 
 mod compat;
+mod contract;
 mod embed;
 mod faults;
 mod grpc;

@@ -28,6 +28,8 @@ subprocess.check_call(
 sys.path.insert(0, out)
 
 import grpc  # noqa: E402
+from google.rpc import error_details_pb2  # noqa: E402
+from grpc_status import rpc_status  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # noqa: E402
     ProtoReflectionDescriptorDatabase,
@@ -50,15 +52,35 @@ def check(name, condition, detail=""):
 
 
 def error_detail(error):
-    """The ErrorDetail in the grpc-status-details-bin trailer, and the code trailer."""
+    """The ErrorDetail packed in the google.rpc.Status of the error, and the code trailer.
+
+    grpc_status.rpc_status.from_call decodes grpc-status-details-bin as every
+    gRPC stack does (and checks that its code and message match the call's).
+    """
+    status = rpc_status.from_call(error)
     detail = pb.ErrorDetail()
+    if status is not None:
+        for any_detail in status.details:
+            if any_detail.Is(pb.ErrorDetail.DESCRIPTOR):
+                any_detail.Unpack(detail)
     code_trailer = None
     for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            detail.ParseFromString(value)
         if key == "stele-error-code":
             code_trailer = value
     return detail, code_trailer
+
+
+def standard_details(error):
+    """The google.rpc.ErrorInfo, BadRequest and PreconditionFailure of an error (None when absent)."""
+    status = rpc_status.from_call(error)
+    found = {}
+    for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.PreconditionFailure):
+        for any_detail in status.details if status is not None else ():
+            if any_detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                any_detail.Unpack(message)
+                found[kind.__name__] = message
+    return found
 
 
 channel = grpc.insecure_channel(TARGET)
@@ -105,6 +127,14 @@ except grpc.RpcError as error:
         str(detail),
     )
     check("conflict trailer carries the code", code_trailer == str(pb.ERROR_CODE_WRONG_EXPECTED_SEQUENCE), str(code_trailer))
+    found = standard_details(error)
+    info = found.get("ErrorInfo")
+    check(
+        "conflict has the standard ErrorInfo",
+        info is not None and info.reason == "WRONG_EXPECTED_SEQUENCE" and info.domain == "stele",
+        str(found),
+    )
+    check("conflict has a PreconditionFailure", "PreconditionFailure" in found, str(found))
 
 paid = pb.AppendRequest(
     topic="py",
@@ -183,6 +213,74 @@ try:
     check("unknown topic is rejected", False, "no error")
 except grpc.RpcError as error:
     check("unknown topic is NOT_FOUND", error.code() == grpc.StatusCode.NOT_FOUND, str(error))
+
+try:
+    stub.DescribeTopic(pb.DescribeTopicRequest(topic="not a topic!"))
+    check("malformed topic name is rejected", False, "no error")
+except grpc.RpcError as error:
+    detail, code_trailer = error_detail(error)
+    check("malformed topic name is INVALID_ARGUMENT", error.code() == grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    check("malformed topic name has its code", detail.code == pb.ERROR_CODE_INVALID_ARGUMENT, str(detail))
+
+try:
+    stub.DescribeTopic(pb.DescribeTopicRequest(topic="t" * 300))
+    check("oversized topic name is rejected", False, "no error")
+except grpc.RpcError as error:
+    detail, _ = error_detail(error)
+    found = standard_details(error)
+    check(
+        "oversized topic name is LIMIT_EXCEEDED naming the limit",
+        detail.code == pb.ERROR_CODE_LIMIT_EXCEEDED and detail.limit_name == "topic name size" and detail.limit_max == 200,
+        str(detail),
+    )
+    violations = found.get("BadRequest")
+    check(
+        "oversized topic name has a BadRequest field violation",
+        violations is not None and violations.field_violations[0].field == "topic name size",
+        str(found),
+    )
+
+# Bytes that are not a message: a raw method with no serializer sends them as they are.
+raw_append = channel.unary_unary("/stele.v1.Stele/Append")
+try:
+    raw_append(b"\x0a\xff")
+    check("malformed request bytes are rejected", False, "no error")
+except grpc.RpcError as error:
+    detail, code_trailer = error_detail(error)
+    check("malformed request bytes are INVALID_ARGUMENT", error.code() == grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    check(
+        "malformed request bytes carry both trailers",
+        detail.code == pb.ERROR_CODE_INVALID_ARGUMENT and code_trailer == str(pb.ERROR_CODE_INVALID_ARGUMENT),
+        f"{detail} {code_trailer}",
+    )
+
+
+def session_requests():
+    for index in range(200):
+        topic = "not a topic!" if index == 100 else "py"
+        yield pb.AppendSessionRequest(
+            correlation_id=index,
+            topic=topic,
+            appends=[pb.BatchAppend(key=b"session-%d" % (index % 7), events=[pb.Event(type="noted", payload=b"x")])],
+        )
+
+
+responses = list(stub.AppendSession(session_requests()))
+check(
+    "append session answers every request in order",
+    [response.correlation_id for response in responses] == list(range(200)),
+    str(len(responses)),
+)
+refused = responses[100] if len(responses) > 100 else None
+check(
+    "a refused session request is answered in-stream",
+    refused is not None and refused.HasField("error") and refused.error.code == pb.ERROR_CODE_INVALID_ARGUMENT,
+    str(refused),
+)
+check(
+    "the session goes on after a refused request",
+    all(response.outcomes[0].HasField("result") for index, response in enumerate(responses) if index != 100),
+)
 
 print(f"python interop: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
