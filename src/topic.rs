@@ -591,6 +591,21 @@ impl Drop for TopicInner {
     }
 }
 
+/// Checks a key given to a read: 1 to `KEY_SIZE_MAX` bytes, as appends require.
+fn validate_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("key is empty".to_string()));
+    }
+    if key.len() > crate::limits::KEY_SIZE_MAX {
+        return Err(Error::LimitExceeded {
+            what: "key size",
+            value: key.len() as u64,
+            max: crate::limits::KEY_SIZE_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,17 +629,3 @@ mod tests {
     }
 }
 
-/// Checks a key given to a read: 1 to `KEY_SIZE_MAX` bytes, as appends require.
-fn validate_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::InvalidArgument("key is empty".to_string()));
-    }
-    if key.len() > crate::limits::KEY_SIZE_MAX {
-        return Err(Error::LimitExceeded {
-            what: "key size",
-            value: key.len() as u64,
-            max: crate::limits::KEY_SIZE_MAX as u64,
-        });
-    }
-    Ok(())
-}
