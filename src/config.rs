@@ -406,8 +406,12 @@ mod tests {
             },
         ];
         for options in cases {
+            // Values above a hard bound name it; the rest are configuration errors.
             assert!(
-                matches!(options.validate(), Err(Error::Config(_))),
+                matches!(
+                    options.validate(),
+                    Err(Error::Config(_) | Error::LimitExceeded { .. })
+                ),
                 "accepted {options:?}"
             );
         }

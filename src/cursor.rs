@@ -662,14 +662,13 @@ mod tests {
         let len_before = file_len(&path)?;
         let long = "x".repeat(CURSOR_NAME_SIZE_MAX + 1);
         for name in ["", "line\nbreak", "bell\u{7}", long.as_str()] {
-            assert_eq!(
-                commit(&store, name, 0, 1).map_err(|e| e.kind()),
-                Err(ErrorKind::InvalidArgument)
-            );
-            assert_eq!(
-                store.delete(name).map_err(|e| e.kind()),
-                Err(ErrorKind::InvalidArgument)
-            );
+            let expected = if name.len() > CURSOR_NAME_SIZE_MAX {
+                ErrorKind::LimitExceeded
+            } else {
+                ErrorKind::InvalidArgument
+            };
+            assert_eq!(commit(&store, name, 0, 1).map_err(|e| e.kind()), Err(expected));
+            assert_eq!(store.delete(name).map_err(|e| e.kind()), Err(expected));
         }
         assert!(commit(&store, &"x".repeat(CURSOR_NAME_SIZE_MAX), 0, 1).is_ok());
         let len_before_partitions = file_len(&path)?;

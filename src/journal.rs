@@ -562,7 +562,11 @@ mod tests {
         }
         assert!(matches!(
             check_name(&"x".repeat(201), 200, "cursor"),
-            Err(Error::InvalidArgument(_))
+            Err(Error::LimitExceeded {
+                what: "cursor name size",
+                value: 201,
+                max: 200
+            })
         ));
     }
 }

@@ -372,10 +372,12 @@ mod tests {
         let registry = open(&storage, &directory.path().join(FILE_NAME))?;
         let long = "p".repeat(PRODUCER_NAME_SIZE_MAX + 1);
         for name in ["", "carriage\rreturn", "\u{1b}[31m", long.as_str()] {
-            assert_eq!(
-                registry.open_producer(name).map_err(|e| e.kind()),
-                Err(ErrorKind::InvalidArgument)
-            );
+            let expected = if name.len() > PRODUCER_NAME_SIZE_MAX {
+                ErrorKind::LimitExceeded
+            } else {
+                ErrorKind::InvalidArgument
+            };
+            assert_eq!(registry.open_producer(name).map_err(|e| e.kind()), Err(expected));
         }
         assert!(registry.list().is_empty());
         assert_eq!(

@@ -27,7 +27,13 @@ fn node_modules() -> PathBuf {
     if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
         std::fs::create_dir_all(&prefix).expect("create the npm prefix");
         let status = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
             .arg(&prefix)
             .args(PACKAGES)
             .status()
@@ -64,6 +70,9 @@ fn node_grpc_js_client_sees_the_standard_error_model() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     runtime.block_on(server.shutdown()).expect("server shuts down");
-    assert!(output.status.success(), "node interop failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "node interop failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(" 0 failed"), "no closing line:\n{stdout}");
 }
