@@ -1502,17 +1502,18 @@ async fn append(args: AppendArgs) -> Result<u8, CliError> {
         if expect != Expect::Any {
             expect = Expect::Exact(result.last_sequence);
         }
-        print_append(&result, count, args.client.json);
+        print_append(&result, args.key.as_bytes(), count, args.client.json);
     }
     Ok(EXIT_OK)
 }
 
-fn print_append(result: &proto::AppendResult, count: u64, json_output: bool) {
+fn print_append(result: &proto::AppendResult, key: &[u8], count: u64, json_output: bool) {
     let last_offset = result.first_offset + count.saturating_sub(1);
     if json_output {
         println!(
             "{}",
-            json!({
+            output::json_line(&json!({
+                "key": output::bytes_json(key),
                 "partition": result.partition,
                 "first_offset": result.first_offset,
                 "last_offset": last_offset,
@@ -1520,7 +1521,7 @@ fn print_append(result: &proto::AppendResult, count: u64, json_output: bool) {
                 "last_sequence": result.last_sequence,
                 "timestamp_ms": result.timestamp_ms,
                 "duplicate": result.duplicate,
-            })
+            }))
         );
         return;
     }
@@ -1729,7 +1730,10 @@ fn print_cursor(cursor: &proto::Cursor, json_output: bool) {
                 })
             })
             .collect();
-        println!("{}", json!({"cursor": cursor.name, "partitions": partitions}));
+        println!(
+            "{}",
+            output::json_line(&json!({"cursor": cursor.name, "partitions": partitions}))
+        );
         return;
     }
     let lag: u64 = cursor.partitions.iter().map(|partition| partition.lag).sum();
@@ -1741,7 +1745,7 @@ fn print_cursor(cursor: &proto::Cursor, json_output: bool) {
             None => format!("{}=- (lag {})", partition.partition, partition.lag),
         })
         .collect();
-    println!("{} lag {lag}: {}", cursor.name, parts.join(", "));
+    println!("{} lag {lag}: {}", escape(&cursor.name), parts.join(", "));
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) into Unix milliseconds.
