@@ -873,10 +873,11 @@ fn errors_under_json_are_one_object_on_stderr_with_codes_and_detail() {
     assert_eq!(error["code"], "CURSOR_NOT_FOUND");
     assert_eq!(error["code_number"], 17);
     let range = server.run(&["read", "t", "--partition", "0", "--from", "99", "--json"]);
-    if range.status.code() != Some(0) {
-        let error = &json_lines(&stderr(&range))[0]["error"];
-        assert!(error["detail"].is_object(), "{error}");
-    }
+    assert_eq!(range.status.code(), Some(1));
+    let error = &json_lines(&stderr(&range))[0]["error"];
+    assert_eq!(error["code"], "OFFSET_OUT_OF_RANGE");
+    assert!(error["detail"]["earliest_offset"].is_u64(), "{error}");
+    assert!(error["detail"]["high_watermark"].is_u64(), "{error}");
     let usage = server.run(&["topic", "create", "u", "--partitions", "0", "--json"]);
     assert_eq!(usage.status.code(), Some(2));
     let error = &json_lines(&stderr(&usage))[0]["error"];

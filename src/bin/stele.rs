@@ -601,7 +601,8 @@ struct ReadArgs {
     /// The partition to read [default: every partition, one after the other].
     #[arg(long, value_name = "P", conflicts_with = "key")]
     partition: Option<u32>,
-    /// First offset to read in each partition read [default: the earliest retained].
+    /// First offset to read in each partition read [default: the earliest retained];
+    /// without --partition, partitions that end at or before it print nothing.
     #[arg(long, value_name = "OFFSET", conflicts_with = "key")]
     from: Option<u64>,
     /// Read this key's history instead of a partition.
