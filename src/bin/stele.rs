@@ -68,7 +68,8 @@ Exit codes:
   3  conflict: FAILED_PRECONDITION (wrong expected sequence, cursor moving backwards, ...),
      ALREADY_EXISTS (topic exists), ABORTED (producer fenced)
   4  not found: unknown topic, cursor or webhook
-  5  server unavailable: connection refused, UNAVAILABLE, server shutting down";
+  5  server unavailable: connection refused, failed TLS handshake, UNAVAILABLE, server
+     shutting down";
 
 const READ_HELP: &str = "\
 Without --key and --partition, read prints every partition of the topic one after the

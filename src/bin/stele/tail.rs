@@ -38,7 +38,8 @@ partition right after the last event it printed: no event is skipped or printed 
 With --cursor NAME --commit, the cursor is committed with the offset after the last
 printed event of each partition: at most every --commit-interval while events arrive,
 and once more on exit (Ctrl-C, SIGTERM or --count reached). A commit that fails on exit
-is an error. Output (--json) follows the JSON scheme in `stele --help`.";
+is an error. Output (--json) follows the JSON scheme in `stele --help`; under --json the
+reconnection notices on stderr are JSON too: {\"notice\": {\"message\": ..., \"reconnect_in_ms\": ...}}.";
 
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
