@@ -1795,6 +1795,18 @@ mod tests {
     }
 
     #[test]
+    fn urls_need_an_http_or_https_scheme_and_a_host() {
+        assert!(parse_url("http://127.0.0.1:7077").is_ok());
+        assert!(parse_url("HTTPS://stele.example.com").is_ok());
+        assert!(parse_url("127.0.0.1:7077").is_err_and(|error| error.contains("no scheme")));
+        assert!(parse_url("localhost:7077").is_err());
+        assert!(parse_url("ftp://example.com").is_err());
+        assert!(parse_url("http://").is_err());
+        assert!(is_https("HTTPS://stele.example.com"));
+        assert!(!is_https("http://stele.example.com"));
+    }
+
+    #[test]
     fn clap_configuration_is_consistent() {
         Cli::command().debug_assert();
     }
