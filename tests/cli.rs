@@ -39,8 +39,14 @@ impl Server {
     }
 
     fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_on(data_dir, "127.0.0.1:0", args, env)
+    }
+
+    /// Starts a server listening on `listen` (a restart passes the address the
+    /// previous server reported).
+    fn start_on(data_dir: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let data = data_dir.to_str().expect("UTF-8 path");
-        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data];
+        let mut all = vec!["serve", "--listen", listen, "--data-dir", data];
         all.extend_from_slice(args);
         let mut command = command(&all);
         command.envs(env.iter().copied());
@@ -92,14 +98,20 @@ impl Server {
         command(&all).output().expect("run stele")
     }
 
+    /// The address the server listens on, `HOST:PORT`.
+    fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL stele serve");
+        self.child.wait().expect("reap stele serve");
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     fn terminate(mut self) -> ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a valid signal number has no memory-safety
-        // preconditions; the pid is our own child, not yet reaped.
-        #[allow(unsafe_code)]
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "kill failed");
+        signal(&self.child, libc::SIGTERM);
         let status = self.child.wait().expect("wait for stele serve");
         // The reader thread ends at the pipe's end, so this cannot wait forever.
         self.wait_for_line("stele: stopped");
@@ -111,6 +123,99 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal to a child process not yet reaped.
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: kill(2) with a valid signal number has no memory-safety
+    // preconditions; the pid is our own child, not yet reaped.
+    #[allow(unsafe_code)]
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(sent, 0, "kill failed");
+}
+
+/// A running client command whose stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stele");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        Running {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits for the next `count` stdout lines.
+    fn take(&self, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|index| {
+                self.lines
+                    .recv_timeout(LINE_TIMEOUT)
+                    .unwrap_or_else(|error| panic!("stdout line {index} of {count}: {error}"))
+            })
+            .collect()
+    }
+
+    /// Waits for the process to exit; returns its status, the stdout lines not
+    /// taken yet and all of stderr.
+    fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
+        let status = self.child.wait().expect("wait for stele");
+        let stderr = self
+            .stderr
+            .take()
+            .map(|reader| reader.join().expect("stderr reader"))
+            .unwrap_or_default();
+        // The process has exited, so the reader thread ends at the pipe's end.
+        let rest = self.lines.iter().collect();
+        (status, rest, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds, failing after LINE_TIMEOUT.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    // Bounded by the deadline; each round runs a command, so it does not spin.
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::yield_now();
     }
 }
 
@@ -517,4 +622,485 @@ fn an_unreachable_server_is_exit_code_5() {
         .expect("run stele");
     assert_eq!(output.status.code(), Some(5));
     assert!(stderr(&output).contains("cannot connect"), "{}", stderr(&output));
+}
+
+/// Appends `payload` to `key` of `topic`, failing the test if the append fails.
+fn append(server: &Server, topic: &str, key: &str, payload: &str) {
+    ok(server.run(&["append", topic, key, payload, "--type", "n"]));
+}
+
+/// Pairs of (partition, offset) of JSON events.
+fn positions(events: &[serde_json::Value]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .map(|event| {
+            (
+                event["partition"].as_u64().expect("partition"),
+                event["offset"].as_u64().expect("offset"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn read_without_a_partition_prints_every_partition_one_after_the_other() {
+    // Goal: `read TOPIC` reads all partitions, not only partition 0, in the
+    // documented order (partition by partition, each in offset order), with
+    // --count bounding the total and --from applying in each partition.
+    // Method: spread 12 keys over 3 partitions and compare with the partitions'
+    // high watermarks.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    ok(server.run(&["topic", "create", "t", "--partitions", "3"]));
+    for index in 0..12 {
+        append(&server, "t", &format!("key-{index}"), &format!("payload-{index}"));
+    }
+    let described = json_lines(&ok(server.run(&["topic", "describe", "t", "--json"])));
+    let high_watermarks: Vec<u64> = described[0]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|partition| partition["high_watermark"].as_u64().expect("high watermark"))
+        .collect();
+    assert!(
+        high_watermarks.iter().filter(|mark| **mark > 0).count() >= 2,
+        "the keys should land in several partitions: {high_watermarks:?}"
+    );
+    let expected: Vec<(u64, u64)> = (0u64..)
+        .zip(&high_watermarks)
+        .flat_map(|(partition, mark)| (0..*mark).map(move |offset| (partition, offset)))
+        .collect();
+    let all = json_lines(&ok(server.run(&["read", "t", "--json"])));
+    assert_eq!(positions(&all), expected);
+    let counted = json_lines(&ok(server.run(&["read", "t", "--count", "5", "--json"])));
+    assert_eq!(positions(&counted), expected[..5]);
+    let from = json_lines(&ok(server.run(&["read", "t", "--from", "1", "--json"])));
+    let after_first: Vec<(u64, u64)> = expected
+        .iter()
+        .copied()
+        .filter(|(_, offset)| *offset >= 1)
+        .collect();
+    assert_eq!(positions(&from), after_first);
+    let one = json_lines(&ok(server.run(&["read", "t", "--partition", "2", "--json"])));
+    assert_eq!(one.len() as u64, high_watermarks[2]);
+    assert!(one.iter().all(|event| event["partition"] == 2));
+}
+
+#[test]
+fn an_https_url_against_a_plaintext_server_fails_naming_tls() {
+    // Goal: an https URL never speaks plaintext. Method: the server serves only
+    // plaintext gRPC; the same command succeeds over http and must fail over
+    // https, saying TLS, with the unreachable exit code, as text and as JSON.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    ok(server.run(&["topic", "list"]));
+    let https = format!("https://{}", server.address());
+    let output = command(&["topic", "list", "--url", &https])
+        .output()
+        .expect("run stele");
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    assert!(stderr(&output).contains("TLS"), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+    let output = command(&["topic", "list", "--json"])
+        .env("STELE_URL", &https)
+        .output()
+        .expect("run stele");
+    assert_eq!(output.status.code(), Some(5));
+    let error = &json_lines(&stderr(&output))[0]["error"];
+    assert_eq!(error["kind"], "unreachable");
+    assert!(
+        error["message"].as_str().expect("message").contains("TLS"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_url_without_a_scheme_is_a_usage_error() {
+    // Goal: `--url HOST:PORT` (and STELE_URL) is refused before connecting, with
+    // exit code 2 and a message naming the missing scheme, although a server
+    // listens there.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    let bare = server.address().to_string();
+    let output = command(&["topic", "list", "--url", &bare])
+        .output()
+        .expect("run stele");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("no scheme"), "{}", stderr(&output));
+    let output = command(&["topic", "list"])
+        .env("STELE_URL", &bare)
+        .output()
+        .expect("run stele");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let output = command(&["topic", "list", "--url", &format!("ftp://{bare}")])
+        .output()
+        .expect("run stele");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+}
+
+#[test]
+fn topic_create_refuses_zero_partitions() {
+    // Goal: `--partitions 0` is a usage error, not a topic with the default
+    // partition count; nothing is created.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    let output = server.run(&["topic", "create", "t", "--partitions", "0"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(stderr(&output).contains("--partitions"), "{}", stderr(&output));
+    assert_eq!(ok(server.run(&["topic", "list"])), "");
+}
+
+#[test]
+fn tail_from_a_cursor_that_does_not_exist_is_not_found() {
+    // Goal: `--from cursor:NAME` with an unknown cursor exits 4 naming
+    // CURSOR_NOT_FOUND and prints nothing, instead of replaying from the start;
+    // so does `--cursor NAME` without --commit. An existing cursor is followed
+    // from its committed offset.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    ok(server.run(&["topic", "create", "t", "--partitions", "1"]));
+    for index in 0..3 {
+        append(&server, "t", "k", &format!("e{index}"));
+    }
+    for args in [
+        ["tail", "t", "--from", "cursor:nobody", "--count", "1"],
+        ["tail", "t", "--cursor", "nobody", "--count", "1"],
+    ] {
+        let output = server.run(&args);
+        assert_eq!(output.status.code(), Some(4), "{args:?}: {}", stdout(&output));
+        assert!(
+            stderr(&output).contains("(CURSOR_NOT_FOUND)"),
+            "{}",
+            stderr(&output)
+        );
+        assert_eq!(stdout(&output), "");
+    }
+    ok(server.run(&["cursor", "commit", "t", "reader", "0=2"]));
+    let tailed = json_lines(&ok(server.run(&[
+        "tail",
+        "t",
+        "--from",
+        "cursor:reader",
+        "--count",
+        "1",
+        "--json",
+    ])));
+    assert_eq!(tailed[0]["payload"], "e2");
+}
+
+#[test]
+fn webhook_dead_letters_max_bounds_the_whole_list() {
+    // Goal: `webhook dead-letters --max N` prints at most N, also when the
+    // dead-letter topic has several partitions holding letters. Method: without
+    // an allow-list a loopback target is refused, so every event is dead-lettered
+    // at once; 8 keys spread over 4 dead-letter partitions.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    ok(server.run(&["topic", "create", "t.dead-letter", "--partitions", "4"]));
+    ok(server.run(&[
+        "webhook",
+        "create",
+        "hook",
+        "http://127.0.0.1:9/in",
+        "--topic",
+        "t",
+        "--max-attempts",
+        "1",
+    ]));
+    for index in 0..8 {
+        append(&server, "t", &format!("key-{index}"), "x");
+    }
+    let mut letters = Vec::new();
+    wait_until("8 dead letters", || {
+        letters = json_lines(&ok(server.run(&["webhook", "dead-letters", "hook", "--json"])));
+        letters.len() == 8
+    });
+    let mut partitions: Vec<u64> = letters
+        .iter()
+        .filter_map(|letter| letter["dead_letter_partition"].as_u64())
+        .collect();
+    partitions.dedup();
+    assert!(
+        partitions.len() >= 2,
+        "letters in one partition only: {partitions:?}"
+    );
+    assert!(
+        letters[0]["key"]
+            .as_str()
+            .expect("a text key")
+            .starts_with("key-")
+    );
+    for max in [1usize, 3] {
+        let shown = ok(server.run(&["webhook", "dead-letters", "hook", "--max", &max.to_string()]));
+        assert_eq!(shown.lines().count(), max, "{shown}");
+    }
+    let zero = server.run(&["webhook", "dead-letters", "hook", "--max", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+}
+
+#[test]
+fn errors_under_json_are_one_object_on_stderr_with_codes_and_detail() {
+    // Goal: with --json every failure is one JSON object on stderr (stdout stays
+    // empty) with the gRPC code, the Stele code name and number, the message,
+    // the detail fields and the exit code; usage and connection errors too.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    append(&server, "t", "k", "first");
+    let conflict = server.run(&[
+        "append", "t", "k", "x", "--type", "n", "--expect", "none", "--json",
+    ]);
+    assert_eq!(conflict.status.code(), Some(3));
+    assert_eq!(stdout(&conflict), "");
+    let lines = json_lines(&stderr(&conflict));
+    assert_eq!(lines.len(), 1, "{}", stderr(&conflict));
+    let error = &lines[0]["error"];
+    assert_eq!(error["kind"], "server");
+    assert_eq!(error["exit_code"], 3);
+    assert_eq!(error["grpc_code"], "FAILED_PRECONDITION");
+    assert_eq!(error["grpc_code_number"], 9);
+    assert_eq!(error["code"], "WRONG_EXPECTED_SEQUENCE");
+    assert_eq!(error["code_number"], 10);
+    assert_eq!(error["detail"]["actual_sequence"], 0);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty())
+    );
+    let missing = server.run(&["cursor", "get", "t", "nobody", "--json"]);
+    assert_eq!(missing.status.code(), Some(4));
+    let error = &json_lines(&stderr(&missing))[0]["error"];
+    assert_eq!(error["grpc_code"], "NOT_FOUND");
+    assert_eq!(error["code"], "CURSOR_NOT_FOUND");
+    assert_eq!(error["code_number"], 17);
+    let range = server.run(&["read", "t", "--partition", "0", "--from", "99", "--json"]);
+    assert_eq!(range.status.code(), Some(1));
+    let error = &json_lines(&stderr(&range))[0]["error"];
+    assert_eq!(error["code"], "OFFSET_OUT_OF_RANGE");
+    assert!(error["detail"]["earliest_offset"].is_u64(), "{error}");
+    assert!(error["detail"]["high_watermark"].is_u64(), "{error}");
+    let usage = server.run(&["topic", "create", "u", "--partitions", "0", "--json"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let error = &json_lines(&stderr(&usage))[0]["error"];
+    assert_eq!(error["kind"], "usage");
+    assert_eq!(error["exit_code"], 2);
+    assert_eq!(error["grpc_code"], serde_json::Value::Null);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let unreachable = command(&[
+        "topic",
+        "list",
+        "--json",
+        "--url",
+        &format!("http://127.0.0.1:{port}"),
+    ])
+    .output()
+    .expect("run stele");
+    assert_eq!(unreachable.status.code(), Some(5));
+    assert_eq!(
+        json_lines(&stderr(&unreachable))[0]["error"]["kind"],
+        "unreachable"
+    );
+}
+
+#[test]
+fn json_output_writes_bytes_as_text_or_a_base64_object_in_every_command() {
+    // Goal: one scheme for bytes: a string when valid UTF-8, else
+    // {"base64": ...}, in read, read --key, tail and append output. Method: a
+    // payload of two bytes that are not UTF-8, given on stdin.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    ok(server.run(&["topic", "create", "t", "--partitions", "1"]));
+    let mut child = command(&[
+        "append",
+        "t",
+        "k",
+        "--type",
+        "bin",
+        "--json",
+        "--url",
+        &server.url,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn append");
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(&[0xff, 0xfe]).expect("write stdin");
+    }
+    let appended = json_lines(&ok(child.wait_with_output().expect("append output")));
+    assert_eq!(appended[0]["key"], "k");
+    ok(server.run(&["append", "t", "k", "text", "--type", "txt", "--header", "h=v"]));
+    let binary = serde_json::json!({"base64": "//4="});
+    for args in [
+        vec!["read", "t", "--json"],
+        vec!["read", "t", "--key", "k", "--json"],
+        vec!["tail", "t", "--from", "earliest", "--count", "2", "--json"],
+    ] {
+        let events = json_lines(&ok(server.run(&args)));
+        assert_eq!(events.len(), 2, "{args:?}");
+        assert_eq!(events[0]["payload"], binary, "{args:?}");
+        assert_eq!(events[0]["key"], "k", "{args:?}");
+        assert_eq!(events[1]["payload"], "text", "{args:?}");
+        assert_eq!(events[1]["headers"]["h"], "v", "{args:?}");
+        assert!(events[0].get("payload_base64").is_none(), "{args:?}");
+    }
+}
+
+#[test]
+fn text_output_escapes_terminal_control_characters() {
+    // Goal: an event cannot drive the terminal: ESC, BEL, other C0 and C1
+    // controls in keys, payloads and headers are printed as escapes in text
+    // output (read, read --key, tail), and JSON output carries them escaped too.
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    ok(server.run(&["topic", "create", "t", "--partitions", "1"]));
+    let payload = "\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m";
+    ok(server.run(&[
+        "append",
+        "t",
+        "key\u{1b}[1m",
+        payload,
+        "--type",
+        "n",
+        "--header",
+        "h=\u{1b}[5m",
+    ]));
+    let dangerous = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
+    for args in [
+        vec!["read", "t"],
+        vec!["read", "t", "--key", "key\u{1b}[1m"],
+        vec!["tail", "t", "--from", "earliest", "--count", "1"],
+    ] {
+        let text = ok(server.run(&args));
+        assert!(!dangerous(&text), "{args:?}: {text:?}");
+        assert!(
+            text.contains("\\x1b[2J\\x1b]0;owned\\x07\\x9b31m"),
+            "{args:?}: {text}"
+        );
+        assert!(text.contains("key\\x1b[1m@0"), "{args:?}: {text}");
+        assert!(text.contains("[h=\\x1b[5m]"), "{args:?}: {text}");
+    }
+    let json = ok(server.run(&["read", "t", "--json"]));
+    assert!(!dangerous(&json), "{json:?}");
+    assert_eq!(json_lines(&json)[0]["payload"], payload);
+}
+
+#[test]
+fn tail_resumes_after_server_restarts_printing_every_event_once_in_order() {
+    // Goal: `tail` survives a crash (SIGKILL) and a graceful restart (SIGTERM)
+    // of the server: it says so on stderr, reconnects, and resumes after the
+    // last event it printed in every partition. Method: tail a 3-partition topic
+    // from the earliest event with --count 30; append 10 events, wait until
+    // they are printed, restart the server on the same directory and port, and
+    // repeat twice; then every event must have been printed exactly once, in
+    // offset order per partition.
+    let (_dir, data) = temporary();
+    let mut server = Server::start(&data);
+    ok(server.run(&["topic", "create", "t", "--partitions", "3"]));
+    let url = server.url.clone();
+    let tail = Running::spawn(&[
+        "tail", "t", "--from", "earliest", "--count", "30", "--json", "--url", &url,
+    ]);
+    let mut printed = Vec::new();
+    for round in 0..3 {
+        for index in round * 10..round * 10 + 10 {
+            append(&server, "t", &format!("key-{}", index % 7), &format!("e{index}"));
+        }
+        printed.extend(tail.take(10));
+        let address = server.address().to_string();
+        match round {
+            0 => server.kill(),
+            1 => assert!(server.terminate().success()),
+            _ => break,
+        }
+        server = Server::start_on(&data, &address, &[], &[]);
+    }
+    let (status, rest, stderr) = tail.finish();
+    assert!(status.success(), "tail exited with {status:?}: {stderr}");
+    assert!(rest.is_empty(), "printed more than --count: {rest:?}");
+    assert!(stderr.contains("reconnecting in"), "{stderr}");
+    assert!(stderr.contains("resuming at"), "{stderr}");
+    let events = json_lines(&printed.join("\n"));
+    let mut payloads: Vec<&str> = events
+        .iter()
+        .filter_map(|event| event["payload"].as_str())
+        .collect();
+    payloads.sort_by_key(|payload| payload[1..].parse::<u32>().expect("a numbered payload"));
+    let expected: Vec<String> = (0..30).map(|index| format!("e{index}")).collect();
+    assert_eq!(payloads, expected, "each event exactly once");
+    for partition in 0..3 {
+        let offsets: Vec<u64> = positions(&events)
+            .into_iter()
+            .filter(|(event_partition, _)| *event_partition == partition)
+            .map(|(_, offset)| offset)
+            .collect();
+        let dense: Vec<u64> = (0..offsets.len() as u64).collect();
+        assert_eq!(offsets, dense, "partition {partition} in offset order");
+    }
+}
+
+#[test]
+fn tail_with_a_cursor_and_commit_starts_at_its_offsets_and_commits_what_it_printed() {
+    // Goal: `tail --cursor NAME --commit` starts at the cursor's committed
+    // offsets, commits the offset after the last printed event on exit
+    // (--count reached) and periodically while running, and creates a cursor
+    // that does not exist yet (starting at the earliest event).
+    let (_dir, data) = temporary();
+    let server = Server::start(&data);
+    ok(server.run(&["topic", "create", "t", "--partitions", "1"]));
+    for index in 0..5 {
+        append(&server, "t", "k", &format!("e{index}"));
+    }
+    let committed = |name: &str| -> Option<u64> {
+        let output = server.run(&["cursor", "get", "t", name, "--json"]);
+        if !output.status.success() {
+            return None;
+        }
+        json_lines(&stdout(&output))[0]["partitions"][0]["committed_offset"].as_u64()
+    };
+    ok(server.run(&["cursor", "commit", "t", "reader", "0=1"]));
+    let first = json_lines(&ok(server.run(&[
+        "tail", "t", "--cursor", "reader", "--commit", "--count", "2", "--json",
+    ])));
+    assert_eq!(positions(&first), [(0, 1), (0, 2)]);
+    assert_eq!(committed("reader"), Some(3));
+    let second = json_lines(&ok(server.run(&[
+        "tail", "t", "--cursor", "reader", "--commit", "--count", "1", "--json",
+    ])));
+    assert_eq!(positions(&second), [(0, 3)]);
+    assert_eq!(committed("reader"), Some(4));
+
+    assert_eq!(committed("fresh"), None);
+    let tail = Running::spawn(&[
+        "tail",
+        "t",
+        "--cursor",
+        "fresh",
+        "--commit",
+        "--commit-interval",
+        "100ms",
+        "--json",
+        "--url",
+        &server.url,
+    ]);
+    let lines = tail.take(5);
+    assert_eq!(
+        positions(&json_lines(&lines.join("\n"))),
+        [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
+    );
+    wait_until("fresh committed at 5", || committed("fresh") == Some(5));
+    append(&server, "t", "k", "e5");
+    assert_eq!(positions(&json_lines(&tail.take(1)[0])), [(0, 5)]);
+    wait_until("fresh committed at 6", || committed("fresh") == Some(6));
+    signal(&tail.child, libc::SIGINT);
+    let (status, rest, stderr) = tail.finish();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(rest.is_empty(), "{rest:?}");
+    let without_cursor = server.run(&["tail", "t", "--commit"]);
+    assert_eq!(without_cursor.status.code(), Some(2));
 }

@@ -15,16 +15,18 @@ use std::str::FromStr;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use stele::civil::{days_from_civil, format_timestamp_ms as format_timestamp};
+use stele::civil::days_from_civil;
 use stele::config::{
     DEDUP_WINDOW_MS_DEFAULT, PARTITIONS_COUNT_DEFAULT, SEGMENT_SIZE_BYTES_MAX_DEFAULT,
     SYNC_INTERVAL_MS_DEFAULT,
 };
+use stele::server::proto;
 use stele::server::proto::stele_client::SteleClient;
-use stele::server::proto::{self, ErrorCode};
 use stele::server::{MESSAGE_SIZE_BYTES_MAX, PORT_DEFAULT, RunningServer, ServerConfig, status};
 use stele::{Durability, TopicOptions};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
+
+use output::{escape, print_event};
 
 // glibc malloc spent a fifth of the server's CPU (and more of the load
 // generator's) in allocation and consolidation under per-message protobuf
@@ -32,10 +34,33 @@ use tonic::transport::Channel;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "stele/output.rs"]
+mod output;
+#[path = "stele/tail.rs"]
+mod tail;
 #[path = "stele/webhook.rs"]
 mod webhook;
 
-const EXIT_CODES: &str = "\
+const CLI_HELP: &str = "\
+Server URLs (--url, STELE_URL) take a scheme: http:// speaks plaintext gRPC, https:// speaks
+TLS (rustls, server certificates checked against Mozilla's roots); a URL without a scheme
+is a usage error, and an https URL never falls back to plaintext.
+
+Output is text for people, or with --json one JSON object per line on stdout. In JSON a
+byte field (key, payload, idempotency_id, header values, key_prefix) is a string when the
+bytes are valid UTF-8, else an object {\"base64\": \"...\"} (standard alphabet, padded).
+In text, control characters from the server (ESC and the other C0 and C1 controls, DEL,
+bidirectional controls) are printed as escapes (\\x1b, \\n, \\u{202e}), and bytes that
+are not UTF-8 as base64:...
+
+Errors go to stderr as `error: MESSAGE (CODE)`; with --json as one JSON object instead:
+{\"error\": {\"kind\": \"server\", \"exit_code\": 4, \"message\": \"...\",
+ \"grpc_code\": \"NOT_FOUND\", \"grpc_code_number\": 5, \"code\": \"CURSOR_NOT_FOUND\",
+ \"code_number\": 17, \"detail\": {}}}
+kind is usage, unreachable, failed or server; the gRPC and Stele codes are null when the
+server gave none; detail holds the fields the server set (actual_sequence, earliest_offset,
+high_watermark, limit_name, ...).
+
 Exit codes:
   0  success; `verify` found no problems
   1  `verify` found problems, or the operation failed
@@ -43,7 +68,15 @@ Exit codes:
   3  conflict: FAILED_PRECONDITION (wrong expected sequence, cursor moving backwards, ...),
      ALREADY_EXISTS (topic exists), ABORTED (producer fenced)
   4  not found: unknown topic, cursor or webhook
-  5  server unavailable: connection refused, UNAVAILABLE, server shutting down";
+  5  server unavailable: connection refused, failed TLS handshake, UNAVAILABLE, server
+     shutting down";
+
+const READ_HELP: &str = "\
+Without --key and --partition, read prints every partition of the topic one after the
+other: partition 0 in offset order up to its high watermark, then partition 1, and so on.
+Each partition stops at the high watermark it had when its first events were read, so
+read always ends; --count bounds the events printed over all partitions. Use `stele tail`
+to follow a topic live, or `read --key` for one key's history in sequence order.";
 
 const URL_DEFAULT: &str = "http://127.0.0.1:7077";
 const DATA_DIR_DEFAULT: &str = "./stele-data";
@@ -52,7 +85,7 @@ const LOG_LEVEL_DEFAULT: &str = "warn";
 /// Stele: an append-only event log. Run a server, append, read, tail, manage
 /// topics and cursors, and check a data directory offline.
 #[derive(Debug, Parser)]
-#[command(name = "stele", version, after_help = EXIT_CODES, propagate_version = true)]
+#[command(name = "stele", version, after_help = CLI_HELP, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,10 +101,13 @@ enum Command {
     Topic(TopicCommand),
     /// Append events to one key of a topic.
     Append(AppendArgs),
-    /// Read a partition from an offset, or a key's history.
+    /// Read a topic's partitions (or one) up to their high watermarks, or a key's history.
+    #[command(after_help = READ_HELP)]
     Read(ReadArgs),
-    /// Follow a topic live (catch up, then wait for new events); Ctrl-C stops.
-    Tail(TailArgs),
+    /// Follow a topic live (catch up, then wait for new events), reconnecting after
+    /// a server restart; Ctrl-C stops.
+    #[command(after_help = tail::TAIL_HELP)]
+    Tail(tail::TailArgs),
     /// Commit, get, list and delete named consumer cursors.
     #[command(subcommand)]
     Cursor(CursorCommand),
@@ -99,8 +135,8 @@ sequences_ok, dedup_ok, read_ok).";
 
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// Server URL.
-    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT)]
+    /// Server URL: http://HOST:PORT.
+    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT, value_parser = parse_url)]
     url: String,
     /// Events per scenario run [default: per scenario, see below].
     #[arg(long)]
@@ -404,12 +440,42 @@ impl fmt::Display for ByteSize {
 /// How to reach the server, and the output format.
 #[derive(Debug, Args)]
 struct ClientArgs {
-    /// Server URL.
-    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT)]
+    /// Server URL: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS).
+    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT, value_parser = parse_url)]
     url: String,
-    /// Print one JSON object per line instead of text.
+    /// Print one JSON object per line instead of text, and errors as JSON on stderr.
     #[arg(long)]
     json: bool,
+}
+
+/// Checks a server URL: an http or https scheme and a host.
+fn parse_url(text: &str) -> Result<String, String> {
+    let uri: tonic::codegen::http::Uri = text
+        .parse()
+        .map_err(|error| format!("invalid URL {text:?}: {error}"))?;
+    match uri.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {}
+        Some(scheme) => {
+            return Err(format!(
+                "URL {text:?} has the scheme {scheme:?}: use http:// (plaintext) or https:// (TLS)"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "URL {text:?} has no scheme: write http://{text} (plaintext) or https://{text} (TLS)"
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("URL {text:?} has no host"));
+    }
+    Ok(text.to_string())
+}
+
+/// Whether a checked URL asks for TLS.
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,8 +509,8 @@ enum TopicCommand {
 
 #[derive(Debug, Args)]
 struct TopicSettingsArgs {
-    /// Partitions, fixed for the topic's life.
-    #[arg(long, value_name = "N")]
+    /// Partitions, fixed for the topic's life (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     partitions: Option<u32>,
     /// When appends are acknowledged.
     #[arg(long, value_enum)]
@@ -533,10 +599,11 @@ impl Expect {
 #[derive(Debug, Args)]
 struct ReadArgs {
     topic: String,
-    /// The partition to read.
-    #[arg(long, value_name = "P", default_value_t = 0, conflicts_with = "key")]
-    partition: u32,
-    /// First offset to read [default: the earliest retained].
+    /// The partition to read [default: every partition, one after the other].
+    #[arg(long, value_name = "P", conflicts_with = "key")]
+    partition: Option<u32>,
+    /// First offset to read in each partition read [default: the earliest retained];
+    /// without --partition, partitions that end at or before it print nothing.
     #[arg(long, value_name = "OFFSET", conflicts_with = "key")]
     from: Option<u64>,
     /// Read this key's history instead of a partition.
@@ -549,30 +616,7 @@ struct ReadArgs {
     /// With --key: newest first.
     #[arg(long, requires = "key")]
     backwards: bool,
-    /// Most events to print [default: up to the high watermark; 1000 with --key].
-    #[arg(long, value_name = "N")]
-    count: Option<u64>,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Debug, Args)]
-struct TailArgs {
-    topic: String,
-    /// Partitions to follow (repeatable) [default: all].
-    #[arg(long = "partition", value_name = "P")]
-    partitions: Vec<u32>,
-    /// Where to start: earliest, latest, an OFFSET (in each followed partition), a
-    /// TIMESTAMP (2024-05-01T12:00:00Z, or @UNIX_MS), or cursor:NAME.
-    #[arg(long, value_name = "WHERE", default_value = "latest")]
-    from: String,
-    /// Only events of this type (repeatable).
-    #[arg(long = "type", value_name = "TYPE")]
-    event_types: Vec<String>,
-    /// Only events whose key starts with this.
-    #[arg(long, value_name = "PREFIX")]
-    key_prefix: Option<String>,
-    /// Stop after this many events.
+    /// Most events to print in all [default: up to the high watermarks; 1000 with --key].
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     #[command(flatten)]
@@ -651,11 +695,68 @@ impl fmt::Display for CliError {
             }
             CliError::Status(status) => {
                 let code = status::detail_of(status)
-                    .and_then(|detail| ErrorCode::try_from(detail.code).ok())
-                    .map(|code| code.as_str_name().trim_start_matches("ERROR_CODE_").to_string())
+                    .as_ref()
+                    .and_then(output::error_code_name)
+                    .map(str::to_string)
                     .unwrap_or_else(|| format!("gRPC {:?}", status.code()));
                 write!(f, "{} ({code})", status.message())
             }
+        }
+    }
+}
+
+impl CliError {
+    /// The error as the one JSON object `--json` prints on stderr (see `stele --help`).
+    fn to_json(&self) -> Value {
+        let (kind, message) = match self {
+            CliError::Usage(message) => ("usage", message.clone()),
+            CliError::Unreachable(message) => ("unreachable", message.clone()),
+            CliError::Failed(message) => ("failed", message.clone()),
+            CliError::Status(status) => ("server", status.message().to_string()),
+        };
+        let mut error = json!({
+            "kind": kind,
+            "exit_code": exit_code(self),
+            "message": message,
+            "grpc_code": null,
+            "grpc_code_number": null,
+            "code": null,
+            "code_number": null,
+            "detail": {},
+        });
+        if let CliError::Status(status) = self {
+            error["grpc_code"] = json!(output::grpc_code_name(status.code()));
+            error["grpc_code_number"] = json!(status.code() as i32);
+            if let Some(detail) = status::detail_of(status) {
+                error["code"] = json!(output::error_code_name(&detail));
+                error["code_number"] = json!(detail.code);
+                error["detail"] = output::detail_json(&detail);
+            }
+        }
+        json!({ "error": error })
+    }
+}
+
+/// Prints a failure on stderr: as text, or as one JSON object with `--json`.
+fn report(error: &CliError, json_output: bool) {
+    if json_output {
+        eprintln!("{}", output::json_line(&error.to_json()));
+    } else {
+        eprintln!("error: {}", escape(&error.to_string()));
+    }
+}
+
+/// Whether the command that was parsed asked for `--json`.
+fn json_requested(matches: &ArgMatches) -> bool {
+    let mut current = matches;
+    // Bounded by the depth of the subcommand tree.
+    loop {
+        if let Ok(Some(true)) = current.try_get_one::<bool>("json") {
+            return true;
+        }
+        match current.subcommand() {
+            Some((_, next)) => current = next,
+            None => return false,
         }
     }
 }
@@ -682,11 +783,15 @@ const EXIT_OK: u8 = 0;
 const EXIT_PROBLEMS: u8 = 1;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => usage_failure(error),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(error) => error.exit(),
+        Err(error) => usage_failure(error),
     };
+    let json_output = json_requested(&matches);
     let serve_matches = matches.subcommand_matches("serve");
     let result = match cli.command {
         Command::Serve(args) => serve(args, serve_matches.expect("the serve subcommand was parsed")),
@@ -697,10 +802,34 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
+            report(&error, json_output);
             ExitCode::from(exit_code(&error))
         }
     }
+}
+
+/// Exits after a command line clap refused: clap's own message and exit code 2,
+/// or the JSON error object when `--json` is among the arguments. Help and
+/// version requests print as usual.
+fn usage_failure(error: clap::Error) -> ! {
+    use clap::error::ErrorKind as ClapKind;
+    let informational = matches!(
+        error.kind(),
+        ClapKind::DisplayHelp | ClapKind::DisplayVersion | ClapKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    let json_output = std::env::args_os()
+        .skip(1)
+        .take_while(|argument| argument != "--")
+        .any(|argument| argument == "--json");
+    if informational || !json_output {
+        error.exit();
+    }
+    let message = error.render().to_string();
+    // The first paragraph; the rest is a pointer to --help.
+    let message = message.trim().trim_start_matches("error: ");
+    let message = message.split("\n\n").next().unwrap_or(message);
+    report(&CliError::Usage(message.to_string()), true);
+    std::process::exit(i32::from(exit_code(&CliError::Usage(String::new()))));
 }
 
 // ---------------------------------------------------------------------------
@@ -1099,7 +1228,7 @@ fn client_command(command: Command) -> Result<u8, CliError> {
             Command::Topic(command) => topic(command).await,
             Command::Append(args) => append(args).await,
             Command::Read(args) => read(args).await,
-            Command::Tail(args) => tail(args).await,
+            Command::Tail(args) => tail::tail(args).await,
             Command::Cursor(command) => cursor(command).await,
             Command::Webhook(command) => webhook::run(command).await,
             Command::Serve(_) | Command::Verify(_) | Command::Bench(_) => {
@@ -1109,14 +1238,37 @@ fn client_command(command: Command) -> Result<u8, CliError> {
     })
 }
 
+/// Connects to a URL checked by [`parse_url`]: plaintext for http, TLS for https
+/// (never plaintext: a failed handshake is an error).
 async fn connect(url: &str) -> Result<SteleClient<Channel>, CliError> {
-    let endpoint = Channel::from_shared(url.to_string())
+    let mut endpoint = Channel::from_shared(url.to_string())
         .map_err(|error| CliError::Usage(format!("invalid URL {url:?}: {error}")))?;
+    let tls = is_https(url);
+    if tls {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .map_err(|error| CliError::Usage(format!("cannot set up TLS for {url}: {error}")))?;
+    }
     let channel = endpoint.connect().await.map_err(|error| {
-        let cause = std::error::Error::source(&error)
-            .map(|source| format!(": {source}"))
-            .unwrap_or_default();
-        CliError::Unreachable(format!("cannot connect to {url}{cause}"))
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(&error);
+        // Bounded by the length of the error's source chain.
+        while let Some(error) = source {
+            let text = error.to_string();
+            // Wrapping errors often repeat their source's message.
+            if !cause.ends_with(&text) {
+                cause.push_str(": ");
+                cause.push_str(&text);
+            }
+            source = error.source();
+        }
+        if tls {
+            CliError::Unreachable(format!(
+                "cannot connect to {url} over TLS (is the server serving TLS on that port?){cause}"
+            ))
+        } else {
+            CliError::Unreachable(format!("cannot connect to {url}{cause}"))
+        }
     })?;
     Ok(SteleClient::new(channel)
         .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
@@ -1352,17 +1504,18 @@ async fn append(args: AppendArgs) -> Result<u8, CliError> {
         if expect != Expect::Any {
             expect = Expect::Exact(result.last_sequence);
         }
-        print_append(&result, count, args.client.json);
+        print_append(&result, args.key.as_bytes(), count, args.client.json);
     }
     Ok(EXIT_OK)
 }
 
-fn print_append(result: &proto::AppendResult, count: u64, json_output: bool) {
+fn print_append(result: &proto::AppendResult, key: &[u8], count: u64, json_output: bool) {
     let last_offset = result.first_offset + count.saturating_sub(1);
     if json_output {
         println!(
             "{}",
-            json!({
+            output::json_line(&json!({
+                "key": output::bytes_json(key),
                 "partition": result.partition,
                 "first_offset": result.first_offset,
                 "last_offset": last_offset,
@@ -1370,7 +1523,7 @@ fn print_append(result: &proto::AppendResult, count: u64, json_output: bool) {
                 "last_sequence": result.last_sequence,
                 "timestamp_ms": result.timestamp_ms,
                 "duplicate": result.duplicate,
-            })
+            }))
         );
         return;
     }
@@ -1414,16 +1567,51 @@ async fn read(args: ReadArgs) -> Result<u8, CliError> {
         }
         return Ok(EXIT_OK);
     }
-    let mut from = args.from.unwrap_or(0);
+    let partitions: Vec<(u32, u64)> = match args.partition {
+        // The server answers for a partition the topic does not have.
+        Some(partition) => vec![(partition, u64::MAX)],
+        None => stub
+            .describe_topic(proto::DescribeTopicRequest {
+                topic: args.topic.clone(),
+            })
+            .await?
+            .into_inner()
+            .partitions
+            .iter()
+            .map(|partition| (partition.partition, partition.high_watermark))
+            .collect(),
+    };
     let mut remaining = args.count.unwrap_or(u64::MAX);
+    for (partition, described_high_watermark) in partitions {
+        if remaining == 0 {
+            break;
+        }
+        // A partition that ends at or before --from has nothing to print.
+        if args.from.is_some_and(|from| from >= described_high_watermark) {
+            continue;
+        }
+        read_partition(&mut stub, &args, partition, &mut remaining).await?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// Prints one partition from `--from` (else its earliest event) up to the high
+/// watermark it had at the first answer, at most `remaining` events.
+async fn read_partition(
+    stub: &mut SteleClient<Channel>,
+    args: &ReadArgs,
+    partition: u32,
+    remaining: &mut u64,
+) -> Result<(), CliError> {
+    let mut from = args.from.unwrap_or(0);
     let mut high_watermark = None;
     // Bounded: every round prints at least one event or stops.
-    while remaining > 0 {
+    while *remaining > 0 {
         let request = proto::ReadRequest {
             topic: args.topic.clone(),
-            partition: args.partition,
+            partition,
             from_offset: from,
-            max_events: u32::try_from(remaining.min(1000)).unwrap_or(1000),
+            max_events: u32::try_from((*remaining).min(1000)).unwrap_or(1000),
             max_bytes: 0,
         };
         let response = match stub.read(request).await {
@@ -1442,114 +1630,18 @@ async fn read(args: ReadArgs) -> Result<u8, CliError> {
         };
         let stop_at = *high_watermark.get_or_insert(response.high_watermark);
         for event in &response.events {
-            if event.offset >= stop_at || remaining == 0 {
+            if event.offset >= stop_at || *remaining == 0 {
                 break;
             }
-            print_event(event, json_output);
-            remaining -= 1;
+            print_event(event, args.client.json);
+            *remaining -= 1;
         }
         if response.events.is_empty() || response.next_offset >= stop_at {
             break;
         }
         from = response.next_offset;
     }
-    Ok(EXIT_OK)
-}
-
-/// Parses `tail --from`.
-fn start_position(
-    from: &str,
-    partitions: &[u32],
-    partition_count: u32,
-) -> Result<proto::start_position::Position, CliError> {
-    use proto::start_position::Position;
-    Ok(match from {
-        "earliest" => Position::Earliest(proto::Empty {}),
-        "latest" => Position::Latest(proto::Empty {}),
-        _ if from.starts_with("cursor:") => Position::Cursor(from["cursor:".len()..].to_string()),
-        _ if from.starts_with('@') => {
-            Position::TimestampMs(from[1..].parse().map_err(|_| {
-                CliError::Usage(format!("invalid --from {from:?}: @ takes Unix milliseconds"))
-            })?)
-        }
-        _ if from.bytes().all(|byte| byte.is_ascii_digit()) => {
-            let offset: u64 = from
-                .parse()
-                .map_err(|_| CliError::Usage(format!("invalid offset {from:?}")))?;
-            let followed: Vec<u32> = if partitions.is_empty() {
-                (0..partition_count).collect()
-            } else {
-                partitions.to_vec()
-            };
-            Position::Offsets(proto::PartitionOffsets {
-                offsets: followed
-                    .into_iter()
-                    .map(|partition| (partition, offset))
-                    .collect(),
-            })
-        }
-        _ => Position::TimestampMs(parse_timestamp(from).ok_or_else(|| {
-            CliError::Usage(format!(
-                "invalid --from {from:?}: use earliest, latest, an offset, a timestamp \
-                 (2024-05-01T12:00:00Z or @UNIX_MS) or cursor:NAME"
-            ))
-        })?),
-    })
-}
-
-async fn tail(args: TailArgs) -> Result<u8, CliError> {
-    let mut stub = connect(&args.client.url).await?;
-    let partition_count = if args.partitions.is_empty() && args.from.bytes().all(|byte| byte.is_ascii_digit())
-    {
-        stub.describe_topic(proto::DescribeTopicRequest {
-            topic: args.topic.clone(),
-        })
-        .await?
-        .into_inner()
-        .partitions
-        .len() as u32
-    } else {
-        0
-    };
-    let position = start_position(&args.from, &args.partitions, partition_count)?;
-    let request = proto::SubscribeRequest {
-        topic: args.topic.clone(),
-        partitions: args.partitions.clone(),
-        start: Some(proto::StartPosition {
-            position: Some(position),
-        }),
-        event_types: args.event_types.clone(),
-        key_prefix: args.key_prefix.clone().unwrap_or_default().into_bytes(),
-        heartbeat_ms: 0,
-        max_batch_events: 0,
-    };
-    let mut stream = stub.subscribe(request).await?.into_inner();
-    let mut remaining = args.count.unwrap_or(u64::MAX);
-    if remaining == 0 {
-        return Ok(EXIT_OK);
-    }
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    loop {
-        let message = tokio::select! {
-            message = stream.message() => message?,
-            _ = &mut interrupted => return Ok(EXIT_OK),
-        };
-        let Some(message) = message else {
-            return Err(CliError::Unreachable(
-                "the server ended the subscription".to_string(),
-            ));
-        };
-        if let Some(proto::subscribe_response::Item::Events(batch)) = message.item {
-            for event in &batch.events {
-                print_event(event, args.client.json);
-                remaining -= 1;
-                if remaining == 0 {
-                    return Ok(EXIT_OK);
-                }
-            }
-        }
-    }
+    Ok(())
 }
 
 async fn cursor(command: CursorCommand) -> Result<u8, CliError> {
@@ -1640,7 +1732,10 @@ fn print_cursor(cursor: &proto::Cursor, json_output: bool) {
                 })
             })
             .collect();
-        println!("{}", json!({"cursor": cursor.name, "partitions": partitions}));
+        println!(
+            "{}",
+            output::json_line(&json!({"cursor": cursor.name, "partitions": partitions}))
+        );
         return;
     }
     let lag: u64 = cursor.partitions.iter().map(|partition| partition.lag).sum();
@@ -1652,92 +1747,7 @@ fn print_cursor(cursor: &proto::Cursor, json_output: bool) {
             None => format!("{}=- (lag {})", partition.partition, partition.lag),
         })
         .collect();
-    println!("{} lag {lag}: {}", cursor.name, parts.join(", "));
-}
-
-// ---------------------------------------------------------------------------
-// event output
-
-fn print_event(event: &proto::RecordedEvent, json_output: bool) {
-    if json_output {
-        let mut object = json!({
-            "partition": event.partition,
-            "offset": event.offset,
-            "timestamp_ms": event.timestamp_ms,
-            "timestamp": format_timestamp(event.timestamp_ms),
-            "sequence": event.sequence,
-            "type": event.r#type,
-        });
-        let fields = object.as_object_mut().expect("a JSON object literal");
-        put_bytes(fields, "key", &event.key);
-        put_bytes(fields, "payload", &event.payload);
-        if !event.idempotency_id.is_empty() {
-            put_bytes(fields, "idempotency_id", &event.idempotency_id);
-        }
-        if !event.headers.is_empty() {
-            let mut headers = serde_json::Map::new();
-            for (name, value) in &event.headers {
-                headers.insert(name.clone(), Value::String(display_bytes(value)));
-            }
-            fields.insert("headers".to_string(), Value::Object(headers));
-        }
-        println!("{object}");
-        return;
-    }
-    let mut headers: Vec<String> = event
-        .headers
-        .iter()
-        .map(|(name, value)| format!("{name}={}", display_bytes(value)))
-        .collect();
-    headers.sort();
-    let headers = if headers.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", headers.join(" "))
-    };
-    println!(
-        "{}/{} {}@{} {} {}{headers} {}",
-        event.partition,
-        event.offset,
-        display_bytes(&event.key),
-        event.sequence,
-        event.r#type,
-        format_timestamp(event.timestamp_ms),
-        display_bytes(&event.payload),
-    );
-}
-
-/// UTF-8 text as is, other bytes as `base64:...`.
-fn display_bytes(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_string(),
-        Err(_) => format!("base64:{}", base64(bytes)),
-    }
-}
-
-/// A JSON field `name` holding text, or `name_base64` holding other bytes.
-fn put_bytes(fields: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => fields.insert(name.to_string(), Value::String(text.to_string())),
-        Err(_) => fields.insert(format!("{name}_base64"), Value::String(base64(bytes))),
-    };
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (index, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if index <= chunk.len() {
-                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    println!("{} lag {lag}: {}", escape(&cursor.name), parts.join(", "));
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) into Unix milliseconds.
@@ -1760,6 +1770,8 @@ fn parse_timestamp(text: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use stele::civil::format_timestamp_ms as format_timestamp;
+
     use super::*;
 
     #[test]
@@ -1783,12 +1795,15 @@ mod tests {
     }
 
     #[test]
-    fn base64_pads_like_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    fn urls_need_an_http_or_https_scheme_and_a_host() {
+        assert!(parse_url("http://127.0.0.1:7077").is_ok());
+        assert!(parse_url("HTTPS://stele.example.com").is_ok());
+        assert!(parse_url("127.0.0.1:7077").is_err_and(|error| error.contains("no scheme")));
+        assert!(parse_url("localhost:7077").is_err());
+        assert!(parse_url("ftp://example.com").is_err());
+        assert!(parse_url("http://").is_err());
+        assert!(is_https("HTTPS://stele.example.com"));
+        assert!(!is_https("http://stele.example.com"));
     }
 
     #[test]

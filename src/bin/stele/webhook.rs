@@ -10,6 +10,7 @@ use stele::server::proto;
 use stele::server::webhook::signature;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::output::{bytes_json, display_bytes, escape, json_line};
 use super::{CliError, ClientArgs, EXIT_OK, Millis, connect};
 
 #[derive(Debug, Subcommand)]
@@ -43,8 +44,9 @@ pub(crate) enum WebhookCommand {
     /// An endpoint's dead letters not yet redriven.
     DeadLetters {
         name: String,
-        /// Most dead letters to show [default: 1000].
-        #[arg(long, value_name = "N")]
+        /// Most dead letters to show, over all partitions of the dead-letter topic
+        /// [default: 1000].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
@@ -187,9 +189,12 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
                 .await?
                 .into_inner();
             if !client.json && response.dead_letters.is_empty() {
-                println!("no dead letters for {name}");
+                println!("no dead letters for {}", escape(&name));
             }
-            for letter in &response.dead_letters {
+            // The server may answer with more than asked (up to the limit per
+            // partition of the dead-letter topic); --max bounds the whole list.
+            let shown = max.map_or(usize::MAX, |max| max as usize);
+            for letter in response.dead_letters.iter().take(shown) {
                 print_dead_letter(letter, client.json);
             }
             Ok(EXIT_OK)
@@ -283,7 +288,7 @@ fn webhook_json(webhook: &proto::Webhook) -> Value {
         "url": webhook.url,
         "topic": webhook.topic,
         "event_types": webhook.event_types,
-        "key_prefix": String::from_utf8_lossy(&webhook.key_prefix),
+        "key_prefix": bytes_json(&webhook.key_prefix),
         "state": state_name(webhook),
         "circuit": circuit_name(webhook),
         "lag": webhook.lag,
@@ -312,55 +317,55 @@ fn webhook_json(webhook: &proto::Webhook) -> Value {
 
 fn print_webhook(webhook: &proto::Webhook, json_output: bool) {
     if json_output {
-        println!("{}", webhook_json(webhook));
+        println!("{}", json_line(&webhook_json(webhook)));
         return;
     }
     println!(
         "{}  {}  circuit={}  lag={}  delivered={}  dead-lettered={}  topic={}  url={}",
-        webhook.name,
+        escape(&webhook.name),
         state_name(webhook),
         circuit_name(webhook),
         webhook.lag,
         webhook.delivered_count,
         webhook.dead_lettered_count,
-        webhook.topic,
-        webhook.url
+        escape(&webhook.topic),
+        escape(&webhook.url)
     );
     if !webhook.last_error.is_empty() {
-        println!("  last error: {}", webhook.last_error);
+        println!("  last error: {}", escape(&webhook.last_error));
     }
 }
 
 fn print_dead_letter(letter: &proto::DeadLetter, json_output: bool) {
-    let key = String::from_utf8_lossy(&letter.key);
     if json_output {
         println!(
             "{}",
-            json!({
+            json_line(&json!({
                 "dead_letter_partition": letter.dead_letter_partition,
                 "dead_letter_offset": letter.dead_letter_offset,
                 "topic": letter.topic,
                 "partition": letter.partition,
                 "offset": letter.offset,
-                "key": key,
+                "key": bytes_json(&letter.key),
                 "type": letter.r#type,
                 "webhook_id": letter.webhook_id,
                 "reason": letter.reason,
                 "last_status": letter.last_status,
                 "attempts": letter.attempts,
-            })
+            }))
         );
     } else {
         println!(
-            "{}/{}@{}  key={key}  type={}  attempts={}  status={}  id={}  {}",
-            letter.topic,
+            "{}/{}@{}  key={}  type={}  attempts={}  status={}  id={}  {}",
+            escape(&letter.topic),
             letter.partition,
             letter.offset,
-            letter.r#type,
+            display_bytes(&letter.key),
+            escape(&letter.r#type),
             letter.attempts,
             letter.last_status,
-            letter.webhook_id,
-            letter.reason
+            escape(&letter.webhook_id),
+            escape(&letter.reason)
         );
     }
 }
@@ -472,7 +477,9 @@ fn print_delivery(headers: &[(String, String)], body: &[u8], secret: Option<&[u8
     if json_output {
         println!(
             "{}",
-            json!({"webhook_id": id, "timestamp": timestamp, "verified": verified, "event": event})
+            json_line(
+                &json!({"webhook_id": id, "timestamp": timestamp, "verified": verified, "event": event})
+            )
         );
         return;
     }
@@ -481,13 +488,15 @@ fn print_delivery(headers: &[(String, String)], body: &[u8], secret: Option<&[u8
         Some(false) => "SIGNATURE BAD",
         None => "signature unchecked",
     };
+    // Values printed as JSON are escaped by json_line; plain strings by escape.
     println!(
-        "{id}  {}/{}@{}  key={}  type={}  {signature}  payload={}",
-        event["topic"].as_str().unwrap_or("?"),
+        "{}  {}/{}@{}  key={}  type={}  {signature}  payload={}",
+        escape(id),
+        escape(event["topic"].as_str().unwrap_or("?")),
         event["partition"],
         event["offset"],
-        event["key"],
-        event["type"].as_str().unwrap_or("?"),
-        event["payload"]
+        json_line(&event["key"]),
+        escape(event["type"].as_str().unwrap_or("?")),
+        json_line(&event["payload"])
     );
 }
