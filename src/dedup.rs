@@ -1,9 +1,15 @@
 //! The time-windowed idempotency-id fingerprint index of one partition.
 //!
-//! The partition hashes every idempotency id to a 64-bit fingerprint and asks this
-//! index for the offsets of earlier events with the same fingerprint that are still
-//! inside the topic's dedup window. It confirms each candidate against the log, so a
-//! false positive (a fingerprint collision) costs one read; a false negative is a bug.
+//! An idempotency id names one event of one key, so the partition hashes every
+//! (key, idempotency id) pair to a 64-bit fingerprint ([`Fingerprint::of`]) and asks
+//! this index for the offsets of earlier events with the same fingerprint that are
+//! still inside the topic's dedup window. It confirms each candidate against the log
+//! (key, id and content), so a false positive (a fingerprint collision) costs one
+//! read; a false negative is a bug.
+//!
+//! Runs of format version 1 hold fingerprints of the id alone; they are looked up
+//! with that legacy fingerprint, never merged (a merge writes the current version,
+//! and the key is not in the run), and go away when every entry has left the window.
 //!
 //! Layout: a bounded in-memory table (the memtable) and immutable, sorted run files
 //! in the partition's `dedup/` directory (format: FORMAT-dedup.md). A run is read
@@ -50,10 +56,12 @@ use crate::limits::{
 
 /// The magic of a dedup run file.
 pub(crate) const RUN_MAGIC: &[u8; 8] = b"STELEDDP";
-/// The version this build writes.
-pub(crate) const RUN_VERSION: u16 = 1;
+/// The version this build writes: fingerprints of (key, idempotency id).
+pub(crate) const RUN_VERSION: u16 = 2;
+/// Version 1: fingerprints of the idempotency id alone (`Fingerprint::legacy`).
+pub(crate) const RUN_VERSION_ID_ONLY: u16 = 1;
 /// The versions this build reads.
-pub(crate) const RUN_VERSIONS_SUPPORTED: &[u16] = &[1];
+pub(crate) const RUN_VERSIONS_SUPPORTED: &[u16] = &[RUN_VERSION_ID_ONLY, RUN_VERSION];
 /// Length of the run header; it sits in a block of its own, zero-padded.
 pub(crate) const RUN_HEADER_LEN: usize = 64;
 /// Position of a block's CRC within the block.
@@ -67,6 +75,41 @@ const NO_PREVIOUS: u32 = u32::MAX;
 
 const _: () = assert!(RUN_HEADER_LEN <= DEDUP_RUN_BLOCK_SIZE);
 const _: () = assert!(DEDUP_RUN_ENTRY_LEN == 24);
+
+/// The fingerprints an idempotency id of a key is looked up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    /// xxh3-64 of the key's length (u32, little-endian), the key, then the id: what
+    /// the memtable and runs of the current version hold.
+    pub(crate) keyed: u64,
+    /// xxh3-64 of the id alone: what runs of version 1 hold.
+    pub(crate) legacy: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprints of idempotency id `id` on key `key`. The key's length comes
+    /// first, so no two (key, id) pairs hash the same bytes.
+    pub(crate) fn of(key: &[u8], id: &[u8]) -> Fingerprint {
+        let key_len = u32::try_from(key.len()).expect("keys are bounded by KEY_SIZE_MAX");
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&key_len.to_le_bytes());
+        hasher.update(key);
+        hasher.update(id);
+        Fingerprint {
+            keyed: hasher.digest(),
+            legacy: xxhash_rust::xxh3::xxh3_64(id),
+        }
+    }
+
+    /// The fingerprint a run of format `version` holds for this id.
+    fn for_version(self, version: u16) -> u64 {
+        if version == RUN_VERSION_ID_ONLY {
+            self.legacy
+        } else {
+            self.keyed
+        }
+    }
+}
 
 /// What `open` dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,6 +146,8 @@ fn in_window(timestamp_ms: i64, now_ms: i64, window_ms: u64) -> bool {
 /// The fields of a run header (FORMAT-dedup.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RunHeader {
+    /// One of `RUN_VERSIONS_SUPPORTED`; it says which fingerprint the entries hold.
+    version: u16,
     entries_count: u64,
     offset_start: u64,
     offset_end: u64,
@@ -114,7 +159,7 @@ struct RunHeader {
 fn encode_header(header: &RunHeader) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(RUN_HEADER_LEN);
     bytes.extend_from_slice(RUN_MAGIC);
-    bytes.put_u16(RUN_VERSION);
+    bytes.put_u16(header.version);
     bytes.put_u16(0);
     bytes.put_u32(DEDUP_RUN_BLOCK_SIZE as u32);
     bytes.put_u64(header.entries_count);
@@ -172,6 +217,7 @@ fn decode_header(bytes: &[u8]) -> Result<RunHeader, DecodeError> {
         ));
     }
     Ok(RunHeader {
+        version,
         entries_count,
         offset_start,
         offset_end,
@@ -513,10 +559,11 @@ impl Run {
         Ok(())
     }
 
-    /// Appends the offsets of in-window entries with `fingerprint`, newest first.
+    /// Appends the offsets of in-window entries with `fingerprint` (the one this
+    /// run's version holds), newest first.
     fn candidates(
         &self,
-        fingerprint: u64,
+        fingerprint: Fingerprint,
         now_ms: i64,
         window_ms: u64,
         scratch: &mut Vec<Entry>,
@@ -525,6 +572,7 @@ impl Run {
         if self.header.entries_count == 0 || !in_window(self.header.timestamp_max, now_ms, window_ms) {
             return Ok(());
         }
+        let fingerprint = fingerprint.for_version(self.header.version);
         // The first block whose first fingerprint is >= the target; the entries may
         // begin at the end of the block before it.
         let mut block_index = self.fences.partition_point(|&fence| fence < fingerprint) as u64;
@@ -669,6 +717,7 @@ impl<'a> RunWriter<'a> {
         self.write_buffer()?;
         assert_eq!(self.buffer_position, run_file_len(blocks));
         let header = RunHeader {
+            version: RUN_VERSION,
             entries_count: self.entries_count,
             offset_start,
             offset_end,
@@ -942,7 +991,7 @@ impl DedupIndex {
     }
 
     /// Records that the event at `offset`, appended at `timestamp_ms`, carries an id
-    /// with `fingerprint`. An offset at or below the last one recorded replaces the
+    /// whose keyed fingerprint (`Fingerprint::keyed`) is `fingerprint`. An offset at or below the last one recorded replaces the
     /// memtable's entries from that offset on (a replay after `truncate_from`).
     ///
     /// # Errors
@@ -980,14 +1029,17 @@ impl DedupIndex {
     }
 
     /// Appends to `out` every offset recorded with `fingerprint` whose
-    /// `now_ms - timestamp_ms < window_ms`, newest first, without repeats.
+    /// `now_ms - timestamp_ms < window_ms`, newest first, without repeats: the
+    /// keyed fingerprint in the memtable and current runs, the legacy one in runs
+    /// of version 1. The caller confirms key and id against the log.
     ///
     /// # Errors
     /// `Error::Corruption` when a probed run block fails its CRC; nothing from a
     /// damaged block is served.
-    pub(crate) fn candidates(&self, fingerprint: u64, now_ms: i64, out: &mut Vec<Offset>) -> Result<()> {
+    pub(crate) fn candidates(&self, fingerprint: Fingerprint, now_ms: i64, out: &mut Vec<Offset>) -> Result<()> {
         let first = out.len();
-        self.memtable.candidates(fingerprint, now_ms, self.window_ms, out);
+        self.memtable
+            .candidates(fingerprint.keyed, now_ms, self.window_ms, out);
         let mut scratch = Vec::with_capacity(DEDUP_RUN_BLOCK_ENTRIES_COUNT);
         let result = self
             .runs
@@ -1163,7 +1215,8 @@ impl DedupIndex {
     }
 
     /// Chooses runs to merge: `DEDUP_MERGE_FANOUT` runs adjacent in offset order,
-    /// with touching claims, all below `persisted_end` and not tombstones. The
+    /// with touching claims, all below `persisted_end`, of the current version and
+    /// not tombstones. The
     /// lowest tier with such a group wins; above the soft bound, the adjacent group
     /// with the fewest entries.
     fn pick_merge(&self) -> Option<Vec<usize>> {
@@ -1174,7 +1227,7 @@ impl DedupIndex {
         });
         let eligible = |index: usize| {
             let header = &self.runs[index].header;
-            header.entries_count > 0 && header.offset_end <= self.persisted_end
+            header.version == RUN_VERSION && header.entries_count > 0 && header.offset_end <= self.persisted_end
         };
         let base = self.memtable_entries_max as u64;
         let mut best_tier: Option<(u32, Vec<usize>)> = None;
@@ -1322,7 +1375,16 @@ mod tests {
         DedupIndex::open_with(storage, directory.to_path_buf(), window_ms, memtable_entries_max)
     }
 
+    /// Candidates of a fingerprint that runs of every version hold alike.
     fn candidates_of(index: &DedupIndex, fingerprint: u64, now_ms: i64) -> Result<Vec<u64>> {
+        let probe = Fingerprint {
+            keyed: fingerprint,
+            legacy: fingerprint,
+        };
+        probe_of(index, probe, now_ms)
+    }
+
+    fn probe_of(index: &DedupIndex, fingerprint: Fingerprint, now_ms: i64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         index.candidates(fingerprint, now_ms, &mut out)?;
         Ok(out.into_iter().map(|offset| offset.0).collect())

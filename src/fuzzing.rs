@@ -400,7 +400,12 @@ pub fn dedup_run(data: &[u8]) {
         let mut fingerprint = [0u8; 8];
         fingerprint.copy_from_slice(chunk);
         out.clear();
-        if let Err(error) = index.candidates(u64::from_le_bytes(fingerprint), 1_000, &mut out) {
+        let fingerprint = u64::from_le_bytes(fingerprint);
+        let probe = crate::dedup::Fingerprint {
+            keyed: fingerprint,
+            legacy: fingerprint,
+        };
+        if let Err(error) = index.candidates(probe, 1_000, &mut out) {
             assert!(is_bad_bytes(error.kind()), "dedup lookup: {error}");
         }
     }
