@@ -1400,6 +1400,113 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_names_the_key_and_the_id_without_ambiguity() {
+        // Goal: the keyed fingerprint (what runs of version 2 hold) depends on the key
+        // as well as the id, the key's length prefix keeps (key, id) splits apart,
+        // and its definition never drifts (it is part of the run format).
+        // Method: compare pairs that concatenate alike, pin a known value.
+        let of = Fingerprint::of;
+        assert_ne!(of(b"key-a", b"id").keyed, of(b"key-b", b"id").keyed);
+        assert_ne!(of(b"ab", b"c").keyed, of(b"a", b"bc").keyed);
+        assert_ne!(of(b"a", b"").keyed, of(b"", b"a").keyed);
+        assert_eq!(of(b"key-a", b"id"), of(b"key-a", b"id"));
+        assert_eq!(of(b"key-a", b"id").legacy, xxh3_64(b"id"));
+        assert_eq!(of(b"key-b", b"id").legacy, xxh3_64(b"id"));
+        let mut bytes = 5u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"key-a");
+        bytes.extend_from_slice(b"id");
+        assert_eq!(of(b"key-a", b"id").keyed, xxh3_64(&bytes));
+    }
+
+    /// Rewrites a run's header as format version 1 (id-only fingerprints).
+    fn make_version_1(path: &Path) -> anyhow::Result<()> {
+        let mut bytes = std::fs::read(path)?;
+        let mut header = decode_header(&bytes[..RUN_HEADER_LEN])?;
+        assert_eq!(header.version, RUN_VERSION);
+        header.version = RUN_VERSION_ID_ONLY;
+        bytes[..RUN_HEADER_LEN].copy_from_slice(&encode_header(&header));
+        std::fs::write(path, &bytes)?;
+        Ok(())
+    }
+
+    #[test]
+    fn version_1_runs_are_probed_by_the_id_alone_kept_apart_from_merges_and_expire() -> anyhow::Result<()> {
+        // Goal: runs written before ids were scoped to keys (version 1, fingerprints
+        // of the id alone) are still served after an upgrade: a lookup of (key, id)
+        // finds them by the id's fingerprint (the partition then confirms the key
+        // against the log), merges never fold them into a run of the current
+        // version (whose entries must be keyed), cutting the log keeps their version,
+        // and they go once their entries leave the window.
+        // Method: write a run of legacy fingerprints, rewrite its header as version 1,
+        // reopen; probe with Fingerprint::of; add current runs and merge; cut the
+        // tail inside the old run; advance past the window.
+        let temporary = tempfile::tempdir()?;
+        let directory = temporary.path().join("dedup");
+        let storage: Arc<dyn Storage> = Arc::new(StdStorage);
+        let window_ms = 1_000;
+        let id = |offset: u64| format!("id-{offset}").into_bytes();
+        let (mut index, _) = open_small(storage.clone(), &directory, window_ms, 64)?;
+        for offset in 0..20u64 {
+            index.insert(xxh3_64(&id(offset)), Offset(offset), 100)?;
+        }
+        index.flush()?;
+        drop(index);
+        let paths = run_paths(&directory)?;
+        assert_eq!(paths.len(), 1);
+        make_version_1(&paths[0])?;
+        let (mut index, report) = open_small(storage.clone(), &directory, window_ms, 8)?;
+        assert_eq!(report.runs_dropped, 0, "version 1 is still read");
+        assert_eq!(index.persisted_end(), Offset(20));
+        assert_eq!(index.runs[0].header.version, RUN_VERSION_ID_ONLY);
+        assert_eq!(probe_of(&index, Fingerprint::of(b"any key", &id(7)), 200)?, vec![7]);
+        let keyed_only = Fingerprint {
+            keyed: xxh3_64(&id(7)),
+            legacy: 0,
+        };
+        assert_eq!(probe_of(&index, keyed_only, 200)?, Vec::<u64>::new());
+        for offset in 20..60u64 {
+            index.insert(Fingerprint::of(b"k", &id(offset)).keyed, Offset(offset), 300)?;
+            if offset % 8 == 7 {
+                index.flush()?;
+            }
+        }
+        index.flush()?;
+        index.maintain(400)?;
+        let versions: Vec<u16> = index.runs.iter().map(|run| run.header.version).collect();
+        assert_eq!(
+            versions.iter().filter(|&&version| version == RUN_VERSION_ID_ONLY).count(),
+            1,
+            "{versions:?}"
+        );
+        assert!(index.runs_count() < 7, "current runs were merged: {versions:?}");
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(7)), 400)?, vec![7]);
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(33)), 400)?, vec![33]);
+        index.truncate_from(Offset(10));
+        drop(index);
+        let (mut index, report) = open_small(storage.clone(), &directory, window_ms, 8)?;
+        assert_eq!(report.runs_dropped, 0);
+        assert_eq!(index.persisted_end(), Offset(10));
+        assert_eq!(index.runs[0].header.version, RUN_VERSION_ID_ONLY);
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(7)), 400)?, vec![7]);
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(12)), 400)?, Vec::<u64>::new());
+        for offset in 10..12u64 {
+            index.insert(Fingerprint::of(b"k", &id(offset)).keyed, Offset(offset), 1_000)?;
+        }
+        index.flush()?;
+        index.maintain(1_100)?;
+        assert!(
+            index
+                .runs
+                .iter()
+                .all(|run| run.header.version == RUN_VERSION),
+            "the expired version 1 run is removed"
+        );
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(7)), 1_100)?, Vec::<u64>::new());
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(11)), 1_100)?, vec![11]);
+        Ok(())
+    }
+
+    #[test]
     fn window_is_honoured_to_the_millisecond() -> anyhow::Result<()> {
         // Goal: an entry is a candidate exactly while now - timestamp < window, both
         // from the memtable and from a run. Method: probe at window - 1 and window.

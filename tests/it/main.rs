@@ -4,6 +4,7 @@ mod compat;
 mod embed;
 mod faults;
 mod grpc;
+mod idempotency;
 mod model;
 mod regress_failed_roll;
 mod regress_poisoned_open_group;
