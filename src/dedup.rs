@@ -1506,6 +1506,70 @@ mod tests {
         Ok(())
     }
 
+    fn fixture_v2_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dedup-v2")
+    }
+
+    fn fixture_pair(index: u64) -> (Vec<u8>, Vec<u8>) {
+        (
+            format!("key-{}", index % 7).into_bytes(),
+            format!("id-{}", index / 2).into_bytes(),
+        )
+    }
+
+    #[test]
+    fn committed_version_2_run_reads_back_by_key_and_id() -> anyhow::Result<()> {
+        // Goal: the committed version 2 run (keyed fingerprints) opens and serves
+        // each (key, id) pair at its offset, and not by the id alone.
+        // Method: copy `tests/fixtures/dedup-v2/` (rewritten from 300 inserts over
+        // 2 blocks when STELE_WRITE_FIXTURES is set) into a fresh directory, open,
+        // probe every pair; ids repeat across keys, so the keys tell them apart.
+        let fixture = fixture_v2_dir();
+        let storage: Arc<dyn Storage> = Arc::new(StdStorage);
+        if std::env::var_os("STELE_WRITE_FIXTURES").is_some() {
+            let temporary = tempfile::tempdir()?;
+            let directory = temporary.path().join("dedup");
+            let (mut index, _) = DedupIndex::open(storage.clone(), directory.clone(), 1 << 40)?;
+            for offset in 0..300u64 {
+                let (key, id) = fixture_pair(offset);
+                index.insert(Fingerprint::of(&key, &id).keyed, Offset(offset), 1_000 + offset as i64)?;
+            }
+            index.flush()?;
+            drop(index);
+            let _ = std::fs::remove_dir_all(&fixture);
+            std::fs::create_dir_all(&fixture)?;
+            for path in run_paths(&directory)? {
+                std::fs::copy(&path, fixture.join(path.file_name().expect("a run has a name")))?;
+            }
+        }
+        let temporary = tempfile::tempdir()?;
+        let directory = temporary.path().join("dedup");
+        std::fs::create_dir_all(&directory)?;
+        let names = StdStorage.read_dir(&fixture)?;
+        assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::copy(fixture.join(&names[0]), directory.join(&names[0]))?;
+        let (index, report) = DedupIndex::open(storage, directory, 1 << 40)?;
+        assert_eq!(report.runs_dropped, 0);
+        assert_eq!(index.persisted_end(), Offset(300));
+        assert_eq!(index.runs[0].header.version, 2);
+        assert_eq!(index.runs[0].blocks(), 2);
+        for offset in 0..300u64 {
+            let (key, id) = fixture_pair(offset);
+            let found = probe_of(&index, Fingerprint::of(&key, &id), 2_000)?;
+            assert_eq!(found, vec![offset], "key {key:?} id {id:?}");
+        }
+        let (key, id) = fixture_pair(10);
+        let id_only = Fingerprint {
+            keyed: xxh3_64(&id),
+            legacy: xxh3_64(&id),
+        };
+        assert_eq!(probe_of(&index, id_only, 2_000)?, Vec::<u64>::new());
+        let other_key = Fingerprint::of(b"key-unused", &id);
+        assert_eq!(probe_of(&index, other_key, 2_000)?, Vec::<u64>::new());
+        assert_ne!(key, b"key-unused");
+        Ok(())
+    }
+
     #[test]
     fn window_is_honoured_to_the_millisecond() -> anyhow::Result<()> {
         // Goal: an entry is a candidate exactly while now - timestamp < window, both
