@@ -1036,7 +1036,12 @@ impl DedupIndex {
     /// # Errors
     /// `Error::Corruption` when a probed run block fails its CRC; nothing from a
     /// damaged block is served.
-    pub(crate) fn candidates(&self, fingerprint: Fingerprint, now_ms: i64, out: &mut Vec<Offset>) -> Result<()> {
+    pub(crate) fn candidates(
+        &self,
+        fingerprint: Fingerprint,
+        now_ms: i64,
+        out: &mut Vec<Offset>,
+    ) -> Result<()> {
         let first = out.len();
         self.memtable
             .candidates(fingerprint.keyed, now_ms, self.window_ms, out);
@@ -1227,7 +1232,9 @@ impl DedupIndex {
         });
         let eligible = |index: usize| {
             let header = &self.runs[index].header;
-            header.version == RUN_VERSION && header.entries_count > 0 && header.offset_end <= self.persisted_end
+            header.version == RUN_VERSION
+                && header.entries_count > 0
+                && header.offset_end <= self.persisted_end
         };
         let base = self.memtable_entries_max as u64;
         let mut best_tier: Option<(u32, Vec<usize>)> = None;
@@ -1458,7 +1465,10 @@ mod tests {
         assert_eq!(report.runs_dropped, 0, "version 1 is still read");
         assert_eq!(index.persisted_end(), Offset(20));
         assert_eq!(index.runs[0].header.version, RUN_VERSION_ID_ONLY);
-        assert_eq!(probe_of(&index, Fingerprint::of(b"any key", &id(7)), 200)?, vec![7]);
+        assert_eq!(
+            probe_of(&index, Fingerprint::of(b"any key", &id(7)), 200)?,
+            vec![7]
+        );
         let keyed_only = Fingerprint {
             keyed: xxh3_64(&id(7)),
             legacy: 0,
@@ -1474,7 +1484,10 @@ mod tests {
         index.maintain(400)?;
         let versions: Vec<u16> = index.runs.iter().map(|run| run.header.version).collect();
         assert_eq!(
-            versions.iter().filter(|&&version| version == RUN_VERSION_ID_ONLY).count(),
+            versions
+                .iter()
+                .filter(|&&version| version == RUN_VERSION_ID_ONLY)
+                .count(),
             1,
             "{versions:?}"
         );
@@ -1488,20 +1501,23 @@ mod tests {
         assert_eq!(index.persisted_end(), Offset(10));
         assert_eq!(index.runs[0].header.version, RUN_VERSION_ID_ONLY);
         assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(7)), 400)?, vec![7]);
-        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(12)), 400)?, Vec::<u64>::new());
+        assert_eq!(
+            probe_of(&index, Fingerprint::of(b"k", &id(12)), 400)?,
+            Vec::<u64>::new()
+        );
         for offset in 10..12u64 {
             index.insert(Fingerprint::of(b"k", &id(offset)).keyed, Offset(offset), 1_000)?;
         }
         index.flush()?;
         index.maintain(1_100)?;
         assert!(
-            index
-                .runs
-                .iter()
-                .all(|run| run.header.version == RUN_VERSION),
+            index.runs.iter().all(|run| run.header.version == RUN_VERSION),
             "the expired version 1 run is removed"
         );
-        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(7)), 1_100)?, Vec::<u64>::new());
+        assert_eq!(
+            probe_of(&index, Fingerprint::of(b"k", &id(7)), 1_100)?,
+            Vec::<u64>::new()
+        );
         assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(11)), 1_100)?, vec![11]);
         Ok(())
     }
@@ -1532,7 +1548,11 @@ mod tests {
             let (mut index, _) = DedupIndex::open(storage.clone(), directory.clone(), 1 << 40)?;
             for offset in 0..300u64 {
                 let (key, id) = fixture_pair(offset);
-                index.insert(Fingerprint::of(&key, &id).keyed, Offset(offset), 1_000 + offset as i64)?;
+                index.insert(
+                    Fingerprint::of(&key, &id).keyed,
+                    Offset(offset),
+                    1_000 + offset as i64,
+                )?;
             }
             index.flush()?;
             drop(index);

@@ -141,7 +141,11 @@ pub enum Error {
         /// The epoch the append carried.
         epoch: Epoch,
     },
-    /// The producer's sequence is not the next one for that partition.
+    /// The producer's sequence is not the next one for that partition. A partition
+    /// that does not know the producer in its epoch (its first append there, or
+    /// the producer was forgotten after `producer_idle_ms_max` without appends, or
+    /// evicted) expects 0: retries from before cannot be recognised any more, so
+    /// the producer should re-open (a new epoch) and check what was stored.
     #[error(
         "out-of-order sequence for producer {producer} in partition {partition}: expected {expected}, got {got}"
     )]

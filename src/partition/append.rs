@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use super::{Completion, Partition, Pending, PendingCall, PendingKey, SegmentWrite, State};
-use crate::dedup::Fingerprint;
 use crate::config::Durability;
+use crate::dedup::Fingerprint;
 use crate::error::{Error, Result};
 use crate::event::{AppendAck, AppendRequest, Event, ExpectedSequence, Offset, ProducerStamp};
 use crate::format::checkpoint::{ProducerSnapshot, RecentAppend};
@@ -321,7 +321,12 @@ impl Partition {
             .or_else(|| state.producers.get(&stamp.producer))
     }
 
-    fn check_producer(&self, state: &State, request: &AppendRequest, stamp: ProducerStamp) -> Result<Option<Decision>> {
+    fn check_producer(
+        &self,
+        state: &State,
+        request: &AppendRequest,
+        stamp: ProducerStamp,
+    ) -> Result<Option<Decision>> {
         let current = (self.context.epoch_of)(stamp.producer).ok_or(Error::UnknownProducer {
             producer: stamp.producer,
             epoch: stamp.epoch,
@@ -415,7 +420,8 @@ impl Partition {
                 originals.push(None);
                 continue;
             };
-            let found = self.find_original(state, &request.key, id, event, *fingerprint, now, &mut candidates)?;
+            let found =
+                self.find_original(state, &request.key, id, event, *fingerprint, now, &mut candidates)?;
             if let Some(original) = &found
                 && !original.same_content
             {
@@ -438,7 +444,9 @@ impl Partition {
         // events, in the caller's order.
         for (index, original) in originals.iter().enumerate() {
             let original = original.expect("every event is a duplicate");
-            if original.offset.0 != first.offset.0 + index as u64 || original.sequence != first.sequence + index as u64 {
+            if original.offset.0 != first.offset.0 + index as u64
+                || original.sequence != first.sequence + index as u64
+            {
                 return Err(self.id_reused(index, &original));
             }
         }
@@ -481,12 +489,14 @@ impl Partition {
         for (index, offset) in candidates.iter().enumerate() {
             let found = self.with_event_at(state, *offset, |stored| {
                 let in_window = index < pending || now.saturating_sub(stored.timestamp_ms) < window;
-                (stored.key == key && stored.event.idempotency_id == Some(id) && in_window).then(|| Original {
-                    offset: *offset,
-                    sequence: stored.sequence,
-                    timestamp_ms: stored.timestamp_ms,
-                    published: stored.published,
-                    same_content: stored.event.same_content(event),
+                (stored.key == key && stored.event.idempotency_id == Some(id) && in_window).then(|| {
+                    Original {
+                        offset: *offset,
+                        sequence: stored.sequence,
+                        timestamp_ms: stored.timestamp_ms,
+                        published: stored.published,
+                        same_content: stored.event.same_content(event),
+                    }
                 })
             })?;
             if let Some(Some(original)) = found {
@@ -564,7 +574,12 @@ impl Partition {
 
     /// Whether a producer's retry carries the same key and events as the append it
     /// retries (`recent`); the first differing event otherwise.
-    fn check_producer_retry(&self, state: &State, request: &AppendRequest, recent: &RecentAppend) -> Result<()> {
+    fn check_producer_retry(
+        &self,
+        state: &State,
+        request: &AppendRequest,
+        recent: &RecentAppend,
+    ) -> Result<()> {
         let stored_count = recent.last_sequence - recent.first_sequence + 1;
         let count = request.events.len() as u64;
         for index in 0..count.max(stored_count) {

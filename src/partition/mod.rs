@@ -196,9 +196,7 @@ pub(crate) struct PendingCall {
 impl Pending {
     /// The pending append holding `offset`, and the event's index within it.
     fn call_at(&self, offset: Offset) -> Option<(&PendingCall, usize)> {
-        let after = self
-            .calls
-            .partition_point(|call| call.ack.first_offset <= offset);
+        let after = self.calls.partition_point(|call| call.ack.first_offset <= offset);
         let call = self.calls.get(after.checked_sub(1)?)?;
         let index = usize::try_from(offset.0 - call.ack.first_offset.0).ok()?;
         (index < call.events.len()).then_some((call, index))

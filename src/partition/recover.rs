@@ -68,8 +68,11 @@ impl Replayer<'_> {
         if view.offset >= self.dedup_from
             && let Some(id) = view.idempotency_id
         {
-            self.dedup
-                .insert(Fingerprint::of(view.key, id).keyed, view.offset, view.timestamp_ms)?;
+            self.dedup.insert(
+                Fingerprint::of(view.key, id).keyed,
+                view.offset,
+                view.timestamp_ms,
+            )?;
         }
         if view.is_call_end() {
             self.call = None;

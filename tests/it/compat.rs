@@ -147,7 +147,10 @@ fn v1_fixture_opens_with_current_code() {
         .append("aggregate-0", ExpectedSequence::Any, vec![stored()])
         .expect("retry");
     assert!(retry.duplicate);
-    assert_eq!((retry.partition, retry.first_offset, retry.first_sequence), (partition, Offset(0), 0));
+    assert_eq!(
+        (retry.partition, retry.first_offset, retry.first_sequence),
+        (partition, Offset(0), 0)
+    );
     let changed = topic
         .append(
             "aggregate-0",

@@ -83,8 +83,14 @@ fn the_same_id_on_two_keys_of_one_partition_stores_both_events() {
     assert!(!a.duplicate);
     assert!(!b.duplicate, "b's event is not a's: {b:?}");
     assert_eq!((b.first_offset, b.first_sequence), (Offset(1), 0));
-    assert_duplicate_of(append(&topic, "b", vec![event("made", "b1", "x")]).expect("b retry"), &b);
-    assert_duplicate_of(append(&topic, "a", vec![event("made", "a1", "x")]).expect("a retry"), &a);
+    assert_duplicate_of(
+        append(&topic, "b", vec![event("made", "b1", "x")]).expect("b retry"),
+        &b,
+    );
+    assert_duplicate_of(
+        append(&topic, "a", vec![event("made", "a1", "x")]).expect("a retry"),
+        &a,
+    );
     assert_eq!(payloads(&topic, PartitionId(0)), ["a1", "b1"]);
 }
 
@@ -107,7 +113,10 @@ fn the_same_id_on_keys_of_different_partitions_stores_both_events() {
     assert!(!a.duplicate);
     assert!(!b.duplicate);
     assert_ne!(a.partition, b.partition);
-    assert_duplicate_of(append(&topic, &second, vec![event("made", "b1", "x")]).expect("retry"), &b);
+    assert_duplicate_of(
+        append(&topic, &second, vec![event("made", "b1", "x")]).expect("retry"),
+        &b,
+    );
     assert_eq!(payloads(&topic, b.partition), ["b1"]);
     assert_eq!(payloads(&topic, a.partition), ["a1"]);
 }
@@ -121,15 +130,27 @@ fn other_content_under_a_keys_id_is_refused_with_the_original_position() {
     let log = Log::open(dir.path(), LogOptions::default()).expect("open");
     let topic = log.create_topic("t", one_partition()).expect("create");
     append(&topic, "other", vec![Event::new("made", b"0".to_vec())]).expect("filler");
-    let stored = || event("made", "1", "x").with_header("h1", "v1").with_header("h2", "v2");
+    let stored = || {
+        event("made", "1", "x")
+            .with_header("h1", "v1")
+            .with_header("h2", "v2")
+    };
     let original = append(&topic, "k", vec![stored()]).expect("original");
-    let reordered = event("made", "1", "x").with_header("h2", "v2").with_header("h1", "v1");
+    let reordered = event("made", "1", "x")
+        .with_header("h2", "v2")
+        .with_header("h1", "v1");
     assert_duplicate_of(append(&topic, "k", vec![reordered]).expect("retry"), &original);
-    let other_payload = event("made", "2", "x").with_header("h1", "v1").with_header("h2", "v2");
+    let other_payload = event("made", "2", "x")
+        .with_header("h1", "v1")
+        .with_header("h2", "v2");
     assert_reused(append(&topic, "k", vec![other_payload]), 0, &original, 0);
-    let other_type = event("changed", "1", "x").with_header("h1", "v1").with_header("h2", "v2");
+    let other_type = event("changed", "1", "x")
+        .with_header("h1", "v1")
+        .with_header("h2", "v2");
     assert_reused(append(&topic, "k", vec![other_type]), 0, &original, 0);
-    let other_value = event("made", "1", "x").with_header("h1", "v1").with_header("h2", "v3");
+    let other_value = event("made", "1", "x")
+        .with_header("h1", "v1")
+        .with_header("h2", "v3");
     assert_reused(append(&topic, "k", vec![other_value]), 0, &original, 0);
     let fewer_headers = event("made", "1", "x").with_header("h1", "v1");
     assert_reused(append(&topic, "k", vec![fewer_headers]), 0, &original, 0);
@@ -150,13 +171,22 @@ fn a_multi_event_retry_answers_only_with_the_callers_own_events() {
     let topic = log.create_topic("t", one_partition()).expect("create");
     let events = |ids: &[&str]| -> Vec<Event> { ids.iter().map(|id| event("made", id, id)).collect() };
     let original = append(&topic, "k", events(&["a", "b", "c"])).expect("original");
-    assert_duplicate_of(append(&topic, "k", events(&["a", "b", "c"])).expect("retry"), &original);
+    assert_duplicate_of(
+        append(&topic, "k", events(&["a", "b", "c"])).expect("retry"),
+        &original,
+    );
     let prefix = append(&topic, "k", events(&["a", "b"])).expect("prefix");
     assert!(prefix.duplicate);
-    assert_eq!((prefix.first_offset, prefix.first_sequence, prefix.last_sequence), (Offset(0), 0, 1));
+    assert_eq!(
+        (prefix.first_offset, prefix.first_sequence, prefix.last_sequence),
+        (Offset(0), 0, 1)
+    );
     let suffix = append(&topic, "k", events(&["b", "c"])).expect("suffix");
     assert!(suffix.duplicate);
-    assert_eq!((suffix.first_offset, suffix.first_sequence, suffix.last_sequence), (Offset(1), 1, 2));
+    assert_eq!(
+        (suffix.first_offset, suffix.first_sequence, suffix.last_sequence),
+        (Offset(1), 1, 2)
+    );
     assert_reused(append(&topic, "k", events(&["a", "c"])), 1, &original, 2);
     assert_reused(append(&topic, "k", events(&["b", "a"])), 1, &original, 0);
     let partial = append(&topic, "k", events(&["a", "d"])).expect_err("partial");
@@ -170,7 +200,12 @@ fn a_multi_event_retry_answers_only_with_the_callers_own_events() {
 
 /// Appends the events the reopen checks look for: ids "x" on keys a and b, "y" on a.
 fn write_ids(topic: &Topic) -> (AppendAck, AppendAck) {
-    let a = append(&topic, "a", vec![event("made", "a1", "x"), event("made", "a2", "y")]).expect("a");
+    let a = append(
+        &topic,
+        "a",
+        vec![event("made", "a1", "x"), event("made", "a2", "y")],
+    )
+    .expect("a");
     let b = append(&topic, "b", vec![event("made", "b1", "x")]).expect("b");
     assert!(!b.duplicate);
     (a, b)
@@ -179,7 +214,12 @@ fn write_ids(topic: &Topic) -> (AppendAck, AppendAck) {
 /// The checks after reopening: retries, reuses and other keys, from whatever the
 /// dedup index was rebuilt from.
 fn check_ids(topic: &Topic, a: &AppendAck, b: &AppendAck, case: &str) {
-    let retry = append(topic, "a", vec![event("made", "a1", "x"), event("made", "a2", "y")]).expect(case);
+    let retry = append(
+        topic,
+        "a",
+        vec![event("made", "a1", "x"), event("made", "a2", "y")],
+    )
+    .expect(case);
     assert_duplicate_of(retry, a);
     assert_duplicate_of(append(topic, "b", vec![event("made", "b1", "x")]).expect(case), b);
     assert_reused(append(topic, "a", vec![event("made", "a9", "y")]), 0, a, 1);
@@ -220,7 +260,10 @@ fn ids_keep_their_key_and_content_rule_after_reopen() {
     let log = Log::open(crashed.path(), LogOptions::default()).expect("open the crash image");
     let topic = log.topic("t").expect("topic");
     check_ids(&topic, &a, &b, "checkpoint and replay");
-    assert_duplicate_of(append(&topic, "d", vec![event("made", "d1", "x")]).expect("d retry"), &d);
+    assert_duplicate_of(
+        append(&topic, "d", vec![event("made", "d1", "x")]).expect("d retry"),
+        &d,
+    );
     assert_reused(append(&topic, "d", vec![event("made", "d2", "x")]), 0, &d, 0);
     log.close().expect("close");
     drop(log);
@@ -381,7 +424,11 @@ fn ids_in_the_open_and_the_flushing_group_follow_the_same_rule() {
     let retry_open = submit(&topic, "k", vec![event("made", "y1", "y")]);
     let reuse_flushing = submit(&topic, "k", vec![event("made", "x2", "x")]);
     let reuse_open = submit(&topic, "k", vec![event("made", "y1", "y").with_header("h", "v")]);
-    let other_key = submit(&topic, "j", vec![event("made", "j1", "x"), event("made", "j2", "y")]);
+    let other_key = submit(
+        &topic,
+        "j",
+        vec![event("made", "j1", "x"), event("made", "j2", "y")],
+    );
     // Refusals do not wait for the group: they are answered before the gate opens.
     let reuse_flushing = reuse_flushing.recv().expect("answered");
     let reuse_open = reuse_open.recv().expect("answered");
@@ -389,7 +436,10 @@ fn ids_in_the_open_and_the_flushing_group_follow_the_same_rule() {
     let flushing = flushing.recv().expect("answered").expect("x");
     let open = open.recv().expect("answered").expect("y");
     assert_eq!((flushing.first_offset, open.first_offset), (Offset(0), Offset(1)));
-    assert_duplicate_of(retry_flushing.recv().expect("answered").expect("retry x"), &flushing);
+    assert_duplicate_of(
+        retry_flushing.recv().expect("answered").expect("retry x"),
+        &flushing,
+    );
     assert_duplicate_of(retry_open.recv().expect("answered").expect("retry y"), &open);
     assert_reused(reuse_flushing, 0, &flushing, 0);
     assert_reused(reuse_open, 0, &open, 0);
@@ -418,7 +468,14 @@ fn a_producers_first_append_in_a_partition_must_carry_sequence_0() {
     };
     let error = topic.append_request(request(3)).expect_err("first sequence is 3");
     assert!(
-        matches!(error, Error::ProducerOutOfOrder { expected: 0, got: 3, .. }),
+        matches!(
+            error,
+            Error::ProducerOutOfOrder {
+                expected: 0,
+                got: 3,
+                ..
+            }
+        ),
         "{error}"
     );
     assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(0));
@@ -451,10 +508,18 @@ fn a_producer_retry_must_repeat_the_append_it_retries() {
     };
     append(&topic, "j", vec![Event::new("made", b"j".to_vec())]).expect("filler");
     let original = topic.append_request(request("k", &["1", "2"])).expect("original");
-    assert_duplicate_of(topic.append_request(request("k", &["1", "2"])).expect("retry"), &original);
+    assert_duplicate_of(
+        topic.append_request(request("k", &["1", "2"])).expect("retry"),
+        &original,
+    );
     assert_reused(topic.append_request(request("j", &["1", "2"])), 0, &original, 0);
     assert_reused(topic.append_request(request("k", &["1", "3"])), 1, &original, 1);
     assert_reused(topic.append_request(request("k", &["1"])), 0, &original, 1);
-    assert_reused(topic.append_request(request("k", &["1", "2", "3"])), 2, &original, 1);
+    assert_reused(
+        topic.append_request(request("k", &["1", "2", "3"])),
+        2,
+        &original,
+        1,
+    );
     assert_eq!(payloads(&topic, PartitionId(0)), ["j", "1", "2"]);
 }
