@@ -201,12 +201,12 @@ fn a_multi_event_retry_answers_only_with_the_callers_own_events() {
 /// Appends the events the reopen checks look for: ids "x" on keys a and b, "y" on a.
 fn write_ids(topic: &Topic) -> (AppendAck, AppendAck) {
     let a = append(
-        &topic,
+        topic,
         "a",
         vec![event("made", "a1", "x"), event("made", "a2", "y")],
     )
     .expect("a");
-    let b = append(&topic, "b", vec![event("made", "b1", "x")]).expect("b");
+    let b = append(topic, "b", vec![event("made", "b1", "x")]).expect("b");
     assert!(!b.duplicate);
     (a, b)
 }
