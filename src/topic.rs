@@ -251,7 +251,8 @@ impl Topic {
     /// forgot it after `producer_idle_ms_max` without appends, or evicted it to
     /// keep its producer table bounded), and the last sequence plus 1 otherwise.
     /// A retry of one of the producer's recent appends there (same sequence, key
-    /// and events) answers with the original's positions and `duplicate: true`.
+    /// and events; events since removed by retention are not compared) answers
+    /// with the original's positions and `duplicate: true`.
     ///
     /// # Errors
     /// As [`Topic::append`], plus the producer errors [`Error::ProducerFenced`],

@@ -572,8 +572,9 @@ impl Partition {
         }
     }
 
-    /// Whether a producer's retry carries the same key and events as the append it
-    /// retries (`recent`); the first differing event otherwise.
+    /// Checks that a producer's retry carries the same key and events as the append
+    /// it retries (`recent`, still retained); `IdempotencyIdReused` naming the first
+    /// differing event otherwise.
     fn check_producer_retry(
         &self,
         state: &State,
@@ -595,7 +596,9 @@ impl Partition {
                             && stored.event.idempotency_id == event.idempotency_id.as_deref()
                             && stored.event.same_content(event)
                     })?
-                    .unwrap_or(false);
+                    // An original that retention removed cannot be compared; the
+                    // sequence alone identifies it, as it did when it was stored.
+                    .unwrap_or(true);
             if !same {
                 return Err(Error::IdempotencyIdReused {
                     index: event_index as usize,

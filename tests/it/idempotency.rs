@@ -523,3 +523,34 @@ fn a_producer_retry_must_repeat_the_append_it_retries() {
     );
     assert_eq!(payloads(&topic, PartitionId(0)), ["j", "1", "2"]);
 }
+
+#[test]
+fn a_producer_retry_is_recognised_after_retention_removed_the_original() {
+    // Goal: when the events of a recent producer append are gone (retention), the
+    // sequence alone still identifies the retry: it is a duplicate with the
+    // original positions, not a refusal and not a second copy.
+    // Method: a stamped append, then enough unstamped appends to roll 4 KiB
+    // segments past an 8 KiB retention bound; enforce retention, check the
+    // original is gone, retry the stamped append.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), LogOptions::default()).expect("open");
+    let options = one_partition()
+        .segment_size_bytes_max(4096)
+        .retention_bytes(Some(8192));
+    let topic = log.create_topic("t", options).expect("create");
+    let (producer, epoch) = topic.open_producer("p").expect("producer");
+    let request =
+        AppendRequest::new("k", vec![Event::new("made", b"original".to_vec())]).stamped(ProducerStamp {
+            producer,
+            epoch,
+            sequence: 0,
+        });
+    let original = topic.append_request(request.clone()).expect("original");
+    for _ in 0..200 {
+        append(&topic, "filler", vec![Event::new("x", b"0123456789".to_vec())]).expect("filler");
+    }
+    assert!(topic.enforce_retention().expect("retention") > 0);
+    assert!(topic.partition_infos()[0].earliest > original.first_offset);
+    assert_duplicate_of(topic.append_request(request).expect("retry"), &original);
+    assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(201));
+}
