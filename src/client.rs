@@ -346,6 +346,7 @@ fn kind_of_code(code: u32) -> Option<ErrorKind> {
         proto::ErrorCode::WrongExpectedSequence => ErrorKind::WrongExpectedSequence,
         proto::ErrorCode::PartialDuplicate => ErrorKind::PartialDuplicate,
         proto::ErrorCode::RepeatedIdempotencyId => ErrorKind::RepeatedIdempotencyId,
+        proto::ErrorCode::IdempotencyIdReused => ErrorKind::IdempotencyIdReused,
         proto::ErrorCode::ProducerFenced => ErrorKind::ProducerFenced,
         proto::ErrorCode::UnknownProducer => ErrorKind::UnknownProducer,
         proto::ErrorCode::ProducerOutOfOrder => ErrorKind::ProducerOutOfOrder,

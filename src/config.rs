@@ -87,7 +87,8 @@ pub struct TopicOptions {
     pub index_interval_bytes: u32,
     /// Reserve each segment's blocks when it is created (fallocate).
     pub preallocate: bool,
-    /// A producer's state in a partition is forgotten after this much idleness.
+    /// A producer's state in a partition is forgotten after this much idleness;
+    /// its next append there must then carry sequence 0 (see [`crate::ProducerStamp`]).
     pub producer_idle_ms_max: u64,
     /// A checkpoint of derived state is written after this many appended bytes.
     pub checkpoint_interval_bytes: u64,

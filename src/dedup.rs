@@ -1,9 +1,15 @@
 //! The time-windowed idempotency-id fingerprint index of one partition.
 //!
-//! The partition hashes every idempotency id to a 64-bit fingerprint and asks this
-//! index for the offsets of earlier events with the same fingerprint that are still
-//! inside the topic's dedup window. It confirms each candidate against the log, so a
-//! false positive (a fingerprint collision) costs one read; a false negative is a bug.
+//! An idempotency id names one event of one key, so the partition hashes every
+//! (key, idempotency id) pair to a 64-bit fingerprint ([`Fingerprint::of`]) and asks
+//! this index for the offsets of earlier events with the same fingerprint that are
+//! still inside the topic's dedup window. It confirms each candidate against the log
+//! (key, id and content), so a false positive (a fingerprint collision) costs one
+//! read; a false negative is a bug.
+//!
+//! Runs of format version 1 hold fingerprints of the id alone; they are looked up
+//! with that legacy fingerprint, never merged (a merge writes the current version,
+//! and the key is not in the run), and go away when every entry has left the window.
 //!
 //! Layout: a bounded in-memory table (the memtable) and immutable, sorted run files
 //! in the partition's `dedup/` directory (format: FORMAT-dedup.md). A run is read
@@ -50,10 +56,12 @@ use crate::limits::{
 
 /// The magic of a dedup run file.
 pub(crate) const RUN_MAGIC: &[u8; 8] = b"STELEDDP";
-/// The version this build writes.
-pub(crate) const RUN_VERSION: u16 = 1;
+/// The version this build writes: fingerprints of (key, idempotency id).
+pub(crate) const RUN_VERSION: u16 = 2;
+/// Version 1: fingerprints of the idempotency id alone (`Fingerprint::legacy`).
+pub(crate) const RUN_VERSION_ID_ONLY: u16 = 1;
 /// The versions this build reads.
-pub(crate) const RUN_VERSIONS_SUPPORTED: &[u16] = &[1];
+pub(crate) const RUN_VERSIONS_SUPPORTED: &[u16] = &[RUN_VERSION_ID_ONLY, RUN_VERSION];
 /// Length of the run header; it sits in a block of its own, zero-padded.
 pub(crate) const RUN_HEADER_LEN: usize = 64;
 /// Position of a block's CRC within the block.
@@ -67,6 +75,41 @@ const NO_PREVIOUS: u32 = u32::MAX;
 
 const _: () = assert!(RUN_HEADER_LEN <= DEDUP_RUN_BLOCK_SIZE);
 const _: () = assert!(DEDUP_RUN_ENTRY_LEN == 24);
+
+/// The fingerprints an idempotency id of a key is looked up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    /// xxh3-64 of the key's length (u32, little-endian), the key, then the id: what
+    /// the memtable and runs of the current version hold.
+    pub(crate) keyed: u64,
+    /// xxh3-64 of the id alone: what runs of version 1 hold.
+    pub(crate) legacy: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprints of idempotency id `id` on key `key`. The key's length comes
+    /// first, so no two (key, id) pairs hash the same bytes.
+    pub(crate) fn of(key: &[u8], id: &[u8]) -> Fingerprint {
+        let key_len = u32::try_from(key.len()).expect("keys are bounded by KEY_SIZE_MAX");
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&key_len.to_le_bytes());
+        hasher.update(key);
+        hasher.update(id);
+        Fingerprint {
+            keyed: hasher.digest(),
+            legacy: xxhash_rust::xxh3::xxh3_64(id),
+        }
+    }
+
+    /// The fingerprint a run of format `version` holds for this id.
+    fn for_version(self, version: u16) -> u64 {
+        if version == RUN_VERSION_ID_ONLY {
+            self.legacy
+        } else {
+            self.keyed
+        }
+    }
+}
 
 /// What `open` dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,6 +146,8 @@ fn in_window(timestamp_ms: i64, now_ms: i64, window_ms: u64) -> bool {
 /// The fields of a run header (FORMAT-dedup.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RunHeader {
+    /// One of `RUN_VERSIONS_SUPPORTED`; it says which fingerprint the entries hold.
+    version: u16,
     entries_count: u64,
     offset_start: u64,
     offset_end: u64,
@@ -114,7 +159,7 @@ struct RunHeader {
 fn encode_header(header: &RunHeader) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(RUN_HEADER_LEN);
     bytes.extend_from_slice(RUN_MAGIC);
-    bytes.put_u16(RUN_VERSION);
+    bytes.put_u16(header.version);
     bytes.put_u16(0);
     bytes.put_u32(DEDUP_RUN_BLOCK_SIZE as u32);
     bytes.put_u64(header.entries_count);
@@ -172,6 +217,7 @@ fn decode_header(bytes: &[u8]) -> Result<RunHeader, DecodeError> {
         ));
     }
     Ok(RunHeader {
+        version,
         entries_count,
         offset_start,
         offset_end,
@@ -513,10 +559,11 @@ impl Run {
         Ok(())
     }
 
-    /// Appends the offsets of in-window entries with `fingerprint`, newest first.
+    /// Appends the offsets of in-window entries with `fingerprint` (the one this
+    /// run's version holds), newest first.
     fn candidates(
         &self,
-        fingerprint: u64,
+        fingerprint: Fingerprint,
         now_ms: i64,
         window_ms: u64,
         scratch: &mut Vec<Entry>,
@@ -525,6 +572,7 @@ impl Run {
         if self.header.entries_count == 0 || !in_window(self.header.timestamp_max, now_ms, window_ms) {
             return Ok(());
         }
+        let fingerprint = fingerprint.for_version(self.header.version);
         // The first block whose first fingerprint is >= the target; the entries may
         // begin at the end of the block before it.
         let mut block_index = self.fences.partition_point(|&fence| fence < fingerprint) as u64;
@@ -669,6 +717,7 @@ impl<'a> RunWriter<'a> {
         self.write_buffer()?;
         assert_eq!(self.buffer_position, run_file_len(blocks));
         let header = RunHeader {
+            version: RUN_VERSION,
             entries_count: self.entries_count,
             offset_start,
             offset_end,
@@ -942,7 +991,7 @@ impl DedupIndex {
     }
 
     /// Records that the event at `offset`, appended at `timestamp_ms`, carries an id
-    /// with `fingerprint`. An offset at or below the last one recorded replaces the
+    /// whose keyed fingerprint (`Fingerprint::keyed`) is `fingerprint`. An offset at or below the last one recorded replaces the
     /// memtable's entries from that offset on (a replay after `truncate_from`).
     ///
     /// # Errors
@@ -980,14 +1029,22 @@ impl DedupIndex {
     }
 
     /// Appends to `out` every offset recorded with `fingerprint` whose
-    /// `now_ms - timestamp_ms < window_ms`, newest first, without repeats.
+    /// `now_ms - timestamp_ms < window_ms`, newest first, without repeats: the
+    /// keyed fingerprint in the memtable and current runs, the legacy one in runs
+    /// of version 1. The caller confirms key and id against the log.
     ///
     /// # Errors
     /// `Error::Corruption` when a probed run block fails its CRC; nothing from a
     /// damaged block is served.
-    pub(crate) fn candidates(&self, fingerprint: u64, now_ms: i64, out: &mut Vec<Offset>) -> Result<()> {
+    pub(crate) fn candidates(
+        &self,
+        fingerprint: Fingerprint,
+        now_ms: i64,
+        out: &mut Vec<Offset>,
+    ) -> Result<()> {
         let first = out.len();
-        self.memtable.candidates(fingerprint, now_ms, self.window_ms, out);
+        self.memtable
+            .candidates(fingerprint.keyed, now_ms, self.window_ms, out);
         let mut scratch = Vec::with_capacity(DEDUP_RUN_BLOCK_ENTRIES_COUNT);
         let result = self
             .runs
@@ -1163,7 +1220,8 @@ impl DedupIndex {
     }
 
     /// Chooses runs to merge: `DEDUP_MERGE_FANOUT` runs adjacent in offset order,
-    /// with touching claims, all below `persisted_end` and not tombstones. The
+    /// with touching claims, all below `persisted_end`, of the current version and
+    /// not tombstones. The
     /// lowest tier with such a group wins; above the soft bound, the adjacent group
     /// with the fewest entries.
     fn pick_merge(&self) -> Option<Vec<usize>> {
@@ -1174,7 +1232,9 @@ impl DedupIndex {
         });
         let eligible = |index: usize| {
             let header = &self.runs[index].header;
-            header.entries_count > 0 && header.offset_end <= self.persisted_end
+            header.version == RUN_VERSION
+                && header.entries_count > 0
+                && header.offset_end <= self.persisted_end
         };
         let base = self.memtable_entries_max as u64;
         let mut best_tier: Option<(u32, Vec<usize>)> = None;
@@ -1322,7 +1382,16 @@ mod tests {
         DedupIndex::open_with(storage, directory.to_path_buf(), window_ms, memtable_entries_max)
     }
 
+    /// Candidates of a fingerprint that runs of every version hold alike.
     fn candidates_of(index: &DedupIndex, fingerprint: u64, now_ms: i64) -> Result<Vec<u64>> {
+        let probe = Fingerprint {
+            keyed: fingerprint,
+            legacy: fingerprint,
+        };
+        probe_of(index, probe, now_ms)
+    }
+
+    fn probe_of(index: &DedupIndex, fingerprint: Fingerprint, now_ms: i64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         index.candidates(fingerprint, now_ms, &mut out)?;
         Ok(out.into_iter().map(|offset| offset.0).collect())
@@ -1335,6 +1404,190 @@ mod tests {
             .filter(|name| name.ends_with(RUN_SUFFIX))
             .map(|name| directory.join(name))
             .collect())
+    }
+
+    #[test]
+    fn fingerprint_names_the_key_and_the_id_without_ambiguity() {
+        // Goal: the keyed fingerprint (what runs of version 2 hold) depends on the key
+        // as well as the id, the key's length prefix keeps (key, id) splits apart,
+        // and its definition never drifts (it is part of the run format).
+        // Method: compare pairs that concatenate alike, pin a known value.
+        let of = Fingerprint::of;
+        assert_ne!(of(b"key-a", b"id").keyed, of(b"key-b", b"id").keyed);
+        assert_ne!(of(b"ab", b"c").keyed, of(b"a", b"bc").keyed);
+        assert_ne!(of(b"a", b"").keyed, of(b"", b"a").keyed);
+        assert_eq!(of(b"key-a", b"id"), of(b"key-a", b"id"));
+        assert_eq!(of(b"key-a", b"id").legacy, xxh3_64(b"id"));
+        assert_eq!(of(b"key-b", b"id").legacy, xxh3_64(b"id"));
+        let mut bytes = 5u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"key-a");
+        bytes.extend_from_slice(b"id");
+        assert_eq!(of(b"key-a", b"id").keyed, xxh3_64(&bytes));
+    }
+
+    /// Rewrites a run's header as format version 1 (id-only fingerprints).
+    fn make_version_1(path: &Path) -> anyhow::Result<()> {
+        let mut bytes = std::fs::read(path)?;
+        let mut header = decode_header(&bytes[..RUN_HEADER_LEN])?;
+        assert_eq!(header.version, RUN_VERSION);
+        header.version = RUN_VERSION_ID_ONLY;
+        bytes[..RUN_HEADER_LEN].copy_from_slice(&encode_header(&header));
+        std::fs::write(path, &bytes)?;
+        Ok(())
+    }
+
+    #[test]
+    fn version_1_runs_are_probed_by_the_id_alone_kept_apart_from_merges_and_expire() -> anyhow::Result<()> {
+        // Goal: runs written before ids were scoped to keys (version 1, fingerprints
+        // of the id alone) are still served after an upgrade: a lookup of (key, id)
+        // finds them by the id's fingerprint (the partition then confirms the key
+        // against the log), merges never fold them into a run of the current
+        // version (whose entries must be keyed), cutting the log keeps their version,
+        // and they go once their entries leave the window.
+        // Method: write a run of legacy fingerprints, rewrite its header as version 1,
+        // reopen; probe with Fingerprint::of; add current runs and merge; cut the
+        // tail inside the old run; advance past the window.
+        let temporary = tempfile::tempdir()?;
+        let directory = temporary.path().join("dedup");
+        let storage: Arc<dyn Storage> = Arc::new(StdStorage);
+        let window_ms = 1_000;
+        let id = |offset: u64| format!("id-{offset}").into_bytes();
+        let (mut index, _) = open_small(storage.clone(), &directory, window_ms, 64)?;
+        for offset in 0..20u64 {
+            index.insert(xxh3_64(&id(offset)), Offset(offset), 100)?;
+        }
+        index.flush()?;
+        drop(index);
+        let paths = run_paths(&directory)?;
+        assert_eq!(paths.len(), 1);
+        make_version_1(&paths[0])?;
+        let (mut index, report) = open_small(storage.clone(), &directory, window_ms, 8)?;
+        assert_eq!(report.runs_dropped, 0, "version 1 is still read");
+        assert_eq!(index.persisted_end(), Offset(20));
+        assert_eq!(index.runs[0].header.version, RUN_VERSION_ID_ONLY);
+        assert_eq!(
+            probe_of(&index, Fingerprint::of(b"any key", &id(7)), 200)?,
+            vec![7]
+        );
+        let keyed_only = Fingerprint {
+            keyed: xxh3_64(&id(7)),
+            legacy: 0,
+        };
+        assert_eq!(probe_of(&index, keyed_only, 200)?, Vec::<u64>::new());
+        for offset in 20..60u64 {
+            index.insert(Fingerprint::of(b"k", &id(offset)).keyed, Offset(offset), 300)?;
+            if offset % 8 == 7 {
+                index.flush()?;
+            }
+        }
+        index.flush()?;
+        index.maintain(400)?;
+        let versions: Vec<u16> = index.runs.iter().map(|run| run.header.version).collect();
+        assert_eq!(
+            versions
+                .iter()
+                .filter(|&&version| version == RUN_VERSION_ID_ONLY)
+                .count(),
+            1,
+            "{versions:?}"
+        );
+        assert!(index.runs_count() < 7, "current runs were merged: {versions:?}");
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(7)), 400)?, vec![7]);
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(33)), 400)?, vec![33]);
+        index.truncate_from(Offset(10));
+        drop(index);
+        let (mut index, report) = open_small(storage.clone(), &directory, window_ms, 8)?;
+        assert_eq!(report.runs_dropped, 0);
+        assert_eq!(index.persisted_end(), Offset(10));
+        assert_eq!(index.runs[0].header.version, RUN_VERSION_ID_ONLY);
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(7)), 400)?, vec![7]);
+        assert_eq!(
+            probe_of(&index, Fingerprint::of(b"k", &id(12)), 400)?,
+            Vec::<u64>::new()
+        );
+        for offset in 10..12u64 {
+            index.insert(Fingerprint::of(b"k", &id(offset)).keyed, Offset(offset), 1_000)?;
+        }
+        index.flush()?;
+        index.maintain(1_100)?;
+        assert!(
+            index.runs.iter().all(|run| run.header.version == RUN_VERSION),
+            "the expired version 1 run is removed"
+        );
+        assert_eq!(
+            probe_of(&index, Fingerprint::of(b"k", &id(7)), 1_100)?,
+            Vec::<u64>::new()
+        );
+        assert_eq!(probe_of(&index, Fingerprint::of(b"k", &id(11)), 1_100)?, vec![11]);
+        Ok(())
+    }
+
+    fn fixture_v2_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dedup-v2")
+    }
+
+    fn fixture_pair(index: u64) -> (Vec<u8>, Vec<u8>) {
+        (
+            format!("key-{}", index % 7).into_bytes(),
+            format!("id-{}", index / 2).into_bytes(),
+        )
+    }
+
+    #[test]
+    fn committed_version_2_run_reads_back_by_key_and_id() -> anyhow::Result<()> {
+        // Goal: the committed version 2 run (keyed fingerprints) opens and serves
+        // each (key, id) pair at its offset, and not by the id alone.
+        // Method: copy `tests/fixtures/dedup-v2/` (rewritten from 300 inserts over
+        // 2 blocks when STELE_WRITE_FIXTURES is set) into a fresh directory, open,
+        // probe every pair; ids repeat across keys, so the keys tell them apart.
+        let fixture = fixture_v2_dir();
+        let storage: Arc<dyn Storage> = Arc::new(StdStorage);
+        if std::env::var_os("STELE_WRITE_FIXTURES").is_some() {
+            let temporary = tempfile::tempdir()?;
+            let directory = temporary.path().join("dedup");
+            let (mut index, _) = DedupIndex::open(storage.clone(), directory.clone(), 1 << 40)?;
+            for offset in 0..300u64 {
+                let (key, id) = fixture_pair(offset);
+                index.insert(
+                    Fingerprint::of(&key, &id).keyed,
+                    Offset(offset),
+                    1_000 + offset as i64,
+                )?;
+            }
+            index.flush()?;
+            drop(index);
+            let _ = std::fs::remove_dir_all(&fixture);
+            std::fs::create_dir_all(&fixture)?;
+            for path in run_paths(&directory)? {
+                std::fs::copy(&path, fixture.join(path.file_name().expect("a run has a name")))?;
+            }
+        }
+        let temporary = tempfile::tempdir()?;
+        let directory = temporary.path().join("dedup");
+        std::fs::create_dir_all(&directory)?;
+        let names = StdStorage.read_dir(&fixture)?;
+        assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::copy(fixture.join(&names[0]), directory.join(&names[0]))?;
+        let (index, report) = DedupIndex::open(storage, directory, 1 << 40)?;
+        assert_eq!(report.runs_dropped, 0);
+        assert_eq!(index.persisted_end(), Offset(300));
+        assert_eq!(index.runs[0].header.version, 2);
+        assert_eq!(index.runs[0].blocks(), 2);
+        for offset in 0..300u64 {
+            let (key, id) = fixture_pair(offset);
+            let found = probe_of(&index, Fingerprint::of(&key, &id), 2_000)?;
+            assert_eq!(found, vec![offset], "key {key:?} id {id:?}");
+        }
+        let (key, id) = fixture_pair(10);
+        let id_only = Fingerprint {
+            keyed: xxh3_64(&id),
+            legacy: xxh3_64(&id),
+        };
+        assert_eq!(probe_of(&index, id_only, 2_000)?, Vec::<u64>::new());
+        let other_key = Fingerprint::of(b"key-unused", &id);
+        assert_eq!(probe_of(&index, other_key, 2_000)?, Vec::<u64>::new());
+        assert_ne!(key, b"key-unused");
+        Ok(())
     }
 
     #[test]

@@ -93,6 +93,28 @@ pub enum Error {
         /// How many events the append has.
         events: usize,
     },
+    /// An event's idempotency id already names an earlier event of the same key within
+    /// the dedup window, and this append is not a retry of it: the event type, payload
+    /// or headers differ, or (for an append of several events) the events it names
+    /// are not stored one after another in the order of this append. Also returned
+    /// when a producer's retry (same producer, epoch and sequence) carries other
+    /// events than the append stored under that sequence. Nothing was written.
+    ///
+    /// The position is that of the original event; an id on another key is never
+    /// compared, since it names an unrelated event.
+    #[error(
+        "idempotency id of event {index} already names the event at offset {offset} (key sequence {sequence}) of partition {partition}, which differs; nothing was written"
+    )]
+    IdempotencyIdReused {
+        /// The 0-based index, within the append, of the event that is not a retry.
+        index: usize,
+        /// The partition of the original event.
+        partition: PartitionId,
+        /// The offset of the original event.
+        offset: Offset,
+        /// The key sequence of the original event.
+        sequence: u64,
+    },
     /// An append carried the same idempotency id twice.
     #[error("idempotency id repeated within one append (events {first} and {second})")]
     RepeatedIdempotencyId {
@@ -119,7 +141,11 @@ pub enum Error {
         /// The epoch the append carried.
         epoch: Epoch,
     },
-    /// The producer's sequence is not the next one for that partition.
+    /// The producer's sequence is not the next one for that partition. A partition
+    /// that does not know the producer in its epoch (its first append there, or
+    /// the producer was forgotten after `producer_idle_ms_max` without appends, or
+    /// evicted) expects 0: retries from before cannot be recognised any more, so
+    /// the producer should re-open (a new epoch) and check what was stored.
     #[error(
         "out-of-order sequence for producer {producer} in partition {partition}: expected {expected}, got {got}"
     )]
@@ -224,6 +250,9 @@ pub enum ErrorKind {
     PartialDuplicate,
     /// An idempotency id repeats within one append: [`Error::RepeatedIdempotencyId`].
     RepeatedIdempotencyId,
+    /// An idempotency id names an earlier, different event of the key:
+    /// [`Error::IdempotencyIdReused`].
+    IdempotencyIdReused,
     /// The producer was fenced by a newer epoch: [`Error::ProducerFenced`].
     ProducerFenced,
     /// The producer or epoch is unknown: [`Error::UnknownProducer`].
@@ -266,6 +295,7 @@ impl Error {
             Error::WrongExpectedSequence { .. } => ErrorKind::WrongExpectedSequence,
             Error::PartialDuplicate { .. } => ErrorKind::PartialDuplicate,
             Error::RepeatedIdempotencyId { .. } => ErrorKind::RepeatedIdempotencyId,
+            Error::IdempotencyIdReused { .. } => ErrorKind::IdempotencyIdReused,
             Error::ProducerFenced { .. } => ErrorKind::ProducerFenced,
             Error::UnknownProducer { .. } => ErrorKind::UnknownProducer,
             Error::ProducerOutOfOrder { .. } => ErrorKind::ProducerOutOfOrder,
@@ -347,6 +377,17 @@ impl Error {
             Error::RepeatedIdempotencyId { first, second } => Error::RepeatedIdempotencyId {
                 first: *first,
                 second: *second,
+            },
+            Error::IdempotencyIdReused {
+                index,
+                partition,
+                offset,
+                sequence,
+            } => Error::IdempotencyIdReused {
+                index: *index,
+                partition: *partition,
+                offset: *offset,
+                sequence: *sequence,
             },
             Error::ProducerFenced {
                 producer,

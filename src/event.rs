@@ -54,7 +54,9 @@ pub struct Event {
     /// Small metadata map; names are UTF-8, values are bytes.
     pub headers: Vec<(String, Vec<u8>)>,
     /// An id that makes retries of this event harmless within the topic's dedup
-    /// window.
+    /// window. It names one event of one key: the same id on another key is an
+    /// unrelated event, and the same key and id with another type, payload or
+    /// headers is refused ([`crate::Error::IdempotencyIdReused`]).
     pub idempotency_id: Option<Vec<u8>>,
 }
 
@@ -106,6 +108,11 @@ impl fmt::Display for ExpectedSequence {
 
 /// An idempotent producer's stamp on one append: the producer, its epoch, and the
 /// producer's sequence number for the target partition (0, 1, 2, ... per partition).
+///
+/// The first append of an epoch in a partition carries sequence 0, and so does the
+/// next append after the partition forgot the producer (idle for
+/// `producer_idle_ms_max`, or evicted); any other sequence is then refused with
+/// [`crate::Error::ProducerOutOfOrder`] expecting 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerStamp {
     /// The producer's id, as registered in the topic.
@@ -167,7 +174,7 @@ pub struct AppendAck {
     /// The append timestamp (Unix milliseconds) of the events.
     pub timestamp_ms: i64,
     /// True when the append was a retry of one already stored; the positions are
-    /// those of the original.
+    /// those of the original, and they hold exactly the caller's events.
     pub duplicate: bool,
 }
 

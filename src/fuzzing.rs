@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::{Durability, LogOptions, ManualClock, TopicOptions};
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind};
 use crate::event::{Event, ExpectedSequence, Offset, PartitionId, RecordedEvent};
 use crate::format::{checkpoint, envelope, index, record, segment};
 use crate::io::{FaultyStorage, StdStorage, Storage};
@@ -400,7 +400,12 @@ pub fn dedup_run(data: &[u8]) {
         let mut fingerprint = [0u8; 8];
         fingerprint.copy_from_slice(chunk);
         out.clear();
-        if let Err(error) = index.candidates(u64::from_le_bytes(fingerprint), 1_000, &mut out) {
+        let fingerprint = u64::from_le_bytes(fingerprint);
+        let probe = crate::dedup::Fingerprint {
+            keyed: fingerprint,
+            legacy: fingerprint,
+        };
+        if let Err(error) = index.candidates(probe, 1_000, &mut out) {
             assert!(is_bad_bytes(error.kind()), "dedup lookup: {error}");
         }
     }
@@ -856,6 +861,8 @@ pub fn engine_ops(data: &[u8]) {
     let mut next_id = 0u64;
     // The last acknowledged new append, for retries: (key, expected, events, ack).
     let mut last: Option<(Vec<u8>, ExpectedSequence, Vec<Event>, crate::AppendAck)> = None;
+    // Whether the last append's events were also appended to another key.
+    let mut copied = false;
     let mut bytes = Bytes { data, at: 0 };
     let mut steps = 0;
     while !bytes.done() && steps < 48 {
@@ -921,6 +928,7 @@ pub fn engine_ops(data: &[u8]) {
                         }
                         sequences.insert(key.clone(), ack.last_sequence);
                         last = (shape & 0x40 != 0).then_some((key, expected, events, ack));
+                        copied = false;
                     }
                     (false, Err(error)) => {
                         assert_eq!(error.kind(), ErrorKind::WrongExpectedSequence, "{error}");
@@ -947,6 +955,48 @@ pub fn engine_ops(data: &[u8]) {
                             assert_eq!(retry.first_sequence, ack.first_sequence, "retry sequence");
                         }
                         Err(error) => panic!("a retry failed: {error}"),
+                    }
+                    // The same ids with another payload on the same key: refused,
+                    // naming the original; nothing is written (`check_model`).
+                    let mut changed = events.clone();
+                    changed[0].payload.push(b'!');
+                    match topic.append(key.clone(), ExpectedSequence::Any, changed) {
+                        Err(Error::IdempotencyIdReused { index, offset, .. }) => {
+                            assert_eq!(index, 0, "reused id index");
+                            assert_eq!(offset, ack.first_offset, "reused id original offset");
+                        }
+                        other => panic!("an id reused with other content: {other:?}"),
+                    }
+                    // The same ids on another key are that key's own new events.
+                    if !copied {
+                        copied = true;
+                        let index = MODEL_KEYS
+                            .iter()
+                            .position(|candidate| candidate.as_bytes() == key.as_slice())
+                            .expect("a model key");
+                        let other = MODEL_KEYS[(index + 1) % MODEL_KEYS.len()].as_bytes().to_vec();
+                        let partition = topic.partition_for(&other).0 as usize;
+                        let first = sequences.get(&other).map_or(0, |sequence| sequence + 1);
+                        match topic.append(other.clone(), ExpectedSequence::Any, events.clone()) {
+                            Ok(stored) => {
+                                assert!(!stored.duplicate, "another key's event reported as a duplicate");
+                                assert_eq!(stored.first_sequence, first, "other key's first sequence");
+                                assert_eq!(
+                                    stored.first_offset.0,
+                                    partitions[partition].len() as u64,
+                                    "other key's first offset"
+                                );
+                                for (at, event) in events.iter().enumerate() {
+                                    partitions[partition].push(ModelRecord {
+                                        key: other.clone(),
+                                        sequence: first + at as u64,
+                                        payload: event.payload.clone(),
+                                    });
+                                }
+                                sequences.insert(other, stored.last_sequence);
+                            }
+                            Err(error) => panic!("the same ids on another key failed: {error}"),
+                        }
                     }
                 }
             }

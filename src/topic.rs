@@ -219,10 +219,20 @@ impl Topic {
     /// Appends events to a key, atomically and contiguously, if the key's last
     /// sequence matches `expected`.
     ///
+    /// An idempotency id names one event of this key (the same id on another key
+    /// is an unrelated event). When every event repeats an event of the key stored
+    /// within the dedup window (same id, type, payload and headers, headers in any
+    /// order), and those are stored one after another in this order, nothing is
+    /// written and the ack carries their positions with `duplicate: true`, whatever
+    /// `expected` says.
+    ///
     /// # Errors
-    /// [`Error::WrongExpectedSequence`] with the actual sequence when the condition
-    /// fails; [`Error::PartialDuplicate`] when only some events carry ids seen
-    /// within the dedup window; [`Error::LimitExceeded`] / [`Error::InvalidArgument`]
+    /// [`Error::IdempotencyIdReused`] with the original's position when an id of
+    /// the key names an event with other content, or the originals are not one run
+    /// in this order; [`Error::WrongExpectedSequence`] with the actual sequence when
+    /// the condition fails; [`Error::PartialDuplicate`] when only some events repeat
+    /// events of the key within the dedup window; [`Error::RepeatedIdempotencyId`]
+    /// when an id repeats within the append; [`Error::LimitExceeded`] / [`Error::InvalidArgument`]
     /// for bad input; [`Error::DiskFull`], [`Error::Io`], [`Error::Poisoned`] for
     /// storage failures. Nothing is written when an error is returned.
     pub fn append(
@@ -236,9 +246,21 @@ impl Topic {
 
     /// Appends one request and waits for its acknowledgement. See [`Topic::append`].
     ///
+    /// A stamped request's producer sequence must be 0 when the partition does not
+    /// know the producer in that epoch (its first append there, or the partition
+    /// forgot it after `producer_idle_ms_max` without appends, or evicted it to
+    /// keep its producer table bounded), and the last sequence plus 1 otherwise.
+    /// A retry of one of the producer's recent appends there (same sequence, key
+    /// and events; events since removed by retention are not compared) answers
+    /// with the original's positions and `duplicate: true`.
+    ///
     /// # Errors
     /// As [`Topic::append`], plus the producer errors [`Error::ProducerFenced`],
-    /// [`Error::ProducerOutOfOrder`] and [`Error::UnknownProducer`].
+    /// [`Error::UnknownProducer`], [`Error::ProducerOutOfOrder`] (with `expected`
+    /// 0 when the partition does not know the producer: re-open it, which starts a
+    /// new epoch at 0 everywhere, after checking what was stored), and
+    /// [`Error::IdempotencyIdReused`] when a recent sequence comes with other
+    /// events than the append stored under it.
     pub fn append_request(&self, request: AppendRequest) -> Result<AppendAck> {
         let slot = Slot::new();
         let filled = Arc::clone(&slot);

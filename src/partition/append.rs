@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
-use super::{Completion, Partition, Pending, PendingId, PendingKey, SegmentWrite, State};
+use super::{Completion, Partition, Pending, PendingCall, PendingKey, SegmentWrite, State};
 use crate::config::Durability;
+use crate::dedup::Fingerprint;
 use crate::error::{Error, Result};
-use crate::event::{AppendAck, AppendRequest, ExpectedSequence, Offset, ProducerStamp};
+use crate::event::{AppendAck, AppendRequest, Event, ExpectedSequence, Offset, ProducerStamp};
 use crate::format::checkpoint::{ProducerSnapshot, RecentAppend};
 use crate::format::index::IndexEntry;
 use crate::format::record::{self, FLAG_CALL_END, NO_PREVIOUS, RecordView};
@@ -20,7 +21,7 @@ use crate::segment::Segment;
 pub(crate) struct Prepared {
     request: AppendRequest,
     hash: u64,
-    fingerprints: Vec<Option<u64>>,
+    fingerprints: Vec<Option<Fingerprint>>,
     size: u64,
 }
 
@@ -97,7 +98,7 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
                 return Err(Error::RepeatedIdempotencyId { first, second: index });
             }
         }
-        fingerprints.push(id.map(key_hash));
+        fingerprints.push(id.map(|id| Fingerprint::of(&request.key, id)));
         size += record::frame_size(
             request.key.len(),
             event.event_type.len(),
@@ -120,6 +121,60 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
         fingerprints,
         size,
     })
+}
+
+/// The earlier event an idempotency id of the key names.
+#[derive(Debug, Clone, Copy)]
+struct Original {
+    offset: Offset,
+    sequence: u64,
+    timestamp_ms: i64,
+    /// Below the high watermark (else in the open or flushing group).
+    published: bool,
+    /// Same type, payload and headers as the event asking.
+    same_content: bool,
+}
+
+/// An event as the writer sees it: in a pending group or in the log.
+struct Stored<'a> {
+    key: &'a [u8],
+    sequence: u64,
+    timestamp_ms: i64,
+    published: bool,
+    event: EventContent<'a>,
+}
+
+/// The parts of an event a retry must repeat, borrowed.
+struct EventContent<'a> {
+    event_type: &'a str,
+    payload: &'a [u8],
+    headers: Vec<(&'a str, &'a [u8])>,
+    idempotency_id: Option<&'a [u8]>,
+}
+
+impl EventContent<'_> {
+    /// Same type, payload and headers (in any order: the wire form of headers is a
+    /// map, so their order is not the client's to keep).
+    fn same_content(&self, event: &Event) -> bool {
+        if self.event_type != event.event_type
+            || self.payload != event.payload.as_slice()
+            || self.headers.len() != event.headers.len()
+        {
+            return false;
+        }
+        let mut given: Vec<(&str, &[u8])> = event
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect();
+        if given == self.headers {
+            return true;
+        }
+        let mut stored = self.headers.clone();
+        stored.sort_unstable();
+        given.sort_unstable();
+        stored == given
+    }
 }
 
 /// What the conditions say about an append.
@@ -229,7 +284,7 @@ impl Partition {
         let request = &prepared.request;
         let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
         if let Some(stamp) = request.producer
-            && let Some(decision) = self.check_producer(state, stamp)?
+            && let Some(decision) = self.check_producer(state, request, stamp)?
         {
             return Ok(decision);
         }
@@ -266,7 +321,12 @@ impl Partition {
             .or_else(|| state.producers.get(&stamp.producer))
     }
 
-    fn check_producer(&self, state: &State, stamp: ProducerStamp) -> Result<Option<Decision>> {
+    fn check_producer(
+        &self,
+        state: &State,
+        request: &AppendRequest,
+        stamp: ProducerStamp,
+    ) -> Result<Option<Decision>> {
         let current = (self.context.epoch_of)(stamp.producer).ok_or(Error::UnknownProducer {
             producer: stamp.producer,
             epoch: stamp.epoch,
@@ -285,8 +345,14 @@ impl Partition {
             });
         }
         let Some(producer) = self.producer_state(state, &stamp) else {
-            // Unknown here (new, or expired after idleness): any sequence starts it.
-            return Ok(None);
+            // Unknown here: new in this partition, or forgotten after idleness or
+            // eviction. The partition cannot tell the two apart, so either way the
+            // sequence starts at 0.
+            return if stamp.sequence == 0 {
+                Ok(None)
+            } else {
+                Err(self.out_of_order(stamp, 0))
+            };
         };
         if producer.epoch < stamp.epoch {
             // A new epoch restarts the sequence at 0.
@@ -311,6 +377,9 @@ impl Partition {
             .iter()
             .find(|recent| recent.sequence == stamp.sequence)
         {
+            // The same sequence with other events is not a retry: never answer with
+            // positions of events that are not the caller's.
+            self.check_producer_retry(state, request, recent)?;
             let ack = AppendAck {
                 partition: self.id,
                 first_offset: recent.first_offset,
@@ -334,54 +403,29 @@ impl Partition {
         }
     }
 
-    /// Finds events of the request whose idempotency ids were seen within the
-    /// window. All duplicates: the original ack. Some: an error. None: `None`.
+    /// Finds events of the request whose idempotency ids (scoped to the key) were
+    /// seen within the window. All are retries of events stored one after another in
+    /// this order: the original positions. Some: `PartialDuplicate`. None: `None`.
+    /// An id whose event differs, or originals out of order: `IdempotencyIdReused`.
     fn check_ids(&self, state: &State, prepared: &Prepared, now: i64) -> Result<Option<Decision>> {
         if prepared.fingerprints.iter().all(Option::is_none) {
             return Ok(None);
         }
-        let window = self.context.options.dedup_window_ms as i64;
-        let events = &prepared.request.events;
-        let mut originals: Vec<Option<(AppendAck, bool)>> = Vec::with_capacity(events.len());
+        let request = &prepared.request;
+        let events = &request.events;
+        let mut originals: Vec<Option<Original>> = Vec::with_capacity(events.len());
         let mut candidates = Vec::new();
-        for (event, fingerprint) in events.iter().zip(&prepared.fingerprints) {
+        for (index, (event, fingerprint)) in events.iter().zip(&prepared.fingerprints).enumerate() {
             let (Some(id), Some(fingerprint)) = (event.idempotency_id.as_deref(), fingerprint) else {
                 originals.push(None);
                 continue;
             };
-            let mut found = None;
-            for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
-                if let Some(pending) = group.ids.get(fingerprint)
-                    && let Some(hit) = pending.iter().find(|pending| pending.id == id)
-                {
-                    found = Some((hit.ack, false));
-                }
-            }
-            if found.is_none() {
-                candidates.clear();
-                state.dedup.candidates(*fingerprint, now, &mut candidates)?;
-                for offset in &candidates {
-                    let hit = match self.with_record(*offset, |view| {
-                        (view.idempotency_id == Some(id) && now.saturating_sub(view.timestamp_ms) < window)
-                            .then_some((view.sequence, view.timestamp_ms))
-                    }) {
-                        Ok(hit) => hit,
-                        Err(Error::OffsetOutOfRange { .. }) => None,
-                        Err(error) => return Err(error),
-                    };
-                    if let Some((sequence, timestamp_ms)) = hit {
-                        let ack = AppendAck {
-                            partition: self.id,
-                            first_offset: *offset,
-                            first_sequence: sequence,
-                            last_sequence: sequence,
-                            timestamp_ms,
-                            duplicate: true,
-                        };
-                        found = Some((ack, true));
-                        break;
-                    }
-                }
+            let found =
+                self.find_original(state, &request.key, id, event, *fingerprint, now, &mut candidates)?;
+            if let Some(original) = &found
+                && !original.same_content
+            {
+                return Err(self.id_reused(index, original));
             }
             originals.push(found);
         }
@@ -395,16 +439,176 @@ impl Partition {
                 events: events.len(),
             });
         }
-        let (first, first_published) = originals[0].expect("every event is a duplicate");
-        let (last, last_published) = originals[events.len() - 1].expect("every event is a duplicate");
+        let first = originals[0].expect("every event is a duplicate");
+        // The answer names a contiguous range: it must hold exactly the caller's
+        // events, in the caller's order.
+        for (index, original) in originals.iter().enumerate() {
+            let original = original.expect("every event is a duplicate");
+            if original.offset.0 != first.offset.0 + index as u64
+                || original.sequence != first.sequence + index as u64
+            {
+                return Err(self.id_reused(index, &original));
+            }
+        }
+        let last = originals[events.len() - 1].expect("every event is a duplicate");
         let ack = AppendAck {
-            last_sequence: last.last_sequence,
-            ..first
+            partition: self.id,
+            first_offset: first.offset,
+            first_sequence: first.sequence,
+            last_sequence: last.sequence,
+            timestamp_ms: first.timestamp_ms,
+            duplicate: true,
         };
-        Ok(Some(Decision::Duplicate {
-            ack,
-            published: first_published && last_published,
-        }))
+        let published = originals.iter().flatten().all(|original| original.published);
+        Ok(Some(Decision::Duplicate { ack, published }))
+    }
+
+    /// The event of `key` that idempotency id `id` names within the window, if any:
+    /// the open group, the flushing group, then the dedup index confirmed against the
+    /// log. Only an event of the same key with the same id counts.
+    #[allow(clippy::too_many_arguments)]
+    fn find_original(
+        &self,
+        state: &State,
+        key: &[u8],
+        id: &[u8],
+        event: &Event,
+        fingerprint: Fingerprint,
+        now: i64,
+        candidates: &mut Vec<Offset>,
+    ) -> Result<Option<Original>> {
+        let window = self.context.options.dedup_window_ms as i64;
+        candidates.clear();
+        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
+            if let Some(offsets) = group.ids.get(&fingerprint.keyed) {
+                candidates.extend(offsets.iter().rev());
+            }
+        }
+        let pending = candidates.len();
+        state.dedup.candidates(fingerprint, now, candidates)?;
+        for (index, offset) in candidates.iter().enumerate() {
+            let found = self.with_event_at(state, *offset, |stored| {
+                let in_window = index < pending || now.saturating_sub(stored.timestamp_ms) < window;
+                (stored.key == key && stored.event.idempotency_id == Some(id) && in_window).then(|| {
+                    Original {
+                        offset: *offset,
+                        sequence: stored.sequence,
+                        timestamp_ms: stored.timestamp_ms,
+                        published: stored.published,
+                        same_content: stored.event.same_content(event),
+                    }
+                })
+            })?;
+            if let Some(Some(original)) = found {
+                return Ok(Some(original));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Calls `f` with the event at `offset` as the writer sees it (open group,
+    /// flushing group, else the published log); `None` when no retained event is
+    /// there.
+    fn with_event_at<T>(
+        &self,
+        state: &State,
+        offset: Offset,
+        f: impl FnOnce(&Stored<'_>) -> T,
+    ) -> Result<Option<T>> {
+        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
+            if let Some((call, index)) = group.call_at(offset) {
+                let event = &call.events[index];
+                let stored = Stored {
+                    key: &call.key,
+                    sequence: call.ack.first_sequence + index as u64,
+                    timestamp_ms: call.ack.timestamp_ms,
+                    published: false,
+                    event: EventContent {
+                        event_type: &event.event_type,
+                        payload: &event.payload,
+                        headers: event
+                            .headers
+                            .iter()
+                            .map(|(name, value)| (name.as_str(), value.as_slice()))
+                            .collect(),
+                        idempotency_id: event.idempotency_id.as_deref(),
+                    },
+                };
+                return Ok(Some(f(&stored)));
+            }
+        }
+        if offset >= self.high_watermark() {
+            return Ok(None);
+        }
+        let result = self.with_record(offset, |view| {
+            let stored = Stored {
+                key: view.key,
+                sequence: view.sequence,
+                timestamp_ms: view.timestamp_ms,
+                published: true,
+                event: EventContent {
+                    event_type: view.event_type,
+                    payload: view.payload,
+                    // Decoding checked the header block, so every header parses.
+                    headers: record::headers(view.headers).filter_map(Result::ok).collect(),
+                    idempotency_id: view.idempotency_id,
+                },
+            };
+            f(&stored)
+        });
+        match result {
+            Ok(found) => Ok(Some(found)),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn id_reused(&self, index: usize, original: &Original) -> Error {
+        Error::IdempotencyIdReused {
+            index,
+            partition: self.id,
+            offset: original.offset,
+            sequence: original.sequence,
+        }
+    }
+
+    /// Checks that a producer's retry carries the same key and events as the append
+    /// it retries (`recent`, still retained); `IdempotencyIdReused` naming the first
+    /// differing event otherwise.
+    fn check_producer_retry(
+        &self,
+        state: &State,
+        request: &AppendRequest,
+        recent: &RecentAppend,
+    ) -> Result<()> {
+        let stored_count = recent.last_sequence - recent.first_sequence + 1;
+        let count = request.events.len() as u64;
+        for index in 0..count.max(stored_count) {
+            let event_index = index.min(count - 1);
+            let stored_index = index.min(stored_count - 1);
+            let offset = Offset(recent.first_offset.0 + stored_index);
+            let same = index < count
+                && index < stored_count
+                && self
+                    .with_event_at(state, offset, |stored| {
+                        let event = &request.events[event_index as usize];
+                        stored.key == request.key.as_slice()
+                            && stored.event.idempotency_id == event.idempotency_id.as_deref()
+                            && stored.event.same_content(event)
+                    })?
+                    // An original that retention removed cannot be compared; the
+                    // sequence alone identifies it, as it did when it was stored.
+                    .unwrap_or(true);
+            if !same {
+                return Err(Error::IdempotencyIdReused {
+                    index: event_index as usize,
+                    partition: self.id,
+                    offset,
+                    sequence: recent.first_sequence + stored_index,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Encodes an accepted append into the open group. On failure (a roll that
@@ -488,18 +692,9 @@ impl Partition {
             record::encode(&mut write.bytes, &view, &event.headers);
             write_end += (write.bytes.len() - before) as u64;
             previous = offset.0;
-            if let (Some(id), Some(fingerprint)) = (event.idempotency_id.as_ref(), fingerprint) {
-                write.fingerprints.push((*fingerprint, offset, now));
-                open.ids.entry(*fingerprint).or_default().push(PendingId {
-                    id: id.clone(),
-                    ack: AppendAck {
-                        first_offset: offset,
-                        first_sequence: first_sequence + index as u64,
-                        last_sequence: first_sequence + index as u64,
-                        duplicate: true,
-                        ..ack
-                    },
-                });
+            if let Some(fingerprint) = fingerprint {
+                write.fingerprints.push((fingerprint.keyed, offset, now));
+                open.ids.entry(fingerprint.keyed).or_default().push(offset);
             }
         }
         let end_offset = Offset(first_offset.0 + count);
@@ -536,6 +731,17 @@ impl Partition {
         state.next_offset = end_offset;
         state.write_end = write_end;
         state.last_index_position = last_index_position;
+        // Retries are compared with the events themselves until they are published
+        // and can be read back from the log.
+        let compared = request.producer.is_some() || prepared.fingerprints.iter().any(Option::is_some);
+        if compared {
+            let Prepared { request, .. } = prepared;
+            state.open.calls.push(PendingCall {
+                ack,
+                key: request.key,
+                events: request.events,
+            });
+        }
         state.open.completions.push((completion, Ok(ack)));
         Ok(())
     }

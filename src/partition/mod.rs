@@ -160,8 +160,12 @@ pub(crate) struct Pending {
     completions: Vec<(Completion, Result<AppendAck>)>,
     /// Key states after this group, by key.
     keys: HashMap<Vec<u8>, PendingKey>,
-    /// Idempotency ids in this group, by fingerprint.
-    ids: HashMap<u64, Vec<PendingId>>,
+    /// Offsets of the events with idempotency ids in this group, by keyed
+    /// fingerprint.
+    ids: HashMap<u64, Vec<Offset>>,
+    /// The appends of this group with an idempotency id or a producer stamp, in
+    /// offset order, with their events: retries are compared with these.
+    calls: Vec<PendingCall>,
     /// Producer states after this group.
     producers: HashMap<ProducerId, ProducerSnapshot>,
     /// One past the last offset of this group; `None` when it holds no records.
@@ -181,9 +185,22 @@ pub(crate) struct PendingKey {
     owns_hash: bool,
 }
 
-pub(crate) struct PendingId {
-    id: Vec<u8>,
+/// An append of a pending group, kept until publication for comparing retries.
+pub(crate) struct PendingCall {
+    /// The append's acknowledgement (not a duplicate).
     ack: AppendAck,
+    key: Vec<u8>,
+    events: Vec<crate::event::Event>,
+}
+
+impl Pending {
+    /// The pending append holding `offset`, and the event's index within it.
+    fn call_at(&self, offset: Offset) -> Option<(&PendingCall, usize)> {
+        let after = self.calls.partition_point(|call| call.ack.first_offset <= offset);
+        let call = self.calls.get(after.checked_sub(1)?)?;
+        let index = usize::try_from(offset.0 - call.ack.first_offset.0).ok()?;
+        (index < call.events.len()).then_some((call, index))
+    }
 }
 
 /// Bytes to write into one segment, and what to publish there afterwards.

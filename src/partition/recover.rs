@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use super::append::remember_append;
 use super::{Partition, PartitionContext, Pending, State};
-use crate::dedup::DedupIndex;
+use crate::dedup::{DedupIndex, Fingerprint};
 use crate::error::{Error, Result};
 use crate::event::{AppendAck, Offset, PartitionId, ProducerId};
 use crate::format::checkpoint::{self, Checkpoint, ProducerSnapshot};
@@ -68,7 +68,11 @@ impl Replayer<'_> {
         if view.offset >= self.dedup_from
             && let Some(id) = view.idempotency_id
         {
-            self.dedup.insert(key_hash(id), view.offset, view.timestamp_ms)?;
+            self.dedup.insert(
+                Fingerprint::of(view.key, id).keyed,
+                view.offset,
+                view.timestamp_ms,
+            )?;
         }
         if view.is_call_end() {
             self.call = None;

@@ -129,6 +129,7 @@ impl AppendResult {
             | ErrorKind::TopicExists
             | ErrorKind::PartialDuplicate
             | ErrorKind::RepeatedIdempotencyId
+            | ErrorKind::IdempotencyIdReused
             | ErrorKind::UnknownProducer
             | ErrorKind::ProducerOutOfOrder
             | ErrorKind::OffsetOutOfRange

@@ -49,6 +49,7 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::WrongExpectedSequence => ErrorCode::WrongExpectedSequence,
         ErrorKind::PartialDuplicate => ErrorCode::PartialDuplicate,
         ErrorKind::RepeatedIdempotencyId => ErrorCode::RepeatedIdempotencyId,
+        ErrorKind::IdempotencyIdReused => ErrorCode::IdempotencyIdReused,
         ErrorKind::ProducerFenced => ErrorCode::ProducerFenced,
         ErrorKind::UnknownProducer => ErrorCode::UnknownProducer,
         ErrorKind::ProducerOutOfOrder => ErrorCode::ProducerOutOfOrder,
@@ -69,6 +70,7 @@ pub fn grpc_code(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::WrongExpectedSequence
         | ErrorKind::PartialDuplicate
+        | ErrorKind::IdempotencyIdReused
         | ErrorKind::ProducerOutOfOrder
         | ErrorKind::CursorBackwards
         | ErrorKind::CursorAheadOfHighWatermark => Code::FailedPrecondition,
@@ -134,6 +136,16 @@ pub fn error_detail(error: &Error) -> ErrorDetail {
         Error::WrongExpectedSequence { actual, .. } => detail.actual_sequence = *actual,
         Error::ProducerOutOfOrder { expected, .. } => detail.expected_producer_sequence = Some(*expected),
         Error::ProducerFenced { current, .. } => detail.current_epoch = Some(current.0),
+        Error::IdempotencyIdReused {
+            partition,
+            offset,
+            sequence,
+            ..
+        } => {
+            detail.original_partition = Some(partition.0);
+            detail.original_offset = Some(offset.0);
+            detail.original_sequence = Some(*sequence);
+        }
         Error::OffsetOutOfRange {
             earliest,
             high_watermark,
@@ -320,6 +332,24 @@ mod tests {
             error_name(ErrorCode::WrongExpectedSequence),
             "WRONG_EXPECTED_SEQUENCE"
         );
+        assert_eq!(error_code(ErrorKind::IdempotencyIdReused) as i32, 26);
+    }
+
+    #[test]
+    fn reused_idempotency_id_status_carries_the_original_position() {
+        // Goal: a client can tell where the event its id names is stored.
+        let status = to_status(&Error::IdempotencyIdReused {
+            index: 0,
+            partition: crate::PartitionId(3),
+            offset: crate::Offset(41),
+            sequence: 7,
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let detail = detail_of(&status).expect("detail");
+        assert_eq!(detail.code, ErrorCode::IdempotencyIdReused as i32);
+        assert_eq!(detail.original_partition, Some(3));
+        assert_eq!(detail.original_offset, Some(41));
+        assert_eq!(detail.original_sequence, Some(7));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! `tests/fixtures/v1/` was written by `write_v1_fixture` (run with
 //! `STELE_WRITE_FIXTURES=1` to rewrite it, only when FORMAT.md's version 1 is
-//! still what the code writes). The test copies it, opens the copy, and checks
+//! still what the code writes: no longer for dedup runs, which are written as
+//! version 2 now, so rewriting would lose the fixture's version 1 runs). The test copies it, opens the copy, and checks
 //! every kind of file: segments (sealed with `.idx`, and active), checkpoints,
 //! the dedup index, the cursor and producer journals, and the topic meta.
 
@@ -133,15 +134,51 @@ fn v1_fixture_opens_with_current_code() {
         assert_eq!(found, expected);
         assert_eq!(topic.key_sequence(key.as_bytes()).expect("sequence"), Some(23));
     }
-    // An idempotency id from the fixture is still recognised.
+    // An idempotency id from the fixture's dedup runs (format version 1: id-only
+    // fingerprints) is still recognised for its key and content, and only there.
+    let stored = || {
+        Event::new("happened", b"payload 0".to_vec())
+            .with_header("index", 0u64.to_le_bytes().to_vec())
+            .with_idempotency_id("id-0")
+    };
+    let partition = topic.partition_for(b"aggregate-0");
+    let high_watermark = topic.high_watermark(partition).expect("hw");
     let retry = topic
+        .append("aggregate-0", ExpectedSequence::Any, vec![stored()])
+        .expect("retry");
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.partition, retry.first_offset, retry.first_sequence),
+        (partition, Offset(0), 0)
+    );
+    let changed = topic
         .append(
             "aggregate-0",
             ExpectedSequence::Any,
             vec![Event::new("happened", b"payload 0".to_vec()).with_idempotency_id("id-0")],
         )
-        .expect("retry");
-    assert!(retry.duplicate);
+        .expect_err("other headers");
+    assert!(
+        matches!(
+            changed,
+            stele::Error::IdempotencyIdReused {
+                offset: Offset(0),
+                sequence: 0,
+                ..
+            }
+        ),
+        "{changed}"
+    );
+    assert_eq!(topic.high_watermark(partition).expect("hw"), high_watermark);
+    let other_key = (0..100)
+        .map(|index| format!("other-{index}"))
+        .find(|key| topic.partition_for(key.as_bytes()) == partition)
+        .expect("a key in the same partition");
+    let elsewhere = topic
+        .append(other_key.as_bytes(), ExpectedSequence::Any, vec![stored()])
+        .expect("same id on another key");
+    assert!(!elsewhere.duplicate, "another key's event is not aggregate-0's");
+    assert_eq!(elsewhere.first_offset, high_watermark);
     // The producer's registry and the cursor survived.
     assert_eq!(topic.producers().len(), 1);
     let cursor = topic.cursor("fixture-cursor").expect("cursor");

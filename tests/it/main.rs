@@ -5,6 +5,7 @@ mod contract;
 mod embed;
 mod faults;
 mod grpc;
+mod idempotency;
 mod model;
 mod regress_failed_roll;
 mod regress_poisoned_open_group;

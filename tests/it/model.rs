@@ -111,14 +111,16 @@ impl Model {
         }
     }
 
-    /// The stored, retained record with this id in `partition` still within the
-    /// dedup window: (offset, record).
-    fn find_id(&self, partition: usize, id: &[u8], now: i64) -> Option<(u64, &Record)> {
+    /// The stored, retained record of `key` with this id in `partition` still
+    /// within the dedup window: (offset, record). Ids are scoped to their key.
+    fn find_id(&self, partition: usize, key: &str, id: &[u8], now: i64) -> Option<(u64, &Record)> {
         let records = &self.partitions[partition];
         (self.earliest[partition] as usize..records.len())
             .rev()
             .map(|offset| (offset as u64, &records[offset]))
-            .find(|(_, record)| record.id.as_deref() == Some(id) && now - record.timestamp_ms < WINDOW_MS)
+            .find(|(_, record)| {
+                record.key == key && record.id.as_deref() == Some(id) && now - record.timestamp_ms < WINDOW_MS
+            })
     }
 }
 
@@ -201,7 +203,13 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
                 .iter()
                 .map(|id| {
                     harness.payloads += 1;
-                    let mut payload = format!("p{}", harness.payloads).into_bytes();
+                    // An event with an id has a payload made of the id, so that a
+                    // repeated id is a true retry unless `big` differs, which makes
+                    // it a reuse with other content.
+                    let mut payload = match id {
+                        Some(id) => format!("id{id}").into_bytes(),
+                        None => format!("p{}", harness.payloads).into_bytes(),
+                    };
                     if *big {
                         payload.resize(1500, b'.');
                     }
@@ -226,7 +234,7 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
                 .map(|id| {
                     id.as_ref().and_then(|id| {
                         model
-                            .find_id(partition, id, now)
+                            .find_id(partition, key, id, now)
                             .map(|(offset, record)| (offset, record.clone()))
                     })
                 })
@@ -240,7 +248,24 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
             if repeated {
                 return expect_error(result, ErrorKind::RepeatedIdempotencyId);
             }
+            let reused = found.iter().zip(&events).any(|(found, event)| {
+                found
+                    .as_ref()
+                    .is_some_and(|(_, record)| record.payload != event.payload)
+            });
+            if reused {
+                return expect_error(result, ErrorKind::IdempotencyIdReused);
+            }
             if duplicates == events.len() {
+                // A duplicate answer names a contiguous range of the key's events.
+                let contiguous = found.iter().enumerate().all(|(index, original)| {
+                    let (offset, record) = original.as_ref().expect("every event is a duplicate");
+                    let (first_offset, first) = found[0].as_ref().expect("duplicate");
+                    *offset == first_offset + index as u64 && record.sequence == first.sequence + index as u64
+                });
+                if !contiguous {
+                    return expect_error(result, ErrorKind::IdempotencyIdReused);
+                }
                 let ack = result.map_err(|error| format!("expected a duplicate, got {error}"))?;
                 let (first_offset, first) = found[0].clone().expect("duplicate");
                 let (_, last_record) = found[events.len() - 1].clone().expect("duplicate");
