@@ -98,7 +98,7 @@ impl Job {
             event_type: view.event_type.to_string(),
             headers,
             payload: view.payload.to_vec(),
-            webhook_id: message_id(topic, partition, view.offset.0, view.idempotency_id),
+            webhook_id: message_id(topic, partition, view.offset.0, view.key, view.idempotency_id),
         }
     }
 
