@@ -74,6 +74,12 @@ pub trait DeliveryObserver: Send + Sync {
     fn dead_lettered(&self, endpoint: &str);
     /// The endpoint was deleted: forget its series.
     fn remove(&self, endpoint: &str);
+    /// Keys whose delivery the endpoint's loop has in flight now (sending,
+    /// waiting for the breaker or between retries); reported whenever it changes.
+    /// At most the endpoint's `in_flight_max`. The default ignores it.
+    fn in_flight(&self, endpoint: &str, keys: usize) {
+        let _ = (endpoint, keys);
+    }
 }
 
 /// Reports to several observers in turn (the server's metrics and, in tests,
@@ -114,6 +120,11 @@ impl DeliveryObserver for Observers {
     }
     fn remove(&self, endpoint: &str) {
         self.0.iter().for_each(|observer| observer.remove(endpoint));
+    }
+    fn in_flight(&self, endpoint: &str, keys: usize) {
+        self.0
+            .iter()
+            .for_each(|observer| observer.in_flight(endpoint, keys));
     }
 }
 
