@@ -1280,9 +1280,11 @@ async fn keys_in_flight_stay_within_the_configured_limit() {
     // Method: count what the limit promises, the keys whose deliveries the
     // dispatcher has in flight, as it reports them to its observer (a receiver's
     // count of its own handlers would include a handler outliving its client).
-    // The first two requests are held until both are open, with a timeout far
-    // longer than the hold, so the limit is reached whatever the machine's speed
-    // and a leaking limit would start a third key meanwhile.
+    // Every event is appended before the endpoint exists and delivered from the
+    // earliest, so all six keys are ready at once when delivery starts: the
+    // loop starts as many as the limit lets it, whatever the machine's speed.
+    // The first two requests are held until both have been open (the timeout is
+    // far longer), so the receiver sees them overlap.
     let dir = tempfile::tempdir().expect("tempdir");
     let observer = Arc::new(RecordingObserver::default());
     let (server, client) = start_observed_server(dir.path(), true, observer.clone()).await;
@@ -1295,19 +1297,22 @@ async fn keys_in_flight_stay_within_the_configured_limit() {
         }
     }))
     .await;
-    let settings = WebhookSettings {
-        in_flight_max: 2,
-        ..fast_settings()
-    };
     client
-        .create_webhook(&webhook("narrow", &receiver.url(), "wide", settings))
+        .create_topic("wide", &stele::TopicOptions::default())
         .await
-        .expect("create");
+        .expect("create topic");
     let keys = ["a", "b", "c", "d", "e", "f"];
     for key in keys {
         append(&client, "wide", key, 0).await;
         append(&client, "wide", key, 1).await;
     }
+    let settings = WebhookSettings {
+        in_flight_max: 2,
+        ..fast_settings()
+    };
+    let mut request = webhook("narrow", &receiver.url(), "wide", settings);
+    request.from_earliest = true;
+    client.create_webhook(&request).await.expect("create");
     let records = receiver
         .wait_until("every event", |records| all_succeeded(records, &keys, 2))
         .await;
