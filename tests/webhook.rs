@@ -1511,3 +1511,244 @@ async fn create_refuses_denied_address_literals_bad_ports_and_bad_secrets() {
     .await;
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_keys_sharing_an_idempotency_id_get_distinct_webhook_ids_kept_across_redeliveries() {
+    // Goal: the webhook-id of an event with an idempotency id is derived from
+    // its topic, key and id, so events of two keys that share an idempotency id
+    // get two webhook-ids (a receiver deduplicating by webhook-id keeps both),
+    // and each keeps its id when it is retried and when it is redriven from the
+    // dead letters. Method: two keys in different partitions (where the engine
+    // stores both events) with one idempotency id; the receiver fails the first
+    // attempt of one (a retry) and refuses the other with a 410 (a dead letter,
+    // then a redrive).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, client) = start_server(dir.path(), true).await;
+    let partitions = 4;
+    client
+        .create_topic("ids", &stele::TopicOptions::default().partitions(partitions))
+        .await
+        .expect("create topic");
+    let retried = "alpha";
+    let redriven = (0..100)
+        .map(|index| format!("beta-{index}"))
+        .find(|key| {
+            stele::partition_for_key(key.as_bytes(), partitions)
+                != stele::partition_for_key(retried.as_bytes(), partitions)
+        })
+        .expect("a key in another partition");
+    let receiver = {
+        let redriven = redriven.clone();
+        Receiver::start(Box::new(move |delivery, earlier| {
+            if delivery.key == retried && earlier == 0 {
+                Answer::Status(500)
+            } else if delivery.key == redriven && earlier == 0 {
+                Answer::Status(410)
+            } else {
+                Answer::Status(200)
+            }
+        }))
+        .await
+    };
+    client
+        .create_webhook(&webhook("ids", &receiver.url(), "ids", fast_settings()))
+        .await
+        .expect("create webhook");
+    let idempotency_id = b"order-created-1";
+    let mut acks = Vec::new();
+    for key in [retried, redriven.as_str()] {
+        let event = Event::new("created", "{}").with_idempotency_id(idempotency_id.as_slice());
+        let ack = client
+            .append("ids", &AppendRequest::new(key.as_bytes(), vec![event]))
+            .await
+            .expect("append");
+        assert!(!ack.duplicate, "{key}: both events are stored");
+        acks.push(ack);
+    }
+    assert_ne!(acks[0].partition, acks[1].partition);
+    let letters = wait_dead_letters(&client, "ids", "the refused event's dead letter", |letters| {
+        letters.len() == 1
+    })
+    .await;
+    assert_eq!(letters[0].key, redriven.as_bytes());
+    assert_eq!(client.redrive_dead_letters("ids").await.expect("redrive"), 1);
+    let records = receiver
+        .wait_until("both events delivered", |records| {
+            all_succeeded(records, &[retried, redriven.as_str()], 1)
+        })
+        .await;
+    let ids_of = |key: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|record| record.key == key)
+            .map(|record| record.id.clone())
+            .collect()
+    };
+    let (retried_ids, redriven_ids) = (ids_of(retried), ids_of(&redriven));
+    assert_eq!(retried_ids.len(), 2, "a failure, then the retry");
+    assert_eq!(redriven_ids.len(), 2, "a refusal, then the redrive");
+    assert_eq!(retried_ids[0], retried_ids[1], "a retry keeps its webhook-id");
+    assert_eq!(redriven_ids[0], redriven_ids[1], "a redrive keeps its webhook-id");
+    assert_eq!(
+        letters[0].webhook_id, redriven_ids[0],
+        "the dead letter names the id"
+    );
+    assert_ne!(retried_ids[0], redriven_ids[0], "two keys, two webhook-ids");
+    // Derived from the topic, the key and the idempotency id, not the position.
+    for (key, ids) in [(retried, &retried_ids), (redriven.as_str(), &redriven_ids)] {
+        assert_eq!(
+            ids[0],
+            signature::message_id("ids", 99, 99, key.as_bytes(), Some(idempotency_id))
+        );
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Validates webhook bodies against docs/webhook-body.schema.json with the
+/// `jsonschema` package, and checks that the validator refuses broken bodies.
+const SCHEMA_PY: &str = r#"
+import base64, json, sys
+from jsonschema import Draft202012Validator
+schema = json.load(open(sys.argv[1]))
+Draft202012Validator.check_schema(schema)
+validator = Draft202012Validator(schema)
+bodies = [json.loads(base64.b64decode(body)) for body in json.load(open(sys.argv[2]))]
+for body in bodies:
+    errors = [error.message for error in validator.iter_errors(body)]
+    assert not errors, (body, errors)
+    undescribed = set(body) - set(schema["properties"])
+    assert not undescribed, f"members missing from the schema: {undescribed}"
+broken = []
+for body in bodies:
+    if body["payload_encoding"] == "base64":
+        broken.append(dict(body, payload="not base64!"))
+        broken.append(dict(body, payload_encoding="hex"))
+        broken.append(dict(body, key={"base64": 7}))
+        broken.append({name: value for name, value in body.items() if name != "topic"})
+        broken.append(dict(body, offset=-1))
+        broken.append(dict(body, headers={"h": 1}))
+        break
+assert broken, "a base64 body to break"
+for body in broken:
+    assert not validator.is_valid(body), f"a broken body passed: {body}"
+print(f"valid {len(bodies)}, refused {len(broken)}")
+"#;
+
+#[test]
+fn json_payloads_arrive_byte_for_byte_in_bodies_that_follow_the_published_schema() {
+    // Goal: a JSON payload is delivered byte for byte inside the body (a 20-digit
+    // number, duplicate keys, odd spacing and surrounding whitespace kept), other
+    // payloads as base64 of their exact bytes, and every body, with UTF-8 and
+    // binary keys and headers, is valid against docs/webhook-body.schema.json.
+    // Method: deliver such events to the scripted receiver, compare the bodies'
+    // bytes in Rust, and validate them with the `jsonschema` package from PyPI
+    // (which must also refuse deliberately broken bodies).
+    let python = python();
+    let json_payloads: [&[u8]; 4] = [
+        br#"{"id": 12345678901234567890, "id":  "duplicate" ,"amount":-98765432109876543210.50e-3,   "z" : [ 1 , 2 ]}"#,
+        b"\n  [1,\t2 ,\r\n 3]\t\n",
+        br#""caf\u00e9 and caf\u00c3""#,
+        b"123456789012345678901234567890",
+    ];
+    let binary_payloads: [&[u8]; 3] = [&[0, 159, 255, 1], b"not json", b"{\"unterminated\": "];
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let bodies = runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (server, client) = start_server(dir.path(), true).await;
+        let receiver = Receiver::start(Box::new(|_, _| Answer::Status(200))).await;
+        client
+            .create_webhook(&webhook("exact", &receiver.url(), "raw", fast_settings()))
+            .await
+            .expect("create");
+        let payloads: Vec<&[u8]> = json_payloads.iter().chain(&binary_payloads).copied().collect();
+        for (index, payload) in payloads.iter().enumerate() {
+            // One key per event; the last is not UTF-8, and headers of both kinds.
+            let key = if index + 1 == payloads.len() {
+                vec![0xff, 0x00, b'k']
+            } else {
+                format!("key-{index}").into_bytes()
+            };
+            let event = Event::new("raw", payload.to_vec())
+                .with_header("trace", "abc")
+                .with_header("binary", vec![0xfe, 0x01]);
+            client
+                .append("raw", &AppendRequest::new(key, vec![event]))
+                .await
+                .expect("append");
+        }
+        let records = receiver
+            .wait_until("every event", |records| {
+                records.iter().filter(|record| record.answer.is_success()).count() >= payloads.len()
+            })
+            .await;
+        server.shutdown().await.expect("shutdown");
+        records
+            .into_iter()
+            .map(|record| record.body)
+            .collect::<Vec<Vec<u8>>>()
+    });
+    let ends_with_payload = |body: &[u8], payload: &[u8]| {
+        let mut tail = b"\"payload\":".to_vec();
+        tail.extend_from_slice(payload);
+        tail.push(b'}');
+        body.ends_with(&tail)
+    };
+    for payload in json_payloads {
+        let body = bodies
+            .iter()
+            .find(|body| ends_with_payload(body, payload))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no body carries {:?} verbatim; bodies: {:?}",
+                    String::from_utf8_lossy(payload),
+                    bodies
+                        .iter()
+                        .map(|body| String::from_utf8_lossy(body))
+                        .collect::<Vec<_>>()
+                )
+            });
+        let parsed: Value = serde_json::from_slice(body).expect("the body is JSON");
+        assert_eq!(parsed["payload_encoding"], "json");
+    }
+    for payload in binary_payloads {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+        let body = bodies
+            .iter()
+            .map(|body| serde_json::from_slice::<Value>(body).expect("the body is JSON"))
+            .find(|body| body["payload"] == encoded.as_str())
+            .unwrap_or_else(|| panic!("no body carries {payload:?} as base64"));
+        assert_eq!(body["payload_encoding"], "base64");
+        assert_eq!(body["headers"]["trace"], "abc");
+        assert_eq!(body["headers"]["binary"]["base64"], "/gE=");
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let bodies_path = work.path().join("bodies.json");
+    let encoded: Vec<String> = bodies
+        .iter()
+        .map(|body| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(body)
+        })
+        .collect();
+    std::fs::write(&bodies_path, serde_json::to_vec(&encoded).expect("json")).expect("write bodies");
+    let script = work.path().join("schema.py");
+    std::fs::write(&script, SCHEMA_PY).expect("write script");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/webhook-body.schema.json");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&schema)
+        .arg(&bodies_path)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "schema validation failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("valid {}, refused 6", bodies.len())
+    );
+}
