@@ -1,13 +1,21 @@
-//! The JSON body of a webhook request.
+//! The JSON body of a webhook request, specified by the JSON Schema in
+//! `docs/webhook-body.schema.json`.
 //!
 //! `{"topic", "partition", "offset", "key", "type", "sequence", "timestamp_ms",
-//! "timestamp", "headers", "payload", "payload_encoding"}`: the key and header
-//! values are strings when they are UTF-8 and `{"base64": ...}` otherwise; the
-//! payload is embedded as JSON when it is valid UTF-8 JSON (`payload_encoding`
-//! `"json"`), else base64 (`"base64"`).
+//! "timestamp", "headers", "payload_encoding", "payload"}`: the key and header
+//! values are strings when they are UTF-8 and `{"base64": ...}` otherwise.
+//! A payload that is UTF-8 JSON is embedded verbatim, byte for byte (spacing,
+//! key order, duplicate keys and number spellings kept), with `payload_encoding`
+//! `"json"`; any other payload is a base64 string with `payload_encoding`
+//! `"base64"`.
+//!
+//! Invariant: the payload's bytes are never parsed into values and written
+//! again; they are only checked to be one JSON text, then copied.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
 /// The parts of an event a body shows.
@@ -40,31 +48,69 @@ fn bytes_value(bytes: &[u8]) -> Value {
     }
 }
 
+/// The payload as one JSON text (RFC 8259; UTF-8 without a byte order mark),
+/// when it is one. Only checked, not parsed into values: the check that
+/// `serde_json::value::RawValue` makes, which has no nesting limit and uses no
+/// recursion, so any payload size is safe.
+fn payload_json(payload: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(payload).ok()?;
+    serde_json::from_str::<IgnoredAny>(text).ok()?;
+    Some(text)
+}
+
+/// Every field but the payload, in the order written.
+#[derive(Serialize)]
+struct Head<'a> {
+    topic: &'a str,
+    partition: u32,
+    offset: u64,
+    key: Value,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    sequence: u64,
+    timestamp_ms: i64,
+    timestamp: String,
+    headers: Map<String, Value>,
+    payload_encoding: &'static str,
+}
+
 /// Renders the body.
 pub fn render(event: &BodyEvent<'_>) -> Vec<u8> {
-    let (payload, encoding) = match serde_json::from_slice::<Value>(event.payload) {
-        Ok(value) => (value, "json"),
-        Err(_) => (Value::String(STANDARD.encode(event.payload)), "base64"),
+    let json = payload_json(event.payload);
+    let head = Head {
+        topic: event.topic,
+        partition: event.partition,
+        offset: event.offset,
+        key: bytes_value(event.key),
+        event_type: event.event_type,
+        sequence: event.sequence,
+        timestamp_ms: event.timestamp_ms,
+        timestamp: crate::civil::format_timestamp_ms(event.timestamp_ms),
+        headers: event
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), bytes_value(value)))
+            .collect(),
+        payload_encoding: if json.is_some() { "json" } else { "base64" },
     };
-    let headers: Map<String, Value> = event
-        .headers
-        .iter()
-        .map(|(name, value)| (name.clone(), bytes_value(value)))
-        .collect();
-    let body = json!({
-        "topic": event.topic,
-        "partition": event.partition,
-        "offset": event.offset,
-        "key": bytes_value(event.key),
-        "type": event.event_type,
-        "sequence": event.sequence,
-        "timestamp_ms": event.timestamp_ms,
-        "timestamp": crate::civil::format_timestamp_ms(event.timestamp_ms),
-        "headers": headers,
-        "payload": payload,
-        "payload_encoding": encoding,
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+    let base64;
+    let payload = match json {
+        Some(text) => text.as_bytes(),
+        None => {
+            base64 = format!("\"{}\"", STANDARD.encode(event.payload));
+            base64.as_bytes()
+        }
+    };
+    let mut body =
+        serde_json::to_vec(&head).expect("a struct of strings, numbers and string maps serialises");
+    debug_assert_eq!(body.last(), Some(&b'}'), "the head is an object");
+    body.pop();
+    body.reserve(payload.len() + 13);
+    body.extend_from_slice(b",\"payload\":");
+    // Whitespace around the payload's value is JSON whitespace, legal here too.
+    body.extend_from_slice(payload);
+    body.push(b'}');
+    body
 }
 
 #[cfg(test)]
@@ -111,5 +157,60 @@ mod tests {
         assert_eq!(body["key"], json!({"base64": "/g=="}));
         let body: Value = serde_json::from_slice(&render(&event(b"plain text", b"k", &[]))).expect("json");
         assert_eq!(body["payload_encoding"], "base64");
+    }
+
+    #[test]
+    fn json_payloads_are_copied_byte_for_byte() {
+        // Goal: a JSON payload is in the body exactly as appended: big numbers,
+        // duplicate keys, key order, spacing (inside and around), escapes and
+        // non-ASCII text unchanged, and the body is still one JSON text. Deep
+        // nesting is valid JSON too, and must not exhaust the stack.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for payload in [
+            br#"{"id": 12345678901234567890, "id": 2,  "b":1e400, "a" :[ 1.000 ,-0 ]}"#.as_slice(),
+            b" \t\r\n{\"z\":1,\"a\":2}\n ",
+            "\"caf\u{e9} \\u00e9 \\ud83d\\ude00\"".as_bytes(),
+            b"12345678901234567890123",
+            b"null",
+            b"[]",
+            deep.as_bytes(),
+        ] {
+            let body = render(&event(payload, b"k", &[]));
+            let text = std::str::from_utf8(&body).expect("UTF-8 body");
+            let mut expected = b",\"payload_encoding\":\"json\",\"payload\":".to_vec();
+            expected.extend_from_slice(payload);
+            expected.push(b'}');
+            assert!(
+                body.ends_with(&expected),
+                "{text} must end with the payload verbatim"
+            );
+            serde_json::from_slice::<IgnoredAny>(&body).expect("the body is JSON");
+        }
+    }
+
+    #[test]
+    fn payloads_that_are_not_one_json_text_are_base64() {
+        // Goal: anything a JSON parser would refuse goes as base64 of its exact
+        // bytes: empty, two values, trailing text, a byte order mark, a raw
+        // control character in a string, bad UTF-8, unbalanced brackets.
+        let unbalanced = format!("{}{}", "[".repeat(200), "]".repeat(199));
+        for payload in [
+            b"".as_slice(),
+            b"{} {}",
+            b"{\"a\":1} x",
+            b"\xef\xbb\xbf{}",
+            b"\"a\x01b\"",
+            b"\"\xff\"",
+            b"{'a':1}",
+            b"01",
+            unbalanced.as_bytes(),
+        ] {
+            let body: Value = serde_json::from_slice(&render(&event(payload, b"k", &[]))).expect("json");
+            assert_eq!(body["payload_encoding"], "base64", "{payload:?}");
+            let decoded = STANDARD
+                .decode(body["payload"].as_str().expect("a base64 string"))
+                .expect("base64");
+            assert_eq!(decoded, payload);
+        }
     }
 }

@@ -98,7 +98,7 @@ impl Job {
             event_type: view.event_type.to_string(),
             headers,
             payload: view.payload.to_vec(),
-            webhook_id: message_id(topic, partition, view.offset.0, view.idempotency_id),
+            webhook_id: message_id(topic, partition, view.offset.0, view.key, view.idempotency_id),
         }
     }
 
@@ -209,6 +209,15 @@ struct Loop {
     committed_at: Instant,
 }
 
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // The loop's deliveries are abandoned with it (a restart sends them again).
+        if !self.tasks.is_empty() {
+            self.shared.observer.in_flight(&self.endpoint.name, 0);
+        }
+    }
+}
+
 /// Runs an endpoint's delivery until `stop` turns true.
 ///
 /// # Errors
@@ -287,6 +296,7 @@ pub(super) async fn run(
                 while let Some(joined) = state.tasks.try_join_next() {
                     state.finished(joined);
                 }
+                state.shared.observer.in_flight(&state.endpoint.name, state.tasks.len());
             }
             _ = crate::server::subscription::any(&mut waits), if !waits.is_empty() => {}
             _ = tokio::time::sleep(IDLE_TICK) => {}
@@ -431,6 +441,7 @@ impl Loop {
 
     fn start_runnable(&mut self) {
         let in_flight_max = self.endpoint.settings.in_flight_max.max(1) as usize;
+        let before = self.tasks.len();
         while self.tasks.len() < in_flight_max {
             let Some(order_key) = self.runnable.pop_front() else {
                 break;
@@ -450,6 +461,15 @@ impl Loop {
                 let finish = deliver(&shared, &endpoint, &status, &job).await;
                 (order_key, finish)
             });
+        }
+        debug_assert!(
+            self.tasks.len() <= in_flight_max,
+            "at most in_flight_max keys in flight"
+        );
+        if self.tasks.len() != before {
+            self.shared
+                .observer
+                .in_flight(&self.endpoint.name, self.tasks.len());
         }
     }
 

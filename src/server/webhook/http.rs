@@ -5,7 +5,7 @@
 //! It does not follow redirects (a 3xx is a permanent failure) and reads at most
 //! [`RESPONSE_BODY_SIZE_MAX`] bytes of a response body.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,20 +27,28 @@ pub const RESPONSE_BODY_SIZE_MAX: usize = 64 * 1024;
 pub struct Target {
     /// Whether to use TLS.
     pub tls: bool,
-    /// Host name or address literal (without IPv6 brackets).
+    /// Host name (ASCII, lowercase) or address literal in its canonical form
+    /// (without IPv6 brackets).
     pub host: String,
+    /// The address when the host is an address literal, in whichever spelling.
+    pub address: Option<IpAddr>,
     /// Port.
     pub port: u16,
     /// Path and query, at least `/`.
     pub path_and_query: String,
-    /// `host[:port]` as written, for the Host header.
+    /// The host (IPv6 in brackets) and the port when it is not the scheme's
+    /// default, for the Host header: what a browser would send.
     pub authority: String,
 }
 
-/// Parses an `http` or `https` URL.
+/// Parses an `http` or `https` URL. The host is read the way a WHATWG URL
+/// parser (browsers, curl's and most HTTP clients' URL handling) reads it, so an
+/// address spelled `127.1`, `2130706433`, `0x7f000001` or `0177.0.0.1` is the
+/// address `127.0.0.1`, and the SSRF guard judges what a client would connect to.
 ///
 /// # Errors
-/// A message for another scheme, a missing host, user info or a bad URL.
+/// A message for another scheme, a missing or malformed host, user info, a
+/// port that is not a number from 1 to 65535, or a bad URL.
 pub fn parse_target(url: &str) -> Result<Target, String> {
     let uri: hyper::Uri = url.parse().map_err(|error| format!("bad URL {url:?}: {error}"))?;
     let tls = match uri.scheme_str() {
@@ -50,23 +58,220 @@ pub fn parse_target(url: &str) -> Result<Target, String> {
     };
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("URL {url:?} has no host"))?;
-    if authority.as_str().contains('@') {
+        .ok_or_else(|| format!("URL {url:?} has no host"))?
+        .as_str();
+    if authority.contains('@') {
         return Err(format!("URL {url:?} must not carry user info"));
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("URL {url:?} has no host"));
-    }
+    let (host_text, port_text) =
+        split_authority(authority).map_err(|error| format!("URL {url:?}: {error}"))?;
+    let host = parse_host(host_text).map_err(|error| format!("URL {url:?}: {error}"))?;
+    let port_default = if tls { 443 } else { 80 };
+    let port = parse_port(port_text, port_default).map_err(|error| format!("URL {url:?}: {error}"))?;
+    let (host, address) = match host {
+        Host::Domain(name) => (name, None),
+        Host::Address(address) => (address.to_string(), Some(address)),
+    };
+    let bracketed = if matches!(address, Some(IpAddr::V6(_))) {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let authority = if port == port_default {
+        bracketed
+    } else {
+        format!("{bracketed}:{port}")
+    };
     Ok(Target {
         tls,
-        host: host.to_string(),
-        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        host,
+        address,
+        port,
         path_and_query: uri
             .path_and_query()
             .map_or_else(|| "/".to_string(), |path| path.as_str().to_string()),
-        authority: authority.as_str().to_string(),
+        authority,
     })
+}
+
+/// A URL's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    /// A name to resolve at delivery time (ASCII, lowercase).
+    Domain(String),
+    /// An address literal.
+    Address(IpAddr),
+}
+
+/// Splits `host[:port]` (user info already refused) into the host and the port
+/// text, if any.
+fn split_authority(authority: &str) -> Result<(&str, Option<&str>), String> {
+    if authority.starts_with('[') {
+        let end = authority
+            .find(']')
+            .ok_or_else(|| "an IPv6 host lacks its closing ']'".to_string())?;
+        let (host, rest) = authority.split_at(end + 1);
+        return match rest.strip_prefix(':') {
+            Some(port) => Ok((host, Some(port))),
+            None if rest.is_empty() => Ok((host, None)),
+            None => Err(format!("unexpected {rest:?} after the host {host}")),
+        };
+    }
+    match authority.split_once(':') {
+        Some((_, port)) if port.contains(':') => {
+            Err("an IPv6 host must be written in brackets, like [2001:db8::1]".to_string())
+        }
+        Some((host, port)) => Ok((host, Some(port))),
+        None => Ok((authority, None)),
+    }
+}
+
+/// Parses a port: absent or empty means the scheme's default; otherwise digits
+/// only, 1 to 65535 (leading zeros allowed, as WHATWG URLs allow them).
+fn parse_port(text: Option<&str>, default: u16) -> Result<u16, String> {
+    let Some(text) = text.filter(|text| !text.is_empty()) else {
+        return Ok(default);
+    };
+    if !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!("port {text:?} is not a number"));
+    }
+    let digits = text.trim_start_matches('0');
+    match digits.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ if digits.is_empty() => Err("port 0 cannot be connected to; use 1 to 65535".to_string()),
+        _ => Err(format!("port {text} is out of range; use 1 to 65535")),
+    }
+}
+
+/// Parses a host as the WHATWG URL standard's host parser does, except that a
+/// non-ASCII name is refused (rather than mapped by IDNA, whose mappings would
+/// turn e.g. full-width digits into an address): write it in its `xn--` form.
+fn parse_host(text: &str) -> Result<Host, String> {
+    if let Some(inner) = text.strip_prefix('[') {
+        let inner = inner
+            .strip_suffix(']')
+            .ok_or_else(|| format!("bad IPv6 host {text:?}"))?;
+        let address: Ipv6Addr = inner
+            .parse()
+            .map_err(|_| format!("{text} is not an IPv6 address"))?;
+        return Ok(Host::Address(IpAddr::V6(address)));
+    }
+    let decoded = percent_decode(text.as_bytes());
+    let decoded = String::from_utf8(decoded).map_err(|_| format!("host {text:?} is not UTF-8"))?;
+    if !decoded.is_ascii() {
+        return Err(format!(
+            "host {text:?} is not ASCII; write an internationalised name in its xn-- form"
+        ));
+    }
+    let name = decoded.to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("the host is empty".to_string());
+    }
+    if let Some(bad) = name.chars().find(|c| is_forbidden_in_domain(*c)) {
+        return Err(format!("host {text:?} contains {bad:?}"));
+    }
+    if ends_in_a_number(&name) {
+        return parse_ipv4(&name)
+            .map(|address| Host::Address(IpAddr::V4(address)))
+            .ok_or_else(|| format!("host {text:?} ends in a number but is not an IPv4 address"));
+    }
+    Ok(Host::Domain(name))
+}
+
+/// WHATWG's forbidden domain code points (ASCII only: others are refused earlier).
+fn is_forbidden_in_domain(c: char) -> bool {
+    c.is_ascii_control()
+        || matches!(
+            c,
+            ' ' | '#' | '%' | '/' | ':' | '<' | '>' | '?' | '@' | '[' | '\\' | ']' | '^' | '|'
+        )
+}
+
+/// Decodes `%XX` sequences; a `%` not followed by two hex digits stays.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |byte: u8| (byte as char).to_digit(16).map(|digit| digit as u8);
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    // Bounded: each step consumes one or three input bytes.
+    while index < bytes.len() {
+        let high = bytes.get(index + 1).copied().and_then(hex);
+        let low = bytes.get(index + 2).copied().and_then(hex);
+        match (bytes[index], high, low) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push(high << 4 | low);
+                index += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    decoded
+}
+
+/// WHATWG's "ends in a number" check: whether the host must be read as IPv4.
+fn ends_in_a_number(name: &str) -> bool {
+    let mut parts: Vec<&str> = name.split('.').collect();
+    if parts.last() == Some(&"") {
+        if parts.len() == 1 {
+            return false;
+        }
+        parts.pop();
+    }
+    let last = parts.last().copied().unwrap_or_default();
+    (!last.is_empty() && last.bytes().all(|byte| byte.is_ascii_digit())) || parse_ipv4_number(last).is_some()
+}
+
+/// One part of an IPv4 host: decimal, `0x` hexadecimal or `0` octal; `None` on
+/// failure or when it does not fit in 64 bits (too big for any part anyway).
+fn parse_ipv4_number(text: &str) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    let (digits, radix) = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        (hex, 16)
+    } else if text.len() >= 2 && text.starts_with('0') {
+        (&text[1..], 8)
+    } else {
+        (text, 10)
+    };
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// WHATWG's IPv4 parser: one to four parts; every part but the last is one
+/// byte, the last fills the remaining bytes (`127.1` is `127.0.0.1`).
+fn parse_ipv4(name: &str) -> Option<Ipv4Addr> {
+    let mut parts: Vec<&str> = name.split('.').collect();
+    if parts.last() == Some(&"") && parts.len() > 1 {
+        parts.pop();
+    }
+    if parts.len() > 4 {
+        return None;
+    }
+    let numbers: Vec<u64> = parts
+        .iter()
+        .map(|part| parse_ipv4_number(part))
+        .collect::<Option<_>>()?;
+    let (last, leading) = numbers.split_last()?;
+    if leading.iter().any(|number| *number > 255) {
+        return None;
+    }
+    let last_bits = 8 * (4 - leading.len() as u32);
+    if *last >= 1u64 << last_bits {
+        return None;
+    }
+    let mut address = *last;
+    for (index, number) in leading.iter().enumerate() {
+        address += number << (8 * (3 - index as u32));
+    }
+    Some(Ipv4Addr::from(address as u32))
 }
 
 /// What the client needs for every request.
@@ -112,6 +317,11 @@ impl HttpClient {
             policy: Arc::new(policy),
             tls: TlsConnector::from(Arc::new(config)),
         })
+    }
+
+    /// The addresses this client may connect to.
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
     }
 
     /// POSTs `body` with `headers` to `target` within `timeout`.
@@ -315,5 +525,106 @@ mod tests {
         assert!(parse_target("ftp://example.com/").is_err());
         assert!(parse_target("http://user:pw@example.com/").is_err());
         assert!(parse_target("example.com/x").is_err());
+        let target = parse_target("http://Hooks.Example.COM:80/x").expect("parse");
+        assert_eq!(target.host, "hooks.example.com");
+        assert_eq!(target.address, None);
+        assert_eq!(target.authority, "hooks.example.com");
+        let target = parse_target("https://hooks.example.com:08443/").expect("parse");
+        assert_eq!(target.port, 8443);
+        assert_eq!(target.authority, "hooks.example.com:8443");
+        assert_eq!(
+            parse_target("http://hooks.example.com:/").expect("parse").port,
+            80
+        );
+    }
+
+    #[test]
+    fn address_hosts_are_read_in_every_spelling_a_url_parser_accepts() {
+        // Goal: each spelling of an address that a WHATWG URL parser reads as an
+        // address comes out as that address (so the SSRF guard sees it), and
+        // names stay names. Method: a table of spellings and what they must be.
+        for (url, address) in [
+            ("http://127.0.0.1/", "127.0.0.1"),
+            ("http://127.1/", "127.0.0.1"),
+            ("http://127.0.1/", "127.0.0.1"),
+            ("http://2130706433/", "127.0.0.1"),
+            ("http://0x7f000001/", "127.0.0.1"),
+            ("http://0X7F000001/", "127.0.0.1"),
+            ("http://0x7f.1/", "127.0.0.1"),
+            ("http://0177.0.0.1/", "127.0.0.1"),
+            ("http://0177.0.0.01/", "127.0.0.1"),
+            ("http://017700000001/", "127.0.0.1"),
+            ("http://127.0.0.1./", "127.0.0.1"),
+            ("http://0/", "0.0.0.0"),
+            ("http://0.0.0.0/", "0.0.0.0"),
+            ("http://0x/", "0.0.0.0"),
+            ("http://10.0.258/", "10.0.1.2"),
+            ("http://3232235777/", "192.168.1.1"),
+            ("http://0xa9fea9fe/", "169.254.169.254"),
+            ("http://[::1]/", "::1"),
+            ("http://[::]/", "::"),
+            ("http://[::ffff:127.0.0.1]/", "::ffff:127.0.0.1"),
+            ("http://[0:0:0:0:0:ffff:7f00:1]:8080/", "::ffff:127.0.0.1"),
+            ("http://8.8.8.8/", "8.8.8.8"),
+        ] {
+            let target = parse_target(url).unwrap_or_else(|error| panic!("{url}: {error}"));
+            let expected: IpAddr = address.parse().expect("test address");
+            assert_eq!(target.address, Some(expected), "{url}");
+            assert_eq!(target.host, expected.to_string(), "{url}");
+        }
+        for (url, name) in [
+            ("http://localhost/", "localhost"),
+            ("http://127.0.0.1.example.com/", "127.0.0.1.example.com"),
+            ("http://0x7f000001.example/", "0x7f000001.example"),
+            ("http://1.2.3.example/", "1.2.3.example"),
+        ] {
+            let target = parse_target(url).unwrap_or_else(|error| panic!("{url}: {error}"));
+            assert_eq!(target.address, None, "{url}");
+            assert_eq!(target.host, name, "{url}");
+        }
+        // Hosts that end in a number but are no address are refused, as a URL
+        // parser refuses them, rather than handed to the resolver.
+        for url in [
+            "http://1.2.3.4.5/",
+            "http://256.0.0.1/",
+            "http://1.2.3.256/",
+            "http://1.2.65536/",
+            "http://4294967296/",
+            "http://0x100000000/",
+            "http://08.0.0.1/",
+            "http://0x7g.0.0.1/",
+            "http://example.08/",
+            "http://[::1/",
+            "http://[127.0.0.1]/",
+            "http://[::1]x/",
+            // The URL parser refuses percent signs in a host; were they let
+            // through, this would decode to 127.0.0.1.
+            "http://%31%32%37.0.0.1/",
+        ] {
+            assert!(parse_target(url).is_err(), "{url} must be refused");
+        }
+    }
+
+    #[test]
+    fn ports_must_be_numbers_from_1_to_65535() {
+        // Goal: port 0, ports above 65535 and non-numeric ports are refused with a
+        // message, never replaced by the default port.
+        assert_eq!(parse_target("http://example.com:1/").expect("parse").port, 1);
+        assert_eq!(
+            parse_target("http://example.com:65535/").expect("parse").port,
+            65535
+        );
+        for (url, wanted) in [
+            ("http://example.com:0/", "port 0"),
+            ("http://example.com:00/", "port 0"),
+            ("http://example.com:65536/", "out of range"),
+            ("http://example.com:99999999999999999999/", "out of range"),
+            ("http://[::1]:70000/", "out of range"),
+            ("http://example.com:8o8o/", ""),
+            ("http://example.com:-1/", ""),
+        ] {
+            let error = parse_target(url).expect_err(url);
+            assert!(error.contains(wanted), "{url}: {error}");
+        }
     }
 }

@@ -74,6 +74,12 @@ pub trait DeliveryObserver: Send + Sync {
     fn dead_lettered(&self, endpoint: &str);
     /// The endpoint was deleted: forget its series.
     fn remove(&self, endpoint: &str);
+    /// Keys whose delivery the endpoint's loop has in flight now (sending,
+    /// waiting for the breaker or between retries); reported whenever it changes.
+    /// At most the endpoint's `in_flight_max`. The default ignores it.
+    fn in_flight(&self, endpoint: &str, keys: usize) {
+        let _ = (endpoint, keys);
+    }
 }
 
 /// Reports to several observers in turn (the server's metrics and, in tests,
@@ -114,6 +120,11 @@ impl DeliveryObserver for Observers {
     }
     fn remove(&self, endpoint: &str) {
         self.0.iter().for_each(|observer| observer.remove(endpoint));
+    }
+    fn in_flight(&self, endpoint: &str, keys: usize) {
+        self.0
+            .iter()
+            .for_each(|observer| observer.in_flight(endpoint, keys));
     }
 }
 
@@ -422,7 +433,10 @@ impl Dispatcher {
     /// text form.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a bad name, URL, secret, filter or setting;
+    /// [`Error::InvalidArgument`] for a bad name, URL (malformed, a bad port, or an
+    /// address literal in a denied range and not allow-listed, in any spelling a
+    /// URL parser accepts), secret (not `whsec_` and base64 of 16 to 64 bytes),
+    /// filter or setting;
     /// [`Error::WebhookExists`]; [`Error::LimitExceeded`]; topic and I/O errors.
     pub async fn create(&self, request: NewWebhook) -> Result<(WebhookView, String)> {
         let _serial = self.changes.lock().await;
@@ -434,7 +448,17 @@ impl Dispatcher {
                 limits::WEBHOOK_URL_SIZE_MAX
             )));
         }
-        http::parse_target(&request.url).map_err(Error::InvalidArgument)?;
+        let target = http::parse_target(&request.url).map_err(Error::InvalidArgument)?;
+        // An address literal is judged now; a name is resolved and its addresses
+        // judged at each delivery (the answer may change).
+        if let Some(address) = target.address {
+            self.shared.client.policy().check(address).map_err(|reason| {
+                Error::InvalidArgument(format!(
+                    "URL {:?} targets a denied address: {reason}",
+                    request.url
+                ))
+            })?;
+        }
         crate::log::validate_topic_name(&request.topic)?;
         if request.event_types.len() > limits::WEBHOOK_EVENT_TYPES_COUNT_MAX
             || request
@@ -453,7 +477,7 @@ impl Dispatcher {
         }
         let secret = match &request.secret {
             Some(text) if !text.is_empty() => {
-                signature::decode_secret(text).map_err(Error::InvalidArgument)?
+                signature::decode_secret_strict(text).map_err(Error::InvalidArgument)?
             }
             _ => signature::generate_secret().map_err(Error::Config)?,
         };
