@@ -792,8 +792,8 @@ fn tail_from_a_cursor_that_does_not_exist_is_not_found() {
 fn webhook_dead_letters_max_bounds_the_whole_list() {
     // Goal: `webhook dead-letters --max N` prints at most N, also when the
     // dead-letter topic has several partitions holding letters. Method: without
-    // an allow-list a loopback target is refused, so every event is dead-lettered
-    // at once; 8 keys spread over 4 dead-letter partitions.
+    // an allow-list a name resolving to loopback is refused at delivery, so every
+    // event is dead-lettered at once; 8 keys spread over 4 dead-letter partitions.
     let (_dir, data) = temporary();
     let server = Server::start(&data);
     ok(server.run(&["topic", "create", "t.dead-letter", "--partitions", "4"]));
@@ -801,7 +801,7 @@ fn webhook_dead_letters_max_bounds_the_whole_list() {
         "webhook",
         "create",
         "hook",
-        "http://127.0.0.1:9/in",
+        "http://localhost:9/in",
         "--topic",
         "t",
         "--max-attempts",

@@ -536,6 +536,20 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
         "payload_size_max",
     );
 
+    limit(
+        refused(
+            client
+                .create_webhook(proto::CreateWebhookRequest {
+                    name: "w".repeat(101),
+                    url: "https://example.com/hook".into(),
+                    topic: "values".into(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "webhook name size",
+    );
+
     // Keys on ReadKey.
     invalid(refused(
         client
@@ -812,4 +826,71 @@ async fn webhook_cursors_belong_to_their_endpoint() {
         })
         .await
         .expect("free after the endpoint is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_listings_return_at_most_max_events_over_all_partitions() {
+    // Goal: ListDeadLetters' `max_events` bounds the whole answer, not each
+    // dead-letter partition's share. Method: a target whose name resolves to
+    // loopback is refused at delivery (no allow-list), so every event is
+    // dead-lettered at once; 8 keys over a 4-partition dead-letter topic,
+    // followed by a subscription until all 8 letters are stored.
+    let server = start_test_server().await;
+    let mut client = SteleClient::new(channel(&server).await);
+    server
+        .client
+        .create_topic("letters.dead-letter", &TopicOptions::default().partitions(4))
+        .await
+        .expect("create");
+    client
+        .create_webhook(proto::CreateWebhookRequest {
+            name: "refused".into(),
+            url: "http://localhost:9/in".into(),
+            topic: "letters".into(),
+            settings: Some(proto::WebhookSettings {
+                max_attempts: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("create webhook");
+    for index in 0..8 {
+        let request = AppendRequest::new(format!("key-{index}"), vec![Event::new("noted", b"x".to_vec())]);
+        server.client.append("letters", &request).await.expect("append");
+    }
+    let mut subscription = server
+        .client
+        .subscribe("letters.dead-letter", &SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let mut partitions = std::collections::BTreeSet::new();
+    let mut seen = 0;
+    while seen < 8 {
+        if let stele::client::SubscriptionItem::Events {
+            partition, events, ..
+        } = step(subscription.next()).await.expect("open").expect("item")
+        {
+            seen += events.len();
+            if !events.is_empty() {
+                partitions.insert(partition);
+            }
+        }
+    }
+    assert!(
+        partitions.len() >= 2,
+        "letters in one partition only: {partitions:?}"
+    );
+    for max in [1, 3, 8] {
+        let letters = client
+            .list_dead_letters(proto::ListDeadLettersRequest {
+                name: "refused".into(),
+                max_events: max,
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .dead_letters;
+        assert_eq!(letters.len(), max as usize);
+    }
 }

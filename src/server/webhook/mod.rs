@@ -714,6 +714,11 @@ impl Dispatcher {
                     going
                 })?;
             }
+            // A visitor that stopped (a listing's bound reached) stops the
+            // whole scan, not just this partition's.
+            if !going {
+                break;
+            }
         }
         Ok(())
     }

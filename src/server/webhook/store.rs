@@ -126,11 +126,15 @@ pub struct Endpoint {
 /// # Errors
 /// [`Error::InvalidArgument`] saying what is wrong.
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > WEBHOOK_NAME_SIZE_MAX {
-        return Err(Error::InvalidArgument(format!(
-            "webhook name must be 1 to {WEBHOOK_NAME_SIZE_MAX} bytes, got {}",
-            name.len()
-        )));
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("webhook name is empty".to_string()));
+    }
+    if name.len() > WEBHOOK_NAME_SIZE_MAX {
+        return Err(Error::LimitExceeded {
+            what: "webhook name size",
+            value: name.len() as u64,
+            max: WEBHOOK_NAME_SIZE_MAX as u64,
+        });
     }
     if let Some(bad) = name
         .chars()
