@@ -274,8 +274,16 @@ impl StorageFile for FaultyFile {
         self.inner.allocate(len)
     }
 
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.inner.read_at_most(buf, position)
+    }
+
     fn map(&self, len: u64) -> io::Result<Map> {
         self.inner.map(len)
+    }
+
+    fn map_reserved(&self, len: u64) -> io::Result<Map> {
+        self.inner.map_reserved(len)
     }
 
     fn try_lock(&self) -> io::Result<bool> {

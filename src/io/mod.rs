@@ -59,6 +59,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Reads exactly `buf.len()` bytes at `position`.
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Reads up to `buf.len()` bytes at `position` and returns how many were
+    /// read: fewer only where the file ends.
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `position`.
     fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
     /// fdatasync.
@@ -69,9 +72,15 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves disk blocks up to `len` bytes (the file's length becomes `len`).
     fn allocate(&self, len: u64) -> io::Result<()>;
-    /// Maps `len` bytes read-only. The mapping may be longer than the file; only
-    /// bytes below the file's length may be read.
+    /// Maps at most `len` bytes read-only, and never more than the descriptor's
+    /// size measured now: the mapping's `len()` says how many. Every byte of
+    /// the mapping may be read as long as the file does not shrink.
     fn map(&self, len: u64) -> io::Result<Map>;
+    /// Maps `len` bytes read-only, past the file's end: an address range
+    /// reserved for a file this process appends to. Only bytes this process
+    /// wrote, or read back through the descriptor, may be read from it; the
+    /// rest may fault.
+    fn map_reserved(&self, len: u64) -> io::Result<Map>;
     /// Takes an exclusive advisory lock; `false` when another process holds it.
     fn try_lock(&self) -> io::Result<bool>;
 }
@@ -148,6 +157,20 @@ impl StorageFile for StdFile {
         self.file.read_exact_at(buf, position)
     }
 
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        let mut read = 0;
+        // Bounded: every iteration reads at least one byte or stops.
+        while read < buf.len() {
+            match self.file.read_at(&mut buf[read..], position + read as u64) {
+                Ok(0) => break,
+                Ok(count) => read += count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(read)
+    }
+
     fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         self.file.write_all_at(buf, position)
     }
@@ -169,6 +192,11 @@ impl StorageFile for StdFile {
     }
 
     fn map(&self, len: u64) -> io::Result<Map> {
+        let size = self.file.metadata()?.len();
+        Map::new(&self.file, len.min(size))
+    }
+
+    fn map_reserved(&self, len: u64) -> io::Result<Map> {
         Map::new(&self.file, len)
     }
 

@@ -257,6 +257,7 @@ fn truncation_at_every_byte_of_the_last_two_calls_cuts_back_to_the_last_whole_ca
             bytes_cut: (cut - boundary) as u64,
             records_cut: frames_kept_of_torn_call as u64,
             segments_removed: 0,
+            zero_bytes_cut: 0,
         };
         assert_eq!(report.tail, expected_tail, "{context}");
         assert_eq!(
@@ -331,6 +332,7 @@ fn a_flipped_bit_in_the_last_frame_header_cuts_its_whole_call() {
                 bytes_cut: (last_frame.end - last_call_start) as u64,
                 records_cut: call_frames[last].len() as u64 - 1,
                 segments_removed: 0,
+                zero_bytes_cut: 0,
             },
             "{context}"
         );
