@@ -443,6 +443,19 @@ impl Segment {
         let end = scan.call_end_size;
         let mut tail = TailRecovery::default();
         if end < size {
+            // Cutting on a size that is too small would destroy records: a file
+            // that holds bytes past the size its descriptor reported is not cut.
+            let mut probe = [0u8; 1];
+            let past_size = segment
+                .file
+                .read_at_most(&mut probe, size)
+                .map_err(|error| Error::io("read segment", &segment.path, error))?;
+            if past_size > 0 {
+                return Err(Error::Inconsistent {
+                    path: segment.path.clone(),
+                    reason: format!("the file holds bytes past the size of {size} bytes its descriptor reports"),
+                });
+            }
             if zero_check(&*segment.file, &segment.path, end, size)? == ZeroCheck::Zero {
                 tail.zero_bytes_cut = size - end;
             } else {
