@@ -337,19 +337,17 @@ impl Segment {
             return Ok((segment, excess));
         }
         // An index that says the file is longer than it is: the segment lost
-        // bytes it had when it was sealed, unless the scan finds it whole.
-        let shorter_than_index = loaded.is_some_and(|index| index.segment_size > size);
-        let corrupt = |position: u64, reason: DecodeError| {
-            if shorter_than_index {
-                Error::corruption(
-                    &path,
-                    size,
-                    DecodeError::Invalid("sealed segment is shorter than its index"),
-                )
-            } else {
-                Error::corruption(&path, position, reason)
-            }
-        };
+        // bytes it had when it was sealed (or its descriptor reports too small
+        // a size). Rebuilding would serve it short; mapping the indexed end
+        // would reach past the file's end.
+        if loaded.is_some_and(|index| index.segment_size > size) {
+            return Err(Error::corruption(
+                &path,
+                size,
+                DecodeError::Invalid("sealed segment is shorter than its index"),
+            ));
+        }
+        let corrupt = |position: u64, reason: DecodeError| Error::corruption(&path, position, reason);
         let scan = scan_file(&*file, &path, base_offset, size, index_interval_bytes, |_, _, _| Ok(()))?;
         let end = scan.call_end_size;
         let mut excess = None;

@@ -257,3 +257,51 @@ pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
         capacity_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapping_is_never_longer_than_the_descriptors_size() -> io::Result<()> {
+        // Goal: `map` never reaches past the file's end as measured on the open
+        // descriptor, whatever length is asked for, also after the file shrinks,
+        // and through `FaultyStorage`; only `map_reserved` reserves past it.
+        // Method: map a 100-byte file with lengths below, at and far above its
+        // size, shrink it through the same descriptor, map again.
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("file");
+        for storage in [&StdStorage as &dyn Storage, &FaultyStorage::new()] {
+            let file = storage.open(&path, OpenMode::CreateTruncate)?;
+            file.write_at(&[7u8; 100], 0)?;
+            assert_eq!(file.map(50)?.len(), 50);
+            assert_eq!(file.map(100)?.len(), 100);
+            let long = file.map(1 << 30)?;
+            assert_eq!(long.len(), 100);
+            assert_eq!(long.slice(0, 100), &[7u8; 100][..]);
+            file.set_len(30)?;
+            assert_eq!(file.map(100)?.len(), 30);
+            file.set_len(0)?;
+            assert!(file.map(100)?.is_empty());
+            assert_eq!(file.map_reserved(1 << 20)?.len(), 1 << 20);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reading_at_most_stops_at_the_end_of_the_file() -> io::Result<()> {
+        // Goal: `read_at_most` returns how many bytes the file holds from a
+        // position, where `read_at` fails. Method: a 10-byte file read from
+        // inside, at and past its end.
+        let dir = tempfile::tempdir()?;
+        let file = StdStorage.open(&dir.path().join("file"), OpenMode::CreateTruncate)?;
+        file.write_at(b"0123456789", 0)?;
+        let mut buffer = [0u8; 8];
+        assert_eq!(file.read_at_most(&mut buffer, 4)?, 6);
+        assert_eq!(&buffer[..6], b"456789");
+        assert_eq!(file.read_at_most(&mut buffer, 10)?, 0);
+        assert_eq!(file.read_at_most(&mut buffer, 1000)?, 0);
+        assert!(file.read_at(&mut buffer, 4).is_err());
+        Ok(())
+    }
+}
