@@ -6,6 +6,12 @@
 //! process runs. Readers touch nothing at or beyond `published_size`.
 //! Invariant: only the active (last) segment of a partition grows; a sealed segment
 //! is immutable and has an `.idx` file (derived data, rebuilt when missing or bad).
+//! Invariant: recovery decides everything about a segment file from one
+//! descriptor and one size measured on it (`OpenedSegment`), and reads it through
+//! that descriptor (`ChunkReader`), never through a mapping: a file shorter than
+//! its size says ends the scan instead of faulting. A sealed segment serves up to
+//! its indexed end and maps no more than that, which is within the file; bytes
+//! past it are reported (`SealedExcess`), never served and never cut.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -317,7 +323,14 @@ impl Segment {
             let end = index.segment_size;
             let end_offset = Offset(base_offset.0 + index.records_count);
             let excess = if end < size {
-                Some(classify_excess(&*file, &path, base_offset, end_offset, end, size)?)
+                Some(classify_excess(
+                    &*file,
+                    &path,
+                    base_offset,
+                    end_offset,
+                    end,
+                    size,
+                )?)
             } else {
                 None
             };
@@ -348,7 +361,14 @@ impl Segment {
             ));
         }
         let corrupt = |position: u64, reason: DecodeError| Error::corruption(&path, position, reason);
-        let scan = scan_file(&*file, &path, base_offset, size, index_interval_bytes, |_, _, _| Ok(()))?;
+        let scan = scan_file(
+            &*file,
+            &path,
+            base_offset,
+            size,
+            index_interval_bytes,
+            |_, _, _| Ok(()),
+        )?;
         let end = scan.call_end_size;
         let mut excess = None;
         if end < size {
@@ -451,7 +471,9 @@ impl Segment {
             if past_size > 0 {
                 return Err(Error::Inconsistent {
                     path: segment.path.clone(),
-                    reason: format!("the file holds bytes past the size of {size} bytes its descriptor reports"),
+                    reason: format!(
+                        "the file holds bytes past the size of {size} bytes its descriptor reports"
+                    ),
                 });
             }
             if zero_check(&*segment.file, &segment.path, end, size)? == ZeroCheck::Zero {

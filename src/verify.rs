@@ -549,7 +549,10 @@ impl Verifier {
             self.problem(
                 path,
                 Some(map.len()),
-                format!("file shrank from {size} to {} bytes while being checked", map.len()),
+                format!(
+                    "file shrank from {size} to {} bytes while being checked",
+                    map.len()
+                ),
             );
             if map.len() < SEGMENT_HEADER_LEN as u64 {
                 return None;

@@ -7,6 +7,9 @@
 //! drops or keeps a random sector-aligned part of every unsynced tail, and may
 //! scribble garbage into the last kept sector, as a power cut can.
 //!
+//! It can also make descriptors report a size off from the real one (on every
+//! open, or on every open after the first), as a stale metadata cache does.
+//!
 //! It models the engine's own write pattern (appends past the synced end, small
 //! files replaced by atomic rename); it is not a general file-system model.
 

@@ -2,11 +2,14 @@
 //!
 //! The engine reaches the file system through the [`Storage`] and [`StorageFile`]
 //! traits so that tests can inject failures ([`FaultyStorage`]): failed writes,
-//! short writes, a full disk, failed syncs, and crashes that lose unsynced bytes.
-//! All `unsafe` (the read-only memory maps) lives in `mmap.rs`.
+//! short writes, a full disk, failed syncs, crashes that lose unsynced bytes, and
+//! descriptors that report a wrong size. All `unsafe` (the read-only memory maps)
+//! lives in `mmap.rs`.
 //!
 //! Invariant: writes go through `write_at` (pwrite) and `sync_data` (fdatasync),
 //! never through a writable mapping.
+//! Invariant: `StorageFile::map` never maps past the descriptor's size measured
+//! when the mapping is made; `map_reserved` is the one, named, exception.
 
 mod faulty;
 mod mmap;

@@ -579,7 +579,10 @@ fn check_contiguous(previous: &Segment, next: &Segment) -> Result<()> {
 
 /// A crash while a segment was being created can leave a last file shorter than
 /// its header; it holds no records and is removed.
-fn drop_unfinished_last_segment(storage: &dyn crate::io::Storage, opened: &mut Vec<OpenedSegment>) -> Result<()> {
+fn drop_unfinished_last_segment(
+    storage: &dyn crate::io::Storage,
+    opened: &mut Vec<OpenedSegment>,
+) -> Result<()> {
     let Some(last) = opened.last() else {
         return Ok(());
     };

@@ -472,7 +472,11 @@ fn many_small_segments(dir: &Path, storage: &FaultyStorage, count: usize) -> Vec
     }
     log.close().expect("close");
     for (index, partition) in acked.iter().enumerate() {
-        assert!(partition.len() > 100, "partition {index} holds {}", partition.len());
+        assert!(
+            partition.len() > 100,
+            "partition {index} holds {}",
+            partition.len()
+        );
         let segments = support::segment_files(&support::partition_dir(dir, "t", index as u32));
         assert!(segments.len() >= 5, "partition {index}: {segments:?}");
     }
@@ -504,15 +508,26 @@ fn opening_partitions_in_parallel_uses_one_descriptor_per_segment_when_later_ope
     for delta in [-7i64, -300, 1, 300, 3 * 4096] {
         let context = format!("later opens off by {delta} bytes");
         storage.lie_about_sizes(".log", delta, 1);
-        let log = Log::open(dir.path(), LogOptions::default().storage(Arc::new(storage.clone())))
-            .unwrap_or_else(|error| panic!("{context}: open: {error}"));
+        let log = Log::open(
+            dir.path(),
+            LogOptions::default().storage(Arc::new(storage.clone())),
+        )
+        .unwrap_or_else(|error| panic!("{context}: open: {error}"));
         let topic = log.topic("t").expect("topic");
         assert_served(&topic, &acked, &context);
         for (index, report) in topic.recovery_reports().iter().enumerate() {
-            assert_eq!(report.tail, stele::TailRecovery::default(), "{context}: partition {index}");
+            assert_eq!(
+                report.tail,
+                stele::TailRecovery::default(),
+                "{context}: partition {index}"
+            );
             assert_eq!(report.sealed_excess, Vec::new(), "{context}: partition {index}");
         }
-        assert_eq!(storage.lied_to_count(), 0, "{context}: a segment file was opened twice");
+        assert_eq!(
+            storage.lied_to_count(),
+            0,
+            "{context}: a segment file was opened twice"
+        );
         drop(topic);
         log.close().expect("close");
         storage.lie_about_sizes(".log", 0, 0);
@@ -535,17 +550,28 @@ fn descriptors_that_report_sizes_past_the_data_are_read_to_the_real_end_without_
     for delta in [1i64, 3 * 4096] {
         let context = format!("every descriptor {delta} bytes long");
         storage.lie_about_sizes(".log", delta, 0);
-        let log = Log::open(dir.path(), LogOptions::default().storage(Arc::new(storage.clone())))
-            .unwrap_or_else(|error| panic!("{context}: open: {error}"));
+        let log = Log::open(
+            dir.path(),
+            LogOptions::default().storage(Arc::new(storage.clone())),
+        )
+        .unwrap_or_else(|error| panic!("{context}: open: {error}"));
         let topic = log.topic("t").expect("topic");
         assert_served(&topic, &acked, &context);
         for (index, report) in topic.recovery_reports().iter().enumerate() {
-            assert_eq!(report.tail.bytes_cut, delta as u64, "{context}: partition {index}");
+            assert_eq!(
+                report.tail.bytes_cut, delta as u64,
+                "{context}: partition {index}"
+            );
             assert_eq!(report.tail.records_cut, 0, "{context}: partition {index}");
-            let sealed = support::segment_files(&support::partition_dir(dir.path(), "t", index as u32)).len() - 1;
+            let sealed =
+                support::segment_files(&support::partition_dir(dir.path(), "t", index as u32)).len() - 1;
             assert_eq!(report.sealed_excess.len(), sealed, "{context}: partition {index}");
             for excess in &report.sealed_excess {
-                assert_eq!(excess.kind, stele::ExcessKind::Unreadable, "{context}: {excess:?}");
+                assert_eq!(
+                    excess.kind,
+                    stele::ExcessKind::Unreadable,
+                    "{context}: {excess:?}"
+                );
                 assert_eq!(excess.bytes_count, delta as u64, "{context}: {excess:?}");
             }
         }
@@ -556,7 +582,11 @@ fn descriptors_that_report_sizes_past_the_data_are_read_to_the_real_end_without_
         let topic = log.topic("t").expect("topic");
         assert_served(&topic, &acked, &context);
         for report in topic.recovery_reports() {
-            assert_eq!(report.tail, stele::TailRecovery::default(), "{context}: truthful reopen");
+            assert_eq!(
+                report.tail,
+                stele::TailRecovery::default(),
+                "{context}: truthful reopen"
+            );
             assert_eq!(report.sealed_excess, Vec::new(), "{context}: truthful reopen");
         }
         drop(topic);

@@ -626,10 +626,22 @@ fn bytes_past_a_sealed_segments_indexed_end_are_reported_and_never_served() {
     let indexed_end = original.len() as u64;
     let cases: Vec<(&str, Vec<u8>, stele::ExcessKind)> = vec![
         ("one zero byte", vec![0u8; 1], stele::ExcessKind::Zeros),
-        ("less than a frame header of zeros", vec![0u8; 50], stele::ExcessKind::Zeros),
-        ("three pages of zeros", vec![0u8; 3 * 4096], stele::ExcessKind::Zeros),
+        (
+            "less than a frame header of zeros",
+            vec![0u8; 50],
+            stele::ExcessKind::Zeros,
+        ),
+        (
+            "three pages of zeros",
+            vec![0u8; 3 * 4096],
+            stele::ExcessKind::Zeros,
+        ),
         ("garbage", vec![0x5Au8; 200], stele::ExcessKind::Garbage),
-        ("a valid next frame", next_frame(&original), stele::ExcessKind::Frames),
+        (
+            "a valid next frame",
+            next_frame(&original),
+            stele::ExcessKind::Frames,
+        ),
     ];
     for (name, extra, kind) in cases {
         extend_file(first, &extra);
