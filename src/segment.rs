@@ -118,6 +118,9 @@ pub(crate) struct OpenedSegment {
     pub(crate) path: PathBuf,
     file: Arc<dyn StorageFile>,
     size: u64,
+    /// The `.idx`, once read: read at most once, so that deciding whether the
+    /// segment is sealed and opening it use the same index.
+    index: Option<Option<SegmentIndex>>,
 }
 
 impl OpenedSegment {
@@ -135,6 +138,7 @@ impl OpenedSegment {
             path,
             file,
             size,
+            index: None,
         })
     }
 
@@ -157,8 +161,18 @@ impl OpenedSegment {
     /// offset and does not reach past the file's end. Sealing writes the index
     /// last, after every record of the segment was acknowledged, so a segment
     /// without one may end torn. Bytes past the indexed end do not unseal it.
-    pub(crate) fn is_sealed_on_disk(&self, storage: &dyn Storage, dir: &Path) -> bool {
-        load_index(storage, dir, self.base_offset).is_some_and(|index| index_fits(&index, self.size))
+    pub(crate) fn is_sealed_on_disk(&mut self, storage: &dyn Storage, dir: &Path) -> bool {
+        let size = self.size;
+        self.index(storage, dir)
+            .is_some_and(|index| index_fits(index, size))
+    }
+
+    /// The segment's `.idx` (see [`load_index`]), read on first use.
+    fn index(&mut self, storage: &dyn Storage, dir: &Path) -> Option<&SegmentIndex> {
+        let base_offset = self.base_offset;
+        self.index
+            .get_or_insert_with(|| load_index(storage, dir, base_offset))
+            .as_ref()
     }
 
     fn header(&self, partition: PartitionId) -> Result<SegmentHeader> {
@@ -308,17 +322,19 @@ impl Segment {
         storage: &dyn Storage,
         dir: &Path,
         partition: PartitionId,
-        opened: OpenedSegment,
+        mut opened: OpenedSegment,
         index_interval_bytes: u32,
     ) -> Result<(Segment, Option<SealedExcess>)> {
         let created_ms = opened.header(partition)?.created_ms;
+        opened.index(storage, dir);
         let OpenedSegment {
             base_offset,
             path,
             file,
             size,
+            index,
         } = opened;
-        let loaded = load_index(storage, dir, base_offset);
+        let loaded = index.flatten();
         if let Some(index) = loaded.as_ref().filter(|index| index_fits(index, size)) {
             let end = index.segment_size;
             let end_offset = Offset(base_offset.0 + index.records_count);
@@ -422,11 +438,13 @@ impl Segment {
         mut replay: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
     ) -> Result<(Segment, TailRecovery)> {
         let created_ms = opened.header(partition)?.created_ms;
+        // An `.idx` of the active segment is ignored: the scan is the truth.
         let OpenedSegment {
             base_offset,
             path,
             file,
             size,
+            ..
         } = opened;
         let segment = Segment::empty(path, file, base_offset, created_ms)?;
         // Records are replayed only once their call is known to be complete; the

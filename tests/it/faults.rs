@@ -492,22 +492,24 @@ fn assert_served(topic: &Topic, acked: &[Vec<String>], context: &str) {
 
 #[test]
 fn opening_partitions_in_parallel_uses_one_descriptor_per_segment_when_later_opens_see_other_sizes() {
-    // Goal: recovery decides everything about a segment file from one
-    // descriptor and one size measured on it, so a file system whose other
-    // opens of the same file report another size (a stale metadata cache)
-    // cannot make it refuse intact data, even with partitions opening on
-    // several threads. Method: write a 4-partition topic with many 4 KiB
-    // segments; reopen it repeatedly with a `FaultyStorage` whose every open of
-    // a `.log` after the first reports a size off by a few bytes, by a frame,
-    // or by whole pages, larger or smaller, and yields to interleave the
-    // partitions' opens; every acknowledged event must be served, nothing
-    // reported cut, and no segment file opened twice.
+    // Goal: recovery decides everything about a file from one descriptor and
+    // one size measured on it, so a file system whose other opens of the same
+    // file report another size (a stale metadata cache) cannot make it refuse
+    // intact data, even with partitions opening on several threads. Method:
+    // write a 4-partition topic with many 4 KiB segments; reopen it repeatedly
+    // with a `FaultyStorage` whose every open of a partition's file (`.log`,
+    // `.idx`, checkpoint, dedup runs) after the first reports a size off by a
+    // few bytes, by a frame, or by whole pages, larger or smaller, and yields
+    // to interleave the partitions' opens; every acknowledged event must be
+    // served, nothing reported cut, and no file opened twice (before one open
+    // per file, a second open of a trailing segment disagreed with its `.idx`
+    // and open failed with Corruption).
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = FaultyStorage::new();
     let acked = many_small_segments(dir.path(), &storage, 250);
     for delta in [-7i64, -300, 1, 300, 3 * 4096] {
         let context = format!("later opens off by {delta} bytes");
-        storage.lie_about_sizes(".log", delta, 1);
+        storage.lie_about_sizes("/p0000", delta, 1);
         let log = Log::open(
             dir.path(),
             LogOptions::default().storage(Arc::new(storage.clone())),
@@ -526,7 +528,7 @@ fn opening_partitions_in_parallel_uses_one_descriptor_per_segment_when_later_ope
         assert_eq!(
             storage.lied_to_count(),
             0,
-            "{context}: a segment file was opened twice"
+            "{context}: a file of a partition was opened twice"
         );
         drop(topic);
         log.close().expect("close");
