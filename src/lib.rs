@@ -70,5 +70,5 @@ pub use event::{
 };
 pub use log::{Log, validate_topic_name};
 pub use partition::{PartitionInfo, RecoveryReport};
-pub use segment::TailRecovery;
+pub use segment::{ExcessKind, SealedExcess, TailRecovery};
 pub use topic::{CursorPosition, Topic, partition_for_key};

@@ -6,6 +6,12 @@
 //! process runs. Readers touch nothing at or beyond `published_size`.
 //! Invariant: only the active (last) segment of a partition grows; a sealed segment
 //! is immutable and has an `.idx` file (derived data, rebuilt when missing or bad).
+//! Invariant: recovery decides everything about a segment file from one
+//! descriptor and one size measured on it (`OpenedSegment`), and reads it through
+//! that descriptor (`ChunkReader`), never through a mapping: a file shorter than
+//! its size says ends the scan instead of faulting. A sealed segment serves up to
+//! its indexed end and maps no more than that, which is within the file; bytes
+//! past it are reported (`SealedExcess`), never served and never cut.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -14,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use crate::error::{Error, Result};
 use crate::event::{Offset, PartitionId};
 use crate::format::index::{IndexEntry, SegmentIndex};
-use crate::format::record::{self, RecordView};
+use crate::format::record::{self, RECORD_HEADER_LEN, RecordView};
 use crate::format::segment::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::format::{self, DecodeError};
 use crate::io::{self, Map, OpenMode, Storage, StorageFile};
@@ -64,6 +70,144 @@ pub struct TailRecovery {
     /// Segment files removed because they followed the end of the recovered log
     /// (created by a roll whose earlier records never reached the disk).
     pub segments_removed: u64,
+    /// Zero bytes cut after the last complete call: preallocated space, or a
+    /// file whose size ran ahead of its data (a power cut can leave a zero-filled
+    /// tail). Not counted in `bytes_cut`.
+    pub zero_bytes_cut: u64,
+}
+
+/// Bytes found past a sealed segment's indexed end. They are never served: the
+/// segment serves up to the end its `.idx` records, and these bytes stay on disk
+/// for inspection (`stele verify` reports them too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedExcess {
+    /// The segment's base offset.
+    pub base_offset: Offset,
+    /// The indexed end: where the excess starts.
+    pub position: u64,
+    /// How many bytes follow the indexed end.
+    pub bytes_count: u64,
+    /// What they look like.
+    pub kind: ExcessKind,
+}
+
+/// What the bytes past a sealed segment's indexed end look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExcessKind {
+    /// All zero: a lost trim of preallocated space or a size that ran ahead of
+    /// the data. An artefact of the file system.
+    Zeros,
+    /// A valid frame continuing the segment's offsets starts at the indexed end.
+    /// Records were written to a segment after it was sealed, which the engine
+    /// never does: worth a look.
+    Frames,
+    /// Anything else.
+    Garbage,
+    /// The descriptor's size counts them, but reading finds the file's end
+    /// first: the size ran ahead of the data, or the file shrank.
+    Unreadable,
+}
+
+/// A segment file opened for recovery, with its size measured once on the open
+/// descriptor. Every later decision about the file (sealed or not, where its
+/// frames end, how much to map) uses this size and this descriptor, never
+/// another open or a path lookup: a file system's caches can make those disagree.
+#[derive(Debug)]
+pub(crate) struct OpenedSegment {
+    pub(crate) base_offset: Offset,
+    pub(crate) path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    size: u64,
+    /// The `.idx`, once read: read at most once, so that deciding whether the
+    /// segment is sealed and opening it use the same index.
+    index: Option<Option<SegmentIndex>>,
+}
+
+impl OpenedSegment {
+    /// Opens `{base_offset}.log` in `dir` for reading and writing and measures it.
+    pub(crate) fn open(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> Result<OpenedSegment> {
+        let path = dir.join(log_file_name(base_offset));
+        let file = storage
+            .open(&path, OpenMode::ReadWrite)
+            .map_err(|error| Error::io("open segment", &path, error))?;
+        let size = file
+            .len()
+            .map_err(|error| Error::io("stat segment", &path, error))?;
+        Ok(OpenedSegment {
+            base_offset,
+            path,
+            file,
+            size,
+            index: None,
+        })
+    }
+
+    /// Whether the file is shorter than a header or its header is all zero: a
+    /// crash while the segment was being created.
+    pub(crate) fn is_unfinished(&self) -> Result<bool> {
+        if self.size < SEGMENT_HEADER_LEN as u64 {
+            return Ok(true);
+        }
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        match self.file.read_at(&mut header, 0) {
+            Ok(()) => Ok(header.iter().all(|byte| *byte == 0)),
+            // Shorter than measured: the header never fully landed.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+            Err(error) => Err(Error::io("read segment header", &self.path, error)),
+        }
+    }
+
+    /// Whether the segment was sealed: its `.idx` exists, agrees with its base
+    /// offset and does not reach past the file's end. Sealing writes the index
+    /// last, after every record of the segment was acknowledged, so a segment
+    /// without one may end torn. Bytes past the indexed end do not unseal it.
+    pub(crate) fn is_sealed_on_disk(&mut self, storage: &dyn Storage, dir: &Path) -> bool {
+        let size = self.size;
+        self.index(storage, dir)
+            .is_some_and(|index| index_fits(index, size))
+    }
+
+    /// The segment's `.idx` (see [`load_index`]), read on first use.
+    fn index(&mut self, storage: &dyn Storage, dir: &Path) -> Option<&SegmentIndex> {
+        let base_offset = self.base_offset;
+        self.index
+            .get_or_insert_with(|| load_index(storage, dir, base_offset))
+            .as_ref()
+    }
+
+    fn header(&self, partition: PartitionId) -> Result<SegmentHeader> {
+        let header = read_header(&*self.file, &self.path, self.size)?;
+        if header.partition != partition || header.base_offset != self.base_offset {
+            return Err(Error::Inconsistent {
+                path: self.path.clone(),
+                reason: format!(
+                    "header says partition {} base offset {}, file name says partition {partition} base offset {}",
+                    header.partition, header.base_offset, self.base_offset
+                ),
+            });
+        }
+        Ok(header)
+    }
+}
+
+/// Whether the segment was sealed, for `stele verify`, which opens files read
+/// only: the same rule as [`OpenedSegment::is_sealed_on_disk`], on a size
+/// measured once on a descriptor of its own.
+pub(crate) fn is_sealed_on_disk(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> bool {
+    let path = dir.join(log_file_name(base_offset));
+    let Ok(file) = storage.open(&path, OpenMode::Read) else {
+        return false;
+    };
+    let Ok(size) = file.len() else {
+        return false;
+    };
+    load_index(storage, dir, base_offset).is_some_and(|index| index_fits(&index, size))
+}
+
+/// Whether an index can describe a file of `size` bytes: its end is past the
+/// header and not past the file's end.
+fn index_fits(index: &SegmentIndex, size: u64) -> bool {
+    index.segment_size >= SEGMENT_HEADER_LEN as u64 && index.segment_size <= size
 }
 
 impl Segment {
@@ -110,40 +254,51 @@ impl Segment {
         Segment::empty(path, file, base_offset, created_ms)
     }
 
-    /// A segment with no published records yet (scanning or appending follows).
+    /// A segment with no published records yet, that this process will append
+    /// to: its mapping reserves the address space a segment can grow to, and
+    /// readers only touch the published bytes, which this process wrote or
+    /// read back through the descriptor.
     fn empty(
         path: PathBuf,
         file: Arc<dyn StorageFile>,
         base_offset: Offset,
         created_ms: i64,
     ) -> Result<Segment> {
-        Segment::with_file(
+        let map = file
+            .map_reserved(limits::SEGMENT_MAP_SIZE_BYTES)
+            .map_err(|error| Error::io("map segment", &path, error))?;
+        Ok(Segment::with_file(
             path,
             file,
+            map,
             base_offset,
             created_ms,
             Vec::new(),
             SEGMENT_HEADER_LEN as u64,
             base_offset,
             i64::MIN,
-        )
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn with_file(
         path: PathBuf,
         file: Arc<dyn StorageFile>,
+        map: Map,
         base_offset: Offset,
         created_ms: i64,
         index: Vec<IndexEntry>,
         size: u64,
         end_offset: Offset,
         timestamp_max: i64,
-    ) -> Result<Segment> {
-        let map = file
-            .map(limits::SEGMENT_MAP_SIZE_BYTES)
-            .map_err(|error| Error::io("map segment", &path, error))?;
-        Ok(Segment {
+    ) -> Segment {
+        assert!(
+            size <= map.len(),
+            "segment {} published size {size} past its mapping of {} bytes",
+            path.display(),
+            map.len()
+        );
+        Segment {
             base_offset,
             path,
             created_ms,
@@ -154,194 +309,208 @@ impl Segment {
             published_end_offset: AtomicU64::new(end_offset.0),
             timestamp_max: AtomicI64::new(timestamp_max),
             sealed: AtomicBool::new(false),
-        })
+        }
     }
 
-    /// Opens a sealed segment from its file and `.idx`, rebuilding the index by a
-    /// full scan when the `.idx` is missing or disagrees with the file. A bad frame
-    /// found while rebuilding is corruption.
+    /// Opens a sealed segment. With a `.idx` that agrees with the base offset
+    /// and ends within the file, the segment serves up to the indexed end, and
+    /// bytes past it are classified and returned, never served. Without one, the
+    /// index is rebuilt by a scan through the descriptor: a bad frame is
+    /// corruption, but zeros after the last complete call are excess like bytes
+    /// past an indexed end.
     pub(crate) fn open_sealed(
         storage: &dyn Storage,
         dir: &Path,
         partition: PartitionId,
-        base_offset: Offset,
+        mut opened: OpenedSegment,
         index_interval_bytes: u32,
-    ) -> Result<Segment> {
-        let path = dir.join(log_file_name(base_offset));
-        let file = open_existing(storage, &path, partition, base_offset)?;
-        let size = file
-            .len()
-            .map_err(|error| Error::io("stat segment", &path, error))?;
-        let loaded = load_index(storage, dir, base_offset, size);
-        let created_ms = read_header(&*file, &path)?.created_ms;
-        let segment = match loaded {
-            Some(index) => Segment::with_file(
+    ) -> Result<(Segment, Option<SealedExcess>)> {
+        let created_ms = opened.header(partition)?.created_ms;
+        opened.index(storage, dir);
+        let OpenedSegment {
+            base_offset,
+            path,
+            file,
+            size,
+            index,
+        } = opened;
+        let loaded = index.flatten();
+        if let Some(index) = loaded.as_ref().filter(|index| index_fits(index, size)) {
+            let end = index.segment_size;
+            let end_offset = Offset(base_offset.0 + index.records_count);
+            let excess = if end < size {
+                Some(classify_excess(
+                    &*file,
+                    &path,
+                    base_offset,
+                    end_offset,
+                    end,
+                    size,
+                )?)
+            } else {
+                None
+            };
+            let map = map_sealed(&*file, &path, end)?;
+            let segment = Segment::with_file(
                 path,
                 file,
+                map,
                 base_offset,
                 created_ms,
-                index.entries,
-                size,
-                Offset(base_offset.0 + index.records_count),
+                index.entries.clone(),
+                end,
+                end_offset,
                 index.timestamp_max,
-            )?,
-            None => {
-                let segment = Segment::empty(path, file, base_offset, created_ms)?;
-                let scan = segment.scan_tail(size, index_interval_bytes, |_, _| Ok(()))?;
-                if let Some((position, reason)) = scan.failure {
-                    return Err(Error::corruption(&segment.path, position, reason));
+            );
+            segment.sealed.store(true, Ordering::Release);
+            return Ok((segment, excess));
+        }
+        // An index that says the file is longer than it is: the segment lost
+        // bytes it had when it was sealed (or its descriptor reports too small
+        // a size). Rebuilding would serve it short; mapping the indexed end
+        // would reach past the file's end.
+        if loaded.is_some_and(|index| index.segment_size > size) {
+            return Err(Error::corruption(
+                &path,
+                size,
+                DecodeError::Invalid("sealed segment is shorter than its index"),
+            ));
+        }
+        let corrupt = |position: u64, reason: DecodeError| Error::corruption(&path, position, reason);
+        let scan = scan_file(
+            &*file,
+            &path,
+            base_offset,
+            size,
+            index_interval_bytes,
+            |_, _, _| Ok(()),
+        )?;
+        let end = scan.call_end_size;
+        let mut excess = None;
+        if end < size {
+            let kind = match zero_check(&*file, &path, end, size)? {
+                ZeroCheck::Zero => ExcessKind::Zeros,
+                ZeroCheck::Short => ExcessKind::Unreadable,
+                ZeroCheck::NonZero => {
+                    return Err(match scan.failure {
+                        Some((position, reason)) => corrupt(position, reason),
+                        None => corrupt(
+                            end,
+                            DecodeError::Invalid("sealed segment ends inside an append call"),
+                        ),
+                    });
                 }
-                if scan.call_end_size != size {
-                    return Err(Error::corruption(
-                        &segment.path,
-                        scan.call_end_size,
-                        DecodeError::Invalid("sealed segment ends inside an append call"),
-                    ));
-                }
-                segment.publish(
-                    scan.call_end_size,
-                    scan.end_offset,
-                    scan.timestamp_max,
-                    &scan.index,
-                );
-                segment.write_index(storage)?;
-                segment
-            }
-        };
+            };
+            excess = Some(SealedExcess {
+                base_offset,
+                position: end,
+                bytes_count: size - end,
+                kind,
+            });
+        }
+        let map = map_sealed(&*file, &path, end)?;
+        let segment = Segment::with_file(
+            path,
+            file,
+            map,
+            base_offset,
+            created_ms,
+            Vec::new(),
+            SEGMENT_HEADER_LEN as u64,
+            base_offset,
+            i64::MIN,
+        );
+        segment.publish(end, scan.end_offset, scan.timestamp_max, &scan.index);
+        segment.write_index(storage)?;
         segment.sealed.store(true, Ordering::Release);
-        Ok(segment)
+        Ok((segment, excess))
     }
 
-    /// Opens the active segment after a restart: scans every frame (checking CRCs),
-    /// cuts a torn tail, and calls `replay` for every kept record. A bad frame below
-    /// `durable_floor` (a position known to have been synced) is corruption.
+    /// Opens the active segment after a restart: scans every frame through the
+    /// descriptor (checking CRCs), cuts a torn or zero-filled tail, and calls
+    /// `replay` for every kept record. A bad frame below `durable_floor` (a
+    /// position known to have been synced) is corruption.
     pub(crate) fn open_active(
-        storage: &dyn Storage,
-        dir: &Path,
         partition: PartitionId,
-        base_offset: Offset,
+        opened: OpenedSegment,
         index_interval_bytes: u32,
         durable_floor: u64,
         mut replay: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
     ) -> Result<(Segment, TailRecovery)> {
-        let path = dir.join(log_file_name(base_offset));
-        let file = open_existing(storage, &path, partition, base_offset)?;
-        let created_ms = read_header(&*file, &path)?.created_ms;
-        let file_size = file
-            .len()
-            .map_err(|error| Error::io("stat segment", &path, error))?;
+        let created_ms = opened.header(partition)?.created_ms;
+        // An `.idx` of the active segment is ignored: the scan is the truth.
+        let OpenedSegment {
+            base_offset,
+            path,
+            file,
+            size,
+            ..
+        } = opened;
         let segment = Segment::empty(path, file, base_offset, created_ms)?;
-        // Records are replayed only once their call is known to be complete.
-        let mut call: Vec<(u64, u64)> = Vec::new();
-        let scan = segment.scan_tail(file_size, index_interval_bytes, |view, position| {
-            call.push((position, view.offset.0));
-            if view.is_call_end() {
-                for (position, _) in call.drain(..) {
-                    let bytes = segment.map.slice(position, file_size);
-                    let (view, _) = record::decode(bytes).expect("frame decoded during this scan");
-                    replay(&view, position)?;
+        // Records are replayed only once their call is known to be complete; the
+        // frames of a call in progress are kept as copies, since the scan's
+        // buffer moves on.
+        let mut call: Vec<(u64, Vec<u8>)> = Vec::new();
+        let scan = scan_file(
+            &*segment.file,
+            &segment.path,
+            base_offset,
+            size,
+            index_interval_bytes,
+            |view, position, frame| {
+                if view.is_call_end() && call.is_empty() {
+                    return replay(view, position);
                 }
-            }
-            Ok(())
-        })?;
+                call.push((position, frame.to_vec()));
+                if view.is_call_end() {
+                    for (position, bytes) in call.drain(..) {
+                        let (view, _) = record::decode(&bytes).expect("frame decoded during this scan");
+                        replay(&view, position)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
         if let Some((position, reason)) = scan.failure
             && position < durable_floor
         {
             return Err(Error::corruption(&segment.path, position, reason));
         }
-        let tail = TailRecovery {
-            bytes_cut: file_size - scan.call_end_size,
-            records_cut: call.len() as u64,
-            segments_removed: 0,
-        };
-        let zero_tail = tail.bytes_cut > 0 && segment.is_zero(scan.call_end_size, file_size);
-        if tail.bytes_cut > 0 {
+        let end = scan.call_end_size;
+        let mut tail = TailRecovery::default();
+        if end < size {
+            // Cutting on a size that is too small would destroy records: a file
+            // that holds bytes past the size its descriptor reported is not cut.
+            let mut probe = [0u8; 1];
+            let past_size = segment
+                .file
+                .read_at_most(&mut probe, size)
+                .map_err(|error| Error::io("read segment", &segment.path, error))?;
+            if past_size > 0 {
+                return Err(Error::Inconsistent {
+                    path: segment.path.clone(),
+                    reason: format!(
+                        "the file holds bytes past the size of {size} bytes its descriptor reports"
+                    ),
+                });
+            }
+            if zero_check(&*segment.file, &segment.path, end, size)? == ZeroCheck::Zero {
+                tail.zero_bytes_cut = size - end;
+            } else {
+                tail.bytes_cut = size - end;
+                tail.records_cut = call.len() as u64;
+            }
             segment
                 .file
-                .set_len(scan.call_end_size)
+                .set_len(end)
                 .map_err(|error| Error::io("truncate torn tail", &segment.path, error))?;
             segment
                 .file
                 .sync_data()
                 .map_err(|error| Error::io("sync truncated segment", &segment.path, error))?;
         }
-        segment.publish(
-            scan.call_end_size,
-            scan.end_offset,
-            scan.timestamp_max,
-            &scan.index,
-        );
-        let tail = if zero_tail { TailRecovery::default() } else { tail };
+        segment.publish(end, scan.end_offset, scan.timestamp_max, &scan.index);
         Ok((segment, tail))
-    }
-
-    fn is_zero(&self, start: u64, end: u64) -> bool {
-        self.map.slice(start, end).iter().all(|byte| *byte == 0)
-    }
-
-    /// Scans frames from the published size up to `file_size`, stopping at the
-    /// first bad frame. Only frames up to the last call end are counted as kept.
-    fn scan_tail(
-        &self,
-        file_size: u64,
-        index_interval_bytes: u32,
-        mut visit: impl FnMut(&RecordView<'_>, u64) -> Result<()>,
-    ) -> Result<Scan> {
-        let file_size = file_size.min(self.map.len());
-        let mut position = self.published_size();
-        let mut expected = self.published_end_offset();
-        let mut scan = Scan {
-            call_end_size: position,
-            end_offset: expected,
-            timestamp_max: self.timestamp_max(),
-            index: Vec::new(),
-            failure: None,
-        };
-        let mut last_index_position = self
-            .index
-            .read()
-            .expect("index lock")
-            .last()
-            .map(|entry| entry.position as u64);
-        let mut pending_index = Vec::new();
-        let mut timestamp_max = scan.timestamp_max;
-        while position < file_size {
-            let bytes = self.map.slice(position, file_size);
-            let (view, size) = match record::decode(bytes) {
-                Ok((view, _)) if view.offset != expected => {
-                    scan.failure = Some((position, DecodeError::Invalid("record offset out of sequence")));
-                    break;
-                }
-                Ok((view, _)) if view.timestamp_ms < timestamp_max => {
-                    scan.failure = Some((position, DecodeError::Invalid("record timestamp decreases")));
-                    break;
-                }
-                Ok(decoded) => decoded,
-                Err(reason) => {
-                    scan.failure = Some((position, reason));
-                    break;
-                }
-            };
-            visit(&view, position)?;
-            if last_index_position.is_none_or(|last| position - last >= index_interval_bytes as u64) {
-                pending_index.push(IndexEntry {
-                    offset_delta: (view.offset.0 - self.base_offset.0) as u32,
-                    position: position as u32,
-                    timestamp_ms: view.timestamp_ms,
-                });
-                last_index_position = Some(position);
-            }
-            timestamp_max = view.timestamp_ms;
-            position += size;
-            expected = view.offset.next();
-            if view.is_call_end() {
-                scan.call_end_size = position;
-                scan.end_offset = expected;
-                scan.timestamp_max = timestamp_max;
-                scan.index.append(&mut pending_index);
-            }
-        }
-        Ok(scan)
     }
 
     /// Makes frames up to `size` visible to readers. Called only with complete
@@ -537,77 +706,283 @@ impl Segment {
     }
 }
 
-/// The segment's `.idx`, when it exists, decodes, and agrees with the segment's
-/// base offset and size.
-fn load_index(storage: &dyn Storage, dir: &Path, base_offset: Offset, size: u64) -> Option<SegmentIndex> {
+/// The segment's `.idx`, when it exists, decodes and agrees with the segment's
+/// base offset. Whether it fits the file is for the caller to check against the
+/// size measured on the segment's descriptor.
+fn load_index(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> Option<SegmentIndex> {
     let index_path = dir.join(index_file_name(base_offset));
     io::read_file(storage, &index_path, limits::SEGMENT_MAP_SIZE_BYTES)
         .ok()
         .and_then(|bytes| format::index::decode(&bytes, limits::SEGMENT_MAP_SIZE_BYTES).ok())
-        .filter(|index| index.base_offset == base_offset && index.segment_size == size)
+        .filter(|index| index.base_offset == base_offset)
 }
 
-/// Whether the segment was sealed: its `.idx` exists and agrees with it.
-/// Sealing writes the index last, after every record of the segment was
-/// acknowledged, so a segment without one may end torn.
-pub(crate) fn is_sealed_on_disk(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> bool {
-    let path = dir.join(log_file_name(base_offset));
-    let Ok(file) = storage.open(&path, OpenMode::Read) else {
-        return false;
+/// Maps a sealed segment's first `end` bytes, after checking through the
+/// descriptor that the file holds them: a mapping never reaches past the end
+/// of the file, so reading it cannot fault.
+fn map_sealed(file: &dyn StorageFile, path: &Path, end: u64) -> Result<Map> {
+    let short = || {
+        Error::corruption(
+            path,
+            end,
+            DecodeError::Invalid("segment is shorter than its index"),
+        )
     };
-    let Ok(size) = file.len() else {
-        return false;
+    if end > SEGMENT_HEADER_LEN as u64 {
+        let mut last = [0u8; 1];
+        match file.read_at_most(&mut last, end - 1) {
+            Ok(1) => {}
+            Ok(_) => return Err(short()),
+            Err(error) => return Err(Error::io("read segment", path, error)),
+        }
+    }
+    let map = file
+        .map(end)
+        .map_err(|error| Error::io("map segment", path, error))?;
+    if map.len() < end {
+        return Err(short());
+    }
+    Ok(map)
+}
+
+/// What the bytes past a sealed segment's indexed end are.
+fn classify_excess(
+    file: &dyn StorageFile,
+    path: &Path,
+    base_offset: Offset,
+    end_offset: Offset,
+    start: u64,
+    size: u64,
+) -> Result<SealedExcess> {
+    let kind = match zero_check(file, path, start, size)? {
+        ZeroCheck::Zero => ExcessKind::Zeros,
+        ZeroCheck::Short => ExcessKind::Unreadable,
+        ZeroCheck::NonZero => {
+            let mut reader = ChunkReader::new(file, path, size);
+            reader.fill_frame(start)?;
+            match reader.decode(start) {
+                Ok((view, _)) if view.offset == end_offset => ExcessKind::Frames,
+                _ => ExcessKind::Garbage,
+            }
+        }
     };
-    load_index(storage, dir, base_offset, size).is_some()
+    Ok(SealedExcess {
+        base_offset,
+        position: start,
+        bytes_count: size - start,
+        kind,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroCheck {
+    Zero,
+    NonZero,
+    /// The file ends before the end that was asked for.
+    Short,
+}
+
+/// Whether `[start, end)` of the file is all zero, read through the descriptor.
+fn zero_check(file: &dyn StorageFile, path: &Path, start: u64, end: u64) -> Result<ZeroCheck> {
+    let mut reader = ChunkReader::new(file, path, end);
+    let mut position = start;
+    // Bounded: every iteration consumes a non-empty chunk or stops.
+    while position < end {
+        reader.fill(position, SCAN_CHUNK_SIZE_BYTES)?;
+        let bytes = reader.bytes(position);
+        if bytes.is_empty() {
+            return Ok(ZeroCheck::Short);
+        }
+        if bytes.iter().any(|byte| *byte != 0) {
+            return Ok(ZeroCheck::NonZero);
+        }
+        position += bytes.len() as u64;
+    }
+    Ok(ZeroCheck::Zero)
+}
+
+/// The bytes recovery reads at a time.
+const SCAN_CHUNK_SIZE_BYTES: u64 = 1 << 20;
+
+/// Reads a segment through its descriptor (pread) in chunks, for recovery. A
+/// file shorter than its measured size ends the bytes (`end` moves down), where
+/// reading a mapping would fault.
+struct ChunkReader<'a> {
+    file: &'a dyn StorageFile,
+    path: &'a Path,
+    /// The end of the readable bytes: the measured size, until a read finds
+    /// the file shorter.
+    end: u64,
+    /// The buffer holds the file's bytes `[start, start + buffer.len())`.
+    start: u64,
+    buffer: Vec<u8>,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(file: &'a dyn StorageFile, path: &'a Path, size: u64) -> ChunkReader<'a> {
+        ChunkReader {
+            file,
+            path,
+            end: size,
+            start: 0,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Makes `[position, position + wanted)`, cut at `end`, available to
+    /// [`ChunkReader::bytes`]. `position` must be at or below `end`.
+    fn fill(&mut self, position: u64, wanted: u64) -> Result<()> {
+        assert!(
+            position <= self.end,
+            "fill at {position} past the end {}",
+            self.end
+        );
+        let wanted_end = position.saturating_add(wanted).min(self.end);
+        let buffered_end = self.start + self.buffer.len() as u64;
+        if position >= self.start && wanted_end <= buffered_end {
+            return Ok(());
+        }
+        let len = wanted.max(SCAN_CHUNK_SIZE_BYTES).min(self.end - position);
+        self.start = position;
+        self.buffer.resize(len as usize, 0);
+        let read = self
+            .file
+            .read_at_most(&mut self.buffer, position)
+            .map_err(|error| Error::io("read segment", self.path, error))?;
+        if (read as u64) < len {
+            self.buffer.truncate(read);
+            self.end = position + read as u64;
+        }
+        Ok(())
+    }
+
+    /// The buffered bytes from `position` on; `position` must be buffered (or
+    /// the end of the buffer).
+    fn bytes(&self, position: u64) -> &[u8] {
+        let skip = position - self.start;
+        &self.buffer[skip as usize..]
+    }
+
+    /// Reads the frame at `position` into the buffer, for [`ChunkReader::decode`].
+    fn fill_frame(&mut self, position: u64) -> Result<()> {
+        self.fill(position, RECORD_HEADER_LEN as u64)?;
+        let head = self.bytes(position);
+        if head.len() >= 4 {
+            let frame_size = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]])) + 4;
+            // A length out of bounds fails the decode without being read.
+            if frame_size <= limits::RECORD_FRAME_SIZE_MAX {
+                self.fill(position, frame_size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the frame at `position`, read by [`ChunkReader::fill_frame`].
+    fn decode(&self, position: u64) -> std::result::Result<(RecordView<'_>, u64), DecodeError> {
+        record::decode(self.bytes(position))
+    }
+}
+
+/// Scans a segment's frames through its descriptor, from the header up to
+/// `size` (or the file's real end, when it is shorter), stopping at the first
+/// bad frame. Only frames up to the last call end are counted as kept.
+/// `visit` sees each good frame, its position and its bytes.
+fn scan_file(
+    file: &dyn StorageFile,
+    path: &Path,
+    base_offset: Offset,
+    size: u64,
+    index_interval_bytes: u32,
+    mut visit: impl FnMut(&RecordView<'_>, u64, &[u8]) -> Result<()>,
+) -> Result<Scan> {
+    let mut reader = ChunkReader::new(file, path, size);
+    let mut position = SEGMENT_HEADER_LEN as u64;
+    let mut expected = base_offset;
+    let mut scan = Scan {
+        call_end_size: position,
+        readable_size: size,
+        end_offset: expected,
+        timestamp_max: i64::MIN,
+        index: Vec::new(),
+        failure: None,
+    };
+    let mut last_index_position: Option<u64> = None;
+    let mut pending_index = Vec::new();
+    let mut timestamp_max = scan.timestamp_max;
+    // Bounded: every iteration consumes one whole frame, or stops.
+    while position < reader.end {
+        reader.fill_frame(position)?;
+        let (view, frame_size) = match reader.decode(position) {
+            Ok((view, _)) if view.offset != expected => {
+                scan.failure = Some((position, DecodeError::Invalid("record offset out of sequence")));
+                break;
+            }
+            Ok((view, _)) if view.timestamp_ms < timestamp_max => {
+                scan.failure = Some((position, DecodeError::Invalid("record timestamp decreases")));
+                break;
+            }
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                scan.failure = Some((position, reason));
+                break;
+            }
+        };
+        let frame = &reader.bytes(position)[..frame_size as usize];
+        visit(&view, position, frame)?;
+        if last_index_position.is_none_or(|last| position - last >= index_interval_bytes as u64) {
+            pending_index.push(IndexEntry {
+                offset_delta: (view.offset.0 - base_offset.0) as u32,
+                position: position as u32,
+                timestamp_ms: view.timestamp_ms,
+            });
+            last_index_position = Some(position);
+        }
+        timestamp_max = view.timestamp_ms;
+        position += frame_size;
+        expected = view.offset.next();
+        if view.is_call_end() {
+            scan.call_end_size = position;
+            scan.end_offset = expected;
+            scan.timestamp_max = timestamp_max;
+            scan.index.append(&mut pending_index);
+        }
+    }
+    scan.readable_size = reader.end;
+    Ok(scan)
 }
 
 struct Scan {
     /// Size of the segment up to the end of the last complete call.
     call_end_size: u64,
+    /// Where the readable bytes ended: the measured size, or less when reading
+    /// found the file shorter.
+    readable_size: u64,
     end_offset: Offset,
     timestamp_max: i64,
     index: Vec<IndexEntry>,
     failure: Option<(u64, DecodeError)>,
 }
 
-fn open_existing(
-    storage: &dyn Storage,
-    path: &Path,
-    partition: PartitionId,
-    base_offset: Offset,
-) -> Result<Arc<dyn StorageFile>> {
-    let file = storage
-        .open(path, OpenMode::ReadWrite)
-        .map_err(|error| Error::io("open segment", path, error))?;
-    let header = read_header(&*file, path)?;
-    if header.partition != partition || header.base_offset != base_offset {
-        return Err(Error::Inconsistent {
-            path: path.to_path_buf(),
-            reason: format!(
-                "header says partition {} base offset {}, file name says partition {partition} base offset {base_offset}",
-                header.partition, header.base_offset
-            ),
-        });
-    }
-    Ok(file)
-}
-
-fn read_header(file: &dyn StorageFile, path: &Path) -> Result<SegmentHeader> {
+fn read_header(file: &dyn StorageFile, path: &Path, size: u64) -> Result<SegmentHeader> {
     let mut bytes = [0u8; SEGMENT_HEADER_LEN];
-    let len = file
-        .len()
-        .map_err(|error| Error::io("stat segment", path, error))?;
-    if len < SEGMENT_HEADER_LEN as u64 {
-        return Err(Error::corruption(
+    let short = |available: u64| {
+        Error::corruption(
             path,
             0,
             DecodeError::Truncated {
                 needed: SEGMENT_HEADER_LEN as u64,
-                available: len,
+                available,
             },
-        ));
+        )
+    };
+    if size < SEGMENT_HEADER_LEN as u64 {
+        return Err(short(size));
     }
-    file.read_at(&mut bytes, 0)
+    let read = file
+        .read_at_most(&mut bytes, 0)
         .map_err(|error| Error::io("read segment header", path, error))?;
+    if read < SEGMENT_HEADER_LEN {
+        return Err(short(read as u64));
+    }
     format::segment::decode(&bytes).map_err(|reason| Error::corruption(path, 0, reason))
 }

@@ -543,6 +543,22 @@ impl Verifier {
                 return None;
             }
         };
+        // The mapping never reaches past the file's end; a file that shrank
+        // since it was measured is checked as far as it goes.
+        if map.len() < size {
+            self.problem(
+                path,
+                Some(map.len()),
+                format!(
+                    "file shrank from {size} to {} bytes while being checked",
+                    map.len()
+                ),
+            );
+            if map.len() < SEGMENT_HEADER_LEN as u64 {
+                return None;
+            }
+        }
+        let size = map.len();
         let bytes = map.slice(0, size);
         match format::segment::decode(&bytes[..SEGMENT_HEADER_LEN]) {
             Ok(header) => {
@@ -595,6 +611,13 @@ impl Verifier {
             None
         };
 
+        // A sealed segment is served up to its indexed end, as open does.
+        let scan_end = match &index {
+            Some(index) if index.segment_size >= SEGMENT_HEADER_LEN as u64 && index.segment_size < size => {
+                index.segment_size
+            }
+            _ => size,
+        };
         let mut position = SEGMENT_HEADER_LEN as u64;
         let mut expected = base_offset;
         let mut timestamp_max = timestamp_floor;
@@ -604,8 +627,8 @@ impl Verifier {
         let mut failure: Option<Failure> = None;
         let mut frames = Vec::new();
         // Bounded: every iteration consumes one whole frame of the file.
-        while position < size {
-            let (view, frame_size) = match record::decode(&bytes[position as usize..]) {
+        while position < scan_end {
+            let (view, frame_size) = match record::decode(&bytes[position as usize..scan_end as usize]) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     failure = Some((position, reason.to_string()));
@@ -691,6 +714,9 @@ impl Verifier {
                 );
             }
         }
+        if scan_end < size {
+            self.excess(path, &bytes[scan_end as usize..], scan_end, expected);
+        }
         if let Some(index) = index
             && failure.is_none()
         {
@@ -698,7 +724,7 @@ impl Verifier {
                 &index_path,
                 &index,
                 base_offset,
-                size,
+                scan_end,
                 records_count,
                 timestamp_max,
                 &frames,
@@ -711,6 +737,35 @@ impl Verifier {
             },
             size,
         ))
+    }
+
+    /// Reports the bytes past a sealed segment's indexed end, which open does
+    /// not serve: zeros are a note (a file system artefact), anything else a
+    /// problem, louder when a valid frame continues the segment's offsets.
+    fn excess(&mut self, path: &Path, bytes: &[u8], position: u64, end_offset: Offset) {
+        let count = bytes.len();
+        if bytes.iter().all(|byte| *byte == 0) {
+            self.note(
+                path,
+                Some(position),
+                format!("{count} zero bytes past the indexed end (not served)"),
+            );
+        } else if matches!(record::decode(bytes), Ok((view, _)) if view.offset == end_offset) {
+            self.problem(
+                path,
+                Some(position),
+                format!(
+                    "{count} bytes past the indexed end start with a valid frame of offset {} (not served: written after the segment was sealed?)",
+                    end_offset.0
+                ),
+            );
+        } else {
+            self.problem(
+                path,
+                Some(position),
+                format!("{count} non-zero bytes past the indexed end (not served)"),
+            );
+        }
     }
 
     /// Checks a sealed segment's index against the frames its scan found.
@@ -913,6 +968,59 @@ mod tests {
         assert_eq!(torn.len(), 1, "notes: {:?}", report.notes);
         assert!(torn[0].position.is_some_and(|position| position < size - 3));
         Ok(())
+    }
+
+    #[test]
+    fn bytes_past_a_sealed_segments_indexed_end_are_reported_zeros_as_a_note_the_rest_as_problems() {
+        // Goal: verify reports what open leaves unserved past a sealed segment's
+        // indexed end: zeros as a note, a copy of a valid frame or garbage as a
+        // problem at the indexed end. Method: extend the first sealed segment
+        // with zeros, then with its own first frame re-stamped with the next
+        // offset, then with garbage, and verify each time.
+        let dir = tempfile::tempdir().expect("temporary directory");
+        populated(dir.path()).expect("populate");
+        let sealed = segments(dir.path())[0].clone();
+        let original = std::fs::read(&sealed).expect("read segment");
+        let end = original.len() as u64;
+        let frames_count = {
+            let mut position = SEGMENT_HEADER_LEN;
+            let mut count = 0u64;
+            while position < original.len() {
+                let (_, size) = record::decode(&original[position..]).expect("frame");
+                position += size as usize;
+                count += 1;
+            }
+            count
+        };
+        let (_, first_size) = record::decode(&original[SEGMENT_HEADER_LEN..]).expect("first frame");
+        let mut next_frame = original[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + first_size as usize].to_vec();
+        next_frame[8..16].copy_from_slice(&frames_count.to_le_bytes());
+        let crc = crc32c::crc32c(&next_frame[8..]);
+        next_frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        let cases: [(&str, Vec<u8>, bool); 3] = [
+            ("zeros", vec![0u8; 5000], false),
+            ("a valid frame", next_frame, true),
+            ("garbage", vec![0xA5u8; 300], true),
+        ];
+        for (name, extra, is_problem) in cases {
+            let mut bytes = original.clone();
+            bytes.extend_from_slice(&extra);
+            std::fs::write(&sealed, &bytes).expect("write segment");
+            let report = verify_dir(dir.path()).expect("verify");
+            let at_end = |found: &Problem| found.path == sealed && found.position == Some(end);
+            let (wanted, other) = if is_problem {
+                (&report.problems, &report.notes)
+            } else {
+                (&report.notes, &report.problems)
+            };
+            assert!(wanted.iter().any(at_end), "{name}: {report:?}");
+            assert!(!other.iter().any(at_end), "{name}: {report:?}");
+            if is_problem {
+                assert_eq!(report.problems.len(), 1, "{name}: {:?}", report.problems);
+            } else {
+                assert_eq!(report.problems, Vec::new(), "{name}");
+            }
+        }
     }
 
     #[test]

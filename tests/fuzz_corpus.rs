@@ -314,6 +314,13 @@ fn generate_seed_corpus() {
             &format!("records-{at}-crc-fixed"),
             &[&[7u8][..], &bytes[40..]].concat(),
         );
+        for zeros in [100usize, 4096] {
+            write_seed(
+                "recover_segment",
+                &format!("segment-{at}-zero-tail-{zeros}"),
+                &[&[0u8][..], &bytes, &vec![0u8; zeros]].concat(),
+            );
+        }
         let torn = &bytes[..bytes.len() - 3];
         write_seed(
             "recover_segment",

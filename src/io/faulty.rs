@@ -7,10 +7,13 @@
 //! drops or keeps a random sector-aligned part of every unsynced tail, and may
 //! scribble garbage into the last kept sector, as a power cut can.
 //!
+//! It can also make descriptors report a size off from the real one (on every
+//! open, or on every open after the first), as a stale metadata cache does.
+//!
 //! It models the engine's own write pattern (appends past the synced end, small
 //! files replaced by atomic rename); it is not a general file-system model.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -44,6 +47,20 @@ struct Plan {
     disk_full: bool,
     files: HashMap<PathBuf, FileState>,
     injected_count: u64,
+    size_lie: Option<SizeLie>,
+}
+
+/// Sizes reported off by `delta` for some opens of some files.
+#[derive(Debug)]
+struct SizeLie {
+    path_filter: String,
+    delta: i64,
+    /// Opens of each matching path since the lie was armed.
+    opens: HashMap<PathBuf, u64>,
+    /// Opens numbered below this report the real size.
+    truthful_opens: u64,
+    /// Paths that were given a lying descriptor.
+    lied_to: HashSet<PathBuf>,
 }
 
 /// A [`Storage`] that fails on request and can simulate a crash.
@@ -77,6 +94,30 @@ impl FaultyStorage {
     /// Makes every write and allocation fail with ENOSPC.
     pub fn set_disk_full(&self, full: bool) {
         self.plan().disk_full = full;
+    }
+
+    /// Makes `len()` report a size `delta` bytes off the real one (at least 0)
+    /// on descriptors of files whose path contains `path_filter`, except the
+    /// first `truthful_opens` opens of each path since this call: with 1, the
+    /// first descriptor tells the truth and every later open of the same file
+    /// disagrees with it, as a stale metadata cache can make it; with 0, every
+    /// descriptor lies. Reads and mappings see the real file. Opens and size
+    /// queries of matching files also yield the thread, so that opens on
+    /// several threads interleave. `delta` 0 ends the lie.
+    pub fn lie_about_sizes(&self, path_filter: &str, delta: i64, truthful_opens: u64) {
+        self.plan().size_lie = (delta != 0).then(|| SizeLie {
+            path_filter: path_filter.to_string(),
+            delta,
+            opens: HashMap::new(),
+            truthful_opens,
+            lied_to: HashSet::new(),
+        });
+    }
+
+    /// How many files were given a descriptor that lies about its size since
+    /// [`FaultyStorage::lie_about_sizes`].
+    pub fn lied_to_count(&self) -> usize {
+        self.plan().size_lie.as_ref().map_or(0, |lie| lie.lied_to.len())
     }
 
     /// How many faults were injected so far.
@@ -156,8 +197,21 @@ impl Storage for FaultyStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         let inner = StdStorage.open(path, mode)?;
         let len = inner.len()?;
-        {
+        let size_delta = {
             let mut plan = self.plan();
+            let size_delta = match plan.size_lie.as_mut() {
+                Some(lie) if path.to_string_lossy().contains(lie.path_filter.as_str()) => {
+                    let opens = lie.opens.entry(path.to_path_buf()).or_default();
+                    *opens += 1;
+                    if *opens > lie.truthful_opens {
+                        lie.lied_to.insert(path.to_path_buf());
+                        lie.delta
+                    } else {
+                        0
+                    }
+                }
+                _ => 0,
+            };
             let state = plan.files.entry(path.to_path_buf()).or_default();
             if matches!(mode, OpenMode::CreateNew | OpenMode::CreateTruncate) {
                 *state = FileState::default();
@@ -165,11 +219,16 @@ impl Storage for FaultyStorage {
                 state.written_end = len;
                 state.synced_end = len;
             }
+            size_delta
+        };
+        if size_delta != 0 {
+            interleave();
         }
         Ok(Arc::new(FaultyFile {
             storage: self.clone(),
             path: path.to_path_buf(),
             inner,
+            size_delta,
         }))
     }
 
@@ -211,11 +270,20 @@ impl Storage for FaultyStorage {
     }
 }
 
+/// Gives other threads a chance to run between two steps of an operation.
+fn interleave() {
+    for _ in 0..3 {
+        std::thread::yield_now();
+    }
+}
+
 #[derive(Debug)]
 struct FaultyFile {
     storage: FaultyStorage,
     path: PathBuf,
     inner: Arc<dyn StorageFile>,
+    /// How far off the real size `len()` reports (see `lie_about_sizes`).
+    size_delta: i64,
 }
 
 impl StorageFile for FaultyFile {
@@ -255,7 +323,12 @@ impl StorageFile for FaultyFile {
     }
 
     fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+        let len = self.inner.len()?;
+        if self.size_delta == 0 {
+            return Ok(len);
+        }
+        interleave();
+        Ok(len.saturating_add_signed(self.size_delta))
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -274,8 +347,16 @@ impl StorageFile for FaultyFile {
         self.inner.allocate(len)
     }
 
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.inner.read_at_most(buf, position)
+    }
+
     fn map(&self, len: u64) -> io::Result<Map> {
         self.inner.map(len)
+    }
+
+    fn map_reserved(&self, len: u64) -> io::Result<Map> {
+        self.inner.map_reserved(len)
     }
 
     fn try_lock(&self) -> io::Result<bool> {

@@ -4,6 +4,13 @@
 //!
 //! Rules that make the maps sound enough here:
 //! - Maps are read-only; nothing in the process writes through a mapping.
+//! - `StorageFile::map` maps at most the size measured on the descriptor when
+//!   the mapping is made, so every byte of such a mapping exists. Only the
+//!   segment being appended to has a reservation past the file's end
+//!   (`map_reserved`), read only below what this process wrote or read back
+//!   through the descriptor.
+//! - Recovery reads files through the descriptor (pread), never a mapping, so
+//!   a file shorter than its size says cannot fault it.
 //! - Readers only touch bytes below the published end of a segment, which are
 //!   never truncated while the process runs (torn tails are cut at open, before any
 //!   map exists; a failed write truncates only bytes that were never published).
@@ -29,7 +36,8 @@ impl Map {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         // SAFETY: the mapping is read-only and callers read only bytes below the
         // file's published length, which stay in place for the mapping's life (see
-        // the module rules). Pages past the file's end are never touched.
+        // the module rules). Pages past the file's end (of a reservation) are
+        // never touched; every slice is also bounded by the mapping's length.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
         Ok(Map { map: Some(map) })
     }

@@ -2,11 +2,14 @@
 //!
 //! The engine reaches the file system through the [`Storage`] and [`StorageFile`]
 //! traits so that tests can inject failures ([`FaultyStorage`]): failed writes,
-//! short writes, a full disk, failed syncs, and crashes that lose unsynced bytes.
-//! All `unsafe` (the read-only memory maps) lives in `mmap.rs`.
+//! short writes, a full disk, failed syncs, crashes that lose unsynced bytes, and
+//! descriptors that report a wrong size. All `unsafe` (the read-only memory maps)
+//! lives in `mmap.rs`.
 //!
 //! Invariant: writes go through `write_at` (pwrite) and `sync_data` (fdatasync),
 //! never through a writable mapping.
+//! Invariant: `StorageFile::map` never maps past the descriptor's size measured
+//! when the mapping is made; `map_reserved` is the one, named, exception.
 
 mod faulty;
 mod mmap;
@@ -59,6 +62,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Reads exactly `buf.len()` bytes at `position`.
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Reads up to `buf.len()` bytes at `position` and returns how many were
+    /// read: fewer only where the file ends.
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `position`.
     fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
     /// fdatasync.
@@ -69,9 +75,15 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves disk blocks up to `len` bytes (the file's length becomes `len`).
     fn allocate(&self, len: u64) -> io::Result<()>;
-    /// Maps `len` bytes read-only. The mapping may be longer than the file; only
-    /// bytes below the file's length may be read.
+    /// Maps at most `len` bytes read-only, and never more than the descriptor's
+    /// size measured now: the mapping's `len()` says how many. Every byte of
+    /// the mapping may be read as long as the file does not shrink.
     fn map(&self, len: u64) -> io::Result<Map>;
+    /// Maps `len` bytes read-only, past the file's end: an address range
+    /// reserved for a file this process appends to. Only bytes this process
+    /// wrote, or read back through the descriptor, may be read from it; the
+    /// rest may fault.
+    fn map_reserved(&self, len: u64) -> io::Result<Map>;
     /// Takes an exclusive advisory lock; `false` when another process holds it.
     fn try_lock(&self) -> io::Result<bool>;
 }
@@ -148,6 +160,20 @@ impl StorageFile for StdFile {
         self.file.read_exact_at(buf, position)
     }
 
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        let mut read = 0;
+        // Bounded: every iteration reads at least one byte or stops.
+        while read < buf.len() {
+            match self.file.read_at(&mut buf[read..], position + read as u64) {
+                Ok(0) => break,
+                Ok(count) => read += count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(read)
+    }
+
     fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         self.file.write_all_at(buf, position)
     }
@@ -169,6 +195,11 @@ impl StorageFile for StdFile {
     }
 
     fn map(&self, len: u64) -> io::Result<Map> {
+        let size = self.file.metadata()?.len();
+        Map::new(&self.file, len.min(size))
+    }
+
+    fn map_reserved(&self, len: u64) -> io::Result<Map> {
         Map::new(&self.file, len)
     }
 
@@ -228,4 +259,52 @@ pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
         available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
         capacity_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapping_is_never_longer_than_the_descriptors_size() -> io::Result<()> {
+        // Goal: `map` never reaches past the file's end as measured on the open
+        // descriptor, whatever length is asked for, also after the file shrinks,
+        // and through `FaultyStorage`; only `map_reserved` reserves past it.
+        // Method: map a 100-byte file with lengths below, at and far above its
+        // size, shrink it through the same descriptor, map again.
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("file");
+        for storage in [&StdStorage as &dyn Storage, &FaultyStorage::new()] {
+            let file = storage.open(&path, OpenMode::CreateTruncate)?;
+            file.write_at(&[7u8; 100], 0)?;
+            assert_eq!(file.map(50)?.len(), 50);
+            assert_eq!(file.map(100)?.len(), 100);
+            let long = file.map(1 << 30)?;
+            assert_eq!(long.len(), 100);
+            assert_eq!(long.slice(0, 100), &[7u8; 100][..]);
+            file.set_len(30)?;
+            assert_eq!(file.map(100)?.len(), 30);
+            file.set_len(0)?;
+            assert!(file.map(100)?.is_empty());
+            assert_eq!(file.map_reserved(1 << 20)?.len(), 1 << 20);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reading_at_most_stops_at_the_end_of_the_file() -> io::Result<()> {
+        // Goal: `read_at_most` returns how many bytes the file holds from a
+        // position, where `read_at` fails. Method: a 10-byte file read from
+        // inside, at and past its end.
+        let dir = tempfile::tempdir()?;
+        let file = StdStorage.open(&dir.path().join("file"), OpenMode::CreateTruncate)?;
+        file.write_at(b"0123456789", 0)?;
+        let mut buffer = [0u8; 8];
+        assert_eq!(file.read_at_most(&mut buffer, 4)?, 6);
+        assert_eq!(&buffer[..6], b"456789");
+        assert_eq!(file.read_at_most(&mut buffer, 10)?, 0);
+        assert_eq!(file.read_at_most(&mut buffer, 1000)?, 0);
+        assert!(file.read_at(&mut buffer, 4).is_err());
+        Ok(())
+    }
 }

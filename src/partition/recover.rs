@@ -16,7 +16,7 @@ use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::io;
 use crate::keys::{KeyIndex, KeyState, key_hash};
 use crate::limits;
-use crate::segment::{self, Segment, TailRecovery};
+use crate::segment::{self, ExcessKind, OpenedSegment, SealedExcess, Segment, TailRecovery};
 use crate::subscribe::Notifier;
 
 const CHECKPOINT_FILE: &str = "checkpoint";
@@ -33,6 +33,8 @@ pub struct RecoveryReport {
     pub checkpoint_rebuilt: bool,
     /// Dedup run files dropped as damaged (rebuilt from the log).
     pub dedup_runs_dropped: usize,
+    /// Sealed segments with bytes past their indexed end, which are not served.
+    pub sealed_excess: Vec<SealedExcess>,
 }
 
 /// Replays records into derived state.
@@ -121,7 +123,14 @@ impl Partition {
             .filter_map(|name| segment::parse_log_file_name(name))
             .collect();
         bases.sort();
-        drop_unfinished_last_segment(storage, &dir, &mut bases)?;
+        // Each segment file is opened once and its size measured once on that
+        // descriptor; every decision below uses that size.
+        let mut opened: Vec<OpenedSegment> = bases
+            .iter()
+            .map(|base| OpenedSegment::open(storage, &dir, *base))
+            .collect::<Result<_>>()?;
+        drop_unfinished_last_segment(storage, &mut opened)?;
+        let bases: Vec<Offset> = opened.iter().map(|opened| opened.base_offset).collect();
         let mut report = RecoveryReport::default();
 
         let checkpoint_path = dir.join(CHECKPOINT_FILE);
@@ -204,14 +213,20 @@ impl Partition {
         let mut sealed_count = bases.len().saturating_sub(1);
         while sealed_count > 0
             && bases[sealed_count - 1] >= floor.0
-            && !segment::is_sealed_on_disk(storage, &dir, bases[sealed_count - 1])
+            && !opened[sealed_count - 1].is_sealed_on_disk(storage, &dir)
         {
             sealed_count -= 1;
         }
-        for base in &bases[..sealed_count] {
-            let segment = Segment::open_sealed(storage, &dir, id, *base, options.index_interval_bytes)?;
+        let mut opened = opened.into_iter();
+        for opened in opened.by_ref().take(sealed_count) {
+            let (segment, excess) =
+                Segment::open_sealed(storage, &dir, id, opened, options.index_interval_bytes)?;
             if let Some(previous) = segments.last() {
                 check_contiguous(previous, &segment)?;
+            }
+            if let Some(excess) = excess {
+                report_excess(&segment, &excess);
+                report.sealed_excess.push(excess);
             }
             segments.push(Arc::new(segment));
         }
@@ -275,18 +290,17 @@ impl Partition {
         // acknowledged), and are removed.
         let tail_bases = &bases[sealed_count..];
         let mut active = None;
-        for (position, base) in tail_bases.iter().enumerate() {
+        for (position, (base, opened)) in tail_bases.iter().zip(opened).enumerate() {
             if active.is_some() {
+                drop(opened);
                 remove_segment_files(storage, &dir, *base)?;
                 report.tail.segments_removed += 1;
                 continue;
             }
             let durable_floor = if floor.0 == *base { floor.1 } else { 0 };
             let (segment, tail) = Segment::open_active(
-                storage,
-                &dir,
                 id,
-                *base,
+                opened,
                 options.index_interval_bytes,
                 durable_floor,
                 |view, _| {
@@ -298,6 +312,7 @@ impl Partition {
             )?;
             report.tail.bytes_cut += tail.bytes_cut;
             report.tail.records_cut += tail.records_cut;
+            report.tail.zero_bytes_cut += tail.zero_bytes_cut;
             if let Some(previous) = segments.last() {
                 check_contiguous(previous, &segment)?;
             }
@@ -398,6 +413,13 @@ impl Partition {
                 bytes_cut = report.tail.bytes_cut,
                 records_cut = report.tail.records_cut,
                 "cut a torn tail from the active segment"
+            );
+        }
+        if report.tail.zero_bytes_cut > 0 {
+            tracing::info!(
+                dir = %partition.dir.display(),
+                zero_bytes_cut = report.tail.zero_bytes_cut,
+                "cut a zero-filled tail from the active segment"
             );
         }
         if report.checkpoint_rebuilt {
@@ -563,31 +585,52 @@ fn check_contiguous(previous: &Segment, next: &Segment) -> Result<()> {
 /// its header; it holds no records and is removed.
 fn drop_unfinished_last_segment(
     storage: &dyn crate::io::Storage,
-    dir: &Path,
-    bases: &mut Vec<Offset>,
+    opened: &mut Vec<OpenedSegment>,
 ) -> Result<()> {
-    let Some(last) = bases.last().copied() else {
+    let Some(last) = opened.last() else {
         return Ok(());
     };
-    let path = dir.join(segment::log_file_name(last));
-    let file = storage
-        .open(&path, io::OpenMode::Read)
-        .map_err(|error| Error::io("open segment", &path, error))?;
-    let len = file
-        .len()
-        .map_err(|error| Error::io("stat segment", &path, error))?;
-    let mut header = vec![0u8; (len as usize).min(SEGMENT_HEADER_LEN)];
-    file.read_at(&mut header, 0)
-        .map_err(|error| Error::io("read segment header", &path, error))?;
-    let unfinished = len < SEGMENT_HEADER_LEN as u64 || header.iter().all(|byte| *byte == 0);
-    if unfinished {
-        drop(file);
+    if last.is_unfinished()? {
+        let last = opened.pop().expect("a last segment");
+        let path = last.path.clone();
+        drop(last);
         storage
             .remove_file(&path)
             .map_err(|error| Error::io("remove unfinished segment", &path, error))?;
-        bases.pop();
     }
     Ok(())
+}
+
+/// Logs bytes found past a sealed segment's indexed end: zeros quietly (an
+/// artefact of the file system), anything else loudly.
+fn report_excess(segment: &Segment, excess: &SealedExcess) {
+    let path = segment.path.display();
+    match excess.kind {
+        ExcessKind::Zeros => tracing::info!(
+            path = %path,
+            position = excess.position,
+            bytes = excess.bytes_count,
+            "zero bytes past a sealed segment's indexed end: not served"
+        ),
+        ExcessKind::Unreadable => tracing::warn!(
+            path = %path,
+            position = excess.position,
+            bytes = excess.bytes_count,
+            "the file system reports bytes past a sealed segment's indexed end that cannot be read: not served"
+        ),
+        ExcessKind::Frames => tracing::error!(
+            path = %path,
+            position = excess.position,
+            bytes = excess.bytes_count,
+            "valid record frames past a sealed segment's indexed end: not served; inspect with `stele verify`"
+        ),
+        ExcessKind::Garbage => tracing::warn!(
+            path = %path,
+            position = excess.position,
+            bytes = excess.bytes_count,
+            "non-zero bytes past a sealed segment's indexed end: not served"
+        ),
+    }
 }
 
 fn load_checkpoint(

@@ -441,3 +441,157 @@ fn acknowledged_events_survive_a_loop_of_simulated_power_cuts() {
     assert!(injected > 0, "no fault was injected in any round");
     assert!(per_partition.len() == 2, "{per_partition:?}");
 }
+
+/// Appends `count` small events per partition to a 4-partition topic with
+/// 4 KiB segments (many rolls), closes the log, and returns each partition's
+/// acknowledged payloads in offset order.
+fn many_small_segments(dir: &Path, storage: &FaultyStorage, count: usize) -> Vec<Vec<String>> {
+    let log = faulty_log(dir, storage);
+    let topic = log
+        .create_topic(
+            "t",
+            TopicOptions::default()
+                .partitions(4)
+                .durability(Durability::None)
+                .segment_size_bytes_max(4096),
+        )
+        .expect("create");
+    let mut acked = vec![Vec::new(); 4];
+    for index in 0..count * 4 {
+        let payload = format!("event-{index:05}-{}", "x".repeat(index % 40));
+        let ack = topic
+            .append(
+                format!("key-{}", index % 13),
+                ExpectedSequence::Any,
+                vec![event(&payload)],
+            )
+            .expect("append");
+        let partition = &mut acked[ack.partition.0 as usize];
+        assert_eq!(ack.first_offset, Offset(partition.len() as u64));
+        partition.push(payload);
+    }
+    log.close().expect("close");
+    for (index, partition) in acked.iter().enumerate() {
+        assert!(
+            partition.len() > 100,
+            "partition {index} holds {}",
+            partition.len()
+        );
+        let segments = support::segment_files(&support::partition_dir(dir, "t", index as u32));
+        assert!(segments.len() >= 5, "partition {index}: {segments:?}");
+    }
+    acked
+}
+
+fn assert_served(topic: &Topic, acked: &[Vec<String>], context: &str) {
+    for (index, wanted) in acked.iter().enumerate() {
+        let found = payloads(&read_all(topic, PartitionId(index as u32)));
+        assert_eq!(&found, wanted, "{context}: partition {index}");
+    }
+}
+
+#[test]
+fn opening_partitions_in_parallel_uses_one_descriptor_per_segment_when_later_opens_see_other_sizes() {
+    // Goal: recovery decides everything about a file from one descriptor and
+    // one size measured on it, so a file system whose other opens of the same
+    // file report another size (a stale metadata cache) cannot make it refuse
+    // intact data, even with partitions opening on several threads. Method:
+    // write a 4-partition topic with many 4 KiB segments; reopen it repeatedly
+    // with a `FaultyStorage` whose every open of a partition's file (`.log`,
+    // `.idx`, checkpoint, dedup runs) after the first reports a size off by a
+    // few bytes, by a frame, or by whole pages, larger or smaller, and yields
+    // to interleave the partitions' opens; every acknowledged event must be
+    // served, nothing reported cut, and no file opened twice (before one open
+    // per file, a second open of a trailing segment disagreed with its `.idx`
+    // and open failed with Corruption).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = FaultyStorage::new();
+    let acked = many_small_segments(dir.path(), &storage, 250);
+    for delta in [-7i64, -300, 1, 300, 3 * 4096] {
+        let context = format!("later opens off by {delta} bytes");
+        storage.lie_about_sizes("/p0000", delta, 1);
+        let log = Log::open(
+            dir.path(),
+            LogOptions::default().storage(Arc::new(storage.clone())),
+        )
+        .unwrap_or_else(|error| panic!("{context}: open: {error}"));
+        let topic = log.topic("t").expect("topic");
+        assert_served(&topic, &acked, &context);
+        for (index, report) in topic.recovery_reports().iter().enumerate() {
+            assert_eq!(
+                report.tail,
+                stele::TailRecovery::default(),
+                "{context}: partition {index}"
+            );
+            assert_eq!(report.sealed_excess, Vec::new(), "{context}: partition {index}");
+        }
+        assert_eq!(
+            storage.lied_to_count(),
+            0,
+            "{context}: a file of a partition was opened twice"
+        );
+        drop(topic);
+        log.close().expect("close");
+        storage.lie_about_sizes(".log", 0, 0);
+    }
+}
+
+#[test]
+fn descriptors_that_report_sizes_past_the_data_are_read_to_the_real_end_without_faulting() {
+    // Goal: when the open descriptor itself reports more bytes than the file
+    // holds (a size that ran ahead of the data), recovery reads through the
+    // descriptor to the real end instead of touching a mapping past it
+    // (which would be SIGBUS), serves every acknowledged event, and reports
+    // the missing bytes: cut from the active segment's tail, unreadable past a
+    // sealed segment's indexed end. Method: as above, but every descriptor of
+    // a `.log` lies, by one byte and by whole pages; then a truthful reopen
+    // finds nothing to repair.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = FaultyStorage::new();
+    let acked = many_small_segments(dir.path(), &storage, 250);
+    for delta in [1i64, 3 * 4096] {
+        let context = format!("every descriptor {delta} bytes long");
+        storage.lie_about_sizes(".log", delta, 0);
+        let log = Log::open(
+            dir.path(),
+            LogOptions::default().storage(Arc::new(storage.clone())),
+        )
+        .unwrap_or_else(|error| panic!("{context}: open: {error}"));
+        let topic = log.topic("t").expect("topic");
+        assert_served(&topic, &acked, &context);
+        for (index, report) in topic.recovery_reports().iter().enumerate() {
+            assert_eq!(
+                report.tail.bytes_cut, delta as u64,
+                "{context}: partition {index}"
+            );
+            assert_eq!(report.tail.records_cut, 0, "{context}: partition {index}");
+            let sealed =
+                support::segment_files(&support::partition_dir(dir.path(), "t", index as u32)).len() - 1;
+            assert_eq!(report.sealed_excess.len(), sealed, "{context}: partition {index}");
+            for excess in &report.sealed_excess {
+                assert_eq!(
+                    excess.kind,
+                    stele::ExcessKind::Unreadable,
+                    "{context}: {excess:?}"
+                );
+                assert_eq!(excess.bytes_count, delta as u64, "{context}: {excess:?}");
+            }
+        }
+        drop(topic);
+        log.close().expect("close");
+        storage.lie_about_sizes(".log", 0, 0);
+        let log = faulty_log(dir.path(), &storage);
+        let topic = log.topic("t").expect("topic");
+        assert_served(&topic, &acked, &context);
+        for report in topic.recovery_reports() {
+            assert_eq!(
+                report.tail,
+                stele::TailRecovery::default(),
+                "{context}: truthful reopen"
+            );
+            assert_eq!(report.sealed_excess, Vec::new(), "{context}: truthful reopen");
+        }
+        drop(topic);
+        log.close().expect("close");
+    }
+}

@@ -191,8 +191,14 @@ impl StorageFile for NoSyncFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.0.allocate(len)
     }
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.0.read_at_most(buf, position)
+    }
     fn map(&self, len: u64) -> io::Result<Map> {
         self.0.map(len)
+    }
+    fn map_reserved(&self, len: u64) -> io::Result<Map> {
+        self.0.map_reserved(len)
     }
     fn try_lock(&self) -> io::Result<bool> {
         self.0.try_lock()

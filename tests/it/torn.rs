@@ -257,6 +257,7 @@ fn truncation_at_every_byte_of_the_last_two_calls_cuts_back_to_the_last_whole_ca
             bytes_cut: (cut - boundary) as u64,
             records_cut: frames_kept_of_torn_call as u64,
             segments_removed: 0,
+            zero_bytes_cut: 0,
         };
         assert_eq!(report.tail, expected_tail, "{context}");
         assert_eq!(
@@ -331,6 +332,7 @@ fn a_flipped_bit_in_the_last_frame_header_cuts_its_whole_call() {
                 bytes_cut: (last_frame.end - last_call_start) as u64,
                 records_cut: call_frames[last].len() as u64 - 1,
                 segments_removed: 0,
+                zero_bytes_cut: 0,
             },
             "{context}"
         );
@@ -495,4 +497,236 @@ fn a_flipped_payload_bit_in_a_sealed_segment_fails_that_read_only() {
         log.close().expect("close");
         support::flip_bit(first, position);
     }
+}
+
+/// Appends `extra` to a file.
+fn extend_file(path: &Path, extra: &[u8]) {
+    let mut bytes = std::fs::read(path).expect("read file");
+    bytes.extend_from_slice(extra);
+    std::fs::write(path, bytes).expect("write file");
+}
+
+#[test]
+fn a_zero_filled_tail_of_the_active_segment_is_cut_and_reported_whatever_its_length() {
+    // Goal: a power cut can leave the active segment longer than its data, the
+    // extra bytes zero (a size that ran ahead of the data); that is a tail to
+    // cut and report, not corruption, and no record is lost. Method: extend a
+    // copy of the fixture's active segment with zeros of 1 byte, less than a
+    // frame header, more than a frame, one page and several pages, with and
+    // without the checkpoint; reopen, check the report, the file's length and
+    // every call.
+    let fixture = fixture();
+    let file_end = fixture.frames.last().expect("frames").end;
+    let frame_size = fixture.frames[0].end - fixture.frames[0].start;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let lengths = [
+        1,
+        RECORD_HEADER_LEN - 1,
+        frame_size + 1,
+        4096,
+        4096 - file_end % 4096,
+        3 * 4096 + 17,
+    ];
+    for with_checkpoint in [true, false] {
+        for length in lengths {
+            let context = format!("{length} zero bytes, checkpoint kept: {with_checkpoint}");
+            let case = scratch.path().join(format!("zeros-{length}-{with_checkpoint}"));
+            let segment = fixture.copy(&case);
+            if !with_checkpoint {
+                std::fs::remove_file(support::partition_dir(&case, "t", 0).join("checkpoint"))
+                    .expect("remove checkpoint");
+            }
+            extend_file(&segment, &vec![0u8; length]);
+            let log = open(&case).unwrap_or_else(|error| panic!("{context}: open: {error}"));
+            let report = log.topic("t").expect("topic").recovery_reports()[0].clone();
+            assert_eq!(
+                report.tail,
+                TailRecovery {
+                    zero_bytes_cut: length as u64,
+                    ..TailRecovery::default()
+                },
+                "{context}"
+            );
+            assert_eq!(
+                std::fs::metadata(&segment).expect("stat").len(),
+                file_end as u64,
+                "{context}: the zeros are cut"
+            );
+            check_present(&log, &fixture.calls, &context);
+            log.close().expect("close");
+            std::fs::remove_dir_all(&case).expect("clean up");
+        }
+    }
+}
+
+#[test]
+fn zeros_after_a_torn_call_are_cut_with_it_and_reported_as_torn() {
+    // Goal: zeros that follow part of a call are not a clean zero tail: the
+    // partial call and the zeros are one torn tail. Method: cut the fixture
+    // inside its last call's second frame, then add a page of zeros; reopen
+    // and check that the whole tail counts as torn and the earlier calls stay.
+    let fixture = fixture();
+    let call_frames = fixture.call_frames();
+    let last = call_frames.len() - 1;
+    let last_call_start = call_frames[last][0].start;
+    let cut = call_frames[last][1].start + 10;
+    let file_end = fixture.frames.last().expect("frames").end;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let case = scratch.path().join("torn-then-zeros");
+    let segment = fixture.copy(&case);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open segment");
+    file.set_len(cut as u64).expect("truncate");
+    drop(file);
+    extend_file(&segment, &vec![0u8; 4096]);
+    let log = open(&case).expect("open");
+    let report = log.topic("t").expect("topic").recovery_reports()[0].clone();
+    assert_eq!(
+        report.tail,
+        TailRecovery {
+            bytes_cut: (cut + 4096 - last_call_start) as u64,
+            records_cut: 1,
+            ..TailRecovery::default()
+        }
+    );
+    assert!(cut < file_end);
+    check_present(&log, &fixture.calls[..last], "torn call then zeros");
+    log.close().expect("close");
+}
+
+/// A valid frame that would follow the last frame of `segment`: a copy of its
+/// first frame with the next offset and a fixed CRC.
+fn next_frame(segment: &[u8]) -> Vec<u8> {
+    let frames = support::frames(segment);
+    let first = frames[0];
+    let mut frame = segment[first.start..first.end].to_vec();
+    let first_offset = u64::from_le_bytes(frame[8..16].try_into().expect("8 bytes"));
+    let next = first_offset + frames.len() as u64;
+    frame[8..16].copy_from_slice(&next.to_le_bytes());
+    let crc = crc32c::crc32c(&frame[8..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    frame
+}
+
+#[test]
+fn bytes_past_a_sealed_segments_indexed_end_are_reported_and_never_served() {
+    // Goal: a sealed segment longer than its `.idx` says (a lost trim, a size
+    // that ran ahead of the data, or bytes written after sealing) opens, serves
+    // exactly the indexed records, and reports what follows: zeros as an
+    // artefact, a valid-looking frame and garbage distinctly. The file is left
+    // as found and a second open reports the same. Method: for each kind of
+    // excess, extend the first sealed segment of the sealed fixture, open, read
+    // every offset (the next segment's records must be served, not the copy),
+    // check the report, reopen, restore the file.
+    let (dir, segments, payloads) = sealed_fixture();
+    let first = &segments[0];
+    let original = std::fs::read(first).expect("read");
+    let indexed_end = original.len() as u64;
+    let cases: Vec<(&str, Vec<u8>, stele::ExcessKind)> = vec![
+        ("one zero byte", vec![0u8; 1], stele::ExcessKind::Zeros),
+        (
+            "less than a frame header of zeros",
+            vec![0u8; 50],
+            stele::ExcessKind::Zeros,
+        ),
+        (
+            "three pages of zeros",
+            vec![0u8; 3 * 4096],
+            stele::ExcessKind::Zeros,
+        ),
+        ("garbage", vec![0x5Au8; 200], stele::ExcessKind::Garbage),
+        (
+            "a valid next frame",
+            next_frame(&original),
+            stele::ExcessKind::Frames,
+        ),
+    ];
+    for (name, extra, kind) in cases {
+        extend_file(first, &extra);
+        let expected = stele::SealedExcess {
+            base_offset: Offset(0),
+            position: indexed_end,
+            bytes_count: extra.len() as u64,
+            kind,
+        };
+        for attempt in ["first open", "second open"] {
+            let context = format!("{name}, {attempt}");
+            let log = open(dir.path()).unwrap_or_else(|error| panic!("{context}: open: {error}"));
+            let topic = log.topic("t").expect("topic");
+            let report = topic.recovery_reports()[0].clone();
+            assert_eq!(report.sealed_excess, vec![expected], "{context}");
+            assert_eq!(report.tail, TailRecovery::default(), "{context}");
+            let read = topic
+                .read(PartitionId(0), Offset(0), 1000, u64::MAX)
+                .unwrap_or_else(|error| panic!("{context}: read: {error}"));
+            let found: Vec<&[u8]> = read.iter().map(|event| event.payload.as_slice()).collect();
+            let wanted: Vec<&[u8]> = payloads.iter().map(|payload| payload.as_bytes()).collect();
+            assert_eq!(found, wanted, "{context}");
+            assert_eq!(
+                std::fs::metadata(first).expect("stat").len(),
+                indexed_end + extra.len() as u64,
+                "{context}: a sealed segment is never cut"
+            );
+            drop(topic);
+            log.close().expect("close");
+        }
+        std::fs::write(first, &original).expect("restore segment");
+    }
+}
+
+#[test]
+fn zeros_past_a_sealed_segment_without_its_index_are_reported_and_the_index_rebuilt() {
+    // Goal: without a `.idx`, a sealed segment is rebuilt by a scan; zeros after
+    // its last whole call are excess, not corruption, and the rebuilt index
+    // ends before them. Method: delete the first segment's `.idx`, add a page of
+    // zeros, open twice (the second from the rebuilt index).
+    let (dir, segments, payloads) = sealed_fixture();
+    let first = &segments[0];
+    let indexed_end = std::fs::metadata(first).expect("stat").len();
+    std::fs::remove_file(first.with_extension("idx")).expect("remove index");
+    extend_file(first, &[0u8; 4096]);
+    for attempt in ["rebuilding open", "open from the rebuilt index"] {
+        let log = open(dir.path()).unwrap_or_else(|error| panic!("{attempt}: {error}"));
+        let topic = log.topic("t").expect("topic");
+        assert_eq!(
+            topic.recovery_reports()[0].sealed_excess,
+            vec![stele::SealedExcess {
+                base_offset: Offset(0),
+                position: indexed_end,
+                bytes_count: 4096,
+                kind: stele::ExcessKind::Zeros,
+            }],
+            "{attempt}"
+        );
+        let read = topic
+            .read(PartitionId(0), Offset(0), 1000, u64::MAX)
+            .expect("read");
+        assert_eq!(read.len(), payloads.len(), "{attempt}");
+        drop(topic);
+        log.close().expect("close");
+        assert!(first.with_extension("idx").exists(), "{attempt}");
+    }
+}
+
+#[test]
+fn a_sealed_segment_shorter_than_its_index_is_corruption_naming_it() {
+    // Goal: a sealed segment that lost bytes its index covers is never served
+    // short nor mapped past its end: open fails with Corruption naming the
+    // file. Method: cut one byte, then a whole frame, off the first sealed
+    // segment, keeping its `.idx`.
+    let (dir, segments, _) = sealed_fixture();
+    let first = &segments[0];
+    let original = std::fs::read(first).expect("read");
+    let frames = support::frames(&original);
+    let last_frame_start = frames.last().expect("frames").start;
+    for cut in [original.len() - 1, last_frame_start] {
+        let context = format!("cut to {cut} bytes of {}", original.len());
+        std::fs::write(first, &original[..cut]).expect("cut segment");
+        let error = open(dir.path()).expect_err(&context);
+        assert_corruption_in(&error, first, &context);
+        std::fs::write(first, &original).expect("restore segment");
+    }
+    open(dir.path()).expect("open restored").close().expect("close");
 }
