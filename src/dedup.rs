@@ -521,6 +521,16 @@ impl Run {
             return Ok(Err((fence_position(blocks), damage)));
         }
         let map = file.map(len).map_err(io("map dedup run"))?;
+        // The mapping never extends past the descriptor's size: a file that
+        // shrank since it was measured is damage to report, not a slice to
+        // fault on later.
+        if map.len() < len {
+            let damage = DecodeError::Truncated {
+                needed: len,
+                available: map.len(),
+            };
+            return Ok(Err((map.len(), damage)));
+        }
         Ok(Ok(Run {
             path: path.to_path_buf(),
             sequence,
