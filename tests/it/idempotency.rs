@@ -383,8 +383,14 @@ impl StorageFile for GatedFile {
     fn allocate(&self, len: u64) -> std::io::Result<()> {
         self.file.allocate(len)
     }
+    fn read_at_most(&self, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
+        self.file.read_at_most(buf, position)
+    }
     fn map(&self, len: u64) -> std::io::Result<Map> {
         self.file.map(len)
+    }
+    fn map_reserved(&self, len: u64) -> std::io::Result<Map> {
+        self.file.map_reserved(len)
     }
     fn try_lock(&self) -> std::io::Result<bool> {
         self.file.try_lock()
