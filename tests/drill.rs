@@ -335,6 +335,10 @@ mod linux {
         offset: u64,
         first_sequence: u64,
         ids: Vec<String>,
+        /// The size of the `pad` header the events carried (the disk-full
+        /// drill's), so that a retry repeats the append exactly: an id with
+        /// other content is refused, not a duplicate.
+        pad: Option<usize>,
     }
 
     /// Everything the checks compare the log against.
@@ -354,6 +358,16 @@ mod linux {
 
     impl Book {
         fn record(&mut self, key: &str, ack: &AppendAck, ids: Vec<String>) -> Res<()> {
+            self.record_padded(key, ack, ids, None)
+        }
+
+        fn record_padded(
+            &mut self,
+            key: &str,
+            ack: &AppendAck,
+            ids: Vec<String>,
+            pad: Option<usize>,
+        ) -> Res<()> {
             ensure!(
                 ack.partition == partition_for_key(key.as_bytes(), self.partitions)
                     && ack.last_sequence + 1 == ack.first_sequence + ids.len() as u64,
@@ -366,14 +380,27 @@ mod linux {
                 offset: ack.first_offset.0,
                 first_sequence: ack.first_sequence,
                 ids,
+                pad,
             });
             Ok(())
         }
     }
 
     fn events_of(ids: &[String]) -> Vec<Event> {
+        events_padded(ids, None)
+    }
+
+    /// The events of `ids`, each with a `pad` header of `pad` bytes if given.
+    fn events_padded(ids: &[String], pad: Option<usize>) -> Vec<Event> {
         ids.iter()
-            .map(|id| Event::new("drill", id.as_bytes().to_vec()).with_idempotency_id(id.as_bytes().to_vec()))
+            .map(|id| {
+                let event =
+                    Event::new("drill", id.as_bytes().to_vec()).with_idempotency_id(id.as_bytes().to_vec());
+                match pad {
+                    Some(size) => event.with_header("pad", vec![0x33; size]),
+                    None => event,
+                }
+            })
             .collect()
     }
 
@@ -596,7 +623,7 @@ mod linux {
         for chunk in retried.chunks(RETRY_BATCH) {
             let requests: Vec<AppendRequest> = chunk
                 .iter()
-                .map(|call| AppendRequest::new(call.key.clone(), events_of(&call.ids)))
+                .map(|call| AppendRequest::new(call.key.clone(), events_padded(&call.ids, call.pad)))
                 .collect();
             let outcomes = client
                 .append_batch(topic, &requests)
@@ -1379,14 +1406,7 @@ mod linux {
                 .map(|event| format!("full-{}-{event}", self.next))
                 .collect();
             self.next += 1;
-            let events = ids
-                .iter()
-                .map(|id| {
-                    Event::new("drill", id.as_bytes().to_vec())
-                        .with_idempotency_id(id.as_bytes().to_vec())
-                        .with_header("pad", vec![0x33; payload])
-                })
-                .collect();
+            let events = events_padded(&ids, Some(payload));
             let expected = match self.view[slot] {
                 None => ExpectedSequence::NoEvents,
                 Some(sequence) => ExpectedSequence::Exact(sequence),
@@ -1400,7 +1420,8 @@ mod linux {
             let ack = answer.map_err(|error| format!("append to {}: {error}", self.keys[slot]))?;
             ensure!(!ack.duplicate, "a fresh append answered {ack:?}");
             self.view[slot] = Some(ack.last_sequence);
-            self.book.record(&self.keys[slot], &ack, ids)
+            self.book
+                .record_padded(&self.keys[slot], &ack, ids, Some(payload))
         }
 
         fn is_disk_full(error: &ClientError) -> bool {
@@ -1472,7 +1493,7 @@ mod linux {
                 match answer {
                     Ok(ack) => {
                         self.view[slot] = Some(ack.last_sequence);
-                        self.book.record(&self.keys[slot], &ack, ids)?;
+                        self.book.record_padded(&self.keys[slot], &ack, ids, Some(100))?;
                     }
                     Err(error) if Full::is_disk_full(&error) => {
                         self.book.never.extend(ids);
