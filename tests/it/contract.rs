@@ -232,6 +232,31 @@ async fn stored_count(server: &TestServer, topic: &str) -> u64 {
         .sum()
 }
 
+/// A test server with topic `topic` of `partitions`, and the response stream
+/// of an AppendSession that sent `requests` (raw bytes) without waiting.
+async fn session_of(
+    topic: &str,
+    partitions: u32,
+    requests: Vec<Vec<u8>>,
+) -> (TestServer, tonic::Streaming<proto::AppendSessionResponse>) {
+    let server = start_test_server().await;
+    server
+        .client
+        .create_topic(topic, &TopicOptions::default().partitions(partitions))
+        .await
+        .expect("create");
+    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
+    step(grpc.ready()).await.expect("ready");
+    let response = step(grpc.streaming(
+        tonic::Request::new(tokio_stream::iter(requests)),
+        PathAndQuery::from_static("/stele.v1.Stele/AppendSession"),
+        RawCodec::<proto::AppendSessionResponse>::default(),
+    ))
+    .await
+    .expect("session opens");
+    (server, response.into_inner())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_session_answers_every_request_around_a_refused_one() {
     // Goal: among hundreds of pipelined requests, a refused one (malformed
@@ -239,13 +264,6 @@ async fn append_session_answers_every_request_around_a_refused_one() {
     // in-stream, in order, and the session goes on: every request gets exactly
     // one response and the store holds exactly the accepted ones. Method: send
     // 600 requests without waiting, then read 600 responses.
-    let server = start_test_server().await;
-    server
-        .client
-        .create_topic("session", &TopicOptions::default().partitions(4))
-        .await
-        .expect("create");
-    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
     const COUNT: u64 = 600;
     const REFUSED: u64 = 250;
     const FAILED: u64 = 400;
@@ -256,15 +274,7 @@ async fn append_session_answers_every_request_around_a_refused_one() {
             _ => session_request(index, "session", &format!("key-{}", index % 37)),
         })
         .collect();
-    step(grpc.ready()).await.expect("ready");
-    let response = step(grpc.streaming(
-        tonic::Request::new(tokio_stream::iter(requests)),
-        PathAndQuery::from_static("/stele.v1.Stele/AppendSession"),
-        RawCodec::<proto::AppendSessionResponse>::default(),
-    ))
-    .await
-    .expect("session opens");
-    let mut inbound = response.into_inner();
+    let (server, mut inbound) = session_of("session", 4, requests).await;
     let mut answered = 0;
     while let Some(response) = step(inbound.message()).await.expect("no stream error") {
         assert_eq!(response.correlation_id, answered, "responses in request order");
@@ -302,27 +312,12 @@ async fn append_session_that_must_end_applies_nothing_after_its_last_answer() {
     // Goal: when a message cannot be read, every request before it is answered,
     // then the stream ends with INVALID_ARGUMENT, and no request after it is
     // applied. Method: 300 good requests, a malformed message, 300 more.
-    let server = start_test_server().await;
-    server
-        .client
-        .create_topic("ending", &TopicOptions::default().partitions(2))
-        .await
-        .expect("create");
-    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
     let mut requests: Vec<Vec<u8>> = (0..300)
         .map(|index| session_request(index, "ending", "k"))
         .collect();
     requests.push(vec![0x0a, 0xff]);
     requests.extend((301..600).map(|index| session_request(index, "ending", "k")));
-    step(grpc.ready()).await.expect("ready");
-    let response = step(grpc.streaming(
-        tonic::Request::new(tokio_stream::iter(requests)),
-        PathAndQuery::from_static("/stele.v1.Stele/AppendSession"),
-        RawCodec::<proto::AppendSessionResponse>::default(),
-    ))
-    .await
-    .expect("session opens");
-    let mut inbound = response.into_inner();
+    let (server, mut inbound) = session_of("ending", 2, requests).await;
     let mut answered = 0;
     let status = loop {
         match step(inbound.message()).await {
