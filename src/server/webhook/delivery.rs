@@ -39,6 +39,8 @@ use crate::server::backend::BoxFuture;
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The most often a busy loop commits its cursors.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a stopping loop waits for its in-flight deliveries to finish.
+const STOP_DRAIN: Duration = Duration::from_millis(500);
 /// The pause before appending a dead letter again after a failure.
 const DEAD_LETTER_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -258,7 +260,7 @@ pub(super) async fn run(
     };
     loop {
         if *stop.borrow() {
-            return Ok(());
+            return state.stop().await;
         }
         let read = state.fill()?;
         state.start_runnable();
@@ -290,7 +292,7 @@ pub(super) async fn run(
         }
         let has_tasks = !state.tasks.is_empty();
         tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => return state.stop().await,
             Some(joined) = state.tasks.join_next(), if has_tasks => {
                 state.finished(joined);
                 while let Some(joined) = state.tasks.try_join_next() {
@@ -498,6 +500,23 @@ impl Loop {
     }
 
     /// Commits every lane whose low watermark moved.
+    /// Ends the loop (pause, delete, redrive, shutdown): deliveries that finish
+    /// within `STOP_DRAIN` are settled and the cursors committed, so a loop
+    /// started next does not send again what this one finished; the rest are
+    /// abandoned and sent again later (at least once).
+    async fn stop(&mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + STOP_DRAIN;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(joined)) => self.finished(joined),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.tasks.abort_all();
+        self.shared.observer.in_flight(&self.endpoint.name, 0);
+        self.commit()
+    }
+
     fn commit(&mut self) -> Result<()> {
         let backend = Arc::clone(&self.shared.backend);
         let mut lag = 0u64;
