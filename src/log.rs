@@ -254,11 +254,13 @@ impl Log {
     /// # Errors
     /// [`Error::TopicNotFound`].
     pub fn topic(&self, name: &str) -> Result<Topic> {
+        // A name in the map is valid by construction: only a miss is checked, so
+        // that a malformed name is reported as such rather than as not found.
+        if let Some(topic) = self.topics_read().get(name) {
+            return Ok(topic.clone());
+        }
         validate_topic_name(name)?;
-        self.topics_read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::TopicNotFound(name.to_string()))
+        Err(Error::TopicNotFound(name.to_string()))
     }
 
     /// The names of all topics, sorted.

@@ -128,14 +128,14 @@ fn refused_request(correlation_id: u64, count: usize, error: &crate::Error) -> p
     }
 }
 
-/// Checks what bounds a whole append call, before anything is submitted: the
-/// topic name, at least one append, and at most `APPEND_EVENTS_COUNT_MAX`
-/// events over all its appends (the same bound as one append's events).
+/// Checks what bounds a whole append call, before anything is submitted: at
+/// least one append, and at most `APPEND_EVENTS_COUNT_MAX` events over all its
+/// appends (the same bound as one append's events). The backend checks the
+/// topic name.
 ///
 /// # Errors
 /// [`crate::Error::InvalidArgument`] or [`crate::Error::LimitExceeded`].
-fn check_appends(topic: &str, appends: &[proto::BatchAppend]) -> crate::Result<()> {
-    crate::log::validate_topic_name(topic)?;
+fn check_appends(appends: &[proto::BatchAppend]) -> crate::Result<()> {
     if appends.is_empty() {
         return Err(crate::Error::InvalidArgument(
             "a request needs at least one append".into(),
@@ -235,7 +235,7 @@ impl Stele for SteleService {
         request: Request<proto::AppendBatchRequest>,
     ) -> Result<Response<proto::AppendBatchResponse>, Status> {
         let request = request.into_inner();
-        check_appends(&request.topic, &request.appends)?;
+        check_appends(&request.appends)?;
         let appends = request
             .appends
             .into_iter()
@@ -274,7 +274,7 @@ impl Stele for SteleService {
                 let item = match next {
                     Ok(Some(message)) => {
                         let count = message.appends.len();
-                        let future = match check_appends(&message.topic, &message.appends) {
+                        let future = match check_appends(&message.appends) {
                             Ok(()) => backend.append(
                                 &message.topic,
                                 message
