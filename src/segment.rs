@@ -267,7 +267,19 @@ impl Segment {
         let map = file
             .map_reserved(limits::SEGMENT_MAP_SIZE_BYTES)
             .map_err(|error| Error::io("map segment", &path, error))?;
-        Ok(Segment::with_file(
+        Ok(Segment::header_only(path, file, map, base_offset, created_ms))
+    }
+
+    /// A segment over `map` holding only its header; records are published
+    /// into it later.
+    fn header_only(
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        map: Map,
+        base_offset: Offset,
+        created_ms: i64,
+    ) -> Segment {
+        Segment::with_file(
             path,
             file,
             map,
@@ -277,7 +289,7 @@ impl Segment {
             SEGMENT_HEADER_LEN as u64,
             base_offset,
             i64::MIN,
-        ))
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -409,17 +421,7 @@ impl Segment {
             });
         }
         let map = map_sealed(&*file, &path, end)?;
-        let segment = Segment::with_file(
-            path,
-            file,
-            map,
-            base_offset,
-            created_ms,
-            Vec::new(),
-            SEGMENT_HEADER_LEN as u64,
-            base_offset,
-            i64::MIN,
-        );
+        let segment = Segment::header_only(path, file, map, base_offset, created_ms);
         segment.publish(end, scan.end_offset, scan.timestamp_max, &scan.index);
         segment.write_index(storage)?;
         segment.sealed.store(true, Ordering::Release);

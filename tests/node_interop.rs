@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use stele::server::{RunningServer, ServerConfig};
+#[path = "python/foreign_client.rs"]
+mod foreign_client;
 
 const PACKAGES: &[&str] = &["@grpc/grpc-js@1", "@grpc/proto-loader@0.8", "protobufjs@7"];
 
@@ -49,30 +50,8 @@ fn node_grpc_js_client_sees_the_standard_error_model() {
     // Goal: a grpc-js client decodes every error as gRPC's richer error model
     // says, and the session and malformed-bytes contracts hold for it too.
     let modules = node_modules();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut config = ServerConfig::new(dir.path());
-    config.listen = "127.0.0.1:0".parse().expect("address");
-    let server = runtime
-        .block_on(RunningServer::start(config))
-        .expect("server starts");
-    let target = server.local_addr().to_string();
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/interop.js");
-    let output = Command::new("node")
-        .arg(&script)
-        .arg(&proto)
-        .arg(&target)
-        .env("NODE_PATH", &modules)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    runtime.block_on(server.shutdown()).expect("server shuts down");
-    assert!(
-        output.status.success(),
-        "node interop failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(" 0 failed"), "no closing line:\n{stdout}");
+    let mut command = Command::new("node");
+    command.arg(&script).env("NODE_PATH", &modules);
+    foreign_client::run_against_a_server("node interop", command);
 }

@@ -271,7 +271,6 @@ impl Backend for EngineBackend {
             Ok(handle) => {
                 let future = append_async(&handle, requests);
                 let log = Arc::clone(&self.log);
-                let name = topic.to_string();
                 Box::pin(async move {
                     let mut results = future.await;
                     // An append that lost a race with the topic's deletion found
@@ -279,11 +278,11 @@ impl Backend for EngineBackend {
                     // (NOT_FOUND), not the server (UNAVAILABLE) nor a fault.
                     if results.iter().any(|result| matches!(result, Err(Error::Closed)))
                         && !log.is_closed()
-                        && matches!(log.topic(&name), Err(Error::TopicNotFound(_)))
+                        && matches!(log.topic(handle.name()), Err(Error::TopicNotFound(_)))
                     {
                         for result in &mut results {
                             if matches!(result, Err(Error::Closed)) {
-                                *result = Err(Error::TopicNotFound(name.clone()));
+                                *result = Err(Error::TopicNotFound(handle.name().to_string()));
                             }
                         }
                     }

@@ -60,19 +60,17 @@ impl SteleService {
         else {
             return Ok(());
         };
-        let owners = [Some(rest), rest.strip_suffix(".redrive")];
-        match webhooks
-            .list()
+        let owner = [Some(rest), rest.strip_suffix(".redrive")]
             .into_iter()
-            .find(|view| owners.contains(&Some(view.endpoint.name.as_str())))
-        {
-            Some(view) => Err(status_of_detail(
+            .flatten()
+            .find(|name| webhooks.exists(name));
+        match owner {
+            Some(owner) => Err(status_of_detail(
                 tonic::Code::FailedPrecondition,
                 proto::ErrorDetail {
                     code: proto::ErrorCode::CursorReserved as i32,
                     message: format!(
-                        "cursor {cursor:?} belongs to webhook endpoint {:?}; delete the endpoint to release it",
-                        view.endpoint.name
+                        "cursor {cursor:?} belongs to webhook endpoint {owner:?}; delete the endpoint to release it"
                     ),
                     ..proto::ErrorDetail::default()
                 },

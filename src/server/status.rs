@@ -184,11 +184,34 @@ fn status_with_field(error: &Error, field: Option<&str>) -> Status {
     }
     let detail = error_detail(error);
     let field = match (field, error) {
-        (Some(field), _) => Some(field.to_string()),
-        (None, Error::LimitExceeded { what, .. }) => Some(what.to_string()),
+        (Some(field), _) => Some(field),
+        (None, Error::LimitExceeded { what, .. }) => limit_field(what),
         (None, _) => None,
     };
-    status_of_detail(code, detail, field.as_deref())
+    status_of_detail(code, detail, field)
+}
+
+/// The request field a limit bounds, as `google.rpc.BadRequest` names it (a
+/// path of proto field names; `events.payload` is the payload of any event).
+/// Limits that bound no field of the request (topics per directory, cursors
+/// per topic) have none, and their status carries no `BadRequest`.
+fn limit_field(limit: &str) -> Option<&'static str> {
+    Some(match limit {
+        "topic name size" => "topic",
+        "cursor name size" => "cursor",
+        "producer name size" | "webhook name size" => "name",
+        "key size" => "key",
+        "events in one append" | "append size" => "events",
+        "events per call" => "appends",
+        "payload size" => "events.payload",
+        "headers count" | "headers size" | "header name size" => "events.headers",
+        "idempotency id size" => "events.idempotency_id",
+        "partition count" => "settings.partitions",
+        "payload_size_max" => "settings.payload_size_max",
+        "webhook attempts" => "settings.max_attempts",
+        "webhook in-flight keys" => "settings.max_in_flight",
+        _ => return None,
+    })
 }
 
 /// A status for `detail` under gRPC code `code`: `google.rpc.Status` in the
@@ -383,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn limit_exceeded_names_the_limit_as_a_bad_request_field() {
+    fn limit_exceeded_names_the_bounded_request_field_as_a_bad_request_violation() {
         let status = to_status(&Error::LimitExceeded {
             what: "topic name size",
             value: 300,
@@ -391,10 +414,19 @@ mod tests {
         });
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad_request = status.get_details_bad_request().expect("BadRequest");
-        assert_eq!(bad_request.field_violations[0].field, "topic name size");
+        assert_eq!(bad_request.field_violations[0].field, "topic");
         let detail = detail_of(&status).expect("detail");
+        assert_eq!(detail.limit_name, "topic name size");
         assert_eq!(detail.limit_max, 255);
         assert_eq!(detail.code, ErrorCode::LimitExceeded as i32);
+        // A limit on no request field (a quota) names no field.
+        let quota = to_status(&Error::LimitExceeded {
+            what: "topics",
+            value: 10_001,
+            max: 10_000,
+        });
+        assert!(quota.get_details_bad_request().is_none());
+        assert_eq!(detail_of(&quota).expect("detail").limit_name, "topics");
     }
 
     #[test]

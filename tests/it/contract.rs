@@ -4,8 +4,8 @@
 //! every RPC, errors are `google.rpc.Status` details, deleted topics are
 //! NOT_FOUND, and webhook cursors belong to their endpoint.
 
+use super::support::{channel, step};
 use std::marker::PhantomData;
-use std::time::Duration;
 
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -16,23 +16,6 @@ use stele::client::{SubscribeOptions, TestServer, start_test_server};
 use stele::server::proto::stele_client::SteleClient;
 use stele::server::{proto, status};
 use stele::{AppendRequest, Event, ExpectedSequence, TopicOptions};
-
-/// The longest any single step may take before the test fails instead of hanging.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn step<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP_TIMEOUT, future)
-        .await
-        .expect("step finished in time")
-}
-
-async fn channel(server: &TestServer) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(server.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
-}
 
 /// Sends request bytes as they are and decodes responses as `U`: what a
 /// broken or hostile client puts on the wire.
@@ -367,7 +350,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
             proto::ErrorCode::InvalidArgument,
         );
     };
-    let limit = |status: tonic::Status, name: &str| {
+    let limit = |status: tonic::Status, name: &str, field: &str| {
         assert_contract(
             &status,
             tonic::Code::InvalidArgument,
@@ -377,7 +360,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
         assert_eq!(detail.limit_name, name);
         assert!(detail.limit_value > detail.limit_max, "{detail:?}");
         let bad_request = status.get_details_bad_request().expect("BadRequest");
-        assert_eq!(bad_request.field_violations[0].field, name);
+        assert_eq!(bad_request.field_violations[0].field, field);
     };
 
     for topic in ["bad topic", ".hidden", ""] {
@@ -466,6 +449,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "topic name size",
+        "topic",
     );
     limit(
         refused(
@@ -477,6 +461,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "topic name size",
+        "topic",
     );
     limit(
         refused(
@@ -490,6 +475,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "cursor name size",
+        "cursor",
     );
     limit(
         refused(
@@ -501,6 +487,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "producer name size",
+        "name",
     );
     limit(
         refused(
@@ -515,6 +502,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "partition count",
+        "settings.partitions",
     );
     limit(
         refused(
@@ -529,6 +517,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "payload_size_max",
+        "settings.payload_size_max",
     );
 
     limit(
@@ -543,6 +532,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "webhook name size",
+        "name",
     );
 
     // Keys on ReadKey.
@@ -566,6 +556,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "key size",
+        "key",
     );
 
     // Subscribe: a start offset for a partition the topic lacks, a heartbeat
@@ -652,6 +643,7 @@ async fn every_bad_value_gets_its_precise_code_on_every_rpc() {
                 .await,
         ),
         "events per call",
+        "appends",
     );
     assert_eq!(stored_count(&server, "values").await, 0, "nothing stored");
 }

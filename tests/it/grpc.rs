@@ -4,6 +4,7 @@
 //! control), the typed client's `Producer` and `Consumer`, restarts, health and
 //! reflection.
 
+use super::support::{channel, step};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,21 +21,12 @@ use stele::{
     TopicOptions,
 };
 
-/// The longest any single step may take before the test fails instead of hanging.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn event(event_type: &str, payload: &str) -> Event {
     Event::new(event_type, payload.as_bytes().to_vec())
 }
 
 fn append(key: &str, payload: &str) -> AppendRequest {
     AppendRequest::new(key, vec![event("noted", payload)])
-}
-
-async fn step<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP_TIMEOUT, future)
-        .await
-        .expect("step finished in time")
 }
 
 async fn topic(server: &TestServer, name: &str, partitions: u32) {
@@ -72,14 +64,6 @@ async fn payloads_until_caught_up(subscription: &mut Subscription) -> Vec<String
             SubscriptionItem::Heartbeat { .. } => unreachable!("skipped"),
         }
     }
-}
-
-async fn channel(server: &TestServer) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(server.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
 }
 
 fn assert_status(error: &ClientError, code: GrpcCode, kind: ErrorKind) {

@@ -1,5 +1,6 @@
-//! Helpers shared by the crash tests: directory copies, segment files and frame
-//! boundaries read straight from disk, and seeds.
+//! Helpers shared by the crash tests (directory copies, segment files and frame
+//! boundaries read straight from disk, and seeds) and by the gRPC tests (bounded
+//! steps and raw channels).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,26 @@ use std::sync::Arc;
 
 use stele::LogOptions;
 use stele::io::{Map, OpenMode, StdStorage, Storage, StorageFile};
+
+/// The longest any single gRPC test step may take before the test fails instead
+/// of hanging.
+pub const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Awaits `future`, failing the test after [`STEP_TIMEOUT`].
+pub async fn step<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP_TIMEOUT, future)
+        .await
+        .expect("step finished in time")
+}
+
+/// A plain gRPC channel to a test server, for the generated client or raw calls.
+pub async fn channel(server: &stele::client::TestServer) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
 
 /// Copies a directory tree (files and directories only).
 pub fn copy_dir(from: &Path, to: &Path) {

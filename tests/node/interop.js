@@ -136,7 +136,7 @@ async function main() {
     longName.detail !== undefined &&
       longName.detail.code === ErrorCode.ERROR_CODE_LIMIT_EXCEEDED &&
       longName.badRequest !== undefined &&
-      longName.badRequest.fieldViolations[0].field === "topic name size",
+      longName.badRequest.fieldViolations[0].field === "topic",
     JSON.stringify(longName),
   );
 

@@ -236,7 +236,7 @@ except grpc.RpcError as error:
     violations = found.get("BadRequest")
     check(
         "oversized topic name has a BadRequest field violation",
-        violations is not None and violations.field_violations[0].field == "topic name size",
+        violations is not None and violations.field_violations[0].field == "topic",
         str(found),
     )
 

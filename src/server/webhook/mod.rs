@@ -608,6 +608,11 @@ impl Dispatcher {
         }
     }
 
+    /// Whether endpoint `name` exists (cheap: no cursor or state is read).
+    pub fn exists(&self, name: &str) -> bool {
+        self.store.contains(name)
+    }
+
     /// Every endpoint with its state.
     pub fn list(&self) -> Vec<WebhookView> {
         self.store

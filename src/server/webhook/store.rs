@@ -308,6 +308,11 @@ impl WebhookStore {
         self.lock().1.values().cloned().collect()
     }
 
+    /// Whether an endpoint of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.lock().1.contains_key(name)
+    }
+
     /// One endpoint.
     ///
     /// # Errors
