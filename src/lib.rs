@@ -1,35 +1,18 @@
 //! Stele: an append-only event log storage engine.
 //!
-//! A [`Log`] is a data directory of named [`Topic`]s. A topic has a fixed number
-//! of partitions; an event's key picks its partition ([`partition_for_key`]), so
-//! order is total per partition and per key. Every key has its own sequence
-//! (0, 1, 2, ...) and appends may state the sequence they expect.
+//! This package is the `stele` command and a facade over the workspace's crates
+//! (ARCHITECTURE.md, "Code map"): the engine's embedding API at the top level, the
+//! other crates under their own names.
 //!
 //! ```
-//! use stele::{Direction, Event, ExpectedSequence, Log, LogOptions, TopicOptions};
+//! use stele::{Event, ExpectedSequence, Log, LogOptions, TopicOptions};
 //!
 //! # fn main() -> stele::Result<()> {
 //! let dir = tempfile::tempdir().expect("temporary directory");
 //! let log = Log::open(dir.path(), LogOptions::default())?;
 //! let orders = log.create_topic("orders", TopicOptions::default().partitions(4))?;
-//!
-//! // The first event of a key: expect that the key has none yet.
 //! let ack = orders.append("invoice-42", ExpectedSequence::NoEvents, vec![Event::new("created", b"{}".to_vec())])?;
 //! assert_eq!(ack.first_sequence, 0);
-//!
-//! // A writer that lost a race learns the actual sequence and writes nothing.
-//! let stale = orders.append("invoice-42", ExpectedSequence::NoEvents, vec![Event::new("created", b"{}".to_vec())]);
-//! assert_eq!(stale.unwrap_err().kind(), stele::ErrorKind::WrongExpectedSequence);
-//!
-//! // A retried event with an idempotency id is recognised.
-//! let paid = Event::new("paid", b"{}".to_vec()).with_idempotency_id("payment-7");
-//! let first = orders.append("invoice-42", ExpectedSequence::Exact(0), vec![paid.clone()])?;
-//! let retry = orders.append("invoice-42", ExpectedSequence::Exact(0), vec![paid])?;
-//! assert!(retry.duplicate);
-//! assert_eq!(retry.first_offset, first.first_offset);
-//!
-//! let history = orders.read_key(b"invoice-42", None, Direction::Forwards, 100)?;
-//! assert_eq!(history.len(), 2);
 //! log.close()?;
 //! # Ok(())
 //! # }
@@ -37,38 +20,13 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod civil;
-pub mod client;
-pub mod config;
-mod cursor;
-mod dedup;
-pub mod error;
-pub mod event;
-pub mod format;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod io;
-mod journal;
-mod keys;
-pub mod limits;
-pub mod loadgen;
-mod log;
-pub mod metrics;
-mod partition;
-mod producer;
-mod segment;
-pub mod server;
-pub mod subscribe;
-mod topic;
-pub mod verify;
+pub use stele_engine::*;
 
-pub use config::{Clock, Durability, LogOptions, ManualClock, SystemClock, TopicOptions};
-pub use error::{Error, ErrorKind, Result};
-pub use event::{
-    AppendAck, AppendRequest, Direction, Epoch, Event, ExpectedSequence, Offset, PartitionId, ProducerId,
-    ProducerStamp, RecordedEvent,
-};
-pub use log::{Log, validate_topic_name};
-pub use partition::{PartitionInfo, RecoveryReport};
-pub use segment::{ExcessKind, SealedExcess, TailRecovery};
-pub use topic::{CursorPosition, Topic, partition_for_key};
+/// The load generator behind `stele bench` (`stele-bench`).
+pub use stele_bench as loadgen;
+/// The typed gRPC client (`stele-client`).
+pub use stele_client as client;
+/// The gRPC server (`stele-server`).
+pub use stele_server as server;
+/// The wire API: generated types, conversions, the error model (`stele-wire`).
+pub use stele_wire as wire;

@@ -1,5 +1,5 @@
 //! Replays every committed fuzz corpus (`fuzz/corpus/NAME/*`) through the same
-//! target bodies libFuzzer runs (`stele::fuzzing::NAME`), so the normal test suite
+//! target bodies libFuzzer runs (`stele_proof::NAME`), so the normal test suite
 //! keeps every seed and every input a fuzzer once found interesting passing.
 //!
 //! `cargo test --test fuzz_corpus -- --ignored generate_seed_corpus` rewrites the
@@ -14,7 +14,7 @@ use stele::format::index::{IndexEntry, SegmentIndex};
 use stele::format::record::{self, RecordView};
 use stele::format::segment::{self, SegmentHeader};
 use stele::format::{checkpoint, index};
-use stele::server::proto;
+use stele::wire::proto;
 use stele::{
     Durability, Epoch, Event, ExpectedSequence, Log, LogOptions, Offset, PartitionId, ProducerId,
     ProducerStamp, TopicOptions,
@@ -23,17 +23,17 @@ use stele::{
 type Target = fn(&[u8]);
 
 const TARGETS: &[(&str, Target)] = &[
-    ("decode_record", stele::fuzzing::decode_record),
-    ("decode_segment_header", stele::fuzzing::decode_segment_header),
-    ("decode_index", stele::fuzzing::decode_index),
-    ("decode_checkpoint", stele::fuzzing::decode_checkpoint),
-    ("decode_topic_meta", stele::fuzzing::decode_topic_meta),
-    ("decode_envelope", stele::fuzzing::decode_envelope),
-    ("journal_records", stele::fuzzing::journal_records),
-    ("dedup_run", stele::fuzzing::dedup_run),
-    ("recover_segment", stele::fuzzing::recover_segment),
-    ("grpc_requests", stele::fuzzing::grpc_requests),
-    ("engine_ops", stele::fuzzing::engine_ops),
+    ("decode_record", stele_proof::decode_record),
+    ("decode_segment_header", stele_proof::decode_segment_header),
+    ("decode_index", stele_proof::decode_index),
+    ("decode_checkpoint", stele_proof::decode_checkpoint),
+    ("decode_topic_meta", stele_proof::decode_topic_meta),
+    ("decode_envelope", stele_proof::decode_envelope),
+    ("journal_records", stele_proof::journal_records),
+    ("dedup_run", stele_proof::dedup_run),
+    ("recover_segment", stele_proof::recover_segment),
+    ("grpc_requests", stele_proof::grpc_requests),
+    ("engine_ops", stele_proof::engine_ops),
 ];
 
 fn corpus_dir(name: &str) -> PathBuf {
@@ -449,7 +449,7 @@ fn generate_seed_corpus() {
         write_seed("grpc_requests", name, &[&[kind][..], &message].concat());
     }
 
-    // Engine operations: see `stele::fuzzing::engine_ops` for the byte layout.
+    // Engine operations: see `stele_proof::engine_ops` for the byte layout.
     write_seed("engine_ops", "appends", &[0, 0, 1, 1, 1, 2, 0, 2, 0x4a, 3, 4]);
     write_seed("engine_ops", "crash", &[0, 0, 0x82, 0, 1, 0xca, 5, 7, 0, 0, 2]);
     write_seed(

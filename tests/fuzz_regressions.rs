@@ -1,4 +1,4 @@
-//! Regression tests for inputs the fuzz targets (`fuzz/`, `stele::fuzzing`) found.
+//! Regression tests for inputs the fuzz targets (`fuzz/`, crate `stele-proof`) found.
 //!
 //! Each crash a fuzzer finds becomes a named test here that runs the same target
 //! body on the minimised input, with a comment describing the failure and the
@@ -11,7 +11,7 @@
 //! every target must survive, so that a target that starts to panic on trivial
 //! input fails here first, with a readable name, rather than under libFuzzer.
 
-use stele::fuzzing;
+use stele_proof as fuzzing;
 
 type Target = fn(&[u8]);
 

@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| stele::fuzzing::decode_checkpoint(data));
+fuzz_target!(|data: &[u8]| stele_proof::decode_checkpoint(data));

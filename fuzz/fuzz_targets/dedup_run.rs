@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| stele::fuzzing::dedup_run(data));
+fuzz_target!(|data: &[u8]| stele_proof::dedup_run(data));

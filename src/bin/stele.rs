@@ -20,9 +20,10 @@ use stele::config::{
     DEDUP_WINDOW_MS_DEFAULT, PARTITIONS_COUNT_DEFAULT, SEGMENT_SIZE_BYTES_MAX_DEFAULT,
     SYNC_INTERVAL_MS_DEFAULT,
 };
-use stele::server::proto;
-use stele::server::proto::stele_client::SteleClient;
-use stele::server::{MESSAGE_SIZE_BYTES_MAX, PORT_DEFAULT, RunningServer, ServerConfig, status};
+use stele::server::{MESSAGE_SIZE_BYTES_MAX, PORT_DEFAULT, RunningServer, ServerConfig};
+use stele::wire::proto;
+use stele::wire::proto::stele_client::SteleClient;
+use stele::wire::status;
 use stele::{Durability, TopicOptions};
 use tonic::transport::{Channel, ClientTlsConfig};
 

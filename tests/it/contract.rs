@@ -13,8 +13,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic_types::StatusExt;
 
 use stele::client::{SubscribeOptions, TestServer, start_test_server};
-use stele::server::proto::stele_client::SteleClient;
-use stele::server::{proto, status};
+use stele::wire::proto::stele_client::SteleClient;
+use stele::wire::{proto, status};
 use stele::{AppendRequest, Event, ExpectedSequence, TopicOptions};
 
 /// Sends request bytes as they are and decodes responses as `U`: what a

@@ -14,8 +14,9 @@ use stele::client::{
     Client, ClientError, CommitMode, GrpcCode, ProducerOptions, RetryPolicy, StartPosition, SubscribeOptions,
     Subscription, SubscriptionItem, TestServer, start_test_server,
 };
-use stele::server::proto::stele_client::SteleClient;
-use stele::server::{self, Backend, EngineBackend, SteleService, proto};
+use stele::server::{self, Backend, EngineBackend, SteleService};
+use stele::wire::proto::stele_client::SteleClient;
+use stele::wire::{self, proto};
 use stele::{
     AppendRequest, Direction, Epoch, ErrorKind, Event, ExpectedSequence, Offset, PartitionId, ProducerStamp,
     TopicOptions,
@@ -261,11 +262,11 @@ async fn wrong_expected_sequence_is_failed_precondition_with_actual_sequence_and
     assert_eq!(
         status
             .metadata()
-            .get(server::status::ERROR_CODE_METADATA)
+            .get(wire::status::ERROR_CODE_METADATA)
             .and_then(|value| value.to_str().ok()),
         Some("10")
     );
-    let detail = server::status::detail_of(&status).expect("detail");
+    let detail = wire::status::detail_of(&status).expect("detail");
     assert_eq!(detail.actual_sequence, Some(0));
 }
 

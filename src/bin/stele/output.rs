@@ -11,7 +11,7 @@
 //!   controls are written as escapes, and bytes that are not UTF-8 as `base64:...`.
 //!
 //! It does not decide exit codes, and it never decodes error details itself:
-//! [`stele::server::status::detail_of`] does.
+//! [`stele::wire::status::detail_of`] does.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use stele::civil::format_timestamp_ms as format_timestamp;
-use stele::server::proto::{self, ErrorDetail};
+use stele::wire::proto::{self, ErrorDetail};
 
 /// Standard base64 with padding, as in the JSON scheme.
 pub(crate) fn base64(bytes: &[u8]) -> String {

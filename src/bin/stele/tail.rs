@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
-use stele::server::proto::stele_client::SteleClient;
-use stele::server::proto::{self, start_position::Position};
+use stele::wire::proto::stele_client::SteleClient;
+use stele::wire::proto::{self, start_position::Position};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 
@@ -275,7 +275,7 @@ fn is_transient(status: &tonic::Status) -> bool {
         Code::Unavailable | Code::Cancelled | Code::Unknown => true,
         // A broken HTTP/2 connection surfaces as INTERNAL from the transport,
         // without Stele's error detail.
-        Code::Internal => stele::server::status::detail_of(status).is_none(),
+        Code::Internal => stele::wire::status::detail_of(status).is_none(),
         _ => false,
     }
 }

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use stele::server::proto;
 use stele::server::webhook::signature;
+use stele::wire::proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::output::{bytes_json, display_bytes, escape, json_line};

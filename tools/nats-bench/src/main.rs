@@ -9,7 +9,7 @@
 //! `p999`, `errors`, and the scenario's own checks) plus `"system":"nats"`.
 //! With `--repeat` above 1 the median run follows, chosen by stele's own
 //! `median_run`; the percentiles, the fdatasync probe and the checks also
-//! come from `stele::loadgen`, so both tools compute their lines alike.
+//! come from the `stele-bench` crate, so both tools compute their lines alike.
 //!
 //! JetStream's durability is a server setting, not a per-stream one:
 //! `--durability` only labels the lines with what the server was started
@@ -60,7 +60,7 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
-use stele::loadgen::{
+use stele_bench::{
     DedupCounts, LoadgenError, Measured, Scenario, deal, insert_dedup_counts, insert_fsync_comparison,
     measured_line, micros,
 };
@@ -198,7 +198,7 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = ".")]
     fsync_probe_dir: PathBuf,
     /// How long the fdatasync probe runs, e.g. 2s.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = stele::loadgen::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = stele_bench::parse_duration)]
     fsync_probe_time: Duration,
     /// read: messages per pull request.
     #[arg(long, default_value_t = 10_000)]
@@ -433,7 +433,7 @@ async fn run_scenario(args: &Args, scenario: Scenario, run: usize) -> BenchResul
         json!({"before": load_before, "after": load_1m()}),
     );
     if let Some(pid) = args.server_pid {
-        line.insert("server_memory_kb".into(), stele::loadgen::process_memory_kb(pid)?);
+        line.insert("server_memory_kb".into(), stele_bench::process_memory_kb(pid)?);
     }
     // The stream is left in place, as `stele bench` leaves its topics.
     Ok(Value::Object(line))
@@ -539,7 +539,7 @@ async fn sequential(
     subjects: &[Subject],
 ) -> BenchResult<Map<String, Value>> {
     let count = args.count_of(Scenario::Sequential);
-    let probe = stele::loadgen::fsync_probe(args.fsync_probe_dir.clone(), args.fsync_probe_time).await?;
+    let probe = stele_bench::fsync_probe(args.fsync_probe_dir.clone(), args.fsync_probe_time).await?;
     let payload = Bytes::from(vec![b's'; args.size]);
     let mut latencies = Vec::with_capacity(count as usize);
     let mut errors = 0;
@@ -862,7 +862,7 @@ async fn read(
         )));
     }
     let memory_before = match args.server_pid {
-        Some(pid) => Some(stele::loadgen::process_memory_kb(pid)?),
+        Some(pid) => Some(stele_bench::process_memory_kb(pid)?),
         None => None,
     };
     let started = Instant::now();
@@ -939,13 +939,13 @@ async fn bench(args: Args) -> Result<(), String> {
                 .await
                 .map_err(|error| format!("{}: {error}", scenario.name()))?;
             println!("{line}");
-            if !stele::loadgen::checks_passed(&line) {
+            if !stele_bench::checks_passed(&line) {
                 failed_checks.push(format!("{} run {run}", scenario.name()));
             }
             runs.push(line);
         }
         if args.repeat > 1
-            && let Some(median) = stele::loadgen::median_run(&runs)
+            && let Some(median) = stele_bench::median_run(&runs)
         {
             println!("{median}");
         }

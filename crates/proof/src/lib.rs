@@ -1,0 +1,925 @@
+//! Fuzz target bodies (crate `stele-proof`), shared by the cargo-fuzz crate (`fuzz/`) and the corpus
+//! replay test (`tests/fuzz_corpus.rs`), so that both run the same code.
+//!
+//! Every function takes arbitrary bytes and must never panic: a panic is a bug,
+//! either in the engine (bad input reached an `assert!` or an index out of
+//! bounds) or a broken property asserted here (roundtrip stability, recovery
+//! idempotence, the model of acknowledged appends). Per-input work is kept small
+//! (tiny topics, small segments) so that fuzzing gets many executions a second.
+//!
+//! `journal_records` and `dedup_run` still live in the engine (`stele_engine::fuzzing`),
+//! which they reach inside of; they are re-exported here so every target has one home.
+#![allow(missing_docs)]
+#![deny(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use stele_engine::Log;
+use stele_engine::config::{Durability, LogOptions, ManualClock, TopicOptions};
+use stele_engine::error::{Error, ErrorKind};
+use stele_engine::event::{Event, ExpectedSequence, Offset, PartitionId, RecordedEvent};
+use stele_engine::format::{checkpoint, envelope, index, record, segment};
+use stele_engine::io::FaultyStorage;
+use stele_engine::limits;
+
+pub use stele_engine::fuzzing::{dedup_run, journal_records};
+
+/// A scratch directory removed on drop; under /dev/shm when there is one.
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// A new empty directory, or `None` when the file system refuses one (an
+    /// environment problem, not a finding).
+    pub fn new() -> Option<Scratch> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let path = base.join(format!(
+            "stele-fuzz-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).ok()?;
+        Some(Scratch { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Storage errors that fuzzed bytes may legitimately cause.
+fn is_bad_bytes(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::Corruption | ErrorKind::Inconsistent)
+}
+
+/// Reads a little-endian `u32` at `at`, if the bytes are there.
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let slice = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([slice[0], slice[1], slice[2], slice[3]]))
+}
+
+/// Rewrites the CRC of every record frame laid end to end in `bytes`, so that a
+/// fuzzer, which cannot forge CRC-32C, reaches the checks behind it.
+fn fix_record_crcs(bytes: &mut [u8]) {
+    let mut at = 0usize;
+    // Bounded: every round moves past at least one frame header.
+    while let Some(frame_len) = u32_at(bytes, at) {
+        let end = at
+            .saturating_add(4)
+            .saturating_add(frame_len as usize)
+            .min(bytes.len());
+        if end < at + 8 {
+            return;
+        }
+        let checksum = stele_engine::format::crc(&bytes[at + 8..end]);
+        bytes[at + 4..at + 8].copy_from_slice(&checksum.to_le_bytes());
+        at = end;
+    }
+}
+
+/// Rewrites an envelope's body CRC (over the body its length claims, cut at the
+/// input's end) and header CRC.
+fn fix_envelope_crcs(bytes: &mut [u8]) {
+    if bytes.len() < envelope::ENVELOPE_HEADER_LEN {
+        return;
+    }
+    let mut body_len = [0u8; 8];
+    body_len.copy_from_slice(&bytes[12..20]);
+    let body_len = u64::from_le_bytes(body_len);
+    let end = (envelope::ENVELOPE_HEADER_LEN as u64)
+        .saturating_add(body_len)
+        .min(bytes.len() as u64) as usize;
+    let body_crc = stele_engine::format::crc(&bytes[envelope::ENVELOPE_HEADER_LEN..end]);
+    bytes[20..24].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = stele_engine::format::crc(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&header_crc.to_le_bytes());
+}
+
+/// Runs `check` on the input as it is, then on a copy whose CRCs `fix` rewrote.
+fn raw_and_fixed(data: &[u8], fix: fn(&mut [u8]), check: fn(&[u8])) {
+    check(data);
+    let mut fixed = data.to_vec();
+    fix(&mut fixed);
+    if fixed != data {
+        check(&fixed);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pure decoders.
+// ---------------------------------------------------------------------------
+
+/// A record frame: decode never panics; a decoded frame re-encodes to a frame
+/// that decodes to the same value, and the peek functions agree with decode.
+pub fn decode_record(data: &[u8]) {
+    raw_and_fixed(data, fix_record_crcs, decode_record_once);
+}
+
+fn decode_record_once(data: &[u8]) {
+    let peeked = record::peek(data);
+    let _ = record::peek_summary(data);
+    let _ = record::peek_link(data);
+    let Ok((view, size)) = record::decode(data) else {
+        return;
+    };
+    assert!(
+        size as usize <= data.len(),
+        "frame size {size} past input {}",
+        data.len()
+    );
+    assert_eq!(peeked, Ok((size, view.offset)), "peek disagrees with decode");
+    let headers: Result<Vec<(String, Vec<u8>)>, _> = record::headers(view.headers)
+        .map(|header| header.map(|(name, value)| (name.to_string(), value.to_vec())))
+        .collect();
+    let headers = match headers {
+        Ok(headers) => headers,
+        Err(error) => panic!("headers of a decoded record fail to iterate: {error}"),
+    };
+    let mut buf = Vec::new();
+    record::encode(&mut buf, &view, &headers);
+    assert_eq!(buf.len() as u64, size, "re-encoded frame size");
+    match record::decode(&buf) {
+        Ok((again, again_size)) => {
+            assert_eq!(again, view, "record roundtrip");
+            assert_eq!(again_size, size);
+        }
+        Err(error) => panic!("re-encoded record fails to decode: {error}"),
+    }
+}
+
+/// A segment header: decode never panics and roundtrips.
+pub fn decode_segment_header(data: &[u8]) {
+    raw_and_fixed(
+        data,
+        |bytes| {
+            if bytes.len() >= segment::SEGMENT_HEADER_LEN {
+                let checksum = stele_engine::format::crc(&bytes[..segment::SEGMENT_HEADER_LEN - 4]);
+                bytes[segment::SEGMENT_HEADER_LEN - 4..segment::SEGMENT_HEADER_LEN]
+                    .copy_from_slice(&checksum.to_le_bytes());
+            }
+        },
+        decode_segment_header_once,
+    );
+}
+
+fn decode_segment_header_once(data: &[u8]) {
+    let Ok(header) = segment::decode(data) else {
+        return;
+    };
+    let bytes = segment::encode(&header);
+    assert_eq!(segment::decode(&bytes), Ok(header), "segment header roundtrip");
+}
+
+/// An index file: decode never panics and roundtrips.
+pub fn decode_index(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_index_once);
+}
+
+fn decode_index_once(data: &[u8]) {
+    let Ok(decoded) = index::decode(data, limits::SEGMENT_SIZE_BYTES_MAX) else {
+        return;
+    };
+    let bytes = index::encode(&decoded);
+    assert_eq!(
+        index::decode(&bytes, limits::SEGMENT_SIZE_BYTES_MAX),
+        Ok(decoded),
+        "index roundtrip"
+    );
+}
+
+/// A checkpoint file: decode never panics and roundtrips.
+pub fn decode_checkpoint(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_checkpoint_once);
+}
+
+fn decode_checkpoint_once(data: &[u8]) {
+    let Ok(decoded) = checkpoint::decode(data) else {
+        return;
+    };
+    let bytes = checkpoint::encode(&decoded);
+    assert_eq!(checkpoint::decode(&bytes), Ok(decoded), "checkpoint roundtrip");
+}
+
+/// A `topic.meta` file: decode never panics and roundtrips.
+pub fn decode_topic_meta(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_topic_meta_once);
+}
+
+fn decode_topic_meta_once(data: &[u8]) {
+    let Ok((name, options)) = stele_engine::config::decode_topic_meta(data) else {
+        return;
+    };
+    let bytes = stele_engine::config::encode_topic_meta(&name, &options);
+    assert_eq!(
+        stele_engine::config::decode_topic_meta(&bytes),
+        Ok((name, options)),
+        "topic meta roundtrip"
+    );
+}
+
+/// An envelope, under its own magic and version and under every known magic:
+/// decode never panics and roundtrips.
+pub fn decode_envelope(data: &[u8]) {
+    raw_and_fixed(data, fix_envelope_crcs, decode_envelope_once);
+}
+
+fn decode_envelope_once(data: &[u8]) {
+    let own_magic: Option<[u8; 8]> = data.get(..8).and_then(|magic| magic.try_into().ok());
+    let own_version = data
+        .get(8..10)
+        .map_or(1, |bytes| u16::from_le_bytes([bytes[0], bytes[1]]));
+    let known: [&[u8; 8]; 4] = [
+        checkpoint::CHECKPOINT_MAGIC,
+        index::INDEX_MAGIC,
+        stele_engine::config::TOPIC_META_MAGIC,
+        segment::SEGMENT_MAGIC,
+    ];
+    let mut magics: Vec<[u8; 8]> = known.iter().map(|magic| **magic).collect();
+    magics.extend(own_magic);
+    for magic in &magics {
+        for body_len_max in [data.len() as u64, u64::MAX] {
+            let Ok((version, body)) = envelope::decode(data, magic, &[own_version, 1], body_len_max) else {
+                continue;
+            };
+            let bytes = envelope::encode(magic, version, body);
+            assert_eq!(
+                envelope::decode(&bytes, magic, &[version], body.len() as u64),
+                Ok((version, body)),
+                "envelope roundtrip"
+            );
+        }
+    }
+}
+
+fn small_topic() -> TopicOptions {
+    TopicOptions::default()
+        .partitions(1)
+        .segment_size_bytes_max(limits::SEGMENT_SIZE_BYTES_MIN)
+}
+
+/// Every retained record of partition 0, checking contiguous offsets.
+fn read_all(topic: &stele_engine::Topic, partition: PartitionId) -> (Offset, Offset, Vec<RecordedEvent>) {
+    let info = topic
+        .partition_infos()
+        .into_iter()
+        .find(|info| info.partition == partition);
+    let Some(info) = info else {
+        panic!("partition {} has no info", partition.0);
+    };
+    let (earliest, high_watermark) = (info.earliest, info.high_watermark);
+    assert!(
+        earliest <= high_watermark,
+        "earliest {earliest:?} past {high_watermark:?}"
+    );
+    let mut events = Vec::new();
+    let mut next = earliest;
+    // Bounded: every round reads at least one event or stops.
+    while next < high_watermark {
+        let batch = match topic.read(partition, next, limits::READ_EVENTS_COUNT_MAX, u64::MAX) {
+            Ok(batch) => batch,
+            Err(error) => panic!("reading recovered records at {next:?}: {error}"),
+        };
+        assert!(
+            !batch.is_empty(),
+            "empty read at {next:?} below {high_watermark:?}"
+        );
+        for event in batch {
+            assert_eq!(event.offset, next, "offsets not contiguous");
+            next = next.next();
+            events.push(event);
+        }
+    }
+    assert_eq!(next, high_watermark);
+    (earliest, high_watermark, events)
+}
+
+/// Arbitrary bytes as the active segment of a one-partition topic: open returns
+/// Ok or Corruption / Inconsistent; after Ok every record reads back with
+/// contiguous offsets, and a second open recovers the same records.
+///
+/// `data[0]` bit 0: prefix a valid segment header; bit 1: remove the checkpoint
+/// and dedup runs written at close, so recovery scans from the start; bit 2:
+/// rewrite the CRC of every frame laid end to end after the header.
+pub fn recover_segment(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Some(scratch) = Scratch::new() else {
+        return;
+    };
+    let options = || LogOptions::default().housekeeping_interval(Duration::from_secs(3600));
+    {
+        let Ok(log) = Log::open(scratch.path(), options()) else {
+            return;
+        };
+        if log.create_topic("t", small_topic()).is_err() {
+            return;
+        }
+        if log.close().is_err() {
+            return;
+        }
+    }
+    let partition_dir = scratch.path().join("topics").join("t").join("p00000");
+    let mut bytes = Vec::new();
+    if mode & 1 != 0 {
+        bytes.extend_from_slice(&segment::encode(&segment::SegmentHeader {
+            partition: PartitionId(0),
+            base_offset: Offset(0),
+            created_ms: 1_700_000_000_000,
+        }));
+    }
+    let records_start = bytes.len();
+    bytes.extend_from_slice(rest);
+    if mode & 4 != 0 {
+        fix_record_crcs(&mut bytes[records_start..]);
+    }
+    if std::fs::write(partition_dir.join(format!("{:020}.log", 0)), &bytes).is_err() {
+        return;
+    }
+    if mode & 2 != 0 {
+        let _ = std::fs::remove_file(partition_dir.join("checkpoint"));
+        let _ = std::fs::remove_dir_all(partition_dir.join("dedup"));
+    }
+    let first = match Log::open(scratch.path(), options()) {
+        Ok(log) => log,
+        Err(error) => {
+            assert!(is_bad_bytes(error.kind()), "recovery: {error}");
+            return;
+        }
+    };
+    let recovered = match first.topic("t") {
+        Ok(topic) => read_all(&topic, PartitionId(0)),
+        Err(error) => panic!("the topic is gone after recovery: {error}"),
+    };
+    if let Err(error) = first.close() {
+        panic!("close after recovery: {error}");
+    }
+    drop(first);
+    let second = match Log::open(scratch.path(), options()) {
+        Ok(log) => log,
+        Err(error) => panic!("recovery is not idempotent: second open fails: {error}"),
+    };
+    let again = match second.topic("t") {
+        Ok(topic) => read_all(&topic, PartitionId(0)),
+        Err(error) => panic!("the topic is gone after the second recovery: {error}"),
+    };
+    assert_eq!(again.1, recovered.1, "high watermark differs between recoveries");
+    assert_eq!(again, recovered, "records differ between recoveries");
+}
+
+// ---------------------------------------------------------------------------
+// The gRPC service.
+// ---------------------------------------------------------------------------
+
+/// Arbitrary bytes decoded as a request message (`data[0]` picks the type) and
+/// fed to the real service over a temporary engine: the result is Ok or a status
+/// with a clear code (never INTERNAL, UNKNOWN or DATA_LOSS), and a rejected
+/// append writes nothing.
+pub fn grpc_requests(data: &[u8]) {
+    use prost::Message;
+    use stele_wire::proto;
+    use stele_wire::proto::stele_server::Stele;
+    use tonic::{Code, Request};
+
+    let Some((&kind, message)) = data.split_first() else {
+        return;
+    };
+    let Some(scratch) = Scratch::new() else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    let options = LogOptions::default().housekeeping_interval(Duration::from_secs(3600));
+    let Ok(log) = Log::open(scratch.path(), options) else {
+        return;
+    };
+    let log = Arc::new(log);
+    let Ok(topic) = log.create_topic("t", small_topic().partitions(2)) else {
+        return;
+    };
+    if topic
+        .append(
+            "k",
+            ExpectedSequence::NoEvents,
+            vec![Event::new("e", b"x".to_vec())],
+        )
+        .is_err()
+    {
+        return;
+    }
+    let backend = stele_server::EngineBackend::new(Arc::clone(&log), small_topic(), true);
+    let (closing_sender, closing) = tokio::sync::watch::channel(false);
+    let service = stele_server::SteleService::new(Arc::new(backend), closing);
+    let total_high_watermark = |log: &Log| -> u64 {
+        log.topics()
+            .iter()
+            .filter_map(|name| log.topic(name).ok())
+            .flat_map(|topic| topic.partition_infos())
+            .map(|info| info.high_watermark.0)
+            .sum()
+    };
+    let check = |what: &str, status: &tonic::Status| {
+        assert!(
+            !matches!(status.code(), Code::Internal | Code::Unknown | Code::DataLoss),
+            "{what}: bad input got {:?}: {}",
+            status.code(),
+            status.message()
+        );
+    };
+    let before = total_high_watermark(&log);
+    runtime.block_on(async {
+        match kind % 7 {
+            0 => {
+                let Ok(request) = proto::AppendRequest::decode(message) else {
+                    return;
+                };
+                let events = request.events.len() as u64;
+                match service.append(Request::new(request)).await {
+                    Ok(response) => {
+                        let result = response.into_inner().result;
+                        let written = match result {
+                            Some(result) if result.duplicate => 0,
+                            Some(_) => events,
+                            None => panic!("an append answered Ok without a result"),
+                        };
+                        assert_eq!(
+                            total_high_watermark(&log),
+                            before + written,
+                            "append wrote a wrong count"
+                        );
+                    }
+                    Err(status) => {
+                        check("append", &status);
+                        assert_eq!(total_high_watermark(&log), before, "a rejected append wrote");
+                    }
+                }
+            }
+            1 => {
+                let Ok(request) = proto::AppendBatchRequest::decode(message) else {
+                    return;
+                };
+                let counts: Vec<u64> = request
+                    .appends
+                    .iter()
+                    .map(|append| append.events.len() as u64)
+                    .collect();
+                match service.append_batch(Request::new(request)).await {
+                    Ok(response) => {
+                        let outcomes = response.into_inner().outcomes;
+                        assert_eq!(outcomes.len(), counts.len(), "one outcome per append");
+                        let mut written = 0;
+                        for (outcome, count) in outcomes.iter().zip(&counts) {
+                            match &outcome.outcome {
+                                Some(proto::batch_append_outcome::Outcome::Result(result)) => {
+                                    if !result.duplicate {
+                                        written += count;
+                                    }
+                                }
+                                Some(proto::batch_append_outcome::Outcome::Error(detail)) => {
+                                    assert!(!detail.message.is_empty(), "an error outcome without a message");
+                                }
+                                None => panic!("an empty batch outcome"),
+                            }
+                        }
+                        assert_eq!(
+                            total_high_watermark(&log),
+                            before + written,
+                            "batch wrote a wrong count"
+                        );
+                    }
+                    Err(status) => {
+                        check("append batch", &status);
+                        assert_eq!(total_high_watermark(&log), before, "a rejected batch wrote");
+                    }
+                }
+            }
+            2 => {
+                let Ok(request) = proto::ReadRequest::decode(message) else {
+                    return;
+                };
+                if let Err(status) = service.read(Request::new(request)).await {
+                    check("read", &status);
+                }
+            }
+            3 => {
+                let Ok(request) = proto::ReadKeyRequest::decode(message) else {
+                    return;
+                };
+                if let Err(status) = service.read_key(Request::new(request)).await {
+                    check("read key", &status);
+                }
+            }
+            4 => {
+                let Ok(request) = proto::SubscribeRequest::decode(message) else {
+                    return;
+                };
+                match service.subscribe(Request::new(request)).await {
+                    Ok(response) => {
+                        use tokio_stream::StreamExt;
+                        let mut stream = response.into_inner();
+                        for _ in 0..4 {
+                            match tokio::time::timeout(Duration::from_millis(2), stream.next()).await {
+                                Ok(Some(Err(status))) => {
+                                    check("subscribe stream", &status);
+                                    break;
+                                }
+                                Ok(Some(Ok(_))) => {}
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(status) => check("subscribe", &status),
+                }
+            }
+            5 => {
+                let Ok(request) = proto::CommitCursorRequest::decode(message) else {
+                    return;
+                };
+                if let Err(status) = service.commit_cursor(Request::new(request)).await {
+                    check("commit cursor", &status);
+                }
+                assert_eq!(total_high_watermark(&log), before, "a cursor commit wrote events");
+            }
+            _ => {
+                let Ok(mut request) = proto::CreateTopicRequest::decode(message) else {
+                    return;
+                };
+                // Keep per-input work small: a topic of thousands of partitions
+                // is a valid request but costs thousands of threads.
+                if let Some(settings) = request.settings.as_mut() {
+                    settings.partitions = settings.partitions.min(4);
+                }
+                if let Err(status) = service.create_topic(Request::new(request)).await {
+                    check("create topic", &status);
+                }
+                assert_eq!(
+                    total_high_watermark(&log),
+                    before,
+                    "creating a topic wrote events"
+                );
+            }
+        }
+    });
+    // End subscriptions, then stop whatever tasks they left behind.
+    let _ = closing_sender.send(true);
+    drop(service);
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    drop(topic);
+    let _ = log.close();
+}
+
+// ---------------------------------------------------------------------------
+// Engine operations against a model.
+// ---------------------------------------------------------------------------
+
+const MODEL_KEYS: [&str; 3] = ["a", "b", "c"];
+const MODEL_WINDOW_MS: u64 = 10_000;
+const MODEL_START_MS: i64 = 1_700_000_000_000;
+
+#[derive(Debug, Clone, PartialEq)]
+struct ModelRecord {
+    key: Vec<u8>,
+    sequence: u64,
+    payload: Vec<u8>,
+}
+
+/// A byte reader that yields zeros past the end.
+struct Bytes<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Bytes<'_> {
+    fn next(&mut self) -> u8 {
+        let byte = self.data.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        byte
+    }
+    fn done(&self) -> bool {
+        self.at >= self.data.len()
+    }
+}
+
+struct Engine {
+    log: Log,
+    topic: stele_engine::Topic,
+}
+
+fn open_engine(dir: &Path, storage: &FaultyStorage, clock: &Arc<ManualClock>, create: bool) -> Engine {
+    let options = LogOptions::default()
+        .storage(Arc::new(storage.clone()))
+        .clock(Arc::clone(clock) as Arc<dyn stele_engine::Clock>)
+        .housekeeping_interval(Duration::from_secs(3600));
+    let log = match Log::open(dir, options) {
+        Ok(log) => log,
+        Err(error) => panic!("opening the model's log: {error}"),
+    };
+    let topic = if create {
+        log.create_topic(
+            "m",
+            TopicOptions::default()
+                .partitions(2)
+                .durability(Durability::Always)
+                .segment_size_bytes_max(limits::SEGMENT_SIZE_BYTES_MIN)
+                .retention_bytes(Some(2 * limits::SEGMENT_SIZE_BYTES_MIN))
+                .dedup_window_ms(MODEL_WINDOW_MS),
+        )
+    } else {
+        log.topic("m")
+    };
+    match topic {
+        Ok(topic) => Engine { log, topic },
+        Err(error) => panic!("the model's topic: {error}"),
+    }
+}
+
+/// Checks every partition against the model: high watermarks, and every
+/// retained record (key, sequence, payload) at its offset.
+fn check_model(topic: &stele_engine::Topic, partitions: &[Vec<ModelRecord>], earliest: &mut [Offset]) {
+    for (index, records) in partitions.iter().enumerate() {
+        let partition = PartitionId(index as u32);
+        let (first, high_watermark, events) = read_all(topic, partition);
+        assert_eq!(
+            high_watermark.0,
+            records.len() as u64,
+            "partition {index}: high watermark"
+        );
+        assert!(first >= earliest[index], "partition {index}: earliest moved back");
+        earliest[index] = first;
+        for event in events {
+            let Some(expected) = records.get(event.offset.0 as usize) else {
+                panic!("partition {index}: record past the model at {:?}", event.offset);
+            };
+            assert_eq!(
+                event.key, expected.key,
+                "partition {index} offset {:?}: key",
+                event.offset
+            );
+            assert_eq!(
+                event.sequence, expected.sequence,
+                "offset {:?}: sequence",
+                event.offset
+            );
+            assert_eq!(
+                event.payload, expected.payload,
+                "offset {:?}: payload",
+                event.offset
+            );
+        }
+    }
+}
+
+/// Interprets the bytes as engine operations (appends with expected sequences
+/// and idempotency ids, retries, reopen, simulated crash, retention, cursor
+/// commits, clock moves), checked against a model after every step: every
+/// acknowledged append is present, per-key sequences are dense, rejected
+/// appends write nothing.
+pub fn engine_ops(data: &[u8]) {
+    let Some(scratch) = Scratch::new() else {
+        return;
+    };
+    let storage = FaultyStorage::new();
+    let clock = Arc::new(ManualClock::new(MODEL_START_MS));
+    let mut engine = Some(open_engine(scratch.path(), &storage, &clock, true));
+    let mut partitions: Vec<Vec<ModelRecord>> = vec![Vec::new(), Vec::new()];
+    let mut earliest = vec![Offset(0); 2];
+    let mut sequences: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut cursor: Vec<Offset> = vec![Offset(0); 2];
+    let mut next_id = 0u64;
+    // The last acknowledged new append, for retries: (key, expected, events, ack).
+    let mut last: Option<(Vec<u8>, ExpectedSequence, Vec<Event>, stele_engine::AppendAck)> = None;
+    // Whether the last append's events were also appended to another key.
+    let mut copied = false;
+    let mut bytes = Bytes { data, at: 0 };
+    let mut steps = 0;
+    while !bytes.done() && steps < 48 {
+        steps += 1;
+        let Some(current) = engine.as_ref() else {
+            panic!("the model lost its engine");
+        };
+        let topic = &current.topic;
+        let op = bytes.next();
+        match op % 8 {
+            0..=2 => {
+                let key = MODEL_KEYS[(bytes.next() % 3) as usize].as_bytes().to_vec();
+                let shape = bytes.next();
+                let partition = topic.partition_for(&key).0 as usize;
+                let actual = sequences.get(&key).copied();
+                let expected = match shape % 5 {
+                    0 => ExpectedSequence::Any,
+                    1 => ExpectedSequence::NoEvents,
+                    2 | 3 => actual.map_or(ExpectedSequence::NoEvents, ExpectedSequence::Exact),
+                    _ => ExpectedSequence::Exact(u64::from(shape >> 5)),
+                };
+                let count = 1 + (shape >> 3) % 3;
+                let big = shape & 0x80 != 0;
+                let events: Vec<Event> = (0..count)
+                    .map(|_| {
+                        next_id += 1;
+                        let payload = if big {
+                            vec![b'p'; 1500]
+                        } else {
+                            next_id.to_le_bytes().to_vec()
+                        };
+                        let event = Event::new("e", payload);
+                        if shape & 0x40 != 0 {
+                            event.with_idempotency_id(format!("id-{next_id}"))
+                        } else {
+                            event
+                        }
+                    })
+                    .collect();
+                let matches = match expected {
+                    ExpectedSequence::Any => true,
+                    ExpectedSequence::NoEvents => actual.is_none(),
+                    ExpectedSequence::Exact(sequence) => actual == Some(sequence),
+                };
+                let result = topic.append(key.clone(), expected, events.clone());
+                match (matches, result) {
+                    (true, Ok(ack)) => {
+                        assert!(!ack.duplicate, "a fresh append reported as a duplicate");
+                        let first = actual.map_or(0, |sequence| sequence + 1);
+                        assert_eq!(ack.first_sequence, first, "first sequence");
+                        assert_eq!(ack.last_sequence, first + u64::from(count) - 1, "last sequence");
+                        assert_eq!(
+                            ack.first_offset.0,
+                            partitions[partition].len() as u64,
+                            "first offset"
+                        );
+                        for (at, event) in events.iter().enumerate() {
+                            partitions[partition].push(ModelRecord {
+                                key: key.clone(),
+                                sequence: first + at as u64,
+                                payload: event.payload.clone(),
+                            });
+                        }
+                        sequences.insert(key.clone(), ack.last_sequence);
+                        last = (shape & 0x40 != 0).then_some((key, expected, events, ack));
+                        copied = false;
+                    }
+                    (false, Err(error)) => {
+                        assert_eq!(error.kind(), ErrorKind::WrongExpectedSequence, "{error}");
+                    }
+                    (true, Err(error)) => panic!("a valid append failed: {error}"),
+                    (false, Ok(ack)) => panic!("an append with a wrong expected sequence succeeded: {ack:?}"),
+                }
+            }
+            3 => {
+                // Retry the last append with ids: it is recognised, nothing is written.
+                // Only within the dedup window (less a margin): later, a retry is new.
+                let now_ms = stele_engine::Clock::now_ms(clock.as_ref());
+                if last
+                    .as_ref()
+                    .is_some_and(|(_, _, _, ack)| now_ms - ack.timestamp_ms >= MODEL_WINDOW_MS as i64 - 1_000)
+                {
+                    last = None;
+                }
+                if let Some((key, expected, events, ack)) = &last {
+                    match topic.append(key.clone(), *expected, events.clone()) {
+                        Ok(retry) => {
+                            assert!(retry.duplicate, "a retry within the window was appended again");
+                            assert_eq!(retry.first_offset, ack.first_offset, "retry offset");
+                            assert_eq!(retry.first_sequence, ack.first_sequence, "retry sequence");
+                        }
+                        Err(error) => panic!("a retry failed: {error}"),
+                    }
+                    // The same ids with another payload on the same key: refused,
+                    // naming the original; nothing is written (`check_model`).
+                    let mut changed = events.clone();
+                    changed[0].payload.push(b'!');
+                    match topic.append(key.clone(), ExpectedSequence::Any, changed) {
+                        Err(Error::IdempotencyIdReused { index, offset, .. }) => {
+                            assert_eq!(index, 0, "reused id index");
+                            assert_eq!(offset, ack.first_offset, "reused id original offset");
+                        }
+                        other => panic!("an id reused with other content: {other:?}"),
+                    }
+                    // The same ids on another key are that key's own new events.
+                    if !copied {
+                        copied = true;
+                        let index = MODEL_KEYS
+                            .iter()
+                            .position(|candidate| candidate.as_bytes() == key.as_slice())
+                            .expect("a model key");
+                        let other = MODEL_KEYS[(index + 1) % MODEL_KEYS.len()].as_bytes().to_vec();
+                        let partition = topic.partition_for(&other).0 as usize;
+                        let first = sequences.get(&other).map_or(0, |sequence| sequence + 1);
+                        match topic.append(other.clone(), ExpectedSequence::Any, events.clone()) {
+                            Ok(stored) => {
+                                assert!(!stored.duplicate, "another key's event reported as a duplicate");
+                                assert_eq!(stored.first_sequence, first, "other key's first sequence");
+                                assert_eq!(
+                                    stored.first_offset.0,
+                                    partitions[partition].len() as u64,
+                                    "other key's first offset"
+                                );
+                                for (at, event) in events.iter().enumerate() {
+                                    partitions[partition].push(ModelRecord {
+                                        key: other.clone(),
+                                        sequence: first + at as u64,
+                                        payload: event.payload.clone(),
+                                    });
+                                }
+                                sequences.insert(other, stored.last_sequence);
+                            }
+                            Err(error) => panic!("the same ids on another key failed: {error}"),
+                        }
+                    }
+                }
+            }
+            4 => {
+                let Some(current) = engine.take() else {
+                    panic!("the model lost its engine");
+                };
+                if let Err(error) = current.log.close() {
+                    panic!("close: {error}");
+                }
+                drop(current);
+                engine = Some(open_engine(scratch.path(), &storage, &clock, false));
+            }
+            5 => {
+                let seed = u64::from(bytes.next());
+                drop(engine.take());
+                if let Err(error) = storage.crash(seed) {
+                    panic!("simulated crash: {error}");
+                }
+                engine = Some(open_engine(scratch.path(), &storage, &clock, false));
+            }
+            6 => {
+                if let Err(error) = topic.enforce_retention() {
+                    panic!("retention: {error}");
+                }
+                // A retried append whose record retention removed may be appended again.
+                last = None;
+            }
+            _ => {
+                let choice = bytes.next();
+                if choice & 0x80 != 0 {
+                    clock.advance(i64::from(choice & 0x3f) * 100);
+                } else {
+                    let index = (choice & 1) as usize;
+                    let high_watermark = Offset(partitions[index].len() as u64);
+                    let ahead = choice & 2 != 0;
+                    let target = if ahead {
+                        Offset(high_watermark.0 + 1)
+                    } else {
+                        Offset(high_watermark.0.saturating_sub(u64::from(choice >> 2 & 3)))
+                    };
+                    let result = topic.commit_cursor("c", &[(PartitionId(index as u32), target)], true);
+                    match (ahead, result) {
+                        (false, Ok(())) => cursor[index] = target,
+                        (true, Err(error)) => {
+                            assert_eq!(error.kind(), ErrorKind::CursorAheadOfHighWatermark, "{error}");
+                        }
+                        (false, Err(error)) => panic!("a valid cursor commit failed: {error}"),
+                        (true, Ok(())) => panic!("a cursor commit past the high watermark succeeded"),
+                    }
+                }
+            }
+        }
+        let Some(current) = engine.as_ref() else {
+            panic!("the model lost its engine");
+        };
+        check_model(&current.topic, &partitions, &mut earliest);
+        if matches!(op % 8, 4 | 5) {
+            match current.topic.cursor("c") {
+                Ok(positions) => {
+                    for (index, position) in positions.iter().enumerate() {
+                        let committed = position.committed.unwrap_or(Offset(0));
+                        assert_eq!(
+                            committed, cursor[index],
+                            "cursor of partition {index} after reopen"
+                        );
+                    }
+                }
+                Err(error) => assert_eq!(error.kind(), ErrorKind::CursorNotFound, "{error}"),
+            }
+            for (key, sequence) in &sequences {
+                match current.topic.key_sequence(key) {
+                    Ok(found) => assert_eq!(found, Some(*sequence), "key sequence after reopen"),
+                    Err(error) => panic!("key sequence: {error}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The Stele gRPC server: the service, subscriptions, webhook delivery and metrics
+//! over a [`Backend`] (the embedded engine today).
+//!
+//! [`RunningServer::start`] serves `stele.v1.Stele`, gRPC health and server
+//! reflection (v1 and v1alpha) on a TCP listener, and with
+//! [`ServerConfig::metrics_listen`] Prometheus metrics on a second one
+//! ([`metrics`]); every backend call goes through [`metrics::MeteredBackend`].
+//! Shutdown stops the metrics listener, stops accepting,
+//! ends subscriptions and append sessions after their in-flight work, lets
+//! in-flight calls finish, then closes the log (sync, checkpoint).
+
+pub mod backend;
+pub mod metrics;
+mod service;
+mod subscription;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use backend::{Backend, EngineBackend};
+pub use service::SteleService;
+
+use stele_engine::Log;
+use stele_engine::config::{LogOptions, TopicOptions};
+use stele_engine::error::{Error, Result};
+use stele_wire::proto;
+
+/// The port `stele serve` listens on by default.
+pub const PORT_DEFAULT: u16 = 7077;
+pub use stele_wire::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MESSAGE_SIZE_BYTES_MAX};
+
+/// What a server needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Create unknown topics on first append (with `default_topic`).
+    pub auto_create_topics: bool,
+    /// Options of topics created without explicit settings.
+    pub default_topic: TopicOptions,
+    /// Address of the Prometheus `/metrics` endpoint; `None` (the default)
+    /// serves no metrics. Port 0 picks a free port.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Webhook delivery: the SSRF allow-list, concurrency and default timeout.
+    pub webhooks: webhook::WebhookConfig,
+}
+
+impl ServerConfig {
+    /// Defaults: `./stele-data`, `127.0.0.1:7077`, auto-create on.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)),
+            auto_create_topics: true,
+            default_topic: TopicOptions::default(),
+            metrics_listen: None,
+            webhooks: webhook::WebhookConfig::default(),
+        }
+    }
+}
+
+/// A server running on a tokio runtime.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    log: Arc<Log>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    metrics: Arc<metrics::ServerMetrics>,
+    metrics_endpoint: Option<metrics::MetricsEndpoint>,
+    webhooks: Arc<webhook::Dispatcher>,
+}
+
+impl RunningServer {
+    /// Opens the data directory and starts serving. Must be called within a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process has the directory; I/O errors for
+    /// the directory or the listener.
+    pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+        let log = Arc::new(Log::open(&config.data_dir, LogOptions::default())?);
+        RunningServer::start_with_log(log, config).await
+    }
+
+    /// Starts serving an already open log.
+    ///
+    /// # Errors
+    /// I/O errors binding the listener.
+    pub async fn start_with_log(log: Arc<Log>, config: ServerConfig) -> Result<RunningServer> {
+        RunningServer::start_observed(log, config, None).await
+    }
+
+    /// Starts serving an already open log, reporting webhook deliveries to
+    /// `observer` as well as to the server's metrics.
+    ///
+    /// # Errors
+    /// I/O errors binding the listener or opening the webhook store.
+    pub async fn start_with_observer(
+        log: Arc<Log>,
+        config: ServerConfig,
+        observer: Arc<dyn webhook::DeliveryObserver>,
+    ) -> Result<RunningServer> {
+        RunningServer::start_observed(log, config, Some(observer)).await
+    }
+
+    async fn start_observed(
+        log: Arc<Log>,
+        config: ServerConfig,
+        extra_observer: Option<Arc<dyn webhook::DeliveryObserver>>,
+    ) -> Result<RunningServer> {
+        config.default_topic.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| Error::io("bind listener", config.listen.to_string(), error))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|error| Error::io("read listener address", config.listen.to_string(), error))?;
+        let backend: Arc<dyn Backend> = Arc::new(EngineBackend::new(
+            Arc::clone(&log),
+            config.default_topic.clone(),
+            config.auto_create_topics,
+        ));
+        let metrics = Arc::new(metrics::ServerMetrics::new(
+            Arc::clone(&backend),
+            Some(Arc::clone(&log)),
+        ));
+        metrics.count_recovery_damage(&log);
+        let backend: Arc<dyn Backend> = Arc::new(metrics::MeteredBackend::new(backend, Arc::clone(&metrics)));
+        let metrics_endpoint = match config.metrics_listen {
+            Some(listen) => Some(metrics::MetricsEndpoint::start(listen, Arc::clone(&metrics)).await?),
+            None => None,
+        };
+        let (closing_sender, closing) = watch::channel(false);
+        let observer: Arc<dyn webhook::DeliveryObserver> = match extra_observer {
+            None => Arc::clone(&metrics) as Arc<dyn webhook::DeliveryObserver>,
+            Some(extra) => Arc::new(webhook::Observers(vec![metrics.clone(), extra])),
+        };
+        let webhooks =
+            webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
+        let service = SteleService::new(backend, closing).with_webhooks(Arc::clone(&webhooks));
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<proto::stele_server::SteleServer<SteleService>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|error| Error::Config(format!("reflection: {error}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|error| Error::Config(format!("reflection: {error}")))?;
+        let stele = proto::stele_server::SteleServer::new(service)
+            .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);
+        let stele = MessageLimitStatus { inner: stele };
+        let (stop, stopped) = oneshot::channel::<()>();
+        // Without TCP_NODELAY, a response written in several pieces waits for the
+        // client's delayed ACK (about 40 ms on Linux) before its last piece goes out.
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            if let Ok(stream) = &accepted
+                && let Err(error) = stream.set_nodelay(true)
+            {
+                tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
+            }
+            accepted
+        });
+        let served = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+                // End subscriptions and sessions so that in-flight calls can finish.
+                let _ = closing_sender.send(true);
+            };
+            tonic::transport::Server::builder()
+                .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(stele)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        });
+        tracing::info!(%local_addr, "serving stele.v1");
+        Ok(RunningServer {
+            local_addr,
+            log,
+            stop: Some(stop),
+            served: Some(served),
+            metrics,
+            metrics_endpoint,
+            webhooks,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The log behind the server.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The address of the `/metrics` endpoint, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(metrics::MetricsEndpoint::local_addr)
+    }
+
+    /// The server's metrics (the webhook dispatcher reports into
+    /// [`metrics::ServerMetrics::webhook`]).
+    pub fn metrics(&self) -> &Arc<metrics::ServerMetrics> {
+        &self.metrics
+    }
+
+    /// The webhook dispatcher.
+    pub fn webhooks(&self) -> &Arc<webhook::Dispatcher> {
+        &self.webhooks
+    }
+
+    /// Stops accepting, finishes in-flight calls, then syncs and closes the log.
+    ///
+    /// # Errors
+    /// I/O errors closing the log.
+    pub async fn shutdown(mut self) -> Result<()> {
+        tracing::info!("shutting down: finishing in-flight calls");
+        self.stop_serving().await;
+        self.webhooks.shutdown().await;
+        let closed = self.log.close();
+        tracing::info!("log closed");
+        closed
+    }
+
+    async fn stop_serving(&mut self) {
+        if let Some(endpoint) = self.metrics_endpoint.take() {
+            endpoint.stop().await;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Wraps the generated service so that a unary request rejected by tonic for
+/// its size (OUT_OF_RANGE, before the handler runs) is answered with the
+/// contract's RESOURCE_EXHAUSTED and `MESSAGE_TOO_LARGE` detail instead.
+/// Streaming requests are mapped where their messages are read.
+#[derive(Clone)]
+struct MessageLimitStatus<S> {
+    inner: S,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for MessageLimitStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, RequestBody> tonic::codegen::Service<tonic::codegen::http::Request<RequestBody>>
+    for MessageLimitStatus<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<RequestBody>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = backend::BoxFuture<std::result::Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<RequestBody>) -> Self::Future {
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            // A trailers-only error response carries its status in the headers.
+            if let Some(status) = tonic::Status::from_header_map(response.headers())
+                && status.code() == tonic::Code::OutOfRange
+            {
+                let mapped = stele_wire::status::map_transport_status(status);
+                if mapped.code() != tonic::Code::OutOfRange {
+                    let headers = response.headers_mut();
+                    headers.remove("grpc-status");
+                    headers.remove("grpc-message");
+                    headers.remove("grpc-status-details-bin");
+                    let _ = mapped.add_header(headers);
+                }
+            }
+            Ok(response)
+        })
+    }
+}

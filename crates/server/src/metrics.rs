@@ -1,0 +1,1122 @@
+//! Prometheus metrics of the server: the registry, the append decorator, the
+//! scrape-time collector, the webhook families and the `/metrics` endpoint.
+//!
+//! [`ServerMetrics`] owns one `prometheus_client` registry holding the engine's
+//! families ([`EngineMetrics`](stele_engine::metrics::EngineMetrics)), the server's own (appends, subscriptions,
+//! corruption), the webhook families ([`WebhookMetrics`]) and a
+//! [`Collector`] that reads per-partition and per-cursor figures from the
+//! backend when scraped (no background polling).
+//! [`MeteredBackend`] wraps any [`Backend`], so the gRPC service stays
+//! unaware of metrics and every backend is metered alike.
+//! [`MetricsEndpoint`] serves `GET /metrics` in the Prometheus text format
+//! (version 0.0.4) on its own port.
+//!
+//! Invariant: label values are only topic names, partition numbers, cursor
+//! names, webhook endpoint names and the fixed words of `result`, `outcome` and
+//! `status_class`; nothing a client sends becomes a label unless it names an
+//! existing topic or cursor.
+//! Every family is declared (HELP and TYPE) from the first scrape, with or
+//! without samples.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::backend::{Backend, BoxFuture, TopicDescription};
+use stele_engine::CursorPosition;
+use stele_engine::Log;
+use stele_engine::config::TopicOptions;
+use stele_engine::error::{Error, ErrorKind, Result};
+use stele_engine::event::{
+    AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, RecordedEvent,
+};
+use stele_engine::format::record::RecordView;
+use stele_engine::metrics::{Declared, HistogramFamily, TopicLabels};
+
+/// The path the endpoint serves.
+pub const METRICS_PATH: &str = "/metrics";
+/// The content type of the exposition: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// The `topic` label of appends rejected before a topic was found, so that a
+/// client cannot create label values with made-up names. Parentheses are not
+/// allowed in topic names.
+pub const TOPIC_UNKNOWN: &str = "(unknown)";
+
+/// Upper bounds of the append duration buckets, in seconds: 100 µs to 10 s.
+const APPEND_BUCKETS_SECONDS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Upper bounds of the webhook retry delay buckets, in seconds: 100 ms to 1 h.
+const RETRY_DELAY_BUCKETS_SECONDS: [f64; 12] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// Upper bounds of the webhook delivery latency buckets, in seconds: 5 ms to 1 h.
+const DELIVERY_BUCKETS_SECONDS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// Connections the endpoint serves at once; more wait in the listen backlog.
+const CONNECTIONS_COUNT_MAX: usize = 16;
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listener pauses after a failed accept.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// How long shutdown waits for scrapes in progress.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// What became of one append request, as the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendResult {
+    /// Written.
+    Ok,
+    /// A retry of an append already written; answered with the original ack.
+    Duplicate,
+    /// The key's expected sequence did not match.
+    SequenceConflict,
+    /// The producer was fenced by a newer epoch.
+    Fenced,
+    /// The request was refused as malformed, too large, out of order or for an
+    /// unknown topic or producer: the client must change something.
+    Rejected,
+    /// The server failed: I/O, full disk, poisoned partition, corruption, closed.
+    Error,
+}
+
+impl AppendResult {
+    /// Every result, in declaration order.
+    pub const ALL: [AppendResult; 6] = [
+        AppendResult::Ok,
+        AppendResult::Duplicate,
+        AppendResult::SequenceConflict,
+        AppendResult::Fenced,
+        AppendResult::Rejected,
+        AppendResult::Error,
+    ];
+
+    /// Classifies the outcome of one append request.
+    pub fn of(result: &Result<AppendAck>) -> AppendResult {
+        match result {
+            Ok(ack) if ack.duplicate => AppendResult::Duplicate,
+            Ok(_) => AppendResult::Ok,
+            Err(error) => AppendResult::of_kind(error.kind()),
+        }
+    }
+
+    /// Classifies a failed append by its error kind.
+    pub fn of_kind(kind: ErrorKind) -> AppendResult {
+        match kind {
+            ErrorKind::WrongExpectedSequence => AppendResult::SequenceConflict,
+            ErrorKind::ProducerFenced => AppendResult::Fenced,
+            ErrorKind::InvalidArgument
+            | ErrorKind::LimitExceeded
+            | ErrorKind::TopicNotFound
+            | ErrorKind::TopicExists
+            | ErrorKind::PartialDuplicate
+            | ErrorKind::RepeatedIdempotencyId
+            | ErrorKind::IdempotencyIdReused
+            | ErrorKind::UnknownProducer
+            | ErrorKind::ProducerOutOfOrder
+            | ErrorKind::OffsetOutOfRange
+            | ErrorKind::CursorNotFound
+            | ErrorKind::CursorBackwards
+            | ErrorKind::CursorAheadOfHighWatermark
+            | ErrorKind::WebhookNotFound
+            | ErrorKind::WebhookExists => AppendResult::Rejected,
+            ErrorKind::Io
+            | ErrorKind::DiskFull
+            | ErrorKind::Corruption
+            | ErrorKind::Inconsistent
+            | ErrorKind::Config
+            | ErrorKind::Poisoned
+            | ErrorKind::Locked
+            | ErrorKind::Closed => AppendResult::Error,
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppendResult::Ok => "ok",
+            AppendResult::Duplicate => "duplicate",
+            AppendResult::SequenceConflict => "sequence_conflict",
+            AppendResult::Fenced => "fenced",
+            AppendResult::Rejected => "rejected",
+            AppendResult::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppendLabels {
+    topic: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    endpoint: String,
+    outcome: String,
+    status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CursorLabels {
+    topic: String,
+    cursor: String,
+    partition: u32,
+}
+
+fn append_histogram() -> Histogram {
+    Histogram::new(APPEND_BUCKETS_SECONDS)
+}
+
+fn retry_delay_histogram() -> Histogram {
+    Histogram::new(RETRY_DELAY_BUCKETS_SECONDS)
+}
+
+fn delivery_histogram() -> Histogram {
+    Histogram::new(DELIVERY_BUCKETS_SECONDS)
+}
+
+/// The server's own families about appends, subscriptions and corruption.
+#[derive(Debug, Clone)]
+struct RequestMetrics {
+    append_requests: Family<AppendLabels, Counter>,
+    append_events: Family<AppendLabels, Counter>,
+    append_bytes: Family<AppendLabels, Counter>,
+    append_duration_seconds: HistogramFamily<TopicLabels>,
+    subscriptions_active: Family<TopicLabels, Gauge>,
+    corruption_detected: Family<TopicLabels, Counter>,
+}
+
+impl RequestMetrics {
+    fn new() -> RequestMetrics {
+        RequestMetrics {
+            append_requests: Family::default(),
+            append_events: Family::default(),
+            append_bytes: Family::default(),
+            append_duration_seconds: Family::new_with_constructor(append_histogram),
+            subscriptions_active: Family::default(),
+            corruption_detected: Family::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "stele_append_requests",
+            "Append requests (one key each) by topic and result: ok, duplicate, sequence_conflict, fenced, rejected, error",
+            Declared(self.append_requests.clone()),
+        );
+        registry.register(
+            "stele_append_events",
+            "Events in append requests by topic and result",
+            Declared(self.append_events.clone()),
+        );
+        registry.register(
+            "stele_append_bytes",
+            "Bytes of event types, payloads, headers and idempotency ids in append requests by topic and result",
+            Declared(self.append_bytes.clone()),
+        );
+        registry.register(
+            "stele_append_duration_seconds",
+            "Time from handing an append call to the storage backend to its acknowledgement, one observation per request",
+            Declared(self.append_duration_seconds.clone()),
+        );
+        registry.register(
+            "stele_subscriptions_active",
+            "Open subscriptions by topic",
+            Declared(self.subscriptions_active.clone()),
+        );
+        registry.register(
+            "stele_corruption_detected",
+            "Damaged stored bytes found: files repaired at open (checkpoint or dedup run rebuilt) and corruption errors returned by requests",
+            Declared(self.corruption_detected.clone()),
+        );
+    }
+
+    fn remove_topic(&self, topic: &str) {
+        let labels = TopicLabels::new(topic);
+        for result in AppendResult::ALL {
+            let labels = AppendLabels {
+                topic: topic.to_string(),
+                result: result.as_str(),
+            };
+            self.append_requests.remove(&labels);
+            self.append_events.remove(&labels);
+            self.append_bytes.remove(&labels);
+        }
+        self.append_duration_seconds.remove(&labels);
+        self.corruption_detected.remove(&labels);
+        // The gauge of open subscriptions stays: their guards still decrement it.
+    }
+
+    /// Counts a corruption error in `result`, then returns it.
+    fn watch<T>(&self, topic: &str, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result
+            && error.kind() == ErrorKind::Corruption
+        {
+            self.corruption_detected
+                .get_or_create(&TopicLabels::new(topic))
+                .inc();
+        }
+        result
+    }
+}
+
+/// Per-endpoint webhook delivery metrics. The webhook dispatcher reports
+/// through these methods; endpoint names are the label values.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    deliveries: Family<DeliveryLabels, Counter>,
+    attempts: Family<EndpointLabels, Counter>,
+    retry_delay_seconds: HistogramFamily<EndpointLabels>,
+    delivery_latency_seconds: HistogramFamily<EndpointLabels>,
+    lag_events: Family<EndpointLabels, Gauge>,
+    circuit_state: Family<EndpointLabels, Gauge>,
+    dead_lettered: Family<EndpointLabels, Counter>,
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> WebhookMetrics {
+        WebhookMetrics::new()
+    }
+}
+
+impl WebhookMetrics {
+    /// The circuit state value of a closed circuit (deliveries flow).
+    pub const CIRCUIT_CLOSED: i64 = 0;
+    /// The circuit state value of a half-open circuit (probing).
+    pub const CIRCUIT_HALF_OPEN: i64 = 1;
+    /// The circuit state value of an open circuit (deliveries paused).
+    pub const CIRCUIT_OPEN: i64 = 2;
+
+    /// Empty families.
+    pub fn new() -> WebhookMetrics {
+        WebhookMetrics {
+            deliveries: Family::default(),
+            attempts: Family::default(),
+            retry_delay_seconds: Family::new_with_constructor(retry_delay_histogram),
+            delivery_latency_seconds: Family::new_with_constructor(delivery_histogram),
+            lag_events: Family::default(),
+            circuit_state: Family::default(),
+            dead_lettered: Family::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "stele_webhook_deliveries",
+            "Webhook delivery attempts by endpoint, outcome (success, retry, permanent_failure, dead_lettered) and status class (2xx, 3xx, 4xx, 5xx, timeout, connection)",
+            Declared(self.deliveries.clone()),
+        );
+        registry.register(
+            "stele_webhook_attempts",
+            "HTTP requests made to a webhook endpoint",
+            Declared(self.attempts.clone()),
+        );
+        registry.register(
+            "stele_webhook_retry_delay_seconds",
+            "Delay before each webhook retry",
+            Declared(self.retry_delay_seconds.clone()),
+        );
+        registry.register(
+            "stele_webhook_delivery_latency_seconds",
+            "Time from an event's append to its successful webhook delivery",
+            Declared(self.delivery_latency_seconds.clone()),
+        );
+        registry.register(
+            "stele_webhook_lag_events",
+            "Events appended but not yet delivered to a webhook endpoint",
+            Declared(self.lag_events.clone()),
+        );
+        registry.register(
+            "stele_webhook_circuit_state",
+            "Circuit breaker state of a webhook endpoint: 0 closed, 1 half open, 2 open",
+            Declared(self.circuit_state.clone()),
+        );
+        registry.register(
+            "stele_webhook_dead_lettered",
+            "Events a webhook endpoint gave up on (dead-lettered)",
+            Declared(self.dead_lettered.clone()),
+        );
+    }
+
+    fn endpoint(endpoint: &str) -> EndpointLabels {
+        EndpointLabels {
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// One HTTP request was made to `endpoint`.
+    pub fn attempt(&self, endpoint: &str) {
+        self.attempts.get_or_create(&Self::endpoint(endpoint)).inc();
+    }
+
+    /// An attempt ended with `outcome` (success, retry, permanent_failure,
+    /// dead_lettered) and `status_class` (2xx, 3xx, 4xx, 5xx, timeout,
+    /// connection).
+    pub fn outcome(&self, endpoint: &str, outcome: &str, status_class: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                endpoint: endpoint.to_string(),
+                outcome: outcome.to_string(),
+                status_class: status_class.to_string(),
+            })
+            .inc();
+    }
+
+    /// A retry was scheduled `delay` from now.
+    pub fn retry_delay(&self, endpoint: &str, delay: Duration) {
+        self.retry_delay_seconds
+            .get_or_create(&Self::endpoint(endpoint))
+            .observe(delay.as_secs_f64());
+    }
+
+    /// An event was delivered `latency` after it was appended.
+    pub fn delivered(&self, endpoint: &str, latency: Duration) {
+        self.delivery_latency_seconds
+            .get_or_create(&Self::endpoint(endpoint))
+            .observe(latency.as_secs_f64());
+    }
+
+    /// `endpoint` is `events` events behind the head of its topic.
+    pub fn lag(&self, endpoint: &str, events: u64) {
+        self.lag_events
+            .get_or_create(&Self::endpoint(endpoint))
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
+    }
+
+    /// The circuit of `endpoint` is now `state` ([`Self::CIRCUIT_CLOSED`],
+    /// [`Self::CIRCUIT_HALF_OPEN`] or [`Self::CIRCUIT_OPEN`]).
+    pub fn circuit(&self, endpoint: &str, state: i64) {
+        self.circuit_state
+            .get_or_create(&Self::endpoint(endpoint))
+            .set(state);
+    }
+
+    /// An event for `endpoint` was dead-lettered.
+    pub fn dead_lettered(&self, endpoint: &str) {
+        self.dead_lettered.get_or_create(&Self::endpoint(endpoint)).inc();
+    }
+
+    /// Drops every label set of a deleted endpoint. Delivery counters are
+    /// removed for the documented outcomes and status classes only, so callers
+    /// use no other values.
+    pub fn remove(&self, endpoint: &str) {
+        let labels = Self::endpoint(endpoint);
+        self.attempts.remove(&labels);
+        self.retry_delay_seconds.remove(&labels);
+        self.delivery_latency_seconds.remove(&labels);
+        self.lag_events.remove(&labels);
+        self.circuit_state.remove(&labels);
+        self.dead_lettered.remove(&labels);
+        for outcome in ["success", "retry", "permanent_failure", "dead_lettered"] {
+            for status_class in ["2xx", "3xx", "4xx", "5xx", "timeout", "connection"] {
+                self.deliveries.remove(&DeliveryLabels {
+                    endpoint: endpoint.to_string(),
+                    outcome: outcome.to_string(),
+                    status_class: status_class.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Reads per-partition and per-cursor figures from the backend at scrape time,
+/// and the data directory's free space from the log.
+struct StateCollector {
+    backend: Arc<dyn Backend>,
+    log: Option<Arc<Log>>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCollector").finish()
+    }
+}
+
+/// One gauge family assembled at scrape time.
+struct GaugeFamily<L> {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(L, i64)>,
+}
+
+impl<L: EncodeLabelSet> GaugeFamily<L> {
+    fn new(name: &'static str, help: &'static str) -> GaugeFamily<L> {
+        GaugeFamily {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: L, value: u64) {
+        self.samples
+            .push((labels, i64::try_from(value).unwrap_or(i64::MAX)));
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (labels, value) in &self.samples {
+            ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+        let mut high_watermark = GaugeFamily::new(
+            "stele_partition_high_watermark",
+            "One past the newest acknowledged offset of a partition",
+        );
+        let mut earliest = GaugeFamily::new(
+            "stele_partition_earliest_offset",
+            "The oldest retained offset of a partition",
+        );
+        let mut size = GaugeFamily::new(
+            "stele_partition_size_bytes",
+            "Bytes of published segment data of a partition",
+        );
+        let mut segments = GaugeFamily::new(
+            "stele_partition_segments",
+            "Segment files of a partition, sealed and active",
+        );
+        let mut committed = GaugeFamily::new(
+            "stele_cursor_committed_offset",
+            "The next offset a named cursor will read in a partition (absent until committed there)",
+        );
+        let mut lag = GaugeFamily::new(
+            "stele_cursor_lag_events",
+            "Events between a cursor's committed offset (or the earliest offset) and the high watermark",
+        );
+        for topic in self.backend.list_topics() {
+            // A topic deleted since it was listed is left out.
+            let Ok(description) = self.backend.describe_topic(&topic) else {
+                continue;
+            };
+            let cursors = self.backend.cursors(&topic).unwrap_or_default();
+            for info in &description.partitions {
+                let labels = PartitionLabels {
+                    topic: topic.clone(),
+                    partition: info.partition.0,
+                };
+                high_watermark.push(labels.clone(), info.high_watermark.0);
+                earliest.push(labels.clone(), info.earliest.0);
+                size.push(labels.clone(), info.size_bytes);
+                segments.push(labels, info.segments_count as u64);
+            }
+            for (cursor, positions) in &cursors {
+                for position in positions {
+                    let labels = CursorLabels {
+                        topic: topic.clone(),
+                        cursor: cursor.clone(),
+                        partition: position.partition.0,
+                    };
+                    if let Some(offset) = position.committed {
+                        committed.push(labels.clone(), offset.0);
+                    }
+                    lag.push(labels, position.lag);
+                }
+            }
+        }
+        high_watermark.encode(&mut encoder)?;
+        earliest.encode(&mut encoder)?;
+        size.encode(&mut encoder)?;
+        segments.encode(&mut encoder)?;
+        committed.encode(&mut encoder)?;
+        lag.encode(&mut encoder)?;
+        let mut available = GaugeFamily::<[(&str, &str); 0]>::new(
+            "stele_disk_available_bytes",
+            "Bytes available to Stele on the data directory's filesystem",
+        );
+        let mut capacity = GaugeFamily::<[(&str, &str); 0]>::new(
+            "stele_disk_capacity_bytes",
+            "Size of the data directory's filesystem",
+        );
+        if let Some(log) = &self.log {
+            match log.disk_space() {
+                Ok(space) => {
+                    available.push([], space.available_bytes);
+                    capacity.push([], space.capacity_bytes);
+                }
+                Err(error) => tracing::warn!(%error, "cannot read the data directory's free space"),
+            }
+        }
+        available.encode(&mut encoder)?;
+        capacity.encode(&mut encoder)
+    }
+}
+
+/// Everything the server exposes to Prometheus.
+pub struct ServerMetrics {
+    registry: Registry,
+    requests: RequestMetrics,
+    webhook: WebhookMetrics,
+}
+
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMetrics").finish()
+    }
+}
+
+impl ServerMetrics {
+    /// A registry with the engine's families (when there is an engine), the
+    /// server's, the webhook families and a collector reading `backend` (and
+    /// `log`'s free disk space) at scrape time.
+    pub fn new(backend: Arc<dyn Backend>, log: Option<Arc<Log>>) -> ServerMetrics {
+        let mut registry = Registry::default();
+        if let Some(log) = &log {
+            log.metrics().register(&mut registry);
+        }
+        let requests = RequestMetrics::new();
+        requests.register(&mut registry);
+        let webhook = WebhookMetrics::new();
+        webhook.register(&mut registry);
+        registry.register_collector(Box::new(StateCollector { backend, log }));
+        ServerMetrics {
+            registry,
+            requests,
+            webhook,
+        }
+    }
+
+    /// The webhook families, for the webhook dispatcher to report into.
+    pub fn webhook(&self) -> &WebhookMetrics {
+        &self.webhook
+    }
+
+    /// Counts the damaged files that opening `log` repaired (an unreadable
+    /// checkpoint rebuilt, damaged dedup runs dropped) as detected corruption.
+    pub fn count_recovery_damage(&self, log: &Log) {
+        for name in log.topics() {
+            let Ok(topic) = log.topic(&name) else {
+                continue;
+            };
+            let damaged: u64 = topic
+                .recovery_reports()
+                .iter()
+                .map(|report| u64::from(report.checkpoint_rebuilt) + report.dedup_runs_dropped as u64)
+                .sum();
+            if damaged > 0 {
+                self.requests
+                    .corruption_detected
+                    .get_or_create(&TopicLabels::new(&name))
+                    .inc_by(damaged);
+            }
+        }
+    }
+
+    /// The exposition in the Prometheus text format.
+    ///
+    /// # Errors
+    /// Only if formatting fails, which writing to a `String` does not.
+    pub fn encode(&self) -> std::result::Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Decreases the open-subscription gauge when the subscription ends.
+struct SubscriptionGuard(Gauge);
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A [`Backend`] that records append, subscription and corruption metrics
+/// around another backend.
+pub struct MeteredBackend {
+    inner: Arc<dyn Backend>,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl MeteredBackend {
+    /// Meters `inner` into `metrics`.
+    pub fn new(inner: Arc<dyn Backend>, metrics: Arc<ServerMetrics>) -> MeteredBackend {
+        MeteredBackend { inner, metrics }
+    }
+
+    fn requests(&self) -> &RequestMetrics {
+        &self.metrics.requests
+    }
+}
+
+/// Events and bytes of one request.
+fn request_size(request: &AppendRequest) -> (u64, u64) {
+    let bytes = request
+        .events
+        .iter()
+        .map(|event| {
+            event.event_type.len()
+                + event.payload.len()
+                + event
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len())
+                    .sum::<usize>()
+                + event.idempotency_id.as_ref().map_or(0, Vec::len)
+        })
+        .sum::<usize>();
+    (request.events.len() as u64, bytes as u64)
+}
+
+/// Requests, events and bytes of one append call, per result.
+#[derive(Default)]
+struct AppendTally([(u64, u64, u64); AppendResult::ALL.len()]);
+
+impl AppendTally {
+    fn add(&mut self, result: AppendResult, (events, bytes): (u64, u64)) {
+        let slot = &mut self.0[result as usize];
+        slot.0 += 1;
+        slot.1 += events;
+        slot.2 += bytes;
+    }
+}
+
+impl RequestMetrics {
+    /// Adds one call's tally: one family lookup per result present, not per request.
+    fn record_appends(&self, topic: &str, tally: &AppendTally) {
+        for (result, (requests, events, bytes)) in AppendResult::ALL.iter().zip(&tally.0) {
+            if *requests == 0 {
+                continue;
+            }
+            let labels = AppendLabels {
+                topic: topic.to_string(),
+                result: result.as_str(),
+            };
+            self.append_requests.get_or_create(&labels).inc_by(*requests);
+            self.append_events.get_or_create(&labels).inc_by(*events);
+            self.append_bytes.get_or_create(&labels).inc_by(*bytes);
+        }
+    }
+}
+
+impl Backend for MeteredBackend {
+    fn default_topic_options(&self) -> TopicOptions {
+        self.inner.default_topic_options()
+    }
+
+    fn create_topic(&self, name: &str, options: TopicOptions) -> Result<TopicOptions> {
+        self.inner.create_topic(name, options)
+    }
+
+    fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        self.requests().watch(name, self.inner.describe_topic(name))
+    }
+
+    fn list_topics(&self) -> Vec<String> {
+        self.inner.list_topics()
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        let result = self.inner.delete_topic(name);
+        if result.is_ok() {
+            self.requests().remove_topic(name);
+        }
+        result
+    }
+
+    fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>> {
+        let started = Instant::now();
+        let sizes: Vec<(u64, u64)> = requests.iter().map(request_size).collect();
+        let future = self.inner.append(topic, requests);
+        let metrics = Arc::clone(&self.metrics);
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let outcome = future.await;
+            let requests = &metrics.requests;
+            let mut tally = AppendTally::default();
+            match &outcome {
+                Ok(results) => {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    let histogram = requests
+                        .append_duration_seconds
+                        .get_or_create_owned(&TopicLabels::new(&topic));
+                    let mut corrupt = 0;
+                    for (result, size) in results.iter().zip(&sizes) {
+                        tally.add(AppendResult::of(result), *size);
+                        histogram.observe(elapsed);
+                        if let Err(error) = result
+                            && error.kind() == ErrorKind::Corruption
+                        {
+                            corrupt += 1;
+                        }
+                    }
+                    requests.record_appends(&topic, &tally);
+                    if corrupt > 0 {
+                        requests
+                            .corruption_detected
+                            .get_or_create(&TopicLabels::new(&topic))
+                            .inc_by(corrupt);
+                    }
+                }
+                Err(error) => {
+                    // The topic does not exist or cannot be created: keep its name
+                    // out of the labels.
+                    let result = AppendResult::of_kind(error.kind());
+                    for size in &sizes {
+                        tally.add(result, *size);
+                    }
+                    requests.record_appends(TOPIC_UNKNOWN, &tally);
+                }
+            }
+            outcome
+        })
+    }
+
+    fn open_producer(&self, topic: &str, name: &str) -> Result<(ProducerId, Epoch)> {
+        self.inner.open_producer(topic, name)
+    }
+
+    fn scan(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        from: Offset,
+        count_max: usize,
+        bytes_max: u64,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
+    ) -> Result<Offset> {
+        let result = self
+            .inner
+            .scan(topic, partition, from, count_max, bytes_max, visit);
+        self.requests().watch(topic, result)
+    }
+
+    fn read_key(
+        &self,
+        topic: &str,
+        key: &[u8],
+        from: Option<u64>,
+        direction: Direction,
+        count_max: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>)> {
+        let result = self.inner.read_key(topic, key, from, direction, count_max);
+        self.requests().watch(topic, result)
+    }
+
+    fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset> {
+        let result = self.inner.offset_for_timestamp(topic, partition, timestamp_ms);
+        self.requests().watch(topic, result)
+    }
+
+    fn high_watermark(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
+        self.inner.high_watermark(topic, partition)
+    }
+
+    fn earliest(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
+        self.inner.earliest(topic, partition)
+    }
+
+    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> Result<BoxFuture<Offset>> {
+        self.inner.wait_past(topic, partition, after)
+    }
+
+    fn commit_cursor(
+        &self,
+        topic: &str,
+        name: &str,
+        offsets: &[(PartitionId, Offset)],
+        allow_backwards: bool,
+    ) -> Result<()> {
+        let result = self.inner.commit_cursor(topic, name, offsets, allow_backwards);
+        self.requests().watch(topic, result)
+    }
+
+    fn cursor(&self, topic: &str, name: &str) -> Result<Vec<CursorPosition>> {
+        self.inner.cursor(topic, name)
+    }
+
+    fn cursors(&self, topic: &str) -> Result<Vec<(String, Vec<CursorPosition>)>> {
+        self.inner.cursors(topic)
+    }
+
+    fn delete_cursor(&self, topic: &str, name: &str) -> Result<()> {
+        self.inner.delete_cursor(topic, name)
+    }
+
+    fn subscription_started(&self, topic: &str) -> Box<dyn Send + Sync> {
+        let gauge = self
+            .requests()
+            .subscriptions_active
+            .get_or_create_owned(&TopicLabels::new(topic));
+        gauge.inc();
+        Box::new((self.inner.subscription_started(topic), SubscriptionGuard(gauge)))
+    }
+}
+
+/// The `/metrics` HTTP listener.
+pub struct MetricsEndpoint {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    served: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MetricsEndpoint {
+    /// Binds `listen` and serves `GET /metrics` from `metrics`. Must be called
+    /// within a tokio runtime.
+    ///
+    /// # Errors
+    /// I/O errors binding the listener.
+    pub async fn start(listen: SocketAddr, metrics: Arc<ServerMetrics>) -> Result<MetricsEndpoint> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|error| Error::io("bind metrics listener", listen.to_string(), error))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|error| Error::io("read metrics listener address", listen.to_string(), error))?;
+        let (stop, stopped) = watch::channel(false);
+        let served = tokio::spawn(accept(listener, metrics, stopped));
+        tracing::info!(%local_addr, "serving metrics on {METRICS_PATH}");
+        Ok(MetricsEndpoint {
+            local_addr,
+            stop,
+            served: Some(served),
+        })
+    }
+
+    /// The address the endpoint listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and waits (a bounded time) for scrapes in progress.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept(listener: TcpListener, metrics: Arc<ServerMetrics>, mut stopped: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        // Finished connections are reaped so that the set stays bounded.
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= CONNECTIONS_COUNT_MAX {
+            tokio::select! {
+                _ = connections.join_next() => continue,
+                _ = stop_requested(&mut stopped) => break,
+            }
+        }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, for example: back off instead of spinning.
+                    tracing::warn!(%error, "metrics listener cannot accept");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop_requested(&mut stopped) => break,
+        };
+        let metrics = Arc::clone(&metrics);
+        let mut stopped = stopped.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| respond(request, Arc::clone(&metrics)));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop_requested(&mut stopped) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_WAIT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
+
+/// Resolves once a stop is requested (or the endpoint is gone).
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    metrics: Arc<ServerMetrics>,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        Ok(response)
+    };
+    if request.uri().path() != METRICS_PATH {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("not found; metrics are at {METRICS_PATH}\n"),
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n".to_string(),
+        );
+    }
+    // Encoding takes partition locks briefly and walks every topic: off the async threads.
+    match tokio::task::spawn_blocking(move || metrics.encode()).await {
+        Ok(Ok(text)) => reply(StatusCode::OK, CONTENT_TYPE, text),
+        Ok(Err(error)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("cannot encode metrics: {error}\n"),
+        ),
+        Err(error) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("cannot encode metrics: {error}\n"),
+        ),
+    }
+}
+
+/// The dispatcher reports deliveries straight into the webhook families.
+impl super::webhook::DeliveryObserver for ServerMetrics {
+    fn attempt(&self, endpoint: &str) {
+        self.webhook.attempt(endpoint);
+    }
+    fn outcome(&self, endpoint: &str, outcome: &str, status_class: &str) {
+        self.webhook.outcome(endpoint, outcome, status_class);
+    }
+    fn retry_delay(&self, endpoint: &str, delay: Duration) {
+        self.webhook.retry_delay(endpoint, delay);
+    }
+    fn delivered(&self, endpoint: &str, latency: Duration) {
+        self.webhook.delivered(endpoint, latency);
+    }
+    fn lag(&self, endpoint: &str, events: u64) {
+        self.webhook.lag(endpoint, events);
+    }
+    fn circuit(&self, endpoint: &str, state: i64) {
+        self.webhook.circuit(endpoint, state);
+    }
+    fn dead_lettered(&self, endpoint: &str) {
+        self.webhook.dead_lettered(endpoint);
+    }
+    fn remove(&self, endpoint: &str) {
+        self.webhook.remove(endpoint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_results_index_their_tally_slots() {
+        // Goal: `AppendTally` indexes by discriminant; `ALL` must list the
+        // results in declaration order for the labels to match the counts.
+        for (index, result) in AppendResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, index, "{result:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_kind_has_an_append_result() {
+        // Goal: the classification names the results the dashboard and alerts
+        // use, and server-side failures are `error`, not `rejected`.
+        assert_eq!(
+            AppendResult::of_kind(ErrorKind::WrongExpectedSequence).as_str(),
+            "sequence_conflict"
+        );
+        assert_eq!(
+            AppendResult::of_kind(ErrorKind::ProducerFenced).as_str(),
+            "fenced"
+        );
+        assert_eq!(
+            AppendResult::of_kind(ErrorKind::InvalidArgument).as_str(),
+            "rejected"
+        );
+        assert_eq!(AppendResult::of_kind(ErrorKind::DiskFull).as_str(), "error");
+        assert_eq!(AppendResult::of_kind(ErrorKind::Poisoned).as_str(), "error");
+    }
+
+    #[test]
+    fn removing_a_webhook_endpoint_drops_its_samples() {
+        // Goal: a deleted endpoint leaves the exposition, other endpoints stay.
+        let webhook = WebhookMetrics::new();
+        let mut registry = Registry::default();
+        webhook.register(&mut registry);
+        for endpoint in ["billing", "audit"] {
+            webhook.attempt(endpoint);
+            webhook.outcome(endpoint, "retry", "5xx");
+            webhook.retry_delay(endpoint, Duration::from_secs(2));
+            webhook.delivered(endpoint, Duration::from_millis(30));
+            webhook.lag(endpoint, 4);
+            webhook.circuit(endpoint, WebhookMetrics::CIRCUIT_OPEN);
+            webhook.dead_lettered(endpoint);
+        }
+        webhook.remove("billing");
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encodes");
+        assert!(!text.contains("billing"), "{text}");
+        assert!(
+            text.contains("stele_webhook_circuit_state{endpoint=\"audit\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "stele_webhook_deliveries_total{endpoint=\"audit\",outcome=\"retry\",status_class=\"5xx\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+}
