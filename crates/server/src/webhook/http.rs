@@ -1,17 +1,22 @@
-//! The outbound HTTP/1.1 client of webhook delivery: one connection per request,
-//! to an address checked by the SSRF guard, with TLS (rustls, Mozilla's roots)
-//! for `https` targets, all under one timeout.
+//! The outbound HTTP/1.1 client of webhook delivery: hyper-util's connection pool
+//! over a connector that connects only to an address checked by the SSRF guard,
+//! with TLS (rustls, Mozilla's roots) for `https` targets; each request (connect
+//! included) runs under one timeout.
 //!
 //! It does not follow redirects (a 3xx is a permanent failure) and reads at most
 //! [`RESPONSE_BODY_SIZE_MAX`] bytes of a response body.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
@@ -274,11 +279,13 @@ fn parse_ipv4(name: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(address as u32))
 }
 
-/// What the client needs for every request.
+/// The pooled HTTP/1.1 client of webhook delivery (hyper-util's connection pool)
+/// over [`GuardedConnector`]: a connection is made only to an address the SSRF
+/// guard passed, and kept for the next request to the same scheme, host and port.
 #[derive(Clone)]
 pub struct HttpClient {
     policy: Arc<AddressPolicy>,
-    tls: TlsConnector,
+    pool: Client<GuardedConnector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -288,6 +295,12 @@ impl std::fmt::Debug for HttpClient {
             .finish()
     }
 }
+
+/// How long an idle pooled connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per scheme, host and port: one per key in flight of an
+/// endpoint at the default setting.
+pub const POOL_IDLE_PER_HOST_MAX: usize = 16;
 
 /// The result of one request, with a message for humans when it failed.
 #[derive(Debug, Clone)]
@@ -313,10 +326,17 @@ impl HttpClient {
                 .map_err(|error| format!("TLS configuration: {error}"))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-        Ok(HttpClient {
-            policy: Arc::new(policy),
+        let policy = Arc::new(policy);
+        let connector = GuardedConnector {
+            policy: Arc::clone(&policy),
             tls: TlsConnector::from(Arc::new(config)),
-        })
+        };
+        let pool = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(HttpClient { policy, pool })
     }
 
     /// The addresses this client may connect to.
@@ -343,61 +363,11 @@ impl HttpClient {
 
     async fn post_unbounded(&self, target: &Target, headers: &[(&'static str, String)], body: Bytes) -> Sent {
         let failed = |result, message: String| Sent { result, message };
-        let addresses: Vec<SocketAddr> =
-            match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
-                Ok(addresses) => addresses.collect(),
-                Err(error) => {
-                    return failed(
-                        AttemptResult::Connection,
-                        format!("cannot resolve {}: {error}", target.host),
-                    );
-                }
-            };
-        let mut denied = None;
-        let mut last_error = None;
-        let mut stream = None;
-        for address in addresses {
-            if let Err(reason) = self.policy.check(address.ip()) {
-                denied = Some(reason);
-                continue;
-            }
-            // Connect to the checked address itself: no second lookup.
-            match TcpStream::connect(address).await {
-                Ok(connected) => {
-                    stream = Some(connected);
-                    break;
-                }
-                Err(error) => last_error = Some(format!("connect to {address}: {error}")),
-            }
-        }
-        let Some(stream) = stream else {
-            return match (last_error, denied) {
-                (Some(error), _) => failed(AttemptResult::Connection, error),
-                (None, Some(reason)) => failed(AttemptResult::Refused, format!("target denied: {reason}")),
-                (None, None) => failed(
-                    AttemptResult::Connection,
-                    format!("{} resolves to no address", target.host),
-                ),
-            };
-        };
-        let _ = stream.set_nodelay(true);
         let request = match build_request(target, headers, body) {
             Ok(request) => request,
             Err(error) => return failed(AttemptResult::Refused, error),
         };
-        let response = if target.tls {
-            let name = match ServerName::try_from(target.host.clone()) {
-                Ok(name) => name,
-                Err(error) => return failed(AttemptResult::Refused, format!("bad TLS name: {error}")),
-            };
-            match self.tls.connect(name, stream).await {
-                Ok(tls) => exchange(TokioIo::new(tls), request).await,
-                Err(error) => Err(format!("TLS handshake: {error}")),
-            }
-        } else {
-            exchange(TokioIo::new(stream), request).await
-        };
-        match response {
+        match exchange(&self.pool, request).await {
             Ok((status, retry_after)) => {
                 let now_s = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -411,19 +381,31 @@ impl HttpClient {
                 };
                 Sent { result, message }
             }
-            Err(error) => failed(AttemptResult::Connection, error),
+            Err(error) => match connect_error_of(&error) {
+                Some(refused) => failed(refused.result, refused.message.clone()),
+                None => failed(AttemptResult::Connection, describe(&error)),
+            },
         }
     }
 }
 
+/// The request line carries the target's canonical host (an address literal in
+/// its canonical spelling, IPv6 in brackets), so the connector sees the host the
+/// guard judged at `CreateWebhook`, not the URL's spelling.
 fn build_request(
     target: &Target,
     headers: &[(&'static str, String)],
     body: Bytes,
 ) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let host = match target.address {
+        Some(IpAddr::V6(_)) => format!("[{}]", target.host),
+        _ => target.host.clone(),
+    };
+    let scheme = if target.tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{host}:{}{}", target.port, target.path_and_query);
     let mut builder = hyper::Request::builder()
         .method(hyper::Method::POST)
-        .uri(target.path_and_query.as_str())
+        .uri(uri)
         .header(hyper::header::HOST, target.authority.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(
@@ -438,40 +420,257 @@ fn build_request(
         .map_err(|error| format!("cannot build the request: {error}"))
 }
 
-/// Sends one request on a fresh connection; returns the status and Retry-After.
-async fn exchange<I>(io: I, request: hyper::Request<Full<Bytes>>) -> Result<(u16, Option<String>), String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|error| format!("HTTP handshake: {error}"))?;
-    let driver = tokio::spawn(connection);
-    let outcome = async {
-        let response = sender
-            .send_request(request)
+/// Sends one request on a pooled or new connection; returns the status and
+/// Retry-After. The body is read (up to [`RESPONSE_BODY_SIZE_MAX`]) so that the
+/// connection can go back to the pool; a longer body closes it.
+async fn exchange(
+    pool: &Client<GuardedConnector, Full<Bytes>>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, Option<String>), hyper_util::client::legacy::Error> {
+    let response = pool.request(request).await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let mut body = response.into_body();
+    let mut read = 0usize;
+    // Bounded: stops after RESPONSE_BODY_SIZE_MAX bytes or at the body's end.
+    while read < RESPONSE_BODY_SIZE_MAX {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(_)) | None => break,
+        }
+    }
+    Ok((status, retry_after))
+}
+
+/// The connector's own failure inside a client error, if that is what it was.
+fn connect_error_of(error: &hyper_util::client::legacy::Error) -> Option<&ConnectError> {
+    let mut source = std::error::Error::source(error);
+    // Bounded by the error chain's length.
+    while let Some(cause) = source {
+        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+            return Some(connect);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// A client error with its causes, for the endpoint's `last_error`.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut message = format!("request failed: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// Why the connector made no connection: a denied address (`Refused`, final)
+/// or a network failure (`Connection`, retried).
+#[derive(Debug)]
+pub struct ConnectError {
+    result: AttemptResult,
+    message: String,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Connects the pool to a target: resolves the host, checks every address with
+/// the SSRF guard, connects to the first allowed one that answers (that address
+/// itself: no second lookup, so no DNS-rebinding window), then TLS for `https`.
+#[derive(Clone)]
+pub struct GuardedConnector {
+    policy: Arc<AddressPolicy>,
+    tls: TlsConnector,
+}
+
+impl tower_service::Service<hyper::Uri> for GuardedConnector {
+    type Response = Pooled;
+    type Error = ConnectError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ConnectError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let connector = self.clone();
+        Box::pin(async move {
+            connector
+                .connect(uri)
+                .await
+                .map(|stream| Pooled(TokioIo::new(stream)))
+        })
+    }
+}
+
+impl GuardedConnector {
+    async fn connect(&self, uri: hyper::Uri) -> Result<Stream, ConnectError> {
+        let failed = |result, message: String| ConnectError { result, message };
+        let tls = uri.scheme_str() == Some("https");
+        let host = uri
+            .host()
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']').to_string())
+            .ok_or_else(|| failed(AttemptResult::Refused, format!("{uri} has no host")))?;
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
-            .map_err(|error| format!("request failed: {error}"))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string);
-        let mut body = response.into_body();
-        let mut read = 0usize;
-        // Bounded: stops after RESPONSE_BODY_SIZE_MAX bytes or at the body's end.
-        while read < RESPONSE_BODY_SIZE_MAX {
-            match body.frame().await {
-                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
-                Some(Err(_)) | None => break,
+            .map_err(|error| {
+                failed(
+                    AttemptResult::Connection,
+                    format!("cannot resolve {host}: {error}"),
+                )
+            })?
+            .collect();
+        let mut denied = None;
+        let mut last_error = None;
+        let mut stream = None;
+        for address in addresses {
+            if let Err(reason) = self.policy.check(address.ip()) {
+                denied = Some(reason);
+                continue;
+            }
+            match TcpStream::connect(address).await {
+                Ok(connected) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Err(error) => last_error = Some(format!("connect to {address}: {error}")),
             }
         }
-        Ok((status, retry_after))
+        let Some(stream) = stream else {
+            return Err(match (last_error, denied) {
+                (Some(error), _) => failed(AttemptResult::Connection, error),
+                (None, Some(reason)) => failed(AttemptResult::Refused, format!("target denied: {reason}")),
+                (None, None) => failed(
+                    AttemptResult::Connection,
+                    format!("{host} resolves to no address"),
+                ),
+            });
+        };
+        let _ = stream.set_nodelay(true);
+        if !tls {
+            return Ok(Stream::Plain(stream));
+        }
+        let name = ServerName::try_from(host)
+            .map_err(|error| failed(AttemptResult::Refused, format!("bad TLS name: {error}")))?;
+        match self.tls.connect(name, stream).await {
+            Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+            Err(error) => Err(failed(
+                AttemptResult::Connection,
+                format!("TLS handshake: {error}"),
+            )),
+        }
     }
-    .await;
-    driver.abort();
-    outcome
+}
+
+/// A connection of the pool: plain TCP or TLS over TCP.
+pub enum Stream {
+    /// `http`.
+    Plain(TcpStream),
+    /// `https`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A pooled connection as hyper sees it.
+pub struct Pooled(TokioIo<Stream>);
+
+impl Connection for Pooled {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Pooled {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(context, buffer)
+    }
+}
+
+impl hyper::rt::Write for Pooled {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(context, bytes)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(context)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_read(context, buffer),
+            Stream::Tls(stream) => std::pin::Pin::new(stream).poll_read(context, buffer),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_write(context, bytes),
+            Stream::Tls(stream) => std::pin::Pin::new(stream).poll_write(context, bytes),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_flush(context),
+            Stream::Tls(stream) => std::pin::Pin::new(stream).poll_flush(context),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_shutdown(context),
+            Stream::Tls(stream) => std::pin::Pin::new(stream).poll_shutdown(context),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -506,6 +705,73 @@ mod tests {
             .post(&target, &[], Bytes::from_static(b"{}"), Duration::from_secs(5))
             .await;
         assert_eq!(sent.result, AttemptResult::Refused);
+        assert!(sent.message.contains("loopback"), "{}", sent.message);
+    }
+
+    #[tokio::test]
+    async fn connections_are_pooled_per_target_and_made_only_to_checked_addresses() {
+        // Goal: requests to one target reuse one kept-alive connection (the pool),
+        // and another target on a denied address is refused although the pool
+        // holds an allowed connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (accepted_sender, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = accepted_sender.send(());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    // One response per request head seen (bodies are "{}", sent
+                    // with the head or right after; requests are sequential).
+                    while let Ok(read) = stream.read(&mut buffer).await {
+                        if read == 0 {
+                            break;
+                        }
+                        request.extend_from_slice(&buffer[..read]);
+                        while let Some(end) = request.windows(6).position(|window| window == b"\r\n\r\n{}") {
+                            request.drain(..end + 6);
+                            let response = b"HTTP/1.1 204 No Content\r\n\r\n";
+                            if stream.write_all(response).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let client = HttpClient::new(AddressPolicy {
+            allow: vec!["127.0.0.1".parse().expect("network")],
+        })
+        .expect("client");
+        let target = parse_target(&format!("http://127.0.0.1:{port}/hook")).expect("target");
+        for round in 0..3 {
+            let sent = client
+                .post(&target, &[], Bytes::from_static(b"{}"), Duration::from_secs(5))
+                .await;
+            assert_eq!(
+                sent.result,
+                AttemptResult::Status {
+                    status: 204,
+                    retry_after: None
+                },
+                "round {round}: {}",
+                sent.message
+            );
+        }
+        accepted.recv().await.expect("one connection");
+        assert!(
+            accepted.try_recv().is_err(),
+            "three requests made more than one connection"
+        );
+        // 127.0.0.2 is loopback outside the allow-list: refused before any
+        // connection, pooled connections to 127.0.0.1 notwithstanding.
+        let spelled = parse_target("http://127.0.0.2:1/").expect("target");
+        let sent = client
+            .post(&spelled, &[], Bytes::from_static(b"{}"), Duration::from_secs(5))
+            .await;
+        assert_eq!(sent.result, AttemptResult::Refused, "{}", sent.message);
         assert!(sent.message.contains("loopback"), "{}", sent.message);
     }
 

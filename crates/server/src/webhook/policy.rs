@@ -138,32 +138,13 @@ pub fn parse_retry_after(value: &str, now_unix_s: u64) -> Option<Duration> {
     Some(Duration::from_secs(at.saturating_sub(now_unix_s)))
 }
 
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
+/// Parses an HTTP date (IMF-fixdate, and the obsolete RFC 850 and asctime forms
+/// RFC 9110 asks recipients to accept) to Unix seconds, with `httpdate`.
 fn parse_http_date(value: &str) -> Option<u64> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: u64 = day.parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|name| name == month)? as u64
-        + 1;
-    let year: u64 = year.parse().ok()?;
-    let mut clock = time.split(':').map(|part| part.parse::<u64>().ok());
-    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if year < 1970 || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let days = u64::try_from(stele_engine::civil::days_from_civil(
-        year as i64,
-        month as i64,
-        day as i64,
-    ))
-    .ok()?;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|since| since.as_secs())
 }
 
 #[cfg(test)]
@@ -255,6 +236,16 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_800),
             Some(Duration::ZERO)
         );
+        // The obsolete forms RFC 9110 section 5.6.7 asks recipients to accept.
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", 784_111_770),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:49:37 1994", 784_111_770),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(parse_retry_after("soon", 0), None);
+        assert_eq!(parse_retry_after("Sun, 32 Nov 1994 08:49:37 GMT", 0), None);
     }
 }

@@ -11,31 +11,18 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-/// A network in CIDR notation (`10.0.0.0/8`, `::1/128`, or a bare address).
+use ipnet::IpNet;
+
+/// A network in CIDR notation (`10.0.0.0/8`, `::1/128`, or a bare address for
+/// that one address), parsed and matched by `ipnet`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    address: IpAddr,
-    prefix_len: u8,
-}
+pub struct Network(IpNet);
 
 impl Network {
     /// Whether `address` lies in this network (IPv4-mapped IPv6 addresses match
     /// IPv4 networks).
     pub fn contains(&self, address: IpAddr) -> bool {
-        let address = canonical(address);
-        match (self.address, address) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
-                u32::from(network) & mask == u32::from(address) & mask
-            }
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
-                u128::from(network) & mask == u128::from(address) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&canonical(address))
     }
 }
 
@@ -43,31 +30,24 @@ impl FromStr for Network {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Network, String> {
-        let (address, prefix_len) = match text.split_once('/') {
-            Some((address, prefix_len)) => (address, Some(prefix_len)),
-            None => (text, None),
-        };
-        let address: IpAddr = address
-            .trim()
-            .parse()
-            .map_err(|_| format!("{text:?} is not an address or CIDR network"))?;
-        let bits = if address.is_ipv4() { 32 } else { 128 };
-        let prefix_len = match prefix_len {
-            Some(prefix_len) => prefix_len
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|prefix_len| *prefix_len <= bits)
-                .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
-            None => bits,
-        };
-        Ok(Network { address, prefix_len })
+        let text = text.trim();
+        if let Ok(network) = text.parse::<IpNet>() {
+            // `10.1.2.3/8` means the network 10.0.0.0/8, as in routing tables.
+            return Ok(Network(network.trunc()));
+        }
+        match text.parse::<IpAddr>() {
+            Ok(address) => Ok(Network(IpNet::from(address))),
+            Err(_) if text.contains('/') => Err(format!(
+                "{text:?} is not a CIDR network (an address, '/', a prefix length up to 32 or 128)"
+            )),
+            Err(_) => Err(format!("{text:?} is not an address or CIDR network")),
+        }
     }
 }
 
 impl std::fmt::Display for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
+        write!(f, "{}", self.0)
     }
 }
 
@@ -252,6 +232,13 @@ mod tests {
                 .contains(ip("10.0.0.1"))
         );
         assert!("10.0.0.0/33".parse::<Network>().is_err());
+        assert!("10.0.0.0/".parse::<Network>().is_err());
+        // Host bits are dropped: the network of 10.1.2.3/8 is 10.0.0.0/8.
+        let network = "10.1.2.3/8".parse::<Network>().expect("network");
+        assert_eq!(network.to_string(), "10.0.0.0/8");
+        assert!(network.contains(ip("10.200.0.1")));
+        assert!(network.contains(ip("::ffff:10.200.0.1")));
+        assert!(!network.contains(ip("11.0.0.1")));
         assert!("nope".parse::<Network>().is_err());
     }
 }
