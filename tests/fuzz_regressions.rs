@@ -66,7 +66,7 @@ fn all_zeros_page() {
 #[test]
 fn recover_segment_frame_claiming_the_largest_length() {
     let mut input = vec![7u8];
-    input.extend_from_slice(&(stele::limits::RECORD_FRAME_SIZE_MAX as u32 - 4).to_le_bytes());
+    input.extend_from_slice(&(stele::format::record::RECORD_FRAME_SIZE_MAX as u32 - 4).to_le_bytes());
     input.extend_from_slice(&[0u8; 100]);
     fuzzing::recover_segment(&input);
 }

@@ -5,7 +5,6 @@
 //! at compile time below, so that a change that would make rolling loop forever or a
 //! maximal record unwritable fails to build.
 
-use crate::format;
 
 /// Largest key, in bytes. Keys are aggregate ids such as `invoice-42`.
 pub const KEY_SIZE_MAX: usize = 1024;
@@ -28,21 +27,11 @@ pub const APPEND_EVENTS_COUNT_MAX: usize = 10_000;
 /// Most encoded bytes in one append call. A call is written into one segment, so a
 /// segment may grow past its size limit by at most this much.
 pub const APPEND_SIZE_BYTES_MAX: u64 = 32 << 20;
-/// Largest record frame on disk, header included.
-pub const RECORD_FRAME_SIZE_MAX: u64 = format::record::RECORD_HEADER_LEN as u64
-    + KEY_SIZE_MAX as u64
-    + EVENT_TYPE_SIZE_MAX as u64
-    + IDEMPOTENCY_ID_SIZE_MAX as u64
-    + HEADERS_SIZE_MAX as u64
-    + PAYLOAD_SIZE_MAX_LIMIT as u64;
 
 /// Smallest segment size limit a topic may be configured with.
 pub const SEGMENT_SIZE_BYTES_MIN: u64 = 4 * 1024;
 /// Largest segment size limit. Positions within a segment are stored as `u32`.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1 << 30;
-/// The address space reserved for one segment's read-only mapping.
-pub const SEGMENT_MAP_SIZE_BYTES: u64 =
-    format::segment::SEGMENT_HEADER_LEN as u64 + SEGMENT_SIZE_BYTES_MAX + APPEND_SIZE_BYTES_MAX;
 /// Most records in one segment: offsets within a segment are stored as `u32` deltas.
 pub const SEGMENT_RECORDS_COUNT_MAX: u64 = u32::MAX as u64;
 
@@ -83,11 +72,9 @@ pub const READ_SIZE_BYTES_MAX: u64 = 64 << 20;
 /// Largest checkpoint body accepted on open.
 pub const CHECKPOINT_SIZE_BYTES_MAX: u64 = 8 << 30;
 
-// A maximal append must always fit in a fresh segment's mapping, or rolling would
-// loop forever.
-const _: () = assert!(RECORD_FRAME_SIZE_MAX <= APPEND_SIZE_BYTES_MAX);
-const _: () = assert!(SEGMENT_SIZE_BYTES_MIN > format::segment::SEGMENT_HEADER_LEN as u64);
-const _: () = assert!(SEGMENT_MAP_SIZE_BYTES <= u32::MAX as u64);
+// The bounds derived from the on-disk layout (the largest record frame, a
+// segment's mapping) live beside the layout, in `format::record` and `segment`,
+// with their checks: this module imports nothing, so every module may import it.
 const _: () = assert!(KEY_SIZE_MAX <= u16::MAX as usize);
 const _: () = assert!(EVENT_TYPE_SIZE_MAX <= u8::MAX as usize);
 const _: () = assert!(IDEMPOTENCY_ID_SIZE_MAX <= u8::MAX as usize);

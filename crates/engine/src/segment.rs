@@ -26,6 +26,15 @@ use crate::format::{self, DecodeError};
 use crate::io::{self, Map, OpenMode, Storage, StorageFile};
 use crate::limits;
 
+/// The address space reserved for one segment's read-only mapping: a header,
+/// the largest segment, and one append call past its size limit.
+pub const SEGMENT_MAP_SIZE_BYTES: u64 =
+    SEGMENT_HEADER_LEN as u64 + limits::SEGMENT_SIZE_BYTES_MAX + limits::APPEND_SIZE_BYTES_MAX;
+// Positions within a segment are stored as `u32`.
+const _: () = assert!(SEGMENT_MAP_SIZE_BYTES <= u32::MAX as u64);
+// A segment always holds its header and at least one record.
+const _: () = assert!(limits::SEGMENT_SIZE_BYTES_MIN > SEGMENT_HEADER_LEN as u64);
+
 /// `{base_offset:020}.log`.
 pub(crate) fn log_file_name(base_offset: Offset) -> String {
     format!("{:020}.log", base_offset.0)
@@ -265,7 +274,7 @@ impl Segment {
         created_ms: i64,
     ) -> Result<Segment> {
         let map = file
-            .map_reserved(limits::SEGMENT_MAP_SIZE_BYTES)
+            .map_reserved(SEGMENT_MAP_SIZE_BYTES)
             .map_err(|error| Error::io("map segment", &path, error))?;
         Ok(Segment::header_only(path, file, map, base_offset, created_ms))
     }
@@ -713,9 +722,9 @@ impl Segment {
 /// size measured on the segment's descriptor.
 fn load_index(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> Option<SegmentIndex> {
     let index_path = dir.join(index_file_name(base_offset));
-    io::read_file(storage, &index_path, limits::SEGMENT_MAP_SIZE_BYTES)
+    io::read_file(storage, &index_path, SEGMENT_MAP_SIZE_BYTES)
         .ok()
-        .and_then(|bytes| format::index::decode(&bytes, limits::SEGMENT_MAP_SIZE_BYTES).ok())
+        .and_then(|bytes| format::index::decode(&bytes, SEGMENT_MAP_SIZE_BYTES).ok())
         .filter(|index| index.base_offset == base_offset)
 }
 
@@ -872,7 +881,7 @@ impl<'a> ChunkReader<'a> {
         if head.len() >= 4 {
             let frame_size = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]])) + 4;
             // A length out of bounds fails the decode without being read.
-            if frame_size <= limits::RECORD_FRAME_SIZE_MAX {
+            if frame_size <= format::record::RECORD_FRAME_SIZE_MAX {
                 self.fill(position, frame_size)?;
             }
         }

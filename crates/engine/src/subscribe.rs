@@ -74,8 +74,8 @@ impl Notifier {
 }
 
 /// A future that resolves once a condition on a partition holds. Created by
-/// [`crate::Topic::wait_past`].
-pub struct WaitPast<F: FnMut() -> Option<crate::Offset> + Unpin> {
+/// [`Topic::wait_past`](crate::Topic::wait_past).
+pub struct WaitPast<F: FnMut() -> Option<crate::event::Offset> + Unpin> {
     pub(crate) notifier: std::sync::Arc<dyn AsNotifier>,
     pub(crate) check: F,
 }
@@ -85,10 +85,10 @@ pub(crate) trait AsNotifier: Send + Sync {
     fn notifier(&self) -> &Notifier;
 }
 
-impl<F: FnMut() -> Option<crate::Offset> + Unpin> Future for WaitPast<F> {
-    type Output = crate::Offset;
+impl<F: FnMut() -> Option<crate::event::Offset> + Unpin> Future for WaitPast<F> {
+    type Output = crate::event::Offset;
 
-    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<crate::Offset> {
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<crate::event::Offset> {
         let this = self.get_mut();
         if let Some(offset) = (this.check)() {
             return Poll::Ready(offset);

@@ -25,6 +25,16 @@ use crate::limits;
 
 /// Length of the fixed part of a frame.
 pub const RECORD_HEADER_LEN: usize = 72;
+/// Largest record frame on disk, header included.
+pub const RECORD_FRAME_SIZE_MAX: u64 = RECORD_HEADER_LEN as u64
+    + limits::KEY_SIZE_MAX as u64
+    + limits::EVENT_TYPE_SIZE_MAX as u64
+    + limits::IDEMPOTENCY_ID_SIZE_MAX as u64
+    + limits::HEADERS_SIZE_MAX as u64
+    + limits::PAYLOAD_SIZE_MAX_LIMIT as u64;
+// A maximal event must always fit in one append call, which fits in a fresh
+// segment's mapping, or rolling would loop forever.
+const _: () = assert!(RECORD_FRAME_SIZE_MAX <= limits::APPEND_SIZE_BYTES_MAX);
 /// `key_previous_offset` of a key's first event.
 pub const NO_PREVIOUS: u64 = u64::MAX;
 /// Flag: the record is the last event of its append call. A call is atomic: on
@@ -235,10 +245,10 @@ fn check_frame_len(frame_len: u64) -> Result<(), DecodeError> {
     if frame_len < (RECORD_HEADER_LEN - 4) as u64 {
         return Err(DecodeError::LengthOutOfBounds {
             len: frame_len,
-            max: limits::RECORD_FRAME_SIZE_MAX - 4,
+            max: RECORD_FRAME_SIZE_MAX - 4,
         });
     }
-    check_len(frame_len, limits::RECORD_FRAME_SIZE_MAX - 4)
+    check_len(frame_len, RECORD_FRAME_SIZE_MAX - 4)
 }
 
 /// Decodes and checks the frame at the start of `bytes`. Returns the record and
