@@ -53,6 +53,7 @@ use crate::limits::{
     DEDUP_RUN_BLOCK_SIZE, DEDUP_RUN_ENTRIES_COUNT_MAX, DEDUP_RUN_ENTRY_LEN, DEDUP_RUNS_COUNT_MAX,
     DEDUP_RUNS_COUNT_SOFT_MAX,
 };
+use crate::paths;
 
 /// The magic of a dedup run file.
 pub(crate) const RUN_MAGIC: &[u8; 8] = b"STELEDDP";
@@ -67,8 +68,6 @@ pub(crate) const RUN_HEADER_LEN: usize = 64;
 /// Position of a block's CRC within the block.
 const BLOCK_CRC_POSITION: usize = DEDUP_RUN_BLOCK_SIZE - 4;
 const BLOCK_SIZE_U64: u64 = DEDUP_RUN_BLOCK_SIZE as u64;
-const RUN_SUFFIX: &str = ".run";
-const TEMPORARY_SUFFIX: &str = ".tmp";
 /// Blocks gathered in RAM before one `write_at` (256 KiB).
 const WRITE_BLOCKS_COUNT: usize = 64;
 const NO_PREVIOUS: u32 = u32::MAX;
@@ -296,20 +295,6 @@ fn decode_block(block: &[u8], entries_count: usize, out: &mut Vec<Entry>) -> Res
         });
     }
     Ok(())
-}
-
-fn run_name(sequence: u64, offset_start: u64) -> String {
-    format!("{sequence:020}-{offset_start:020}{RUN_SUFFIX}")
-}
-
-/// `(sequence, offset_start)` from a run file name.
-fn parse_run_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(RUN_SUFFIX)?;
-    let (sequence, offset_start) = stem.split_once('-')?;
-    if sequence.len() != 20 || offset_start.len() != 20 {
-        return None;
-    }
-    Some((sequence.parse().ok()?, offset_start.parse().ok()?))
 }
 
 // ---------------------------------------------------------------------------
@@ -645,7 +630,7 @@ impl<'a> RunWriter<'a> {
         sequence: u64,
         offset_start: u64,
     ) -> Result<Self> {
-        let temporary = directory.join(format!("{}{TEMPORARY_SUFFIX}", run_name(sequence, offset_start)));
+        let temporary = paths::run_temporary(directory, sequence, offset_start);
         let file = storage
             .open(&temporary, OpenMode::CreateTruncate)
             .map_err(|source| Error::io("create dedup run", &temporary, source))?;
@@ -755,7 +740,7 @@ impl<'a> RunWriter<'a> {
             .set_len(run_file_len(blocks))
             .map_err(io("size dedup run"))?;
         self.file.sync_data().map_err(io("sync dedup run"))?;
-        let path = self.directory.join(run_name(sequence, offset_start));
+        let path = self.directory.join(paths::run_file_name(sequence, offset_start));
         self.storage
             .rename(&self.temporary, &path)
             .map_err(io("rename dedup run"))?;
@@ -782,7 +767,7 @@ impl<'a> RunWriter<'a> {
 /// Removes a failed run's temporary file; the original error matters more than a
 /// failure here, and open removes leftovers anyway.
 fn abandon(storage: &dyn Storage, directory: &Path, sequence: u64, offset_start: u64) {
-    let temporary = directory.join(format!("{}{TEMPORARY_SUFFIX}", run_name(sequence, offset_start)));
+    let temporary = paths::run_temporary(directory, sequence, offset_start);
     if storage.exists(&temporary) {
         let _ = storage.remove_file(&temporary);
     }
@@ -914,14 +899,14 @@ impl DedupIndex {
         let mut removed_any = false;
         for name in &names {
             let path = directory.join(name);
-            if name.ends_with(TEMPORARY_SUFFIX) {
+            if name.ends_with(paths::TEMPORARY_SUFFIX) {
                 storage
                     .remove_file(&path)
                     .map_err(|source| Error::io("remove dedup temporary", &path, source))?;
                 removed_any = true;
                 continue;
             }
-            let Some((sequence, offset_start)) = parse_run_name(name) else {
+            let Some((sequence, offset_start)) = paths::parse_run_file_name(name) else {
                 continue;
             };
             next_sequence = next_sequence.max(sequence.saturating_add(1));
@@ -1411,7 +1396,7 @@ mod tests {
         Ok(StdStorage
             .read_dir(directory)?
             .into_iter()
-            .filter(|name| name.ends_with(RUN_SUFFIX))
+            .filter(|name| name.ends_with(paths::RUN_SUFFIX))
             .map(|name| directory.join(name))
             .collect())
     }
@@ -1944,7 +1929,7 @@ mod tests {
             if fault == Fault::DiskFull {
                 faulty.set_disk_full(true);
             } else {
-                faulty.arm(fault, TEMPORARY_SUFFIX, 0);
+                faulty.arm(fault, paths::TEMPORARY_SUFFIX, 0);
             }
             let error = index.flush().expect_err("the fault surfaces");
             let expected = if fault == Fault::DiskFull {

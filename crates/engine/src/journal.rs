@@ -27,6 +27,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::{DecodeError, Put, Reader, check_len, crc};
 use crate::io::{OpenMode, Storage, StorageFile};
+use crate::paths;
 
 /// The journal format version this build writes.
 pub(crate) const JOURNAL_VERSION: u16 = 1;
@@ -161,13 +162,6 @@ pub(crate) fn encode_name(out: &mut Vec<u8>, name: &str) {
     out.put_bytes16(name.as_bytes());
 }
 
-/// Where the temporary file of a rewrite lives: next to the journal.
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".compact");
-    PathBuf::from(temporary)
-}
-
 fn directory_of(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -230,7 +224,7 @@ impl Journal {
         body_size_max: u32,
         replay: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<Journal> {
-        let temporary = temporary_path(&path);
+        let temporary = paths::journal_temporary(&path);
         if storage.exists(&temporary) {
             storage
                 .remove_file(&temporary)
@@ -405,7 +399,7 @@ fn install(
     magic: &[u8; 8],
     frames: &[u8],
 ) -> std::result::Result<Arc<dyn StorageFile>, (Error, bool)> {
-    let temporary = temporary_path(path);
+    let temporary = paths::journal_temporary(path);
     let written = (|| {
         let file = storage.open(&temporary, OpenMode::CreateTruncate)?;
         file.write_at(&encode_header(magic), 0)?;

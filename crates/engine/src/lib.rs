@@ -56,6 +56,7 @@ pub mod limits;
 mod log;
 pub mod metrics;
 mod partition;
+pub mod paths;
 mod producer;
 mod segment;
 pub mod subscribe;

@@ -28,15 +28,9 @@ use crate::format::{self, record};
 use crate::io::{self, OpenMode, StdStorage, Storage};
 use crate::journal::{self, JOURNAL_HEADER_LEN};
 use crate::limits;
-use crate::segment::{index_file_name, parse_log_file_name};
+use crate::paths::{self, CURSORS_FILE, DEDUP_DIR, PRODUCERS_FILE, TOPIC_META_FILE, TOPICS_DIR};
 use crate::{cursor, error::Error, producer};
 
-const TOPICS_DIR: &str = "topics";
-const TOPIC_META_FILE: &str = "topic.meta";
-const PRODUCERS_FILE: &str = "producers";
-const CURSORS_FILE: &str = "cursors";
-const CHECKPOINT_FILE: &str = "checkpoint";
-const DEDUP_DIR: &str = "dedup";
 /// Byte position of the first entry in an `.idx` file.
 const INDEX_ENTRIES_POSITION: u64 = ENVELOPE_HEADER_LEN as u64 + 36;
 
@@ -89,7 +83,7 @@ impl VerifyReport {
 /// When `dir` is not a readable Stele data directory (it has no `topics/`), or a
 /// directory listing fails. Unreadable or damaged files are problems, not errors.
 pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
-    let topics_dir = dir.join(TOPICS_DIR);
+    let topics_dir = paths::topics_dir(dir);
     if !topics_dir.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -102,13 +96,13 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
     let mut verifier = Verifier {
         storage: StdStorage,
         report: VerifyReport {
-            locked: lock_held(&dir.join("LOCK")),
+            locked: lock_held(&paths::lock_file(dir)),
             ..VerifyReport::default()
         },
     };
     for name in verifier.storage.read_dir(&topics_dir)? {
-        let path = topics_dir.join(&name);
-        if name.starts_with('.') {
+        let path = paths::topic_dir(&topics_dir, &name);
+        if paths::is_unfinished_topic(&name) {
             verifier.note(
                 &path,
                 None,
@@ -120,7 +114,7 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
             verifier.note(&path, None, "unexpected file");
         }
     }
-    let webhooks_path = dir.join(crate::webhook::WEBHOOKS_FILE);
+    let webhooks_path = paths::webhooks_journal(dir);
     if webhooks_path.exists() {
         let mut endpoints = BTreeMap::new();
         verifier.journal(
@@ -202,7 +196,7 @@ impl Verifier {
     }
 
     fn topic(&mut self, dir: &Path, name: &str) -> std::io::Result<()> {
-        let meta_path = dir.join(TOPIC_META_FILE);
+        let meta_path = paths::topic_meta(dir);
         let mut partitions = None;
         if let Some(bytes) = self.read(&meta_path, 4096) {
             match config::decode_topic_meta(&bytes) {
@@ -223,7 +217,7 @@ impl Verifier {
                 ),
             }
         }
-        let producers_path = dir.join(PRODUCERS_FILE);
+        let producers_path = paths::producers_journal(dir);
         let mut producers = BTreeMap::new();
         let mut epochs = std::collections::HashMap::new();
         self.journal(
@@ -234,7 +228,7 @@ impl Verifier {
                 producer::replay(&mut producers, &mut epochs, body).map_err(|reason| reason.to_string())
             },
         );
-        let cursors_path = dir.join(CURSORS_FILE);
+        let cursors_path = paths::cursors_journal(dir);
         let mut cursors = BTreeMap::new();
         let cursor_partitions = partitions.unwrap_or(limits::PARTITIONS_COUNT_MAX);
         self.journal(
@@ -249,10 +243,7 @@ impl Verifier {
         let mut seen = Vec::new();
         for entry in self.storage.read_dir(dir)? {
             let path = dir.join(&entry);
-            let index = entry
-                .strip_prefix('p')
-                .filter(|digits| digits.len() == 5 && digits.bytes().all(|byte| byte.is_ascii_digit()))
-                .and_then(|digits| digits.parse::<u32>().ok());
+            let index = paths::parse_partition_dir_name(&entry);
             match index {
                 Some(index) if path.is_dir() => {
                     if partitions.is_some_and(|count| index >= count) {
@@ -269,7 +260,7 @@ impl Verifier {
                     self.partition(&path, PartitionId(index))?;
                 }
                 _ if [TOPIC_META_FILE, PRODUCERS_FILE, CURSORS_FILE].contains(&entry.as_str()) => {}
-                _ if entry.ends_with(".tmp") || entry.ends_with(".compact") => {
+                _ if paths::is_temporary(&entry) => {
                     self.note(&path, None, "leftover temporary file (removed at open)");
                 }
                 _ => self.note(&path, None, "unexpected entry"),
@@ -278,7 +269,7 @@ impl Verifier {
         for index in 0..partitions.unwrap_or(0) {
             if !seen.contains(&index) {
                 self.problem(
-                    &dir.join(format!("p{index:05}")),
+                    &paths::partition_dir(dir, index),
                     None,
                     "partition directory is missing",
                 );
@@ -343,14 +334,14 @@ impl Verifier {
         let mut segments = BTreeMap::new();
         let mut indexes = Vec::new();
         let mut checkpoint = None;
-        let checkpoint_path = dir.join(CHECKPOINT_FILE);
+        let checkpoint_path = paths::checkpoint(dir);
         for entry in self.storage.read_dir(dir)? {
             let path = dir.join(&entry);
-            if let Some(base_offset) = parse_log_file_name(&entry) {
+            if let Some(base_offset) = paths::parse_segment_file_name(&entry) {
                 segments.insert(base_offset, path);
-            } else if entry.ends_with(".idx") {
-                indexes.push(entry);
-            } else if entry == CHECKPOINT_FILE {
+            } else if let Some(base_offset) = paths::parse_index_file_name(&entry) {
+                indexes.push((entry, base_offset));
+            } else if path == checkpoint_path {
                 if let Some(bytes) = self.read(&path, limits::CHECKPOINT_SIZE_BYTES_MAX) {
                     match format::checkpoint::decode(&bytes) {
                         Ok(decoded) => checkpoint = Some(decoded),
@@ -361,18 +352,14 @@ impl Verifier {
                 }
             } else if entry == DEDUP_DIR && path.is_dir() {
                 // Derived data; open drops and rebuilds damaged runs.
-            } else if entry.ends_with(".tmp") {
+            } else if paths::is_temporary(&entry) {
                 self.note(&path, None, "leftover temporary file (removed at open)");
             } else {
                 self.note(&path, None, "unexpected entry");
             }
         }
-        for name in indexes {
-            let has_segment = name
-                .strip_suffix(".idx")
-                .and_then(|stem| parse_log_file_name(&format!("{stem}.log")))
-                .is_some_and(|base_offset| segments.contains_key(&base_offset));
-            if !has_segment {
+        for (name, base_offset) in indexes {
+            if !segments.contains_key(&base_offset) {
                 self.note(&dir.join(name), None, "index without a segment");
             }
         }
@@ -582,7 +569,7 @@ impl Verifier {
             }
             Err(reason) => self.problem(path, Some(0), format!("segment header does not decode: {reason}")),
         }
-        let index_path = path.with_file_name(index_file_name(base_offset));
+        let index_path = paths::index_of_segment(path);
         let index = if active {
             if index_path.exists() {
                 self.note(&index_path, None, "index of the active segment (ignored at open)");

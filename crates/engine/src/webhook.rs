@@ -21,9 +21,8 @@ use crate::limits::{
     WEBHOOK_EVENT_TYPES_COUNT_MAX, WEBHOOK_NAME_SIZE_MAX, WEBHOOK_SECRET_SIZE_MAX, WEBHOOK_URL_SIZE_MAX,
     WEBHOOKS_COUNT_MAX,
 };
+use crate::paths;
 
-/// The journal file's name in the data directory.
-pub const WEBHOOKS_FILE: &str = "webhooks.journal";
 /// The magic of the webhook journal.
 pub(crate) const WEBHOOK_MAGIC: &[u8; 8] = b"STELEWHK";
 /// Record kind: the whole definition of an endpoint (create or replace).
@@ -280,7 +279,7 @@ impl WebhookStore {
     /// # Errors
     /// [`Error::Corruption`] for a bad record before the tail (a torn tail is cut); I/O errors.
     pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> Result<WebhookStore> {
-        let path: PathBuf = dir.join(WEBHOOKS_FILE);
+        let path: PathBuf = paths::webhooks_journal(dir);
         let mut endpoints = BTreeMap::new();
         let replay_path = path.clone();
         let journal = Journal::open(
@@ -396,6 +395,7 @@ fn write(guard: &mut MutexGuard<'_, (Journal, BTreeMap<String, Endpoint>)>, body
 mod tests {
     use super::*;
     use crate::io::StdStorage;
+    use crate::paths::WEBHOOKS_FILE;
 
     fn endpoint(name: &str) -> Endpoint {
         Endpoint {
