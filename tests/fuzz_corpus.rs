@@ -197,8 +197,8 @@ fn generate_seed_corpus() {
         }],
     });
     write_seed("decode_checkpoint", "full", &ckp);
-    let meta_default = stele::config::encode_topic_meta("orders", &TopicOptions::default());
-    let meta_custom = stele::config::encode_topic_meta(
+    let meta_default = stele::format::topic_meta::encode("orders", &TopicOptions::default());
+    let meta_custom = stele::format::topic_meta::encode(
         "t",
         &TopicOptions::default()
             .partitions(3)

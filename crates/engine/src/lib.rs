@@ -47,10 +47,8 @@ mod dedup;
 pub mod error;
 pub mod event;
 pub mod format;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod io;
-mod journal;
+pub mod journal;
 mod keys;
 pub mod limits;
 mod log;

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::config::{self, LogOptions, TopicOptions};
+use crate::config::{LogOptions, TopicOptions};
 use crate::error::{Error, Result};
+use crate::format::topic_meta;
 use crate::io::{self, OpenMode, StorageFile};
 use crate::limits;
 use crate::metrics::EngineMetrics;
@@ -127,8 +128,8 @@ impl Log {
             let meta_path = paths::topic_meta(&path);
             let bytes = io::read_file(storage, &meta_path, 4096)
                 .map_err(|error| Error::io("read topic meta", &meta_path, error))?;
-            let (stored_name, topic_options) = config::decode_topic_meta(&bytes)
-                .map_err(|reason| Error::corruption(&meta_path, 0, reason))?;
+            let (stored_name, topic_options) =
+                topic_meta::decode(&bytes).map_err(|reason| Error::corruption(&meta_path, 0, reason))?;
             if stored_name != name {
                 return Err(Error::Inconsistent {
                     path: meta_path,
@@ -214,7 +215,7 @@ impl Log {
         io::write_file_atomic(
             storage,
             &paths::topic_meta(&staging),
-            &config::encode_topic_meta(name, &options),
+            &topic_meta::encode(name, &options),
         )
         .map_err(io_error("write topic meta", &staging))?;
         storage

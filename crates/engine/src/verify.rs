@@ -19,17 +19,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::config;
 use crate::event::{Offset, PartitionId};
+use crate::format::cursor::CursorRecord;
 use crate::format::envelope::ENVELOPE_HEADER_LEN;
 use crate::format::index::{INDEX_ENTRY_LEN, SegmentIndex};
+use crate::format::journal::{self, JOURNAL_HEADER_LEN, JournalRecord};
+use crate::format::producer::ProducerRecord;
 use crate::format::segment::SEGMENT_HEADER_LEN;
+use crate::format::webhook::WebhookRecord;
 use crate::format::{self, record};
 use crate::io::{self, OpenMode, StdStorage, Storage};
-use crate::journal::{self, JOURNAL_HEADER_LEN};
 use crate::limits;
 use crate::paths::{self, CURSORS_FILE, DEDUP_DIR, PRODUCERS_FILE, TOPIC_META_FILE, TOPICS_DIR};
-use crate::{cursor, error::Error, producer};
 
 /// Byte position of the first entry in an `.idx` file.
 const INDEX_ENTRIES_POSITION: u64 = ENVELOPE_HEADER_LEN as u64 + 36;
@@ -116,13 +117,7 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
     }
     let webhooks_path = paths::webhooks_journal(dir);
     if webhooks_path.exists() {
-        let mut endpoints = BTreeMap::new();
-        verifier.journal(
-            &webhooks_path,
-            crate::webhook::WEBHOOK_MAGIC,
-            crate::webhook::RECORD_SIZE_MAX,
-            &mut |_, body| crate::webhook::replay(&mut endpoints, body).map_err(|reason| reason.to_string()),
-        );
+        verifier.journal::<WebhookRecord>(&webhooks_path, ());
     }
     Ok(verifier.report)
 }
@@ -147,9 +142,6 @@ fn lock_held(path: &Path) -> Option<bool> {
 
 /// Where and why a frame failed.
 type Failure = (u64, String);
-
-/// Checks one journal record body found at a byte position.
-type BodyCheck<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
 
 /// What the scan of one segment found.
 struct SegmentScan {
@@ -199,7 +191,7 @@ impl Verifier {
         let meta_path = paths::topic_meta(dir);
         let mut partitions = None;
         if let Some(bytes) = self.read(&meta_path, 4096) {
-            match config::decode_topic_meta(&bytes) {
+            match format::topic_meta::decode(&bytes) {
                 Ok((stored_name, options)) => {
                     if stored_name != name {
                         self.problem(
@@ -217,29 +209,9 @@ impl Verifier {
                 ),
             }
         }
-        let producers_path = paths::producers_journal(dir);
-        let mut producers = BTreeMap::new();
-        let mut epochs = std::collections::HashMap::new();
-        self.journal(
-            &producers_path,
-            producer::PRODUCER_MAGIC,
-            producer::PRODUCER_RECORD_SIZE_MAX,
-            &mut |_, body| {
-                producer::replay(&mut producers, &mut epochs, body).map_err(|reason| reason.to_string())
-            },
-        );
-        let cursors_path = paths::cursors_journal(dir);
-        let mut cursors = BTreeMap::new();
+        self.journal::<ProducerRecord>(&paths::producers_journal(dir), ());
         let cursor_partitions = partitions.unwrap_or(limits::PARTITIONS_COUNT_MAX);
-        self.journal(
-            &cursors_path,
-            cursor::CURSOR_MAGIC,
-            cursor::CURSOR_RECORD_SIZE_MAX,
-            &mut |position, body| {
-                cursor::replay(&mut cursors, cursor_partitions, &cursors_path, position, body)
-                    .map_err(|error| reason_of(&error))
-            },
-        );
+        self.journal::<CursorRecord>(&paths::cursors_journal(dir), cursor_partitions);
         let mut seen = Vec::new();
         for entry in self.storage.read_dir(dir)? {
             let path = dir.join(&entry);
@@ -278,8 +250,12 @@ impl Verifier {
         Ok(())
     }
 
-    /// Checks a journal: header, every frame, and every record body with `check`.
-    fn journal(&mut self, path: &Path, magic: &[u8; 8], body_size_max: u32, check: &mut BodyCheck<'_>) {
+    /// Checks a journal of `R` records: header, every frame, and the replay of
+    /// every record body.
+    fn journal<R: JournalRecord>(&mut self, path: &Path, context: R::Context) {
+        let (magic, body_size_max) = (R::MAGIC, R::BODY_SIZE_MAX);
+        let mut entries = BTreeMap::new();
+        let mut index = R::Index::default();
         if !path.exists() {
             self.note(path, None, "journal is missing (created empty at open)");
             return;
@@ -297,7 +273,7 @@ impl Verifier {
         while position < bytes.len() {
             match journal::decode_frame(&bytes[position..], body_size_max) {
                 Ok((body, frame_len)) => {
-                    if let Err(message) = check(position as u64, body) {
+                    if let Err(message) = journal::replay::<R>(&mut entries, &mut index, context, body) {
                         self.problem(
                             path,
                             Some(position as u64),
@@ -837,14 +813,6 @@ impl Verifier {
 }
 
 /// The reason of an engine error, without the path and position it repeats.
-fn reason_of(error: &Error) -> String {
-    match error {
-        Error::Corruption { reason, .. } => reason.to_string(),
-        Error::Inconsistent { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
