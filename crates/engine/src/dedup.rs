@@ -12,7 +12,8 @@
 //! and the key is not in the run), and go away when every entry has left the window.
 //!
 //! Layout: a bounded in-memory table (the memtable) and immutable, sorted run files
-//! in the partition's `dedup/` directory (format: FORMAT-dedup.md). A run is read
+//! in the partition's `dedup/` directory (FORMAT.md, "Dedup run file"; its codec is
+//! `format::dedup_run`). A run is read
 //! through a read-only mapping; RAM per run is a fence array of the first fingerprint
 //! of each 4 KiB block (8 bytes per 170 entries) plus a fixed header, so a lookup
 //! touches one block per run (two when a fingerprint straddles a block boundary).
@@ -35,8 +36,6 @@
 //! The index is derived data: it never fails open for bad bytes and the partition
 //! replays the log from `persisted_end` to rebuild whatever was dropped. It does not
 //! read the log and does not confirm candidates; that is the partition's job.
-
-// The partition that calls this index lands separately; until then only tests do.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
