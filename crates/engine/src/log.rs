@@ -62,10 +62,12 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
             max: limits::TOPIC_NAME_SIZE_MAX as u64,
         });
     }
-    if name.starts_with('.') {
-        return Err(Error::InvalidArgument(
-            "topic name must not start with '.'".to_string(),
-        ));
+    // Such names are kept for topics being created or deleted.
+    if paths::is_unfinished_topic(name) {
+        return Err(Error::InvalidArgument(format!(
+            "topic name must not start with {:?}",
+            paths::UNFINISHED_TOPIC_PREFIX
+        )));
     }
     if let Some(bad) = name
         .chars()
