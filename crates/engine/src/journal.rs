@@ -805,6 +805,85 @@ impl<'a> ChunkReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+    use crate::event::{Epoch, ProducerId};
+    use crate::format::producer::ProducerRecord;
+    use crate::io::{Fault, FaultyStorage, StdStorage};
+
+    fn producer(name: &str, id: u64, epoch: u32) -> ProducerRecord {
+        ProducerRecord {
+            name: name.to_string(),
+            id: ProducerId(id),
+            epoch: Epoch(epoch),
+        }
+    }
+
+    #[test]
+    fn a_record_that_replay_would_refuse_is_never_written() -> anyhow::Result<()> {
+        // Goal: the map applies a change with replay's own rules before writing it,
+        // so a caller's bad record can never make the file fail its next open.
+        // Method: write a producer, then records reusing its id and lowering its
+        // epoch; each is refused, the file and the map are unchanged, and a
+        // reopen replays to the same map.
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("producers");
+        let storage: Arc<dyn Storage> = Arc::new(StdStorage);
+        let map = JournalMap::<ProducerRecord>::open(Arc::clone(&storage), path.clone(), ())?;
+        map.write(|_| Ok((producer("a", 1, 3), ())))?;
+        let len = std::fs::metadata(&path)?.len();
+        for bad in [producer("b", 1, 0), producer("a", 1, 2), producer("a", 2, 4)] {
+            let error = map.write(|_| Ok((bad.clone(), ()))).err();
+            assert_eq!(
+                error.map(|e| e.kind()),
+                Some(ErrorKind::InvalidArgument),
+                "{bad:?}"
+            );
+            assert_eq!(std::fs::metadata(&path)?.len(), len, "{bad:?}");
+            assert_eq!(map.list(), vec![("a".to_string(), (ProducerId(1), Epoch(3)))]);
+        }
+        // A refusal by the caller's own check writes nothing either.
+        let refused: Result<()> = map.write(|_| Err(Error::InvalidArgument("no".to_string())));
+        assert!(refused.is_err());
+        assert_eq!(std::fs::metadata(&path)?.len(), len);
+        map.write(|written| {
+            assert!(written.contains_key("a"));
+            Ok((producer("b", 2, 0), ()))
+        })?;
+        let expected = map.list();
+        drop(map);
+        let map = JournalMap::<ProducerRecord>::open(storage, path, ())?;
+        assert_eq!(map.list(), expected);
+        assert_eq!(map.get("b"), Some((ProducerId(2), Epoch(0))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_sync_changes_neither_the_file_nor_the_map() -> anyhow::Result<()> {
+        // Goal: a write whose fdatasync fails is not in the map, not after a crash,
+        // and the map keeps working (the next write first rewrites the file).
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("producers");
+        let faulty = FaultyStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+        let map = JournalMap::<ProducerRecord>::open(Arc::clone(&storage), path.clone(), ())?;
+        map.write(|_| Ok((producer("a", 1, 0), ())))?;
+        faulty.arm(Fault::SyncError, "producers", 0);
+        let error = map.write(|_| Ok((producer("a", 1, 1), ()))).err();
+        assert_eq!(error.map(|e| e.kind()), Some(ErrorKind::Io));
+        assert_eq!(map.get("a"), Some((ProducerId(1), Epoch(0))));
+        map.write(|_| Ok((producer("b", 2, 0), ())))?;
+        drop(map);
+        faulty.crash(3)?;
+        let map = JournalMap::<ProducerRecord>::open(storage, path, ())?;
+        assert_eq!(
+            map.list(),
+            vec![
+                ("a".to_string(), (ProducerId(1), Epoch(0))),
+                ("b".to_string(), (ProducerId(2), Epoch(0)))
+            ]
+        );
+        Ok(())
+    }
 
     #[test]
     fn names_must_be_non_empty_bounded_and_free_of_control_characters() {
