@@ -2,8 +2,8 @@
 //! target bodies libFuzzer runs (`stele_proof::NAME`), so the normal test suite
 //! keeps every seed and every input a fuzzer once found interesting passing.
 //!
-//! `cargo test --test fuzz_corpus -- --ignored generate_seed_corpus` rewrites the
-//! seed files (`seed-*`) from the current encoders; inputs found by fuzzing are
+//! `STELE_WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_corpus` rewrites the seed
+//! files (`seed-*`) from the current encoders first; inputs found by fuzzing are
 //! kept under their libFuzzer hash names.
 
 use std::path::{Path, PathBuf};
@@ -197,8 +197,8 @@ fn generate_seed_corpus() {
         }],
     });
     write_seed("decode_checkpoint", "full", &ckp);
-    let meta_default = stele::config::encode_topic_meta("orders", &TopicOptions::default());
-    let meta_custom = stele::config::encode_topic_meta(
+    let meta_default = stele::format::topic_meta::encode("orders", &TopicOptions::default());
+    let meta_custom = stele::format::topic_meta::encode(
         "t",
         &TopicOptions::default()
             .partitions(3)
@@ -274,6 +274,13 @@ fn generate_seed_corpus() {
         "journal_records",
         "producer-frames",
         &[&[3u8, 0][..], &producers[16..]].concat(),
+    );
+    let webhooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks-v1/webhooks.journal");
+    let webhooks = std::fs::read(webhooks).expect("the webhook journal fixture");
+    write_seed(
+        "journal_records",
+        "webhooks",
+        &[&[4u8, 0][..], &webhooks].concat(),
     );
     let mut runs = Vec::new();
     files_under(dir.path(), ".run", &mut runs);

@@ -11,22 +11,20 @@
 //! every target must survive, so that a target that starts to panic on trivial
 //! input fails here first, with a readable name, rather than under libFuzzer.
 
-use stele_proof as fuzzing;
-
 type Target = fn(&[u8]);
 
 const TARGETS: &[(&str, Target)] = &[
-    ("decode_record", fuzzing::decode_record),
-    ("decode_segment_header", fuzzing::decode_segment_header),
-    ("decode_index", fuzzing::decode_index),
-    ("decode_checkpoint", fuzzing::decode_checkpoint),
-    ("decode_topic_meta", fuzzing::decode_topic_meta),
-    ("decode_envelope", fuzzing::decode_envelope),
-    ("journal_records", fuzzing::journal_records),
-    ("dedup_run", fuzzing::dedup_run),
-    ("recover_segment", fuzzing::recover_segment),
-    ("grpc_requests", fuzzing::grpc_requests),
-    ("engine_ops", fuzzing::engine_ops),
+    ("decode_record", stele_proof::decode_record),
+    ("decode_segment_header", stele_proof::decode_segment_header),
+    ("decode_index", stele_proof::decode_index),
+    ("decode_checkpoint", stele_proof::decode_checkpoint),
+    ("decode_topic_meta", stele_proof::decode_topic_meta),
+    ("decode_envelope", stele_proof::decode_envelope),
+    ("journal_records", stele_proof::journal_records),
+    ("dedup_run", stele_proof::dedup_run),
+    ("recover_segment", stele_proof::recover_segment),
+    ("grpc_requests", stele_proof::grpc_requests),
+    ("engine_ops", stele_proof::engine_ops),
 ];
 
 fn every_target(input: &[u8]) {
@@ -68,5 +66,5 @@ fn recover_segment_frame_claiming_the_largest_length() {
     let mut input = vec![7u8];
     input.extend_from_slice(&(stele::format::record::RECORD_FRAME_SIZE_MAX as u32 - 4).to_le_bytes());
     input.extend_from_slice(&[0u8; 100]);
-    fuzzing::recover_segment(&input);
+    stele_proof::recover_segment(&input);
 }

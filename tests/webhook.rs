@@ -1341,7 +1341,7 @@ async fn verify_checks_the_webhook_journal() {
     server.shutdown().await.expect("shutdown");
     let report = stele::verify::verify_dir(dir.path()).expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    let path = dir.path().join(stele::server::webhook::store::WEBHOOKS_FILE);
+    let path = dir.path().join(stele::paths::WEBHOOKS_FILE);
     let mut bytes = std::fs::read(&path).expect("read journal");
     // Inside the first record's URL: not the tail, so it is corruption.
     bytes[40] ^= 0xff;

@@ -12,12 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The messages and the client stubs, with prost's codec.
     tonic_prost_build::configure()
         .build_server(false)
-        // Subscriptions encode their batches straight from stored frames (src/server/wire.rs).
+        // Subscriptions encode their batches straight from stored frames (src/batch.rs).
         .extern_path(".stele.v1.EventBatch", "crate::batch::EventBatch")
         .compile_fds(descriptors.clone())?;
     // The server stubs alone (every message is extern, so none is generated
     // twice), with the codec that answers undecodable requests with
-    // INVALID_ARGUMENT (src/server/codec.rs).
+    // INVALID_ARGUMENT (src/codec.rs).
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()

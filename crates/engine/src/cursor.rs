@@ -1,94 +1,31 @@
 //! Named consumer cursors of one topic: per partition, the committed offset (the
-//! next offset the consumer will read), kept durably in a journal
-//! (FORMAT-cursor.md, "Cursor store").
+//! next offset the consumer will read), kept durably in a journal-backed map of
+//! cursor records (FORMAT.md, "Cursor store records"; `format::cursor`).
 //!
-//! Every commit or delete appends one record and returns only once it is durable.
-//! Writers that arrive while a write is in flight join the next batch, and one of
-//! them (the leader) writes and syncs that whole batch for everyone: a group commit.
+//! Every commit or delete appends one record and returns only once it is durable;
+//! concurrent commits share one write and one sync (the map's group commit).
 //!
-//! Invariant: `State::cursors` is the *written* view: the durable state plus the
-//! changes of the batch in flight and of the next batch, in that order. Each
-//! pending change keeps the value it replaced, so readers see only the durable
-//! view, and a failed batch is undone exactly.
-//! Invariant: when a batch fails, every pending change fails with it, because
-//! later changes were checked against the failed ones.
+//! Invariant: a commit is checked against the written view (the durable state plus
+//! the changes still being written), so it never moves a cursor backwards past a
+//! pending commit; readers see only the durable view.
 //!
 //! It does not know partitions' high watermarks; `commit` asks the caller.
 
-// The topic module, the only user outside tests, is merged separately.
-
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::event::{Offset, PartitionId};
-use crate::format::{DecodeError, Put, Reader, check_len};
+use crate::format::cursor::{CursorOffsets, CursorRecord};
 use crate::io::Storage;
-use crate::journal::{
-    COMPACT_SIZE_BYTES_MIN, FRAME_HEADER_LEN, Journal, check_name, decode_name, encode_frame, encode_name,
-};
+use crate::journal::{COMPACT_SIZE_BYTES_MIN, JournalMap, check_name};
 use crate::limits::{CURSOR_NAME_SIZE_MAX, CURSORS_COUNT_MAX, PARTITIONS_COUNT_MAX};
-
-/// The magic of a cursor journal.
-pub(crate) const CURSOR_MAGIC: &[u8; 8] = b"STELECUR";
-/// Record kind: set the offsets of some partitions of a cursor, creating it.
-const KIND_SET: u8 = 1;
-/// Record kind: delete a cursor.
-const KIND_DELETE: u8 = 2;
-/// Size of one (partition, offset) entry of a set record.
-const ENTRY_LEN: usize = 12;
-/// Largest record body: a set of every partition under a maximal name.
-pub(crate) const CURSOR_RECORD_SIZE_MAX: u32 =
-    (1 + 2 + CURSOR_NAME_SIZE_MAX + 4 + ENTRY_LEN * PARTITIONS_COUNT_MAX as usize) as u32;
-
-const _: () = assert!(CURSOR_NAME_SIZE_MAX <= u16::MAX as usize);
-const _: () = assert!(
-    (1 + 2 + CURSOR_NAME_SIZE_MAX + 4 + ENTRY_LEN * PARTITIONS_COUNT_MAX as usize) <= u32::MAX as usize
-);
-
-/// A cursor's committed offsets, indexed by partition.
-type Offsets = Vec<Option<Offset>>;
 
 /// The store of one topic's cursors.
 #[derive(Debug)]
 pub(crate) struct CursorStore {
     partitions: u32,
-    compact_size_bytes_min: u64,
-    state: Mutex<State>,
-    /// Signalled whenever a batch is resolved or leadership is released.
-    resolved: Condvar,
-}
-
-#[derive(Debug)]
-struct State {
-    journal: Journal,
-    /// The written view (see the module's invariant).
-    cursors: BTreeMap<String, Offsets>,
-    /// Bytes of frames a compaction of `cursors` would write.
-    live_size: u64,
-    /// The changes of the batch the leader is writing, oldest first.
-    in_flight: Vec<Undo>,
-    /// The batch that writers are joining.
-    next: Batch,
-    /// Whether some writer is writing a batch now.
-    leading: bool,
-}
-
-/// A pending change: the cursor and the value it replaced.
-#[derive(Debug)]
-struct Undo {
-    name: String,
-    previous: Option<Offsets>,
-}
-
-type Outcome = Arc<OnceLock<Result<()>>>;
-
-#[derive(Debug, Default)]
-struct Batch {
-    frames: Vec<u8>,
-    undo: Vec<Undo>,
-    outcome: Outcome,
+    cursors: JournalMap<CursorRecord>,
 }
 
 impl CursorStore {
@@ -115,37 +52,15 @@ impl CursorStore {
                 "partition count {partitions} is not within 1..={PARTITIONS_COUNT_MAX}"
             )));
         }
-        let mut cursors = BTreeMap::new();
-        let replay_path = path.clone();
-        let journal = Journal::open(
-            storage,
-            path,
-            CURSOR_MAGIC,
-            CURSOR_RECORD_SIZE_MAX,
-            &mut |position, body| replay(&mut cursors, partitions, &replay_path, position, body),
-        )?;
-        let live_size = cursors
-            .iter()
-            .map(|(name, offsets)| snapshot_frame_size(name, offsets))
-            .sum();
         Ok(CursorStore {
             partitions,
-            compact_size_bytes_min,
-            state: Mutex::new(State {
-                journal,
-                cursors,
-                live_size,
-                in_flight: Vec::new(),
-                next: Batch::default(),
-                leading: false,
-            }),
-            resolved: Condvar::new(),
+            cursors: JournalMap::open_with(storage, path, partitions, compact_size_bytes_min)?,
         })
     }
 
     /// Bytes of a torn journal tail that open cut.
     pub(crate) fn torn_bytes_count(&self) -> u64 {
-        self.lock().journal.torn_bytes_count()
+        self.cursors.torn_bytes_count()
     }
 
     /// Commits offsets for some partitions of cursor `name` (created on first
@@ -180,44 +95,42 @@ impl CursorStore {
             }
             *slot = true;
         }
-        let state = self.lock();
-        let current = state.cursors.get(name);
-        if current.is_none() && state.cursors.len() >= CURSORS_COUNT_MAX {
-            return Err(Error::LimitExceeded {
-                what: "cursors in the topic",
-                value: state.cursors.len() as u64 + 1,
-                max: CURSORS_COUNT_MAX as u64,
-            });
-        }
-        for &(partition, offset) in offsets {
-            let high_watermark = high_watermark(partition);
-            if offset > high_watermark {
-                return Err(Error::CursorAheadOfHighWatermark {
-                    partition,
-                    requested: offset,
-                    high_watermark,
+        self.cursors.write(|cursors| {
+            let current = cursors.get(name);
+            if current.is_none() && cursors.len() >= CURSORS_COUNT_MAX {
+                return Err(Error::LimitExceeded {
+                    what: "cursors in the topic",
+                    value: cursors.len() as u64 + 1,
+                    max: CURSORS_COUNT_MAX as u64,
                 });
             }
-            let committed = current.and_then(|current| current[partition.0 as usize]);
-            if let Some(committed) = committed
-                && offset < committed
-                && !allow_backwards
-            {
-                return Err(Error::CursorBackwards {
-                    partition,
-                    committed,
-                    requested: offset,
-                });
+            for &(partition, offset) in offsets {
+                let high_watermark = high_watermark(partition);
+                if offset > high_watermark {
+                    return Err(Error::CursorAheadOfHighWatermark {
+                        partition,
+                        requested: offset,
+                        high_watermark,
+                    });
+                }
+                let committed = current.and_then(|current| current[partition.0 as usize]);
+                if let Some(committed) = committed
+                    && offset < committed
+                    && !allow_backwards
+                {
+                    return Err(Error::CursorBackwards {
+                        partition,
+                        committed,
+                        requested: offset,
+                    });
+                }
             }
-        }
-        let mut updated = current
-            .cloned()
-            .unwrap_or_else(|| vec![None; self.partitions as usize]);
-        for &(partition, offset) in offsets {
-            updated[partition.0 as usize] = Some(offset);
-        }
-        let body = encode_set(name, offsets.iter().copied());
-        self.enqueue(state, name, Some(updated), &body)
+            let record = CursorRecord::Set {
+                name: name.to_string(),
+                entries: offsets.to_vec(),
+            };
+            Ok((record, ()))
+        })
     }
 
     /// The committed offsets of a cursor, one per partition (`None` = never
@@ -225,29 +138,15 @@ impl CursorStore {
     ///
     /// # Errors
     /// [`Error::CursorNotFound`].
-    pub(crate) fn get(&self, name: &str) -> Result<Vec<Option<Offset>>> {
-        let state = self.lock();
-        // The oldest pending change of a cursor holds its durable value.
-        let pending = state
-            .in_flight
-            .iter()
-            .chain(&state.next.undo)
-            .find(|undo| undo.name == name);
-        let durable = match pending {
-            Some(undo) => undo.previous.as_ref(),
-            None => state.cursors.get(name),
-        };
-        durable
-            .cloned()
+    pub(crate) fn get(&self, name: &str) -> Result<CursorOffsets> {
+        self.cursors
+            .get(name)
             .ok_or_else(|| Error::CursorNotFound(name.to_string()))
     }
 
     /// Every cursor, sorted by name.
-    pub(crate) fn list(&self) -> Vec<(String, Vec<Option<Offset>>)> {
-        let state = self.lock();
-        durable_view(&state.cursors, &state.in_flight, &state.next.undo)
-            .into_iter()
-            .collect()
+    pub(crate) fn list(&self) -> Vec<(String, CursorOffsets)> {
+        self.cursors.list()
     }
 
     /// Deletes a cursor durably.
@@ -257,247 +156,18 @@ impl CursorStore {
     /// errors, after which the cursor is still there.
     pub(crate) fn delete(&self, name: &str) -> Result<()> {
         check_name(name, CURSOR_NAME_SIZE_MAX, "cursor")?;
-        let state = self.lock();
-        if !state.cursors.contains_key(name) {
-            return Err(Error::CursorNotFound(name.to_string()));
-        }
-        let mut body = vec![KIND_DELETE];
-        encode_name(&mut body, name);
-        self.enqueue(state, name, None, &body)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Applies a checked change to the written view, adds its record to the next
-    /// batch, and waits until that batch is durable or failed, leading it if no one
-    /// else is writing.
-    fn enqueue<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, State>,
-        name: &str,
-        value: Option<Offsets>,
-        body: &[u8],
-    ) -> Result<()> {
-        let previous = state.replace(name, value);
-        state.next.undo.push(Undo {
-            name: name.to_string(),
-            previous,
-        });
-        encode_frame(&mut state.next.frames, body);
-        let outcome = Arc::clone(&state.next.outcome);
-        // Bounded: each pass either leads a batch, which resolves the batch holding
-        // this change or an earlier one, or waits for a leader to do so.
-        loop {
-            if let Some(result) = outcome.get() {
-                return result.as_ref().map(|_| ()).map_err(Error::duplicate);
+        self.cursors.write(|cursors| {
+            if !cursors.contains_key(name) {
+                return Err(Error::CursorNotFound(name.to_string()));
             }
-            if state.leading {
-                state = self.resolved.wait(state).unwrap_or_else(PoisonError::into_inner);
-            } else {
-                state = self.lead(state);
-            }
-        }
+            Ok((
+                CursorRecord::Delete {
+                    name: name.to_string(),
+                },
+                (),
+            ))
+        })
     }
-
-    /// Writes and syncs the next batch for everyone in it, then resolves it.
-    fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        assert!(!state.leading, "two leaders");
-        let batch = std::mem::take(&mut state.next);
-        assert!(!batch.undo.is_empty(), "a leader leads a batch with a change");
-        state.in_flight = batch.undo;
-        state.leading = true;
-        let prepared = {
-            let State {
-                journal,
-                cursors,
-                in_flight,
-                next,
-                ..
-            } = &mut *state;
-            journal.prepare(&|| encode_snapshot(&durable_view(cursors, in_flight, &next.undo)))
-        };
-        let result = match prepared {
-            Err(error) => {
-                let orphan = state.undo_pending();
-                let _ = orphan.set(Err(error.duplicate()));
-                Err(error)
-            }
-            Ok(write) => {
-                drop(state);
-                let outcome = write.perform(&batch.frames);
-                state = self.lock();
-                let orphan = outcome.is_err().then(|| state.undo_pending());
-                let State { journal, cursors, .. } = &mut *state;
-                // After a failure nothing is pending any more, so `cursors` is durable.
-                let result = journal.finish(write, batch.frames.len() as u64, outcome, &|| {
-                    encode_snapshot(cursors)
-                });
-                if let (Some(orphan), Err(error)) = (orphan, &result) {
-                    let _ = orphan.set(Err(error.duplicate()));
-                }
-                result
-            }
-        };
-        if result.is_ok() {
-            state.in_flight.clear();
-            if state
-                .journal
-                .should_compact(state.live_size, self.compact_size_bytes_min)
-            {
-                let snapshot = encode_snapshot(&durable_view(&state.cursors, &[], &state.next.undo));
-                // A failed compaction leaves the journal usable (or marked broken, so
-                // that the next append rewrites it); the batch is durable either way.
-                let _ = state.journal.rewrite(&snapshot);
-            }
-        }
-        batch
-            .outcome
-            .set(result)
-            .expect("only the leader resolves a batch, once");
-        state.leading = false;
-        self.resolved.notify_all();
-        state
-    }
-}
-
-impl State {
-    /// Sets a cursor in the written view (`None` deletes it) and returns the value
-    /// it replaced.
-    fn replace(&mut self, name: &str, value: Option<Offsets>) -> Option<Offsets> {
-        if let Some(value) = &value {
-            self.live_size += snapshot_frame_size(name, value);
-        }
-        let previous = match value {
-            Some(value) => self.cursors.insert(name.to_string(), value),
-            None => self.cursors.remove(name),
-        };
-        if let Some(previous) = &previous {
-            self.live_size -= snapshot_frame_size(name, previous);
-        }
-        previous
-    }
-
-    /// Undoes every pending change, newest first, and returns the outcome of the
-    /// next batch, which fails with the in-flight one (its changes were checked
-    /// against the failed ones).
-    fn undo_pending(&mut self) -> Outcome {
-        let next = std::mem::take(&mut self.next);
-        let in_flight = std::mem::take(&mut self.in_flight);
-        for undo in next.undo.into_iter().rev().chain(in_flight.into_iter().rev()) {
-            self.replace(&undo.name, undo.previous);
-        }
-        next.outcome
-    }
-}
-
-/// The durable view: the written view with the pending changes undone.
-fn durable_view(
-    cursors: &BTreeMap<String, Offsets>,
-    in_flight: &[Undo],
-    next: &[Undo],
-) -> BTreeMap<String, Offsets> {
-    let mut view = cursors.clone();
-    for undo in next.iter().rev().chain(in_flight.iter().rev()) {
-        match &undo.previous {
-            Some(previous) => view.insert(undo.name.clone(), previous.clone()),
-            None => view.remove(&undo.name),
-        };
-    }
-    view
-}
-
-/// A set record body for `entries`.
-fn encode_set(name: &str, entries: impl ExactSizeIterator<Item = (PartitionId, Offset)>) -> Vec<u8> {
-    let mut body = Vec::with_capacity(1 + 2 + name.len() + 4 + ENTRY_LEN * entries.len());
-    body.put_u8(KIND_SET);
-    encode_name(&mut body, name);
-    body.put_u32(u32::try_from(entries.len()).expect("entries are bounded by the partition count"));
-    for (partition, offset) in entries {
-        body.put_u32(partition.0);
-        body.put_u64(offset.0);
-    }
-    body
-}
-
-fn committed(offsets: &Offsets) -> impl ExactSizeIterator<Item = (PartitionId, Offset)> + '_ {
-    let entries: Vec<(PartitionId, Offset)> = offsets
-        .iter()
-        .enumerate()
-        .filter_map(|(index, offset)| offset.map(|offset| (PartitionId(index as u32), offset)))
-        .collect();
-    entries.into_iter()
-}
-
-/// The bytes of the frame that a compaction writes for one cursor.
-fn snapshot_frame_size(name: &str, offsets: &Offsets) -> u64 {
-    let entries = offsets.iter().filter(|offset| offset.is_some()).count();
-    (FRAME_HEADER_LEN + 1 + 2 + name.len() + 4 + ENTRY_LEN * entries) as u64
-}
-
-/// The frames of a compacted journal: one set record per cursor.
-fn encode_snapshot(cursors: &BTreeMap<String, Offsets>) -> Vec<u8> {
-    let mut frames = Vec::new();
-    for (name, offsets) in cursors {
-        encode_frame(&mut frames, &encode_set(name, committed(offsets)));
-    }
-    frames
-}
-
-/// Applies one record read at open.
-pub(crate) fn replay(
-    cursors: &mut BTreeMap<String, Offsets>,
-    partitions: u32,
-    path: &std::path::Path,
-    position: u64,
-    body: &[u8],
-) -> Result<()> {
-    let corruption = |reason| Error::corruption(path, position, reason);
-    let mut reader = Reader::new(body);
-    let kind = reader.u8().map_err(corruption)?;
-    let name = decode_name(&mut reader, CURSOR_NAME_SIZE_MAX).map_err(corruption)?;
-    match kind {
-        KIND_SET => {
-            let count = reader.u32().map_err(corruption)?;
-            check_len(u64::from(count), u64::from(partitions)).map_err(corruption)?;
-            if !cursors.contains_key(name) && cursors.len() >= CURSORS_COUNT_MAX {
-                return Err(corruption(DecodeError::LengthOutOfBounds {
-                    len: cursors.len() as u64 + 1,
-                    max: CURSORS_COUNT_MAX as u64,
-                }));
-            }
-            let offsets = cursors
-                .entry(name.to_string())
-                .or_insert_with(|| vec![None; partitions as usize]);
-            // Bounded by `count`, itself bounded by the partition count.
-            for _ in 0..count {
-                let partition = reader.u32().map_err(corruption)?;
-                let offset = reader.u64().map_err(corruption)?;
-                let Some(slot) = offsets.get_mut(partition as usize) else {
-                    return Err(Error::Inconsistent {
-                        path: path.to_path_buf(),
-                        reason: format!(
-                            "cursor record at position {position} names partition {partition}, \
-                             but the topic has {partitions} partitions"
-                        ),
-                    });
-                };
-                *slot = Some(Offset(offset));
-            }
-        }
-        KIND_DELETE => {
-            // Deleting an absent cursor is harmless; the journal never holds one.
-            cursors.remove(name);
-        }
-        _ => return Err(corruption(DecodeError::Invalid("unknown cursor record kind"))),
-    }
-    if reader.remaining() != 0 {
-        return Err(corruption(DecodeError::Invalid(
-            "trailing bytes in a cursor record",
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -506,8 +176,11 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::error::ErrorKind;
+    use crate::format::journal::snapshot_frame_len;
     use crate::io::{Fault, FaultyStorage, StdStorage};
 
     const PARTITIONS: u32 = 4;
@@ -730,11 +403,11 @@ mod tests {
         assert_eq!(expected.len(), 2);
         let live_size: u64 = expected
             .iter()
-            .map(|(name, offsets)| snapshot_frame_size(name, offsets))
+            .map(|(name, offsets)| snapshot_frame_len::<CursorRecord>(name, offsets))
             .sum();
         let len = file_len(&path)?;
         assert!(
-            len <= 2 * (crate::journal::JOURNAL_HEADER_LEN as u64 + live_size) + 200,
+            len <= 2 * (crate::format::journal::JOURNAL_HEADER_LEN as u64 + live_size) + 200,
             "journal of {len} bytes for {live_size} live bytes"
         );
         drop(store);
@@ -750,7 +423,9 @@ mod tests {
     /// Writes a journal of three commits; returns its bytes, the file length after
     /// each commit, and the state after each commit.
     #[allow(clippy::type_complexity)]
-    fn three_commits(directory: &Path) -> anyhow::Result<(Vec<u8>, Vec<u64>, Vec<Vec<(String, Offsets)>>)> {
+    fn three_commits(
+        directory: &Path,
+    ) -> anyhow::Result<(Vec<u8>, Vec<u64>, Vec<Vec<(String, CursorOffsets)>>)> {
         let path = directory.join(FILE_NAME);
         let storage: Arc<dyn Storage> = Arc::new(StdStorage);
         let store = open(&storage, &path)?;
@@ -812,7 +487,7 @@ mod tests {
         let source = tempfile::tempdir()?;
         let (bytes, lens, _) = three_commits(source.path())?;
         let storage: Arc<dyn Storage> = Arc::new(StdStorage);
-        let header_bits = (0..crate::journal::JOURNAL_HEADER_LEN * 8).map(|bit| (bit, 0));
+        let header_bits = (0..crate::format::journal::JOURNAL_HEADER_LEN * 8).map(|bit| (bit, 0));
         let record_bits = (lens[1] as usize * 8..lens[2] as usize * 8).map(|bit| (bit, lens[1]));
         for (bit, position) in header_bits.chain(record_bits) {
             let directory = tempfile::tempdir()?;
@@ -1011,7 +686,7 @@ mod tests {
             let reopen = || CursorStore::open_with(Arc::clone(&storage), path.clone(), PARTITIONS, 64)
                 .expect("open");
             let mut store = reopen();
-            let mut model: BTreeMap<String, Offsets> = BTreeMap::new();
+            let mut model: BTreeMap<String, CursorOffsets> = BTreeMap::new();
             let high_watermark = |_: PartitionId| Offset(50);
             for operation in operations {
                 match operation {

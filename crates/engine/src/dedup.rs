@@ -12,7 +12,8 @@
 //! and the key is not in the run), and go away when every entry has left the window.
 //!
 //! Layout: a bounded in-memory table (the memtable) and immutable, sorted run files
-//! in the partition's `dedup/` directory (format: FORMAT-dedup.md). A run is read
+//! in the partition's `dedup/` directory (FORMAT.md, "Dedup run file"; its codec is
+//! `format::dedup_run`). A run is read
 //! through a read-only mapping; RAM per run is a fence array of the first fingerprint
 //! of each 4 KiB block (8 bytes per 170 entries) plus a fixed header, so a lookup
 //! touches one block per run (two when a fingerprint straddles a block boundary).
@@ -36,8 +37,6 @@
 //! replays the log from `persisted_end` to rebuild whatever was dropped. It does not
 //! read the log and does not confirm candidates; that is the partition's job.
 
-// The partition that calls this index lands separately; until then only tests do.
-
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -46,35 +45,22 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::event::Offset;
-use crate::format::{DecodeError, Put, Reader, crc};
+use crate::format::dedup_run::{
+    BLOCK_CRC_POSITION, BLOCK_SIZE_U64, RUN_HEADER_LEN, RUN_VERSION, RUN_VERSION_ID_ONLY, RunEntry as Entry,
+    RunHeader, block_entries_count, block_position, blocks_count, decode_block, decode_header, encode_block,
+    encode_header, fence_position, run_file_len,
+};
+use crate::format::{DecodeError, Put, crc};
 use crate::io::{Map, OpenMode, Storage, StorageFile};
 use crate::limits::{
     DEDUP_MEMTABLE_AGE_MS_MAX, DEDUP_MEMTABLE_ENTRIES_MAX, DEDUP_MERGE_FANOUT, DEDUP_RUN_BLOCK_ENTRIES_COUNT,
-    DEDUP_RUN_BLOCK_SIZE, DEDUP_RUN_ENTRIES_COUNT_MAX, DEDUP_RUN_ENTRY_LEN, DEDUP_RUNS_COUNT_MAX,
-    DEDUP_RUNS_COUNT_SOFT_MAX,
+    DEDUP_RUN_BLOCK_SIZE, DEDUP_RUNS_COUNT_MAX, DEDUP_RUNS_COUNT_SOFT_MAX,
 };
+use crate::paths;
 
-/// The magic of a dedup run file.
-pub(crate) const RUN_MAGIC: &[u8; 8] = b"STELEDDP";
-/// The version this build writes: fingerprints of (key, idempotency id).
-pub(crate) const RUN_VERSION: u16 = 2;
-/// Version 1: fingerprints of the idempotency id alone (`Fingerprint::legacy`).
-pub(crate) const RUN_VERSION_ID_ONLY: u16 = 1;
-/// The versions this build reads.
-pub(crate) const RUN_VERSIONS_SUPPORTED: &[u16] = &[RUN_VERSION_ID_ONLY, RUN_VERSION];
-/// Length of the run header; it sits in a block of its own, zero-padded.
-pub(crate) const RUN_HEADER_LEN: usize = 64;
-/// Position of a block's CRC within the block.
-const BLOCK_CRC_POSITION: usize = DEDUP_RUN_BLOCK_SIZE - 4;
-const BLOCK_SIZE_U64: u64 = DEDUP_RUN_BLOCK_SIZE as u64;
-const RUN_SUFFIX: &str = ".run";
-const TEMPORARY_SUFFIX: &str = ".tmp";
 /// Blocks gathered in RAM before one `write_at` (256 KiB).
 const WRITE_BLOCKS_COUNT: usize = 64;
 const NO_PREVIOUS: u32 = u32::MAX;
-
-const _: () = assert!(RUN_HEADER_LEN <= DEDUP_RUN_BLOCK_SIZE);
-const _: () = assert!(DEDUP_RUN_ENTRY_LEN == 24);
 
 /// The fingerprints an idempotency id of a key is looked up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,15 +104,6 @@ pub(crate) struct DedupOpenReport {
     pub(crate) runs_dropped: usize,
 }
 
-/// One entry: an event at `offset`, appended at `timestamp_ms`, carries an id whose
-/// fingerprint is `fingerprint`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    fingerprint: u64,
-    offset: u64,
-    timestamp_ms: i64,
-}
-
 impl Entry {
     /// Run order: fingerprint ascending, then newest (highest offset) first.
     fn order_key(&self) -> (u64, Reverse<u64>) {
@@ -137,179 +114,6 @@ impl Entry {
 /// Whether an entry stamped `timestamp_ms` is inside the window at `now_ms`.
 fn in_window(timestamp_ms: i64, now_ms: i64, window_ms: u64) -> bool {
     (now_ms as i128) - (timestamp_ms as i128) < window_ms as i128
-}
-
-// ---------------------------------------------------------------------------
-// Byte codecs (no I/O).
-// ---------------------------------------------------------------------------
-
-/// The fields of a run header (FORMAT-dedup.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RunHeader {
-    /// One of `RUN_VERSIONS_SUPPORTED`; it says which fingerprint the entries hold.
-    version: u16,
-    entries_count: u64,
-    offset_start: u64,
-    offset_end: u64,
-    timestamp_min: i64,
-    timestamp_max: i64,
-    fence_crc: u32,
-}
-
-fn encode_header(header: &RunHeader) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(RUN_HEADER_LEN);
-    bytes.extend_from_slice(RUN_MAGIC);
-    bytes.put_u16(header.version);
-    bytes.put_u16(0);
-    bytes.put_u32(DEDUP_RUN_BLOCK_SIZE as u32);
-    bytes.put_u64(header.entries_count);
-    bytes.put_u64(header.offset_start);
-    bytes.put_u64(header.offset_end);
-    bytes.put_i64(header.timestamp_min);
-    bytes.put_i64(header.timestamp_max);
-    bytes.put_u32(header.fence_crc);
-    let header_crc = crc(&bytes);
-    bytes.put_u32(header_crc);
-    debug_assert_eq!(bytes.len(), RUN_HEADER_LEN);
-    debug_assert_eq!(decode_header(&bytes), Ok(*header));
-    bytes
-}
-
-fn decode_header(bytes: &[u8]) -> Result<RunHeader, DecodeError> {
-    let mut reader = Reader::new(bytes);
-    let magic = reader.bytes(8)?;
-    let version = reader.u16()?;
-    let flags = reader.u16()?;
-    let block_size = reader.u32()?;
-    let entries_count = reader.u64()?;
-    let offset_start = reader.u64()?;
-    let offset_end = reader.u64()?;
-    let timestamp_min = reader.i64()?;
-    let timestamp_max = reader.i64()?;
-    let fence_crc = reader.u32()?;
-    let header_crc = reader.u32()?;
-    let computed = crc(&bytes[..RUN_HEADER_LEN - 4]);
-    if header_crc != computed {
-        return Err(DecodeError::CrcMismatch {
-            expected: header_crc,
-            actual: computed,
-        });
-    }
-    if magic != RUN_MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    if !RUN_VERSIONS_SUPPORTED.contains(&version) {
-        return Err(DecodeError::UnsupportedVersion { found: version });
-    }
-    if flags != 0 {
-        return Err(DecodeError::Invalid("dedup run flags are not 0"));
-    }
-    if block_size as usize != DEDUP_RUN_BLOCK_SIZE {
-        return Err(DecodeError::Invalid("dedup run block size is not 4096"));
-    }
-    crate::format::check_len(entries_count, DEDUP_RUN_ENTRIES_COUNT_MAX)?;
-    if offset_start > offset_end {
-        return Err(DecodeError::Invalid("dedup run offset_start is above offset_end"));
-    }
-    if entries_count > 0 && timestamp_min > timestamp_max {
-        return Err(DecodeError::Invalid(
-            "dedup run timestamp_min is above timestamp_max",
-        ));
-    }
-    Ok(RunHeader {
-        version,
-        entries_count,
-        offset_start,
-        offset_end,
-        timestamp_min,
-        timestamp_max,
-        fence_crc,
-    })
-}
-
-fn blocks_count(entries_count: u64) -> u64 {
-    entries_count.div_ceil(DEDUP_RUN_BLOCK_ENTRIES_COUNT as u64)
-}
-
-fn block_position(block_index: u64) -> u64 {
-    BLOCK_SIZE_U64 * (1 + block_index)
-}
-
-fn fence_position(blocks: u64) -> u64 {
-    block_position(blocks)
-}
-
-fn run_file_len(blocks: u64) -> u64 {
-    fence_position(blocks) + 8 * blocks
-}
-
-/// Entries in block `block_index` of a run of `entries_count` entries.
-fn block_entries_count(entries_count: u64, block_index: u64) -> usize {
-    let before = block_index * DEDUP_RUN_BLOCK_ENTRIES_COUNT as u64;
-    let left = entries_count.saturating_sub(before);
-    left.min(DEDUP_RUN_BLOCK_ENTRIES_COUNT as u64) as usize
-}
-
-/// Encodes up to one block of entries into `block` (exactly one block long).
-fn encode_block(entries: &[Entry], block: &mut [u8]) {
-    assert!(
-        entries.len() <= DEDUP_RUN_BLOCK_ENTRIES_COUNT,
-        "block overfull: {}",
-        entries.len()
-    );
-    assert_eq!(block.len(), DEDUP_RUN_BLOCK_SIZE);
-    block.fill(0);
-    for (index, entry) in entries.iter().enumerate() {
-        let bytes = &mut block[index * DEDUP_RUN_ENTRY_LEN..(index + 1) * DEDUP_RUN_ENTRY_LEN];
-        bytes[0..8].copy_from_slice(&entry.fingerprint.to_le_bytes());
-        bytes[8..16].copy_from_slice(&entry.offset.to_le_bytes());
-        bytes[16..24].copy_from_slice(&entry.timestamp_ms.to_le_bytes());
-    }
-    let block_crc = crc(&block[..BLOCK_CRC_POSITION]);
-    block[BLOCK_CRC_POSITION..].copy_from_slice(&block_crc.to_le_bytes());
-}
-
-/// Checks a block's CRC and decodes its first `entries_count` entries.
-fn decode_block(block: &[u8], entries_count: usize, out: &mut Vec<Entry>) -> Result<(), DecodeError> {
-    if block.len() != DEDUP_RUN_BLOCK_SIZE {
-        return Err(DecodeError::Truncated {
-            needed: DEDUP_RUN_BLOCK_SIZE as u64,
-            available: block.len() as u64,
-        });
-    }
-    crate::format::check_len(entries_count as u64, DEDUP_RUN_BLOCK_ENTRIES_COUNT as u64)?;
-    let mut reader = Reader::new(&block[BLOCK_CRC_POSITION..]);
-    let stored = reader.u32()?;
-    let computed = crc(&block[..BLOCK_CRC_POSITION]);
-    if stored != computed {
-        return Err(DecodeError::CrcMismatch {
-            expected: stored,
-            actual: computed,
-        });
-    }
-    let mut reader = Reader::new(&block[..entries_count * DEDUP_RUN_ENTRY_LEN]);
-    for _ in 0..entries_count {
-        out.push(Entry {
-            fingerprint: reader.u64()?,
-            offset: reader.u64()?,
-            timestamp_ms: reader.i64()?,
-        });
-    }
-    Ok(())
-}
-
-fn run_name(sequence: u64, offset_start: u64) -> String {
-    format!("{sequence:020}-{offset_start:020}{RUN_SUFFIX}")
-}
-
-/// `(sequence, offset_start)` from a run file name.
-fn parse_run_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(RUN_SUFFIX)?;
-    let (sequence, offset_start) = stem.split_once('-')?;
-    if sequence.len() != 20 || offset_start.len() != 20 {
-        return None;
-    }
-    Some((sequence.parse().ok()?, offset_start.parse().ok()?))
 }
 
 // ---------------------------------------------------------------------------
@@ -645,7 +449,7 @@ impl<'a> RunWriter<'a> {
         sequence: u64,
         offset_start: u64,
     ) -> Result<Self> {
-        let temporary = directory.join(format!("{}{TEMPORARY_SUFFIX}", run_name(sequence, offset_start)));
+        let temporary = paths::run_temporary(directory, sequence, offset_start);
         let file = storage
             .open(&temporary, OpenMode::CreateTruncate)
             .map_err(|source| Error::io("create dedup run", &temporary, source))?;
@@ -755,7 +559,7 @@ impl<'a> RunWriter<'a> {
             .set_len(run_file_len(blocks))
             .map_err(io("size dedup run"))?;
         self.file.sync_data().map_err(io("sync dedup run"))?;
-        let path = self.directory.join(run_name(sequence, offset_start));
+        let path = self.directory.join(paths::run_file_name(sequence, offset_start));
         self.storage
             .rename(&self.temporary, &path)
             .map_err(io("rename dedup run"))?;
@@ -782,7 +586,7 @@ impl<'a> RunWriter<'a> {
 /// Removes a failed run's temporary file; the original error matters more than a
 /// failure here, and open removes leftovers anyway.
 fn abandon(storage: &dyn Storage, directory: &Path, sequence: u64, offset_start: u64) {
-    let temporary = directory.join(format!("{}{TEMPORARY_SUFFIX}", run_name(sequence, offset_start)));
+    let temporary = paths::run_temporary(directory, sequence, offset_start);
     if storage.exists(&temporary) {
         let _ = storage.remove_file(&temporary);
     }
@@ -914,14 +718,14 @@ impl DedupIndex {
         let mut removed_any = false;
         for name in &names {
             let path = directory.join(name);
-            if name.ends_with(TEMPORARY_SUFFIX) {
+            if name.ends_with(paths::TEMPORARY_SUFFIX) {
                 storage
                     .remove_file(&path)
                     .map_err(|source| Error::io("remove dedup temporary", &path, source))?;
                 removed_any = true;
                 continue;
             }
-            let Some((sequence, offset_start)) = parse_run_name(name) else {
+            let Some((sequence, offset_start)) = paths::parse_run_file_name(name) else {
                 continue;
             };
             next_sequence = next_sequence.max(sequence.saturating_add(1));
@@ -1411,7 +1215,7 @@ mod tests {
         Ok(StdStorage
             .read_dir(directory)?
             .into_iter()
-            .filter(|name| name.ends_with(RUN_SUFFIX))
+            .filter(|name| name.ends_with(paths::RUN_SUFFIX))
             .map(|name| directory.join(name))
             .collect())
     }
@@ -1807,7 +1611,8 @@ mod tests {
             assert_eq!(report.runs_dropped, 0);
             let entry_index = position.checked_sub(DEDUP_RUN_BLOCK_SIZE).map(|inside| {
                 let block = inside / DEDUP_RUN_BLOCK_SIZE;
-                block * DEDUP_RUN_BLOCK_ENTRIES_COUNT + (inside % DEDUP_RUN_BLOCK_SIZE) / DEDUP_RUN_ENTRY_LEN
+                block * DEDUP_RUN_BLOCK_ENTRIES_COUNT
+                    + (inside % DEDUP_RUN_BLOCK_SIZE) / crate::limits::DEDUP_RUN_ENTRY_LEN
             });
             let mut sample = vec![0, 1, 169, 170, 171, 250, 339, 340, 399];
             sample.extend(entry_index.filter(|&index| index < 400));
@@ -1944,7 +1749,7 @@ mod tests {
             if fault == Fault::DiskFull {
                 faulty.set_disk_full(true);
             } else {
-                faulty.arm(fault, TEMPORARY_SUFFIX, 0);
+                faulty.arm(fault, paths::TEMPORARY_SUFFIX, 0);
             }
             let error = index.flush().expect_err("the fault surfaces");
             let expected = if fault == Fault::DiskFull {

@@ -1,121 +1,54 @@
-//! An append-only journal of CRC-32C framed records behind a fixed header: the
-//! storage shared by the cursor store and the producer registry (FORMAT-cursor.md).
+//! Journal-backed maps: a map kept in memory and replayed at open from an
+//! append-only journal of CRC-32C framed records (FORMAT.md, "Journals"), with
+//! group commit and compaction. The cursor store, the producer registry and the
+//! webhook endpoint store are thin wrappers over [`JournalMap`]; any other state
+//! that is a map changed one key at a time can be stored the same way, with a
+//! record kind of its own (a [`JournalRecord`] in `format/`).
 //!
-//! The journal owns one file and knows nothing about what its record bodies mean:
-//! `open` hands every valid body to a replay callback, `append` adds frames, and
-//! `rewrite` replaces the whole file with a compacted set of frames (temporary file,
-//! fdatasync, rename, directory fsync).
+//! Two layers. [`JournalMap`] owns the map and its rules: every change is one
+//! record, applied with the same pure rules as replay (`format::journal::apply`),
+//! so the map always equals the replay of the durable journal. `Journal`
+//! (crate-internal) owns the file and knows nothing about what its record bodies
+//! mean: `open` hands every valid body to a replay callback, `prepare`, `perform`
+//! and `finish` append frames, and `rewrite` replaces the whole file with a
+//! compacted set of frames (temporary file, fdatasync, rename, directory fsync).
 //!
 //! Invariant: every byte below `end` is a header followed by whole, valid frames,
 //! and all of it is durable unless `broken` is set.
 //! Invariant: while `broken` is set (a failed fsync, or a failure after the rename
 //! of a rewrite), nothing is appended to the current file: the next write first
-//! rewrites the file from the caller's in-memory state, which is never trusted less
-//! than the file.
+//! rewrites the file from the durable in-memory state, which is never trusted
+//! less than the file.
+//! Invariant: a map's readers see only the durable view; a change that fails
+//! changes neither the file nor the map, and fails every change made after it
+//! (they were checked against it).
 //!
 //! Recovery: only the tail may be torn. Open scans forward and stops at the first
 //! frame that fails its length or CRC check; when no valid frame starts anywhere
 //! after it, the tail is cut there and synced, otherwise the file is corrupt.
 //!
-//! It does not group commits, lock, or interpret bodies; its callers do.
+//! It does not lock across processes (the data directory's `LOCK` does) and does
+//! not validate a caller's arguments beyond the replay rules; its callers do.
 
-// The topic module, the only user outside tests, is merged separately.
-
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::error::{Error, Result};
-use crate::format::{DecodeError, Put, Reader, check_len, crc};
+use crate::format::DecodeError;
+pub use crate::format::journal::JournalRecord;
+use crate::format::journal::{
+    self as codec, FRAME_HEADER_LEN, JOURNAL_HEADER_LEN, ReplayError, decode_frame, decode_header,
+    encode_frame, encode_header, snapshot_frame_len,
+};
 use crate::io::{OpenMode, Storage, StorageFile};
+use crate::paths;
 
-/// The journal format version this build writes.
-pub(crate) const JOURNAL_VERSION: u16 = 1;
-/// The journal format versions this build reads.
-pub(crate) const JOURNAL_VERSIONS_SUPPORTED: &[u16] = &[1];
-/// Length of the file header: magic, format_version, flags, header_crc.
-pub(crate) const JOURNAL_HEADER_LEN: usize = 16;
-/// Length of a frame's header: body_len, crc.
-pub(crate) const FRAME_HEADER_LEN: usize = 8;
 /// Journals up to this size are never compacted, whatever their live share.
-pub(crate) const COMPACT_SIZE_BYTES_MIN: u64 = 1 << 20;
+pub const COMPACT_SIZE_BYTES_MIN: u64 = 1 << 20;
 /// How much of the file open reads at once.
 const READ_CHUNK_SIZE: usize = 1 << 20;
-
-/// Encodes the file header.
-pub(crate) fn encode_header(magic: &[u8; 8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(JOURNAL_HEADER_LEN);
-    bytes.extend_from_slice(magic);
-    bytes.put_u16(JOURNAL_VERSION);
-    bytes.put_u16(0);
-    let header_crc = crc(&bytes);
-    bytes.put_u32(header_crc);
-    debug_assert_eq!(bytes.len(), JOURNAL_HEADER_LEN);
-    bytes
-}
-
-/// Checks a file header.
-pub(crate) fn decode_header(bytes: &[u8], magic: &[u8; 8]) -> Result<(), DecodeError> {
-    let mut reader = Reader::new(bytes);
-    let found_magic = reader.bytes(8)?;
-    let version = reader.u16()?;
-    let _flags = reader.u16()?;
-    let stored = reader.u32()?;
-    let computed = crc(&bytes[..JOURNAL_HEADER_LEN - 4]);
-    if stored != computed {
-        return Err(DecodeError::CrcMismatch {
-            expected: stored,
-            actual: computed,
-        });
-    }
-    if found_magic != magic {
-        return Err(DecodeError::BadMagic);
-    }
-    if !JOURNAL_VERSIONS_SUPPORTED.contains(&version) {
-        return Err(DecodeError::UnsupportedVersion { found: version });
-    }
-    Ok(())
-}
-
-/// The CRC of a frame: CRC-32C of its `body_len` field followed by its body.
-fn frame_crc(len_bytes: [u8; 4], body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc(&len_bytes), body)
-}
-
-/// Appends one frame holding `body` to `out`.
-///
-/// # Panics
-/// When `body` is empty or longer than `u32::MAX`: callers encode bodies of at
-/// least a kind byte and bounded by their record size limit.
-pub(crate) fn encode_frame(out: &mut Vec<u8>, body: &[u8]) {
-    assert!(!body.is_empty(), "a journal record body holds at least its kind");
-    let len = u32::try_from(body.len()).expect("record bodies are bounded by a u32 limit");
-    let len_bytes = len.to_le_bytes();
-    out.extend_from_slice(&len_bytes);
-    out.put_u32(frame_crc(len_bytes, body));
-    out.extend_from_slice(body);
-}
-
-/// Decodes the frame at the start of `bytes` (which may continue past it):
-/// returns its body and the frame's length.
-pub(crate) fn decode_frame(bytes: &[u8], body_size_max: u32) -> Result<(&[u8], usize), DecodeError> {
-    let mut reader = Reader::new(bytes);
-    let len_bytes = reader.u32()?.to_le_bytes();
-    let len = u32::from_le_bytes(len_bytes);
-    if len == 0 {
-        return Err(DecodeError::Invalid("empty journal record"));
-    }
-    check_len(u64::from(len), u64::from(body_size_max))?;
-    let stored = reader.u32()?;
-    let body = reader.bytes(len as usize)?;
-    let computed = frame_crc(len_bytes, body);
-    if stored != computed {
-        return Err(DecodeError::CrcMismatch {
-            expected: stored,
-            actual: computed,
-        });
-    }
-    Ok((body, FRAME_HEADER_LEN + len as usize))
-}
 
 /// Checks a user-chosen name (of a cursor, of a producer): 1 to `size_max` bytes of
 /// UTF-8 without control characters.
@@ -143,29 +76,6 @@ pub(crate) fn check_name(name: &str, size_max: usize, what: &str) -> Result<()> 
         )));
     }
     Ok(())
-}
-
-/// Decodes a name written by [`encode_name`], with the rule of [`check_name`].
-pub(crate) fn decode_name<'a>(reader: &mut Reader<'a>, size_max: usize) -> Result<&'a str, DecodeError> {
-    let name = reader.str16(size_max)?;
-    if name.is_empty() || name.chars().any(char::is_control) {
-        return Err(DecodeError::Invalid(
-            "name is empty or contains a control character",
-        ));
-    }
-    Ok(name)
-}
-
-/// Encodes a name that passed [`check_name`] with a limit below `u16::MAX`.
-pub(crate) fn encode_name(out: &mut Vec<u8>, name: &str) {
-    out.put_bytes16(name.as_bytes());
-}
-
-/// Where the temporary file of a rewrite lives: next to the journal.
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".compact");
-    PathBuf::from(temporary)
 }
 
 fn directory_of(path: &Path) -> &Path {
@@ -230,7 +140,7 @@ impl Journal {
         body_size_max: u32,
         replay: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<Journal> {
-        let temporary = temporary_path(&path);
+        let temporary = paths::journal_temporary(&path);
         if storage.exists(&temporary) {
             storage
                 .remove_file(&temporary)
@@ -296,11 +206,6 @@ impl Journal {
         })
     }
 
-    #[cfg(test)]
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Bytes of a torn tail cut at open.
     pub(crate) fn torn_bytes_count(&self) -> u64 {
         self.torn_bytes_count
@@ -363,17 +268,6 @@ impl Journal {
         Err(Error::io(op, &self.path, source))
     }
 
-    /// Appends `frames` durably: `prepare`, `perform` and `finish` under the
-    /// caller's lock.
-    ///
-    /// # Errors
-    /// As [`Journal::prepare`] and [`Journal::finish`]; nothing of `frames` is kept.
-    pub(crate) fn append(&mut self, frames: &[u8], snapshot: &dyn Fn() -> Vec<u8>) -> Result<()> {
-        let write = self.prepare(snapshot)?;
-        let outcome = write.perform(frames);
-        self.finish(write, frames.len() as u64, outcome, snapshot)
-    }
-
     /// Replaces the file with one holding the header and `frames`.
     ///
     /// # Errors
@@ -405,7 +299,7 @@ fn install(
     magic: &[u8; 8],
     frames: &[u8],
 ) -> std::result::Result<Arc<dyn StorageFile>, (Error, bool)> {
-    let temporary = temporary_path(path);
+    let temporary = paths::journal_temporary(path);
     let written = (|| {
         let file = storage.open(&temporary, OpenMode::CreateTruncate)?;
         file.write_at(&encode_header(magic), 0)?;
@@ -428,6 +322,402 @@ fn install(
         .sync_dir(directory)
         .map_err(|error| (Error::io("sync journal directory", directory, error), true))?;
     Ok(file)
+}
+
+/// The error of a record that replay refuses, at its frame's position.
+fn replay_error(path: &Path, position: u64, reason: ReplayError) -> Error {
+    match reason {
+        ReplayError::Invalid(reason) => Error::corruption(path, position, reason),
+        ReplayError::Inconsistent(reason) => Error::Inconsistent {
+            path: path.to_path_buf(),
+            reason: format!("record at position {position}: {reason}"),
+        },
+    }
+}
+
+/// A map from `R::Key` to `R::Value` kept durably in a journal of `R` records.
+///
+/// Reads ([`JournalMap::get`], [`JournalMap::list`], [`JournalMap::read`]) see the
+/// durable view: changes whose records are synced. [`JournalMap::write`] returns
+/// once its record is durable; writers that arrive while a write is in flight
+/// join the next batch, and one of them (the leader) writes and syncs that whole
+/// batch for everyone: a group commit.
+///
+/// When the journal grows past a minimum size (1 MiB by default) and more than
+/// twice what a compacted file would hold, it is rewritten with one record per
+/// entry after the next successful write.
+///
+/// ```
+/// use std::sync::Arc;
+/// use stele_engine::format::cursor::CursorRecord;
+/// use stele_engine::io::{StdStorage, Storage};
+/// use stele_engine::journal::JournalMap;
+/// use stele_engine::{Offset, PartitionId};
+///
+/// # fn main() -> stele_engine::Result<()> {
+/// let dir = tempfile::tempdir().expect("temporary directory");
+/// let storage: Arc<dyn Storage> = Arc::new(StdStorage);
+/// let path = dir.path().join("cursors");
+/// let cursors = JournalMap::<CursorRecord>::open(Arc::clone(&storage), path.clone(), 2)?;
+/// cursors.write(|_written| {
+///     let record = CursorRecord::Set { name: "billing".to_string(), entries: vec![(PartitionId(1), Offset(7))] };
+///     Ok((record, ()))
+/// })?;
+/// drop(cursors);
+/// let reopened = JournalMap::<CursorRecord>::open(storage, path, 2)?;
+/// assert_eq!(reopened.get("billing"), Some(vec![None, Some(Offset(7))]));
+/// # Ok(())
+/// # }
+/// ```
+pub struct JournalMap<R: JournalRecord> {
+    context: R::Context,
+    compact_size_bytes_min: u64,
+    state: Mutex<MapState<R>>,
+    /// Signalled whenever a batch is resolved or leadership is released.
+    resolved: Condvar,
+}
+
+impl<R: JournalRecord> std::fmt::Debug for JournalMap<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("JournalMap")
+            .field("path", &state.journal.path)
+            .field("entries_count", &state.entries.len())
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+struct MapState<R: JournalRecord> {
+    journal: Journal,
+    /// The written view: the durable entries plus the changes of the batch in
+    /// flight and of the next batch, in that order. Each pending change keeps the
+    /// value it replaced, so the durable view is the written one with them undone.
+    entries: BTreeMap<R::Key, R::Value>,
+    /// The record kind's index of the written view.
+    index: R::Index,
+    /// Bytes of frames a compaction of the written view would write.
+    live_size: u64,
+    /// The changes of the batch the leader is writing, oldest first.
+    in_flight: Vec<Undo<R>>,
+    /// The batch that writers are joining.
+    next: Batch<R>,
+    /// Whether some writer is writing a batch now.
+    leading: bool,
+}
+
+/// A pending change: the key and the value it replaced.
+struct Undo<R: JournalRecord> {
+    key: R::Key,
+    previous: Option<R::Value>,
+}
+
+type Outcome = Arc<OnceLock<Result<()>>>;
+
+struct Batch<R: JournalRecord> {
+    frames: Vec<u8>,
+    undo: Vec<Undo<R>>,
+    outcome: Outcome,
+}
+
+impl<R: JournalRecord> Default for Batch<R> {
+    fn default() -> Batch<R> {
+        Batch {
+            frames: Vec::new(),
+            undo: Vec::new(),
+            outcome: Outcome::default(),
+        }
+    }
+}
+
+impl<R: JournalRecord> JournalMap<R> {
+    /// Opens the map at `path`, or creates an empty one, replaying every record.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] for a bad header, a bad frame before the tail (a torn
+    /// tail is cut, see [`JournalMap::torn_bytes_count`]) or a record that replay
+    /// refuses; [`Error::Inconsistent`] for a record that disagrees with
+    /// `context`; I/O errors.
+    pub fn open(storage: Arc<dyn Storage>, path: PathBuf, context: R::Context) -> Result<JournalMap<R>> {
+        JournalMap::open_with(storage, path, context, COMPACT_SIZE_BYTES_MIN)
+    }
+
+    /// As [`JournalMap::open`], compacting once the file is past
+    /// `compact_size_bytes_min` (and more than twice its live size).
+    ///
+    /// # Errors
+    /// As [`JournalMap::open`].
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        path: PathBuf,
+        context: R::Context,
+        compact_size_bytes_min: u64,
+    ) -> Result<JournalMap<R>> {
+        let mut entries = BTreeMap::new();
+        let mut index = R::Index::default();
+        let replay_path = path.clone();
+        let journal = Journal::open(
+            storage,
+            path,
+            R::MAGIC,
+            R::BODY_SIZE_MAX,
+            &mut |position, body| {
+                codec::replay::<R>(&mut entries, &mut index, context, body)
+                    .map(|_| ())
+                    .map_err(|reason| replay_error(&replay_path, position, reason))
+            },
+        )?;
+        let live_size = entries
+            .iter()
+            .map(|(key, value)| snapshot_frame_len::<R>(key, value))
+            .sum();
+        Ok(JournalMap {
+            context,
+            compact_size_bytes_min,
+            state: Mutex::new(MapState {
+                journal,
+                entries,
+                index,
+                live_size,
+                in_flight: Vec::new(),
+                next: Batch::default(),
+                leading: false,
+            }),
+            resolved: Condvar::new(),
+        })
+    }
+
+    /// What the map was opened with.
+    pub fn context(&self) -> R::Context {
+        self.context
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> PathBuf {
+        self.lock().journal.path.clone()
+    }
+
+    /// Bytes of a torn journal tail that open cut.
+    pub fn torn_bytes_count(&self) -> u64 {
+        self.lock().journal.torn_bytes_count()
+    }
+
+    /// The durable value of `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<R::Value>
+    where
+        R::Key: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let state = self.lock();
+        // The oldest pending change of a key holds its durable value.
+        let pending = state
+            .in_flight
+            .iter()
+            .chain(&state.next.undo)
+            .find(|undo| undo.key.borrow() == key);
+        match pending {
+            Some(undo) => undo.previous.clone(),
+            None => state.entries.get(key).cloned(),
+        }
+    }
+
+    /// Whether `key` has a durable value.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        R::Key: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Every durable entry, in key order.
+    pub fn list(&self) -> Vec<(R::Key, R::Value)> {
+        self.read(|entries| {
+            entries
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        })
+    }
+
+    /// Calls `f` with the durable view, under the map's lock: `f` must not call
+    /// back into the map.
+    pub fn read<T>(&self, f: impl FnOnce(&BTreeMap<R::Key, R::Value>) -> T) -> T {
+        let state = self.lock();
+        if state.in_flight.is_empty() && state.next.undo.is_empty() {
+            f(&state.entries)
+        } else {
+            f(&durable_view(&state.entries, &state.in_flight, &state.next.undo))
+        }
+    }
+
+    /// Makes one change durably: `make` sees the written view (the durable view
+    /// plus the changes still being written, which this change follows) and returns
+    /// the record of the change and what to return once it is durable. `make` runs
+    /// under the map's lock, so it must not call back into the map.
+    ///
+    /// # Errors
+    /// Whatever `make` returns, with nothing written; [`Error::InvalidArgument`]
+    /// for a record that replay would refuse or that exceeds the kind's record
+    /// size (a caller's bug: nothing is written); I/O errors, after which neither
+    /// the file nor the map holds the change, nor any change made after it.
+    pub fn write<T>(&self, make: impl FnOnce(&BTreeMap<R::Key, R::Value>) -> Result<(R, T)>) -> Result<T> {
+        let mut state = self.lock();
+        let (record, value) = make(&state.entries)?;
+        let mut body = Vec::new();
+        record.encode(&mut body);
+        if body.len() > R::BODY_SIZE_MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "journal record of {} bytes exceeds the kind's maximum of {}",
+                body.len(),
+                R::BODY_SIZE_MAX
+            )));
+        }
+        let (key, previous) = {
+            let MapState { entries, index, .. } = &mut *state;
+            codec::apply(entries, index, self.context, &record).map_err(|reason| {
+                Error::InvalidArgument(format!("journal record refused by its replay rules: {reason}"))
+            })?
+        };
+        if let Some(previous) = &previous {
+            state.live_size -= snapshot_frame_len::<R>(&key, previous);
+        }
+        if let Some(current) = state.entries.get(&key) {
+            state.live_size += snapshot_frame_len::<R>(&key, current);
+        }
+        state.next.undo.push(Undo { key, previous });
+        encode_frame(&mut state.next.frames, &body);
+        let outcome = Arc::clone(&state.next.outcome);
+        // Bounded: each pass either leads a batch, which resolves the batch holding
+        // this change or an earlier one, or waits for a leader to do so.
+        loop {
+            if let Some(result) = outcome.get() {
+                return match result {
+                    Ok(()) => Ok(value),
+                    Err(error) => Err(error.duplicate()),
+                };
+            }
+            if state.leading {
+                state = self.resolved.wait(state).unwrap_or_else(PoisonError::into_inner);
+            } else {
+                state = self.lead(state);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MapState<R>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes and syncs the next batch for everyone in it, then resolves it.
+    fn lead<'a>(&'a self, mut state: MutexGuard<'a, MapState<R>>) -> MutexGuard<'a, MapState<R>> {
+        assert!(!state.leading, "two leaders");
+        let batch = std::mem::take(&mut state.next);
+        assert!(!batch.undo.is_empty(), "a leader leads a batch with a change");
+        state.in_flight = batch.undo;
+        state.leading = true;
+        let prepared = {
+            let MapState {
+                journal,
+                entries,
+                in_flight,
+                next,
+                ..
+            } = &mut *state;
+            journal.prepare(&|| codec::encode_snapshot::<R>(&durable_view(entries, in_flight, &next.undo)))
+        };
+        let result = match prepared {
+            Err(error) => {
+                let orphan = state.undo_pending();
+                let _ = orphan.set(Err(error.duplicate()));
+                Err(error)
+            }
+            Ok(write) => {
+                drop(state);
+                let outcome = write.perform(&batch.frames);
+                state = self.lock();
+                let orphan = outcome.is_err().then(|| state.undo_pending());
+                let MapState { journal, entries, .. } = &mut *state;
+                // After a failure nothing is pending any more, so `entries` is durable.
+                let result = journal.finish(write, batch.frames.len() as u64, outcome, &|| {
+                    codec::encode_snapshot::<R>(entries)
+                });
+                if let (Some(orphan), Err(error)) = (orphan, &result) {
+                    let _ = orphan.set(Err(error.duplicate()));
+                }
+                result
+            }
+        };
+        if result.is_ok() {
+            state.in_flight.clear();
+            if state
+                .journal
+                .should_compact(state.live_size, self.compact_size_bytes_min)
+            {
+                let snapshot =
+                    codec::encode_snapshot::<R>(&durable_view(&state.entries, &[], &state.next.undo));
+                // A failed compaction leaves the journal usable (or marked broken, so
+                // that the next append rewrites it); the batch is durable either way.
+                let _ = state.journal.rewrite(&snapshot);
+            }
+        }
+        batch
+            .outcome
+            .set(result)
+            .expect("only the leader resolves a batch, once");
+        state.leading = false;
+        self.resolved.notify_all();
+        state
+    }
+}
+
+impl<R: JournalRecord> MapState<R> {
+    /// Sets `key` in the written view (`None` removes it), keeping the index and
+    /// the live size in step.
+    fn restore(&mut self, key: R::Key, value: Option<R::Value>) {
+        let current = self.entries.get(&key);
+        R::update_index(&mut self.index, current, value.as_ref());
+        if let Some(current) = current {
+            self.live_size -= snapshot_frame_len::<R>(&key, current);
+        }
+        match value {
+            Some(value) => {
+                self.live_size += snapshot_frame_len::<R>(&key, &value);
+                self.entries.insert(key, value);
+            }
+            None => {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    /// Undoes every pending change, newest first, and returns the outcome of the
+    /// next batch, which fails with the in-flight one (its changes were checked
+    /// against the failed ones).
+    fn undo_pending(&mut self) -> Outcome {
+        let next = std::mem::take(&mut self.next);
+        let in_flight = std::mem::take(&mut self.in_flight);
+        for undo in next.undo.into_iter().rev().chain(in_flight.into_iter().rev()) {
+            self.restore(undo.key, undo.previous);
+        }
+        next.outcome
+    }
+}
+
+/// The durable view: the written view with the pending changes undone.
+fn durable_view<R: JournalRecord>(
+    entries: &BTreeMap<R::Key, R::Value>,
+    in_flight: &[Undo<R>],
+    next: &[Undo<R>],
+) -> BTreeMap<R::Key, R::Value> {
+    let mut view = entries.clone();
+    for undo in next.iter().rev().chain(in_flight.iter().rev()) {
+        match &undo.previous {
+            Some(previous) => view.insert(undo.key.clone(), previous.clone()),
+            None => view.remove(&undo.key),
+        };
+    }
+    view
 }
 
 /// Reads a file through a window of about [`READ_CHUNK_SIZE`] bytes.
@@ -515,39 +805,84 @@ impl<'a> ChunkReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+    use crate::event::{Epoch, ProducerId};
+    use crate::format::producer::ProducerRecord;
+    use crate::io::{Fault, FaultyStorage, StdStorage};
 
-    #[test]
-    fn frame_roundtrips_and_rejects_every_flipped_bit() {
-        // Goal: any single bit flip in a frame is detected, including in its length.
-        let mut encoded = Vec::new();
-        encode_frame(&mut encoded, b"hello journal");
-        assert_eq!(
-            decode_frame(&encoded, 64),
-            Ok((&b"hello journal"[..], encoded.len()))
-        );
-        for bit in 0..encoded.len() * 8 {
-            let mut damaged = encoded.clone();
-            damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_frame(&damaged, 1 << 20).is_err(), "bit {bit} undetected");
-        }
-        for cut in 0..encoded.len() {
-            assert!(decode_frame(&encoded[..cut], 64).is_err());
+    fn producer(name: &str, id: u64, epoch: u32) -> ProducerRecord {
+        ProducerRecord {
+            name: name.to_string(),
+            id: ProducerId(id),
+            epoch: Epoch(epoch),
         }
     }
 
     #[test]
-    fn header_roundtrips_and_rejects_damage() {
-        let header = encode_header(b"STELETST");
-        assert_eq!(decode_header(&header, b"STELETST"), Ok(()));
-        assert_eq!(decode_header(&header, b"STELEXXX"), Err(DecodeError::BadMagic));
-        for bit in 0..header.len() * 8 {
-            let mut damaged = header.clone();
-            damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode_header(&damaged, b"STELETST").is_err(),
-                "bit {bit} undetected"
+    fn a_record_that_replay_would_refuse_is_never_written() -> anyhow::Result<()> {
+        // Goal: the map applies a change with replay's own rules before writing it,
+        // so a caller's bad record can never make the file fail its next open.
+        // Method: write a producer, then records reusing its id and lowering its
+        // epoch; each is refused, the file and the map are unchanged, and a
+        // reopen replays to the same map.
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("producers");
+        let storage: Arc<dyn Storage> = Arc::new(StdStorage);
+        let map = JournalMap::<ProducerRecord>::open(Arc::clone(&storage), path.clone(), ())?;
+        map.write(|_| Ok((producer("a", 1, 3), ())))?;
+        let len = std::fs::metadata(&path)?.len();
+        for bad in [producer("b", 1, 0), producer("a", 1, 2), producer("a", 2, 4)] {
+            let error = map.write(|_| Ok((bad.clone(), ()))).err();
+            assert_eq!(
+                error.map(|e| e.kind()),
+                Some(ErrorKind::InvalidArgument),
+                "{bad:?}"
             );
+            assert_eq!(std::fs::metadata(&path)?.len(), len, "{bad:?}");
+            assert_eq!(map.list(), vec![("a".to_string(), (ProducerId(1), Epoch(3)))]);
         }
+        // A refusal by the caller's own check writes nothing either.
+        let refused: Result<()> = map.write(|_| Err(Error::InvalidArgument("no".to_string())));
+        assert!(refused.is_err());
+        assert_eq!(std::fs::metadata(&path)?.len(), len);
+        map.write(|written| {
+            assert!(written.contains_key("a"));
+            Ok((producer("b", 2, 0), ()))
+        })?;
+        let expected = map.list();
+        drop(map);
+        let map = JournalMap::<ProducerRecord>::open(storage, path, ())?;
+        assert_eq!(map.list(), expected);
+        assert_eq!(map.get("b"), Some((ProducerId(2), Epoch(0))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_sync_changes_neither_the_file_nor_the_map() -> anyhow::Result<()> {
+        // Goal: a write whose fdatasync fails is not in the map, not after a crash,
+        // and the map keeps working (the next write first rewrites the file).
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("producers");
+        let faulty = FaultyStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+        let map = JournalMap::<ProducerRecord>::open(Arc::clone(&storage), path.clone(), ())?;
+        map.write(|_| Ok((producer("a", 1, 0), ())))?;
+        faulty.arm(Fault::SyncError, "producers", 0);
+        let error = map.write(|_| Ok((producer("a", 1, 1), ()))).err();
+        assert_eq!(error.map(|e| e.kind()), Some(ErrorKind::Io));
+        assert_eq!(map.get("a"), Some((ProducerId(1), Epoch(0))));
+        map.write(|_| Ok((producer("b", 2, 0), ())))?;
+        drop(map);
+        faulty.crash(3)?;
+        let map = JournalMap::<ProducerRecord>::open(storage, path, ())?;
+        assert_eq!(
+            map.list(),
+            vec![
+                ("a".to_string(), (ProducerId(1), Epoch(0))),
+                ("b".to_string(), (ProducerId(2), Epoch(0)))
+            ]
+        );
+        Ok(())
     }
 
     #[test]

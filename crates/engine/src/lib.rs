@@ -47,15 +47,14 @@ mod dedup;
 pub mod error;
 pub mod event;
 pub mod format;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod io;
-mod journal;
+pub mod journal;
 mod keys;
 pub mod limits;
 mod log;
 pub mod metrics;
 mod partition;
+pub mod paths;
 mod producer;
 mod segment;
 pub mod subscribe;

@@ -12,15 +12,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::config::{self, LogOptions, TopicOptions};
+use crate::config::{LogOptions, TopicOptions};
 use crate::error::{Error, Result};
+use crate::format::topic_meta;
 use crate::io::{self, OpenMode, StorageFile};
 use crate::limits;
 use crate::metrics::EngineMetrics;
+use crate::paths;
 use crate::topic::Topic;
-
-const TOPICS_DIR: &str = "topics";
-const TOPIC_META_FILE: &str = "topic.meta";
 
 /// An open data directory.
 pub struct Log {
@@ -63,10 +62,12 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
             max: limits::TOPIC_NAME_SIZE_MAX as u64,
         });
     }
-    if name.starts_with('.') {
-        return Err(Error::InvalidArgument(
-            "topic name must not start with '.'".to_string(),
-        ));
+    // Such names are kept for topics being created or deleted.
+    if paths::is_unfinished_topic(name) {
+        return Err(Error::InvalidArgument(format!(
+            "topic name must not start with {:?}",
+            paths::UNFINISHED_TOPIC_PREFIX
+        )));
     }
     if let Some(bad) = name
         .chars()
@@ -91,11 +92,11 @@ impl Log {
         let dir = dir.as_ref().to_path_buf();
         let storage_handle = Arc::clone(&options.storage);
         let storage = &*storage_handle;
-        let topics_dir = dir.join(TOPICS_DIR);
+        let topics_dir = paths::topics_dir(&dir);
         storage
             .create_dir_all(&topics_dir)
             .map_err(|error| Error::io("create data directory", &topics_dir, error))?;
-        let lock_path = dir.join("LOCK");
+        let lock_path = paths::lock_file(&dir);
         let lock = storage
             .open(&lock_path, OpenMode::CreateTruncate)
             .map_err(|error| Error::io("open lock file", &lock_path, error))?;
@@ -118,19 +119,19 @@ impl Log {
             .read_dir(&topics_dir)
             .map_err(|error| Error::io("list topics", &topics_dir, error))?;
         for name in names {
-            let path = topics_dir.join(&name);
-            if name.starts_with('.') {
+            let path = paths::topic_dir(&topics_dir, &name);
+            if paths::is_unfinished_topic(&name) {
                 // A topic half-created or half-deleted when the process stopped.
                 storage
                     .remove_dir_all(&path)
                     .map_err(|error| Error::io("remove unfinished topic", &path, error))?;
                 continue;
             }
-            let meta_path = path.join(TOPIC_META_FILE);
+            let meta_path = paths::topic_meta(&path);
             let bytes = io::read_file(storage, &meta_path, 4096)
                 .map_err(|error| Error::io("read topic meta", &meta_path, error))?;
-            let (stored_name, topic_options) = config::decode_topic_meta(&bytes)
-                .map_err(|reason| Error::corruption(&meta_path, 0, reason))?;
+            let (stored_name, topic_options) =
+                topic_meta::decode(&bytes).map_err(|reason| Error::corruption(&meta_path, 0, reason))?;
             if stored_name != name {
                 return Err(Error::Inconsistent {
                     path: meta_path,
@@ -198,9 +199,9 @@ impl Log {
             });
         }
         let storage = &*self.options.storage;
-        let topics_dir = self.dir.join(TOPICS_DIR);
-        let staging = topics_dir.join(format!(".creating-{name}"));
-        let path = topics_dir.join(name);
+        let topics_dir = paths::topics_dir(&self.dir);
+        let staging = paths::topic_creating_dir(&topics_dir, name);
+        let path = paths::topic_dir(&topics_dir, name);
         let io_error = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |error| Error::io(op, path, error)
@@ -215,8 +216,8 @@ impl Log {
             .map_err(io_error("create topic directory", &staging))?;
         io::write_file_atomic(
             storage,
-            &staging.join(TOPIC_META_FILE),
-            &config::encode_topic_meta(name, &options),
+            &paths::topic_meta(&staging),
+            &topic_meta::encode(name, &options),
         )
         .map_err(io_error("write topic meta", &staging))?;
         storage
@@ -285,8 +286,8 @@ impl Log {
         self.metrics.remove_topic(name);
         topic.close()?;
         let storage = &*self.options.storage;
-        let topics_dir = self.dir.join(TOPICS_DIR);
-        let doomed = topics_dir.join(format!(".deleting-{name}"));
+        let topics_dir = paths::topics_dir(&self.dir);
+        let doomed = paths::topic_deleting_dir(&topics_dir, name);
         storage
             .rename(topic.dir(), &doomed)
             .map_err(|error| Error::io("delete topic", topic.dir(), error))?;

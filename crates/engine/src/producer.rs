@@ -1,5 +1,6 @@
 //! The registry of one topic's idempotent producers: name -> (id, epoch), kept
-//! durably in a journal (FORMAT-cursor.md, "Producer registry").
+//! durably in a journal-backed map of producer records (FORMAT.md, "Producer
+//! registry records"; `format::producer`).
 //!
 //! Opening a name for the first time assigns the next id (from 1) with epoch 0;
 //! opening it again bumps the epoch, which fences the older epoch: partitions
@@ -7,54 +8,31 @@
 //!
 //! Invariant: an id is never reused within a topic. Producers are never removed,
 //! so the next id is one past the largest id in the journal, and compaction keeps
-//! every producer.
+//! every producer; an id handed out by a write that failed is spent all the same.
 //! Invariant: a new id or epoch is visible to `current_epoch` only once durable.
 //!
-//! Opens are rare, so they are written one at a time under the writer's lock; the
+//! Opens are rare, so they are written one at a time under `next_id`'s lock; the
 //! hot path (`current_epoch`) takes only a read lock on a hash map.
 
-// The topic module, the only user outside tests, is merged separately.
-
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
 use crate::event::{Epoch, ProducerId};
-use crate::format::{DecodeError, Put, Reader};
+use crate::format::producer::ProducerRecord;
 use crate::io::Storage;
-use crate::journal::{
-    COMPACT_SIZE_BYTES_MIN, FRAME_HEADER_LEN, Journal, check_name, decode_name, encode_frame, encode_name,
-};
+use crate::journal::{COMPACT_SIZE_BYTES_MIN, JournalMap, check_name};
 use crate::limits::{PRODUCER_NAME_SIZE_MAX, PRODUCERS_COUNT_MAX};
-
-/// The magic of a producer journal.
-pub(crate) const PRODUCER_MAGIC: &[u8; 8] = b"STELEPRD";
-/// Record kind: a producer name has this id and epoch.
-const KIND_OPEN: u8 = 1;
-/// Largest record body: a maximal name, an id and an epoch.
-pub(crate) const PRODUCER_RECORD_SIZE_MAX: u32 = (1 + 2 + PRODUCER_NAME_SIZE_MAX + 8 + 4) as u32;
-
-const _: () = assert!(PRODUCER_NAME_SIZE_MAX <= u16::MAX as usize);
 
 /// The producers of one topic.
 #[derive(Debug)]
 pub(crate) struct ProducerRegistry {
-    compact_size_bytes_min: u64,
-    writer: Mutex<Writer>,
+    producers: JournalMap<ProducerRecord>,
+    /// The id the next new name gets; its lock serialises opens.
+    next_id: Mutex<u64>,
     /// The durable epoch of every id: the hot path's only lock.
     epochs: RwLock<HashMap<ProducerId, Epoch>>,
-}
-
-#[derive(Debug)]
-struct Writer {
-    journal: Journal,
-    /// Durable producers by name.
-    producers: BTreeMap<String, (ProducerId, Epoch)>,
-    /// The id the next new name gets.
-    next_id: u64,
-    /// Bytes of frames a compaction would write.
-    live_size: u64,
 }
 
 impl ProducerRegistry {
@@ -72,36 +50,20 @@ impl ProducerRegistry {
         path: PathBuf,
         compact_size_bytes_min: u64,
     ) -> Result<ProducerRegistry> {
-        let mut producers = BTreeMap::new();
-        let mut epochs = HashMap::new();
-        let replay_path = path.clone();
-        let journal = Journal::open(
-            storage,
-            path,
-            PRODUCER_MAGIC,
-            PRODUCER_RECORD_SIZE_MAX,
-            &mut |position, body| {
-                replay(&mut producers, &mut epochs, body)
-                    .map_err(|reason| Error::corruption(&replay_path, position, reason))
-            },
-        )?;
+        let producers = JournalMap::open_with(storage, path, (), compact_size_bytes_min)?;
+        let epochs: HashMap<ProducerId, Epoch> =
+            producers.read(|producers| producers.values().copied().collect());
         let next_id = epochs.keys().map(|id| id.0).max().unwrap_or(0) + 1;
-        let live_size = producers.keys().map(|name| snapshot_frame_size(name)).sum();
         Ok(ProducerRegistry {
-            compact_size_bytes_min,
-            writer: Mutex::new(Writer {
-                journal,
-                producers,
-                next_id,
-                live_size,
-            }),
+            producers,
+            next_id: Mutex::new(next_id),
             epochs: RwLock::new(epochs),
         })
     }
 
     /// Bytes of a torn journal tail that open cut.
     pub(crate) fn torn_bytes_count(&self) -> u64 {
-        self.lock().journal.torn_bytes_count()
+        self.producers.torn_bytes_count()
     }
 
     /// Registers `name` (a new id, epoch 0) or bumps its epoch, durably before
@@ -113,64 +75,52 @@ impl ProducerRegistry {
     /// which the registry is unchanged.
     pub(crate) fn open_producer(&self, name: &str) -> Result<(ProducerId, Epoch)> {
         check_name(name, PRODUCER_NAME_SIZE_MAX, "producer")?;
-        let mut writer = self.lock();
-        let (id, epoch) = match writer.producers.get(name) {
-            Some(&(id, epoch)) => {
-                let Some(bumped) = epoch.0.checked_add(1) else {
-                    return Err(Error::LimitExceeded {
-                        what: "producer epoch",
-                        value: u64::from(epoch.0) + 1,
-                        max: u64::from(u32::MAX),
-                    });
-                };
-                (id, Epoch(bumped))
-            }
-            None => {
-                if writer.producers.len() >= PRODUCERS_COUNT_MAX {
-                    return Err(Error::LimitExceeded {
-                        what: "producers in the topic",
-                        value: writer.producers.len() as u64 + 1,
-                        max: PRODUCERS_COUNT_MAX as u64,
-                    });
+        let mut next_id = self.next_id.lock().unwrap_or_else(PoisonError::into_inner);
+        let (id, epoch) = self.producers.write(|producers| {
+            let (id, epoch) = match producers.get(name) {
+                Some(&(id, epoch)) => {
+                    let Some(bumped) = epoch.0.checked_add(1) else {
+                        return Err(Error::LimitExceeded {
+                            what: "producer epoch",
+                            value: u64::from(epoch.0) + 1,
+                            max: u64::from(u32::MAX),
+                        });
+                    };
+                    (id, Epoch(bumped))
                 }
-                let id = writer.next_id;
-                let Some(next_id) = id.checked_add(1) else {
-                    return Err(Error::LimitExceeded {
-                        what: "producer id",
-                        value: id,
-                        max: u64::MAX - 1,
-                    });
-                };
-                // The id is spent even if the write fails, so that an id whose
-                // record might survive a crash is never handed to another name.
-                writer.next_id = next_id;
-                (ProducerId(id), Epoch(0))
-            }
-        };
-        let mut frames = Vec::new();
-        encode_frame(&mut frames, &encode_record(name, id, epoch));
-        {
-            let Writer {
-                journal, producers, ..
-            } = &mut *writer;
-            journal.append(&frames, &|| encode_snapshot(producers))?;
-        }
-        if writer.producers.insert(name.to_string(), (id, epoch)).is_none() {
-            writer.live_size += snapshot_frame_size(name);
-        }
+                None => {
+                    if producers.len() >= PRODUCERS_COUNT_MAX {
+                        return Err(Error::LimitExceeded {
+                            what: "producers in the topic",
+                            value: producers.len() as u64 + 1,
+                            max: PRODUCERS_COUNT_MAX as u64,
+                        });
+                    }
+                    let id = *next_id;
+                    let Some(bumped) = id.checked_add(1) else {
+                        return Err(Error::LimitExceeded {
+                            what: "producer id",
+                            value: id,
+                            max: u64::MAX - 1,
+                        });
+                    };
+                    // The id is spent even if the write fails, so that an id whose
+                    // record might survive a crash is never handed to another name.
+                    *next_id = bumped;
+                    (ProducerId(id), Epoch(0))
+                }
+            };
+            let record = ProducerRecord {
+                name: name.to_string(),
+                id,
+                epoch,
+            };
+            Ok((record, (id, epoch)))
+        })?;
         self.epochs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, epoch);
-        if writer
-            .journal
-            .should_compact(writer.live_size, self.compact_size_bytes_min)
-        {
-            let snapshot = encode_snapshot(&writer.producers);
-            // A failed compaction leaves the journal usable (or marked broken, so
-            // that the next append rewrites it); the open is durable either way.
-            let _ = writer.journal.rewrite(&snapshot);
-        }
         Ok((id, epoch))
     }
 
@@ -185,89 +135,18 @@ impl ProducerRegistry {
 
     /// All producers: (name, id, epoch), sorted by name.
     pub(crate) fn list(&self) -> Vec<(String, ProducerId, Epoch)> {
-        self.lock()
-            .producers
-            .iter()
-            .map(|(name, &(id, epoch))| (name.clone(), id, epoch))
-            .collect()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+        self.producers.read(|producers| {
+            producers
+                .iter()
+                .map(|(name, &(id, epoch))| (name.clone(), id, epoch))
+                .collect()
+        })
     }
 
     #[cfg(test)]
     fn journal_path(&self) -> PathBuf {
-        self.lock().journal.path().to_path_buf()
+        self.producers.path()
     }
-}
-
-fn encode_record(name: &str, id: ProducerId, epoch: Epoch) -> Vec<u8> {
-    let mut body = Vec::with_capacity(1 + 2 + name.len() + 8 + 4);
-    body.put_u8(KIND_OPEN);
-    encode_name(&mut body, name);
-    body.put_u64(id.0);
-    body.put_u32(epoch.0);
-    body
-}
-
-/// The bytes of the frame that a compaction writes for one producer.
-fn snapshot_frame_size(name: &str) -> u64 {
-    (FRAME_HEADER_LEN + 1 + 2 + name.len() + 8 + 4) as u64
-}
-
-/// The frames of a compacted journal: one record per producer.
-fn encode_snapshot(producers: &BTreeMap<String, (ProducerId, Epoch)>) -> Vec<u8> {
-    let mut frames = Vec::new();
-    for (name, &(id, epoch)) in producers {
-        encode_frame(&mut frames, &encode_record(name, id, epoch));
-    }
-    frames
-}
-
-/// Applies one record read at open.
-pub(crate) fn replay(
-    producers: &mut BTreeMap<String, (ProducerId, Epoch)>,
-    epochs: &mut HashMap<ProducerId, Epoch>,
-    body: &[u8],
-) -> Result<(), DecodeError> {
-    let mut reader = Reader::new(body);
-    if reader.u8()? != KIND_OPEN {
-        return Err(DecodeError::Invalid("unknown producer record kind"));
-    }
-    let name = decode_name(&mut reader, PRODUCER_NAME_SIZE_MAX)?;
-    let id = ProducerId(reader.u64()?);
-    let epoch = Epoch(reader.u32()?);
-    if reader.remaining() != 0 {
-        return Err(DecodeError::Invalid("trailing bytes in a producer record"));
-    }
-    if id.0 == 0 || id.0 == u64::MAX {
-        return Err(DecodeError::Invalid("producer id 0 or u64::MAX"));
-    }
-    match producers.get(name) {
-        Some(&(known_id, known_epoch)) => {
-            if known_id != id {
-                return Err(DecodeError::Invalid("producer name changed its id"));
-            }
-            if epoch <= known_epoch {
-                return Err(DecodeError::Invalid("producer epoch did not increase"));
-            }
-        }
-        None => {
-            if epochs.contains_key(&id) {
-                return Err(DecodeError::Invalid("producer id reused by another name"));
-            }
-            if producers.len() >= PRODUCERS_COUNT_MAX {
-                return Err(DecodeError::LengthOutOfBounds {
-                    len: producers.len() as u64 + 1,
-                    max: PRODUCERS_COUNT_MAX as u64,
-                });
-            }
-        }
-    }
-    producers.insert(name.to_string(), (id, epoch));
-    epochs.insert(id, epoch);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -276,8 +155,11 @@ mod tests {
 
     use super::*;
     use crate::error::ErrorKind;
+    use crate::format::journal::{
+        FRAME_HEADER_LEN, JOURNAL_HEADER_LEN, JournalRecord, encode_frame, encode_header,
+    };
+    use crate::format::producer::PRODUCER_MAGIC;
     use crate::io::{Fault, FaultyStorage, StdStorage};
-    use crate::journal::{encode_frame, encode_header};
 
     const FILE_NAME: &str = "producers.stele";
 
@@ -296,7 +178,14 @@ mod tests {
     fn write_journal(path: &Path, records: &[(&str, u64, u32)]) -> anyhow::Result<()> {
         let mut bytes = encode_header(PRODUCER_MAGIC);
         for &(name, id, epoch) in records {
-            encode_frame(&mut bytes, &encode_record(name, ProducerId(id), Epoch(epoch)));
+            let mut body = Vec::new();
+            ProducerRecord {
+                name: name.to_string(),
+                id: ProducerId(id),
+                epoch: Epoch(epoch),
+            }
+            .encode(&mut body);
+            encode_frame(&mut bytes, &body);
         }
         std::fs::write(path, bytes)?;
         Ok(())
@@ -436,7 +325,7 @@ mod tests {
         let path = source.path().join(FILE_NAME);
         write_journal(&path, &[("a", 1, 0), ("b", 2, 0), ("a", 1, 1)])?;
         let bytes = std::fs::read(&path)?;
-        let header_len = crate::journal::JOURNAL_HEADER_LEN;
+        let header_len = JOURNAL_HEADER_LEN;
         let record_len = FRAME_HEADER_LEN + 1 + 2 + 1 + 8 + 4;
         let storage: Arc<dyn Storage> = Arc::new(StdStorage);
         for cut in header_len + 2 * record_len..bytes.len() {

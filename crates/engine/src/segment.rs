@@ -25,6 +25,7 @@ use crate::format::segment::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::format::{self, DecodeError};
 use crate::io::{self, Map, OpenMode, Storage, StorageFile};
 use crate::limits;
+use crate::paths;
 
 /// The address space reserved for one segment's read-only mapping: a header,
 /// the largest segment, and one append call past its size limit.
@@ -34,25 +35,6 @@ pub const SEGMENT_MAP_SIZE_BYTES: u64 =
 const _: () = assert!(SEGMENT_MAP_SIZE_BYTES <= u32::MAX as u64);
 // A segment always holds its header and at least one record.
 const _: () = assert!(limits::SEGMENT_SIZE_BYTES_MIN > SEGMENT_HEADER_LEN as u64);
-
-/// `{base_offset:020}.log`.
-pub(crate) fn log_file_name(base_offset: Offset) -> String {
-    format!("{:020}.log", base_offset.0)
-}
-
-/// `{base_offset:020}.idx`.
-pub(crate) fn index_file_name(base_offset: Offset) -> String {
-    format!("{:020}.idx", base_offset.0)
-}
-
-/// Parses a segment file name back into its base offset.
-pub(crate) fn parse_log_file_name(name: &str) -> Option<Offset> {
-    let digits = name.strip_suffix(".log")?;
-    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok().map(Offset)
-}
 
 /// One segment file.
 #[derive(Debug)]
@@ -135,7 +117,7 @@ pub(crate) struct OpenedSegment {
 impl OpenedSegment {
     /// Opens `{base_offset}.log` in `dir` for reading and writing and measures it.
     pub(crate) fn open(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> Result<OpenedSegment> {
-        let path = dir.join(log_file_name(base_offset));
+        let path = dir.join(paths::segment_file_name(base_offset));
         let file = storage
             .open(&path, OpenMode::ReadWrite)
             .map_err(|error| Error::io("open segment", &path, error))?;
@@ -203,7 +185,7 @@ impl OpenedSegment {
 /// only: the same rule as [`OpenedSegment::is_sealed_on_disk`], on a size
 /// measured once on a descriptor of its own.
 pub(crate) fn is_sealed_on_disk(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> bool {
-    let path = dir.join(log_file_name(base_offset));
+    let path = dir.join(paths::segment_file_name(base_offset));
     let Ok(file) = storage.open(&path, OpenMode::Read) else {
         return false;
     };
@@ -229,7 +211,7 @@ impl Segment {
         created_ms: i64,
         preallocate_bytes: Option<u64>,
     ) -> Result<Segment> {
-        let path = dir.join(log_file_name(base_offset));
+        let path = dir.join(paths::segment_file_name(base_offset));
         let file = storage
             .open(&path, OpenMode::CreateTruncate)
             .map_err(|error| Error::io("create segment", &path, error))?;
@@ -605,7 +587,7 @@ impl Segment {
             timestamp_max: self.timestamp_max(),
             entries: self.index.read().expect("index lock").clone(),
         };
-        let path = self.path.with_extension("idx");
+        let path = paths::index_of_segment(&self.path);
         io::write_file_atomic(storage, &path, &format::index::encode(&index))
             .map_err(|error| Error::io("write segment index", &path, error))
     }
@@ -721,7 +703,7 @@ impl Segment {
 /// base offset. Whether it fits the file is for the caller to check against the
 /// size measured on the segment's descriptor.
 fn load_index(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> Option<SegmentIndex> {
-    let index_path = dir.join(index_file_name(base_offset));
+    let index_path = dir.join(paths::index_file_name(base_offset));
     io::read_file(storage, &index_path, SEGMENT_MAP_SIZE_BYTES)
         .ok()
         .and_then(|bytes| format::index::decode(&bytes, SEGMENT_MAP_SIZE_BYTES).ok())

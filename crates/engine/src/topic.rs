@@ -17,6 +17,7 @@ use crate::event::{
     RecordedEvent,
 };
 use crate::partition::{Completion, Partition, PartitionContext, PartitionInfo, RecoveryReport};
+use crate::paths;
 use crate::producer::ProducerRegistry;
 use crate::subscribe::WaitPast;
 
@@ -117,9 +118,13 @@ impl Topic {
         let options = Arc::new(options);
         let producers = Arc::new(ProducerRegistry::open(
             Arc::clone(&storage),
-            dir.join("producers"),
+            paths::producers_journal(&dir),
         )?);
-        let cursors = CursorStore::open(Arc::clone(&storage), dir.join("cursors"), options.partitions)?;
+        let cursors = CursorStore::open(
+            Arc::clone(&storage),
+            paths::cursors_journal(&dir),
+            options.partitions,
+        )?;
         let registry = Arc::clone(&producers);
         let context = PartitionContext {
             options: Arc::clone(&options),
@@ -145,7 +150,7 @@ impl Topic {
                     for (offset, slot) in chunk.iter_mut().enumerate() {
                         let index = (chunk_index * chunk_size + offset) as u32;
                         *slot = Some(Partition::open(
-                            dir.join(format!("p{index:05}")),
+                            paths::partition_dir(dir, index),
                             PartitionId(index),
                             context.clone(),
                         ));

@@ -19,24 +19,19 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::config;
 use crate::event::{Offset, PartitionId};
+use crate::format::cursor::CursorRecord;
 use crate::format::envelope::ENVELOPE_HEADER_LEN;
 use crate::format::index::{INDEX_ENTRY_LEN, SegmentIndex};
+use crate::format::journal::{self, JOURNAL_HEADER_LEN, JournalRecord};
+use crate::format::producer::ProducerRecord;
 use crate::format::segment::SEGMENT_HEADER_LEN;
+use crate::format::webhook::WebhookRecord;
 use crate::format::{self, record};
 use crate::io::{self, OpenMode, StdStorage, Storage};
-use crate::journal::{self, JOURNAL_HEADER_LEN};
 use crate::limits;
-use crate::segment::{index_file_name, parse_log_file_name};
-use crate::{cursor, error::Error, producer};
+use crate::paths::{self, CURSORS_FILE, DEDUP_DIR, PRODUCERS_FILE, TOPIC_META_FILE, TOPICS_DIR};
 
-const TOPICS_DIR: &str = "topics";
-const TOPIC_META_FILE: &str = "topic.meta";
-const PRODUCERS_FILE: &str = "producers";
-const CURSORS_FILE: &str = "cursors";
-const CHECKPOINT_FILE: &str = "checkpoint";
-const DEDUP_DIR: &str = "dedup";
 /// Byte position of the first entry in an `.idx` file.
 const INDEX_ENTRIES_POSITION: u64 = ENVELOPE_HEADER_LEN as u64 + 36;
 
@@ -89,7 +84,7 @@ impl VerifyReport {
 /// When `dir` is not a readable Stele data directory (it has no `topics/`), or a
 /// directory listing fails. Unreadable or damaged files are problems, not errors.
 pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
-    let topics_dir = dir.join(TOPICS_DIR);
+    let topics_dir = paths::topics_dir(dir);
     if !topics_dir.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -102,13 +97,13 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
     let mut verifier = Verifier {
         storage: StdStorage,
         report: VerifyReport {
-            locked: lock_held(&dir.join("LOCK")),
+            locked: lock_held(&paths::lock_file(dir)),
             ..VerifyReport::default()
         },
     };
     for name in verifier.storage.read_dir(&topics_dir)? {
-        let path = topics_dir.join(&name);
-        if name.starts_with('.') {
+        let path = paths::topic_dir(&topics_dir, &name);
+        if paths::is_unfinished_topic(&name) {
             verifier.note(
                 &path,
                 None,
@@ -120,15 +115,9 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
             verifier.note(&path, None, "unexpected file");
         }
     }
-    let webhooks_path = dir.join(crate::webhook::WEBHOOKS_FILE);
+    let webhooks_path = paths::webhooks_journal(dir);
     if webhooks_path.exists() {
-        let mut endpoints = BTreeMap::new();
-        verifier.journal(
-            &webhooks_path,
-            crate::webhook::WEBHOOK_MAGIC,
-            crate::webhook::RECORD_SIZE_MAX,
-            &mut |_, body| crate::webhook::replay(&mut endpoints, body).map_err(|reason| reason.to_string()),
-        );
+        verifier.journal::<WebhookRecord>(&webhooks_path, ());
     }
     Ok(verifier.report)
 }
@@ -153,9 +142,6 @@ fn lock_held(path: &Path) -> Option<bool> {
 
 /// Where and why a frame failed.
 type Failure = (u64, String);
-
-/// Checks one journal record body found at a byte position.
-type BodyCheck<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
 
 /// What the scan of one segment found.
 struct SegmentScan {
@@ -202,10 +188,10 @@ impl Verifier {
     }
 
     fn topic(&mut self, dir: &Path, name: &str) -> std::io::Result<()> {
-        let meta_path = dir.join(TOPIC_META_FILE);
+        let meta_path = paths::topic_meta(dir);
         let mut partitions = None;
         if let Some(bytes) = self.read(&meta_path, 4096) {
-            match config::decode_topic_meta(&bytes) {
+            match format::topic_meta::decode(&bytes) {
                 Ok((stored_name, options)) => {
                     if stored_name != name {
                         self.problem(
@@ -223,36 +209,13 @@ impl Verifier {
                 ),
             }
         }
-        let producers_path = dir.join(PRODUCERS_FILE);
-        let mut producers = BTreeMap::new();
-        let mut epochs = std::collections::HashMap::new();
-        self.journal(
-            &producers_path,
-            producer::PRODUCER_MAGIC,
-            producer::PRODUCER_RECORD_SIZE_MAX,
-            &mut |_, body| {
-                producer::replay(&mut producers, &mut epochs, body).map_err(|reason| reason.to_string())
-            },
-        );
-        let cursors_path = dir.join(CURSORS_FILE);
-        let mut cursors = BTreeMap::new();
+        self.journal::<ProducerRecord>(&paths::producers_journal(dir), ());
         let cursor_partitions = partitions.unwrap_or(limits::PARTITIONS_COUNT_MAX);
-        self.journal(
-            &cursors_path,
-            cursor::CURSOR_MAGIC,
-            cursor::CURSOR_RECORD_SIZE_MAX,
-            &mut |position, body| {
-                cursor::replay(&mut cursors, cursor_partitions, &cursors_path, position, body)
-                    .map_err(|error| reason_of(&error))
-            },
-        );
+        self.journal::<CursorRecord>(&paths::cursors_journal(dir), cursor_partitions);
         let mut seen = Vec::new();
         for entry in self.storage.read_dir(dir)? {
             let path = dir.join(&entry);
-            let index = entry
-                .strip_prefix('p')
-                .filter(|digits| digits.len() == 5 && digits.bytes().all(|byte| byte.is_ascii_digit()))
-                .and_then(|digits| digits.parse::<u32>().ok());
+            let index = paths::parse_partition_dir_name(&entry);
             match index {
                 Some(index) if path.is_dir() => {
                     if partitions.is_some_and(|count| index >= count) {
@@ -269,7 +232,7 @@ impl Verifier {
                     self.partition(&path, PartitionId(index))?;
                 }
                 _ if [TOPIC_META_FILE, PRODUCERS_FILE, CURSORS_FILE].contains(&entry.as_str()) => {}
-                _ if entry.ends_with(".tmp") || entry.ends_with(".compact") => {
+                _ if paths::is_temporary(&entry) => {
                     self.note(&path, None, "leftover temporary file (removed at open)");
                 }
                 _ => self.note(&path, None, "unexpected entry"),
@@ -278,7 +241,7 @@ impl Verifier {
         for index in 0..partitions.unwrap_or(0) {
             if !seen.contains(&index) {
                 self.problem(
-                    &dir.join(format!("p{index:05}")),
+                    &paths::partition_dir(dir, index),
                     None,
                     "partition directory is missing",
                 );
@@ -287,8 +250,12 @@ impl Verifier {
         Ok(())
     }
 
-    /// Checks a journal: header, every frame, and every record body with `check`.
-    fn journal(&mut self, path: &Path, magic: &[u8; 8], body_size_max: u32, check: &mut BodyCheck<'_>) {
+    /// Checks a journal of `R` records: header, every frame, and the replay of
+    /// every record body.
+    fn journal<R: JournalRecord>(&mut self, path: &Path, context: R::Context) {
+        let (magic, body_size_max) = (R::MAGIC, R::BODY_SIZE_MAX);
+        let mut entries = BTreeMap::new();
+        let mut index = R::Index::default();
         if !path.exists() {
             self.note(path, None, "journal is missing (created empty at open)");
             return;
@@ -306,7 +273,7 @@ impl Verifier {
         while position < bytes.len() {
             match journal::decode_frame(&bytes[position..], body_size_max) {
                 Ok((body, frame_len)) => {
-                    if let Err(message) = check(position as u64, body) {
+                    if let Err(message) = journal::replay::<R>(&mut entries, &mut index, context, body) {
                         self.problem(
                             path,
                             Some(position as u64),
@@ -343,14 +310,14 @@ impl Verifier {
         let mut segments = BTreeMap::new();
         let mut indexes = Vec::new();
         let mut checkpoint = None;
-        let checkpoint_path = dir.join(CHECKPOINT_FILE);
+        let checkpoint_path = paths::checkpoint(dir);
         for entry in self.storage.read_dir(dir)? {
             let path = dir.join(&entry);
-            if let Some(base_offset) = parse_log_file_name(&entry) {
+            if let Some(base_offset) = paths::parse_segment_file_name(&entry) {
                 segments.insert(base_offset, path);
-            } else if entry.ends_with(".idx") {
-                indexes.push(entry);
-            } else if entry == CHECKPOINT_FILE {
+            } else if let Some(base_offset) = paths::parse_index_file_name(&entry) {
+                indexes.push((entry, base_offset));
+            } else if path == checkpoint_path {
                 if let Some(bytes) = self.read(&path, limits::CHECKPOINT_SIZE_BYTES_MAX) {
                     match format::checkpoint::decode(&bytes) {
                         Ok(decoded) => checkpoint = Some(decoded),
@@ -361,18 +328,14 @@ impl Verifier {
                 }
             } else if entry == DEDUP_DIR && path.is_dir() {
                 // Derived data; open drops and rebuilds damaged runs.
-            } else if entry.ends_with(".tmp") {
+            } else if paths::is_temporary(&entry) {
                 self.note(&path, None, "leftover temporary file (removed at open)");
             } else {
                 self.note(&path, None, "unexpected entry");
             }
         }
-        for name in indexes {
-            let has_segment = name
-                .strip_suffix(".idx")
-                .and_then(|stem| parse_log_file_name(&format!("{stem}.log")))
-                .is_some_and(|base_offset| segments.contains_key(&base_offset));
-            if !has_segment {
+        for (name, base_offset) in indexes {
+            if !segments.contains_key(&base_offset) {
                 self.note(&dir.join(name), None, "index without a segment");
             }
         }
@@ -582,7 +545,7 @@ impl Verifier {
             }
             Err(reason) => self.problem(path, Some(0), format!("segment header does not decode: {reason}")),
         }
-        let index_path = path.with_file_name(index_file_name(base_offset));
+        let index_path = paths::index_of_segment(path);
         let index = if active {
             if index_path.exists() {
                 self.note(&index_path, None, "index of the active segment (ignored at open)");
@@ -850,14 +813,6 @@ impl Verifier {
 }
 
 /// The reason of an engine error, without the path and position it repeats.
-fn reason_of(error: &Error) -> String {
-    match error {
-        Error::Corruption { reason, .. } => reason.to_string(),
-        Error::Inconsistent { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -5,10 +5,16 @@
 //! All integers are little-endian; every checksum is CRC-32C (Castagnoli).
 
 pub mod checkpoint;
+pub mod cursor;
+pub mod dedup_run;
 pub mod envelope;
 pub mod index;
+pub mod journal;
+pub mod producer;
 pub mod record;
 pub mod segment;
+pub mod topic_meta;
+pub mod webhook;
 
 /// Why bytes failed to decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -215,7 +215,7 @@ impl StorageFile for StdFile {
 /// Writes a whole small file atomically: a temporary file, fdatasync, rename over
 /// the target, then fsync of the directory.
 pub fn write_file_atomic(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temporary = path.with_extension("tmp");
+    let temporary = crate::paths::atomic_temporary(path);
     let file = storage.open(&temporary, OpenMode::CreateTruncate)?;
     file.write_at(bytes, 0)?;
     file.sync_data()?;

@@ -16,11 +16,9 @@ use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::io;
 use crate::keys::{KeyIndex, KeyState, key_hash};
 use crate::limits;
-use crate::segment::{self, ExcessKind, OpenedSegment, SealedExcess, Segment, TailRecovery};
+use crate::paths;
+use crate::segment::{ExcessKind, OpenedSegment, SealedExcess, Segment, TailRecovery};
 use crate::subscribe::Notifier;
-
-const CHECKPOINT_FILE: &str = "checkpoint";
-const DEDUP_DIR: &str = "dedup";
 
 /// What opening a partition found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,7 +118,7 @@ impl Partition {
             .map_err(|error| Error::io("list partition directory", &dir, error))?;
         let mut bases: Vec<Offset> = names
             .iter()
-            .filter_map(|name| segment::parse_log_file_name(name))
+            .filter_map(|name| paths::parse_segment_file_name(name))
             .collect();
         bases.sort();
         // Each segment file is opened once and its size measured once on that
@@ -133,7 +131,7 @@ impl Partition {
         let bases: Vec<Offset> = opened.iter().map(|opened| opened.base_offset).collect();
         let mut report = RecoveryReport::default();
 
-        let checkpoint_path = dir.join(CHECKPOINT_FILE);
+        let checkpoint_path = paths::checkpoint(&dir);
         let checkpoint = load_checkpoint(storage, &checkpoint_path, id)?;
         let earliest_base = bases.first().copied();
         let checkpoint = match checkpoint {
@@ -160,7 +158,7 @@ impl Partition {
 
         let (mut dedup, dedup_report) = DedupIndex::open(
             Arc::clone(&context.storage),
-            dir.join(DEDUP_DIR),
+            paths::dedup_dir(&dir),
             options.dedup_window_ms,
         )?;
         report.dedup_runs_dropped = dedup_report.runs_dropped;
@@ -476,7 +474,7 @@ impl Partition {
             state.checkpoint_offset = high_watermark;
             checkpoint::encode(&checkpoint)
         };
-        let path = self.dir.join(CHECKPOINT_FILE);
+        let path = paths::checkpoint(&self.dir);
         io::write_file_atomic(&*self.context.storage, &path, &bytes)
             .map_err(|error| Error::io("write checkpoint", &path, error))
     }
@@ -535,7 +533,7 @@ impl Partition {
             storage
                 .remove_file(&segment.path)
                 .map_err(|error| Error::io("delete segment", &segment.path, error))?;
-            let index_path = segment.path.with_extension("idx");
+            let index_path = paths::index_of_segment(&segment.path);
             if storage.exists(&index_path) {
                 storage
                     .remove_file(&index_path)
@@ -554,7 +552,7 @@ impl Partition {
 /// Removes a segment file and its index (unacknowledged records after the end of
 /// the recovered log), and makes the removal durable.
 fn remove_segment_files(storage: &dyn crate::io::Storage, dir: &Path, base: Offset) -> Result<()> {
-    for name in [segment::log_file_name(base), segment::index_file_name(base)] {
+    for name in [paths::segment_file_name(base), paths::index_file_name(base)] {
         let path = dir.join(name);
         if storage.exists(&path) {
             storage
