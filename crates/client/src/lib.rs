@@ -333,41 +333,11 @@ pub enum WebhookChange {
     Delete,
 }
 
-/// The engine's kind for a stable numeric code.
+/// The engine's kind for a stable numeric code, from the one table in
+/// [`stele_wire::status::ERROR_CODES`].
 fn kind_of_code(code: u32) -> Option<ErrorKind> {
     let code = proto::ErrorCode::try_from(i32::try_from(code).ok()?).ok()?;
-    Some(match code {
-        proto::ErrorCode::Unspecified
-        | proto::ErrorCode::MessageTooLarge
-        | proto::ErrorCode::CursorReserved => {
-            return None;
-        }
-        proto::ErrorCode::Io => ErrorKind::Io,
-        proto::ErrorCode::DiskFull => ErrorKind::DiskFull,
-        proto::ErrorCode::Corruption => ErrorKind::Corruption,
-        proto::ErrorCode::Inconsistent => ErrorKind::Inconsistent,
-        proto::ErrorCode::Config => ErrorKind::Config,
-        proto::ErrorCode::InvalidArgument => ErrorKind::InvalidArgument,
-        proto::ErrorCode::LimitExceeded => ErrorKind::LimitExceeded,
-        proto::ErrorCode::TopicNotFound => ErrorKind::TopicNotFound,
-        proto::ErrorCode::TopicExists => ErrorKind::TopicExists,
-        proto::ErrorCode::WrongExpectedSequence => ErrorKind::WrongExpectedSequence,
-        proto::ErrorCode::PartialDuplicate => ErrorKind::PartialDuplicate,
-        proto::ErrorCode::RepeatedIdempotencyId => ErrorKind::RepeatedIdempotencyId,
-        proto::ErrorCode::IdempotencyIdReused => ErrorKind::IdempotencyIdReused,
-        proto::ErrorCode::ProducerFenced => ErrorKind::ProducerFenced,
-        proto::ErrorCode::UnknownProducer => ErrorKind::UnknownProducer,
-        proto::ErrorCode::ProducerOutOfOrder => ErrorKind::ProducerOutOfOrder,
-        proto::ErrorCode::OffsetOutOfRange => ErrorKind::OffsetOutOfRange,
-        proto::ErrorCode::CursorNotFound => ErrorKind::CursorNotFound,
-        proto::ErrorCode::CursorBackwards => ErrorKind::CursorBackwards,
-        proto::ErrorCode::CursorAheadOfHighWatermark => ErrorKind::CursorAheadOfHighWatermark,
-        proto::ErrorCode::Poisoned => ErrorKind::Poisoned,
-        proto::ErrorCode::Locked => ErrorKind::Locked,
-        proto::ErrorCode::Closed => ErrorKind::Closed,
-        proto::ErrorCode::WebhookNotFound => ErrorKind::WebhookNotFound,
-        proto::ErrorCode::WebhookExists => ErrorKind::WebhookExists,
-    })
+    stele_wire::status::kind_of_code(code)
 }
 
 fn outcome_to_result(outcome: proto::BatchAppendOutcome) -> ClientResult<AppendAck> {
