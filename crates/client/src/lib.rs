@@ -12,6 +12,10 @@
 //! retries transient failures with the original stamps, so that a retry of a
 //! stored append is answered as a duplicate instead of being written twice.
 //!
+//! [`Follower`] follows a topic through lost connections, one event at a
+//! time, resubscribing from the offset after the last event it returned in
+//! each partition; [`Consumer`] and the command's `tail` are built on it.
+//!
 //! [`Consumer`] follows a topic from a named cursor, commits its progress
 //! (automatically or on demand) and resubscribes after a disconnect. Delivery
 //! is at-least-once: events delivered but not yet committed when a consumer
