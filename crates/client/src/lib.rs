@@ -2423,24 +2423,26 @@ impl Follower {
                     .copied()
                     .filter(|partition| !self.positions.contains_key(partition))
                     .collect();
-                let known = match self.positions.is_empty() {
-                    true => None,
-                    false => {
-                        let partitions = self.positions.keys().copied().collect();
-                        Some(
-                            self.client
-                                .subscribe(&self.topic, &self.request(partitions, offsets))
-                                .await?,
-                        )
-                    }
+                let known = if self.positions.is_empty() {
+                    None
+                } else {
+                    let partitions = self.positions.keys().copied().collect();
+                    let request = self.request(partitions, offsets);
+                    Some(self.client.subscribe(&self.topic, &request).await?)
                 };
-                let timed = match unknown.is_empty() {
-                    true => None,
-                    false => {
-                        let request = self.request(unknown, StartPosition::Timestamp(timestamp_ms));
-                        Some(self.client.subscribe(&self.topic, &request).await?)
-                    }
+                let timed = if unknown.is_empty() {
+                    None
+                } else {
+                    let request = self.request(unknown, StartPosition::Timestamp(timestamp_ms));
+                    Some(self.client.subscribe(&self.topic, &request).await?)
                 };
+                if known.is_none() && timed.is_none() {
+                    // Only a server describing the topic without partitions gets here.
+                    return Err(ClientError::Protocol(format!(
+                        "topic {} has no partitions",
+                        self.topic
+                    )));
+                }
                 [known, timed]
             }
             Fallback::Cursor(cursor) if self.positions.is_empty() => {
