@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use stele::client::{
-    Client, ClientError, CommitMode, GrpcCode, ProducerOptions, RetryPolicy, StartPosition, SubscribeOptions,
-    Subscription, SubscriptionItem, TestServer, start_test_server,
+    Client, ClientError, CommitMode, Followed, Follower, GrpcCode, ProducerOptions, RetryPolicy,
+    StartPosition, SubscribeOptions, Subscription, SubscriptionItem, TestServer, start_test_server,
 };
 use stele::server::{self, Backend, EngineBackend, SteleService};
 use stele::wire::proto::stele_client::SteleClient;
@@ -1068,6 +1068,82 @@ async fn consumer_auto_commits_and_survives_a_server_restart_without_repeats() {
         .collect();
     sorted.sort_unstable();
     assert_eq!(sorted, (0..15).collect::<Vec<_>>(), "each event exactly once");
+}
+
+/// A key of the topic's partition `partition` (of `count`).
+fn key_in(partition: u32, count: u32) -> String {
+    (0..)
+        .map(|index| format!("key-{index}"))
+        .find(|key| stele::partition_for_key(key.as_bytes(), count) == PartitionId(partition))
+        .expect("some key hashes to every partition")
+}
+
+/// The next event of a follower, past news of the connection.
+async fn next_event(follower: &mut Follower) -> stele::RecordedEvent {
+    // Bounded by `step`'s timeout on each call.
+    loop {
+        match step(follower.next()).await.expect("never ends") {
+            Ok(Followed::Event(event)) => return event,
+            Ok(Followed::Lost(_) | Followed::Resumed | Followed::CaughtUp) => {}
+            Err(error) => panic!("follower failed: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follower_resumes_after_a_restart_from_its_positions_and_the_start_elsewhere() {
+    // Goal: a Follower started at a timestamp survives a server restart: the
+    // partition it returned events from resumes right after the last one, the
+    // partition it has no position in starts at the timestamp again, so every
+    // event is returned exactly once. Method: three events in partition 0,
+    // follow from timestamp 0 and take them, restart (new port), then two
+    // events in partition 1 and one more in partition 0; the next three
+    // events are exactly the new ones, each partition in offset order.
+    let mut server = start_test_server().await;
+    topic(&server, "t", 2).await;
+    let (zero, one) = (key_in(0, 2), key_in(1, 2));
+    for index in 0..3 {
+        server
+            .client
+            .append("t", &append(&zero, &format!("a{index}")))
+            .await
+            .expect("append");
+    }
+    let options = SubscribeOptions {
+        start: StartPosition::Timestamp(0),
+        ..SubscribeOptions::default()
+    };
+    let mut follower = server.client.follow("t", options).await.expect("follow");
+    for index in 0..3 {
+        let event = next_event(&mut follower).await;
+        assert_eq!(event.payload, format!("a{index}").into_bytes());
+    }
+    assert_eq!(follower.positions().get(&PartitionId(0)), Some(&Offset(3)));
+    server.restart().await;
+    for (key, payload) in [(&one, "b0"), (&one, "b1"), (&zero, "a3")] {
+        server
+            .client
+            .append("t", &append(key, payload))
+            .await
+            .expect("append after restart");
+    }
+    let mut after: Vec<(u32, u64, String)> = Vec::new();
+    for _ in 0..3 {
+        let event = next_event(&mut follower).await;
+        let payload = String::from_utf8(event.payload).expect("utf-8");
+        after.push((event.partition.0, event.offset.0, payload));
+    }
+    after.sort();
+    assert_eq!(
+        after,
+        [
+            (0, 3, "a3".to_string()),
+            (1, 0, "b0".to_string()),
+            (1, 1, "b1".to_string())
+        ]
+    );
+    assert_eq!(follower.positions().get(&PartitionId(0)), Some(&Offset(4)));
+    assert_eq!(follower.positions().get(&PartitionId(1)), Some(&Offset(2)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,10 @@
 //! retries transient failures with the original stamps, so that a retry of a
 //! stored append is answered as a duplicate instead of being written twice.
 //!
+//! [`Follower`] follows a topic through lost connections, one event at a
+//! time, resubscribing from the offset after the last event it returned in
+//! each partition; [`Consumer`] and the command's `tail` are built on it.
+//!
 //! [`Consumer`] follows a topic from a named cursor, commits its progress
 //! (automatically or on demand) and resubscribes after a disconnect. Delivery
 //! is at-least-once: events delivered but not yet committed when a consumer
@@ -63,9 +67,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use stele_engine::config::TopicOptions;
+use stele_engine::config::{Durability, TopicOptions};
 use stele_engine::error::ErrorKind;
 use stele_engine::event::{
     AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, ProducerStamp, RecordedEvent,
@@ -148,6 +152,59 @@ impl From<tonic::Code> for GrpcCode {
     }
 }
 
+impl GrpcCode {
+    /// The code's number in the gRPC spec, e.g. 5 for `NotFound`.
+    pub fn number(self) -> i32 {
+        self.tonic() as i32
+    }
+
+    /// The code's canonical upper-case name in the gRPC spec, e.g. `NOT_FOUND`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GrpcCode::Ok => "OK",
+            GrpcCode::Cancelled => "CANCELLED",
+            GrpcCode::Unknown => "UNKNOWN",
+            GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
+            GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            GrpcCode::NotFound => "NOT_FOUND",
+            GrpcCode::AlreadyExists => "ALREADY_EXISTS",
+            GrpcCode::PermissionDenied => "PERMISSION_DENIED",
+            GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
+            GrpcCode::Aborted => "ABORTED",
+            GrpcCode::OutOfRange => "OUT_OF_RANGE",
+            GrpcCode::Unimplemented => "UNIMPLEMENTED",
+            GrpcCode::Internal => "INTERNAL",
+            GrpcCode::Unavailable => "UNAVAILABLE",
+            GrpcCode::DataLoss => "DATA_LOSS",
+            GrpcCode::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    fn tonic(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            GrpcCode::Ok => Code::Ok,
+            GrpcCode::Cancelled => Code::Cancelled,
+            GrpcCode::Unknown => Code::Unknown,
+            GrpcCode::InvalidArgument => Code::InvalidArgument,
+            GrpcCode::DeadlineExceeded => Code::DeadlineExceeded,
+            GrpcCode::NotFound => Code::NotFound,
+            GrpcCode::AlreadyExists => Code::AlreadyExists,
+            GrpcCode::PermissionDenied => Code::PermissionDenied,
+            GrpcCode::ResourceExhausted => Code::ResourceExhausted,
+            GrpcCode::FailedPrecondition => Code::FailedPrecondition,
+            GrpcCode::Aborted => Code::Aborted,
+            GrpcCode::OutOfRange => Code::OutOfRange,
+            GrpcCode::Unimplemented => Code::Unimplemented,
+            GrpcCode::Internal => Code::Internal,
+            GrpcCode::Unavailable => Code::Unavailable,
+            GrpcCode::DataLoss => Code::DataLoss,
+            GrpcCode::Unauthenticated => Code::Unauthenticated,
+        }
+    }
+}
+
 /// The limit an argument exceeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitDetail {
@@ -188,7 +245,15 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The connection could not be made or broke.
+    /// The server could not be reached when connecting.
+    #[error("{}", connect_message(url, reason))]
+    Connect {
+        /// The server's URL.
+        url: String,
+        /// The causes, outermost first, each after `": "` (empty when none).
+        reason: String,
+    },
+    /// The connection broke during a call.
     #[error("transport error talking to {url}: {reason}")]
     Transport {
         /// The server's URL.
@@ -224,7 +289,7 @@ impl ClientError {
     pub fn code(&self) -> Option<GrpcCode> {
         match self {
             ClientError::Status { code, .. } => Some(*code),
-            ClientError::Transport { .. } => Some(GrpcCode::Unavailable),
+            ClientError::Transport { .. } | ClientError::Connect { .. } => Some(GrpcCode::Unavailable),
             _ => None,
         }
     }
@@ -258,12 +323,17 @@ impl ClientError {
     /// A fenced producer (`Aborted`) is permanent.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport { .. } => true,
-            ClientError::Status { code, kind, .. } => match code {
+            ClientError::Transport { .. } | ClientError::Connect { .. } => true,
+            ClientError::Status {
+                code,
+                kind,
+                error_code,
+                ..
+            } => match code {
                 GrpcCode::Unavailable | GrpcCode::DeadlineExceeded => true,
                 GrpcCode::ResourceExhausted => *kind == Some(ErrorKind::DiskFull),
-                // A broken HTTP/2 stream surfaces as these without a Stele detail.
-                GrpcCode::Unknown | GrpcCode::Cancelled => kind.is_none(),
+                // A broken HTTP/2 stream surfaces as these without a Stele code.
+                GrpcCode::Unknown | GrpcCode::Cancelled | GrpcCode::Internal => error_code.is_none(),
                 _ => false,
             },
             _ => false,
@@ -333,41 +403,44 @@ pub enum WebhookChange {
     Delete,
 }
 
-/// The engine's kind for a stable numeric code.
+/// The text of [`ClientError::Connect`]; an https URL that fails is most often
+/// a plaintext server on that port.
+fn connect_message(url: &str, reason: &str) -> String {
+    if is_https(url) {
+        format!("cannot connect to {url} over TLS (is the server serving TLS on that port?){reason}")
+    } else {
+        format!("cannot connect to {url}{reason}")
+    }
+}
+
+/// Whether a URL asks for TLS.
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// `text` followed by an error's causes (not the error itself), each after
+/// `": "`. A cause already said is left out (wrappers often repeat their
+/// source), and so is tonic's opaque "transport error" wrapper.
+fn with_causes(mut text: String, error: &dyn std::error::Error) -> String {
+    let mut source = error.source();
+    // Bounded by the length of the error's source chain.
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if cause_text != "transport error" && !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The engine's kind for a stable numeric code, from the one table in
+/// [`stele_wire::status::ERROR_CODES`].
 fn kind_of_code(code: u32) -> Option<ErrorKind> {
     let code = proto::ErrorCode::try_from(i32::try_from(code).ok()?).ok()?;
-    Some(match code {
-        proto::ErrorCode::Unspecified
-        | proto::ErrorCode::MessageTooLarge
-        | proto::ErrorCode::CursorReserved => {
-            return None;
-        }
-        proto::ErrorCode::Io => ErrorKind::Io,
-        proto::ErrorCode::DiskFull => ErrorKind::DiskFull,
-        proto::ErrorCode::Corruption => ErrorKind::Corruption,
-        proto::ErrorCode::Inconsistent => ErrorKind::Inconsistent,
-        proto::ErrorCode::Config => ErrorKind::Config,
-        proto::ErrorCode::InvalidArgument => ErrorKind::InvalidArgument,
-        proto::ErrorCode::LimitExceeded => ErrorKind::LimitExceeded,
-        proto::ErrorCode::TopicNotFound => ErrorKind::TopicNotFound,
-        proto::ErrorCode::TopicExists => ErrorKind::TopicExists,
-        proto::ErrorCode::WrongExpectedSequence => ErrorKind::WrongExpectedSequence,
-        proto::ErrorCode::PartialDuplicate => ErrorKind::PartialDuplicate,
-        proto::ErrorCode::RepeatedIdempotencyId => ErrorKind::RepeatedIdempotencyId,
-        proto::ErrorCode::IdempotencyIdReused => ErrorKind::IdempotencyIdReused,
-        proto::ErrorCode::ProducerFenced => ErrorKind::ProducerFenced,
-        proto::ErrorCode::UnknownProducer => ErrorKind::UnknownProducer,
-        proto::ErrorCode::ProducerOutOfOrder => ErrorKind::ProducerOutOfOrder,
-        proto::ErrorCode::OffsetOutOfRange => ErrorKind::OffsetOutOfRange,
-        proto::ErrorCode::CursorNotFound => ErrorKind::CursorNotFound,
-        proto::ErrorCode::CursorBackwards => ErrorKind::CursorBackwards,
-        proto::ErrorCode::CursorAheadOfHighWatermark => ErrorKind::CursorAheadOfHighWatermark,
-        proto::ErrorCode::Poisoned => ErrorKind::Poisoned,
-        proto::ErrorCode::Locked => ErrorKind::Locked,
-        proto::ErrorCode::Closed => ErrorKind::Closed,
-        proto::ErrorCode::WebhookNotFound => ErrorKind::WebhookNotFound,
-        proto::ErrorCode::WebhookExists => ErrorKind::WebhookExists,
-    })
+    stele_wire::status::kind_of_code(code)
 }
 
 fn outcome_to_result(outcome: proto::BatchAppendOutcome) -> ClientResult<AppendAck> {
@@ -406,19 +479,67 @@ impl ServerUrl {
     }
 }
 
+/// An endpoint for `url`: plaintext for `http://`, TLS for `https://` with the
+/// server's certificate checked against Mozilla's roots (never plaintext).
 fn endpoint(url: &str) -> ClientResult<Endpoint> {
-    Endpoint::from_shared(url.to_string())
-        .map(|endpoint| {
-            endpoint
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5))
-                .initial_stream_window_size(stele_wire::HTTP2_STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(stele_wire::HTTP2_CONNECTION_WINDOW_BYTES)
-        })
-        .map_err(|error| ClientError::InvalidUrl {
-            url: url.to_string(),
-            reason: error.to_string(),
-        })
+    let invalid = |error: tonic::transport::Error| ClientError::InvalidUrl {
+        url: url.to_string(),
+        reason: error.to_string(),
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(invalid)?;
+    if is_https(url) {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .map_err(invalid)?;
+    }
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(stele_wire::HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(stele_wire::HTTP2_CONNECTION_WINDOW_BYTES))
+}
+
+/// The settings of a new topic; `None` (and an interval of 0) takes the
+/// server's default, which may differ from [`TopicOptions::default`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// Partitions, fixed for the topic's life.
+    pub partitions: Option<u32>,
+    /// When appends are acknowledged; `Interval { interval_ms: 0 }` takes the
+    /// server's default interval.
+    pub durability: Option<Durability>,
+    /// How long idempotency ids are remembered.
+    pub dedup_window_ms: Option<u64>,
+    /// Sealed segments older than this are deleted.
+    pub retention_age_ms: Option<u64>,
+    /// The oldest sealed segments are deleted while a partition is larger.
+    pub retention_bytes: Option<u64>,
+    /// The active segment rolls at this size.
+    pub segment_size_bytes: Option<u64>,
+    /// The largest event payload.
+    pub payload_size_max: Option<u32>,
+}
+
+impl TopicSettings {
+    fn to_proto(&self) -> proto::TopicSettings {
+        let (durability, sync_interval_ms) = match self.durability {
+            None => (proto::Durability::Unspecified, 0),
+            Some(Durability::Always) => (proto::Durability::Always, 0),
+            Some(Durability::Interval { interval_ms }) => (proto::Durability::Interval, interval_ms),
+            Some(Durability::None) => (proto::Durability::None, 0),
+        };
+        // Zero is "the server's default" on the wire.
+        proto::TopicSettings {
+            partitions: self.partitions.unwrap_or(0),
+            retention_age_ms: self.retention_age_ms.unwrap_or(0),
+            retention_bytes: self.retention_bytes.unwrap_or(0),
+            dedup_window_ms: self.dedup_window_ms.unwrap_or(0),
+            durability: durability as i32,
+            sync_interval_ms,
+            segment_size_bytes: self.segment_size_bytes.unwrap_or(0),
+            payload_size_max: self.payload_size_max.unwrap_or(0),
+        }
+    }
 }
 
 /// A topic's settings and partitions.
@@ -677,7 +798,7 @@ fn status_error(url: &str, status: &tonic::Status) -> ClientError {
     {
         return ClientError::Transport {
             url: url.to_string(),
-            reason: status.to_string(),
+            reason: with_causes(status.message().to_string(), status),
         };
     }
     ClientError::from_status(status)
@@ -701,8 +822,9 @@ impl Client {
     /// Connects to a server, e.g. `http://127.0.0.1:7077`.
     ///
     /// # Errors
-    /// [`ClientError::InvalidUrl`], or [`ClientError::Transport`] when the
-    /// server cannot be reached.
+    /// [`ClientError::InvalidUrl`], or [`ClientError::Connect`] when the
+    /// server cannot be reached (over TLS for an `https://` URL, never falling
+    /// back to plaintext).
     pub async fn connect(url: impl Into<String>) -> ClientResult<Client> {
         Client::connect_to(ServerUrl::new(url)).await
     }
@@ -716,9 +838,9 @@ impl Client {
         let channel = endpoint(&current)?
             .connect()
             .await
-            .map_err(|error| ClientError::Transport {
+            .map_err(|error| ClientError::Connect {
                 url: current.clone(),
-                reason: error_chain(&error),
+                reason: with_causes(String::new(), &error),
             })?;
         Ok(Client {
             url,
@@ -751,11 +873,33 @@ impl Client {
     /// # Errors
     /// `AlreadyExists` when it exists; `InvalidArgument` for a bad name or options.
     pub async fn create_topic(&self, topic: &str, options: &TopicOptions) -> ClientResult<TopicOptions> {
+        self.create_topic_request(topic, convert::settings_from_options(options))
+            .await
+    }
+
+    /// Creates a topic with the server's defaults for every setting left `None`;
+    /// returns the options in effect.
+    ///
+    /// # Errors
+    /// As [`Client::create_topic`].
+    pub async fn create_topic_with(
+        &self,
+        topic: &str,
+        settings: &TopicSettings,
+    ) -> ClientResult<TopicOptions> {
+        self.create_topic_request(topic, settings.to_proto()).await
+    }
+
+    async fn create_topic_request(
+        &self,
+        topic: &str,
+        settings: proto::TopicSettings,
+    ) -> ClientResult<TopicOptions> {
         let (url, mut stub) = self.stub()?;
         let response = stub
             .create_topic(proto::CreateTopicRequest {
                 topic: topic.to_string(),
-                settings: Some(convert::settings_from_options(options)),
+                settings: Some(settings),
             })
             .await
             .map_err(|status| status_error(&url, &status))?
@@ -1212,6 +1356,66 @@ impl Client {
         Ok(response.redriven_count)
     }
 
+    /// Follows a topic from `options.start` through lost connections: see
+    /// [`Follower`]. Explicit offsets, the latest event (resolved to offsets
+    /// now) and a timestamp start as the raw subscription does; a cursor that
+    /// was never committed starts at the earliest event, and after a lost
+    /// connection partitions without a position resume from the cursor's
+    /// committed offsets.
+    ///
+    /// # Errors
+    /// Errors of the first subscription (and of `DescribeTopic` for `Latest`,
+    /// or for a timestamp without listed partitions).
+    pub async fn follow(&self, topic: &str, options: SubscribeOptions) -> ClientResult<Follower> {
+        let mut positions = BTreeMap::new();
+        let mut followed = options.partitions.clone();
+        let needs_partitions = matches!(options.start, StartPosition::Latest | StartPosition::Timestamp(_));
+        let mut high_watermarks = BTreeMap::new();
+        if needs_partitions {
+            let description = self.describe_topic(topic).await?;
+            high_watermarks = description
+                .partitions
+                .iter()
+                .map(|partition| (partition.partition, partition.high_watermark))
+                .collect();
+            if followed.is_empty() {
+                followed = high_watermarks.keys().copied().collect();
+            }
+        }
+        let fallback = match &options.start {
+            StartPosition::Earliest => Fallback::Earliest,
+            StartPosition::Latest => {
+                positions.extend(
+                    high_watermarks
+                        .iter()
+                        .filter(|(partition, _)| followed.contains(partition))
+                        .map(|(partition, offset)| (*partition, *offset)),
+                );
+                Fallback::Earliest
+            }
+            StartPosition::Offsets(offsets) => {
+                positions.extend(offsets.iter().map(|(partition, offset)| (*partition, *offset)));
+                Fallback::Earliest
+            }
+            StartPosition::Timestamp(timestamp_ms) => Fallback::Timestamp(*timestamp_ms),
+            StartPosition::Cursor(cursor) => Fallback::Cursor(cursor.clone()),
+        };
+        let mut follower = Follower {
+            client: self.clone(),
+            topic: topic.to_string(),
+            options,
+            followed,
+            fallback,
+            positions,
+            subscriptions: [None, None],
+            catching_up: 0,
+            buffered: VecDeque::new(),
+            lost: false,
+        };
+        follower.subscribe().await?;
+        Ok(follower)
+    }
+
     /// A builder for an idempotent, pipelining [`Producer`].
     pub fn producer(&self, topic: &str, name: &str) -> ProducerBuilder {
         ProducerBuilder {
@@ -1247,17 +1451,6 @@ fn cursor_positions(cursor: proto::Cursor) -> Vec<CursorPosition> {
             lag: partition.lag,
         })
         .collect()
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// How a retry waits: exponential backoff with full jitter, bounded attempts.
@@ -2039,6 +2232,264 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Where the partitions of a [`Follower`] start that have no position yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fallback {
+    Earliest,
+    Timestamp(i64),
+    /// A cursor's committed offsets, or the earliest where it has none.
+    Cursor(String),
+}
+
+/// What [`Follower::next`] yields.
+#[derive(Debug)]
+pub enum Followed {
+    /// The next event; the follower's position in its partition is now past it.
+    Event(RecordedEvent),
+    /// Every followed partition was read up to its high watermark of the
+    /// moment the (re)subscription started.
+    CaughtUp,
+    /// The subscription broke with a transient error, or the server ended it
+    /// (shutting down). The positions are kept: the next call resubscribes from
+    /// them. Waiting before that call is the caller's choice.
+    Lost(ClientError),
+    /// A resubscription after [`Followed::Lost`] succeeded.
+    Resumed,
+}
+
+/// Follows a topic through lost connections, one event at a time: the loop
+/// under [`Consumer`] and under `stele tail`.
+///
+/// Invariant: [`Follower::positions`] holds, per partition, the offset after
+/// the last event [`Follower::next`] returned (or that the server's filters
+/// skipped); every subscription after the first starts exactly there, so a
+/// resubscription neither skips nor repeats an event. Partitions without a
+/// position start where the start position says. A start that depends on the
+/// moment (`Latest`) is resolved to offsets before the first subscription for
+/// the same reason. Received events are buffered and the stream is read only
+/// once the buffer is empty, so a position never runs ahead of what was
+/// returned.
+pub struct Follower {
+    client: Client,
+    topic: String,
+    options: SubscribeOptions,
+    /// The followed partitions, when the start needs them listed (a timestamp).
+    followed: Vec<PartitionId>,
+    fallback: Fallback,
+    positions: BTreeMap<PartitionId, Offset>,
+    /// One subscription, or two when known partitions resume from offsets and
+    /// the others start at a timestamp.
+    subscriptions: [Option<Subscription>; 2],
+    /// Subscriptions that have not said `CaughtUp` yet.
+    catching_up: usize,
+    buffered: VecDeque<(RecordedEvent, Offset)>,
+    /// Whether a subscription was lost and not yet resumed.
+    lost: bool,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("topic", &self.topic)
+            .field("positions", &self.positions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Follower {
+    /// Per partition: the offset after everything returned (or filtered out).
+    pub fn positions(&self) -> &BTreeMap<PartitionId, Offset> {
+        &self.positions
+    }
+
+    /// The next event, or news of the connection. Never `None`: the `Option`
+    /// mirrors a stream.
+    ///
+    /// # Errors
+    /// Permanent errors of the subscription (unknown topic, offset out of
+    /// range, ...); transient ones are [`Followed::Lost`].
+    pub async fn next(&mut self) -> Option<ClientResult<Followed>> {
+        loop {
+            if let Some((event, next_offset)) = self.buffered.pop_front() {
+                self.advance(event.partition, next_offset);
+                return Some(Ok(Followed::Event(event)));
+            }
+            if self.subscriptions.iter().all(Option::is_none) {
+                match self.subscribe().await {
+                    Ok(()) if self.lost => {
+                        self.lost = false;
+                        return Some(Ok(Followed::Resumed));
+                    }
+                    Ok(()) => {}
+                    Err(error) if error.is_transient() => return Some(Ok(Followed::Lost(error))),
+                    Err(error) => return Some(Err(error)),
+                }
+            }
+            let [first, second] = &mut self.subscriptions;
+            let item = tokio::select! {
+                item = next_item(first.as_mut()) => item,
+                item = next_item(second.as_mut()) => item,
+            };
+            match item {
+                Some(Ok(SubscriptionItem::Events {
+                    partition,
+                    events,
+                    next_offset,
+                })) => self.receive(partition, events, next_offset),
+                Some(Ok(SubscriptionItem::CaughtUp { next_offsets })) => {
+                    for (partition, offset) in next_offsets {
+                        self.advance(partition, offset);
+                    }
+                    self.catching_up = self.catching_up.saturating_sub(1);
+                    if self.catching_up == 0 {
+                        return Some(Ok(Followed::CaughtUp));
+                    }
+                }
+                Some(Ok(SubscriptionItem::Heartbeat { .. })) => {}
+                Some(Err(error)) if !error.is_transient() => return Some(Err(error)),
+                Some(Err(error)) => return Some(Ok(self.lose(error))),
+                None => {
+                    let ended = ClientError::Closed("the server ended the subscription".into());
+                    return Some(Ok(self.lose(ended)));
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self, error: ClientError) -> Followed {
+        self.subscriptions = [None, None];
+        self.lost = true;
+        Followed::Lost(error)
+    }
+
+    /// Buffers a batch; each event carries the position after it.
+    fn receive(&mut self, partition: PartitionId, events: Vec<RecordedEvent>, next_offset: Offset) {
+        let count = events.len();
+        for (index, event) in events.into_iter().enumerate() {
+            // Defensive: a resumed subscription starts at the position, so an
+            // earlier offset would be a repeat.
+            if self
+                .positions
+                .get(&event.partition)
+                .is_some_and(|position| event.offset < *position)
+            {
+                continue;
+            }
+            let after = if index + 1 == count {
+                next_offset
+            } else {
+                event.offset.next()
+            };
+            self.buffered.push_back((event, after));
+        }
+        if self.buffered.is_empty() {
+            // Events the filters skipped are passed too.
+            self.advance(partition, next_offset);
+        }
+    }
+
+    /// Records that `partition` continues at `offset`, never moving backwards.
+    fn advance(&mut self, partition: PartitionId, offset: Offset) {
+        let position = self.positions.entry(partition).or_insert(offset);
+        *position = (*position).max(offset);
+    }
+
+    fn request(&self, partitions: Vec<PartitionId>, start: StartPosition) -> SubscribeOptions {
+        SubscribeOptions {
+            partitions,
+            start,
+            ..self.options.clone()
+        }
+    }
+
+    /// Subscribes from the positions, and from the fallback where there is none.
+    async fn subscribe(&mut self) -> ClientResult<()> {
+        let offsets = StartPosition::Offsets(self.positions.clone());
+        let all = self.options.partitions.clone();
+        let subscriptions = match self.fallback.clone() {
+            // Offsets start partitions they do not list at the earliest event.
+            Fallback::Earliest => [
+                Some(
+                    self.client
+                        .subscribe(&self.topic, &self.request(all, offsets))
+                        .await?,
+                ),
+                None,
+            ],
+            Fallback::Timestamp(timestamp_ms) => {
+                let unknown: Vec<PartitionId> = self
+                    .followed
+                    .iter()
+                    .copied()
+                    .filter(|partition| !self.positions.contains_key(partition))
+                    .collect();
+                let known = if self.positions.is_empty() {
+                    None
+                } else {
+                    let partitions = self.positions.keys().copied().collect();
+                    let request = self.request(partitions, offsets);
+                    Some(self.client.subscribe(&self.topic, &request).await?)
+                };
+                let timed = if unknown.is_empty() {
+                    None
+                } else {
+                    let request = self.request(unknown, StartPosition::Timestamp(timestamp_ms));
+                    Some(self.client.subscribe(&self.topic, &request).await?)
+                };
+                if known.is_none() && timed.is_none() {
+                    // Only a server describing the topic without partitions gets here.
+                    return Err(ClientError::Protocol(format!(
+                        "topic {} has no partitions",
+                        self.topic
+                    )));
+                }
+                [known, timed]
+            }
+            Fallback::Cursor(cursor) if self.positions.is_empty() => {
+                let request = self.request(all, StartPosition::Cursor(cursor));
+                match self.client.subscribe(&self.topic, &request).await {
+                    // A cursor never committed: every partition starts at the earliest.
+                    Err(error) if error.kind() == Some(ErrorKind::CursorNotFound) => {
+                        let request = self.request(request.partitions, StartPosition::Earliest);
+                        [Some(self.client.subscribe(&self.topic, &request).await?), None]
+                    }
+                    subscription => [Some(subscription?), None],
+                }
+            }
+            Fallback::Cursor(cursor) => {
+                // The cursor's committed offsets where there is no position.
+                let mut start = BTreeMap::new();
+                match self.client.get_cursor(&self.topic, &cursor).await {
+                    Ok(positions) => start.extend(
+                        positions
+                            .into_iter()
+                            .filter_map(|position| Some((position.partition, position.committed?))),
+                    ),
+                    Err(error) if error.kind() == Some(ErrorKind::CursorNotFound) => {}
+                    Err(error) => return Err(error),
+                }
+                start.extend(
+                    self.positions
+                        .iter()
+                        .map(|(partition, offset)| (*partition, *offset)),
+                );
+                let request = self.request(all, StartPosition::Offsets(start));
+                [Some(self.client.subscribe(&self.topic, &request).await?), None]
+            }
+        };
+        self.catching_up = subscriptions.iter().flatten().count();
+        self.subscriptions = subscriptions;
+        Ok(())
+    }
+}
+
+async fn next_item(subscription: Option<&mut Subscription>) -> Option<ClientResult<SubscriptionItem>> {
+    match subscription {
+        Some(subscription) => subscription.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// When a consumer commits its progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitMode {
@@ -2129,21 +2580,26 @@ impl ConsumerBuilder {
     /// # Errors
     /// `NotFound` for an unknown topic; transport errors.
     pub async fn build(self) -> ClientResult<Consumer> {
-        let mut consumer = Consumer {
+        let options = SubscribeOptions {
+            partitions: self.options.partitions.clone(),
+            start: StartPosition::Cursor(self.cursor.clone()),
+            event_types: self.options.event_types.clone(),
+            key_prefix: self.options.key_prefix.clone(),
+            heartbeat_ms: 0,
+            max_batch_events: 0,
+        };
+        let follower = self.client.follow(&self.topic, options).await?;
+        Ok(Consumer {
             client: self.client,
             topic: self.topic,
             cursor: self.cursor,
             options: self.options,
-            subscription: None,
-            buffered: VecDeque::new(),
-            delivered: BTreeMap::new(),
+            follower,
             committed: BTreeMap::new(),
             uncommitted_count: 0,
             last_commit: Instant::now(),
             failures: 0,
-        };
-        consumer.subscription = Some(consumer.subscribe().await?);
-        Ok(consumer)
+        })
     }
 }
 
@@ -2159,13 +2615,7 @@ pub struct Consumer {
     topic: String,
     cursor: String,
     options: ConsumerOptions,
-    subscription: Option<Subscription>,
-    /// Received events not yet delivered, each with the partition's next
-    /// offset once it is delivered.
-    buffered: VecDeque<(RecordedEvent, Offset)>,
-    /// Per partition: the next offset after everything delivered (or skipped
-    /// by the filters).
-    delivered: BTreeMap<PartitionId, Offset>,
+    follower: Follower,
     /// Per partition: the last committed next offset.
     committed: BTreeMap<PartitionId, Offset>,
     uncommitted_count: u64,
@@ -2183,49 +2633,27 @@ impl Consumer {
     /// Permanent errors (unknown topic, out of range), or transient ones once
     /// the retry policy is exhausted; a failed auto-commit.
     pub async fn next(&mut self) -> Option<ClientResult<RecordedEvent>> {
+        // Bounded by the retry policy while the subscription keeps failing.
         loop {
-            if let Some((event, next_offset)) = self.buffered.pop_front() {
-                self.delivered.insert(event.partition, next_offset);
-                self.uncommitted_count += 1;
-                if let Err(error) = self.auto_commit().await {
-                    return Some(Err(error));
-                }
-                return Some(Ok(event));
-            }
-            let item = match self.subscription.as_mut() {
-                Some(subscription) => subscription.next().await,
-                None => None,
-            };
-            match item {
-                Some(Ok(SubscriptionItem::Events {
-                    partition,
-                    events,
-                    next_offset,
-                })) => {
+            match self.follower.next().await? {
+                Ok(Followed::Event(event)) => {
                     self.failures = 0;
-                    let count = events.len();
-                    for (index, event) in events.into_iter().enumerate() {
-                        let after = if index + 1 == count {
-                            next_offset
-                        } else {
-                            event.offset.next()
-                        };
-                        self.buffered.push_back((event, after));
-                    }
-                    if count == 0 {
-                        self.delivered.insert(partition, next_offset);
-                    }
-                }
-                Some(Ok(SubscriptionItem::CaughtUp { .. } | SubscriptionItem::Heartbeat { .. })) => {
-                    self.failures = 0;
-                }
-                Some(Err(error)) if !error.is_transient() => return Some(Err(error)),
-                // A transient error, or the stream ended (server shutting down).
-                Some(Err(_)) | None => {
-                    if let Err(error) = self.resubscribe().await {
+                    self.uncommitted_count += 1;
+                    if let Err(error) = self.auto_commit().await {
                         return Some(Err(error));
                     }
+                    return Some(Ok(event));
                 }
+                Ok(Followed::CaughtUp) => self.failures = 0,
+                Ok(Followed::Resumed) => {}
+                Ok(Followed::Lost(_)) => {
+                    self.failures += 1;
+                    if self.failures > self.options.retry.attempts_max {
+                        return Some(Err(ClientError::Closed("subscription retries exhausted".into())));
+                    }
+                    tokio::time::sleep(self.options.retry.backoff(self.failures)).await;
+                }
+                Err(error) => return Some(Err(error)),
             }
         }
     }
@@ -2236,7 +2664,8 @@ impl Consumer {
     /// Errors of `CommitCursor`.
     pub async fn commit(&mut self) -> ClientResult<()> {
         let changed: Vec<(PartitionId, Offset)> = self
-            .delivered
+            .follower
+            .positions()
             .iter()
             .filter(|(partition, offset)| self.committed.get(partition) != Some(offset))
             .map(|(partition, offset)| (*partition, *offset))
@@ -2254,7 +2683,7 @@ impl Consumer {
 
     /// Per partition: the next offset after everything delivered.
     pub fn positions(&self) -> &BTreeMap<PartitionId, Offset> {
-        &self.delivered
+        self.follower.positions()
     }
 
     async fn auto_commit(&mut self) -> ClientResult<()> {
@@ -2264,70 +2693,5 @@ impl Consumer {
             return self.commit().await;
         }
         Ok(())
-    }
-
-    async fn subscribe(&self) -> ClientResult<Subscription> {
-        let mut options = SubscribeOptions {
-            partitions: self.options.partitions.clone(),
-            start: StartPosition::Cursor(self.cursor.clone()),
-            event_types: self.options.event_types.clone(),
-            key_prefix: self.options.key_prefix.clone(),
-            heartbeat_ms: 0,
-            max_batch_events: 0,
-        };
-        if !self.delivered.is_empty() {
-            // Resume after what was delivered; the other partitions from the
-            // cursor's committed offsets.
-            let mut offsets = BTreeMap::new();
-            match self.client.get_cursor(&self.topic, &self.cursor).await {
-                Ok(positions) => {
-                    for position in positions {
-                        if let Some(committed) = position.committed {
-                            offsets.insert(position.partition, committed);
-                        }
-                    }
-                }
-                Err(error) if error.kind() == Some(ErrorKind::CursorNotFound) => {}
-                Err(error) => return Err(error),
-            }
-            offsets.extend(
-                self.delivered
-                    .iter()
-                    .map(|(partition, offset)| (*partition, *offset)),
-            );
-            options.start = StartPosition::Offsets(offsets);
-            return self.client.subscribe(&self.topic, &options).await;
-        }
-        match self.client.subscribe(&self.topic, &options).await {
-            Err(error) if error.kind() == Some(ErrorKind::CursorNotFound) => {
-                // A cursor never committed: every partition starts at the earliest.
-                options.start = StartPosition::Earliest;
-                self.client.subscribe(&self.topic, &options).await
-            }
-            other => other,
-        }
-    }
-
-    async fn resubscribe(&mut self) -> ClientResult<()> {
-        self.subscription = None;
-        // Invariant: the stream is read only once the buffer is empty, so nothing
-        // received is lost here; the new subscription starts after `delivered`.
-        debug_assert!(self.buffered.is_empty());
-        self.buffered.clear();
-        loop {
-            self.failures += 1;
-            if self.failures > self.options.retry.attempts_max {
-                return Err(ClientError::Closed("subscription retries exhausted".into()));
-            }
-            tokio::time::sleep(self.options.retry.backoff(self.failures)).await;
-            match self.subscribe().await {
-                Ok(subscription) => {
-                    self.subscription = Some(subscription);
-                    return Ok(());
-                }
-                Err(error) if error.is_transient() => continue,
-                Err(error) => return Err(error),
-            }
-        }
     }
 }

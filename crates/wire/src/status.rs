@@ -34,59 +34,103 @@ const ERROR_INFO_TYPE_URL: &str = "type.googleapis.com/google.rpc.ErrorInfo";
 const BAD_REQUEST_TYPE_URL: &str = "type.googleapis.com/google.rpc.BadRequest";
 const PRECONDITION_FAILURE_TYPE_URL: &str = "type.googleapis.com/google.rpc.PreconditionFailure";
 
-/// The stable code of an error kind.
-pub fn error_code(kind: ErrorKind) -> ErrorCode {
-    match kind {
-        ErrorKind::Io => ErrorCode::Io,
-        ErrorKind::DiskFull => ErrorCode::DiskFull,
-        ErrorKind::Corruption => ErrorCode::Corruption,
-        ErrorKind::Inconsistent => ErrorCode::Inconsistent,
-        ErrorKind::Config => ErrorCode::Config,
-        ErrorKind::InvalidArgument => ErrorCode::InvalidArgument,
-        ErrorKind::LimitExceeded => ErrorCode::LimitExceeded,
-        ErrorKind::TopicNotFound => ErrorCode::TopicNotFound,
-        ErrorKind::TopicExists => ErrorCode::TopicExists,
-        ErrorKind::WrongExpectedSequence => ErrorCode::WrongExpectedSequence,
-        ErrorKind::PartialDuplicate => ErrorCode::PartialDuplicate,
-        ErrorKind::RepeatedIdempotencyId => ErrorCode::RepeatedIdempotencyId,
-        ErrorKind::IdempotencyIdReused => ErrorCode::IdempotencyIdReused,
-        ErrorKind::ProducerFenced => ErrorCode::ProducerFenced,
-        ErrorKind::UnknownProducer => ErrorCode::UnknownProducer,
-        ErrorKind::ProducerOutOfOrder => ErrorCode::ProducerOutOfOrder,
-        ErrorKind::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
-        ErrorKind::CursorNotFound => ErrorCode::CursorNotFound,
-        ErrorKind::CursorBackwards => ErrorCode::CursorBackwards,
-        ErrorKind::CursorAheadOfHighWatermark => ErrorCode::CursorAheadOfHighWatermark,
-        ErrorKind::Poisoned => ErrorCode::Poisoned,
-        ErrorKind::Locked => ErrorCode::Locked,
-        ErrorKind::Closed => ErrorCode::Closed,
-        ErrorKind::WebhookNotFound => ErrorCode::WebhookNotFound,
-        ErrorKind::WebhookExists => ErrorCode::WebhookExists,
-    }
+/// One row of [`ERROR_CODES`]: a stable code, the engine's kind for it (none
+/// for codes only the wire layer raises) and the gRPC code it travels under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCodeEntry {
+    /// The engine's kind; `None` for a code raised above the engine.
+    pub kind: Option<ErrorKind>,
+    /// The stable numeric code (`stele-error-code`, `ErrorDetail.code`).
+    pub code: ErrorCode,
+    /// The gRPC status code.
+    pub grpc: Code,
 }
 
-/// The gRPC code of an error kind.
-pub fn grpc_code(kind: ErrorKind) -> Code {
-    match kind {
-        ErrorKind::WrongExpectedSequence
-        | ErrorKind::PartialDuplicate
-        | ErrorKind::IdempotencyIdReused
-        | ErrorKind::ProducerOutOfOrder
-        | ErrorKind::CursorBackwards
-        | ErrorKind::CursorAheadOfHighWatermark => Code::FailedPrecondition,
-        ErrorKind::TopicNotFound | ErrorKind::CursorNotFound | ErrorKind::WebhookNotFound => Code::NotFound,
-        ErrorKind::TopicExists | ErrorKind::WebhookExists => Code::AlreadyExists,
-        ErrorKind::OffsetOutOfRange => Code::OutOfRange,
-        ErrorKind::InvalidArgument
-        | ErrorKind::LimitExceeded
-        | ErrorKind::RepeatedIdempotencyId
-        | ErrorKind::Config
-        | ErrorKind::UnknownProducer => Code::InvalidArgument,
-        ErrorKind::DiskFull => Code::ResourceExhausted,
-        ErrorKind::ProducerFenced => Code::Aborted,
-        ErrorKind::Corruption | ErrorKind::Inconsistent => Code::DataLoss,
-        ErrorKind::Poisoned | ErrorKind::Closed | ErrorKind::Locked => Code::Unavailable,
-        ErrorKind::Io => Code::Internal,
+/// Writes the one table of error codes and the functions derived from it, so
+/// that the server's mapping ([`error_code`], [`grpc_code`]) and the client's
+/// reverse mapping ([`kind_of_code`]) cannot disagree. Each derived function is
+/// an exhaustive `match`: a new [`ErrorKind`] or a new proto `ErrorCode` that is
+/// missing from the table does not compile.
+macro_rules! error_codes {
+    (
+        kinds { $($kind:ident => $code:ident, $grpc:ident;)* }
+        wire_only { $($wire_code:ident, $wire_grpc:ident;)* }
+    ) => {
+        /// Every stable error code: the engine's kinds, then the codes only
+        /// the wire layer raises. Codes are never reused or renumbered.
+        pub const ERROR_CODES: &[ErrorCodeEntry] = &[
+            $(ErrorCodeEntry { kind: Some(ErrorKind::$kind), code: ErrorCode::$code, grpc: Code::$grpc },)*
+            $(ErrorCodeEntry { kind: None, code: ErrorCode::$wire_code, grpc: Code::$wire_grpc },)*
+        ];
+
+        /// The stable code of an error kind.
+        pub fn error_code(kind: ErrorKind) -> ErrorCode {
+            match kind {
+                $(ErrorKind::$kind => ErrorCode::$code,)*
+            }
+        }
+
+        /// The gRPC code of an error kind.
+        pub fn grpc_code(kind: ErrorKind) -> Code {
+            match kind {
+                $(ErrorKind::$kind => Code::$grpc,)*
+            }
+        }
+
+        /// The engine's kind of a stable code; `None` for `UNSPECIFIED` and for
+        /// the codes only the wire layer raises.
+        pub fn kind_of_code(code: ErrorCode) -> Option<ErrorKind> {
+            match code {
+                ErrorCode::Unspecified => None,
+                $(ErrorCode::$code => Some(ErrorKind::$kind),)*
+                $(ErrorCode::$wire_code => None,)*
+            }
+        }
+
+        /// The gRPC code a stable code travels under; `None` for `UNSPECIFIED`.
+        pub fn grpc_code_of(code: ErrorCode) -> Option<Code> {
+            match code {
+                ErrorCode::Unspecified => None,
+                $(ErrorCode::$code => Some(Code::$grpc),)*
+                $(ErrorCode::$wire_code => Some(Code::$wire_grpc),)*
+            }
+        }
+    };
+}
+
+error_codes! {
+    kinds {
+        Io => Io, Internal;
+        DiskFull => DiskFull, ResourceExhausted;
+        Corruption => Corruption, DataLoss;
+        Inconsistent => Inconsistent, DataLoss;
+        Config => Config, InvalidArgument;
+        InvalidArgument => InvalidArgument, InvalidArgument;
+        LimitExceeded => LimitExceeded, InvalidArgument;
+        TopicNotFound => TopicNotFound, NotFound;
+        TopicExists => TopicExists, AlreadyExists;
+        WrongExpectedSequence => WrongExpectedSequence, FailedPrecondition;
+        PartialDuplicate => PartialDuplicate, FailedPrecondition;
+        RepeatedIdempotencyId => RepeatedIdempotencyId, InvalidArgument;
+        IdempotencyIdReused => IdempotencyIdReused, FailedPrecondition;
+        ProducerFenced => ProducerFenced, Aborted;
+        UnknownProducer => UnknownProducer, InvalidArgument;
+        ProducerOutOfOrder => ProducerOutOfOrder, FailedPrecondition;
+        OffsetOutOfRange => OffsetOutOfRange, OutOfRange;
+        CursorNotFound => CursorNotFound, NotFound;
+        CursorBackwards => CursorBackwards, FailedPrecondition;
+        CursorAheadOfHighWatermark => CursorAheadOfHighWatermark, FailedPrecondition;
+        Poisoned => Poisoned, Unavailable;
+        Locked => Locked, Unavailable;
+        Closed => Closed, Unavailable;
+        WebhookNotFound => WebhookNotFound, NotFound;
+        WebhookExists => WebhookExists, AlreadyExists;
+    }
+    wire_only {
+        // A request message above the server's size limit (`message_too_large`).
+        MessageTooLarge, ResourceExhausted;
+        // A client touched a cursor a webhook endpoint owns.
+        CursorReserved, FailedPrecondition;
     }
 }
 
@@ -293,7 +337,8 @@ pub fn message_too_large(message: impl Into<String>) -> Status {
         message: message.into(),
         ..ErrorDetail::default()
     };
-    status_of_detail(Code::ResourceExhausted, detail, None)
+    let code = grpc_code_of(ErrorCode::MessageTooLarge).expect("MESSAGE_TOO_LARGE is in the table");
+    status_of_detail(code, detail, None)
 }
 
 /// Request bytes that do not decode as the RPC's message (truncated, wrong
@@ -367,6 +412,45 @@ mod tests {
             "WRONG_EXPECTED_SEQUENCE"
         );
         assert_eq!(error_code(ErrorKind::IdempotencyIdReused) as i32, 26);
+    }
+
+    #[test]
+    fn the_error_code_table_lists_every_proto_code_and_every_kind_exactly_once() {
+        // Goal: the one table is complete and unambiguous. Method: walk the
+        // proto's ErrorCode values by number (past the largest, none decodes)
+        // and count each in the table; derive every kind from error_code and
+        // count it; check the derived functions against the rows.
+        let largest = ERROR_CODES
+            .iter()
+            .map(|entry| entry.code as i32)
+            .max()
+            .expect("a non-empty table");
+        assert!(
+            ErrorCode::try_from(largest + 1).is_err(),
+            "a proto code past the table"
+        );
+        for number in 0..=largest {
+            let code = ErrorCode::try_from(number).expect("proto codes are dense");
+            let rows = ERROR_CODES.iter().filter(|entry| entry.code == code).count();
+            let expected = usize::from(code != ErrorCode::Unspecified);
+            assert_eq!(rows, expected, "{code:?} appears {rows} times");
+        }
+        for entry in ERROR_CODES {
+            assert_eq!(kind_of_code(entry.code), entry.kind, "{entry:?}");
+            assert_eq!(grpc_code_of(entry.code), Some(entry.grpc), "{entry:?}");
+            if let Some(kind) = entry.kind {
+                assert_eq!(error_code(kind), entry.code, "{entry:?}");
+                assert_eq!(grpc_code(kind), entry.grpc, "{entry:?}");
+                let rows = ERROR_CODES
+                    .iter()
+                    .filter(|other| other.kind == Some(kind))
+                    .count();
+                assert_eq!(rows, 1, "{kind:?} appears {rows} times");
+            }
+        }
+        assert_eq!(kind_of_code(ErrorCode::Unspecified), None);
+        assert_eq!(grpc_code_of(ErrorCode::Unspecified), None);
+        assert_eq!(kind_of_code(ErrorCode::CursorReserved), None);
     }
 
     #[test]

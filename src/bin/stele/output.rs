@@ -10,16 +10,24 @@
 //!   retitle the terminal: C0 and C1 controls, DEL and the Unicode bidirectional
 //!   controls are written as escapes, and bytes that are not UTF-8 as `base64:...`.
 //!
-//! It does not decide exit codes, and it never decodes error details itself:
-//! [`stele::wire::status::detail_of`] does.
+//! JSON objects are `#[derive(Serialize)]` structs printed through
+//! [`print_json`], whose keys come out sorted (a `serde_json::Map`).
+//!
+//! It does not decide exit codes, and it never decodes errors itself: the
+//! client's [`stele::client::ClientError`] does.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+// One RFC 3339 formatter for the project: webhook bodies use it too, and it
+// covers every i64 timestamp (humantime's panics before 1970).
+use stele::RecordedEvent;
 use stele::civil::format_timestamp_ms as format_timestamp;
-use stele::wire::proto::{self, ErrorDetail};
+use stele::client::ErrorDetails;
 
 /// Standard base64 with padding, as in the JSON scheme.
 pub(crate) fn base64(bytes: &[u8]) -> String {
@@ -27,21 +35,41 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
 }
 
 /// Bytes as JSON: the text when they are UTF-8, else `{"base64": "..."}`.
-pub(crate) fn bytes_json(bytes: &[u8]) -> Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Value::String(text.to_string()),
-        Err(_) => json!({ "base64": base64(bytes) }),
+#[cfg(test)]
+fn bytes_json(bytes: &[u8]) -> Value {
+    to_json(&Bytes(bytes))
+}
+
+/// Bytes that serialize as [`bytes_json`] does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => {
+                #[derive(Serialize)]
+                struct Base64 {
+                    base64: String,
+                }
+                Base64 {
+                    base64: base64(self.0),
+                }
+                .serialize(serializer)
+            }
+        }
     }
 }
 
-/// Headers as a JSON object from name to [`bytes_json`] value.
-pub(crate) fn headers_json<'a>(headers: impl IntoIterator<Item = (&'a String, &'a Vec<u8>)>) -> Value {
-    Value::Object(
-        headers
-            .into_iter()
-            .map(|(name, value)| (name.clone(), bytes_json(value)))
-            .collect(),
-    )
+/// Prints one JSON object on one line of stdout, through [`json_line`].
+pub(crate) fn print_json(value: &impl Serialize) {
+    println!("{}", json_line(&to_json(value)));
+}
+
+/// A value as JSON; a map's keys come out sorted.
+pub(crate) fn to_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("the command's JSON structs have string keys")
 }
 
 /// Whether a character must not reach a terminal as is: C0 controls (ESC
@@ -109,9 +137,9 @@ pub(crate) fn json_line(value: &Value) -> String {
 }
 
 /// Prints one event on one line of stdout.
-pub(crate) fn print_event(event: &proto::RecordedEvent, json_output: bool) {
+pub(crate) fn print_event(event: &RecordedEvent, json_output: bool) {
     if json_output {
-        println!("{}", json_line(&event_json(event)));
+        print_json(&EventJson::of(event));
         return;
     }
     let mut headers: Vec<String> = event
@@ -127,94 +155,100 @@ pub(crate) fn print_event(event: &proto::RecordedEvent, json_output: bool) {
     };
     println!(
         "{}/{} {}@{} {} {}{headers} {}",
-        event.partition,
-        event.offset,
+        event.partition.0,
+        event.offset.0,
         display_bytes(&event.key),
         event.sequence,
-        escape(&event.r#type),
+        escape(&event.event_type),
         format_timestamp(event.timestamp_ms),
         display_bytes(&event.payload),
     );
 }
 
 /// One event as a JSON object.
-pub(crate) fn event_json(event: &proto::RecordedEvent) -> Value {
-    let mut object = json!({
-        "partition": event.partition,
-        "offset": event.offset,
-        "timestamp_ms": event.timestamp_ms,
-        "timestamp": format_timestamp(event.timestamp_ms),
-        "key": bytes_json(&event.key),
-        "sequence": event.sequence,
-        "type": event.r#type,
-        "payload": bytes_json(&event.payload),
-    });
-    let fields = object.as_object_mut().expect("a JSON object literal");
-    if !event.idempotency_id.is_empty() {
-        fields.insert("idempotency_id".to_string(), bytes_json(&event.idempotency_id));
-    }
-    if !event.headers.is_empty() {
-        fields.insert("headers".to_string(), headers_json(&event.headers));
-    }
-    Value::Object(std::mem::take(fields))
+#[derive(Serialize)]
+struct EventJson<'a> {
+    partition: u32,
+    offset: u64,
+    timestamp_ms: i64,
+    timestamp: String,
+    key: Bytes<'a>,
+    sequence: u64,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    payload: Bytes<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_id: Option<Bytes<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers: BTreeMap<&'a str, Bytes<'a>>,
 }
 
-/// The canonical upper-case name of a gRPC status code, as in the gRPC spec.
-pub(crate) fn grpc_code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// The stable Stele code name without its `ERROR_CODE_` prefix, e.g. `CURSOR_NOT_FOUND`.
-pub(crate) fn error_code_name(detail: &ErrorDetail) -> Option<&'static str> {
-    proto::ErrorCode::try_from(detail.code)
-        .ok()
-        .filter(|code| *code != proto::ErrorCode::Unspecified)
-        .map(|code| code.as_str_name().trim_start_matches("ERROR_CODE_"))
-}
-
-/// The fields of an error detail the server set, as a JSON object (no code or
-/// message: those are fields of the error object itself).
-pub(crate) fn detail_json(detail: &ErrorDetail) -> Value {
-    let mut fields = serde_json::Map::new();
-    let mut put = |name: &str, value: Option<u64>| {
-        if let Some(value) = value {
-            fields.insert(name.to_string(), json!(value));
+impl<'a> EventJson<'a> {
+    fn of(event: &'a RecordedEvent) -> EventJson<'a> {
+        EventJson {
+            partition: event.partition.0,
+            offset: event.offset.0,
+            timestamp_ms: event.timestamp_ms,
+            timestamp: format_timestamp(event.timestamp_ms),
+            key: Bytes(&event.key),
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            payload: Bytes(&event.payload),
+            idempotency_id: event
+                .idempotency_id
+                .as_deref()
+                .filter(|id| !id.is_empty())
+                .map(Bytes),
+            headers: event
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), Bytes(value)))
+                .collect(),
         }
-    };
-    put("actual_sequence", detail.actual_sequence);
-    put("expected_producer_sequence", detail.expected_producer_sequence);
-    put("current_epoch", detail.current_epoch.map(u64::from));
-    put("earliest_offset", detail.earliest_offset);
-    put("high_watermark", detail.high_watermark);
-    if !detail.limit_name.is_empty() {
-        fields.insert("limit_name".to_string(), json!(detail.limit_name));
-        fields.insert("limit_value".to_string(), json!(detail.limit_value));
-        fields.insert("limit_max".to_string(), json!(detail.limit_max));
     }
-    Value::Object(fields)
+}
+
+/// The fields of an error's details the server set, as a JSON object (no code
+/// or message: those are fields of the error object itself).
+#[derive(Serialize, Default)]
+pub(crate) struct DetailJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actual_sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_producer_sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_epoch: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    earliest_offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    high_watermark: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_value: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_max: Option<u64>,
+}
+
+impl<'a> DetailJson<'a> {
+    pub(crate) fn of(details: &'a ErrorDetails) -> DetailJson<'a> {
+        DetailJson {
+            actual_sequence: details.actual_sequence,
+            expected_producer_sequence: details.expected_producer_sequence,
+            current_epoch: details.current_epoch.map(|epoch| epoch.0),
+            earliest_offset: details.earliest_offset.map(|offset| offset.0),
+            high_watermark: details.high_watermark.map(|offset| offset.0),
+            limit_name: details.limit.as_ref().map(|limit| limit.name.as_str()),
+            limit_value: details.limit.as_ref().map(|limit| limit.value),
+            limit_max: details.limit.as_ref().map(|limit| limit.max),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -10,16 +10,13 @@
 //! It does not buffer events: each is printed when it arrives, and a cursor is
 //! committed only up to what was printed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
-use stele::wire::proto::stele_client::SteleClient;
-use stele::wire::proto::{self, start_position::Position};
-use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
+use stele::client::{Client, ClientError, Followed, Follower, StartPosition, SubscribeOptions};
+use stele::{ErrorKind, Offset, PartitionId};
 
 use super::output::{escape, print_event};
 use super::{CliError, ClientArgs, EXIT_OK, Millis, connect, parse_timestamp};
@@ -120,108 +117,23 @@ fn parse_start(from: &str) -> Result<Start, CliError> {
     })
 }
 
-/// Where partitions without a known next offset start.
-#[derive(Clone, Copy)]
-enum Fallback {
-    Earliest,
-    Timestamp(i64),
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SubscribeResponse, tonic::Status>> + Send>>;
-
-/// What to follow and how far each partition has been printed.
-struct Follow {
-    topic: String,
-    /// Every followed partition.
-    followed: Vec<u32>,
-    /// The next offset to print, for partitions where it is known.
-    next: BTreeMap<u32, u64>,
-    /// Where the other followed partitions start.
-    fallback: Fallback,
-    event_types: Vec<String>,
-    key_prefix: Vec<u8>,
-}
-
-impl Follow {
-    fn request(&self, partitions: Vec<u32>, position: Position) -> proto::SubscribeRequest {
-        proto::SubscribeRequest {
-            topic: self.topic.clone(),
-            partitions,
-            start: Some(proto::StartPosition {
-                position: Some(position),
-            }),
-            event_types: self.event_types.clone(),
-            key_prefix: self.key_prefix.clone(),
-            heartbeat_ms: 0,
-            max_batch_events: 0,
-        }
-    }
-
-    /// Subscribes from `next`, and from the fallback where `next` is unknown: one
-    /// subscription, or two merged when the fallback is a timestamp.
-    async fn subscribe(&self, stub: &mut SteleClient<Channel>) -> Result<EventStream, tonic::Status> {
-        let offsets = || {
-            Position::Offsets(proto::PartitionOffsets {
-                offsets: self
-                    .next
-                    .iter()
-                    .map(|(partition, offset)| (*partition, *offset))
-                    .collect(),
-            })
-        };
-        let timestamp_ms = match self.fallback {
-            // Offsets start unlisted partitions at the earliest event.
-            Fallback::Earliest => {
-                let request = self.request(self.followed.clone(), offsets());
-                return Ok(Box::pin(stub.subscribe(request).await?.into_inner()));
-            }
-            Fallback::Timestamp(timestamp_ms) => timestamp_ms,
-        };
-        let unknown: Vec<u32> = self
-            .followed
-            .iter()
-            .copied()
-            .filter(|partition| !self.next.contains_key(partition))
-            .collect();
-        let mut merged: Option<EventStream> = None;
-        if !self.next.is_empty() {
-            let request = self.request(self.next.keys().copied().collect(), offsets());
-            merged = Some(Box::pin(stub.subscribe(request).await?.into_inner()));
-        }
-        if !unknown.is_empty() {
-            let request = self.request(unknown, Position::TimestampMs(timestamp_ms));
-            let stream: EventStream = Box::pin(stub.subscribe(request).await?.into_inner());
-            merged = Some(match merged {
-                Some(known) => Box::pin(known.merge(stream)),
-                None => stream,
-            });
-        }
-        Ok(merged.expect("a topic has at least one followed partition"))
-    }
-
-    /// Records that `partition` continues at `offset` (never moving backwards).
-    fn advance(&mut self, partition: u32, offset: u64) {
-        let next = self.next.entry(partition).or_insert(offset);
-        *next = (*next).max(offset);
-    }
-
-    /// `P=OFFSET` for each known partition, for messages.
-    fn positions(&self) -> String {
-        let known: Vec<String> = self
-            .next
-            .iter()
-            .map(|(partition, offset)| format!("{partition}={offset}"))
-            .collect();
-        let others = if known.len() < self.followed.len() {
-            match self.fallback {
-                Fallback::Earliest => " (other partitions from the earliest event)",
-                Fallback::Timestamp(_) => " (other partitions from the --from time)",
-            }
+/// `P=OFFSET` for each partition with a known position, for notices.
+fn positions_text(follower: &Follower, followed_count: usize, timestamp_start: bool) -> String {
+    let known: Vec<String> = follower
+        .positions()
+        .iter()
+        .map(|(partition, offset)| format!("{}={}", partition.0, offset.0))
+        .collect();
+    let others = if known.len() < followed_count {
+        if timestamp_start {
+            " (other partitions from the --from time)"
         } else {
-            ""
-        };
-        format!("{}{others}", known.join(" "))
-    }
+            " (other partitions from the earliest event)"
+        }
+    } else {
+        ""
+    };
+    format!("{}{others}", known.join(" "))
 }
 
 /// Commits a cursor up to what was printed.
@@ -229,7 +141,7 @@ struct Committer {
     cursor: String,
     interval: Duration,
     /// What the server holds, as far as this command knows.
-    committed: BTreeMap<u32, u64>,
+    committed: BTreeMap<PartitionId, Offset>,
     last: Instant,
 }
 
@@ -238,13 +150,9 @@ impl Committer {
         self.last.elapsed() >= self.interval
     }
 
-    async fn commit(
-        &mut self,
-        stub: &mut SteleClient<Channel>,
-        follow: &Follow,
-    ) -> Result<(), tonic::Status> {
-        let changed: HashMap<u32, u64> = follow
-            .next
+    async fn commit(&mut self, client: &Client, topic: &str, follower: &Follower) -> Result<(), ClientError> {
+        let changed: Vec<(PartitionId, Offset)> = follower
+            .positions()
             .iter()
             .filter(|(partition, offset)| self.committed.get(partition) != Some(offset))
             .map(|(partition, offset)| (*partition, *offset))
@@ -254,29 +162,26 @@ impl Committer {
         }
         // What was printed must be out before the cursor says it was consumed.
         let _ = std::io::Write::flush(&mut std::io::stdout());
-        stub.commit_cursor(proto::CommitCursorRequest {
-            topic: follow.topic.clone(),
-            cursor: self.cursor.clone(),
-            offsets: changed.clone(),
-            allow_backwards: false,
-        })
-        .await?;
+        client.commit_cursor(topic, &self.cursor, &changed, false).await?;
         self.committed.extend(changed);
         self.last = Instant::now();
         Ok(())
     }
-}
 
-/// Whether a failed subscription or call is worth retrying on a new connection:
-/// the server went away (restart, crash, shutdown) or the network failed.
-fn is_transient(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable | Code::Cancelled | Code::Unknown => true,
-        // A broken HTTP/2 connection surfaces as INTERNAL from the transport,
-        // without Stele's error detail.
-        Code::Internal => stele::wire::status::detail_of(status).is_none(),
-        _ => false,
+    /// Commits when due; a transient failure waits for the next chance.
+    async fn commit_if_due(
+        &mut self,
+        client: &Client,
+        topic: &str,
+        follower: &Follower,
+    ) -> Result<(), CliError> {
+        if !self.due() {
+            return Ok(());
+        }
+        match self.commit(client, topic, follower).await {
+            Err(error) if !error.is_transient() => Err(error.into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -293,10 +198,13 @@ fn notice(json_output: bool, message: &str, delay: Option<Duration>) {
     }
 }
 
-/// The reason a connection or subscription failed, for notices.
-fn reason(error: &CliError) -> String {
+/// The reason a subscription failed, for notices: `connected` when it broke
+/// while following, else a resubscription failed.
+fn reason(error: &ClientError, connected: bool) -> String {
     match error {
-        CliError::Status(status) => format!("{} ({:?})", status.message(), status.code()),
+        ClientError::Status { message, code, .. } => format!("{message} ({code:?})"),
+        ClientError::Transport { url, reason } if !connected => format!("cannot connect to {url}: {reason}"),
+        ClientError::Transport { reason, .. } => format!("{reason} (Unavailable)"),
         other => other.to_string(),
     }
 }
@@ -314,74 +222,62 @@ pub(crate) async fn tail(args: TailArgs) -> Result<u8, CliError> {
         return Err(CliError::Usage("--commit-interval must be above 0".to_string()));
     }
     let json_output = args.client.json;
-    let mut stub = connect(&args.client.url).await?;
-    let description = stub
-        .describe_topic(proto::DescribeTopicRequest {
-            topic: args.topic.clone(),
-        })
-        .await?
-        .into_inner();
-    let followed: Vec<u32> = if args.partitions.is_empty() {
+    let client = connect(&args.client.url).await?;
+    let description = client.describe_topic(&args.topic).await?;
+    let followed: Vec<PartitionId> = if args.partitions.is_empty() {
         description
             .partitions
             .iter()
             .map(|partition| partition.partition)
             .collect()
     } else {
-        args.partitions.clone()
-    };
-    let mut follow = Follow {
-        topic: args.topic.clone(),
-        followed: followed.clone(),
-        next: BTreeMap::new(),
-        fallback: Fallback::Earliest,
-        event_types: args.event_types.clone(),
-        key_prefix: args.key_prefix.clone().unwrap_or_default().into_bytes(),
+        args.partitions.iter().copied().map(PartitionId).collect()
     };
     let mut committed = BTreeMap::new();
-    match &start {
-        Start::Earliest => {}
-        Start::Latest => {
-            for partition in &description.partitions {
-                if followed.contains(&partition.partition) {
-                    follow.next.insert(partition.partition, partition.high_watermark);
-                }
-            }
-        }
-        Start::Offset(offset) => {
-            for partition in &followed {
-                follow.next.insert(*partition, *offset);
-            }
-        }
-        Start::Timestamp(timestamp_ms) => follow.fallback = Fallback::Timestamp(*timestamp_ms),
+    let start = match &start {
+        Start::Earliest => StartPosition::Earliest,
+        // Resolved to offsets now, so that a reconnect resumes from them.
+        Start::Latest => StartPosition::Offsets(
+            description
+                .partitions
+                .iter()
+                .filter(|partition| followed.contains(&partition.partition))
+                .map(|partition| (partition.partition, partition.high_watermark))
+                .collect(),
+        ),
+        Start::Offset(offset) => StartPosition::Offsets(
+            followed
+                .iter()
+                .map(|partition| (*partition, Offset(*offset)))
+                .collect(),
+        ),
+        Start::Timestamp(timestamp_ms) => StartPosition::Timestamp(*timestamp_ms),
         Start::Cursor { name, create } => {
-            let found = stub
-                .get_cursor(proto::GetCursorRequest {
-                    topic: args.topic.clone(),
-                    cursor: name.clone(),
-                })
-                .await;
-            let cursor = match found {
-                Ok(response) => response.into_inner().cursor.unwrap_or_default(),
-                Err(status) if *create && status.code() == tonic::Code::NotFound => proto::Cursor::default(),
-                Err(status) => return Err(status.into()),
+            let positions = match client.get_cursor(&args.topic, name).await {
+                Ok(positions) => positions,
+                Err(error) if *create && error.kind() == Some(ErrorKind::CursorNotFound) => Vec::new(),
+                Err(error) => return Err(error.into()),
             };
-            for partition in &cursor.partitions {
-                if let Some(offset) = partition.committed_offset {
-                    committed.insert(partition.partition, offset);
-                    if followed.contains(&partition.partition) {
-                        // Retention may have deleted what the cursor points at.
-                        let earliest = description
-                            .partitions
-                            .iter()
-                            .find(|described| described.partition == partition.partition)
-                            .map_or(0, |described| described.earliest_offset);
-                        follow.next.insert(partition.partition, offset.max(earliest));
-                    }
+            let mut offsets = BTreeMap::new();
+            for position in positions {
+                let Some(offset) = position.committed else {
+                    continue;
+                };
+                committed.insert(position.partition, offset);
+                if followed.contains(&position.partition) {
+                    // Retention may have deleted what the cursor points at.
+                    let earliest = description
+                        .partitions
+                        .iter()
+                        .find(|described| described.partition == position.partition)
+                        .map_or(Offset(0), |described| described.earliest);
+                    offsets.insert(position.partition, offset.max(earliest));
                 }
             }
+            StartPosition::Offsets(offsets)
         }
-    }
+    };
+    let timestamp_start = matches!(start, StartPosition::Timestamp(_));
     let mut committer = args.commit.then(|| Committer {
         cursor: args.cursor.clone().expect("clap requires --cursor with --commit"),
         interval: Duration::from_millis(args.commit_interval.0),
@@ -392,7 +288,15 @@ pub(crate) async fn tail(args: TailArgs) -> Result<u8, CliError> {
     if remaining == 0 {
         return Ok(EXIT_OK);
     }
-    let mut stream = Some(follow.subscribe(&mut stub).await?);
+    let options = SubscribeOptions {
+        partitions: followed.clone(),
+        start,
+        event_types: args.event_types.clone(),
+        key_prefix: args.key_prefix.clone().unwrap_or_default().into_bytes(),
+        heartbeat_ms: 0,
+        max_batch_events: 0,
+    };
+    let mut follower = client.follow(&args.topic, options).await?;
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|error| CliError::Failed(format!("cannot handle SIGTERM: {error}")))?;
     let interrupted = tokio::signal::ctrl_c();
@@ -400,132 +304,96 @@ pub(crate) async fn tail(args: TailArgs) -> Result<u8, CliError> {
     let mut ticker = tokio::time::interval(Duration::from_millis(args.commit_interval.0));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut delay = RECONNECT_DELAY_INITIAL;
-    let mut lost = String::new();
+    // While disconnected the ticker is not polled, so that a tick cannot cut a
+    // resubscription short.
+    let mut connected = true;
     // Bounded by the signals and --count; while disconnected, each round waits
     // at least RECONNECT_DELAY_INITIAL.
     'following: loop {
-        let Some(events) = stream.as_mut() else {
-            notice(
-                json_output,
-                &format!("{lost}; reconnecting in {}", Millis(delay.as_millis() as u64)),
-                Some(delay),
-            );
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = &mut interrupted => break 'following,
-                _ = terminate.recv() => break 'following,
-            }
-            delay = (delay * 2).min(RECONNECT_DELAY_MAX);
-            let attempt = match connect(&args.client.url).await {
-                Ok(new_stub) => {
-                    stub = new_stub;
-                    follow.subscribe(&mut stub).await.map_err(CliError::from)
-                }
-                Err(error) => Err(error),
-            };
-            match attempt {
-                Ok(events) => {
-                    notice(
-                        json_output,
-                        &format!(
-                            "reconnected to {}; resuming at {}",
-                            args.client.url,
-                            follow.positions()
-                        ),
-                        None,
-                    );
-                    stream = Some(events);
-                    if let Some(committer) = committer.as_mut() {
-                        match committer.commit(&mut stub, &follow).await {
-                            Err(status) if !is_transient(&status) => return Err(status.into()),
-                            _ => {}
-                        }
-                    }
-                }
-                Err(CliError::Status(status)) if !is_transient(&status) => return Err(status.into()),
-                Err(error @ (CliError::Usage(_) | CliError::Failed(_))) => return Err(error),
-                Err(error) => lost = format!("cannot resubscribe: {}", reason(&error)),
-            }
-            continue;
-        };
         let item = tokio::select! {
-            item = events.next() => item,
+            item = follower.next() => item,
             _ = &mut interrupted => break 'following,
             _ = terminate.recv() => break 'following,
-            _ = ticker.tick(), if committer.is_some() => {
-                if let Some(committer) = committer.as_mut().filter(|committer| committer.due()) {
-                    match committer.commit(&mut stub, &follow).await {
-                        Err(status) if !is_transient(&status) => return Err(status.into()),
-                        _ => {}
-                    }
+            _ = ticker.tick(), if committer.is_some() && connected => {
+                if let Some(committer) = committer.as_mut() {
+                    committer.commit_if_due(&client, &args.topic, &follower).await?;
                 }
                 continue;
             }
         };
-        let message = match item {
-            Some(Ok(message)) => message,
-            Some(Err(status)) if is_transient(&status) => {
-                lost = format!("connection lost: {}", reason(&CliError::Status(status)));
-                stream = None;
-                continue;
-            }
-            Some(Err(status)) => return Err(status.into()),
-            None => {
-                lost = "the server ended the subscription".to_string();
-                stream = None;
-                continue;
-            }
-        };
-        delay = RECONNECT_DELAY_INITIAL;
-        match message.item {
-            Some(proto::subscribe_response::Item::Events(batch)) => {
-                for event in &batch.events {
-                    // Defensive: a resumed subscription starts at `next`, so an
-                    // earlier offset would be a repeat.
-                    if follow
-                        .next
-                        .get(&event.partition)
-                        .is_some_and(|next| event.offset < *next)
-                    {
-                        continue;
-                    }
-                    print_event(event, json_output);
-                    follow.advance(event.partition, event.offset + 1);
-                    remaining -= 1;
-                    if remaining == 0 {
-                        break 'following;
-                    }
+        match item {
+            Some(Ok(Followed::Event(event))) => {
+                delay = RECONNECT_DELAY_INITIAL;
+                print_event(&event, json_output);
+                remaining -= 1;
+                if remaining == 0 {
+                    break 'following;
                 }
-                // Events the filters skipped are passed too.
-                follow.advance(batch.partition, batch.next_offset);
-                if let Some(committer) = committer.as_mut().filter(|committer| committer.due()) {
-                    match committer.commit(&mut stub, &follow).await {
-                        Err(status) if !is_transient(&status) => return Err(status.into()),
+                if let Some(committer) = committer.as_mut() {
+                    committer.commit_if_due(&client, &args.topic, &follower).await?;
+                }
+            }
+            Some(Ok(Followed::CaughtUp)) => delay = RECONNECT_DELAY_INITIAL,
+            Some(Ok(Followed::Lost(error))) => {
+                let lost = match (&error, connected) {
+                    (ClientError::Closed(_), true) => "the server ended the subscription".to_string(),
+                    (_, true) => format!("connection lost: {}", reason(&error, true)),
+                    (_, false) => format!("cannot resubscribe: {}", reason(&error, false)),
+                };
+                connected = false;
+                notice(
+                    json_output,
+                    &format!("{lost}; reconnecting in {}", Millis(delay.as_millis() as u64)),
+                    Some(delay),
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = &mut interrupted => break 'following,
+                    _ = terminate.recv() => break 'following,
+                }
+                delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+            }
+            Some(Ok(Followed::Resumed)) => {
+                connected = true;
+                notice(
+                    json_output,
+                    &format!(
+                        "reconnected to {}; resuming at {}",
+                        args.client.url,
+                        positions_text(&follower, followed.len(), timestamp_start)
+                    ),
+                    None,
+                );
+                if let Some(committer) = committer.as_mut() {
+                    match committer.commit(&client, &args.topic, &follower).await {
+                        Err(error) if !error.is_transient() => return Err(error.into()),
                         _ => {}
                     }
                 }
             }
-            Some(proto::subscribe_response::Item::CaughtUp(caught_up)) => {
-                for (partition, offset) in caught_up.next_offsets {
-                    follow.advance(partition, offset);
-                }
-            }
-            Some(proto::subscribe_response::Item::Heartbeat(_)) | None => {}
+            Some(Err(error)) => return Err(error.into()),
+            None => break 'following,
         }
     }
     if let Some(committer) = committer.as_mut() {
-        committer.commit(&mut stub, &follow).await.map_err(|status| {
-            if is_transient(&status) {
-                CliError::Unreachable(format!(
-                    "cannot commit cursor {} at {}: {}",
-                    committer.cursor,
-                    follow.positions(),
-                    status.message()
-                ))
-            } else {
-                CliError::Status(status)
-            }
-        })?;
+        committer
+            .commit(&client, &args.topic, &follower)
+            .await
+            .map_err(|error| {
+                if error.is_transient() {
+                    CliError::Unreachable(format!(
+                        "cannot commit cursor {} at {}: {}",
+                        committer.cursor,
+                        positions_text(&follower, followed.len(), timestamp_start),
+                        match &error {
+                            ClientError::Status { message, .. } => message.clone(),
+                            other => other.to_string(),
+                        }
+                    ))
+                } else {
+                    CliError::Client(error)
+                }
+            })?;
     }
     Ok(EXIT_OK)
 }

@@ -5,13 +5,15 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
 use serde_json::{Value, json};
+use stele::client::WebhookChange;
 use stele::server::webhook::signature;
-use stele::wire::proto;
+use stele::wire::webhook::{DeadLetterView, NewWebhook, WebhookSettings, WebhookView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::output::{bytes_json, display_bytes, escape, json_line};
-use super::{CliError, ClientArgs, EXIT_OK, Millis, connect};
+use super::output::{Bytes, display_bytes, escape, json_line, print_json, to_json};
+use super::{CliError, ClientArgs, CursorPartitionJson, EXIT_OK, Millis, connect};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum WebhookCommand {
@@ -145,73 +147,46 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
     match command {
         WebhookCommand::Create(args) => create(*args).await,
         WebhookCommand::List { client } => {
-            let mut stub = connect(&client.url).await?;
-            let response = stub
-                .list_webhooks(proto::ListWebhooksRequest {})
-                .await?
-                .into_inner();
-            if !client.json && response.webhooks.is_empty() {
+            let webhooks = connect(&client.url).await?.list_webhooks().await?;
+            if !client.json && webhooks.is_empty() {
                 println!("no webhooks");
             }
-            for webhook in &response.webhooks {
+            for webhook in &webhooks {
                 print_webhook(webhook, client.json);
             }
             Ok(EXIT_OK)
         }
         WebhookCommand::Pause { name, client } => {
-            let mut stub = connect(&client.url).await?;
-            stub.pause_webhook(proto::PauseWebhookRequest { name: name.clone() })
-                .await?;
-            done(client.json, "paused", &name);
-            Ok(EXIT_OK)
+            change(&name, &client, WebhookChange::Pause, "paused").await
         }
         WebhookCommand::Resume { name, client } => {
-            let mut stub = connect(&client.url).await?;
-            stub.resume_webhook(proto::ResumeWebhookRequest { name: name.clone() })
-                .await?;
-            done(client.json, "resumed", &name);
-            Ok(EXIT_OK)
+            change(&name, &client, WebhookChange::Resume, "resumed").await
         }
         WebhookCommand::Delete { name, client } => {
-            let mut stub = connect(&client.url).await?;
-            stub.delete_webhook(proto::DeleteWebhookRequest { name: name.clone() })
-                .await?;
-            done(client.json, "deleted", &name);
-            Ok(EXIT_OK)
+            change(&name, &client, WebhookChange::Delete, "deleted").await
         }
         WebhookCommand::DeadLetters { name, max, client } => {
-            let mut stub = connect(&client.url).await?;
-            let response = stub
-                .list_dead_letters(proto::ListDeadLettersRequest {
-                    name: name.clone(),
-                    max_events: max.unwrap_or(0),
-                })
+            let letters = connect(&client.url)
                 .await?
-                .into_inner();
-            if !client.json && response.dead_letters.is_empty() {
+                .dead_letters(&name, max.unwrap_or(0))
+                .await?;
+            if !client.json && letters.is_empty() {
                 println!("no dead letters for {}", escape(&name));
             }
             // The server may answer with more than asked (up to the limit per
             // partition of the dead-letter topic); --max bounds the whole list.
             let shown = max.map_or(usize::MAX, |max| max as usize);
-            for letter in response.dead_letters.iter().take(shown) {
+            for letter in letters.iter().take(shown) {
                 print_dead_letter(letter, client.json);
             }
             Ok(EXIT_OK)
         }
         WebhookCommand::Redrive { name, client } => {
-            let mut stub = connect(&client.url).await?;
-            let response = stub
-                .redrive_dead_letters(proto::RedriveDeadLettersRequest { name: name.clone() })
-                .await?
-                .into_inner();
+            let redriven = connect(&client.url).await?.redrive_dead_letters(&name).await?;
             if client.json {
-                println!(
-                    "{}",
-                    json!({"webhook": name, "redriven": response.redriven_count})
-                );
+                print_json(&json!({"webhook": name, "redriven": redriven}));
             } else {
-                println!("redriving {} dead letters to {name}", response.redriven_count);
+                println!("redriving {redriven} dead letters to {name}");
             }
             Ok(EXIT_OK)
         }
@@ -219,141 +194,181 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
     }
 }
 
-fn done(json_output: bool, what: &str, name: &str) {
-    if json_output {
-        println!("{}", json!({ what: name }));
+/// Pauses, resumes or deletes an endpoint and says so (`what` it became).
+async fn change(name: &str, client: &ClientArgs, change: WebhookChange, what: &str) -> Result<u8, CliError> {
+    connect(&client.url).await?.change_webhook(name, change).await?;
+    if client.json {
+        print_json(&json!({ what: name }));
     } else {
         println!("{what} webhook {name}");
     }
+    Ok(EXIT_OK)
 }
 
 async fn create(args: CreateArgs) -> Result<u8, CliError> {
-    let mut stub = connect(&args.client.url).await?;
+    let client = connect(&args.client.url).await?;
     let millis = |value: Option<Millis>| value.map_or(0, |value| value.0);
-    let request = proto::CreateWebhookRequest {
+    let request = NewWebhook {
         name: args.name.clone(),
         url: args.target,
         topic: args.topic,
         event_types: args.types,
         key_prefix: args.key_prefix.unwrap_or_default().into_bytes(),
-        secret: args.secret.unwrap_or_default(),
-        settings: Some(proto::WebhookSettings {
-            max_in_flight: args.max_in_flight.unwrap_or(0),
-            max_attempts: args.max_attempts.unwrap_or(0),
-            max_age_ms: millis(args.max_age),
+        secret: args.secret,
+        // Zero (and empty) takes the server's default.
+        settings: WebhookSettings {
+            in_flight_max: args.max_in_flight.unwrap_or(0),
+            attempts_max: args.max_attempts.unwrap_or(0),
+            age_max_ms: millis(args.max_age),
             backoff_initial_ms: millis(args.backoff_initial),
             backoff_max_ms: millis(args.backoff_max),
             timeout_ms: millis(args.timeout),
             breaker_failures: args.breaker_failures.unwrap_or(0),
             breaker_pause_ms: millis(args.breaker_pause),
             dead_letter_topic: args.dead_letter_topic.unwrap_or_default(),
-        }),
-        start: match args.from {
-            StartArg::Latest => proto::WebhookStart::Latest,
-            StartArg::Earliest => proto::WebhookStart::Earliest,
-        } as i32,
+        },
+        from_earliest: args.from == StartArg::Earliest,
     };
-    let response = stub.create_webhook(request).await?.into_inner();
+    let (webhook, secret) = client.create_webhook(&request).await?;
     if args.client.json {
-        let mut value = response.webhook.as_ref().map_or(Value::Null, webhook_json);
-        value["secret"] = json!(response.secret);
-        println!("{value}");
+        let mut value = to_json(&WebhookJson::of(&webhook));
+        value["secret"] = json!(secret);
+        println!("{}", json_line(&value));
     } else {
         println!("created webhook {}", args.name);
-        println!("secret: {}", response.secret);
+        println!("secret: {secret}");
     }
     Ok(EXIT_OK)
 }
 
-fn state_name(webhook: &proto::Webhook) -> &'static str {
-    if webhook.state == proto::WebhookState::Paused as i32 {
+fn state_name(webhook: &WebhookView) -> &'static str {
+    if webhook.endpoint.paused {
         "paused"
     } else {
         "active"
     }
 }
 
-fn circuit_name(webhook: &proto::Webhook) -> &'static str {
-    match proto::CircuitState::try_from(webhook.circuit) {
-        Ok(proto::CircuitState::Open) => "open",
-        Ok(proto::CircuitState::HalfOpen) => "half_open",
-        _ => "closed",
+/// An endpoint in JSON.
+#[derive(Serialize)]
+struct WebhookJson<'a> {
+    name: &'a str,
+    url: &'a str,
+    topic: &'a str,
+    event_types: &'a [String],
+    key_prefix: Bytes<'a>,
+    state: &'static str,
+    circuit: &'static str,
+    lag: u64,
+    delivered: u64,
+    dead_lettered: u64,
+    last_error: &'a str,
+    last_status: u16,
+    partitions: Vec<CursorPartitionJson>,
+    settings: WebhookSettingsJson<'a>,
+}
+
+/// An endpoint's delivery settings in JSON, named as in the proto.
+#[derive(Serialize)]
+struct WebhookSettingsJson<'a> {
+    max_in_flight: u32,
+    max_attempts: u32,
+    max_age_ms: u64,
+    backoff_initial_ms: u64,
+    backoff_max_ms: u64,
+    timeout_ms: u64,
+    breaker_failures: u32,
+    breaker_pause_ms: u64,
+    dead_letter_topic: &'a str,
+}
+
+impl<'a> WebhookJson<'a> {
+    fn of(webhook: &'a WebhookView) -> WebhookJson<'a> {
+        let endpoint = &webhook.endpoint;
+        let settings = &endpoint.settings;
+        WebhookJson {
+            name: &endpoint.name,
+            url: &endpoint.url,
+            topic: &endpoint.topic,
+            event_types: &endpoint.event_types,
+            key_prefix: Bytes(&endpoint.key_prefix),
+            state: state_name(webhook),
+            circuit: webhook.circuit,
+            lag: webhook.lag,
+            delivered: webhook.delivered_count,
+            dead_lettered: webhook.dead_lettered_count,
+            last_error: &webhook.last_error,
+            last_status: webhook.last_status,
+            partitions: webhook.partitions.iter().map(CursorPartitionJson::of).collect(),
+            settings: WebhookSettingsJson {
+                max_in_flight: settings.in_flight_max,
+                max_attempts: settings.attempts_max,
+                max_age_ms: settings.age_max_ms,
+                backoff_initial_ms: settings.backoff_initial_ms,
+                backoff_max_ms: settings.backoff_max_ms,
+                timeout_ms: settings.timeout_ms,
+                breaker_failures: settings.breaker_failures,
+                breaker_pause_ms: settings.breaker_pause_ms,
+                dead_letter_topic: &settings.dead_letter_topic,
+            },
+        }
     }
 }
 
-fn webhook_json(webhook: &proto::Webhook) -> Value {
-    let settings = webhook.settings.clone().unwrap_or_default();
-    json!({
-        "name": webhook.name,
-        "url": webhook.url,
-        "topic": webhook.topic,
-        "event_types": webhook.event_types,
-        "key_prefix": bytes_json(&webhook.key_prefix),
-        "state": state_name(webhook),
-        "circuit": circuit_name(webhook),
-        "lag": webhook.lag,
-        "delivered": webhook.delivered_count,
-        "dead_lettered": webhook.dead_lettered_count,
-        "last_error": webhook.last_error,
-        "last_status": webhook.last_status,
-        "partitions": webhook.partitions.iter().map(|partition| json!({
-            "partition": partition.partition,
-            "committed_offset": partition.committed_offset,
-            "lag": partition.lag,
-        })).collect::<Vec<_>>(),
-        "settings": {
-            "max_in_flight": settings.max_in_flight,
-            "max_attempts": settings.max_attempts,
-            "max_age_ms": settings.max_age_ms,
-            "backoff_initial_ms": settings.backoff_initial_ms,
-            "backoff_max_ms": settings.backoff_max_ms,
-            "timeout_ms": settings.timeout_ms,
-            "breaker_failures": settings.breaker_failures,
-            "breaker_pause_ms": settings.breaker_pause_ms,
-            "dead_letter_topic": settings.dead_letter_topic,
-        },
-    })
-}
-
-fn print_webhook(webhook: &proto::Webhook, json_output: bool) {
+fn print_webhook(webhook: &WebhookView, json_output: bool) {
     if json_output {
-        println!("{}", json_line(&webhook_json(webhook)));
+        print_json(&WebhookJson::of(webhook));
         return;
     }
+    let endpoint = &webhook.endpoint;
     println!(
         "{}  {}  circuit={}  lag={}  delivered={}  dead-lettered={}  topic={}  url={}",
-        escape(&webhook.name),
+        escape(&endpoint.name),
         state_name(webhook),
-        circuit_name(webhook),
+        webhook.circuit,
         webhook.lag,
         webhook.delivered_count,
         webhook.dead_lettered_count,
-        escape(&webhook.topic),
-        escape(&webhook.url)
+        escape(&endpoint.topic),
+        escape(&endpoint.url)
     );
     if !webhook.last_error.is_empty() {
         println!("  last error: {}", escape(&webhook.last_error));
     }
 }
 
-fn print_dead_letter(letter: &proto::DeadLetter, json_output: bool) {
+/// A dead letter in JSON.
+#[derive(Serialize)]
+struct DeadLetterJson<'a> {
+    dead_letter_partition: u32,
+    dead_letter_offset: u64,
+    topic: &'a str,
+    partition: u32,
+    offset: u64,
+    key: Bytes<'a>,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    webhook_id: &'a str,
+    reason: &'a str,
+    last_status: u16,
+    attempts: u32,
+}
+
+fn print_dead_letter(letter: &DeadLetterView, json_output: bool) {
     if json_output {
-        println!(
-            "{}",
-            json_line(&json!({
-                "dead_letter_partition": letter.dead_letter_partition,
-                "dead_letter_offset": letter.dead_letter_offset,
-                "topic": letter.topic,
-                "partition": letter.partition,
-                "offset": letter.offset,
-                "key": bytes_json(&letter.key),
-                "type": letter.r#type,
-                "webhook_id": letter.webhook_id,
-                "reason": letter.reason,
-                "last_status": letter.last_status,
-                "attempts": letter.attempts,
-            }))
-        );
+        print_json(&DeadLetterJson {
+            dead_letter_partition: letter.dead_letter_partition,
+            dead_letter_offset: letter.dead_letter_offset,
+            topic: &letter.topic,
+            partition: letter.partition,
+            offset: letter.offset,
+            key: Bytes(&letter.key),
+            event_type: &letter.event_type,
+            webhook_id: &letter.webhook_id,
+            reason: &letter.reason,
+            last_status: letter.last_status,
+            attempts: letter.attempts,
+        });
     } else {
         println!(
             "{}/{}@{}  key={}  type={}  attempts={}  status={}  id={}  {}",
@@ -361,7 +376,7 @@ fn print_dead_letter(letter: &proto::DeadLetter, json_output: bool) {
             letter.partition,
             letter.offset,
             display_bytes(&letter.key),
-            escape(&letter.r#type),
+            escape(&letter.event_type),
             letter.attempts,
             letter.last_status,
             escape(&letter.webhook_id),
