@@ -1079,23 +1079,3 @@ pub fn median_run(runs: &[Value]) -> Option<Value> {
     }
     Some(median)
 }
-
-/// Parses a duration such as `500us`, `2ms` or `1s` (a bare number is
-/// microseconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500us, 2ms, 1s"))?;
-    let micros = match unit {
-        "" | "us" | "µs" => value,
-        "ms" => value * 1e3,
-        "s" => value * 1e6,
-        _ => return Err(format!("invalid duration unit in {text:?}: use us, ms or s")),
-    };
-    Ok(Duration::from_micros(micros as u64))
-}

@@ -5,7 +5,6 @@
 //! at compile time below, so that a change that would make rolling loop forever or a
 //! maximal record unwritable fails to build.
 
-
 /// Largest key, in bytes. Keys are aggregate ids such as `invoice-42`.
 pub const KEY_SIZE_MAX: usize = 1024;
 /// Largest event type name, in bytes (UTF-8).

@@ -553,15 +553,15 @@ impl Verifier {
             None
         } else if index_path.exists() {
             self.read(&index_path, crate::segment::SEGMENT_MAP_SIZE_BYTES)
-                .and_then(
-                    |bytes| match format::index::decode(&bytes, crate::segment::SEGMENT_MAP_SIZE_BYTES) {
+                .and_then(|bytes| {
+                    match format::index::decode(&bytes, crate::segment::SEGMENT_MAP_SIZE_BYTES) {
                         Ok(index) => Some(index),
                         Err(reason) => {
                             self.problem(&index_path, Some(0), format!("index does not decode: {reason}"));
                             None
                         }
-                    },
-                )
+                    }
+                })
         } else {
             self.note(
                 &index_path,

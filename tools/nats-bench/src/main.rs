@@ -198,7 +198,7 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = ".")]
     fsync_probe_dir: PathBuf,
     /// How long the fdatasync probe runs, e.g. 2s.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = stele_bench::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     fsync_probe_time: Duration,
     /// read: messages per pull request.
     #[arg(long, default_value_t = 10_000)]
@@ -973,4 +973,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A duration in humantime's grammar (`500us`, `2s`, `1m`), as every flag of
+/// the `stele` command takes it.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|_| format!("invalid duration {text:?}: use a number and a unit (us, ms, s, m), e.g. 2s"))
 }
