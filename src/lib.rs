@@ -5,14 +5,14 @@
 //! other crates under their own names.
 //!
 //! ```
-//! use stele::{Event, ExpectedSequence, Log, LogOptions, TopicOptions};
+//! use stele::{Event, ExpectedSequence, Log, LogOptions, Sequence, TopicOptions};
 //!
 //! # fn main() -> stele::Result<()> {
 //! let dir = tempfile::tempdir().expect("temporary directory");
 //! let log = Log::open(dir.path(), LogOptions::default())?;
 //! let orders = log.create_topic("orders", TopicOptions::default().partitions(4))?;
 //! let ack = orders.append("invoice-42", ExpectedSequence::NoEvents, vec![Event::new("created", b"{}".to_vec())])?;
-//! assert_eq!(ack.first_sequence, 0);
+//! assert_eq!(ack.first_sequence, Sequence(0));
 //! log.close()?;
 //! # Ok(())
 //! # }

@@ -57,6 +57,7 @@ mod linux {
     use std::process::{Child, Command, Stdio};
     use std::sync::{Arc, Condvar, Mutex, MutexGuard};
     use std::time::{Duration, Instant};
+    use stele::Sequence;
 
     use stele::client::{Client, ClientError, GrpcCode, Producer, RetryPolicy};
     use stele::{
@@ -378,7 +379,7 @@ mod linux {
                 key: key.to_string(),
                 partition: ack.partition.0,
                 offset: ack.first_offset.0,
-                first_sequence: ack.first_sequence,
+                first_sequence: ack.first_sequence.0,
                 ids,
                 pad,
             });
@@ -475,7 +476,7 @@ mod linux {
                         "partition {p} offset {from}: payload does not match id {id}"
                     );
                     keys.insert(key.clone());
-                    let previous = by_id.insert(id.clone(), (p, from, key, event.sequence));
+                    let previous = by_id.insert(id.clone(), (p, from, key, event.sequence.0));
                     ensure!(
                         previous.is_none(),
                         "id {id} stored twice: {previous:?} and at {p}/{from}"
@@ -540,7 +541,7 @@ mod linux {
                 let done = history.events.is_empty();
                 for event in history.events {
                     ensure!(
-                        event.sequence == from,
+                        event.sequence == Sequence(from),
                         "key {key}: sequence {} where {from} was due",
                         event.sequence
                     );
@@ -551,7 +552,7 @@ mod linux {
                         .unwrap_or_default();
                     let found = by_id.get(&id);
                     ensure!(
-                        found == Some(&(event.partition.0, event.offset.0, key.clone(), event.sequence)),
+                        found == Some(&(event.partition.0, event.offset.0, key.clone(), event.sequence.0)),
                         "key {key} sequence {from}: id {id} at {}/{} but by offset {found:?}",
                         event.partition,
                         event.offset
@@ -635,7 +636,7 @@ mod linux {
                     retry.duplicate
                         && retry.partition.0 == call.partition
                         && retry.first_offset.0 == call.offset
-                        && retry.first_sequence == call.first_sequence,
+                        && retry.first_sequence == Sequence(call.first_sequence),
                     "retry of {call:?} answered {retry:?}"
                 );
                 checked.retried += 1;
@@ -703,7 +704,7 @@ mod linux {
                 state.book.record(key, ack, ids)?;
                 state.acks += 1;
                 state.duplicates += u64::from(ack.duplicate);
-                let end = ack.first_offset.0 + ack.last_sequence - ack.first_sequence + 1;
+                let end = ack.first_offset.0 + ack.last_sequence.0 - ack.first_sequence.0 + 1;
                 let entry = state.acked_end.entry(ack.partition.0).or_default();
                 *entry = (*entry).max(end);
                 Ok(())
@@ -900,7 +901,7 @@ mod linux {
         let stamp = ProducerStamp {
             producer: old.id(),
             epoch: old.epoch(),
-            sequence: 0,
+            sequence: Sequence(0),
         };
         let answer = worker
             .client
@@ -943,7 +944,7 @@ mod linux {
             next += 1;
             let expected = match view[slot] {
                 None => ExpectedSequence::NoEvents,
-                Some(sequence) => ExpectedSequence::Exact(sequence),
+                Some(sequence) => ExpectedSequence::Exact(Sequence(sequence)),
             };
             let first_sequence = view[slot].map_or(0, |sequence| sequence + 1);
             let request = AppendRequest::new(key.clone(), events_of(&ids)).expect(expected);
@@ -953,10 +954,11 @@ mod linux {
                 match worker.client.append(TOPIC, &request).await {
                     Ok(ack) => {
                         ensure!(
-                            ack.first_sequence == first_sequence && (attempts > 0 || !ack.duplicate),
+                            ack.first_sequence == Sequence(first_sequence)
+                                && (attempts > 0 || !ack.duplicate),
                             "append to {key} expecting {expected} (attempt {attempts}) answered {ack:?}"
                         );
-                        view[slot] = Some(ack.last_sequence);
+                        view[slot] = Some(ack.last_sequence.0);
                         worker.shared.record(key, &ack, ids)?;
                         break;
                     }
@@ -1409,7 +1411,7 @@ mod linux {
             let events = events_padded(&ids, Some(payload));
             let expected = match self.view[slot] {
                 None => ExpectedSequence::NoEvents,
-                Some(sequence) => ExpectedSequence::Exact(sequence),
+                Some(sequence) => ExpectedSequence::Exact(Sequence(sequence)),
             };
             let request = AppendRequest::new(self.keys[slot].clone(), events).expect(expected);
             (ids, self.client.append(FULL_TOPIC, &request).await)
@@ -1419,7 +1421,7 @@ mod linux {
             let (ids, answer) = self.append(slot, payload).await;
             let ack = answer.map_err(|error| format!("append to {}: {error}", self.keys[slot]))?;
             ensure!(!ack.duplicate, "a fresh append answered {ack:?}");
-            self.view[slot] = Some(ack.last_sequence);
+            self.view[slot] = Some(ack.last_sequence.0);
             self.book
                 .record_padded(&self.keys[slot], &ack, ids, Some(payload))
         }
@@ -1492,7 +1494,7 @@ mod linux {
                 let (ids, answer) = self.append(slot, 100).await;
                 match answer {
                     Ok(ack) => {
-                        self.view[slot] = Some(ack.last_sequence);
+                        self.view[slot] = Some(ack.last_sequence.0);
                         self.book.record_padded(&self.keys[slot], &ack, ids, Some(100))?;
                     }
                     Err(error) if Full::is_disk_full(&error) => {

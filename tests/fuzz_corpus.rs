@@ -7,6 +7,7 @@
 //! kept under their libFuzzer hash names.
 
 use std::path::{Path, PathBuf};
+use stele::Sequence;
 
 use prost::Message;
 use stele::format::checkpoint::{Checkpoint, ProducerSnapshot, RecentAppend};
@@ -100,7 +101,7 @@ fn sample_record(offset: u64, id: Option<&[u8]>, producer: bool) -> Vec<u8> {
     let view = RecordView {
         offset: Offset(offset),
         timestamp_ms: 1_700_000_000_000 + offset as i64,
-        sequence: offset,
+        sequence: Sequence(offset),
         key_previous_offset: if offset == 0 {
             record::NO_PREVIOUS
         } else {
@@ -109,7 +110,7 @@ fn sample_record(offset: u64, id: Option<&[u8]>, producer: bool) -> Vec<u8> {
         producer: producer.then_some(ProducerStamp {
             producer: ProducerId(3),
             epoch: Epoch(1),
-            sequence: offset,
+            sequence: Sequence(offset),
         }),
         flags: record::FLAG_CALL_END,
         key: b"key",
@@ -180,18 +181,18 @@ fn generate_seed_corpus() {
         floor_base_offset: Offset(0),
         floor_position: 800,
         last_timestamp_ms: 1_700_000_000_000,
-        keys: vec![(11, 2, Offset(8)), (12, 0, Offset(9))],
-        collided: vec![(b"k".to_vec(), 1, Offset(5))],
+        keys: vec![(11, Sequence(2), Offset(8)), (12, Sequence(0), Offset(9))],
+        collided: vec![(b"k".to_vec(), Sequence(1), Offset(5))],
         producers: vec![ProducerSnapshot {
             id: ProducerId(1),
             epoch: Epoch(2),
-            last_sequence: 3,
+            last_sequence: Sequence(3),
             last_timestamp_ms: 1_700_000_000_000,
             recent: vec![RecentAppend {
-                sequence: 3,
+                sequence: Sequence(3),
                 first_offset: Offset(7),
-                first_sequence: 1,
-                last_sequence: 2,
+                first_sequence: Sequence(1),
+                last_sequence: Sequence(2),
                 timestamp_ms: 1_700_000_000_000,
             }],
         }],
@@ -239,7 +240,7 @@ fn generate_seed_corpus() {
         topic
             .append(
                 "a",
-                ExpectedSequence::Exact(0),
+                ExpectedSequence::Exact(Sequence(0)),
                 vec![
                     Event::new("e", b"two".to_vec()).with_idempotency_id("id-2"),
                     Event::new("e", b"three".to_vec()).with_header("h", b"v".to_vec()),

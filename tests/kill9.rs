@@ -30,6 +30,7 @@ mod linux {
     use std::path::Path;
     use std::process::{Command, Stdio};
     use std::sync::Arc;
+    use stele::Sequence;
 
     use stele::{
         AppendRequest, Direction, Event, ExpectedSequence, Log, LogOptions, Offset, PartitionId,
@@ -105,7 +106,7 @@ mod linux {
                 let stdout = Arc::clone(&stdout);
                 scope.spawn(move || {
                     let keys = keys_of(thread);
-                    let mut sequences: Vec<Option<u64>> = keys
+                    let mut sequences: Vec<Option<Sequence>> = keys
                         .iter()
                         .map(|key| topic.key_sequence(key.as_bytes()).expect("child: key sequence"))
                         .collect();
@@ -130,7 +131,7 @@ mod linux {
                             request = request.stamped(ProducerStamp {
                                 producer,
                                 epoch,
-                                sequence: producer_sequence,
+                                sequence: Sequence(producer_sequence),
                             });
                             producer_sequence += 1;
                         }
@@ -289,7 +290,10 @@ mod linux {
                 let id = event.idempotency_id.clone().ok_or("an event without id")?;
                 keys.insert(event.key.clone(), ());
                 if by_id
-                    .insert(id.clone(), (partition, event.offset.0, event.key, event.sequence))
+                    .insert(
+                        id.clone(),
+                        (partition, event.offset.0, event.key, event.sequence.0),
+                    )
                     .is_some()
                 {
                     return Err(format!("id {} present twice", String::from_utf8_lossy(&id)));
@@ -321,7 +325,7 @@ mod linux {
                 .read_key(key, None, Direction::Forwards, 1_000_000)
                 .map_err(|error| error.to_string())?;
             for (index, event) in history.iter().enumerate() {
-                if event.sequence != index as u64 {
+                if event.sequence != Sequence(index as u64) {
                     return Err(format!(
                         "key {}: sequence {} at position {index}",
                         String::from_utf8_lossy(key),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stele::Sequence;
 
 use stele::client::{Client, StartPosition, SubscribeOptions, SubscriptionItem};
 use stele::io::FaultyStorage;
@@ -232,17 +233,17 @@ async fn scraped_metrics_count_what_the_server_did() {
         epoch,
         sequence,
     };
-    let stamped = AppendRequest::new("k3", vec![event("e")]).stamped(stamp(0));
+    let stamped = AppendRequest::new("k3", vec![event("e")]).stamped(stamp(Sequence(0)));
     client.append("orders", &stamped).await.expect("append");
     counted("ok", &stamped);
     let repeat = client.append("orders", &stamped).await.expect("repeat");
     assert!(repeat.duplicate);
     counted("duplicate", &stamped);
-    let gap = AppendRequest::new("k3", vec![event("ff")]).stamped(stamp(7));
+    let gap = AppendRequest::new("k3", vec![event("ff")]).stamped(stamp(Sequence(7)));
     client.append("orders", &gap).await.expect_err("gap");
     counted("rejected", &gap);
     client.open_producer("orders", "writer").await.expect("reopen");
-    let fenced = AppendRequest::new("k3", vec![event("ggg")]).stamped(stamp(1));
+    let fenced = AppendRequest::new("k3", vec![event("ggg")]).stamped(stamp(Sequence(1)));
     client.append("orders", &fenced).await.expect_err("fenced");
     counted("fenced", &fenced);
     // error: the disk is full.

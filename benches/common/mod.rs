@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use stele::Sequence;
 
 use criterion::Criterion;
 use stele::{
@@ -224,7 +225,7 @@ pub fn big_data_set() -> BigDataSet {
                         let event = Event::new(EVENT_TYPE, payload(round * keys + index));
                         let expected = match round {
                             0 => ExpectedSequence::NoEvents,
-                            _ => ExpectedSequence::Exact(round - 1),
+                            _ => ExpectedSequence::Exact(Sequence(round - 1)),
                         };
                         topic.append(key(index), expected, vec![event]).expect("append");
                         index += threads;
@@ -289,7 +290,7 @@ pub fn check_key(topic: &stele::Topic, key_index: u64, per_key: u64) {
         per_key,
         "key {key_index} has all its events"
     );
-    assert_eq!(history[0].sequence, 0);
+    assert_eq!(history[0].sequence, Sequence(0));
     assert!(history.windows(2).all(|pair| pair[0].offset < pair[1].offset));
 }
 

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use stele::Sequence;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -594,7 +595,7 @@ impl Expect {
         match self {
             Expect::Any => ExpectedSequence::Any,
             Expect::NoEvents => ExpectedSequence::NoEvents,
-            Expect::Exact(sequence) => ExpectedSequence::Exact(sequence),
+            Expect::Exact(sequence) => ExpectedSequence::Exact(Sequence(sequence)),
         }
     }
 }
@@ -1573,7 +1574,7 @@ async fn append(args: AppendArgs) -> Result<u8, CliError> {
         let ack = client.append(&args.topic, &request).await?;
         // With one call per line, each call continues where the previous ended.
         if expect != Expect::Any {
-            expect = Expect::Exact(ack.last_sequence);
+            expect = Expect::Exact(ack.last_sequence.0);
         }
         print_append(&ack, args.key.as_bytes(), count, args.client.json);
     }
@@ -1601,8 +1602,8 @@ fn print_append(ack: &AppendAck, key: &[u8], count: u64, json_output: bool) {
             partition: ack.partition.0,
             first_offset: ack.first_offset.0,
             last_offset,
-            first_sequence: ack.first_sequence,
-            last_sequence: ack.last_sequence,
+            first_sequence: ack.first_sequence.0,
+            last_sequence: ack.last_sequence.0,
             timestamp_ms: ack.timestamp_ms,
             duplicate: ack.duplicate,
         });

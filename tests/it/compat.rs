@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use stele::Sequence;
 
 use stele::{
     AppendRequest, Direction, Event, ExpectedSequence, Log, LogOptions, ManualClock, Offset, PartitionId,
@@ -53,7 +54,7 @@ fn write_v1_fixture(dir: &Path) {
             request = request.stamped(ProducerStamp {
                 producer,
                 epoch,
-                sequence: producer_sequences[partition],
+                sequence: Sequence(producer_sequences[partition]),
             });
             producer_sequences[partition] += 1;
         }
@@ -132,7 +133,10 @@ fn v1_fixture_opens_with_current_code() {
             .map(|event| String::from_utf8(event.payload.clone()).expect("utf-8"))
             .collect();
         assert_eq!(found, expected);
-        assert_eq!(topic.key_sequence(key.as_bytes()).expect("sequence"), Some(23));
+        assert_eq!(
+            topic.key_sequence(key.as_bytes()).expect("sequence"),
+            Some(Sequence(23))
+        );
     }
     // An idempotency id from the fixture's dedup runs (format version 1: id-only
     // fingerprints) is still recognised for its key and content, and only there.
@@ -149,7 +153,7 @@ fn v1_fixture_opens_with_current_code() {
     assert!(retry.duplicate);
     assert_eq!(
         (retry.partition, retry.first_offset, retry.first_sequence),
-        (partition, Offset(0), 0)
+        (partition, Offset(0), Sequence(0))
     );
     let changed = topic
         .append(
@@ -163,7 +167,7 @@ fn v1_fixture_opens_with_current_code() {
             changed,
             stele::Error::IdempotencyIdReused {
                 offset: Offset(0),
-                sequence: 0,
+                sequence: Sequence(0),
                 ..
             }
         ),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use stele::Sequence;
 
 use stele::{
     AppendRequest, Direction, Durability, ErrorKind, Event, ExpectedSequence, Log, LogOptions, ManualClock,
@@ -36,10 +37,10 @@ fn append_assigns_dense_offsets_and_key_sequences() {
         .expect("append");
     assert_eq!(
         (a0.first_offset, a0.first_sequence, a0.last_sequence),
-        (Offset(0), 0, 1)
+        (Offset(0), Sequence(0), Sequence(1))
     );
-    assert_eq!((b0.first_offset, b0.first_sequence), (Offset(2), 0));
-    assert_eq!((a1.first_offset, a1.first_sequence), (Offset(3), 2));
+    assert_eq!((b0.first_offset, b0.first_sequence), (Offset(2), Sequence(0)));
+    assert_eq!((a1.first_offset, a1.first_sequence), (Offset(3), Sequence(2)));
     assert!(a1.timestamp_ms >= a0.timestamp_ms);
     let all = topic
         .read(PartitionId(0), Offset(0), 100, u64::MAX)
@@ -62,23 +63,26 @@ fn compare_and_set_reports_actual_sequence_and_writes_nothing() {
         .expect_err("key has events");
     assert!(matches!(
         error,
-        stele::Error::WrongExpectedSequence { actual: Some(0), .. }
+        stele::Error::WrongExpectedSequence {
+            actual: Some(Sequence(0)),
+            ..
+        }
     ));
     let error = topic
-        .append("k", ExpectedSequence::Exact(5), vec![event("x", "2")])
+        .append("k", ExpectedSequence::Exact(Sequence(5)), vec![event("x", "2")])
         .expect_err("wrong sequence");
     assert_eq!(error.kind(), ErrorKind::WrongExpectedSequence);
     let error = topic
-        .append("new", ExpectedSequence::Exact(0), vec![event("x", "2")])
+        .append("new", ExpectedSequence::Exact(Sequence(0)), vec![event("x", "2")])
         .expect_err("no events yet");
     assert!(matches!(
         error,
         stele::Error::WrongExpectedSequence { actual: None, .. }
     ));
     topic
-        .append("k", ExpectedSequence::Exact(0), vec![event("x", "2")])
+        .append("k", ExpectedSequence::Exact(Sequence(0)), vec![event("x", "2")])
         .expect("matches");
-    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(1));
+    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(Sequence(1)));
     assert_eq!(
         topic
             .read_key(b"k", None, Direction::Forwards, 10)
@@ -117,7 +121,7 @@ fn idempotency_ids_make_retries_duplicates_and_partial_retries_errors() {
     assert!(retry.duplicate);
     assert_eq!(
         (retry.first_offset, retry.first_sequence, retry.last_sequence),
-        (first.first_offset, 0, 1)
+        (first.first_offset, Sequence(0), Sequence(1))
     );
     let partial = topic
         .append(
@@ -141,7 +145,7 @@ fn idempotency_ids_make_retries_duplicates_and_partial_retries_errors() {
         )
         .expect_err("repeated id");
     assert_eq!(repeated.kind(), ErrorKind::RepeatedIdempotencyId);
-    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(1));
+    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(Sequence(1)));
 }
 
 #[test]
@@ -199,29 +203,29 @@ fn producer_stamps_deduplicate_retries_fence_old_epochs_and_reject_gaps() {
         sequence,
     };
     let request = |sequence| AppendRequest::new("k", vec![event("x", "1")]).stamped(stamp(sequence));
-    let first = topic.append_request(request(0)).expect("first");
-    let retry = topic.append_request(request(0)).expect("retry");
+    let first = topic.append_request(request(Sequence(0))).expect("first");
+    let retry = topic.append_request(request(Sequence(0))).expect("retry");
     assert!(retry.duplicate);
     assert_eq!(retry.first_offset, first.first_offset);
-    let gap = topic.append_request(request(5)).expect_err("gap");
+    let gap = topic.append_request(request(Sequence(5))).expect_err("gap");
     assert!(matches!(
         gap,
         stele::Error::ProducerOutOfOrder {
-            expected: 1,
-            got: 5,
+            expected: Sequence(1),
+            got: Sequence(5),
             ..
         }
     ));
-    topic.append_request(request(1)).expect("next");
+    topic.append_request(request(Sequence(1))).expect("next");
     let (same, newer) = topic.open_producer("billing").expect("reopen producer");
     assert_eq!(same, producer);
     assert!(newer > epoch);
-    let fenced = topic.append_request(request(2)).expect_err("fenced");
+    let fenced = topic.append_request(request(Sequence(2))).expect_err("fenced");
     assert_eq!(fenced.kind(), ErrorKind::ProducerFenced);
     let fresh = AppendRequest::new("k", vec![event("x", "1")]).stamped(ProducerStamp {
         producer,
         epoch: newer,
-        sequence: 0,
+        sequence: Sequence(0),
     });
     assert!(!topic.append_request(fresh).expect("new epoch").duplicate);
 }
@@ -270,30 +274,30 @@ fn reopen_restores_state_and_rolled_segments_read_back() {
             .map(|event| String::from_utf8(event.payload.clone()).expect("utf-8"))
             .collect();
         assert_eq!(found, expected);
-        let sequences: Vec<u64> = history.iter().map(|event| event.sequence).collect();
+        let sequences: Vec<u64> = history.iter().map(|event| event.sequence.0).collect();
         assert_eq!(sequences, (0..expected.len() as u64).collect::<Vec<_>>());
         let backwards = topic
-            .read_key(key.as_bytes(), Some(3), Direction::Backwards, 2)
+            .read_key(key.as_bytes(), Some(Sequence(3)), Direction::Backwards, 2)
             .expect("backwards");
         assert_eq!(
-            backwards.iter().map(|event| event.sequence).collect::<Vec<_>>(),
+            backwards.iter().map(|event| event.sequence.0).collect::<Vec<_>>(),
             vec![3, 2]
         );
         let forwards = topic
-            .read_key(key.as_bytes(), Some(5), Direction::Forwards, 3)
+            .read_key(key.as_bytes(), Some(Sequence(5)), Direction::Forwards, 3)
             .expect("forwards");
         assert_eq!(
-            forwards.iter().map(|event| event.sequence).collect::<Vec<_>>(),
+            forwards.iter().map(|event| event.sequence.0).collect::<Vec<_>>(),
             vec![5, 6, 7]
         );
         let next = topic
             .append(
                 key.clone(),
-                ExpectedSequence::Exact(expected.len() as u64 - 1),
+                ExpectedSequence::Exact(Sequence(expected.len() as u64 - 1)),
                 vec![event("x", "after")],
             )
             .expect("continue");
-        assert_eq!(next.first_sequence, expected.len() as u64);
+        assert_eq!(next.first_sequence, Sequence(expected.len() as u64));
     }
     let first_ts = acks[0].timestamp_ms;
     let partition = acks[0].partition;
@@ -367,13 +371,17 @@ fn retention_deletes_old_segments_but_key_sequences_continue() {
     let log = open(dir.path());
     let topic = log.topic("t").expect("topic");
     let ack = topic
-        .append("k", ExpectedSequence::Exact(199), vec![event("x", "after")])
+        .append(
+            "k",
+            ExpectedSequence::Exact(Sequence(199)),
+            vec![event("x", "after")],
+        )
         .expect("continues");
-    assert_eq!(ack.first_sequence, 200);
+    assert_eq!(ack.first_sequence, Sequence(200));
     let history = topic
         .read_key(b"k", None, Direction::Forwards, 1000)
         .expect("history");
-    assert!(history.len() < 201 && history.last().map(|event| event.sequence) == Some(200));
+    assert!(history.len() < 201 && history.last().map(|event| event.sequence) == Some(Sequence(200)));
 }
 
 #[test]
@@ -472,7 +480,7 @@ fn many_threads_append_concurrently_with_dense_sequences() {
         let history = topic
             .read_key(format!("k{key}").as_bytes(), None, Direction::Forwards, 10_000)
             .expect("history");
-        let sequences: Vec<u64> = history.iter().map(|event| event.sequence).collect();
+        let sequences: Vec<u64> = history.iter().map(|event| event.sequence.0).collect();
         assert_eq!(sequences, (0..history.len() as u64).collect::<Vec<_>>());
         total += history.len();
     }
@@ -488,16 +496,16 @@ fn append_batch_returns_one_result_per_request_in_order() {
         .expect("create");
     let results = topic.append_batch(vec![
         AppendRequest::new("a", vec![event("x", "1")]).expect(ExpectedSequence::NoEvents),
-        AppendRequest::new("b", vec![event("x", "2")]).expect(ExpectedSequence::Exact(3)),
-        AppendRequest::new("a", vec![event("x", "3")]).expect(ExpectedSequence::Exact(0)),
+        AppendRequest::new("b", vec![event("x", "2")]).expect(ExpectedSequence::Exact(Sequence(3))),
+        AppendRequest::new("a", vec![event("x", "3")]).expect(ExpectedSequence::Exact(Sequence(0))),
     ]);
     assert_eq!(results.len(), 3);
-    assert_eq!(results[0].as_ref().expect("a").first_sequence, 0);
+    assert_eq!(results[0].as_ref().expect("a").first_sequence, Sequence(0));
     assert_eq!(
         results[1].as_ref().expect_err("b").kind(),
         ErrorKind::WrongExpectedSequence
     );
-    assert_eq!(results[2].as_ref().expect("a again").first_sequence, 1);
+    assert_eq!(results[2].as_ref().expect("a again").first_sequence, Sequence(1));
 }
 
 #[test]

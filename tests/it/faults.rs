@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use stele::Sequence;
 
 use stele::io::{Fault, FaultyStorage};
 use stele::{
@@ -61,7 +62,7 @@ fn a_failed_or_short_write_fails_the_append_and_later_appends_land_at_the_right_
             let error = topic
                 .append(
                     "k",
-                    ExpectedSequence::Exact(2),
+                    ExpectedSequence::Exact(Sequence(2)),
                     vec![event("lost-0"), event("lost-1")],
                 )
                 .expect_err(&context);
@@ -69,7 +70,11 @@ fn a_failed_or_short_write_fails_the_append_and_later_appends_land_at_the_right_
             assert!(error.to_string().contains(".log"), "{context}: {error}");
             assert_eq!(storage.injected_count(), 1, "{context}");
             assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(3));
-            assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(2), "{context}");
+            assert_eq!(
+                topic.key_sequence(b"k").expect("sequence"),
+                Some(Sequence(2)),
+                "{context}"
+            );
             assert_eq!(
                 payloads(&read_all(&topic, PartitionId(0))),
                 ["ok-0", "ok-1", "ok-2"],
@@ -78,13 +83,13 @@ fn a_failed_or_short_write_fails_the_append_and_later_appends_land_at_the_right_
             let ack = topic
                 .append(
                     "k",
-                    ExpectedSequence::Exact(2),
+                    ExpectedSequence::Exact(Sequence(2)),
                     vec![event("ok-3"), event("ok-4")],
                 )
                 .expect("append after the failure");
             assert_eq!(
                 (ack.first_offset, ack.first_sequence),
-                (Offset(3), 3),
+                (Offset(3), Sequence(3)),
                 "{context}"
             );
             drop(topic);
@@ -145,7 +150,7 @@ fn a_full_disk_fails_appends_with_disk_full_until_space_returns() {
             .read_key(b"k", None, Direction::Backwards, 1)
             .expect("read key")[0]
             .sequence,
-        19
+        Sequence(19)
     );
     assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(20));
     storage.set_disk_full(false);
@@ -153,7 +158,11 @@ fn a_full_disk_fails_appends_with_disk_full_until_space_returns() {
     for index in 0..40 {
         let payload = format!("after-{index:03}-{}", "y".repeat(if index < 2 { 1 } else { 200 }));
         let ack = topic
-            .append("k", ExpectedSequence::Exact(19 + index), vec![event(&payload)])
+            .append(
+                "k",
+                ExpectedSequence::Exact(Sequence(19 + index)),
+                vec![event(&payload)],
+            )
             .expect("append after space returned");
         assert_eq!(ack.first_offset, Offset(20 + index));
         expected.push(payload);
@@ -164,7 +173,7 @@ fn a_full_disk_fails_appends_with_disk_full_until_space_returns() {
     let log = Log::open(dir.path(), LogOptions::default()).expect("reopen after a full disk");
     let topic = log.topic("t").expect("topic");
     assert_eq!(payloads(&read_all(&topic, PartitionId(0))), expected);
-    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(59));
+    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(Sequence(59)));
 }
 
 #[test]
@@ -200,7 +209,7 @@ fn a_failed_fsync_poisons_the_partition_and_reopen_recovers_every_acknowledged_e
         event("failed-1").with_idempotency_id("failed-1"),
     ];
     let error = topic
-        .append("k", ExpectedSequence::Exact(4), failed.clone())
+        .append("k", ExpectedSequence::Exact(Sequence(4)), failed.clone())
         .expect_err("fsync fails");
     assert_eq!(error.kind(), ErrorKind::Io, "{error}");
     for attempt in 0..3 {
@@ -215,7 +224,7 @@ fn a_failed_fsync_poisons_the_partition_and_reopen_recovers_every_acknowledged_e
     }
     assert_eq!(storage.injected_count(), 1, "the failed sync is not retried");
     assert_eq!(payloads(&read_all(&topic, PartitionId(0))), acknowledged);
-    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(4));
+    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(Sequence(4)));
     drop(topic);
     drop(log);
 
@@ -229,12 +238,15 @@ fn a_failed_fsync_poisons_the_partition_and_reopen_recovers_every_acknowledged_e
         other => panic!("the failed append is half present or mangled: {other:?}"),
     };
     let retry = topic
-        .append("k", ExpectedSequence::Exact(4), failed)
+        .append("k", ExpectedSequence::Exact(Sequence(4)), failed)
         .expect("retry after reopen");
     assert_eq!(retry.duplicate, failed_present);
-    assert_eq!((retry.first_offset, retry.first_sequence), (Offset(5), 5));
+    assert_eq!(
+        (retry.first_offset, retry.first_sequence),
+        (Offset(5), Sequence(5))
+    );
     let later = topic
-        .append("k", ExpectedSequence::Exact(6), vec![event("later")])
+        .append("k", ExpectedSequence::Exact(Sequence(6)), vec![event("later")])
         .expect("append after reopen");
     assert_eq!(later.first_offset, Offset(7));
 }
@@ -362,7 +374,7 @@ fn check_after_crash(topic: &Topic, acked: &[Acked], failed: &[Vec<String>]) {
         let history = topic
             .read_key(key.as_bytes(), None, Direction::Forwards, 100_000)
             .expect("read key");
-        let sequences: Vec<u64> = history.iter().map(|event| event.sequence).collect();
+        let sequences: Vec<u64> = history.iter().map(|event| event.sequence.0).collect();
         assert_eq!(
             sequences,
             (0..history.len() as u64).collect::<Vec<_>>(),

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use stele::Sequence;
 
 use stele::client::{
     Client, ClientError, CommitMode, Followed, Follower, GrpcCode, ProducerOptions, RetryPolicy,
@@ -133,7 +134,10 @@ async fn appends_and_reads_round_trip_events_through_every_read_rpc() {
         )
         .await
         .expect("append");
-    assert_eq!((first.first_offset, first.first_sequence), (Offset(0), 0));
+    assert_eq!(
+        (first.first_offset, first.first_sequence),
+        (Offset(0), Sequence(0))
+    );
     assert!(!first.duplicate);
     let retry = client
         .append("t", &AppendRequest::new("k", vec![rich.clone()]))
@@ -145,8 +149,8 @@ async fn appends_and_reads_round_trip_events_through_every_read_rpc() {
         .append_batch(
             "t",
             &[
-                append("k", "2").expect(ExpectedSequence::Exact(0)),
-                append("k", "stale").expect(ExpectedSequence::Exact(0)),
+                append("k", "2").expect(ExpectedSequence::Exact(Sequence(0))),
+                append("k", "stale").expect(ExpectedSequence::Exact(Sequence(0))),
                 append("other", "3"),
             ],
         )
@@ -195,7 +199,7 @@ async fn appends_and_reads_round_trip_events_through_every_read_rpc() {
         forwards
             .events
             .iter()
-            .map(|event| event.sequence)
+            .map(|event| event.sequence.0)
             .collect::<Vec<_>>(),
         vec![0, 1]
     );
@@ -442,21 +446,21 @@ async fn stamped_appends_are_deduplicated_and_older_epochs_are_aborted() {
         sequence,
     };
     let first = client
-        .append("t", &append("k", "1").stamped(stamp(0)))
+        .append("t", &append("k", "1").stamped(stamp(Sequence(0))))
         .await
         .expect("append");
     client
-        .append("t", &append("k", "2").stamped(stamp(1)))
+        .append("t", &append("k", "2").stamped(stamp(Sequence(1))))
         .await
         .expect("append");
     let repeat = client
-        .append("t", &append("k", "1").stamped(stamp(0)))
+        .append("t", &append("k", "1").stamped(stamp(Sequence(0))))
         .await
         .expect("repeat");
     assert!(repeat.duplicate);
     assert_eq!(repeat.first_offset, first.first_offset);
     let gap = client
-        .append("t", &append("k", "9").stamped(stamp(5)))
+        .append("t", &append("k", "9").stamped(stamp(Sequence(5))))
         .await
         .expect_err("gap");
     assert_status(&gap, GrpcCode::FailedPrecondition, ErrorKind::ProducerOutOfOrder);
@@ -470,7 +474,7 @@ async fn stamped_appends_are_deduplicated_and_older_epochs_are_aborted() {
     assert_eq!(again, producer);
     assert!(newer > epoch);
     let fenced = client
-        .append("t", &append("k", "3").stamped(stamp(2)))
+        .append("t", &append("k", "3").stamped(stamp(Sequence(2))))
         .await
         .expect_err("fenced");
     assert_status(&fenced, GrpcCode::Aborted, ErrorKind::ProducerFenced);
@@ -493,7 +497,7 @@ async fn append_session_answers_each_request_in_order_with_its_correlation_id() 
     for (index, id) in ids.iter().enumerate() {
         let mut appends = vec![append(&format!("key-{}", index % 5), &index.to_string())];
         if index == 10 {
-            appends.push(append("k", "bad").expect(ExpectedSequence::Exact(99)));
+            appends.push(append("k", "bad").expect(ExpectedSequence::Exact(Sequence(99))));
         }
         step(session.send(*id, "t", &appends)).await.expect("send");
     }
@@ -1171,7 +1175,7 @@ async fn producer_routes_batches_and_pipelines_in_key_order() {
     for (index, ack) in results.iter().enumerate() {
         let key = format!("key-{}", index % 13);
         assert_eq!(ack.partition, producer.partition_for_key(key.as_bytes()));
-        assert_eq!(ack.first_sequence, (index / 13) as u64);
+        assert_eq!(ack.first_sequence, Sequence((index / 13) as u64));
         assert!(!ack.duplicate);
     }
     let description = server.client.describe_topic("t").await.expect("describe");
@@ -1216,7 +1220,7 @@ async fn producer_gets_the_original_position_for_an_append_already_stored() {
     let stamp = ProducerStamp {
         producer: producer.id(),
         epoch: producer.epoch(),
-        sequence: 0,
+        sequence: Sequence(0),
     };
     let original = server
         .client
@@ -1247,10 +1251,10 @@ async fn producer_keeps_going_in_order_after_an_append_is_rejected() {
     let producer = server.client.producer("t", "p").build().await.expect("producer");
     let sends = vec![
         producer.send(append("k", "a")),
-        producer.send(append("k", "b").expect(ExpectedSequence::Exact(41))),
+        producer.send(append("k", "b").expect(ExpectedSequence::Exact(Sequence(41)))),
         producer.send(append("k", "c")),
         producer.send(append("other", "d")),
-        producer.send(append("k", "e").expect(ExpectedSequence::Exact(1))),
+        producer.send(append("k", "e").expect(ExpectedSequence::Exact(Sequence(1)))),
     ];
     let mut results = Vec::new();
     for send in sends {
@@ -1400,10 +1404,13 @@ async fn server_restart_between_writes_and_reads_keeps_acknowledged_data() {
     assert_eq!(positions[acks[0].partition.0 as usize].committed, Some(Offset(4)));
     let next = server
         .client
-        .append("t", &append("k", "10").expect(ExpectedSequence::Exact(9)))
+        .append(
+            "t",
+            &append("k", "10").expect(ExpectedSequence::Exact(Sequence(9))),
+        )
         .await
         .expect("append");
-    assert_eq!(next.first_sequence, 10);
+    assert_eq!(next.first_sequence, Sequence(10));
 }
 
 #[tokio::test(flavor = "multi_thread")]

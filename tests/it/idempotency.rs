@@ -11,6 +11,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
+use stele::Sequence;
 
 use stele::io::{Map, OpenMode, StdStorage, Storage, StorageFile};
 use stele::{
@@ -82,7 +83,7 @@ fn the_same_id_on_two_keys_of_one_partition_stores_both_events() {
     let b = append(&topic, "b", vec![event("made", "b1", "x")]).expect("b");
     assert!(!a.duplicate);
     assert!(!b.duplicate, "b's event is not a's: {b:?}");
-    assert_eq!((b.first_offset, b.first_sequence), (Offset(1), 0));
+    assert_eq!((b.first_offset, b.first_sequence), (Offset(1), Sequence(0)));
     assert_duplicate_of(
         append(&topic, "b", vec![event("made", "b1", "x")]).expect("b retry"),
         &b,
@@ -157,7 +158,7 @@ fn other_content_under_a_keys_id_is_refused_with_the_original_position() {
     let second_event = vec![Event::new("made", b"new".to_vec()), event("made", "9", "x")];
     assert_reused(append(&topic, "k", second_event), 1, &original, 0);
     assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(2));
-    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(0));
+    assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(Sequence(0)));
 }
 
 #[test]
@@ -179,13 +180,13 @@ fn a_multi_event_retry_answers_only_with_the_callers_own_events() {
     assert!(prefix.duplicate);
     assert_eq!(
         (prefix.first_offset, prefix.first_sequence, prefix.last_sequence),
-        (Offset(0), 0, 1)
+        (Offset(0), Sequence(0), Sequence(1))
     );
     let suffix = append(&topic, "k", events(&["b", "c"])).expect("suffix");
     assert!(suffix.duplicate);
     assert_eq!(
         (suffix.first_offset, suffix.first_sequence, suffix.last_sequence),
-        (Offset(1), 1, 2)
+        (Offset(1), Sequence(1), Sequence(2))
     );
     assert_reused(append(&topic, "k", events(&["a", "c"])), 1, &original, 2);
     assert_reused(append(&topic, "k", events(&["b", "a"])), 1, &original, 0);
@@ -194,7 +195,10 @@ fn a_multi_event_retry_answers_only_with_the_callers_own_events() {
     // The same ids on another key are new events there.
     let elsewhere = append(&topic, "j", events(&["a", "b"])).expect("other key");
     assert!(!elsewhere.duplicate);
-    assert_eq!((elsewhere.first_offset, elsewhere.first_sequence), (Offset(3), 0));
+    assert_eq!(
+        (elsewhere.first_offset, elsewhere.first_sequence),
+        (Offset(3), Sequence(0))
+    );
     assert_eq!(payloads(&topic, PartitionId(0)), ["a", "b", "c", "a", "b"]);
 }
 
@@ -451,7 +455,10 @@ fn ids_in_the_open_and_the_flushing_group_follow_the_same_rule() {
     assert_reused(reuse_open, 0, &open, 0);
     let other_key = other_key.recv().expect("answered").expect("other key");
     assert!(!other_key.duplicate);
-    assert_eq!((other_key.first_offset, other_key.first_sequence), (Offset(2), 0));
+    assert_eq!(
+        (other_key.first_offset, other_key.first_sequence),
+        (Offset(2), Sequence(0))
+    );
     assert_eq!(payloads(&topic, PartitionId(0)), ["x1", "y1", "j1", "j2"]);
 }
 
@@ -472,21 +479,33 @@ fn a_producers_first_append_in_a_partition_must_carry_sequence_0() {
             sequence,
         })
     };
-    let error = topic.append_request(request(3)).expect_err("first sequence is 3");
+    let error = topic
+        .append_request(request(Sequence(3)))
+        .expect_err("first sequence is 3");
     assert!(
         matches!(
             error,
             Error::ProducerOutOfOrder {
-                expected: 0,
-                got: 3,
+                expected: Sequence(0),
+                got: Sequence(3),
                 ..
             }
         ),
         "{error}"
     );
     assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(0));
-    assert!(!topic.append_request(request(0)).expect("sequence 0").duplicate);
-    assert!(!topic.append_request(request(1)).expect("sequence 1").duplicate);
+    assert!(
+        !topic
+            .append_request(request(Sequence(0)))
+            .expect("sequence 0")
+            .duplicate
+    );
+    assert!(
+        !topic
+            .append_request(request(Sequence(1)))
+            .expect("sequence 1")
+            .duplicate
+    );
     assert_eq!(topic.high_watermark(PartitionId(0)).expect("hw"), Offset(2));
 }
 
@@ -509,7 +528,7 @@ fn a_producer_retry_must_repeat_the_append_it_retries() {
         AppendRequest::new(key, events).stamped(ProducerStamp {
             producer,
             epoch,
-            sequence: 0,
+            sequence: Sequence(0),
         })
     };
     append(&topic, "j", vec![Event::new("made", b"j".to_vec())]).expect("filler");
@@ -549,7 +568,7 @@ fn a_producer_retry_is_recognised_after_retention_removed_the_original() {
         AppendRequest::new("k", vec![Event::new("made", b"original".to_vec())]).stamped(ProducerStamp {
             producer,
             epoch,
-            sequence: 0,
+            sequence: Sequence(0),
         });
     let original = topic.append_request(request.clone()).expect("original");
     for _ in 0..200 {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use stele::Sequence;
 
 use proptest::prelude::*;
 use stele::{
@@ -194,9 +195,11 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
             let expected = match expect {
                 Expect::Any => ExpectedSequence::Any,
                 Expect::NoEvents => ExpectedSequence::NoEvents,
-                Expect::Right => last.map_or(ExpectedSequence::NoEvents, ExpectedSequence::Exact),
+                Expect::Right => last
+                    .map(Sequence)
+                    .map_or(ExpectedSequence::NoEvents, ExpectedSequence::Exact),
                 Expect::Off(delta) => {
-                    ExpectedSequence::Exact(last.unwrap_or(0).saturating_add_signed(*delta as i64))
+                    ExpectedSequence::Exact(Sequence(last.unwrap_or(0).saturating_add_signed(*delta as i64)))
                 }
             };
             let events: Vec<Event> = ids
@@ -243,7 +246,7 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
             let condition = match expected {
                 ExpectedSequence::Any => true,
                 ExpectedSequence::NoEvents => last.is_none(),
-                ExpectedSequence::Exact(sequence) => last == Some(sequence),
+                ExpectedSequence::Exact(sequence) => last == Some(sequence.0),
             };
             if repeated {
                 return expect_error(result, ErrorKind::RepeatedIdempotencyId);
@@ -271,8 +274,8 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
                 let (_, last_record) = found[events.len() - 1].clone().expect("duplicate");
                 if !ack.duplicate
                     || ack.first_offset != Offset(first_offset)
-                    || ack.first_sequence != first.sequence
-                    || ack.last_sequence != last_record.sequence
+                    || ack.first_sequence != Sequence(first.sequence)
+                    || ack.last_sequence != Sequence(last_record.sequence)
                 {
                     return Err(format!(
                         "duplicate ack {ack:?}, model {first_offset} {first:?} {last_record:?}"
@@ -291,7 +294,7 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
             let first_sequence = last.map_or(0, |last| last + 1);
             if ack.duplicate
                 || ack.first_offset != Offset(first_offset)
-                || ack.first_sequence != first_sequence
+                || ack.first_sequence != Sequence(first_sequence)
                 || ack.partition != PartitionId(partition as u32)
                 || ack.timestamp_ms != now
             {
@@ -308,7 +311,7 @@ fn apply(harness: &mut Harness, model: &mut Model, op: &Op) -> Result<(), String
                     timestamp_ms: now,
                 });
             }
-            model.sequences.insert(key.to_string(), ack.last_sequence);
+            model.sequences.insert(key.to_string(), ack.last_sequence.0);
             model.last_timestamp[partition] = now;
             Ok(())
         }
@@ -410,7 +413,7 @@ fn compare(topic: &Topic, model: &Model) -> Result<(), String> {
                 (
                     event.offset.0,
                     std::str::from_utf8(&event.key).unwrap_or("?"),
-                    event.sequence,
+                    event.sequence.0,
                     &event.payload[..],
                 )
             })
@@ -450,7 +453,7 @@ fn compare(topic: &Topic, model: &Model) -> Result<(), String> {
         let sequence = topic
             .key_sequence(key.as_bytes())
             .map_err(|error| error.to_string())?;
-        if sequence != last {
+        if sequence != last.map(Sequence) {
             return Err(format!("key {key}: sequence {sequence:?}, model {last:?}"));
         }
         let earliest = model.earliest[partition] as usize;
@@ -465,7 +468,7 @@ fn compare(topic: &Topic, model: &Model) -> Result<(), String> {
             .read_key(key.as_bytes(), None, Direction::Forwards, 100_000)
             .map_err(|error| format!("read_key: {error}"))?
             .iter()
-            .map(|event| (event.offset.0, event.sequence))
+            .map(|event| (event.offset.0, event.sequence.0))
             .collect();
         if forwards != wanted {
             return Err(format!("key {key}: forwards {forwards:?}, model {wanted:?}"));
@@ -474,7 +477,7 @@ fn compare(topic: &Topic, model: &Model) -> Result<(), String> {
             .read_key(key.as_bytes(), None, Direction::Backwards, 100_000)
             .map_err(|error| format!("read_key: {error}"))?
             .iter()
-            .map(|event| (event.offset.0, event.sequence))
+            .map(|event| (event.offset.0, event.sequence.0))
             .collect();
         backwards.reverse();
         if backwards != wanted {

@@ -12,6 +12,7 @@
 //! Fix: `Segment::create` removes the file when anything after creating it fails.
 
 use std::sync::Arc;
+use stele::Sequence;
 
 use stele::io::{Fault, FaultyStorage};
 use stele::{ErrorKind, Event, ExpectedSequence, Log, LogOptions, Offset, PartitionId, TopicOptions};
@@ -73,6 +74,10 @@ fn a_failed_roll_leaves_no_segment_file_behind() {
             .read(PartitionId(0), Offset(0), 1000, u64::MAX)
             .expect("read");
         assert_eq!(events.len(), 60, "{fault:?}");
-        assert_eq!(topic.key_sequence(b"k").expect("sequence"), Some(59), "{fault:?}");
+        assert_eq!(
+            topic.key_sequence(b"k").expect("sequence"),
+            Some(Sequence(59)),
+            "{fault:?}"
+        );
     }
 }

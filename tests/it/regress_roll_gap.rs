@@ -17,6 +17,7 @@
 //! segment is the active one again, unless a checkpoint covers the missing
 //! offsets.
 
+use stele::Sequence;
 use stele::format::segment::{SegmentHeader, encode};
 use stele::{Direction, Event, ExpectedSequence, Log, LogOptions, Offset, PartitionId, TopicOptions};
 
@@ -90,11 +91,11 @@ fn a_segment_created_ahead_of_an_unwritten_group_is_removed_at_open() {
     let ack = topic
         .append(
             "k",
-            ExpectedSequence::Exact(4),
+            ExpectedSequence::Exact(Sequence(4)),
             vec![Event::new("e", b"next".to_vec())],
         )
         .expect("append after the gap");
-    assert_eq!((ack.first_offset, ack.first_sequence), (Offset(5), 5));
+    assert_eq!((ack.first_offset, ack.first_sequence), (Offset(5), Sequence(5)));
     drop(topic);
     log.close().expect("close");
 

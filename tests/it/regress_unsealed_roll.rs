@@ -11,6 +11,7 @@
 //! `TailRecovery::segments_removed`).
 
 use std::path::{Path, PathBuf};
+use stele::Sequence;
 
 use stele::{Event, ExpectedSequence, Log, LogOptions, Offset, PartitionId, TopicOptions};
 
@@ -116,18 +117,18 @@ fn a_roll_whose_previous_calls_never_reached_disk_recovers_to_the_last_whole_cal
             .read(PartitionId(0), Offset(0), 10_000, u64::MAX)
             .expect("read");
         assert_eq!(events.len() as u64, frames_kept);
-        let sequences: Vec<u64> = events.iter().map(|event| event.sequence).collect();
+        let sequences: Vec<u64> = events.iter().map(|event| event.sequence.0).collect();
         assert_eq!(sequences, (0..frames_kept).collect::<Vec<_>>());
         let ack = topic
             .append(
                 "k",
-                ExpectedSequence::Exact(frames_kept - 1),
+                ExpectedSequence::Exact(Sequence(frames_kept - 1)),
                 vec![Event::new("e", b"after".to_vec())],
             )
             .expect("appends continue");
         assert_eq!(
             (ack.first_offset, ack.first_sequence),
-            (Offset(frames_kept), frames_kept)
+            (Offset(frames_kept), Sequence(frames_kept))
         );
         log.close().expect("close");
         // A second reopen finds a consistent log with nothing to cut.

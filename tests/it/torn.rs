@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use stele::Sequence;
 
 use stele::{
     Direction, ErrorKind, Event, ExpectedSequence, Log, ManualClock, Offset, PartitionId, TailRecovery,
@@ -190,7 +191,7 @@ fn check_present(log: &Log, calls: &[Call], context: &str) {
             .iter()
             .map(|event| {
                 (
-                    event.sequence,
+                    event.sequence.0,
                     std::str::from_utf8(&event.payload).expect("utf-8"),
                 )
             })
@@ -204,7 +205,7 @@ fn check_present(log: &Log, calls: &[Call], context: &str) {
         let last = (!payloads.is_empty()).then(|| payloads.len() as u64 - 1);
         assert_eq!(
             topic.key_sequence(key.as_bytes()).expect("sequence"),
-            last,
+            last.map(Sequence),
             "{context}: key {key}"
         );
     }
@@ -213,12 +214,12 @@ fn check_present(log: &Log, calls: &[Call], context: &str) {
     let ack = topic
         .append(
             "a",
-            ExpectedSequence::Exact(last_a),
+            ExpectedSequence::Exact(Sequence(last_a)),
             vec![Event::new("e", b"after".to_vec())],
         )
         .expect("append after recovery");
     assert_eq!(ack.first_offset, high_watermark, "{context}");
-    assert_eq!(ack.first_sequence, last_a + 1, "{context}");
+    assert_eq!(ack.first_sequence, Sequence(last_a + 1), "{context}");
 }
 
 #[test]

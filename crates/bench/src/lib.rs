@@ -33,6 +33,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use stele_engine::Sequence;
 
 use serde_json::{Value, json};
 
@@ -676,12 +677,12 @@ async fn cas(
     let actual = count / keys + u64::from(!count.is_multiple_of(keys)) - 1;
     let stale = match actual {
         0 => ExpectedSequence::NoEvents,
-        actual => ExpectedSequence::Exact(actual - 1),
+        actual => ExpectedSequence::Exact(Sequence(actual - 1)),
     };
     let payload = vec![b'c'; config.size];
     let request = AppendRequest::new(key, vec![event(&payload)]).expect(stale);
     let check = match client.append(topic, &request).await {
-        Ok(ack) => json!({"rejected": false, "appended_at_sequence": ack.first_sequence}),
+        Ok(ack) => json!({"rejected": false, "appended_at_sequence": ack.first_sequence.0}),
         Err(error) => json!({
             "rejected": error.code() == Some(GrpcCode::FailedPrecondition)
                 && error.kind() == Some(ErrorKind::WrongExpectedSequence)
@@ -729,7 +730,7 @@ async fn cas_stream(
         {
             let expected = match last[slot] {
                 None => ExpectedSequence::NoEvents,
-                Some(sequence) => ExpectedSequence::Exact(sequence),
+                Some(sequence) => ExpectedSequence::Exact(Sequence(sequence)),
             };
             let request =
                 AppendRequest::new(key_of(assigned[slot].0), vec![event(&payload)]).expect(expected);
@@ -753,7 +754,7 @@ async fn cas_stream(
         }
         remaining[slot] -= 1;
         match results.pop() {
-            Some(Ok(ack)) => last[slot] = Some(ack.last_sequence),
+            Some(Ok(ack)) => last[slot] = Some(ack.last_sequence.0),
             Some(Err(error)) => {
                 outcome.errors += 1;
                 if error.kind() == Some(ErrorKind::WrongExpectedSequence) {

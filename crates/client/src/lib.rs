@@ -34,7 +34,7 @@
 //! URL held by its [`ServerUrl`], which can be changed while running.
 //!
 //! ```
-//! use stele_engine::{AppendRequest, Event};
+//! use stele_engine::{AppendRequest, Event, Sequence};
 //!
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> Result<(), stele_client::ClientError> {
@@ -43,7 +43,7 @@
 //! let producer = server.client.producer("orders", "billing").build().await?;
 //! let created = AppendRequest::new("invoice-42", vec![Event::new("created", b"{}".to_vec())]);
 //! let ack = producer.send(created).await?;
-//! assert_eq!(ack.first_sequence, 0);
+//! assert_eq!(ack.first_sequence, Sequence(0));
 //! # Ok(())
 //! # }
 //! ```
@@ -62,6 +62,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use stele_engine::Sequence;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -1970,7 +1971,7 @@ impl Driver {
                         pending.request.producer = Some(ProducerStamp {
                             producer: self.id,
                             epoch: self.epoch,
-                            sequence: partition.next_sequence,
+                            sequence: Sequence(partition.next_sequence),
                         });
                         partition.next_sequence += 1;
                     }
@@ -2112,7 +2113,7 @@ impl Driver {
             let index = pending.partition;
             let partition = &mut self.partitions[index];
             partition.in_flight -= 1;
-            let sequence = pending.request.producer.map_or(0, |stamp| stamp.sequence);
+            let sequence = pending.request.producer.map_or(0, |stamp| stamp.sequence.0);
             match outcome_to_result(outcome) {
                 Ok(ack) => {
                     let _ = pending.reply.send(Ok(ack));

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use crate::event::{Epoch, Offset, PartitionId, ProducerId};
+use crate::event::{Epoch, Offset, PartitionId, ProducerId, Sequence};
 use crate::format::DecodeError;
 
 /// A result with the engine's [`Error`].
@@ -82,7 +82,7 @@ pub enum Error {
         /// The condition the append stated.
         expected: crate::event::ExpectedSequence,
         /// The key's last sequence, `None` when the key has no events.
-        actual: Option<u64>,
+        actual: Option<Sequence>,
     },
     /// Some but not all events of an append carry idempotency ids already seen.
     /// Nothing was written.
@@ -113,7 +113,7 @@ pub enum Error {
         /// The offset of the original event.
         offset: Offset,
         /// The key sequence of the original event.
-        sequence: u64,
+        sequence: Sequence,
     },
     /// An append carried the same idempotency id twice.
     #[error("idempotency id repeated within one append (events {first} and {second})")]
@@ -155,9 +155,9 @@ pub enum Error {
         /// The partition the append went to.
         partition: PartitionId,
         /// The producer sequence the partition expected next.
-        expected: u64,
+        expected: Sequence,
         /// The producer sequence the append carried.
-        got: u64,
+        got: Sequence,
     },
     /// A read asked for an offset outside the partition's retained range.
     #[error("offset {requested} out of range [{earliest}, {high_watermark})")]
@@ -215,7 +215,7 @@ pub enum Error {
     WebhookExists(String),
 }
 
-fn display_sequence(sequence: Option<u64>) -> String {
+fn display_sequence(sequence: Option<Sequence>) -> String {
     match sequence {
         Some(sequence) => sequence.to_string(),
         None => "no events".to_string(),

@@ -36,6 +36,29 @@ id_newtype!(
     /// A producer's epoch: opening the same producer name again bumps it.
     Epoch(u32)
 );
+id_newtype!(
+    /// A number in a dense series from 0: an event's number within its key (the
+    /// key sequence), or an idempotent producer's number for its appends to one
+    /// partition (the producer sequence).
+    Sequence(u64)
+);
+
+impl Sequence {
+    /// The next sequence.
+    pub fn next(self) -> Sequence {
+        Sequence(self.0 + 1)
+    }
+}
+
+/// The sequence `count` places further on (the sequences of an append's events
+/// are its first one plus their index).
+impl std::ops::Add<u64> for Sequence {
+    type Output = Sequence;
+
+    fn add(self, count: u64) -> Sequence {
+        Sequence(self.0 + count)
+    }
+}
 
 impl Offset {
     /// The next offset.
@@ -93,7 +116,7 @@ pub enum ExpectedSequence {
     /// The key has no events yet.
     NoEvents,
     /// The key's last sequence is exactly this.
-    Exact(u64),
+    Exact(Sequence),
 }
 
 impl fmt::Display for ExpectedSequence {
@@ -120,7 +143,7 @@ pub struct ProducerStamp {
     /// The producer's epoch; an older epoch than the registered one is fenced.
     pub epoch: Epoch,
     /// The producer's sequence for the target partition, dense from 0.
-    pub sequence: u64,
+    pub sequence: Sequence,
 }
 
 /// One atomic append: events for one key, with a condition and an optional stamp.
@@ -168,9 +191,9 @@ pub struct AppendAck {
     /// The offset of the first event; the others follow contiguously.
     pub first_offset: Offset,
     /// The key sequence of the first event.
-    pub first_sequence: u64,
+    pub first_sequence: Sequence,
     /// The key sequence of the last event.
-    pub last_sequence: u64,
+    pub last_sequence: Sequence,
     /// The append timestamp (Unix milliseconds) of the events.
     pub timestamp_ms: i64,
     /// True when the append was a retry of one already stored; the positions are
@@ -190,7 +213,7 @@ pub struct RecordedEvent {
     /// The event's key.
     pub key: Vec<u8>,
     /// The event's sequence within its key, dense from 0.
-    pub sequence: u64,
+    pub sequence: Sequence,
     /// The event's type name.
     pub event_type: String,
     /// The payload bytes.

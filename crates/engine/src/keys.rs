@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::Result;
-use crate::event::Offset;
+use crate::event::{Offset, Sequence};
 
 /// The hash that identifies a key inside a partition.
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
@@ -24,7 +24,7 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
 /// A key's state: its last sequence and the offset of its last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyState {
-    pub(crate) last_sequence: u64,
+    pub(crate) last_sequence: Sequence,
     pub(crate) last_offset: Offset,
 }
 
@@ -135,7 +135,14 @@ impl KeyIndex {
     /// Applies a record found while replaying the log. The record names its key's
     /// previous offset, which tells whether it continues the chain held under its
     /// hash without reading the log.
-    pub(crate) fn replay(&mut self, key: &[u8], hash: u64, sequence: u64, offset: Offset, previous: u64) {
+    pub(crate) fn replay(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        sequence: Sequence,
+        offset: Offset,
+        previous: u64,
+    ) {
         let state = KeyState {
             last_sequence: sequence,
             last_offset: offset,
@@ -156,7 +163,7 @@ impl KeyIndex {
         };
         match existing {
             existing if existing.last_offset.0 == previous => *existing = state,
-            _ if previous == crate::format::record::NO_PREVIOUS || sequence == 0 => {
+            _ if previous == crate::format::record::NO_PREVIOUS || sequence == Sequence(0) => {
                 // A new key whose hash is taken.
                 self.collided.insert(key.into(), state);
             }
@@ -214,7 +221,7 @@ mod tests {
         // with a check that says the log holds "a" at that offset.
         let mut index = KeyIndex::default();
         let a = KeyState {
-            last_sequence: 4,
+            last_sequence: Sequence(4),
             last_offset: Offset(10),
         };
         index.set(b"a", 7, a, true);
@@ -223,7 +230,7 @@ mod tests {
             .expect("no I/O");
         assert_eq!(b_lookup, None);
         let b = KeyState {
-            last_sequence: 0,
+            last_sequence: Sequence(0),
             last_offset: Offset(11),
         };
         index.set(b"b", 7, b, false);
@@ -240,25 +247,37 @@ mod tests {
     #[test]
     fn replay_separates_a_new_colliding_key() {
         let mut index = KeyIndex::default();
-        index.replay(b"a", 7, 0, Offset(0), crate::format::record::NO_PREVIOUS);
-        index.replay(b"a", 7, 1, Offset(1), 0);
-        index.replay(b"b", 7, 0, Offset(2), crate::format::record::NO_PREVIOUS);
-        index.replay(b"b", 7, 1, Offset(3), 2);
-        index.replay(b"a", 7, 2, Offset(4), 1);
+        index.replay(
+            b"a",
+            7,
+            Sequence(0),
+            Offset(0),
+            crate::format::record::NO_PREVIOUS,
+        );
+        index.replay(b"a", 7, Sequence(1), Offset(1), 0);
+        index.replay(
+            b"b",
+            7,
+            Sequence(0),
+            Offset(2),
+            crate::format::record::NO_PREVIOUS,
+        );
+        index.replay(b"b", 7, Sequence(1), Offset(3), 2);
+        index.replay(b"a", 7, Sequence(2), Offset(4), 1);
         assert!(index.is_collided(b"b"));
         assert_eq!(
             index
                 .get(b"a", 7, |offset| Ok(offset == Offset(4)))
                 .expect("no I/O"),
             Some(KeyState {
-                last_sequence: 2,
+                last_sequence: Sequence(2),
                 last_offset: Offset(4)
             })
         );
         assert_eq!(
             index.get(b"b", 7, |_| Ok(false)).expect("no I/O"),
             Some(KeyState {
-                last_sequence: 1,
+                last_sequence: Sequence(1),
                 last_offset: Offset(3)
             })
         );

@@ -9,7 +9,7 @@
 //! (0, 1, 2, ...) and appends may state the sequence they expect.
 //!
 //! ```
-//! use stele_engine::{Direction, Event, ExpectedSequence, Log, LogOptions, TopicOptions};
+//! use stele_engine::{Direction, Event, ExpectedSequence, Log, LogOptions, Sequence, TopicOptions};
 //!
 //! # fn main() -> stele_engine::Result<()> {
 //! let dir = tempfile::tempdir().expect("temporary directory");
@@ -18,7 +18,7 @@
 //!
 //! // The first event of a key: expect that the key has none yet.
 //! let ack = orders.append("invoice-42", ExpectedSequence::NoEvents, vec![Event::new("created", b"{}".to_vec())])?;
-//! assert_eq!(ack.first_sequence, 0);
+//! assert_eq!(ack.first_sequence, Sequence(0));
 //!
 //! // A writer that lost a race learns the actual sequence and writes nothing.
 //! let stale = orders.append("invoice-42", ExpectedSequence::NoEvents, vec![Event::new("created", b"{}".to_vec())]);
@@ -26,8 +26,8 @@
 //!
 //! // A retried event with an idempotency id is recognised.
 //! let paid = Event::new("paid", b"{}".to_vec()).with_idempotency_id("payment-7");
-//! let first = orders.append("invoice-42", ExpectedSequence::Exact(0), vec![paid.clone()])?;
-//! let retry = orders.append("invoice-42", ExpectedSequence::Exact(0), vec![paid])?;
+//! let first = orders.append("invoice-42", ExpectedSequence::Exact(Sequence(0)), vec![paid.clone()])?;
+//! let retry = orders.append("invoice-42", ExpectedSequence::Exact(Sequence(0)), vec![paid])?;
 //! assert!(retry.duplicate);
 //! assert_eq!(retry.first_offset, first.first_offset);
 //!
@@ -66,7 +66,7 @@ pub use config::{Clock, Durability, LogOptions, ManualClock, SystemClock, TopicO
 pub use error::{Error, ErrorKind, Result};
 pub use event::{
     AppendAck, AppendRequest, Direction, Epoch, Event, ExpectedSequence, Offset, PartitionId, ProducerId,
-    ProducerStamp, RecordedEvent,
+    ProducerStamp, RecordedEvent, Sequence,
 };
 pub use log::{Log, validate_topic_name};
 pub use partition::{PartitionInfo, RecoveryReport};

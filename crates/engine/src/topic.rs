@@ -14,7 +14,7 @@ use crate::cursor::CursorStore;
 use crate::error::{Error, Result};
 use crate::event::{
     AppendAck, AppendRequest, Direction, Epoch, Event, ExpectedSequence, Offset, PartitionId, ProducerId,
-    RecordedEvent,
+    RecordedEvent, Sequence,
 };
 use crate::partition::{Completion, Partition, PartitionContext, PartitionInfo, RecoveryReport};
 use crate::paths;
@@ -389,7 +389,7 @@ impl Topic {
     pub fn read_key(
         &self,
         key: &[u8],
-        from: Option<u64>,
+        from: Option<Sequence>,
         direction: Direction,
         count_max: usize,
     ) -> Result<Vec<RecordedEvent>> {
@@ -402,7 +402,7 @@ impl Topic {
     ///
     /// # Errors
     /// I/O or corruption while confirming the key against the log.
-    pub fn key_sequence(&self, key: &[u8]) -> Result<Option<u64>> {
+    pub fn key_sequence(&self, key: &[u8]) -> Result<Option<Sequence>> {
         validate_key(key)?;
         Ok(self
             .partition(self.partition_for(key))?

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use stele_engine::Sequence;
 
 use stele_engine::Log;
 use stele_engine::config::{Durability, LogOptions, ManualClock, TopicOptions};
@@ -975,7 +976,8 @@ fn check_model(topic: &stele_engine::Topic, partitions: &[Vec<ModelRecord>], ear
                 event.offset
             );
             assert_eq!(
-                event.sequence, expected.sequence,
+                event.sequence,
+                Sequence(expected.sequence),
                 "offset {:?}: sequence",
                 event.offset
             );
@@ -1027,8 +1029,10 @@ pub fn engine_ops(data: &[u8]) {
                 let expected = match shape % 5 {
                     0 => ExpectedSequence::Any,
                     1 => ExpectedSequence::NoEvents,
-                    2 | 3 => actual.map_or(ExpectedSequence::NoEvents, ExpectedSequence::Exact),
-                    _ => ExpectedSequence::Exact(u64::from(shape >> 5)),
+                    2 | 3 => actual
+                        .map(Sequence)
+                        .map_or(ExpectedSequence::NoEvents, ExpectedSequence::Exact),
+                    _ => ExpectedSequence::Exact(Sequence(u64::from(shape >> 5))),
                 };
                 let count = 1 + (shape >> 3) % 3;
                 let big = shape & 0x80 != 0;
@@ -1051,15 +1055,19 @@ pub fn engine_ops(data: &[u8]) {
                 let matches = match expected {
                     ExpectedSequence::Any => true,
                     ExpectedSequence::NoEvents => actual.is_none(),
-                    ExpectedSequence::Exact(sequence) => actual == Some(sequence),
+                    ExpectedSequence::Exact(sequence) => actual == Some(sequence.0),
                 };
                 let result = topic.append(key.clone(), expected, events.clone());
                 match (matches, result) {
                     (true, Ok(ack)) => {
                         assert!(!ack.duplicate, "a fresh append reported as a duplicate");
                         let first = actual.map_or(0, |sequence| sequence + 1);
-                        assert_eq!(ack.first_sequence, first, "first sequence");
-                        assert_eq!(ack.last_sequence, first + u64::from(count) - 1, "last sequence");
+                        assert_eq!(ack.first_sequence, Sequence(first), "first sequence");
+                        assert_eq!(
+                            ack.last_sequence,
+                            Sequence(first + u64::from(count) - 1),
+                            "last sequence"
+                        );
                         assert_eq!(
                             ack.first_offset.0,
                             partitions[partition].len() as u64,
@@ -1072,7 +1080,7 @@ pub fn engine_ops(data: &[u8]) {
                                 payload: event.payload.clone(),
                             });
                         }
-                        sequences.insert(key.clone(), ack.last_sequence);
+                        sequences.insert(key.clone(), ack.last_sequence.0);
                         last = (shape & 0x40 != 0).then_some((key, expected, events, ack));
                         copied = false;
                     }
@@ -1126,7 +1134,11 @@ pub fn engine_ops(data: &[u8]) {
                         match topic.append(other.clone(), ExpectedSequence::Any, events.clone()) {
                             Ok(stored) => {
                                 assert!(!stored.duplicate, "another key's event reported as a duplicate");
-                                assert_eq!(stored.first_sequence, first, "other key's first sequence");
+                                assert_eq!(
+                                    stored.first_sequence,
+                                    Sequence(first),
+                                    "other key's first sequence"
+                                );
                                 assert_eq!(
                                     stored.first_offset.0,
                                     partitions[partition].len() as u64,
@@ -1139,7 +1151,7 @@ pub fn engine_ops(data: &[u8]) {
                                         payload: event.payload.clone(),
                                     });
                                 }
-                                sequences.insert(other, stored.last_sequence);
+                                sequences.insert(other, stored.last_sequence.0);
                             }
                             Err(error) => panic!("the same ids on another key failed: {error}"),
                         }
@@ -1215,7 +1227,9 @@ pub fn engine_ops(data: &[u8]) {
             }
             for (key, sequence) in &sequences {
                 match current.topic.key_sequence(key) {
-                    Ok(found) => assert_eq!(found, Some(*sequence), "key sequence after reopen"),
+                    Ok(found) => {
+                        assert_eq!(found, Some(Sequence(*sequence)), "key sequence after reopen")
+                    }
                     Err(error) => panic!("key sequence: {error}"),
                 }
             }

@@ -17,7 +17,7 @@ use stele_engine::event::{
     AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, RecordedEvent,
 };
 use stele_engine::format::record::RecordView;
-use stele_engine::{CursorPosition, Topic};
+use stele_engine::{CursorPosition, Sequence, Topic};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -320,7 +320,10 @@ impl Backend for EngineBackend {
     ) -> Result<(Vec<RecordedEvent>, Option<u64>)> {
         let topic = self.topic(topic)?;
         let last = topic.key_sequence(key)?;
-        Ok((topic.read_key(key, from, direction, count_max)?, last))
+        Ok((
+            topic.read_key(key, from.map(Sequence), direction, count_max)?,
+            last.map(|sequence| sequence.0),
+        ))
     }
 
     fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset> {

@@ -205,7 +205,7 @@ fn header_entry_len(name: &str, value: &[u8]) -> usize {
 fn stamp_body_len(stamp: &stele_engine::event::ProducerStamp) -> usize {
     varint_field_len(STAMP_PRODUCER_ID, stamp.producer.0)
         + varint_field_len(STAMP_EPOCH, u64::from(stamp.epoch.0))
-        + varint_field_len(STAMP_SEQUENCE, stamp.sequence)
+        + varint_field_len(STAMP_SEQUENCE, stamp.sequence.0)
 }
 
 fn valid_headers<'a>(view: &RecordView<'a>) -> impl Iterator<Item = (&'a str, &'a [u8])> {
@@ -220,7 +220,7 @@ fn event_body_len(partition: u32, view: &RecordView<'_>) -> usize {
         + varint_field_len(EVENT_OFFSET, view.offset.0)
         + varint_field_len(EVENT_TIMESTAMP_MS, view.timestamp_ms as u64)
         + bytes_field_len(EVENT_KEY, view.key)
-        + varint_field_len(EVENT_SEQUENCE, view.sequence)
+        + varint_field_len(EVENT_SEQUENCE, view.sequence.0)
         + bytes_field_len(EVENT_TYPE, view.event_type.as_bytes())
         + bytes_field_len(EVENT_PAYLOAD, view.payload)
         + headers
@@ -237,7 +237,7 @@ fn encode_event_body(partition: u32, view: &RecordView<'_>, buf: &mut Vec<u8>) {
     // int64 is encoded as its two's complement varint.
     put_varint_field(EVENT_TIMESTAMP_MS, view.timestamp_ms as u64, buf);
     put_bytes_field(EVENT_KEY, view.key, buf);
-    put_varint_field(EVENT_SEQUENCE, view.sequence, buf);
+    put_varint_field(EVENT_SEQUENCE, view.sequence.0, buf);
     put_bytes_field(EVENT_TYPE, view.event_type.as_bytes(), buf);
     put_bytes_field(EVENT_PAYLOAD, view.payload, buf);
     for (name, value) in valid_headers(view) {
@@ -253,7 +253,7 @@ fn encode_event_body(partition: u32, view: &RecordView<'_>, buf: &mut Vec<u8>) {
         encoding::encode_varint(stamp_body_len(stamp) as u64, buf);
         put_varint_field(STAMP_PRODUCER_ID, stamp.producer.0, buf);
         put_varint_field(STAMP_EPOCH, u64::from(stamp.epoch.0), buf);
-        put_varint_field(STAMP_SEQUENCE, stamp.sequence, buf);
+        put_varint_field(STAMP_SEQUENCE, stamp.sequence.0, buf);
     }
 }
 
@@ -264,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::convert;
-    use stele_engine::event::{Epoch, Offset, ProducerId, ProducerStamp};
+    use stele_engine::event::{Epoch, Offset, ProducerId, ProducerStamp, Sequence};
 
     fn header_block(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
         let mut block = Vec::new();
@@ -299,12 +299,12 @@ mod tests {
             let view = RecordView {
                 offset: Offset(offset),
                 timestamp_ms,
-                sequence,
+                sequence: Sequence(sequence),
                 key_previous_offset: record::NO_PREVIOUS,
                 producer: producer.map(|(producer, epoch, sequence)| ProducerStamp {
                     producer: ProducerId(producer),
                     epoch: Epoch(epoch),
-                    sequence,
+                    sequence: Sequence(sequence),
                 }),
                 flags: 0,
                 key: &key,

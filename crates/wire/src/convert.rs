@@ -5,6 +5,7 @@ use crate::proto;
 use stele_engine::config::{Durability, TopicOptions};
 use stele_engine::event::{
     AppendAck, AppendRequest, Epoch, Event, ExpectedSequence, ProducerId, ProducerStamp, RecordedEvent,
+    Sequence,
 };
 use stele_engine::format::record::{self, RecordView};
 
@@ -43,7 +44,7 @@ pub fn expected_from_proto(expected: Option<proto::ExpectedSequence>) -> Expecte
     match expected.and_then(|expected| expected.kind) {
         None | Some(Kind::Any(_)) => ExpectedSequence::Any,
         Some(Kind::NoEvents(_)) => ExpectedSequence::NoEvents,
-        Some(Kind::Exact(sequence)) => ExpectedSequence::Exact(sequence),
+        Some(Kind::Exact(sequence)) => ExpectedSequence::Exact(Sequence(sequence)),
     }
 }
 
@@ -54,7 +55,7 @@ pub fn expected_to_proto(expected: ExpectedSequence) -> proto::ExpectedSequence 
         kind: Some(match expected {
             ExpectedSequence::Any => Kind::Any(proto::Empty {}),
             ExpectedSequence::NoEvents => Kind::NoEvents(proto::Empty {}),
-            ExpectedSequence::Exact(sequence) => Kind::Exact(sequence),
+            ExpectedSequence::Exact(sequence) => Kind::Exact(sequence.0),
         }),
     }
 }
@@ -64,7 +65,7 @@ pub fn stamp_from_proto(stamp: proto::ProducerStamp) -> ProducerStamp {
     ProducerStamp {
         producer: ProducerId(stamp.producer_id),
         epoch: Epoch(stamp.epoch),
-        sequence: stamp.sequence,
+        sequence: Sequence(stamp.sequence),
     }
 }
 
@@ -73,7 +74,7 @@ pub fn stamp_to_proto(stamp: ProducerStamp) -> proto::ProducerStamp {
     proto::ProducerStamp {
         producer_id: stamp.producer.0,
         epoch: stamp.epoch.0,
-        sequence: stamp.sequence,
+        sequence: stamp.sequence.0,
     }
 }
 
@@ -102,8 +103,8 @@ pub fn ack_to_proto(ack: &AppendAck) -> proto::AppendResult {
     proto::AppendResult {
         partition: ack.partition.0,
         first_offset: ack.first_offset.0,
-        first_sequence: ack.first_sequence,
-        last_sequence: ack.last_sequence,
+        first_sequence: ack.first_sequence.0,
+        last_sequence: ack.last_sequence.0,
         timestamp_ms: ack.timestamp_ms,
         duplicate: ack.duplicate,
     }
@@ -114,8 +115,8 @@ pub fn ack_from_proto(result: &proto::AppendResult) -> AppendAck {
     AppendAck {
         partition: stele_engine::PartitionId(result.partition),
         first_offset: stele_engine::Offset(result.first_offset),
-        first_sequence: result.first_sequence,
-        last_sequence: result.last_sequence,
+        first_sequence: Sequence(result.first_sequence),
+        last_sequence: Sequence(result.last_sequence),
         timestamp_ms: result.timestamp_ms,
         duplicate: result.duplicate,
     }
@@ -128,7 +129,7 @@ pub fn recorded_to_proto(event: RecordedEvent) -> proto::RecordedEvent {
         offset: event.offset.0,
         timestamp_ms: event.timestamp_ms,
         key: event.key,
-        sequence: event.sequence,
+        sequence: event.sequence.0,
         r#type: event.event_type,
         payload: event.payload,
         headers: event.headers.into_iter().collect(),
@@ -146,7 +147,7 @@ pub fn recorded_from_proto(event: proto::RecordedEvent) -> RecordedEvent {
         offset: stele_engine::Offset(event.offset),
         timestamp_ms: event.timestamp_ms,
         key: event.key,
-        sequence: event.sequence,
+        sequence: Sequence(event.sequence),
         event_type: event.r#type,
         payload: event.payload,
         headers,
@@ -162,7 +163,7 @@ pub fn view_to_proto(partition: u32, view: &RecordView<'_>) -> proto::RecordedEv
         offset: view.offset.0,
         timestamp_ms: view.timestamp_ms,
         key: view.key.to_vec(),
-        sequence: view.sequence,
+        sequence: view.sequence.0,
         r#type: view.event_type.to_string(),
         payload: view.payload.to_vec(),
         headers: record::headers(view.headers)

@@ -177,8 +177,10 @@ pub fn error_detail(error: &Error) -> ErrorDetail {
         ..ErrorDetail::default()
     };
     match error {
-        Error::WrongExpectedSequence { actual, .. } => detail.actual_sequence = *actual,
-        Error::ProducerOutOfOrder { expected, .. } => detail.expected_producer_sequence = Some(*expected),
+        Error::WrongExpectedSequence { actual, .. } => {
+            detail.actual_sequence = (*actual).map(|sequence| sequence.0)
+        }
+        Error::ProducerOutOfOrder { expected, .. } => detail.expected_producer_sequence = Some(expected.0),
         Error::ProducerFenced { current, .. } => detail.current_epoch = Some(current.0),
         Error::IdempotencyIdReused {
             partition,
@@ -188,7 +190,7 @@ pub fn error_detail(error: &Error) -> ErrorDetail {
         } => {
             detail.original_partition = Some(partition.0);
             detail.original_offset = Some(offset.0);
-            detail.original_sequence = Some(*sequence);
+            detail.original_sequence = Some(sequence.0);
         }
         Error::OffsetOutOfRange {
             earliest,
@@ -398,6 +400,7 @@ impl<T> OrStatus<T> for std::result::Result<T, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stele_engine::Sequence;
     use tonic_types::StatusExt;
 
     #[test]
@@ -460,7 +463,7 @@ mod tests {
             index: 0,
             partition: stele_engine::PartitionId(3),
             offset: stele_engine::Offset(41),
-            sequence: 7,
+            sequence: Sequence(7),
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
         let detail = detail_of(&status).expect("detail");
@@ -476,7 +479,7 @@ mod tests {
         // standard ErrorInfo and a PreconditionFailure, as generic tools read them.
         let status = to_status(&Error::WrongExpectedSequence {
             expected: stele_engine::ExpectedSequence::NoEvents,
-            actual: Some(4),
+            actual: Some(Sequence(4)),
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
         let rpc_status = rpc_status_of(&status).expect("google.rpc.Status");

@@ -191,7 +191,7 @@ impl<'a> EventJson<'a> {
             timestamp_ms: event.timestamp_ms,
             timestamp: format_timestamp(event.timestamp_ms),
             key: Bytes(&event.key),
-            sequence: event.sequence,
+            sequence: event.sequence.0,
             event_type: &event.event_type,
             payload: Bytes(&event.payload),
             idempotency_id: event

@@ -13,7 +13,7 @@
 //! u64 first_sequence, u64 last_sequence, i64 timestamp_ms`.
 
 use super::{DecodeError, Put, Reader, check_len, envelope};
-use crate::event::{Epoch, Offset, PartitionId, ProducerId};
+use crate::event::{Epoch, Offset, PartitionId, ProducerId, Sequence};
 use crate::limits;
 
 /// Magic of a checkpoint file's envelope.
@@ -27,13 +27,13 @@ pub const CHECKPOINT_VERSIONS_SUPPORTED: &[u16] = &[1];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecentAppend {
     /// The producer sequence of the append.
-    pub sequence: u64,
+    pub sequence: Sequence,
     /// The offset of the append's first event.
     pub first_offset: Offset,
     /// The key sequence of the append's first event.
-    pub first_sequence: u64,
+    pub first_sequence: Sequence,
     /// The key sequence of the append's last event.
-    pub last_sequence: u64,
+    pub last_sequence: Sequence,
     /// The append timestamp, Unix milliseconds.
     pub timestamp_ms: i64,
 }
@@ -46,7 +46,7 @@ pub struct ProducerSnapshot {
     /// The newest epoch seen from the producer in this partition.
     pub epoch: Epoch,
     /// The producer sequence of its last append to this partition.
-    pub last_sequence: u64,
+    pub last_sequence: Sequence,
     /// The timestamp of its last append, Unix milliseconds; drives idle expiry.
     pub last_timestamp_ms: i64,
     /// Oldest first, at most `PRODUCER_RECENT_APPENDS_COUNT`.
@@ -67,9 +67,9 @@ pub struct Checkpoint {
     /// The newest assigned timestamp, Unix milliseconds.
     pub last_timestamp_ms: i64,
     /// (hash, last_sequence, last_offset).
-    pub keys: Vec<(u64, u64, Offset)>,
+    pub keys: Vec<(u64, Sequence, Offset)>,
     /// (key, last_sequence, last_offset) of keys whose hash is taken.
-    pub collided: Vec<(Vec<u8>, u64, Offset)>,
+    pub collided: Vec<(Vec<u8>, Sequence, Offset)>,
     /// The state of every producer known to the partition.
     pub producers: Vec<ProducerSnapshot>,
 }
@@ -88,27 +88,27 @@ pub fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
     body.put_u64(checkpoint.keys.len() as u64);
     for (hash, sequence, offset) in &checkpoint.keys {
         body.put_u64(*hash);
-        body.put_u64(*sequence);
+        body.put_u64(sequence.0);
         body.put_u64(offset.0);
     }
     body.put_u32(u32::try_from(checkpoint.collided.len()).expect("collided keys fit in u32"));
     for (key, sequence, offset) in &checkpoint.collided {
         body.put_bytes16(key);
-        body.put_u64(*sequence);
+        body.put_u64(sequence.0);
         body.put_u64(offset.0);
     }
     body.put_u32(u32::try_from(checkpoint.producers.len()).expect("producers are bounded"));
     for producer in &checkpoint.producers {
         body.put_u64(producer.id.0);
         body.put_u32(producer.epoch.0);
-        body.put_u64(producer.last_sequence);
+        body.put_u64(producer.last_sequence.0);
         body.put_i64(producer.last_timestamp_ms);
         body.put_u8(u8::try_from(producer.recent.len()).expect("recent appends are bounded"));
         for recent in &producer.recent {
-            body.put_u64(recent.sequence);
+            body.put_u64(recent.sequence.0);
             body.put_u64(recent.first_offset.0);
-            body.put_u64(recent.first_sequence);
-            body.put_u64(recent.last_sequence);
+            body.put_u64(recent.first_sequence.0);
+            body.put_u64(recent.last_sequence.0);
             body.put_i64(recent.timestamp_ms);
         }
     }
@@ -140,7 +140,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
     checkpoint.keys.reserve(keys_count as usize);
     for _ in 0..keys_count {
         let hash = reader.u64()?;
-        let sequence = reader.u64()?;
+        let sequence = Sequence(reader.u64()?);
         let offset = Offset(reader.u64()?);
         checkpoint.keys.push((hash, sequence, offset));
     }
@@ -148,7 +148,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
     check_len(collided_count.saturating_mul(18), reader.remaining() as u64)?;
     for _ in 0..collided_count {
         let key = reader.bytes16(limits::KEY_SIZE_MAX)?.to_vec();
-        let sequence = reader.u64()?;
+        let sequence = Sequence(reader.u64()?);
         let offset = Offset(reader.u64()?);
         checkpoint.collided.push((key, sequence, offset));
     }
@@ -157,17 +157,17 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
     for _ in 0..producers_count {
         let id = ProducerId(reader.u64()?);
         let epoch = Epoch(reader.u32()?);
-        let last_sequence = reader.u64()?;
+        let last_sequence = Sequence(reader.u64()?);
         let last_timestamp_ms = reader.i64()?;
         let recent_count = reader.u8()? as u64;
         check_len(recent_count, limits::PRODUCER_RECENT_APPENDS_COUNT as u64)?;
         let mut recent = Vec::with_capacity(recent_count as usize);
         for _ in 0..recent_count {
             recent.push(RecentAppend {
-                sequence: reader.u64()?,
+                sequence: Sequence(reader.u64()?),
                 first_offset: Offset(reader.u64()?),
-                first_sequence: reader.u64()?,
-                last_sequence: reader.u64()?,
+                first_sequence: Sequence(reader.u64()?),
+                last_sequence: Sequence(reader.u64()?),
                 timestamp_ms: reader.i64()?,
             });
         }
@@ -197,18 +197,18 @@ mod tests {
             floor_base_offset: Offset(50),
             floor_position: 4000,
             last_timestamp_ms: 123,
-            keys: vec![(1, 2, Offset(3)), (4, 5, Offset(6))],
-            collided: vec![(b"key".to_vec(), 7, Offset(8))],
+            keys: vec![(1, Sequence(2), Offset(3)), (4, Sequence(5), Offset(6))],
+            collided: vec![(b"key".to_vec(), Sequence(7), Offset(8))],
             producers: vec![ProducerSnapshot {
                 id: ProducerId(1),
                 epoch: Epoch(3),
-                last_sequence: 9,
+                last_sequence: Sequence(9),
                 last_timestamp_ms: 10,
                 recent: vec![RecentAppend {
-                    sequence: 9,
+                    sequence: Sequence(9),
                     first_offset: Offset(90),
-                    first_sequence: 0,
-                    last_sequence: 1,
+                    first_sequence: Sequence(0),
+                    last_sequence: Sequence(1),
                     timestamp_ms: 10,
                 }],
             }],

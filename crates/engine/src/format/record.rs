@@ -20,7 +20,7 @@
 //! | 72  | ..   | [u8] | key, type, idempotency_id, headers, payload, in that order   |
 
 use super::{DecodeError, Put, Reader, check_len, crc};
-use crate::event::{Epoch, Offset, ProducerId, ProducerStamp};
+use crate::event::{Epoch, Offset, ProducerId, ProducerStamp, Sequence};
 use crate::limits;
 
 /// Length of the fixed part of a frame.
@@ -50,7 +50,7 @@ pub struct RecordView<'a> {
     /// The append time, Unix milliseconds; never decreasing within a partition.
     pub timestamp_ms: i64,
     /// The event's sequence within its key.
-    pub sequence: u64,
+    pub sequence: Sequence,
     /// The offset of the key's previous event, or [`NO_PREVIOUS`] for its first.
     pub key_previous_offset: u64,
     /// The producer stamp; `None` when the frame's producer id is 0.
@@ -121,15 +121,15 @@ pub fn encode(buf: &mut Vec<u8>, record: &RecordView<'_>, headers: &[(String, Ve
     buf.put_u32(0); // The CRC, filled in below.
     buf.put_u64(record.offset.0);
     buf.put_i64(record.timestamp_ms);
-    buf.put_u64(record.sequence);
+    buf.put_u64(record.sequence.0);
     buf.put_u64(record.key_previous_offset);
     let stamp = record.producer.unwrap_or(ProducerStamp {
         producer: ProducerId(0),
         epoch: Epoch(0),
-        sequence: 0,
+        sequence: Sequence(0),
     });
     buf.put_u64(stamp.producer.0);
-    buf.put_u64(stamp.sequence);
+    buf.put_u64(stamp.sequence.0);
     buf.put_u32(stamp.epoch.0);
     buf.put_u16(record.flags);
     buf.put_u16(record.key.len() as u16);
@@ -198,7 +198,7 @@ pub struct Link<'a> {
     /// The record's offset.
     pub offset: Offset,
     /// The event's sequence within its key.
-    pub sequence: u64,
+    pub sequence: Sequence,
     /// The offset of the key's previous event, or [`NO_PREVIOUS`].
     pub key_previous_offset: u64,
     /// The key.
@@ -235,7 +235,7 @@ pub fn peek_link(bytes: &[u8]) -> Result<Link<'_>, DecodeError> {
     }
     Ok(Link {
         offset: Offset(le_u64(bytes, 8)),
-        sequence: le_u64(bytes, 24),
+        sequence: Sequence(le_u64(bytes, 24)),
         key_previous_offset: le_u64(bytes, 32),
         key: &bytes[RECORD_HEADER_LEN..key_end],
     })
@@ -321,13 +321,13 @@ pub fn decode(bytes: &[u8]) -> Result<(RecordView<'_>, u64), DecodeError> {
     let producer = (producer_id != 0).then(|| ProducerStamp {
         producer: ProducerId(producer_id),
         epoch: Epoch(le_u32(frame, 56)),
-        sequence: le_u64(frame, 48),
+        sequence: Sequence(le_u64(frame, 48)),
     });
     Ok((
         RecordView {
             offset: Offset(le_u64(frame, 8)),
             timestamp_ms: le_u64(frame, 16) as i64,
-            sequence: le_u64(frame, 24),
+            sequence: Sequence(le_u64(frame, 24)),
             key_previous_offset: le_u64(frame, 32),
             producer,
             flags,
@@ -408,12 +408,12 @@ mod tests {
         RecordView {
             offset: Offset(7),
             timestamp_ms: 1_700_000_000_000,
-            sequence: 3,
+            sequence: Sequence(3),
             key_previous_offset: 5,
             producer: Some(ProducerStamp {
                 producer: ProducerId(9),
                 epoch: Epoch(2),
-                sequence: 11,
+                sequence: Sequence(11),
             }),
             flags: FLAG_CALL_END,
             key,

@@ -9,7 +9,7 @@ use super::{Completion, Partition, Pending, PendingCall, PendingKey, SegmentWrit
 use crate::config::Durability;
 use crate::dedup::Fingerprint;
 use crate::error::{Error, Result};
-use crate::event::{AppendAck, AppendRequest, Event, ExpectedSequence, Offset, ProducerStamp};
+use crate::event::{AppendAck, AppendRequest, Event, ExpectedSequence, Offset, ProducerStamp, Sequence};
 use crate::format::checkpoint::{ProducerSnapshot, RecentAppend};
 use crate::format::index::IndexEntry;
 use crate::format::record::{self, FLAG_CALL_END, NO_PREVIOUS, RecordView};
@@ -127,7 +127,7 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
 #[derive(Debug, Clone, Copy)]
 struct Original {
     offset: Offset,
-    sequence: u64,
+    sequence: Sequence,
     timestamp_ms: i64,
     /// Below the high watermark (else in the open or flushing group).
     published: bool,
@@ -138,7 +138,7 @@ struct Original {
 /// An event as the writer sees it: in a pending group or in the log.
 struct Stored<'a> {
     key: &'a [u8],
-    sequence: u64,
+    sequence: Sequence,
     timestamp_ms: i64,
     published: bool,
     event: EventContent<'a>,
@@ -348,18 +348,18 @@ impl Partition {
             // Unknown here: new in this partition, or forgotten after idleness or
             // eviction. The partition cannot tell the two apart, so either way the
             // sequence starts at 0.
-            return if stamp.sequence == 0 {
+            return if stamp.sequence == Sequence(0) {
                 Ok(None)
             } else {
-                Err(self.out_of_order(stamp, 0))
+                Err(self.out_of_order(stamp, Sequence(0)))
             };
         };
         if producer.epoch < stamp.epoch {
             // A new epoch restarts the sequence at 0.
-            return if stamp.sequence == 0 {
+            return if stamp.sequence == Sequence(0) {
                 Ok(None)
             } else {
-                Err(self.out_of_order(stamp, 0))
+                Err(self.out_of_order(stamp, Sequence(0)))
             };
         }
         if producer.epoch > stamp.epoch {
@@ -369,7 +369,7 @@ impl Partition {
                 current: producer.epoch,
             });
         }
-        if stamp.sequence == producer.last_sequence.wrapping_add(1) {
+        if stamp.sequence == Sequence(producer.last_sequence.0.wrapping_add(1)) {
             return Ok(None);
         }
         if let Some(recent) = producer
@@ -391,10 +391,10 @@ impl Partition {
             let published = recent.first_offset < self.high_watermark();
             return Ok(Some(Decision::Duplicate { ack, published }));
         }
-        Err(self.out_of_order(stamp, producer.last_sequence.wrapping_add(1)))
+        Err(self.out_of_order(stamp, Sequence(producer.last_sequence.0.wrapping_add(1))))
     }
 
-    fn out_of_order(&self, stamp: ProducerStamp, expected: u64) -> Error {
+    fn out_of_order(&self, stamp: ProducerStamp, expected: Sequence) -> Error {
         Error::ProducerOutOfOrder {
             producer: stamp.producer,
             partition: self.id,
@@ -581,7 +581,7 @@ impl Partition {
         request: &AppendRequest,
         recent: &RecentAppend,
     ) -> Result<()> {
-        let stored_count = recent.last_sequence - recent.first_sequence + 1;
+        let stored_count = recent.last_sequence.0 - recent.first_sequence.0 + 1;
         let count = request.events.len() as u64;
         for index in 0..count.max(stored_count) {
             let event_index = index.min(count - 1);
@@ -628,9 +628,9 @@ impl Partition {
         let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
         state.last_timestamp_ms = now;
         let first_offset = state.next_offset;
-        let first_sequence = key.map_or(0, |key| key.last_sequence + 1);
+        let first_sequence = key.map_or(Sequence(0), |key| key.last_sequence.next());
         let count = request.events.len() as u64;
-        let last_sequence = first_sequence + count - 1;
+        let last_sequence = first_sequence + (count - 1);
         let ack = AppendAck {
             partition: self.id,
             first_offset,
@@ -721,7 +721,7 @@ impl Partition {
                 .unwrap_or(ProducerSnapshot {
                     id: stamp.producer,
                     epoch: stamp.epoch,
-                    last_sequence: 0,
+                    last_sequence: Sequence(0),
                     last_timestamp_ms: now,
                     recent: Vec::new(),
                 });

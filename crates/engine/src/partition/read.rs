@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Partition;
 use crate::error::{Error, Result};
-use crate::event::{Direction, Offset, RecordedEvent};
+use crate::event::{Direction, Offset, RecordedEvent, Sequence};
 use crate::format::record::{self, NO_PREVIOUS, RecordView};
 use crate::keys::key_hash;
 use crate::limits;
@@ -171,7 +171,7 @@ impl Partition {
     }
 
     /// The published state of a key: (last sequence, last offset).
-    pub(crate) fn key_last(&self, key: &[u8]) -> Result<Option<(u64, Offset)>> {
+    pub(crate) fn key_last(&self, key: &[u8]) -> Result<Option<(Sequence, Offset)>> {
         let hash = key_hash(key);
         let mut state = self.lock();
         let found = state.keys.get(key, hash, |offset| self.is_key_at(key, offset))?;
@@ -187,7 +187,7 @@ impl Partition {
     pub(crate) fn read_key(
         &self,
         key: &[u8],
-        from: Option<u64>,
+        from: Option<Sequence>,
         direction: Direction,
         count_max: usize,
     ) -> Result<Vec<RecordedEvent>> {
@@ -249,11 +249,11 @@ impl Partition {
                     }
                 }
             }
-            if previous == NO_PREVIOUS || sequence == 0 {
+            if previous == NO_PREVIOUS || sequence == Sequence(0) {
                 break;
             }
             offset = Offset(previous);
-            sequence -= 1;
+            sequence = Sequence(sequence.0 - 1);
         }
         let mut events = Vec::with_capacity(offsets.len());
         for offset in offsets {

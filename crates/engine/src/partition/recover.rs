@@ -9,7 +9,7 @@ use super::append::remember_append;
 use super::{Partition, PartitionContext, Pending, State};
 use crate::dedup::{DedupIndex, Fingerprint};
 use crate::error::{Error, Result};
-use crate::event::{AppendAck, Offset, PartitionId, ProducerId};
+use crate::event::{AppendAck, Offset, PartitionId, ProducerId, Sequence};
 use crate::format::checkpoint::{self, Checkpoint, ProducerSnapshot};
 use crate::format::record::RecordView;
 use crate::format::segment::SEGMENT_HEADER_LEN;
@@ -44,7 +44,7 @@ struct Replayer<'a> {
     keys_from: Offset,
     dedup_from: Offset,
     /// First offset, first sequence and timestamp of the call being replayed.
-    call: Option<(Offset, u64, i64)>,
+    call: Option<(Offset, Sequence, i64)>,
     records: u64,
     last_timestamp_ms: i64,
 }
@@ -91,7 +91,7 @@ impl Replayer<'_> {
                     .or_insert_with(|| ProducerSnapshot {
                         id: stamp.producer,
                         epoch: stamp.epoch,
-                        last_sequence: 0,
+                        last_sequence: Sequence(0),
                         last_timestamp_ms: call.2,
                         recent: Vec::new(),
                     });

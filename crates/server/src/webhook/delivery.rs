@@ -95,7 +95,7 @@ impl Job {
             topic: topic.to_string(),
             partition,
             offset: view.offset.0,
-            sequence: view.sequence,
+            sequence: view.sequence.0,
             timestamp_ms: view.timestamp_ms,
             event_type: view.event_type.to_string(),
             headers,
