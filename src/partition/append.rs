@@ -1016,18 +1016,19 @@ impl Partition {
             }
         }
         state.bytes_since_checkpoint += group.bytes;
-        // A write into a segment that is no longer active may have completed it:
-        // the worker seals it (a roll asks too, for a segment already complete).
-        if writes
-            .iter()
-            .any(|write| !Arc::ptr_eq(&write.segment, &state.active))
-        {
+        // A write into a segment that is no longer active may have completed it,
+        // and the first write into a segment created its file, which completes
+        // the one before it: the worker seals them.
+        if writes.iter().any(|write| {
+            !Arc::ptr_eq(&write.segment, &state.active)
+                || write.position == crate::format::segment::SEGMENT_HEADER_LEN as u64
+        }) {
             state.seal_due = true;
         }
     }
 
     /// Seals segments that are no longer active once all their records are
-    /// published (the next segment starts right after them): trim, fdatasync,
+    /// published (the next segment starts right after them and has its file): trim, fdatasync,
     /// `.idx` written. Segments are sealed in order, so only those after the
     /// newest sealed one are looked at. A worker job: never under the state lock.
     pub(super) fn seal_full_segments(&self) {
@@ -1039,7 +1040,12 @@ impl Partition {
                 if segment.is_sealed() {
                     break;
                 }
-                if segment.published_end_offset() == segments[index + 1].base_offset {
+                // Complete once its records are published and the next segment's
+                // file exists: a roll whose file creation failed (a full disk)
+                // leaves it unsealed, so a transient failure there never turns
+                // into a failed seal, which would poison the partition.
+                let next = &segments[index + 1];
+                if segment.published_end_offset() == next.base_offset && next.is_created() {
                     full.push(Arc::clone(segment));
                 }
             }

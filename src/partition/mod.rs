@@ -26,6 +26,8 @@
 mod append;
 mod read;
 mod recover;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
