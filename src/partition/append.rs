@@ -202,10 +202,12 @@ impl Partition {
             && !self.is_poisoned()
             && !self.is_closing()
         {
+            state.room_waiters += 1;
             state = self
                 .room
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.room_waiters -= 1;
         }
         if self.is_poisoned() {
             drop(state);
@@ -261,8 +263,12 @@ impl Partition {
                     return;
                 }
                 let (writes, completions) = self.take_group(&mut state);
+                // Waking is a system call: only when an appender waits for room.
+                let waiters = state.room_waiters > 0;
                 drop(state);
-                self.room.notify_all();
+                if waiters {
+                    self.room.notify_all();
+                }
                 let outcome = self.write_group(&writes);
                 let mut state = self.lock();
                 let published = outcome.is_ok() && !writes.is_empty();

@@ -156,6 +156,8 @@ pub(crate) struct State {
     groups_finished: u64,
     /// The worker waits for an inline writer's group before taking the next.
     worker_waits_for_flush: bool,
+    /// Appenders waiting on `room` (back-pressure).
+    room_waiters: usize,
     /// A segment may have become complete: the worker seals it.
     seal_due: bool,
     /// The dedup index froze a memtable: the worker writes it out.

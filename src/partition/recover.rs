@@ -380,6 +380,7 @@ impl Partition {
             groups_taken: 0,
             groups_finished: 0,
             worker_waits_for_flush: false,
+            room_waiters: 0,
             seal_due: false,
             dedup_due: false,
             last_group_size: 0,
