@@ -252,13 +252,24 @@ fn sealing_syncs_without_the_lock_and_a_crash_before_the_index_recovers() -> any
     let gate = storage.arm(GatedOperation::SyncData, |path| {
         file_name(path) == "00000000000000000000.log"
     });
-    // Four 1 KiB frames fill a 4 KiB segment: the fifth append rolls.
-    let mut acked = 0u64;
-    for index in 0..6u64 {
-        topic.append(b"k".to_vec(), ExpectedSequence::Any, vec![event(index)])?;
-        acked += 1;
-    }
+    // Four 1 KiB frames fill a 4 KiB segment: the fifth append rolls. They run
+    // on another thread, so that a seal done by an appender under the lock
+    // fails this test rather than hangs it.
+    let (first_tx, first_rx) = channel();
+    let first = topic.clone();
+    std::thread::spawn(move || {
+        let result = (0..6u64).try_for_each(|index| {
+            first
+                .append(b"k".to_vec(), ExpectedSequence::Any, vec![event(index)])
+                .map(|_| ())
+        });
+        let _ = first_tx.send(result);
+    });
     let parked = gate.wait_reached();
+    first_rx
+        .recv_timeout(WAIT_MAX)
+        .expect("appends finish while a seal syncs (no appender seals)")?;
+    let mut acked = 6u64;
     assert_eq!(file_name(&parked), "00000000000000000000.log");
     // The seal is parked in its fdatasync; appends and lock-taking calls finish.
     let (done_tx, done_rx) = channel();
