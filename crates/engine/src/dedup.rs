@@ -38,7 +38,7 @@
 //! read the log and does not confirm candidates; that is the partition's job.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -665,6 +665,200 @@ fn tier(entries_count: u64, base: u64) -> u32 {
     tier
 }
 
+/// Jobs planned and finished in one round of upkeep, at most: every one
+/// removes a frozen memtable or at least one run, so this is never reached
+/// unless the disk keeps failing.
+const DEDUP_JOBS_PER_ROUND_MAX: usize = DEDUP_RUNS_COUNT_MAX + DEDUP_FROZEN_COUNT_MAX + 8;
+
+/// Frozen memtables at which new ids wait for the write-out jobs.
+const DEDUP_FROZEN_COUNT_MAX: usize = 2;
+
+/// A memtable frozen for a job to write out as a run claiming
+/// `[offset_start, offset_end)`.
+#[derive(Debug)]
+struct Frozen {
+    table: Arc<Memtable>,
+    sequence: u64,
+    offset_start: u64,
+    offset_end: u64,
+}
+
+/// Upkeep planned under the partition's lock by [`DedupIndex::next_job`]: it
+/// owns or shares everything it reads, so it runs without the lock.
+#[derive(Debug)]
+pub(crate) struct DedupJob {
+    storage: Arc<dyn Storage>,
+    directory: PathBuf,
+    work: JobWork,
+}
+
+#[derive(Debug)]
+enum JobWork {
+    /// Write a frozen memtable as a run.
+    Flush {
+        table: Arc<Memtable>,
+        sequence: u64,
+        offset_start: u64,
+        offset_end: u64,
+    },
+    /// Delete expired runs (already out of the index).
+    Remove { runs: Vec<Arc<Run>> },
+    /// Merge runs into a new one, then delete them.
+    Merge {
+        inputs: Vec<Arc<Run>>,
+        sequence: u64,
+        offset_start: u64,
+        offset_end: u64,
+        now_ms: i64,
+        window_ms: u64,
+    },
+}
+
+/// What a job did, for [`DedupIndex::finish_job`].
+#[derive(Debug)]
+pub(crate) struct JobDone(Done);
+
+#[derive(Debug)]
+enum Done {
+    Flushed {
+        sequence: u64,
+        result: Result<Run>,
+    },
+    Removed(Result<()>),
+    Merged {
+        inputs: Vec<PathBuf>,
+        /// The merged run, and how removing its inputs went.
+        result: Result<(Run, Result<()>)>,
+    },
+}
+
+impl DedupJob {
+    /// Does the file work: writes (fsync, rename, directory fsync, read back)
+    /// or deletes run files. Never touches the index itself.
+    pub(crate) fn run(self) -> JobDone {
+        let DedupJob {
+            storage,
+            directory,
+            work,
+        } = self;
+        let storage = storage.as_ref();
+        match work {
+            JobWork::Flush {
+                table,
+                sequence,
+                offset_start,
+                offset_end,
+            } => {
+                let result = (|| {
+                    let mut writer = RunWriter::create(storage, &directory, sequence, offset_start)?;
+                    for entry in table.sorted_entries() {
+                        writer.push(entry)?;
+                    }
+                    writer.finish(offset_end)
+                })()
+                .inspect_err(|_| abandon(storage, &directory, sequence, offset_start));
+                JobDone(Done::Flushed { sequence, result })
+            }
+            JobWork::Remove { runs } => {
+                let result = (|| {
+                    for run in &runs {
+                        storage
+                            .remove_file(&run.path)
+                            .map_err(|source| Error::io("remove expired dedup run", &run.path, source))?;
+                    }
+                    storage
+                        .sync_dir(&directory)
+                        .map_err(|source| Error::io("sync dedup directory", &directory, source))
+                })();
+                JobDone(Done::Removed(result))
+            }
+            JobWork::Merge {
+                inputs,
+                sequence,
+                offset_start,
+                offset_end,
+                now_ms,
+                window_ms,
+            } => {
+                let paths: Vec<PathBuf> = inputs.iter().map(|run| run.path.clone()).collect();
+                let result = merge_runs(
+                    storage,
+                    &directory,
+                    &inputs,
+                    sequence,
+                    offset_start,
+                    offset_end,
+                    now_ms,
+                    window_ms,
+                )
+                .inspect_err(|_| abandon(storage, &directory, sequence, offset_start))
+                .map(|merged| {
+                    // The merged run is durable; the inputs are now redundant. A
+                    // crash or error here leaves overlapping runs, which readers
+                    // tolerate.
+                    let mut sorted = paths.clone();
+                    sorted.sort();
+                    let removal = (|| {
+                        for path in &sorted {
+                            storage
+                                .remove_file(path)
+                                .map_err(|source| Error::io("remove merged dedup run", path, source))?;
+                        }
+                        storage
+                            .sync_dir(&directory)
+                            .map_err(|source| Error::io("sync dedup directory", &directory, source))
+                    })();
+                    (merged, removal)
+                });
+                JobDone(Done::Merged {
+                    inputs: paths,
+                    result,
+                })
+            }
+        }
+    }
+}
+
+/// Merges `inputs` (adjacent, with touching claims) into one run, dropping
+/// expired entries, entries past their run's claim and repeats.
+#[allow(clippy::too_many_arguments)]
+fn merge_runs(
+    storage: &dyn Storage,
+    directory: &Path,
+    inputs: &[Arc<Run>],
+    sequence: u64,
+    offset_start: u64,
+    offset_end: u64,
+    now_ms: i64,
+    window_ms: u64,
+) -> Result<Run> {
+    let mut writer = RunWriter::create(storage, directory, sequence, offset_start)?;
+    let mut cursors: Vec<RunCursor<'_>> = inputs.iter().map(|run| RunCursor::new(run)).collect();
+    let mut last: Option<(u64, u64)> = None;
+    loop {
+        let mut best: Option<(usize, Entry)> = None;
+        for (cursor_index, cursor) in cursors.iter_mut().enumerate() {
+            if let Some(entry) = cursor.peek()?
+                && best.is_none_or(|(_, current)| entry.order_key() < current.order_key())
+            {
+                best = Some((cursor_index, entry));
+            }
+        }
+        let Some((cursor_index, entry)) = best else {
+            break;
+        };
+        cursors[cursor_index].advance();
+        if last == Some((entry.fingerprint, entry.offset)) {
+            continue;
+        }
+        last = Some((entry.fingerprint, entry.offset));
+        if in_window(entry.timestamp_ms, now_ms, window_ms) {
+            writer.push(entry)?;
+        }
+    }
+    writer.finish(offset_end)
+}
+
 /// The fingerprint index of one partition's idempotency ids.
 #[derive(Debug)]
 pub(crate) struct DedupIndex {
@@ -673,8 +867,12 @@ pub(crate) struct DedupIndex {
     window_ms: u64,
     memtable_entries_max: usize,
     memtable: Memtable,
-    /// Open runs, in creation (sequence) order.
-    runs: Vec<Run>,
+    /// Open runs, in creation (sequence) order. Shared with a merge job while
+    /// it reads them outside the partition's lock.
+    runs: Vec<Arc<Run>>,
+    /// Memtables frozen by `insert_deferred`, oldest first, each waiting for a
+    /// job to write it as a run: immutable, still probed, claims contiguous.
+    frozen: VecDeque<Frozen>,
     persisted_end: u64,
     next_sequence: u64,
     /// A `truncate_from` whose file changes failed; retried before any write.
@@ -730,7 +928,7 @@ impl DedupIndex {
             };
             next_sequence = next_sequence.max(sequence.saturating_add(1));
             match Run::open(storage.as_ref(), &path, sequence, offset_start)? {
-                Ok(run) => runs.push(run),
+                Ok(run) => runs.push(Arc::new(run)),
                 Err(_damage) => damaged.push((path, offset_start)),
             }
         }
@@ -750,6 +948,7 @@ impl DedupIndex {
             memtable_entries_max,
             memtable: Memtable::default(),
             runs,
+            frozen: VecDeque::new(),
             persisted_end: 0,
             next_sequence,
             truncation_pending: None,
@@ -766,7 +965,7 @@ impl DedupIndex {
             let run = writer.finish(offset_start).inspect_err(|_| {
                 abandon(index.storage.as_ref(), &index.directory, sequence, offset_start);
             })?;
-            index.runs.push(run);
+            index.runs.push(Arc::new(run));
         }
         for (path, _) in &damaged {
             index
@@ -814,6 +1013,11 @@ impl DedupIndex {
     /// in memory and is retried). The entry is not recorded then; reopening and
     /// replaying recovers it.
     pub(crate) fn insert(&mut self, fingerprint: u64, offset: Offset, timestamp_ms: i64) -> Result<()> {
+        assert!(
+            self.frozen.is_empty(),
+            "a synchronous insert after deferred ones: {} frozen memtables",
+            self.frozen.len()
+        );
         self.apply_truncation()?;
         debug_assert!(
             offset.0 >= self.persisted_end,
@@ -827,7 +1031,7 @@ impl DedupIndex {
             match self.flush_memtable() {
                 Ok(()) if self.runs.len() >= DEDUP_RUNS_COUNT_MAX / 2 => {
                     // Upkeep has not run for a long time; keep the run count bounded.
-                    self.merge(timestamp_ms)?;
+                    self.maintain(timestamp_ms)?;
                 }
                 Ok(()) => {}
                 // A failed write-out (a full disk, say) keeps the entries in memory
@@ -859,6 +1063,11 @@ impl DedupIndex {
         let first = out.len();
         self.memtable
             .candidates(fingerprint.keyed, now_ms, self.window_ms, out);
+        for frozen in self.frozen.iter().rev() {
+            frozen
+                .table
+                .candidates(fingerprint.keyed, now_ms, self.window_ms, out);
+        }
         let mut scratch = Vec::with_capacity(DEDUP_RUN_BLOCK_ENTRIES_COUNT);
         let result = self
             .runs
@@ -889,6 +1098,10 @@ impl DedupIndex {
     /// never served). When that file work fails it is retried, and its error
     /// returned, by the next `insert`, `maintain` or `flush`.
     pub(crate) fn truncate_from(&mut self, from: Offset) {
+        assert!(
+            self.frozen.is_empty(),
+            "truncate_from runs at open, before any deferred insert"
+        );
         self.memtable.truncate_from(from.0);
         self.persisted_end = self.persisted_end.min(from.0);
         let pending = self
@@ -933,7 +1146,9 @@ impl DedupIndex {
             file.write_at(&encode_header(&cut), 0)
                 .map_err(io("write dedup run header"))?;
             file.sync_data().map_err(io("sync dedup run"))?;
-            self.runs[index].header = cut;
+            Arc::get_mut(&mut self.runs[index])
+                .expect("no job holds a run while a truncation is applied: jobs are planned and finished one at a time")
+                .header = cut;
             index += 1;
         }
         if changed {
@@ -966,71 +1181,220 @@ impl DedupIndex {
             writer.finish(offset_end)
         })();
         let run = written.inspect_err(|_| abandon(storage, &self.directory, sequence, offset_start))?;
-        self.runs.push(run);
+        self.runs.push(Arc::new(run));
         self.persisted_end = self.persisted_end.max(offset_end);
         self.memtable = Memtable::default();
         Ok(())
     }
 
-    /// Background upkeep: writes the memtable out when it is full or its oldest
-    /// entry is older than `DEDUP_MEMTABLE_AGE_MS_MAX`, removes runs whose every
-    /// entry is out of the window, and merges runs (size-tiered).
+    /// Background upkeep, done here and now (at open, in tests, and by a
+    /// synchronous `insert` whose memtable is full): writes frozen memtables and
+    /// the memtable when it is full or its oldest entry is older than
+    /// `DEDUP_MEMTABLE_AGE_MS_MAX`, removes runs whose every entry is out of the
+    /// window, and merges runs (size-tiered). The partition runs the same jobs
+    /// through [`DedupIndex::next_job`] without holding its lock.
     ///
     /// # Errors
     /// I/O errors, and `Error::Corruption` when a run being merged is damaged.
     pub(crate) fn maintain(&mut self, now_ms: i64) -> Result<()> {
+        self.run_jobs(now_ms, false)
+    }
+
+    /// Plans, runs and finishes jobs until none is left (bounded).
+    fn run_jobs(&mut self, now_ms: i64, flush_only: bool) -> Result<()> {
+        for _ in 0..DEDUP_JOBS_PER_ROUND_MAX {
+            let Some(job) = self.next_job(now_ms, flush_only)? else {
+                return Ok(());
+            };
+            let done = job.run();
+            self.finish_job(done)?;
+        }
+        Ok(())
+    }
+
+    /// Like `insert`, but never does I/O: a full memtable is frozen (kept in
+    /// memory, immutable and still probed) for a job to write out. Returns
+    /// whether a job is due ([`DedupIndex::next_job`]). The caller holds back
+    /// new work while [`DedupIndex::is_backlogged`].
+    pub(crate) fn insert_deferred(&mut self, fingerprint: u64, offset: Offset, timestamp_ms: i64) -> bool {
+        debug_assert!(
+            offset.0 >= self.persisted_end,
+            "insert of offset {offset} below persisted end {}",
+            self.persisted_end
+        );
+        debug_assert!(
+            self.frozen
+                .back()
+                .is_none_or(|frozen| offset.0 >= frozen.offset_end),
+            "insert of offset {offset} inside a frozen claim"
+        );
+        if self.memtable.last_offset().is_some_and(|last| offset.0 <= last) {
+            self.memtable.truncate_from(offset.0);
+        }
+        self.memtable.insert(fingerprint, offset.0, timestamp_ms);
+        if self.memtable.len() >= self.memtable_entries_max {
+            self.freeze();
+            return true;
+        }
+        false
+    }
+
+    /// Whether enough frozen memtables wait for their jobs that new ids should
+    /// wait: memory stays bounded when the disk is slower than the appends.
+    pub(crate) fn is_backlogged(&self) -> bool {
+        self.frozen.len() >= DEDUP_FROZEN_COUNT_MAX
+    }
+
+    /// Moves the memtable into the frozen queue, claiming from the end of the
+    /// claim before it (the persisted end, or the newest frozen claim).
+    fn freeze(&mut self) {
+        let Some(last) = self.memtable.last_offset() else {
+            return;
+        };
+        let first = self.memtable.entries.first().map_or(last, |entry| entry.offset);
+        let claimed_end = self
+            .frozen
+            .back()
+            .map_or(self.persisted_end, |frozen| frozen.offset_end);
+        let offset_start = claimed_end.min(first);
+        let offset_end = last + 1;
+        assert!(offset_start < offset_end, "claim [{offset_start}, {offset_end})");
+        let sequence = self.take_sequence();
+        let table = Arc::new(std::mem::take(&mut self.memtable));
+        self.frozen.push_back(Frozen {
+            table,
+            sequence,
+            offset_start,
+            offset_end,
+        });
+    }
+
+    /// Plans the next piece of upkeep, to run without the partition's lock
+    /// ([`DedupJob::run`]) and be installed with [`DedupIndex::finish_job`].
+    /// Jobs are planned and finished one at a time. In order: the oldest frozen
+    /// memtable (after freezing the memtable when it is full or old, or always
+    /// with `flush_only`), expired runs, then one merge. `None` when nothing is
+    /// due. A truncation whose file work failed at open is retried here first,
+    /// in place (a rare repair, not a job).
+    ///
+    /// # Errors
+    /// I/O errors of that retried truncation.
+    pub(crate) fn next_job(&mut self, now_ms: i64, flush_only: bool) -> Result<Option<DedupJob>> {
         self.apply_truncation()?;
         let old = self
             .memtable
             .first_timestamp_ms()
             .is_some_and(|first| (now_ms as i128) - (first as i128) >= DEDUP_MEMTABLE_AGE_MS_MAX as i128);
-        if old || self.memtable.len() >= self.memtable_entries_max {
-            self.flush_memtable()?;
+        if flush_only || old || self.memtable.len() >= self.memtable_entries_max {
+            self.freeze();
         }
-        self.remove_expired(now_ms)?;
-        self.merge(now_ms)
+        let storage = Arc::clone(&self.storage);
+        let directory = self.directory.clone();
+        if let Some(frozen) = self.frozen.front() {
+            return Ok(Some(DedupJob {
+                storage,
+                directory,
+                work: JobWork::Flush {
+                    table: Arc::clone(&frozen.table),
+                    sequence: frozen.sequence,
+                    offset_start: frozen.offset_start,
+                    offset_end: frozen.offset_end,
+                },
+            }));
+        }
+        if flush_only {
+            return Ok(None);
+        }
+        let expired = self.take_expired(now_ms);
+        if !expired.is_empty() {
+            return Ok(Some(DedupJob {
+                storage,
+                directory,
+                work: JobWork::Remove { runs: expired },
+            }));
+        }
+        let Some(group) = self.pick_merge() else {
+            return Ok(None);
+        };
+        assert!(group.len() >= 2, "merge of {} runs", group.len());
+        let inputs: Vec<Arc<Run>> = group.iter().map(|&index| Arc::clone(&self.runs[index])).collect();
+        let offset_start = inputs
+            .iter()
+            .map(|run| run.header.offset_start)
+            .min()
+            .expect("group is not empty");
+        let offset_end = inputs
+            .iter()
+            .map(|run| run.header.offset_end)
+            .max()
+            .expect("group is not empty");
+        assert!(offset_end <= self.persisted_end, "merge above persisted end");
+        let sequence = self.take_sequence();
+        Ok(Some(DedupJob {
+            storage,
+            directory,
+            work: JobWork::Merge {
+                inputs,
+                sequence,
+                offset_start,
+                offset_end,
+                now_ms,
+                window_ms: self.window_ms,
+            },
+        }))
     }
 
-    /// Removes runs with no entry in the window. A run whose claim reaches
-    /// `persisted_end` stays, so the next open still knows where the claims end;
-    /// so does a tombstone until replay has passed it.
-    fn remove_expired(&mut self, now_ms: i64) -> Result<()> {
-        let mut removed = false;
+    /// Installs what a job did: a written run replaces its frozen memtable (and
+    /// moves the persisted end), a merged run replaces its inputs. A failed
+    /// write keeps the frozen memtable for the next job; nothing persisted is lost.
+    ///
+    /// # Errors
+    /// The job's error.
+    pub(crate) fn finish_job(&mut self, done: JobDone) -> Result<()> {
+        match done.0 {
+            Done::Flushed { sequence, result } => {
+                let run = result?;
+                let frozen = self
+                    .frozen
+                    .pop_front()
+                    .expect("a flush job writes the oldest frozen memtable");
+                assert_eq!(frozen.sequence, sequence, "flush jobs finish in order");
+                assert_eq!(run.header.offset_end, frozen.offset_end);
+                self.runs.push(Arc::new(run));
+                // Invariant: the persisted end never moves backwards here.
+                self.persisted_end = self.persisted_end.max(frozen.offset_end);
+                Ok(())
+            }
+            Done::Removed(result) => result,
+            Done::Merged { inputs, result } => {
+                let (merged, removal) = result?;
+                self.runs.push(Arc::new(merged));
+                // The merged run is durable; its inputs are redundant whether or
+                // not their removal reached the disk (overlapping runs are read
+                // correctly, and a later open merges or expires them).
+                self.runs.retain(|run| !inputs.contains(&run.path));
+                removal
+            }
+        }
+    }
+
+    /// Takes runs with no entry in the window out of the index, for a job to
+    /// delete. A run whose claim reaches `persisted_end` stays, so the next
+    /// open still knows where the claims end; so does a tombstone until replay
+    /// has passed it.
+    fn take_expired(&mut self, now_ms: i64) -> Vec<Arc<Run>> {
+        let mut expired = Vec::new();
         let mut index = 0;
         while index < self.runs.len() {
             let header = self.runs[index].header;
-            let expired =
-                header.entries_count == 0 || !in_window(header.timestamp_max, now_ms, self.window_ms);
-            if !expired || header.offset_end >= self.persisted_end {
+            let out = header.entries_count == 0 || !in_window(header.timestamp_max, now_ms, self.window_ms);
+            if !out || header.offset_end >= self.persisted_end {
                 index += 1;
                 continue;
             }
-            let path = self.runs[index].path.clone();
-            self.storage
-                .remove_file(&path)
-                .map_err(|source| Error::io("remove expired dedup run", &path, source))?;
-            self.runs.remove(index);
-            removed = true;
+            expired.push(self.runs.remove(index));
         }
-        if removed {
-            self.storage
-                .sync_dir(&self.directory)
-                .map_err(|source| Error::io("sync dedup directory", &self.directory, source))?;
-        }
-        Ok(())
-    }
-
-    /// Merges runs until no tier holds `DEDUP_MERGE_FANOUT` adjacent runs and the
-    /// count is at most `DEDUP_RUNS_COUNT_SOFT_MAX`.
-    fn merge(&mut self, now_ms: i64) -> Result<()> {
-        // Each merge removes at least one run, so this bounds the loop.
-        for _ in 0..DEDUP_RUNS_COUNT_MAX {
-            let Some(group) = self.pick_merge() else {
-                return Ok(());
-            };
-            self.merge_runs(&group, now_ms)?;
-        }
-        Ok(())
+        expired
     }
 
     /// Chooses runs to merge: `DEDUP_MERGE_FANOUT` runs adjacent in offset order,
@@ -1089,84 +1453,25 @@ impl DedupIndex {
         None
     }
 
-    /// Merges the runs at `group` (indexes into `runs`, adjacent with touching
-    /// claims) into one, dropping expired entries, entries past their run's claim
-    /// and repeats; then removes the inputs.
-    fn merge_runs(&mut self, group: &[usize], now_ms: i64) -> Result<()> {
-        assert!(group.len() >= 2, "merge of {} runs", group.len());
-        let offset_start = group
-            .iter()
-            .map(|&index| self.runs[index].header.offset_start)
-            .min()
-            .expect("group is not empty");
-        let offset_end = group
-            .iter()
-            .map(|&index| self.runs[index].header.offset_end)
-            .max()
-            .expect("group is not empty");
-        assert!(offset_end <= self.persisted_end, "merge above persisted end");
-        let sequence = self.take_sequence();
-        let storage = self.storage.as_ref();
-        let runs = &self.runs;
-        let window_ms = self.window_ms;
-        let written = (|| {
-            let mut writer = RunWriter::create(storage, &self.directory, sequence, offset_start)?;
-            let mut cursors: Vec<RunCursor<'_>> =
-                group.iter().map(|&index| RunCursor::new(&runs[index])).collect();
-            let mut last: Option<(u64, u64)> = None;
-            loop {
-                let mut best: Option<(usize, Entry)> = None;
-                for (cursor_index, cursor) in cursors.iter_mut().enumerate() {
-                    if let Some(entry) = cursor.peek()?
-                        && best.is_none_or(|(_, current)| entry.order_key() < current.order_key())
-                    {
-                        best = Some((cursor_index, entry));
-                    }
-                }
-                let Some((cursor_index, entry)) = best else {
-                    break;
-                };
-                cursors[cursor_index].advance();
-                if last == Some((entry.fingerprint, entry.offset)) {
-                    continue;
-                }
-                last = Some((entry.fingerprint, entry.offset));
-                if in_window(entry.timestamp_ms, now_ms, window_ms) {
-                    writer.push(entry)?;
-                }
-            }
-            writer.finish(offset_end)
-        })();
-        let merged = written.inspect_err(|_| abandon(storage, &self.directory, sequence, offset_start))?;
-        let mut inputs: Vec<PathBuf> = group.iter().map(|&index| self.runs[index].path.clone()).collect();
-        self.runs.push(merged);
-        // The merged run is durable; the inputs are now redundant. A crash or error
-        // here leaves overlapping runs, which readers tolerate.
-        inputs.sort();
-        for path in &inputs {
-            self.storage
-                .remove_file(path)
-                .map_err(|source| Error::io("remove merged dedup run", path, source))?;
-            self.runs.retain(|run| &run.path != path);
-        }
-        self.storage
-            .sync_dir(&self.directory)
-            .map_err(|source| Error::io("sync dedup directory", &self.directory, source))
-    }
-
     /// Persists everything in memory; afterwards `persisted_end` covers every
     /// inserted offset.
     ///
     /// # Errors
     /// I/O errors; the memtable is kept for a retry.
+    #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<()> {
-        self.apply_truncation()?;
-        self.flush_memtable()
+        self.run_jobs(0, true)
     }
 
     /// Bytes of RAM held: the memtable and per-run metadata (not the mappings).
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.memtable.memory_bytes() + self.runs.iter().map(Run::memory_bytes).sum::<usize>()
+        self.memtable.memory_bytes()
+            + self
+                .frozen
+                .iter()
+                .map(|frozen| frozen.table.memory_bytes())
+                .sum::<usize>()
+            + self.runs.iter().map(|run| run.memory_bytes()).sum::<usize>()
     }
 
     /// Number of run files.

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::{Error, Result};
 use crate::event::{Offset, PartitionId};
@@ -42,8 +42,12 @@ pub(crate) struct Segment {
     pub(crate) base_offset: Offset,
     pub(crate) path: PathBuf,
     pub(crate) created_ms: i64,
-    file: Arc<dyn StorageFile>,
-    map: Map,
+    /// The file and its mapping, set once the file exists with a synced header
+    /// and directory entry. A segment planned by a roll has neither until the
+    /// writer creates it, outside the partition's state lock, before the first
+    /// bytes go into it; nothing is published into it before then.
+    file: OnceLock<Arc<dyn StorageFile>>,
+    map: OnceLock<Map>,
     index: RwLock<Vec<IndexEntry>>,
     published_size: AtomicU64,
     published_end_offset: AtomicU64,
@@ -211,38 +215,106 @@ impl Segment {
         created_ms: i64,
         preallocate_bytes: Option<u64>,
     ) -> Result<Segment> {
-        let path = dir.join(paths::segment_file_name(base_offset));
+        let segment = Segment::planned(dir, base_offset, created_ms);
+        segment.materialize(storage, dir, partition, preallocate_bytes)?;
+        Ok(segment)
+    }
+
+    /// A segment that a roll decided on, without its file yet: no I/O. Records
+    /// may be encoded for it; [`Segment::materialize`] creates the file before
+    /// any of them is written.
+    pub(crate) fn planned(dir: &Path, base_offset: Offset, created_ms: i64) -> Segment {
+        Segment {
+            base_offset,
+            path: dir.join(paths::segment_file_name(base_offset)),
+            created_ms,
+            file: OnceLock::new(),
+            map: OnceLock::new(),
+            index: RwLock::new(Vec::new()),
+            published_size: AtomicU64::new(SEGMENT_HEADER_LEN as u64),
+            published_end_offset: AtomicU64::new(base_offset.0),
+            timestamp_max: AtomicI64::new(i64::MIN),
+            sealed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the segment's file exists (with a synced header and directory
+    /// entry). Only a segment planned by a roll and not yet written lacks one.
+    pub(crate) fn is_created(&self) -> bool {
+        self.file.get().is_some()
+    }
+
+    /// Creates a planned segment's file and makes it durable (header fdatasync,
+    /// directory fsync) before records go into it; nothing when it exists. The
+    /// partition calls it from its writer, never under the state lock. Only one
+    /// thread writes a partition's segments at a time, so it never races itself.
+    pub(crate) fn materialize(
+        &self,
+        storage: &dyn Storage,
+        dir: &Path,
+        partition: PartitionId,
+        preallocate_bytes: Option<u64>,
+    ) -> Result<()> {
+        if self.is_created() {
+            return Ok(());
+        }
+        assert!(
+            self.published_size() == SEGMENT_HEADER_LEN as u64,
+            "segment {} published {} bytes before its file exists",
+            self.base_offset,
+            self.published_size()
+        );
+        let path = &self.path;
         let file = storage
-            .open(&path, OpenMode::CreateTruncate)
-            .map_err(|error| Error::io("create segment", &path, error))?;
+            .open(path, OpenMode::CreateTruncate)
+            .map_err(|error| Error::io("create segment", path, error))?;
         let header = format::segment::encode(&SegmentHeader {
             partition,
-            base_offset,
-            created_ms,
+            base_offset: self.base_offset,
+            created_ms: self.created_ms,
         });
         let prepared = (|| {
             if let Some(bytes) = preallocate_bytes {
                 file.allocate(bytes)
-                    .map_err(|error| Error::io("preallocate segment", &path, error))?;
+                    .map_err(|error| Error::io("preallocate segment", path, error))?;
             }
             file.write_at(&header, 0)
-                .map_err(|error| Error::io("write segment header", &path, error))?;
+                .map_err(|error| Error::io("write segment header", path, error))?;
             file.sync_data()
-                .map_err(|error| Error::io("sync segment header", &path, error))?;
+                .map_err(|error| Error::io("sync segment header", path, error))?;
             storage
                 .sync_dir(dir)
-                .map_err(|error| Error::io("sync partition directory", dir, error))
+                .map_err(|error| Error::io("sync partition directory", dir, error))?;
+            file.map_reserved(SEGMENT_MAP_SIZE_BYTES)
+                .map_err(|error| Error::io("map segment", path, error))
         })();
-        if let Err(error) = prepared {
-            // A failed roll must not leave a file behind: once later records go
-            // to the previous segment, a stray file in the middle of the
-            // partition would fail the next open. A crash before this removal
-            // leaves it last, where opening drops it as unfinished.
-            drop(file);
-            let _ = storage.remove_file(&path);
-            return Err(error);
+        match prepared {
+            Ok(map) => {
+                // Invariant: the mapping is set before the file, so that a
+                // created segment always has both.
+                assert!(
+                    self.map.set(map).is_ok(),
+                    "segment {} mapped twice",
+                    self.base_offset
+                );
+                assert!(
+                    self.file.set(file).is_ok(),
+                    "segment {} created twice",
+                    self.base_offset
+                );
+                Ok(())
+            }
+            Err(error) => {
+                // A failed roll must not leave a file behind: once later records go
+                // to the previous segment, a stray file in the middle of the
+                // partition would fail the next open. A crash before this removal
+                // leaves it last, where opening drops it as unfinished (or keeps
+                // it as an empty active segment when its header was synced).
+                drop(file);
+                let _ = storage.remove_file(path);
+                Err(error)
+            }
         }
-        Segment::empty(path, file, base_offset, created_ms)
     }
 
     /// A segment with no published records yet, that this process will append
@@ -305,8 +377,8 @@ impl Segment {
             base_offset,
             path,
             created_ms,
-            file,
-            map,
+            file: OnceLock::from(file),
+            map: OnceLock::from(map),
             index: RwLock::new(index),
             published_size: AtomicU64::new(size),
             published_end_offset: AtomicU64::new(end_offset.0),
@@ -445,7 +517,7 @@ impl Segment {
         // buffer moves on.
         let mut call: Vec<(u64, Vec<u8>)> = Vec::new();
         let scan = scan_file(
-            &*segment.file,
+            &**segment.file(),
             &segment.path,
             base_offset,
             size,
@@ -476,7 +548,7 @@ impl Segment {
             // that holds bytes past the size its descriptor reported is not cut.
             let mut probe = [0u8; 1];
             let past_size = segment
-                .file
+                .file()
                 .read_at_most(&mut probe, size)
                 .map_err(|error| Error::io("read segment", &segment.path, error))?;
             if past_size > 0 {
@@ -487,18 +559,18 @@ impl Segment {
                     ),
                 });
             }
-            if zero_check(&*segment.file, &segment.path, end, size)? == ZeroCheck::Zero {
+            if zero_check(&**segment.file(), &segment.path, end, size)? == ZeroCheck::Zero {
                 tail.zero_bytes_cut = size - end;
             } else {
                 tail.bytes_cut = size - end;
                 tail.records_cut = call.len() as u64;
             }
             segment
-                .file
+                .file()
                 .set_len(end)
                 .map_err(|error| Error::io("truncate torn tail", &segment.path, error))?;
             segment
-                .file
+                .file()
                 .sync_data()
                 .map_err(|error| Error::io("sync truncated segment", &segment.path, error))?;
         }
@@ -531,8 +603,23 @@ impl Segment {
             .map(|entry| entry.position as u64)
     }
 
+    /// The segment's file.
+    ///
+    /// # Panics
+    /// When the segment is planned and its file not created yet
+    /// ([`Segment::is_created`]): only the writer touches such a segment.
     pub(crate) fn file(&self) -> &Arc<dyn StorageFile> {
-        &self.file
+        self.file
+            .get()
+            .expect("a segment's file is created before anything reads, writes or syncs it")
+    }
+
+    /// The mapping; a segment is mapped as it is created, before anything is
+    /// published into it.
+    fn map(&self) -> &Map {
+        self.map
+            .get()
+            .expect("a segment is mapped before any of its bytes are published")
     }
 
     /// Bytes of complete, published frames (header included).
@@ -563,15 +650,15 @@ impl Segment {
         assert!(!self.is_sealed(), "segment {} sealed twice", self.base_offset);
         let size = self.published_size();
         let file_size = self
-            .file
+            .file()
             .len()
             .map_err(|error| Error::io("stat segment", &self.path, error))?;
         if file_size > size {
-            self.file
+            self.file()
                 .set_len(size)
                 .map_err(|error| Error::io("trim segment", &self.path, error))?;
         }
-        self.file
+        self.file()
             .sync_data()
             .map_err(|error| Error::io("sync sealed segment", &self.path, error))?;
         self.write_index(storage)?;
@@ -617,7 +704,7 @@ impl Segment {
         let (mut position, mut current) = start;
         let size = self.published_size();
         while current < offset {
-            let (frame_size, found) = record::peek(self.map.slice(position, size))
+            let (frame_size, found) = record::peek(self.map().slice(position, size))
                 .map_err(|reason| Error::corruption(&self.path, position, reason))?;
             if found != current {
                 return Err(Error::corruption(
@@ -671,7 +758,7 @@ impl Segment {
             position < size,
             "position {position} at or past published size {size}"
         );
-        record::peek_link(self.map.slice(position, size))
+        record::peek_link(self.map().slice(position, size))
             .map_err(|reason| Error::corruption(&self.path, position, reason))
     }
 
@@ -683,7 +770,7 @@ impl Segment {
             position < size,
             "position {position} at or past published size {size}"
         );
-        record::peek_summary(self.map.slice(position, size))
+        record::peek_summary(self.map().slice(position, size))
             .map_err(|reason| Error::corruption(&self.path, position, reason))
     }
 
@@ -694,7 +781,7 @@ impl Segment {
             position < size,
             "position {position} at or past published size {size}"
         );
-        record::decode(self.map.slice(position, size))
+        record::decode(self.map().slice(position, size))
             .map_err(|reason| Error::corruption(&self.path, position, reason))
     }
 }

@@ -194,16 +194,20 @@ impl Partition {
             Err(error) => return completion(Err(error)),
         };
         let mut state = self.lock();
-        // Back-pressure: wait for the worker to take the open group.
+        // Back-pressure: wait for the worker to take the open group, and for its
+        // dedup jobs to write out frozen memtables.
         while (state.open.completions.len() >= limits::PENDING_APPENDS_COUNT_MAX
-            || state.open.bytes >= limits::PENDING_SIZE_BYTES_MAX)
+            || state.open.bytes >= limits::PENDING_SIZE_BYTES_MAX
+            || state.dedup.is_backlogged())
             && !self.is_poisoned()
             && !self.is_closing()
         {
+            state.room_waiters += 1;
             state = self
                 .room
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.room_waiters -= 1;
         }
         if self.is_poisoned() {
             drop(state);
@@ -244,7 +248,9 @@ impl Partition {
     }
 
     /// After an append joined the open group: hand it to the worker, or write and
-    /// publish it inline.
+    /// publish it inline. The inline write happens without the lock, like the
+    /// worker's: the group is the flushing group meanwhile, and appends that
+    /// arrive go to the next group, which the worker takes.
     fn after_encode(&self, mut state: MutexGuard<'_, State>) {
         match self.context.options.durability {
             Durability::Always => {
@@ -252,11 +258,35 @@ impl Partition {
             }
             Durability::Interval { .. } | Durability::None => {
                 if state.flushing.is_some() {
-                    // The worker is publishing a group; it takes this one next.
+                    // A group is being written; the worker takes this one next.
                     self.work.notify_one();
                     return;
                 }
-                let completions = self.flush_inline(&mut state);
+                let (writes, completions) = self.take_group(&mut state);
+                // Waking is a system call: only when an appender waits for room.
+                let waiters = state.room_waiters > 0;
+                drop(state);
+                if waiters {
+                    self.room.notify_all();
+                }
+                let outcome = self.write_group(&writes);
+                let mut state = self.lock();
+                let published = outcome.is_ok() && !writes.is_empty();
+                let became_unsynced = published && !state.unsynced;
+                state.unsynced |= published;
+                let completions = self.finish_group(&mut state, outcome, writes, completions);
+                let start_timer =
+                    became_unsynced && matches!(self.context.options.durability, Durability::Interval { .. });
+                // The worker may be waiting for this group (to take the next one),
+                // for the sync timer, or for jobs that publication made due.
+                if start_timer
+                    || state.worker_waits_for_flush
+                    || state.seal_due
+                    || state.dedup_due
+                    || !state.open.is_empty()
+                {
+                    self.work.notify_one();
+                }
                 drop(state);
                 self.tail.notify();
                 run(completions);
@@ -700,7 +730,13 @@ impl Partition {
         let end_offset = Offset(first_offset.0 + count);
         write.end_offset = end_offset;
         write.timestamp_max = now;
+        debug_assert!(
+            open.end_offset.is_none_or(|end| end == first_offset),
+            "offsets of a group are contiguous"
+        );
+        open.first_offset.get_or_insert(first_offset);
         open.end_offset = Some(end_offset);
+        open.records_count += count;
         open.bytes += prepared.size;
         open.keys.insert(
             request.key.clone(),
@@ -747,7 +783,8 @@ impl Partition {
     }
 
     /// Starts a new segment when the append would not fit the active one, or the
-    /// active one is too old.
+    /// active one is too old. The segment is only planned; see
+    /// [`Partition::write_group`].
     fn roll_if_needed(&self, state: &mut State, size: u64) -> Result<()> {
         let options = &self.context.options;
         let active = &state.active;
@@ -764,14 +801,13 @@ impl Partition {
         if !(full || old || too_many) {
             return Ok(());
         }
-        let segment = Arc::new(Segment::create(
-            &*self.context.storage,
+        // No I/O here: the writer creates the file (header and directory entry
+        // synced) before it writes the first records into it.
+        let segment = Arc::new(Segment::planned(
             &self.dir,
-            self.id,
             state.next_offset,
             self.context.clock.now_ms(),
-            options.preallocate.then_some(options.segment_size_bytes_max),
-        )?);
+        ));
         self.segments
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -779,22 +815,73 @@ impl Partition {
         state.write_end = crate::format::segment::SEGMENT_HEADER_LEN as u64;
         state.last_index_position = None;
         state.active = segment;
+        // The previous segment is complete once its records are published.
+        state.seal_due = true;
         self.context.metrics.segment_rolled();
         Ok(())
+    }
+
+    /// Takes the open group as the flushing group, numbered: groups are written
+    /// and published one at a time, in this order.
+    fn take_group(&self, state: &mut State) -> (Vec<SegmentWrite>, Vec<(Completion, Result<AppendAck>)>) {
+        assert!(
+            state.flushing.is_none(),
+            "a group is taken while another is being written"
+        );
+        let mut group = std::mem::take(&mut state.open);
+        state.groups_taken += 1;
+        group.number = state.groups_taken;
+        let writes = std::mem::take(&mut group.writes);
+        let completions = std::mem::take(&mut group.completions);
+        state.flushing = Some(group);
+        (writes, completions)
+    }
+
+    /// Publishes the flushing group after its write, or fails it; returns the
+    /// acknowledgements to deliver.
+    fn finish_group(
+        &self,
+        state: &mut State,
+        outcome: Result<()>,
+        writes: Vec<SegmentWrite>,
+        completions: Vec<(Completion, Result<AppendAck>)>,
+    ) -> Vec<(Completion, Result<AppendAck>)> {
+        let group = state.flushing.take().expect("the writer owns the flushing group");
+        // Invariant: groups finish in the order they were taken, each once.
+        assert_eq!(
+            group.number,
+            state.groups_finished + 1,
+            "group {} finishes after group {}",
+            group.number,
+            state.groups_finished
+        );
+        assert_eq!(
+            group.number, state.groups_taken,
+            "only the newest group is in flight"
+        );
+        state.groups_finished = group.number;
+        match outcome {
+            Ok(()) => {
+                self.publish(state, group, writes);
+                completions
+            }
+            Err(error) => self.fail_pending(state, error, completions),
+        }
     }
 
     /// Worker side of group commit: takes the open group, writes and syncs it
     /// without the lock, then publishes or rolls back.
     pub(super) fn flush_group<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let mut group = std::mem::take(&mut state.open);
-        let writes = std::mem::take(&mut group.writes);
-        let completions = std::mem::take(&mut group.completions);
+        assert!(
+            state.flushing.is_none(),
+            "the worker flushes only when no group is being written"
+        );
+        let (writes, completions) = self.take_group(&mut state);
         state.last_group_size = completions.len();
-        state.flushing = Some(group);
         drop(state);
         self.room.notify_all();
         let started = std::time::Instant::now();
-        let outcome = write_all(&writes).and_then(|()| {
+        let outcome = self.write_group(&writes).and_then(|()| {
             if self.context.options.durability == Durability::Always {
                 sync_all(&writes, self)
             } else {
@@ -804,19 +891,17 @@ impl Partition {
         let elapsed = started.elapsed();
         let mut state = self.lock();
         state.last_flush_duration = elapsed;
-        let group = state.flushing.take().expect("the worker owns the flushing group");
+        if outcome.is_ok() && !writes.is_empty() && self.context.options.durability != Durability::Always {
+            state.unsynced = true;
+        }
         // Groups publish in order: the events of this one start at the high watermark.
-        let events = group
-            .end_offset
+        let events = state
+            .flushing
+            .as_ref()
+            .and_then(|group| group.end_offset)
             .map_or(0, |end| end.0.saturating_sub(self.high_watermark().0));
         let published = outcome.is_ok();
-        let completions = match outcome {
-            Ok(()) => {
-                self.publish(&mut state, group, writes);
-                completions
-            }
-            Err(error) => self.fail_pending(&mut state, error, completions),
-        };
+        let completions = self.finish_group(&mut state, outcome, writes, completions);
         drop(state);
         if published {
             self.context.metrics.group_commit(completions.len(), events);
@@ -826,43 +911,98 @@ impl Partition {
         self.lock()
     }
 
-    /// `Interval`/`None`: writes the open group now, under the lock, and publishes.
-    fn flush_inline(&self, state: &mut State) -> Vec<(Completion, Result<AppendAck>)> {
-        let mut group = std::mem::take(&mut state.open);
-        let writes = std::mem::take(&mut group.writes);
-        let completions = std::mem::take(&mut group.completions);
-        match write_all(&writes) {
-            Ok(()) => {
-                let became_unsynced = !state.unsynced && !writes.is_empty();
-                state.unsynced |= !writes.is_empty();
-                self.publish(state, group, writes);
-                if became_unsynced && matches!(self.context.options.durability, Durability::Interval { .. }) {
-                    // Start the sync timer.
-                    self.work.notify_one();
-                }
-                completions
+    /// Writes a group's bytes with pwrite, creating each segment a roll planned
+    /// first (header fdatasync and directory fsync before any record goes in).
+    /// Called without the state lock, by the one thread that holds the flushing
+    /// group.
+    pub(super) fn write_group(&self, writes: &[SegmentWrite]) -> Result<()> {
+        for write in writes {
+            if !write.segment.is_created() {
+                let options = &self.context.options;
+                write.segment.materialize(
+                    &*self.context.storage,
+                    &self.dir,
+                    self.id,
+                    options.preallocate.then_some(options.segment_size_bytes_max),
+                )?;
             }
-            Err(error) => self.fail_pending(state, error, completions),
+            debug_assert!(
+                !write.segment.is_sealed(),
+                "a write into sealed segment {}",
+                write.segment.base_offset
+            );
+            write
+                .segment
+                .file()
+                .write_at(&write.bytes, write.position)
+                .map_err(|error| Error::io("append to segment", &write.segment.path, error))?;
         }
+        Ok(())
     }
 
     /// Makes a written (and, for `Always`, synced) group visible and durable state.
+    /// No I/O: sealing full segments and writing dedup runs are left to the
+    /// worker (`seal_due`, `dedup_due`).
     fn publish(&self, state: &mut State, group: Pending, writes: Vec<SegmentWrite>) {
-        debug_assert!(
-            writes.iter().all(|write| !write.segment.is_sealed()),
-            "a write into a sealed segment"
-        );
+        let high_watermark = self.high_watermark();
+        if let (Some(first), Some(end)) = (group.first_offset, group.end_offset) {
+            // Invariant: offsets published are exactly the offsets encoded, and the
+            // group starts where the previous one ended.
+            assert_eq!(
+                first, high_watermark,
+                "group {} starts at {first}, the high watermark is {high_watermark}",
+                group.number
+            );
+            assert_eq!(
+                end.0 - first.0,
+                group.records_count,
+                "group {} spans [{first}, {end}) but encoded {} records",
+                group.number,
+                group.records_count
+            );
+            assert_eq!(
+                writes.last().map(|write| write.end_offset),
+                Some(end),
+                "group {} writes end where its offsets end",
+                group.number
+            );
+        } else {
+            assert!(
+                writes.is_empty(),
+                "group {} has writes but no records",
+                group.number
+            );
+        }
         for write in &writes {
+            debug_assert!(!write.segment.is_sealed(), "a write into a sealed segment");
+            debug_assert!(
+                write.segment.is_created(),
+                "a write into a segment without a file"
+            );
             let end = write.position + write.bytes.len() as u64;
+            // Invariant: a segment's published size never shrinks, and each write
+            // continues exactly where the segment's published bytes end.
+            assert_eq!(
+                write.position,
+                write.segment.published_size(),
+                "write into segment {} at {} leaves a gap or overlap",
+                write.segment.base_offset,
+                write.position
+            );
             write
                 .segment
                 .publish(end, write.end_offset, write.timestamp_max, &write.index);
         }
         if let Some(end_offset) = group.end_offset {
             let previous = self.high_watermark.swap(end_offset.0, Ordering::AcqRel);
+            // Invariant: the high watermark is monotonic; only publication moves it.
             assert!(
-                previous <= end_offset.0,
-                "high watermark moves backwards: {previous} -> {end_offset}"
+                previous < end_offset.0,
+                "high watermark does not advance: {previous} -> {end_offset}"
+            );
+            assert_eq!(
+                previous, high_watermark.0,
+                "the high watermark moved during publication"
             );
         }
         for (key, pending) in group.keys {
@@ -878,22 +1018,26 @@ impl Partition {
         }
         for write in &writes {
             for (fingerprint, offset, timestamp) in &write.fingerprints {
-                if let Err(error) = state.dedup.insert(*fingerprint, *offset, *timestamp) {
-                    // The dedup index is derived: the next open rebuilds it from the
-                    // log. Until then the id may go unrecognised; poison so that no
-                    // duplicate slips in silently.
-                    self.poison(&error);
-                }
+                state.dedup_due |= state.dedup.insert_deferred(*fingerprint, *offset, *timestamp);
             }
         }
         state.bytes_since_checkpoint += group.bytes;
-        self.seal_full_segments();
+        // A write into a segment that is no longer active may have completed it,
+        // and the first write into a segment created its file, which completes
+        // the one before it: the worker seals them.
+        if writes.iter().any(|write| {
+            !Arc::ptr_eq(&write.segment, &state.active)
+                || write.position == crate::format::segment::SEGMENT_HEADER_LEN as u64
+        }) {
+            state.seal_due = true;
+        }
     }
 
     /// Seals segments that are no longer active once all their records are
-    /// published (the next segment starts right after them). Segments are sealed
-    /// in order, so only those after the newest sealed one are looked at.
-    fn seal_full_segments(&self) {
+    /// published (the next segment starts right after them and has its file): trim, fdatasync,
+    /// `.idx` written. Segments are sealed in order, so only those after the
+    /// newest sealed one are looked at. A worker job: never under the state lock.
+    pub(super) fn seal_full_segments(&self) {
         let full: Vec<Arc<Segment>> = {
             let segments = self.segments();
             let mut full = Vec::new();
@@ -902,15 +1046,22 @@ impl Partition {
                 if segment.is_sealed() {
                     break;
                 }
-                if segment.published_end_offset() == segments[index + 1].base_offset {
+                // Complete once its records are published and the next segment's
+                // file exists: a roll whose file creation failed (a full disk)
+                // leaves it unsealed, so a transient failure there never turns
+                // into a failed seal, which would poison the partition.
+                let next = &segments[index + 1];
+                if segment.published_end_offset() == next.base_offset && next.is_created() {
                     full.push(Arc::clone(segment));
                 }
             }
             full
         };
         for segment in full.into_iter().rev() {
+            assert!(segment.is_created(), "a full segment has a file");
             if let Err(error) = segment.seal(&*self.context.storage) {
                 self.poison(&error);
+                return;
             }
         }
     }
@@ -939,8 +1090,11 @@ impl Partition {
             .collect()
     }
 
-    /// Cuts unpublished bytes from the files and drops segments created for
-    /// appends that failed.
+    /// Cuts unpublished bytes from the files and drops segments rolled for
+    /// appends that failed. A segment starting at the high watermark stays (an
+    /// empty active segment, or a planned one created by the next write): the
+    /// segment before it is full and may already be sealed, so appends never go
+    /// back to it.
     fn roll_back(&self, state: &mut State, high_watermark: Offset) -> Result<()> {
         let mut segments = self
             .segments
@@ -949,18 +1103,32 @@ impl Partition {
         while segments.len() > 1
             && segments
                 .last()
-                .is_some_and(|segment| segment.base_offset >= high_watermark && segment.records_count() == 0)
+                .is_some_and(|segment| segment.base_offset > high_watermark)
         {
             let segment = segments.pop().expect("checked non-empty");
-            let _ = self.context.storage.remove_file(&segment.path);
+            assert_eq!(
+                segment.records_count(),
+                0,
+                "a dropped segment has no published records"
+            );
+            if segment.is_created() {
+                let _ = self.context.storage.remove_file(&segment.path);
+            }
         }
         let active = Arc::clone(segments.last().expect("a partition always has a segment"));
         drop(segments);
+        assert!(
+            !active.is_sealed(),
+            "appends never go back to sealed segment {}",
+            active.base_offset
+        );
         let size = active.published_size();
-        active
-            .file()
-            .set_len(size)
-            .map_err(|error| Error::io("roll back unpublished bytes", &active.path, error))?;
+        if active.is_created() {
+            active
+                .file()
+                .set_len(size)
+                .map_err(|error| Error::io("roll back unpublished bytes", &active.path, error))?;
+        }
         state.write_end = size;
         state.last_index_position = active.last_index_position();
         state.active = active;
@@ -994,17 +1162,6 @@ fn evict_idlest(producers: &mut HashMap<crate::event::ProducerId, ProducerSnapsh
             .expect("the map is not empty");
         producers.remove(&idlest);
     }
-}
-
-fn write_all(writes: &[SegmentWrite]) -> Result<()> {
-    for write in writes {
-        write
-            .segment
-            .file()
-            .write_at(&write.bytes, write.position)
-            .map_err(|error| Error::io("append to segment", &write.segment.path, error))?;
-    }
-    Ok(())
 }
 
 fn sync_all(writes: &[SegmentWrite], partition: &Partition) -> Result<()> {

@@ -7,7 +7,14 @@
 //! published size, the high watermark, the key/producer/dedup state, then the
 //! acknowledgements. While it syncs, new appends fill the next group, so one
 //! fdatasync carries everything that arrived during the previous one. For
-//! `Interval` and `None` the appender writes and publishes inline.
+//! `Interval` and `None` the appender writes and publishes inline, also without
+//! the lock (its group is the flushing group meanwhile).
+//!
+//! No file I/O happens under the state lock. A roll only plans the next
+//! segment; the writer of the group creates its file (header fdatasync,
+//! directory fsync) before writing records into it. Sealing a full segment,
+//! writing and merging dedup runs, checkpoints and retention are worker jobs:
+//! planned under the lock, done without it, installed under it.
 //!
 //! Invariant: state visible to readers (segment published sizes, the high
 //! watermark, `State::keys`) only ever describes acknowledged records.
@@ -19,6 +26,8 @@
 mod append;
 mod read;
 mod recover;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -141,6 +150,18 @@ pub(crate) struct State {
     last_index_position: Option<u64>,
     /// Unsynced bytes written (`Interval` and `None`).
     unsynced: bool,
+    /// Groups taken for writing and groups finished (published or failed):
+    /// groups are numbered from 1 and finish in order.
+    groups_taken: u64,
+    groups_finished: u64,
+    /// The worker waits for an inline writer's group before taking the next.
+    worker_waits_for_flush: bool,
+    /// Appenders waiting on `room` (back-pressure).
+    room_waiters: usize,
+    /// A segment may have become complete: the worker seals it.
+    seal_due: bool,
+    /// The dedup index froze a memtable: the worker writes it out.
+    dedup_due: bool,
     /// Appends in the previous group commit, and how long writing and syncing it
     /// took: the next group waits a moment for as many (`gather`).
     last_group_size: usize,
@@ -168,8 +189,14 @@ pub(crate) struct Pending {
     calls: Vec<PendingCall>,
     /// Producer states after this group.
     producers: HashMap<ProducerId, ProducerSnapshot>,
-    /// One past the last offset of this group; `None` when it holds no records.
+    /// The first and one past the last offset of this group; `None` when it
+    /// holds no records.
+    first_offset: Option<Offset>,
     end_offset: Option<Offset>,
+    /// Records encoded into this group.
+    records_count: u64,
+    /// The group's number once taken for writing (`State::groups_taken`).
+    number: u64,
     bytes: u64,
 }
 
@@ -295,7 +322,7 @@ impl Partition {
             .worker
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
-        if self.context.options.durability == crate::Durability::Always {
+        if self.context.options.durability == crate::config::Durability::Always {
             let (sender, receiver) = std::sync::mpsc::channel::<Vec<(Completion, Result<AppendAck>)>>();
             let handle = std::thread::Builder::new()
                 .name(format!("stele-p{}-ack", self.id))
@@ -369,14 +396,40 @@ impl Partition {
         }
         self.sync_unsynced()?;
         self.write_checkpoint()?;
-        self.lock().dedup.flush()
+        self.run_dedup_jobs(self.context.clock.now_ms(), true)
     }
 
     fn run_worker(self: Arc<Self>) {
         let mut state = self.lock();
         loop {
             let closing = self.closing.load(Ordering::Acquire);
+            if (state.seal_due || state.dedup_due) && !self.is_poisoned() {
+                // Jobs that publication made due, done without the lock: sealing
+                // a complete segment, writing a frozen dedup memtable.
+                let seal = std::mem::take(&mut state.seal_due);
+                let dedup = std::mem::take(&mut state.dedup_due);
+                drop(state);
+                if seal {
+                    self.seal_full_segments();
+                }
+                if dedup && let Err(error) = self.run_dedup_jobs(self.context.clock.now_ms(), false) {
+                    self.dedup_failed(&error);
+                }
+                state = self.lock();
+                continue;
+            }
             if !state.open.is_empty() {
+                if state.flushing.is_some() {
+                    // An inline writer (`Interval`, `None`) holds the flushing
+                    // group; it wakes the worker when it has published.
+                    state.worker_waits_for_flush = true;
+                    state = self
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state.worker_waits_for_flush = false;
+                    continue;
+                }
                 if self.is_poisoned() {
                     // Poisoned outside a flush (a failed seal, checkpoint or sync):
                     // appends that joined the open group before it must still hear.
@@ -386,12 +439,44 @@ impl Partition {
                     append::run(completions);
                     state = self.lock();
                 } else {
+                    let high_watermark = self.high_watermark();
+                    let finished = state.groups_finished;
                     state = self.gather(state);
+                    if state.flushing.is_some() || state.open.is_empty() {
+                        continue;
+                    }
                     state = self.flush_group(state);
+                    // Invariant: one group finished, and the high watermark never
+                    // moves backwards.
+                    assert!(
+                        state.groups_finished > finished,
+                        "group commit finished no group: {} -> {}",
+                        finished,
+                        state.groups_finished
+                    );
+                    assert!(
+                        self.high_watermark() >= high_watermark,
+                        "high watermark moved backwards: {high_watermark} -> {}",
+                        self.high_watermark()
+                    );
                 }
                 continue;
             }
             if closing {
+                if state.flushing.is_some() {
+                    state.worker_waits_for_flush = true;
+                    state = self
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state.worker_waits_for_flush = false;
+                    continue;
+                }
+                drop(state);
+                // The last complete segments are sealed before the worker stops.
+                if !self.is_poisoned() {
+                    self.seal_full_segments();
+                }
                 break;
             }
             let housekeeping_interval = self.context.housekeeping_interval;
@@ -407,7 +492,7 @@ impl Partition {
                 continue;
             }
             let wait = match self.context.options.durability {
-                crate::Durability::Interval { interval_ms } if state.unsynced => {
+                crate::config::Durability::Interval { interval_ms } if state.unsynced => {
                     let interval = Duration::from_millis(interval_ms);
                     let elapsed = state.last_sync.elapsed();
                     if elapsed >= interval {
@@ -428,13 +513,44 @@ impl Partition {
         }
     }
 
+    /// Runs dedup upkeep as jobs: each is planned under the lock, does its file
+    /// work (run writes, merges, deletions) without it, and is installed under
+    /// it. `flush_only`: write out everything in memory (at close).
+    fn run_dedup_jobs(&self, now_ms: i64, flush_only: bool) -> Result<()> {
+        // Bounded: each job removes a frozen memtable or at least one run.
+        for _ in 0..limits::DEDUP_RUNS_COUNT_MAX + 8 {
+            let job = self.lock().dedup.next_job(now_ms, flush_only)?;
+            let Some(job) = job else {
+                return Ok(());
+            };
+            let done = job.run();
+            let result = self.lock().dedup.finish_job(done);
+            // Appends may wait for frozen memtables to be written out.
+            self.room.notify_all();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// A dedup job failed: its work stays queued for the next round. When
+    /// appends are already held back for it, the partition cannot go on
+    /// without losing ids and is poisoned.
+    fn dedup_failed(&self, error: &Error) {
+        let backlogged = self.lock().dedup.is_backlogged();
+        if backlogged {
+            self.poison(error);
+        } else {
+            tracing::warn!(dir = %self.dir.display(), %error, "dedup upkeep failed; retried at the next housekeeping");
+        }
+    }
+
     /// Group commit: before flushing a group smaller than the previous one, waits
     /// a moment for the appenders the previous group woke to come back, so that
     /// one fdatasync carries them all. The wait is at most half the previous
     /// flush's duration (bounded by `GROUP_COMMIT_WAIT_MAX`), and none at all
     /// for a lone appender (its group had one append).
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        if self.context.options.durability != crate::Durability::Always {
+        if self.context.options.durability != crate::config::Durability::Always {
             return state;
         }
         let wait = (state.last_flush_duration / 2).min(GROUP_COMMIT_WAIT_MAX);
@@ -456,23 +572,42 @@ impl Partition {
         state
     }
 
-    /// fdatasyncs the active segment if bytes were written without sync.
+    /// fdatasyncs the segments written without sync (the active one, and any
+    /// complete one whose seal is still to come), without the lock.
     /// A failure poisons the partition.
     fn sync_unsynced(&self) -> Result<()> {
-        let active = {
+        {
             let mut state = self.lock();
             if !state.unsynced {
                 return Ok(());
             }
             state.unsynced = false;
             state.last_sync = std::time::Instant::now();
-            Arc::clone(&state.active)
-        };
-        self.sync_data(&active).map_err(|error| {
-            let error = Error::io("sync segment", &active.path, error);
-            self.poison(&error);
-            error
-        })
+        }
+        self.sync_unsealed(&self.unsealed_segments())
+    }
+
+    /// The segments not sealed yet that have a file, oldest first.
+    fn unsealed_segments(&self) -> Vec<Arc<Segment>> {
+        let segments = self.segments();
+        let first = segments.partition_point(|segment| segment.is_sealed());
+        segments[first..]
+            .iter()
+            .filter(|segment| segment.is_created())
+            .cloned()
+            .collect()
+    }
+
+    /// fdatasyncs `segments`; a failure poisons the partition.
+    fn sync_unsealed(&self, segments: &[Arc<Segment>]) -> Result<()> {
+        for segment in segments {
+            self.sync_data(segment).map_err(|error| {
+                let error = Error::io("sync segment", &segment.path, error);
+                self.poison(&error);
+                error
+            })?;
+        }
+        Ok(())
     }
 
     /// fdatasyncs a segment file and records how long it took.
@@ -492,7 +627,10 @@ impl Partition {
             state
                 .producers
                 .retain(|_, producer| now.saturating_sub(producer.last_timestamp_ms) < idle_max);
-            state.dedup.maintain(now)?;
+        }
+        if let Err(error) = self.run_dedup_jobs(now, false) {
+            self.dedup_failed(&error);
+            return Err(error);
         }
         let due = self.lock().bytes_since_checkpoint >= self.context.options.checkpoint_interval_bytes;
         if due {

@@ -375,6 +375,12 @@ impl Partition {
             last_index_position,
             unsynced: false,
             last_sync: std::time::Instant::now(),
+            groups_taken: 0,
+            groups_finished: 0,
+            worker_waits_for_flush: false,
+            room_waiters: 0,
+            seal_due: false,
+            dedup_due: false,
             last_group_size: 0,
             last_flush_duration: std::time::Duration::ZERO,
             checkpoint_offset: keys_from,
@@ -435,28 +441,36 @@ impl Partition {
         Ok(partition)
     }
 
-    /// Writes a checkpoint of the published state. The data it covers is synced
-    /// first, so a checkpoint never covers bytes a power cut could lose.
+    /// Writes a checkpoint of the published state. The state is taken under the
+    /// lock (no I/O there); the data it covers is synced after, without the lock,
+    /// and before the checkpoint is written, so a checkpoint never covers bytes
+    /// a power cut could lose. Its sync floor is the oldest segment not sealed
+    /// (sealing is a worker job, so a complete segment may wait for its seal):
+    /// every segment below it was synced whole by its seal.
     pub(crate) fn write_checkpoint(&self) -> Result<()> {
-        let active = Arc::clone(&self.lock().active);
-        self.sync_data(&active).map_err(|error| {
-            let error = Error::io("sync segment", &active.path, error);
-            self.poison(&error);
-            error
-        })?;
-        let bytes = {
+        let (bytes, high_watermark, unsealed) = {
             let mut state = self.lock();
             let high_watermark = self.high_watermark();
-            let floor_segment = Arc::clone(&state.active);
+            // Lock order: state, then the segment list.
+            let unsealed = self.unsealed_segments();
+            let floor_segment = {
+                let segments = self.segments();
+                let first = segments.partition_point(|segment| segment.is_sealed());
+                Arc::clone(&segments[first.min(segments.len() - 1)])
+            };
+            assert!(
+                floor_segment.base_offset <= state.active.base_offset,
+                "the sync floor {} is past the active segment {}",
+                floor_segment.base_offset,
+                state.active.base_offset
+            );
             let checkpoint = Checkpoint {
                 partition: self.id,
                 next_offset: high_watermark,
                 floor_base_offset: floor_segment.base_offset,
-                floor_position: if Arc::ptr_eq(&floor_segment, &active) {
-                    floor_segment.published_size()
-                } else {
-                    0
-                },
+                // Published bytes were written before publication, so syncing
+                // after this point covers them.
+                floor_position: floor_segment.published_size(),
                 last_timestamp_ms: state.last_timestamp_ms,
                 keys: state
                     .keys
@@ -471,12 +485,21 @@ impl Partition {
                 producers: state.producers.values().cloned().collect(),
             };
             state.bytes_since_checkpoint = 0;
-            state.checkpoint_offset = high_watermark;
-            checkpoint::encode(&checkpoint)
+            (checkpoint::encode(&checkpoint), high_watermark, unsealed)
         };
+        self.sync_unsealed(&unsealed)?;
         let path = paths::checkpoint(&self.dir);
         io::write_file_atomic(&*self.context.storage, &path, &bytes)
-            .map_err(|error| Error::io("write checkpoint", &path, error))
+            .map_err(|error| Error::io("write checkpoint", &path, error))?;
+        let mut state = self.lock();
+        // Invariant: the offset checkpoints cover never moves backwards.
+        assert!(
+            high_watermark >= state.checkpoint_offset,
+            "checkpoint offset moves backwards: {} -> {high_watermark}",
+            state.checkpoint_offset
+        );
+        state.checkpoint_offset = high_watermark;
+        Ok(())
     }
 
     /// Deletes whole sealed segments beyond the retention limits. Returns how many
