@@ -721,7 +721,7 @@ async fn failing_events_are_dead_lettered_then_redriven_with_their_ids() {
 async fn wait_metrics(server: &RunningServer, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let text = server.metrics().encode().expect("encode metrics");
+        let text = server.metrics().encode().await.expect("encode metrics");
         if done(&text) {
             return text;
         }

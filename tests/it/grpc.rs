@@ -15,6 +15,7 @@ use stele::client::{
     Client, ClientError, CommitMode, Followed, Follower, GrpcCode, ProducerOptions, RetryPolicy,
     StartPosition, SubscribeOptions, Subscription, SubscriptionItem, TestServer, start_test_server,
 };
+use stele::server::backend::BoxFuture;
 use stele::server::{self, Backend, EngineBackend, SteleService};
 use stele::wire::proto::stele_client::SteleClient;
 use stele::wire::{self, proto};
@@ -744,26 +745,26 @@ impl Backend for CountingBackend {
     fn default_topic_options(&self) -> TopicOptions {
         self.inner.default_topic_options()
     }
-    fn create_topic(&self, name: &str, options: TopicOptions) -> stele::Result<TopicOptions> {
+    fn create_topic(&self, name: &str, options: TopicOptions) -> BoxFuture<stele::Result<TopicOptions>> {
         self.inner.create_topic(name, options)
     }
-    fn describe_topic(&self, name: &str) -> stele::Result<server::backend::TopicDescription> {
+    fn describe_topic(&self, name: &str) -> BoxFuture<stele::Result<server::backend::TopicDescription>> {
         self.inner.describe_topic(name)
     }
-    fn list_topics(&self) -> Vec<String> {
+    fn list_topics(&self) -> BoxFuture<stele::Result<Vec<String>>> {
         self.inner.list_topics()
     }
-    fn delete_topic(&self, name: &str) -> stele::Result<()> {
+    fn delete_topic(&self, name: &str) -> BoxFuture<stele::Result<()>> {
         self.inner.delete_topic(name)
     }
     fn append(
         &self,
         topic: &str,
         requests: Vec<AppendRequest>,
-    ) -> server::backend::BoxFuture<stele::Result<Vec<stele::Result<stele::AppendAck>>>> {
+    ) -> BoxFuture<stele::Result<Vec<stele::Result<stele::AppendAck>>>> {
         self.inner.append(topic, requests)
     }
-    fn open_producer(&self, topic: &str, name: &str) -> stele::Result<(stele::ProducerId, Epoch)> {
+    fn open_producer(&self, topic: &str, name: &str) -> BoxFuture<stele::Result<(stele::ProducerId, Epoch)>> {
         self.inner.open_producer(topic, name)
     }
     fn scan(
@@ -773,23 +774,27 @@ impl Backend for CountingBackend {
         from: Offset,
         count_max: usize,
         bytes_max: u64,
-        visit: &mut dyn FnMut(&stele::format::record::RecordView<'_>) -> bool,
-    ) -> stele::Result<Offset> {
-        let scanned = &self.scanned;
-        self.inner
-            .scan(topic, partition, from, count_max, bytes_max, &mut |view| {
-                scanned.fetch_add(1, Ordering::SeqCst);
-                visit(view)
-            })
+        filter: &stele::EventFilter,
+    ) -> BoxFuture<stele::Result<stele::StoredEvents>> {
+        let scanned = Arc::clone(&self.scanned);
+        let future = self
+            .inner
+            .scan(topic, partition, from, count_max, bytes_max, filter);
+        Box::pin(async move {
+            let events = future.await?;
+            // Every event examined, those the filter left out included.
+            scanned.fetch_add(events.next_offset().0 - from.0, Ordering::SeqCst);
+            Ok(events)
+        })
     }
     fn read_key(
         &self,
         topic: &str,
         key: &[u8],
-        from: Option<u64>,
+        from: Option<Sequence>,
         direction: Direction,
         count_max: usize,
-    ) -> stele::Result<(Vec<stele::RecordedEvent>, Option<u64>)> {
+    ) -> BoxFuture<stele::Result<server::backend::KeyHistory>> {
         self.inner.read_key(topic, key, from, direction, count_max)
     }
     fn offset_for_timestamp(
@@ -797,13 +802,13 @@ impl Backend for CountingBackend {
         topic: &str,
         partition: PartitionId,
         timestamp_ms: i64,
-    ) -> stele::Result<Offset> {
+    ) -> BoxFuture<stele::Result<Offset>> {
         self.inner.offset_for_timestamp(topic, partition, timestamp_ms)
     }
-    fn high_watermark(&self, topic: &str, partition: PartitionId) -> stele::Result<Offset> {
+    fn high_watermark(&self, topic: &str, partition: PartitionId) -> BoxFuture<stele::Result<Offset>> {
         self.inner.high_watermark(topic, partition)
     }
-    fn earliest(&self, topic: &str, partition: PartitionId) -> stele::Result<Offset> {
+    fn earliest(&self, topic: &str, partition: PartitionId) -> BoxFuture<stele::Result<Offset>> {
         self.inner.earliest(topic, partition)
     }
     fn wait_past(
@@ -811,25 +816,25 @@ impl Backend for CountingBackend {
         topic: &str,
         partition: PartitionId,
         after: Offset,
-    ) -> stele::Result<server::backend::BoxFuture<Offset>> {
+    ) -> BoxFuture<stele::Result<Offset>> {
         self.inner.wait_past(topic, partition, after)
     }
     fn commit_cursor(
         &self,
         topic: &str,
         name: &str,
-        offsets: &[(PartitionId, Offset)],
+        offsets: Vec<(PartitionId, Offset)>,
         allow_backwards: bool,
-    ) -> stele::Result<()> {
+    ) -> BoxFuture<stele::Result<()>> {
         self.inner.commit_cursor(topic, name, offsets, allow_backwards)
     }
-    fn cursor(&self, topic: &str, name: &str) -> stele::Result<Vec<stele::CursorPosition>> {
+    fn cursor(&self, topic: &str, name: &str) -> BoxFuture<stele::Result<Vec<stele::CursorPosition>>> {
         self.inner.cursor(topic, name)
     }
-    fn cursors(&self, topic: &str) -> stele::Result<Vec<(String, Vec<stele::CursorPosition>)>> {
+    fn cursors(&self, topic: &str) -> BoxFuture<stele::Result<server::backend::NamedCursors>> {
         self.inner.cursors(topic)
     }
-    fn delete_cursor(&self, topic: &str, name: &str) -> stele::Result<()> {
+    fn delete_cursor(&self, topic: &str, name: &str) -> BoxFuture<stele::Result<()>> {
         self.inner.delete_cursor(topic, name)
     }
 }

@@ -60,6 +60,7 @@ mod segment;
 pub mod subscribe;
 mod topic;
 pub mod verify;
+pub mod view;
 pub mod webhook;
 
 pub use config::{Clock, Durability, LogOptions, ManualClock, SystemClock, TopicOptions};
@@ -72,3 +73,4 @@ pub use log::{Log, validate_topic_name};
 pub use partition::{PartitionInfo, RecoveryReport};
 pub use segment::{ExcessKind, SealedExcess, TailRecovery};
 pub use topic::{CursorPosition, Topic, partition_for_key};
+pub use view::{EventFilter, EventRef, Headers, StoredEvents};

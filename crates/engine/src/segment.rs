@@ -774,6 +774,17 @@ impl Segment {
             .map_err(|reason| Error::corruption(&self.path, position, reason))
     }
 
+    /// The published bytes `[start, end)`, for a reader that decoded (and
+    /// checked) the frames they belong to.
+    ///
+    /// # Panics
+    /// When the range reaches past the published size.
+    pub(crate) fn published_bytes(&self, start: u64, end: u64) -> &[u8] {
+        let size = self.published_size();
+        assert!(end <= size, "bytes up to {end} past published size {size}");
+        self.map().slice(start, end)
+    }
+
     /// Decodes and checks the published frame at `position`.
     pub(crate) fn decode_at(&self, position: u64) -> Result<(RecordView<'_>, u64)> {
         let size = self.published_size();

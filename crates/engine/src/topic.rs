@@ -20,6 +20,7 @@ use crate::partition::{Completion, Partition, PartitionContext, PartitionInfo, R
 use crate::paths;
 use crate::producer::ProducerRegistry;
 use crate::subscribe::WaitPast;
+use crate::view::{EventFilter, EventRef, StoredEvents};
 
 /// The partition of `key` in a topic of `partitions` partitions: FNV-1a 64 over
 /// the key bytes (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`), then
@@ -376,9 +377,32 @@ impl Topic {
         from: Offset,
         count_max: usize,
         bytes_max: u64,
-        visit: impl FnMut(&crate::format::record::RecordView<'_>) -> bool,
+        mut visit: impl FnMut(&EventRef<'_>) -> bool,
     ) -> Result<Offset> {
-        self.partition(partition)?.scan(from, count_max, bytes_max, visit)
+        self.partition(partition)?
+            .scan(from, count_max, bytes_max, |view| {
+                visit(&EventRef::from_view(partition, view))
+            })
+    }
+
+    /// The events of a partition from `from` that pass `filter`, as an owned
+    /// batch over the segments' memory mappings (no event is copied): it
+    /// examines at most `count_max` events and about `bytes_max` bytes of frames
+    /// (at least one event when one exists) and continues at its
+    /// [`StoredEvents::next_offset`].
+    ///
+    /// # Errors
+    /// As [`Topic::read`].
+    pub fn scan_events(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        count_max: usize,
+        bytes_max: u64,
+        filter: &EventFilter,
+    ) -> Result<StoredEvents> {
+        self.partition(partition)?
+            .scan_events(from, count_max, bytes_max, filter)
     }
 
     /// Reads a key's history: forwards from sequence `from` (default 0), or
@@ -393,6 +417,23 @@ impl Topic {
         direction: Direction,
         count_max: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        Ok(self
+            .read_key_events(key, from, direction, count_max)?
+            .into_recorded())
+    }
+
+    /// [`Topic::read_key`] as an owned batch over the segments' memory
+    /// mappings (no event is copied), in the order read.
+    ///
+    /// # Errors
+    /// As [`Topic::read_key`].
+    pub fn read_key_events(
+        &self,
+        key: &[u8],
+        from: Option<Sequence>,
+        direction: Direction,
+        count_max: usize,
+    ) -> Result<StoredEvents> {
         validate_key(key)?;
         self.partition(self.partition_for(key))?
             .read_key(key, from, direction, count_max)
@@ -452,6 +493,14 @@ impl Topic {
     /// [`Error::InvalidArgument`] for a partition out of range.
     pub fn high_watermark(&self, partition: PartitionId) -> Result<Offset> {
         Ok(self.partition(partition)?.high_watermark())
+    }
+
+    /// The oldest retained offset of `partition`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a partition out of range.
+    pub fn earliest(&self, partition: PartitionId) -> Result<Offset> {
+        Ok(self.partition(partition)?.earliest())
     }
 
     /// Blocks until `partition`'s high watermark passes `after`, or `timeout`;

@@ -4,6 +4,14 @@
 //! the embedded engine. A second backend (the planned scale-out mode on a
 //! distributed log) implements the same trait and serves the same API without
 //! touching the service.
+//!
+//! Every method but the two local hooks returns an owned future, and reads
+//! answer with owned batches of events ([`StoredEvents`], borrowed one at a time
+//! as [`EventRef`](stele_engine::EventRef)), never with the disk format.
+//! Invariant: [`EngineBackend`] runs nothing that can block (an fdatasync, a
+//! directory change, a page fault on a mapped segment) on the async runtime: such
+//! work goes to tokio's blocking pool, and appends complete through the
+//! engine's own completions (`Topic::submit`), with no extra hop.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,11 +21,8 @@ use stele_engine::Log;
 use stele_engine::PartitionInfo;
 use stele_engine::config::TopicOptions;
 use stele_engine::error::{Error, Result};
-use stele_engine::event::{
-    AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, RecordedEvent,
-};
-use stele_engine::format::record::RecordView;
-use stele_engine::{CursorPosition, Sequence, Topic};
+use stele_engine::event::{AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId};
+use stele_engine::{CursorPosition, EventFilter, Sequence, StoredEvents, Topic};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -31,27 +36,46 @@ pub struct TopicDescription {
     pub partitions: Vec<PartitionInfo>,
 }
 
+/// Every cursor of a topic, by name, with its positions.
+pub type NamedCursors = Vec<(String, Vec<CursorPosition>)>;
+
+/// A key's events and its last sequence.
+#[derive(Debug)]
+pub struct KeyHistory {
+    /// The events read, in the direction asked.
+    pub events: StoredEvents,
+    /// The key's last sequence; `None` when the key has no events.
+    pub last_sequence: Option<Sequence>,
+}
+
 /// Everything the service needs from storage.
+///
+/// The trait is object safe (`Arc<dyn Backend>`); every future it returns is
+/// owned (`'static`) and borrows nothing from the call.
 pub trait Backend: Send + Sync + 'static {
-    /// The options a topic gets when a request leaves them unset.
+    /// The options a topic gets when a request leaves them unset (the backend's
+    /// configuration, known locally).
     fn default_topic_options(&self) -> TopicOptions;
-    /// Creates a topic; returns the options in effect.
+    /// Creates a topic; resolves to the options in effect.
     ///
     /// # Errors
     /// [`Error::TopicExists`], [`Error::Config`], [`Error::InvalidArgument`] for a bad name, or I/O.
-    fn create_topic(&self, name: &str, options: TopicOptions) -> Result<TopicOptions>;
+    fn create_topic(&self, name: &str, options: TopicOptions) -> BoxFuture<Result<TopicOptions>>;
     /// A topic's options and a summary of each partition.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist.
-    fn describe_topic(&self, name: &str) -> Result<TopicDescription>;
+    fn describe_topic(&self, name: &str) -> BoxFuture<Result<TopicDescription>>;
     /// The names of every topic.
-    fn list_topics(&self) -> Vec<String>;
+    ///
+    /// # Errors
+    /// A backend that cannot list (the engine always can).
+    fn list_topics(&self) -> BoxFuture<Result<Vec<String>>>;
     /// Deletes a topic and all its data.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, or I/O.
-    fn delete_topic(&self, name: &str) -> Result<()>;
+    fn delete_topic(&self, name: &str) -> BoxFuture<Result<()>>;
     /// Appends requests (each atomic, any keys); results in request order. The
     /// outer error is for the topic as a whole (not found).
     ///
@@ -64,12 +88,13 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist and is not auto-created, and as
     /// [`Topic::open_producer`].
-    fn open_producer(&self, topic: &str, name: &str) -> Result<(ProducerId, Epoch)>;
-    /// Visits a partition's events from `from` while `visit` returns true; returns
-    /// the offset after the last visited event.
+    fn open_producer(&self, topic: &str, name: &str) -> BoxFuture<Result<(ProducerId, Epoch)>>;
+    /// A partition's events from `from` that pass `filter`: at most `count_max`
+    /// events and about `bytes_max` bytes examined (at least one event when one
+    /// exists); the batch's `next_offset` is where the next scan starts.
     ///
     /// # Errors
-    /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::scan`].
+    /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::scan_events`].
     fn scan(
         &self,
         topic: &str,
@@ -77,9 +102,9 @@ pub trait Backend: Send + Sync + 'static {
         from: Offset,
         count_max: usize,
         bytes_max: u64,
-        visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
-    ) -> Result<Offset>;
-    /// A key's history and its last sequence (`None` when the key has no events).
+        filter: &EventFilter,
+    ) -> BoxFuture<Result<StoredEvents>>;
+    /// A key's history and its last sequence.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::read_key`].
@@ -87,35 +112,42 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         topic: &str,
         key: &[u8],
-        from: Option<u64>,
+        from: Option<Sequence>,
         direction: Direction,
         count_max: usize,
-    ) -> Result<(Vec<RecordedEvent>, Option<u64>)>;
+    ) -> BoxFuture<Result<KeyHistory>>;
     /// The first offset whose timestamp is at or after `timestamp_ms` (Unix milliseconds), or the
     /// high watermark when all events are older.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::offset_for_timestamp`].
-    fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset>;
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> BoxFuture<Result<Offset>>;
     /// One past the newest acknowledged offset of a partition.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::InvalidArgument`] for a
     /// partition out of range.
-    fn high_watermark(&self, topic: &str, partition: PartitionId) -> Result<Offset>;
+    fn high_watermark(&self, topic: &str, partition: PartitionId) -> BoxFuture<Result<Offset>>;
     /// The oldest retained offset of a partition.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::InvalidArgument`] for a
     /// partition out of range.
-    fn earliest(&self, topic: &str, partition: PartitionId) -> Result<Offset>;
-    /// Resolves to the high watermark once it passes `after`, or the backend closes.
+    fn earliest(&self, topic: &str, partition: PartitionId) -> BoxFuture<Result<Offset>>;
+    /// Resolves to the high watermark once it passes `after`, or when the
+    /// backend closes (to a high watermark not past `after`).
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::InvalidArgument`] for a
     /// partition out of range.
-    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> Result<BoxFuture<Offset>>;
-    /// Commits a named cursor's next offsets for the given partitions, creating the cursor if needed.
+    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> BoxFuture<Result<Offset>>;
+    /// Commits a named cursor's next offsets for the given partitions, creating
+    /// the cursor if needed; resolves once the commit is durable.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, and as [`Topic::commit_cursor`].
@@ -123,30 +155,53 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         topic: &str,
         name: &str,
-        offsets: &[(PartitionId, Offset)],
+        offsets: Vec<(PartitionId, Offset)>,
         allow_backwards: bool,
-    ) -> Result<()>;
+    ) -> BoxFuture<Result<()>>;
     /// A cursor's position and lag in every partition.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, or [`Error::CursorNotFound`].
-    fn cursor(&self, topic: &str, name: &str) -> Result<Vec<CursorPosition>>;
+    fn cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<Vec<CursorPosition>>>;
     /// Every cursor of a topic with its positions.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist.
-    fn cursors(&self, topic: &str) -> Result<Vec<(String, Vec<CursorPosition>)>>;
+    fn cursors(&self, topic: &str) -> BoxFuture<Result<NamedCursors>>;
     /// Deletes a named cursor.
     ///
     /// # Errors
     /// [`Error::TopicNotFound`] when the topic does not exist, [`Error::CursorNotFound`], or I/O.
-    fn delete_cursor(&self, topic: &str, name: &str) -> Result<()>;
+    fn delete_cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<()>>;
     /// Called when a subscription to `topic` starts; the subscription holds the
     /// returned value until it ends. A decorator (metrics) counts open
     /// subscriptions with it; the default holds nothing.
     fn subscription_started(&self, _topic: &str) -> Box<dyn Send + Sync> {
         Box::new(())
     }
+}
+
+/// Runs `work` on tokio's blocking pool once the future is first polled.
+///
+/// A pool shutting down (the runtime is going away) answers [`Error::Closed`];
+/// a panic in `work` (a bug) resumes on the awaiting task.
+pub fn blocking<T, F>(work: F) -> BoxFuture<Result<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    Box::pin(async move {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(Error::Closed),
+        }
+    })
+}
+
+/// A future already resolved to `value`.
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<T> {
+    Box::pin(std::future::ready(value))
 }
 
 /// The embedded engine as a backend.
@@ -174,6 +229,15 @@ impl EngineBackend {
 
     fn topic(&self, name: &str) -> Result<Topic> {
         self.log.topic(name)
+    }
+
+    /// A second handle on the same log and settings, for work moved off the runtime.
+    fn clone_handle(&self) -> EngineBackend {
+        EngineBackend {
+            log: Arc::clone(&self.log),
+            defaults: self.defaults.clone(),
+            auto_create: self.auto_create,
+        }
     }
 
     fn topic_for_append(&self, name: &str) -> Result<Topic> {
@@ -246,24 +310,37 @@ impl Backend for EngineBackend {
         self.defaults.clone()
     }
 
-    fn create_topic(&self, name: &str, options: TopicOptions) -> Result<TopicOptions> {
-        Ok(self.log.create_topic(name, options)?.options().clone())
+    fn create_topic(&self, name: &str, options: TopicOptions) -> BoxFuture<Result<TopicOptions>> {
+        // Creating a topic makes and syncs files and directories.
+        let log = Arc::clone(&self.log);
+        let name = name.to_string();
+        blocking(move || Ok(log.create_topic(&name, options)?.options().clone()))
     }
 
-    fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
-        let topic = self.topic(name)?;
-        Ok(TopicDescription {
-            options: topic.options().clone(),
-            partitions: topic.partition_infos(),
+    fn describe_topic(&self, name: &str) -> BoxFuture<Result<TopicDescription>> {
+        // A partition's summary takes its state lock, which housekeeping can
+        // hold for a while.
+        let handle = match self.topic(name) {
+            Ok(handle) => handle,
+            Err(error) => return ready(Err(error)),
+        };
+        blocking(move || {
+            Ok(TopicDescription {
+                options: handle.options().clone(),
+                partitions: handle.partition_infos(),
+            })
         })
     }
 
-    fn list_topics(&self) -> Vec<String> {
-        self.log.topics()
+    fn list_topics(&self) -> BoxFuture<Result<Vec<String>>> {
+        ready(Ok(self.log.topics()))
     }
 
-    fn delete_topic(&self, name: &str) -> Result<()> {
-        self.log.delete_topic(name)
+    fn delete_topic(&self, name: &str) -> BoxFuture<Result<()>> {
+        // Waits for the topic's partitions to stop and removes its directory.
+        let log = Arc::clone(&self.log);
+        let name = name.to_string();
+        blocking(move || log.delete_topic(&name))
     }
 
     fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>> {
@@ -289,12 +366,16 @@ impl Backend for EngineBackend {
                     Ok(results)
                 })
             }
-            Err(error) => Box::pin(async move { Err(error) }),
+            Err(error) => ready(Err(error)),
         }
     }
 
-    fn open_producer(&self, topic: &str, name: &str) -> Result<(ProducerId, Epoch)> {
-        self.topic_for_append(topic)?.open_producer(name)
+    fn open_producer(&self, topic: &str, name: &str) -> BoxFuture<Result<(ProducerId, Epoch)>> {
+        // A synced journal write (and perhaps a topic's creation).
+        let backend = self.clone_handle();
+        let topic = topic.to_string();
+        let name = name.to_string();
+        blocking(move || backend.topic_for_append(&topic)?.open_producer(&name))
     }
 
     fn scan(
@@ -304,69 +385,106 @@ impl Backend for EngineBackend {
         from: Offset,
         count_max: usize,
         bytes_max: u64,
-        visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
-    ) -> Result<Offset> {
-        self.topic(topic)?
-            .scan(partition, from, count_max, bytes_max, visit)
+        filter: &EventFilter,
+    ) -> BoxFuture<Result<StoredEvents>> {
+        // Reading mapped segments can fault pages in from disk.
+        let handle = match self.topic(topic) {
+            Ok(handle) => handle,
+            Err(error) => return ready(Err(error)),
+        };
+        let filter = filter.clone();
+        blocking(move || handle.scan_events(partition, from, count_max, bytes_max, &filter))
     }
 
     fn read_key(
         &self,
         topic: &str,
         key: &[u8],
-        from: Option<u64>,
+        from: Option<Sequence>,
         direction: Direction,
         count_max: usize,
-    ) -> Result<(Vec<RecordedEvent>, Option<u64>)> {
-        let topic = self.topic(topic)?;
-        let last = topic.key_sequence(key)?;
-        Ok((
-            topic.read_key(key, from.map(Sequence), direction, count_max)?,
-            last.map(|sequence| sequence.0),
-        ))
+    ) -> BoxFuture<Result<KeyHistory>> {
+        let handle = match self.topic(topic) {
+            Ok(handle) => handle,
+            Err(error) => return ready(Err(error)),
+        };
+        let key = key.to_vec();
+        blocking(move || {
+            let last_sequence = handle.key_sequence(&key)?;
+            let events = handle.read_key_events(&key, from, direction, count_max)?;
+            Ok(KeyHistory {
+                events,
+                last_sequence,
+            })
+        })
     }
 
-    fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset> {
-        self.topic(topic)?.offset_for_timestamp(partition, timestamp_ms)
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> BoxFuture<Result<Offset>> {
+        // Reads mapped frames.
+        let handle = match self.topic(topic) {
+            Ok(handle) => handle,
+            Err(error) => return ready(Err(error)),
+        };
+        blocking(move || handle.offset_for_timestamp(partition, timestamp_ms))
     }
 
-    fn high_watermark(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
-        self.topic(topic)?.high_watermark(partition)
+    fn high_watermark(&self, topic: &str, partition: PartitionId) -> BoxFuture<Result<Offset>> {
+        ready(
+            self.topic(topic)
+                .and_then(|topic| topic.high_watermark(partition)),
+        )
     }
 
-    fn earliest(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
-        let topic = self.topic(topic)?;
-        topic
-            .partition_infos()
-            .get(partition.0 as usize)
-            .map(|info| info.earliest)
-            .ok_or_else(|| Error::InvalidArgument(format!("partition {partition} out of range")))
+    fn earliest(&self, topic: &str, partition: PartitionId) -> BoxFuture<Result<Offset>> {
+        ready(self.topic(topic).and_then(|topic| topic.earliest(partition)))
     }
 
-    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> Result<BoxFuture<Offset>> {
-        let future = self.topic(topic)?.wait_past(partition, after)?;
-        Ok(Box::pin(future))
+    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> BoxFuture<Result<Offset>> {
+        match self
+            .topic(topic)
+            .and_then(|topic| topic.wait_past(partition, after))
+        {
+            Ok(future) => Box::pin(async move { Ok(future.await) }),
+            Err(error) => ready(Err(error)),
+        }
     }
 
     fn commit_cursor(
         &self,
         topic: &str,
         name: &str,
-        offsets: &[(PartitionId, Offset)],
+        offsets: Vec<(PartitionId, Offset)>,
         allow_backwards: bool,
-    ) -> Result<()> {
-        self.topic(topic)?.commit_cursor(name, offsets, allow_backwards)
+    ) -> BoxFuture<Result<()>> {
+        // A synced journal write.
+        let handle = match self.topic(topic) {
+            Ok(handle) => handle,
+            Err(error) => return ready(Err(error)),
+        };
+        let name = name.to_string();
+        blocking(move || handle.commit_cursor(&name, &offsets, allow_backwards))
     }
 
-    fn cursor(&self, topic: &str, name: &str) -> Result<Vec<CursorPosition>> {
-        self.topic(topic)?.cursor(name)
+    fn cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<Vec<CursorPosition>>> {
+        ready(self.topic(topic).and_then(|topic| topic.cursor(name)))
     }
 
-    fn cursors(&self, topic: &str) -> Result<Vec<(String, Vec<CursorPosition>)>> {
-        Ok(self.topic(topic)?.cursors())
+    fn cursors(&self, topic: &str) -> BoxFuture<Result<NamedCursors>> {
+        ready(self.topic(topic).map(|topic| topic.cursors()))
     }
 
-    fn delete_cursor(&self, topic: &str, name: &str) -> Result<()> {
-        self.topic(topic)?.delete_cursor(name)
+    fn delete_cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<()>> {
+        // A synced journal write.
+        let handle = match self.topic(topic) {
+            Ok(handle) => handle,
+            Err(error) => return ready(Err(error)),
+        };
+        let name = name.to_string();
+        blocking(move || handle.delete_cursor(&name))
     }
 }

@@ -22,6 +22,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stele_engine::Sequence;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -39,16 +40,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::backend::{Backend, BoxFuture, TopicDescription};
-use stele_engine::CursorPosition;
+use super::backend::{Backend, BoxFuture, KeyHistory, NamedCursors, TopicDescription};
 use stele_engine::Log;
 use stele_engine::config::TopicOptions;
 use stele_engine::error::{Error, ErrorKind, Result};
-use stele_engine::event::{
-    AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, RecordedEvent,
-};
-use stele_engine::format::record::RecordView;
+use stele_engine::event::{AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId};
 use stele_engine::metrics::{Declared, HistogramFamily, TopicLabels};
+use stele_engine::{CursorPosition, EventFilter, StoredEvents};
 
 /// The path the endpoint serves.
 pub const METRICS_PATH: &str = "/metrics";
@@ -449,11 +447,47 @@ impl WebhookMetrics {
     }
 }
 
-/// Reads per-partition and per-cursor figures from the backend at scrape time,
-/// and the data directory's free space from the log.
+/// What the collector shows: per-partition and per-cursor figures read from the
+/// backend, and the data directory's free space, gathered (asynchronously, off
+/// the runtime's threads where it blocks) just before each encoding.
+#[derive(Default)]
+struct ScrapeState {
+    /// Per topic: its description and its cursors.
+    topics: Vec<(String, TopicDescription, NamedCursors)>,
+    disk: Option<stele_engine::io::DiskSpace>,
+}
+
+impl ScrapeState {
+    async fn gather(backend: &dyn Backend, log: Option<&Arc<Log>>) -> ScrapeState {
+        let mut topics = Vec::new();
+        for topic in backend.list_topics().await.unwrap_or_default() {
+            // A topic deleted since it was listed is left out.
+            let Ok(description) = backend.describe_topic(&topic).await else {
+                continue;
+            };
+            let cursors = backend.cursors(&topic).await.unwrap_or_default();
+            topics.push((topic, description, cursors));
+        }
+        let disk = match log {
+            Some(log) => {
+                let log = Arc::clone(log);
+                match super::backend::blocking(move || log.disk_space()).await {
+                    Ok(space) => Some(space),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the data directory's free space");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        ScrapeState { topics, disk }
+    }
+}
+
+/// Encodes the [`ScrapeState`] last gathered.
 struct StateCollector {
-    backend: Arc<dyn Backend>,
-    log: Option<Arc<Log>>,
+    state: Arc<std::sync::Mutex<ScrapeState>>,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -518,12 +552,11 @@ impl Collector for StateCollector {
             "stele_cursor_lag_events",
             "Events between a cursor's committed offset (or the earliest offset) and the high watermark",
         );
-        for topic in self.backend.list_topics() {
-            // A topic deleted since it was listed is left out.
-            let Ok(description) = self.backend.describe_topic(&topic) else {
-                continue;
-            };
-            let cursors = self.backend.cursors(&topic).unwrap_or_default();
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (topic, description, cursors) in &state.topics {
             for info in &description.partitions {
                 let labels = PartitionLabels {
                     topic: topic.clone(),
@@ -534,7 +567,7 @@ impl Collector for StateCollector {
                 size.push(labels.clone(), info.size_bytes);
                 segments.push(labels, info.segments_count as u64);
             }
-            for (cursor, positions) in &cursors {
+            for (cursor, positions) in cursors {
                 for position in positions {
                     let labels = CursorLabels {
                         topic: topic.clone(),
@@ -562,14 +595,9 @@ impl Collector for StateCollector {
             "stele_disk_capacity_bytes",
             "Size of the data directory's filesystem",
         );
-        if let Some(log) = &self.log {
-            match log.disk_space() {
-                Ok(space) => {
-                    available.push([], space.available_bytes);
-                    capacity.push([], space.capacity_bytes);
-                }
-                Err(error) => tracing::warn!(%error, "cannot read the data directory's free space"),
-            }
+        if let Some(space) = &state.disk {
+            available.push([], space.available_bytes);
+            capacity.push([], space.capacity_bytes);
         }
         available.encode(&mut encoder)?;
         capacity.encode(&mut encoder)
@@ -581,6 +609,11 @@ pub struct ServerMetrics {
     registry: Registry,
     requests: RequestMetrics,
     webhook: WebhookMetrics,
+    backend: Arc<dyn Backend>,
+    log: Option<Arc<Log>>,
+    /// What the collector encodes; one scrape gathers and encodes at a time.
+    state: Arc<std::sync::Mutex<ScrapeState>>,
+    scrape: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -602,11 +635,18 @@ impl ServerMetrics {
         requests.register(&mut registry);
         let webhook = WebhookMetrics::new();
         webhook.register(&mut registry);
-        registry.register_collector(Box::new(StateCollector { backend, log }));
+        let state = Arc::new(std::sync::Mutex::new(ScrapeState::default()));
+        registry.register_collector(Box::new(StateCollector {
+            state: Arc::clone(&state),
+        }));
         ServerMetrics {
             registry,
             requests,
             webhook,
+            backend,
+            log,
+            state,
+            scrape: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -636,11 +676,18 @@ impl ServerMetrics {
         }
     }
 
-    /// The exposition in the Prometheus text format.
+    /// The exposition in the Prometheus text format, with the backend's state
+    /// read now.
     ///
     /// # Errors
     /// Only if formatting fails, which writing to a `String` does not.
-    pub fn encode(&self) -> std::result::Result<String, std::fmt::Error> {
+    pub async fn encode(&self) -> std::result::Result<String, std::fmt::Error> {
+        let _scrape = self.scrape.lock().await;
+        let state = ScrapeState::gather(&*self.backend, self.log.as_ref()).await;
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -724,29 +771,46 @@ impl RequestMetrics {
     }
 }
 
+impl MeteredBackend {
+    /// Counts a corruption error of `future`'s result under `topic`.
+    fn watched<T: Send + 'static>(&self, topic: &str, future: BoxFuture<Result<T>>) -> BoxFuture<Result<T>> {
+        let metrics = Arc::clone(&self.metrics);
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let result = future.await;
+            metrics.requests.watch(&topic, result)
+        })
+    }
+}
+
 impl Backend for MeteredBackend {
     fn default_topic_options(&self) -> TopicOptions {
         self.inner.default_topic_options()
     }
 
-    fn create_topic(&self, name: &str, options: TopicOptions) -> Result<TopicOptions> {
+    fn create_topic(&self, name: &str, options: TopicOptions) -> BoxFuture<Result<TopicOptions>> {
         self.inner.create_topic(name, options)
     }
 
-    fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
-        self.requests().watch(name, self.inner.describe_topic(name))
+    fn describe_topic(&self, name: &str) -> BoxFuture<Result<TopicDescription>> {
+        self.watched(name, self.inner.describe_topic(name))
     }
 
-    fn list_topics(&self) -> Vec<String> {
+    fn list_topics(&self) -> BoxFuture<Result<Vec<String>>> {
         self.inner.list_topics()
     }
 
-    fn delete_topic(&self, name: &str) -> Result<()> {
-        let result = self.inner.delete_topic(name);
-        if result.is_ok() {
-            self.requests().remove_topic(name);
-        }
-        result
+    fn delete_topic(&self, name: &str) -> BoxFuture<Result<()>> {
+        let future = self.inner.delete_topic(name);
+        let metrics = Arc::clone(&self.metrics);
+        let name = name.to_string();
+        Box::pin(async move {
+            let result = future.await;
+            if result.is_ok() {
+                metrics.requests.remove_topic(&name);
+            }
+            result
+        })
     }
 
     fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>> {
@@ -797,7 +861,7 @@ impl Backend for MeteredBackend {
         })
     }
 
-    fn open_producer(&self, topic: &str, name: &str) -> Result<(ProducerId, Epoch)> {
+    fn open_producer(&self, topic: &str, name: &str) -> BoxFuture<Result<(ProducerId, Epoch)>> {
         self.inner.open_producer(topic, name)
     }
 
@@ -808,40 +872,47 @@ impl Backend for MeteredBackend {
         from: Offset,
         count_max: usize,
         bytes_max: u64,
-        visit: &mut dyn FnMut(&RecordView<'_>) -> bool,
-    ) -> Result<Offset> {
-        let result = self
-            .inner
-            .scan(topic, partition, from, count_max, bytes_max, visit);
-        self.requests().watch(topic, result)
+        filter: &EventFilter,
+    ) -> BoxFuture<Result<StoredEvents>> {
+        self.watched(
+            topic,
+            self.inner
+                .scan(topic, partition, from, count_max, bytes_max, filter),
+        )
     }
 
     fn read_key(
         &self,
         topic: &str,
         key: &[u8],
-        from: Option<u64>,
+        from: Option<Sequence>,
         direction: Direction,
         count_max: usize,
-    ) -> Result<(Vec<RecordedEvent>, Option<u64>)> {
-        let result = self.inner.read_key(topic, key, from, direction, count_max);
-        self.requests().watch(topic, result)
+    ) -> BoxFuture<Result<KeyHistory>> {
+        self.watched(topic, self.inner.read_key(topic, key, from, direction, count_max))
     }
 
-    fn offset_for_timestamp(&self, topic: &str, partition: PartitionId, timestamp_ms: i64) -> Result<Offset> {
-        let result = self.inner.offset_for_timestamp(topic, partition, timestamp_ms);
-        self.requests().watch(topic, result)
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> BoxFuture<Result<Offset>> {
+        self.watched(
+            topic,
+            self.inner.offset_for_timestamp(topic, partition, timestamp_ms),
+        )
     }
 
-    fn high_watermark(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
+    fn high_watermark(&self, topic: &str, partition: PartitionId) -> BoxFuture<Result<Offset>> {
         self.inner.high_watermark(topic, partition)
     }
 
-    fn earliest(&self, topic: &str, partition: PartitionId) -> Result<Offset> {
+    fn earliest(&self, topic: &str, partition: PartitionId) -> BoxFuture<Result<Offset>> {
         self.inner.earliest(topic, partition)
     }
 
-    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> Result<BoxFuture<Offset>> {
+    fn wait_past(&self, topic: &str, partition: PartitionId, after: Offset) -> BoxFuture<Result<Offset>> {
         self.inner.wait_past(topic, partition, after)
     }
 
@@ -849,22 +920,24 @@ impl Backend for MeteredBackend {
         &self,
         topic: &str,
         name: &str,
-        offsets: &[(PartitionId, Offset)],
+        offsets: Vec<(PartitionId, Offset)>,
         allow_backwards: bool,
-    ) -> Result<()> {
-        let result = self.inner.commit_cursor(topic, name, offsets, allow_backwards);
-        self.requests().watch(topic, result)
+    ) -> BoxFuture<Result<()>> {
+        self.watched(
+            topic,
+            self.inner.commit_cursor(topic, name, offsets, allow_backwards),
+        )
     }
 
-    fn cursor(&self, topic: &str, name: &str) -> Result<Vec<CursorPosition>> {
+    fn cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<Vec<CursorPosition>>> {
         self.inner.cursor(topic, name)
     }
 
-    fn cursors(&self, topic: &str) -> Result<Vec<(String, Vec<CursorPosition>)>> {
+    fn cursors(&self, topic: &str) -> BoxFuture<Result<NamedCursors>> {
         self.inner.cursors(topic)
     }
 
-    fn delete_cursor(&self, topic: &str, name: &str) -> Result<()> {
+    fn delete_cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<()>> {
         self.inner.delete_cursor(topic, name)
     }
 
@@ -1012,14 +1085,10 @@ async fn respond(
             "use GET\n".to_string(),
         );
     }
-    // Encoding takes partition locks briefly and walks every topic: off the async threads.
-    match tokio::task::spawn_blocking(move || metrics.encode()).await {
-        Ok(Ok(text)) => reply(StatusCode::OK, CONTENT_TYPE, text),
-        Ok(Err(error)) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain; charset=utf-8",
-            format!("cannot encode metrics: {error}\n"),
-        ),
+    // What blocks (partition summaries, the free-space call) runs off the
+    // async threads, through the backend; encoding is formatting only.
+    match metrics.encode().await {
+        Ok(text) => reply(StatusCode::OK, CONTENT_TYPE, text),
         Err(error) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "text/plain; charset=utf-8",

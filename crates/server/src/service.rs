@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use stele_engine::Sequence;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -11,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::backend::Backend;
 use super::subscription;
 use super::webhook::Dispatcher;
+use stele_engine::EventFilter;
 use stele_engine::event::{Direction, Offset, PartitionId};
 use stele_engine::limits;
 use stele_wire::convert;
@@ -167,7 +169,11 @@ impl Stele for SteleService {
         let request = request.into_inner();
         let options = convert::options_from_settings(request.settings, &self.backend.default_topic_options())
             .map_err(|message| invalid_field("settings", message))?;
-        let options = self.backend.create_topic(&request.topic, options).or_status()?;
+        let options = self
+            .backend
+            .create_topic(&request.topic, options)
+            .await
+            .or_status()?;
         Ok(Response::new(proto::CreateTopicResponse {
             settings: Some(convert::settings_from_options(&options)),
         }))
@@ -178,7 +184,7 @@ impl Stele for SteleService {
         request: Request<proto::DescribeTopicRequest>,
     ) -> Result<Response<proto::DescribeTopicResponse>, Status> {
         let request = request.into_inner();
-        let description = self.backend.describe_topic(&request.topic).or_status()?;
+        let description = self.backend.describe_topic(&request.topic).await.or_status()?;
         Ok(Response::new(proto::DescribeTopicResponse {
             topic: request.topic,
             settings: Some(convert::settings_from_options(&description.options)),
@@ -202,7 +208,7 @@ impl Stele for SteleService {
         _request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
         Ok(Response::new(proto::ListTopicsResponse {
-            topics: self.backend.list_topics(),
+            topics: self.backend.list_topics().await.or_status()?,
         }))
     }
 
@@ -212,6 +218,7 @@ impl Stele for SteleService {
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
         self.backend
             .delete_topic(&request.into_inner().topic)
+            .await
             .or_status()?;
         Ok(Response::new(proto::DeleteTopicResponse {}))
     }
@@ -345,6 +352,7 @@ impl Stele for SteleService {
         let (producer, epoch) = self
             .backend
             .open_producer(&request.topic, &request.name)
+            .await
             .or_status()?;
         Ok(Response::new(proto::OpenProducerResponse {
             producer_id: producer.0,
@@ -367,8 +375,7 @@ impl Stele for SteleService {
             bytes => bytes.min(READ_BYTES_MAX),
         };
         let partition = PartitionId(request.partition);
-        let mut events = Vec::new();
-        let next_offset = self
+        let batch = self
             .backend
             .scan(
                 &request.topic,
@@ -376,20 +383,22 @@ impl Stele for SteleService {
                 Offset(request.from_offset),
                 count_max,
                 bytes_max,
-                &mut |view| {
-                    events.push(convert::view_to_proto(partition.0, view));
-                    true
-                },
+                &EventFilter::all(),
             )
+            .await
             .or_status()?;
         let high_watermark = self
             .backend
             .high_watermark(&request.topic, partition)
+            .await
             .or_status()?
             .0;
         Ok(Response::new(proto::ReadResponse {
-            events,
-            next_offset: next_offset.0,
+            events: batch
+                .iter()
+                .map(|event| convert::stored_to_proto(&event))
+                .collect(),
+            next_offset: batch.next_offset().0,
             high_watermark,
         }))
     }
@@ -413,19 +422,24 @@ impl Stele for SteleService {
             0 => READ_EVENTS_DEFAULT,
             count => (count as usize).min(limits::READ_EVENTS_COUNT_MAX),
         };
-        let (events, last_sequence) = self
+        let history = self
             .backend
             .read_key(
                 &request.topic,
                 &request.key,
-                request.from_sequence,
+                request.from_sequence.map(Sequence),
                 direction,
                 count_max,
             )
+            .await
             .or_status()?;
         Ok(Response::new(proto::ReadKeyResponse {
-            events: events.into_iter().map(convert::recorded_to_proto).collect(),
-            last_sequence,
+            events: history
+                .events
+                .iter()
+                .map(|event| convert::stored_to_proto(&event))
+                .collect(),
+            last_sequence: history.last_sequence.map(|sequence| sequence.0),
         }))
     }
 
@@ -439,7 +453,8 @@ impl Stele for SteleService {
             Arc::clone(&self.backend),
             request.into_inner(),
             self.closing.clone(),
-        )?;
+        )
+        .await?;
         Ok(Response::new(stream))
     }
 
@@ -456,7 +471,8 @@ impl Stele for SteleService {
         offsets.sort();
         self.check_cursor_owner(&request.cursor)?;
         self.backend
-            .commit_cursor(&request.topic, &request.cursor, &offsets, request.allow_backwards)
+            .commit_cursor(&request.topic, &request.cursor, offsets, request.allow_backwards)
+            .await
             .or_status()?;
         Ok(Response::new(proto::CommitCursorResponse {}))
     }
@@ -466,7 +482,11 @@ impl Stele for SteleService {
         request: Request<proto::GetCursorRequest>,
     ) -> Result<Response<proto::GetCursorResponse>, Status> {
         let request = request.into_inner();
-        let positions = self.backend.cursor(&request.topic, &request.cursor).or_status()?;
+        let positions = self
+            .backend
+            .cursor(&request.topic, &request.cursor)
+            .await
+            .or_status()?;
         Ok(Response::new(proto::GetCursorResponse {
             cursor: Some(cursor_to_proto(request.cursor, positions)),
         }))
@@ -477,7 +497,7 @@ impl Stele for SteleService {
         request: Request<proto::ListCursorsRequest>,
     ) -> Result<Response<proto::ListCursorsResponse>, Status> {
         let request = request.into_inner();
-        let cursors = self.backend.cursors(&request.topic).or_status()?;
+        let cursors = self.backend.cursors(&request.topic).await.or_status()?;
         Ok(Response::new(proto::ListCursorsResponse {
             cursors: cursors
                 .into_iter()
@@ -494,6 +514,7 @@ impl Stele for SteleService {
         self.check_cursor_owner(&request.cursor)?;
         self.backend
             .delete_cursor(&request.topic, &request.cursor)
+            .await
             .or_status()?;
         Ok(Response::new(proto::DeleteCursorResponse {}))
     }
@@ -521,7 +542,7 @@ impl Stele for SteleService {
         &self,
         _request: Request<proto::ListWebhooksRequest>,
     ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
-        let webhooks = self.webhooks()?.list();
+        let webhooks = self.webhooks()?.list().await;
         Ok(Response::new(proto::ListWebhooksResponse {
             webhooks: webhooks.iter().map(convert::webhook_to_proto).collect(),
         }))
@@ -572,6 +593,7 @@ impl Stele for SteleService {
         let letters = self
             .webhooks()?
             .dead_letters(&request.name, count_max)
+            .await
             .or_status()?;
         Ok(Response::new(proto::ListDeadLettersResponse {
             dead_letters: letters.iter().map(convert::dead_letter_to_proto).collect(),

@@ -4,20 +4,21 @@
 //! events. Building a generated `RecordedEvent` per stored record costs five or
 //! more allocations and a second copy of every byte before prost encodes it
 //! again; here each record is encoded once, straight from the memory-mapped
-//! frame into the batch's buffer. `build.rs` maps `stele.v1.EventBatch` to
+//! frame (an [`EventRef`] of a batch over the segments' mappings) into the
+//! batch's buffer. `build.rs` maps `stele.v1.EventBatch` to
 //! [`EventBatch`] (prost `extern_path`), so the generated `SubscribeResponse`
 //! carries it, and clients decode it into generated `RecordedEvent`s as before.
 //!
-//! Invariant: the bytes [`EventBatch::push_view`] writes decode, with the
-//! generated types, to exactly what `convert::view_to_proto` builds for the same
-//! record (checked by the tests below); the wire format is the proto's, so
-//! clients in other languages see no difference.
+//! Invariant: the bytes [`EventBatch::push_event`] writes decode, with the
+//! generated types, to exactly what `convert::event_to_proto_recorded` builds for
+//! the same event (checked by the tests below); the wire format is the proto's,
+//! so clients in other languages see no difference.
 
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
 use crate::proto;
-use stele_engine::format::record::{self, RecordView};
+use stele_engine::view::EventRef;
 
 /// Field numbers of `stele.v1.EventBatch`.
 const BATCH_PARTITION: u32 = 1;
@@ -46,7 +47,7 @@ const STAMP_SEQUENCE: u32 = 3;
 /// `stele.v1.EventBatch`: the events of one partition, in offset order.
 ///
 /// Decoded batches (clients) hold their events in `events`; batches built by
-/// the server hold them already encoded, appended with [`EventBatch::push_view`].
+/// the server hold them already encoded, appended with [`EventBatch::push_event`].
 #[derive(Clone, PartialEq, Default)]
 pub struct EventBatch {
     /// The partition the events come from.
@@ -69,10 +70,15 @@ impl EventBatch {
         }
     }
 
-    /// Appends a stored record as an `events` entry, encoded straight from its
-    /// frame; headers that fail to decode are left out, as the generated path does.
-    pub fn push_view(&mut self, view: &RecordView<'_>) {
-        let body_len = event_body_len(self.partition, view);
+    /// Appends a stored event as an `events` entry, encoded straight from its
+    /// borrowed bytes. The event's own partition is written, as the generated
+    /// path does.
+    pub fn push_event(&mut self, event: &EventRef<'_>) {
+        debug_assert_eq!(
+            event.partition.0, self.partition,
+            "an event of the batch's partition"
+        );
+        let body_len = event_body_len(event);
         let buf = &mut self.encoded;
         buf.reserve(
             encoding::key_len(BATCH_EVENTS) + encoding::encoded_len_varint(body_len as u64) + body_len,
@@ -81,7 +87,7 @@ impl EventBatch {
         encoding::encode_key(BATCH_EVENTS, WireType::LengthDelimited, buf);
         encoding::encode_varint(body_len as u64, buf);
         let body_start = buf.len();
-        encode_event_body(self.partition, view, buf);
+        encode_event_body(event, buf);
         debug_assert_eq!(buf.len() - body_start, body_len, "event body length");
         debug_assert!(buf.len() > start);
         self.encoded_count += 1;
@@ -208,46 +214,48 @@ fn stamp_body_len(stamp: &stele_engine::event::ProducerStamp) -> usize {
         + varint_field_len(STAMP_SEQUENCE, stamp.sequence.0)
 }
 
-fn valid_headers<'a>(view: &RecordView<'a>) -> impl Iterator<Item = (&'a str, &'a [u8])> {
-    record::headers(view.headers).filter_map(Result::ok)
-}
-
-fn event_body_len(partition: u32, view: &RecordView<'_>) -> usize {
-    let headers: usize = valid_headers(view)
+fn event_body_len(event: &EventRef<'_>) -> usize {
+    let headers: usize = event
+        .headers
+        .iter()
         .map(|(name, value)| nested_len(EVENT_HEADERS, header_entry_len(name, value)))
         .sum();
-    varint_field_len(EVENT_PARTITION, u64::from(partition))
-        + varint_field_len(EVENT_OFFSET, view.offset.0)
-        + varint_field_len(EVENT_TIMESTAMP_MS, view.timestamp_ms as u64)
-        + bytes_field_len(EVENT_KEY, view.key)
-        + varint_field_len(EVENT_SEQUENCE, view.sequence.0)
-        + bytes_field_len(EVENT_TYPE, view.event_type.as_bytes())
-        + bytes_field_len(EVENT_PAYLOAD, view.payload)
+    varint_field_len(EVENT_PARTITION, u64::from(event.partition.0))
+        + varint_field_len(EVENT_OFFSET, event.offset.0)
+        + varint_field_len(EVENT_TIMESTAMP_MS, event.timestamp_ms as u64)
+        + bytes_field_len(EVENT_KEY, event.key)
+        + varint_field_len(EVENT_SEQUENCE, event.sequence.0)
+        + bytes_field_len(EVENT_TYPE, event.event_type.as_bytes())
+        + bytes_field_len(EVENT_PAYLOAD, event.payload)
         + headers
-        + bytes_field_len(EVENT_IDEMPOTENCY_ID, view.idempotency_id.unwrap_or_default())
-        + view
+        + bytes_field_len(EVENT_IDEMPOTENCY_ID, event.idempotency_id.unwrap_or_default())
+        + event
             .producer
             .as_ref()
             .map_or(0, |stamp| nested_len(EVENT_PRODUCER, stamp_body_len(stamp)))
 }
 
-fn encode_event_body(partition: u32, view: &RecordView<'_>, buf: &mut Vec<u8>) {
-    put_varint_field(EVENT_PARTITION, u64::from(partition), buf);
-    put_varint_field(EVENT_OFFSET, view.offset.0, buf);
+fn encode_event_body(event: &EventRef<'_>, buf: &mut Vec<u8>) {
+    put_varint_field(EVENT_PARTITION, u64::from(event.partition.0), buf);
+    put_varint_field(EVENT_OFFSET, event.offset.0, buf);
     // int64 is encoded as its two's complement varint.
-    put_varint_field(EVENT_TIMESTAMP_MS, view.timestamp_ms as u64, buf);
-    put_bytes_field(EVENT_KEY, view.key, buf);
-    put_varint_field(EVENT_SEQUENCE, view.sequence.0, buf);
-    put_bytes_field(EVENT_TYPE, view.event_type.as_bytes(), buf);
-    put_bytes_field(EVENT_PAYLOAD, view.payload, buf);
-    for (name, value) in valid_headers(view) {
+    put_varint_field(EVENT_TIMESTAMP_MS, event.timestamp_ms as u64, buf);
+    put_bytes_field(EVENT_KEY, event.key, buf);
+    put_varint_field(EVENT_SEQUENCE, event.sequence.0, buf);
+    put_bytes_field(EVENT_TYPE, event.event_type.as_bytes(), buf);
+    put_bytes_field(EVENT_PAYLOAD, event.payload, buf);
+    for (name, value) in event.headers.iter() {
         encoding::encode_key(EVENT_HEADERS, WireType::LengthDelimited, buf);
         encoding::encode_varint(header_entry_len(name, value) as u64, buf);
         put_bytes_field(ENTRY_KEY, name.as_bytes(), buf);
         put_bytes_field(ENTRY_VALUE, value, buf);
     }
-    put_bytes_field(EVENT_IDEMPOTENCY_ID, view.idempotency_id.unwrap_or_default(), buf);
-    if let Some(stamp) = &view.producer {
+    put_bytes_field(
+        EVENT_IDEMPOTENCY_ID,
+        event.idempotency_id.unwrap_or_default(),
+        buf,
+    );
+    if let Some(stamp) = &event.producer {
         // Present even when every field is zero, so the receiver sees `Some`.
         encoding::encode_key(EVENT_PRODUCER, WireType::LengthDelimited, buf);
         encoding::encode_varint(stamp_body_len(stamp) as u64, buf);
@@ -264,18 +272,9 @@ mod tests {
 
     use super::*;
     use crate::convert;
-    use stele_engine::event::{Epoch, Offset, ProducerId, ProducerStamp, Sequence};
-
-    fn header_block(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
-        let mut block = Vec::new();
-        for (name, value) in headers {
-            block.push(name.len() as u8);
-            block.extend_from_slice(name.as_bytes());
-            block.extend_from_slice(&(value.len() as u16).to_le_bytes());
-            block.extend_from_slice(value);
-        }
-        block
-    }
+    use stele_engine::event::{
+        Epoch, Offset, PartitionId, ProducerId, ProducerStamp, RecordedEvent, Sequence,
+    };
 
     proptest! {
         #[test]
@@ -294,40 +293,117 @@ mod tests {
         ) {
             // Goal: the hand-written encoding is the generated one, field for
             // field, including zero fields and a producer stamp of zeros.
-            let headers: Vec<(String, Vec<u8>)> = headers.into_iter().collect();
-            let block = header_block(&headers);
-            let view = RecordView {
+            let event = RecordedEvent {
+                partition: PartitionId(partition),
                 offset: Offset(offset),
                 timestamp_ms,
+                key,
                 sequence: Sequence(sequence),
-                key_previous_offset: record::NO_PREVIOUS,
+                event_type,
+                payload,
+                headers: headers.into_iter().collect(),
+                idempotency_id,
                 producer: producer.map(|(producer, epoch, sequence)| ProducerStamp {
                     producer: ProducerId(producer),
                     epoch: Epoch(epoch),
                     sequence: Sequence(sequence),
                 }),
-                flags: 0,
-                key: &key,
-                event_type: &event_type,
-                idempotency_id: idempotency_id.as_deref(),
-                headers: &block,
-                payload: &payload,
             };
+            let view = event.as_event_ref();
             let mut batch = EventBatch::new(partition);
-            batch.push_view(&view);
-            batch.push_view(&view);
+            batch.push_event(&view);
+            batch.push_event(&view);
             batch.next_offset = next_offset;
             prop_assert_eq!(batch.len(), 2);
             let bytes = batch.encode_to_vec();
             prop_assert_eq!(bytes.len(), batch.encoded_len());
             let decoded = EventBatch::decode(bytes.as_slice()).expect("decodes");
-            let expected = convert::view_to_proto(partition, &view);
+            let expected = convert::stored_to_proto(&view);
             prop_assert_eq!(decoded.partition, partition);
             prop_assert_eq!(decoded.next_offset, next_offset);
             prop_assert_eq!(&decoded.events, &vec![expected.clone(), expected]);
             // Re-encoding the decoded form gives the same bytes length.
             prop_assert_eq!(decoded.encoded_len(), bytes.len());
         }
+    }
+
+    #[test]
+    fn events_borrowed_from_mapped_frames_encode_as_the_generated_path() {
+        // Goal: the zero-copy path (events sliced from segment mappings, headers
+        // as stored blocks, across segment boundaries) writes what the generated
+        // types build from owned copies. Method: a log with tiny segments holds
+        // events with and without headers, ids and producer stamps; one scan's
+        // batch is encoded both ways.
+        use stele_engine::config::{Durability, TopicOptions};
+        use stele_engine::event::{AppendRequest, Event};
+        use stele_engine::{EventFilter, Log, LogOptions};
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let log = Log::open(dir.path(), LogOptions::default()).expect("open");
+        let options = TopicOptions::default()
+            .partitions(1)
+            .durability(Durability::None)
+            .segment_size_bytes_max(stele_engine::limits::SEGMENT_SIZE_BYTES_MIN);
+        let topic = log.create_topic("t", options).expect("topic");
+        let producer = topic.open_producer("p").expect("producer");
+        let payload = vec![7u8; 2_000];
+        for index in 0..200u64 {
+            let mut event = Event::new(
+                format!("type-{}", index % 3),
+                payload[..(index as usize * 10)].to_vec(),
+            );
+            if index % 2 == 0 {
+                event = event
+                    .with_header("trace", index.to_le_bytes())
+                    .with_header("bin", vec![0xff]);
+            }
+            if index % 5 == 0 {
+                event = event.with_idempotency_id(format!("id-{index}"));
+            }
+            let mut request = AppendRequest::new(format!("key-{}", index % 7), vec![event]);
+            if index % 4 == 0 {
+                request = request.stamped(ProducerStamp {
+                    producer: producer.0,
+                    epoch: producer.1,
+                    sequence: Sequence(index / 4),
+                });
+            }
+            topic.append_request(request).expect("append");
+        }
+        assert!(
+            topic.partition_infos()[0].segments_count > 1,
+            "the events span segments"
+        );
+        let events = topic
+            .scan_events(
+                PartitionId(0),
+                Offset(0),
+                usize::MAX,
+                u64::MAX,
+                &EventFilter::all(),
+            )
+            .expect("scan");
+        assert_eq!(events.len(), 200);
+        assert_eq!(events.next_offset(), Offset(200));
+        let mut batch = EventBatch::new(0);
+        for event in events.iter() {
+            batch.push_event(&event);
+        }
+        let decoded = EventBatch::decode(batch.encode_to_vec().as_slice()).expect("decodes");
+        let expected: Vec<proto::RecordedEvent> = topic
+            .read(PartitionId(0), Offset(0), usize::MAX, u64::MAX)
+            .expect("read")
+            .iter()
+            .map(|event| convert::stored_to_proto(&event.as_event_ref()))
+            .collect();
+        assert!(
+            expected
+                .iter()
+                .any(|event| event.producer.is_some() && !event.headers.is_empty())
+        );
+        assert_eq!(decoded.events, expected);
+        drop(topic);
+        log.close().expect("close");
     }
 
     #[test]

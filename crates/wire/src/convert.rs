@@ -7,7 +7,7 @@ use stele_engine::event::{
     AppendAck, AppendRequest, Epoch, Event, ExpectedSequence, ProducerId, ProducerStamp, RecordedEvent,
     Sequence,
 };
-use stele_engine::format::record::{self, RecordView};
+use stele_engine::view::EventRef;
 
 /// A request field that was malformed.
 pub type Invalid = String;
@@ -122,18 +122,24 @@ pub fn ack_from_proto(result: &proto::AppendResult) -> AppendAck {
     }
 }
 
-/// A stored event in its wire form.
-pub fn recorded_to_proto(event: RecordedEvent) -> proto::RecordedEvent {
+/// A stored event in its wire form: the one encoder from a stored event to a
+/// generated `RecordedEvent` (Read, ReadKey); Subscribe writes the same bytes
+/// by hand ([`crate::batch::EventBatch::push_event`]).
+pub fn stored_to_proto(event: &EventRef<'_>) -> proto::RecordedEvent {
     proto::RecordedEvent {
         partition: event.partition.0,
         offset: event.offset.0,
         timestamp_ms: event.timestamp_ms,
-        key: event.key,
+        key: event.key.to_vec(),
         sequence: event.sequence.0,
-        r#type: event.event_type,
-        payload: event.payload,
-        headers: event.headers.into_iter().collect(),
-        idempotency_id: event.idempotency_id.unwrap_or_default(),
+        r#type: event.event_type.to_string(),
+        payload: event.payload.to_vec(),
+        headers: event
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_vec()))
+            .collect(),
+        idempotency_id: event.idempotency_id.map(<[u8]>::to_vec).unwrap_or_default(),
         producer: event.producer.map(stamp_to_proto),
     }
 }
@@ -153,25 +159,6 @@ pub fn recorded_from_proto(event: proto::RecordedEvent) -> RecordedEvent {
         headers,
         idempotency_id: (!event.idempotency_id.is_empty()).then_some(event.idempotency_id),
         producer: event.producer.map(stamp_from_proto),
-    }
-}
-
-/// Converts a stored record without an intermediate owned event.
-pub fn view_to_proto(partition: u32, view: &RecordView<'_>) -> proto::RecordedEvent {
-    proto::RecordedEvent {
-        partition,
-        offset: view.offset.0,
-        timestamp_ms: view.timestamp_ms,
-        key: view.key.to_vec(),
-        sequence: view.sequence.0,
-        r#type: view.event_type.to_string(),
-        payload: view.payload.to_vec(),
-        headers: record::headers(view.headers)
-            .filter_map(|header| header.ok())
-            .map(|(name, value)| (name.to_string(), value.to_vec()))
-            .collect(),
-        idempotency_id: view.idempotency_id.map(<[u8]>::to_vec).unwrap_or_default(),
-        producer: view.producer.map(stamp_to_proto),
     }
 }
 

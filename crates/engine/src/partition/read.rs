@@ -12,6 +12,7 @@ use crate::format::record::{self, NO_PREVIOUS, RecordView};
 use crate::keys::key_hash;
 use crate::limits;
 use crate::segment::Segment;
+use crate::view::{EventFilter, EventRef, StoredEvents};
 
 impl Partition {
     fn out_of_range(&self, requested: Offset) -> Error {
@@ -85,6 +86,18 @@ impl Partition {
         bytes_max: u64,
         mut visit: impl FnMut(&RecordView<'_>) -> bool,
     ) -> Result<Offset> {
+        self.scan_frames(from, count_max, bytes_max, |_, _, _, view| visit(view))
+    }
+
+    /// [`Partition::scan`], also giving each record's segment, position and
+    /// frame size.
+    fn scan_frames(
+        &self,
+        from: Offset,
+        count_max: usize,
+        bytes_max: u64,
+        mut visit: impl FnMut(&Arc<Segment>, u64, u64, &RecordView<'_>) -> bool,
+    ) -> Result<Offset> {
         let high_watermark = self.high_watermark();
         if from < self.earliest() || from > high_watermark {
             return Err(self.out_of_range(from));
@@ -114,7 +127,7 @@ impl Partition {
                 if count > 0 && bytes + size > bytes_max {
                     return Ok(offset);
                 }
-                if !visit(&view) {
+                if !visit(&segment, position, size, &view) {
                     return Ok(offset);
                 }
                 bytes += size;
@@ -126,34 +139,37 @@ impl Partition {
         Ok(offset)
     }
 
+    /// The published events from `from` that pass `filter`, examining at most
+    /// `count_max` records and about `bytes_max` bytes (at least one record), as
+    /// a batch over the segments' mappings; it continues at its `next_offset`.
+    pub(crate) fn scan_events(
+        &self,
+        from: Offset,
+        count_max: usize,
+        bytes_max: u64,
+        filter: &EventFilter,
+    ) -> Result<StoredEvents> {
+        let mut batch = StoredEvents::mapped(self.id);
+        let next = self.scan_frames(from, count_max, bytes_max, |segment, position, size, view| {
+            if filter.accepts(view.event_type, view.key) {
+                batch.push_mapped(segment, position, size, view);
+            }
+            true
+        })?;
+        batch.set_next_offset(next);
+        Ok(batch)
+    }
+
     /// Reads up to `count_max` events from `from`, about `bytes_max` bytes at most.
     pub(crate) fn read(&self, from: Offset, count_max: usize, bytes_max: u64) -> Result<Vec<RecordedEvent>> {
         let count_max = count_max.min(limits::READ_EVENTS_COUNT_MAX);
         let bytes_max = bytes_max.min(limits::READ_SIZE_BYTES_MAX);
         let mut events = Vec::new();
         self.scan(from, count_max, bytes_max, |view| {
-            events.push(self.to_event(view));
+            events.push(EventRef::from_view(self.id, view).to_recorded());
             true
         })?;
         Ok(events)
-    }
-
-    pub(crate) fn to_event(&self, view: &RecordView<'_>) -> RecordedEvent {
-        RecordedEvent {
-            partition: self.id,
-            offset: view.offset,
-            timestamp_ms: view.timestamp_ms,
-            key: view.key.to_vec(),
-            sequence: view.sequence,
-            event_type: view.event_type.to_string(),
-            payload: view.payload.to_vec(),
-            headers: record::headers(view.headers)
-                .filter_map(|header| header.ok())
-                .map(|(name, value)| (name.to_string(), value.to_vec()))
-                .collect(),
-            idempotency_id: view.idempotency_id.map(<[u8]>::to_vec),
-            producer: view.producer,
-        }
     }
 
     /// Whether the published record at `offset` has `key`. Only the key is read:
@@ -183,20 +199,21 @@ impl Partition {
     /// removed by retention are skipped: the history starts at the oldest retained.
     ///
     /// The key's events are chained backwards on disk; finding the start costs one
-    /// hop per event newer than it.
+    /// hop per event newer than it. The events come as a batch over the
+    /// segments' mappings, in the order read.
     pub(crate) fn read_key(
         &self,
         key: &[u8],
         from: Option<Sequence>,
         direction: Direction,
         count_max: usize,
-    ) -> Result<Vec<RecordedEvent>> {
+    ) -> Result<StoredEvents> {
         let count_max = count_max.min(limits::READ_EVENTS_COUNT_MAX);
         let Some((last_sequence, last_offset)) = self.key_last(key)? else {
-            return Ok(Vec::new());
+            return Ok(StoredEvents::mapped(self.id));
         };
         if count_max == 0 {
-            return Ok(Vec::new());
+            return Ok(StoredEvents::mapped(self.id));
         }
         let earliest = self.earliest();
         // Walk the chain back from the newest event with cheap header reads,
@@ -255,15 +272,28 @@ impl Partition {
             offset = Offset(previous);
             sequence = Sequence(sequence.0 - 1);
         }
-        let mut events = Vec::with_capacity(offsets.len());
+        let mut batch = StoredEvents::mapped(self.id);
         for offset in offsets {
-            let event = self.with_record(offset, |view| (view.key == key).then(|| self.to_event(view)))?;
-            events.push(event.ok_or_else(|| Error::Inconsistent {
-                path: self.dir.clone(),
-                reason: format!("record at offset {offset} is not of the key read"),
-            })?);
+            let segment = self.segment_of(offset)?;
+            let position = segment.position_of(offset)?;
+            let (view, size) = segment.decode_at(position)?;
+            if view.offset != offset {
+                return Err(Error::corruption(
+                    &segment.path,
+                    position,
+                    crate::format::DecodeError::Invalid("record offset out of sequence"),
+                ));
+            }
+            if view.key != key {
+                return Err(Error::Inconsistent {
+                    path: self.dir.clone(),
+                    reason: format!("record at offset {offset} is not of the key read"),
+                });
+            }
+            batch.push_mapped(&segment, position, size, &view);
+            batch.set_next_offset(offset.next());
         }
-        Ok(events)
+        Ok(batch)
     }
 
     /// The first offset whose timestamp is at or after `timestamp_ms`; the high

@@ -17,29 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
-
-/// The parts of an event a body shows.
-#[derive(Debug, Clone)]
-pub struct BodyEvent<'a> {
-    /// The source topic.
-    pub topic: &'a str,
-    /// The partition.
-    pub partition: u32,
-    /// The offset within the partition.
-    pub offset: u64,
-    /// The key.
-    pub key: &'a [u8],
-    /// The event type.
-    pub event_type: &'a str,
-    /// The sequence within the key.
-    pub sequence: u64,
-    /// The append time, Unix ms.
-    pub timestamp_ms: i64,
-    /// The event's headers.
-    pub headers: &'a [(String, Vec<u8>)],
-    /// The payload.
-    pub payload: &'a [u8],
-}
+use stele_engine::EventRef;
 
 fn bytes_value(bytes: &[u8]) -> Value {
     match std::str::from_utf8(bytes) {
@@ -74,22 +52,23 @@ struct Head<'a> {
     payload_encoding: &'static str,
 }
 
-/// Renders the body.
-pub fn render(event: &BodyEvent<'_>) -> Vec<u8> {
+/// Renders the body of `event` of `topic`: the one encoder from a stored event
+/// to a webhook body.
+pub fn render(topic: &str, event: &EventRef<'_>) -> Vec<u8> {
     let json = payload_json(event.payload);
     let head = Head {
-        topic: event.topic,
-        partition: event.partition,
-        offset: event.offset,
+        topic,
+        partition: event.partition.0,
+        offset: event.offset.0,
         key: bytes_value(event.key),
         event_type: event.event_type,
-        sequence: event.sequence,
+        sequence: event.sequence.0,
         timestamp_ms: event.timestamp_ms,
         timestamp: stele_engine::civil::format_timestamp_ms(event.timestamp_ms),
         headers: event
             .headers
             .iter()
-            .map(|(name, value)| (name.clone(), bytes_value(value)))
+            .map(|(name, value)| (name.to_string(), bytes_value(value)))
             .collect(),
         payload_encoding: if json.is_some() { "json" } else { "base64" },
     };
@@ -116,19 +95,24 @@ pub fn render(event: &BodyEvent<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stele_engine::Sequence;
 
-    fn event<'a>(payload: &'a [u8], key: &'a [u8], headers: &'a [(String, Vec<u8>)]) -> BodyEvent<'a> {
-        BodyEvent {
-            topic: "orders",
-            partition: 2,
-            offset: 7,
-            key,
-            event_type: "created",
-            sequence: 3,
+    use stele_engine::event::{Offset, PartitionId, RecordedEvent};
+
+    fn rendered(payload: &[u8], key: &[u8], headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let event = RecordedEvent {
+            partition: PartitionId(2),
+            offset: Offset(7),
             timestamp_ms: 1_614_265_330_123,
-            headers,
-            payload,
-        }
+            key: key.to_vec(),
+            sequence: Sequence(3),
+            event_type: "created".to_string(),
+            payload: payload.to_vec(),
+            headers: headers.to_vec(),
+            idempotency_id: None,
+            producer: None,
+        };
+        render("orders", &event.as_event_ref())
     }
 
     #[test]
@@ -139,7 +123,7 @@ mod tests {
             ("bin".to_string(), vec![0xff]),
         ];
         let body: Value =
-            serde_json::from_slice(&render(&event(br#"{"n":1}"#, b"order-1", &headers))).expect("json");
+            serde_json::from_slice(&rendered(br#"{"n":1}"#, b"order-1", &headers)).expect("json");
         assert_eq!(body["payload"], json!({"n": 1}));
         assert_eq!(body["payload_encoding"], "json");
         assert_eq!(body["key"], "order-1");
@@ -151,11 +135,11 @@ mod tests {
         assert_eq!(body["timestamp"], "2021-02-25T15:02:10.123Z");
         assert_eq!(body["headers"]["trace"], "abc");
         assert_eq!(body["headers"]["bin"], json!({"base64": "/w=="}));
-        let body: Value = serde_json::from_slice(&render(&event(&[0, 159, 1], &[0xfe], &[]))).expect("json");
+        let body: Value = serde_json::from_slice(&rendered(&[0, 159, 1], &[0xfe], &[])).expect("json");
         assert_eq!(body["payload"], "AJ8B");
         assert_eq!(body["payload_encoding"], "base64");
         assert_eq!(body["key"], json!({"base64": "/g=="}));
-        let body: Value = serde_json::from_slice(&render(&event(b"plain text", b"k", &[]))).expect("json");
+        let body: Value = serde_json::from_slice(&rendered(b"plain text", b"k", &[])).expect("json");
         assert_eq!(body["payload_encoding"], "base64");
     }
 
@@ -175,7 +159,7 @@ mod tests {
             b"[]",
             deep.as_bytes(),
         ] {
-            let body = render(&event(payload, b"k", &[]));
+            let body = rendered(payload, b"k", &[]);
             let text = std::str::from_utf8(&body).expect("UTF-8 body");
             let mut expected = b",\"payload_encoding\":\"json\",\"payload\":".to_vec();
             expected.extend_from_slice(payload);
@@ -205,7 +189,7 @@ mod tests {
             b"01",
             unbalanced.as_bytes(),
         ] {
-            let body: Value = serde_json::from_slice(&render(&event(payload, b"k", &[]))).expect("json");
+            let body: Value = serde_json::from_slice(&rendered(payload, b"k", &[])).expect("json");
             assert_eq!(body["payload_encoding"], "base64", "{payload:?}");
             let decoded = STANDARD
                 .decode(body["payload"].as_str().expect("a base64 string"))

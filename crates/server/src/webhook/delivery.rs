@@ -18,22 +18,23 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stele_engine::Sequence;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::body::{BodyEvent, render};
+use super::body::render;
 use super::breaker::Admission;
 use super::policy::{RetryPolicy, Verdict};
 use super::signature::{message_id, sign};
 use super::{EndpointStatus, Shared, dead_letter_headers as dl};
 use crate::backend::BoxFuture;
 use stele_engine::error::{Error, Result};
-use stele_engine::event::{AppendRequest, Event, Offset, PartitionId};
-use stele_engine::format::record::{self, RecordView};
+use stele_engine::event::{AppendRequest, Event, Offset, PartitionId, RecordedEvent};
 use stele_engine::limits::{WEBHOOK_BUFFERED_EVENTS_COUNT_MAX, WEBHOOK_BUFFERED_SIZE_BYTES_MAX};
 use stele_engine::webhook::Endpoint;
+use stele_engine::{EventFilter, EventRef};
 
 /// How often an idle loop refreshes its lag gauge.
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -55,21 +56,16 @@ pub fn redrive_cursor_name(endpoint: &str) -> String {
 }
 
 /// One event to deliver, with where it was read (its stream position) and what
-/// the receiver is told (its original position).
+/// the receiver is told (its original topic and event).
 #[derive(Debug, Clone)]
 pub(super) struct Job {
     stream: usize,
     lane: u32,
     position: u64,
-    key: Vec<u8>,
     topic: String,
-    partition: u32,
-    offset: u64,
-    sequence: u64,
-    timestamp_ms: i64,
-    event_type: String,
-    headers: Vec<(String, Vec<u8>)>,
-    payload: Vec<u8>,
+    /// The event as the receiver sees it (for a redriven dead letter: its
+    /// original partition, offset, sequence and time, without `stele-dl-*`).
+    event: RecordedEvent,
     webhook_id: String,
 }
 
@@ -77,79 +73,65 @@ impl Job {
     /// The bytes this job holds, for the buffer bound.
     fn size(&self) -> u64 {
         let headers: usize = self
+            .event
             .headers
             .iter()
             .map(|(name, value)| name.len() + value.len())
             .sum();
-        (self.payload.len() + self.key.len() + headers) as u64
+        (self.event.payload.len() + self.event.key.len() + headers) as u64
     }
 
     /// A job for an event of the endpoint's topic.
-    fn from_event(stream: usize, topic: &str, partition: u32, view: &RecordView<'_>) -> Job {
-        let headers = decoded_headers(view.headers);
+    fn from_event(stream: usize, topic: &str, event: &EventRef<'_>) -> Job {
         Job {
             stream,
-            lane: partition,
-            position: view.offset.0,
-            key: view.key.to_vec(),
+            lane: event.partition.0,
+            position: event.offset.0,
             topic: topic.to_string(),
-            partition,
-            offset: view.offset.0,
-            sequence: view.sequence.0,
-            timestamp_ms: view.timestamp_ms,
-            event_type: view.event_type.to_string(),
-            headers,
-            payload: view.payload.to_vec(),
-            webhook_id: message_id(topic, partition, view.offset.0, view.key, view.idempotency_id),
+            event: event.to_recorded(),
+            webhook_id: message_id(
+                topic,
+                event.partition.0,
+                event.offset.0,
+                event.key,
+                event.idempotency_id,
+            ),
         }
     }
 
     /// A job for a dead letter being redriven: the original event's fields come
     /// from its `stele-dl-*` headers.
-    fn from_dead_letter(stream: usize, partition: u32, view: &RecordView<'_>) -> Option<Job> {
-        let all = decoded_headers(view.headers);
+    fn from_dead_letter(stream: usize, letter: &EventRef<'_>) -> Option<Job> {
         let text = |name: &str| {
-            all.iter()
-                .find(|(header, _)| header == name)
-                .and_then(|(_, value)| std::str::from_utf8(value).ok())
-                .map(str::to_string)
+            letter
+                .headers
+                .get(name)
+                .and_then(|value| std::str::from_utf8(value).ok())
         };
         let number = |name: &str| text(name).and_then(|value| value.parse::<i64>().ok());
+        let mut event = letter.to_recorded();
+        event.partition = PartitionId(u32::try_from(number(dl::PARTITION)?).ok()?);
+        event.offset = Offset(u64::try_from(number(dl::OFFSET)?).ok()?);
+        event.sequence = Sequence(u64::try_from(number(dl::SEQUENCE)?).ok()?);
+        event.timestamp_ms = number(dl::TIMESTAMP_MS)?;
+        event.headers.retain(|(name, _)| !name.starts_with(dl::PREFIX));
+        // The dead letter's own id is not the original's.
+        event.idempotency_id = None;
+        event.producer = None;
         Some(Job {
             stream,
-            lane: partition,
-            position: view.offset.0,
-            key: view.key.to_vec(),
-            topic: text(dl::TOPIC)?,
-            partition: u32::try_from(number(dl::PARTITION)?).ok()?,
-            offset: u64::try_from(number(dl::OFFSET)?).ok()?,
-            sequence: u64::try_from(number(dl::SEQUENCE)?).ok()?,
-            timestamp_ms: number(dl::TIMESTAMP_MS)?,
-            event_type: view.event_type.to_string(),
-            headers: all
-                .iter()
-                .filter(|(name, _)| !name.starts_with(dl::PREFIX))
-                .cloned()
-                .collect(),
-            payload: view.payload.to_vec(),
-            webhook_id: text(dl::WEBHOOK_ID)?,
+            lane: letter.partition.0,
+            position: letter.offset.0,
+            topic: text(dl::TOPIC)?.to_string(),
+            event,
+            webhook_id: text(dl::WEBHOOK_ID)?.to_string(),
         })
     }
 }
 
-fn decoded_headers(block: &[u8]) -> Vec<(String, Vec<u8>)> {
-    record::headers(block)
-        .filter_map(|header| header.ok())
-        .map(|(name, value)| (name.to_string(), value.to_vec()))
-        .collect()
-}
-
 /// The header value naming the endpoint of a dead letter, if any.
-pub(super) fn dead_letter_endpoint<'a>(view: &RecordView<'a>) -> Option<&'a [u8]> {
-    record::headers(view.headers)
-        .filter_map(|header| header.ok())
-        .find(|(name, _)| *name == dl::ENDPOINT)
-        .map(|(_, value)| value)
+pub(super) fn dead_letter_endpoint<'a>(letter: &EventRef<'a>) -> Option<&'a [u8]> {
+    letter.headers.get(dl::ENDPOINT)
 }
 
 /// A partition of a stream.
@@ -200,6 +182,8 @@ struct Loop {
     endpoint: Arc<Endpoint>,
     status: Arc<EndpointStatus>,
     streams: Vec<Stream>,
+    /// The endpoint's filter, applied to its topic's events (not to dead letters).
+    filter: EventFilter,
     /// Per key: its jobs in order; the head is in flight or runnable.
     queues: HashMap<OrderKey, VecDeque<Job>>,
     /// Keys whose head job may start.
@@ -230,27 +214,27 @@ pub(super) async fn run(
     status: Arc<EndpointStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut streams = vec![open_stream(
-        &shared,
-        &endpoint.topic,
-        cursor_name(&endpoint.name),
-        None,
-        false,
-    )?];
+    let mut streams =
+        vec![open_stream(&shared, &endpoint.topic, cursor_name(&endpoint.name), None, false).await?];
     if endpoint.redrive_until.iter().any(|(_, until)| *until > 0) {
-        streams.push(open_stream(
-            &shared,
-            &endpoint.settings.dead_letter_topic,
-            redrive_cursor_name(&endpoint.name),
-            Some(&endpoint.redrive_until),
-            true,
-        )?);
+        streams.push(
+            open_stream(
+                &shared,
+                &endpoint.settings.dead_letter_topic,
+                redrive_cursor_name(&endpoint.name),
+                Some(&endpoint.redrive_until),
+                true,
+            )
+            .await?,
+        );
     }
+    let filter = EventFilter::new(endpoint.event_types.iter().cloned(), endpoint.key_prefix.clone());
     let mut state = Loop {
         shared,
         endpoint,
         status,
         streams,
+        filter,
         queues: HashMap::new(),
         runnable: VecDeque::new(),
         buffered_count: 0,
@@ -262,21 +246,22 @@ pub(super) async fn run(
         if *stop.borrow() {
             return state.stop().await;
         }
-        let read = state.fill()?;
+        let read = state.fill().await?;
         state.start_runnable();
-        // A cursor commit is a synced journal write on this runtime thread: while
-        // deliveries are in flight, commit at most every `COMMIT_INTERVAL` (a crash
-        // re-delivers what finished since, which at-least-once allows); when the
-        // loop is idle, commit at once so the cursor and lag settle.
+        // A cursor commit is a synced journal write (the backend runs it off the
+        // runtime's threads, but this loop waits for it): while deliveries are in
+        // flight, commit at most every `COMMIT_INTERVAL` (a crash re-delivers
+        // what finished since, which at-least-once allows); when the loop is
+        // idle, commit at once so the cursor and lag settle.
         if state.tasks.is_empty() || state.committed_at.elapsed() >= COMMIT_INTERVAL {
-            state.commit()?;
+            state.commit().await?;
             state.committed_at = Instant::now();
         }
         if read && state.has_room() {
             tokio::task::yield_now().await;
             continue;
         }
-        let mut waits: Vec<BoxFuture<Offset>> = Vec::new();
+        let mut waits: Vec<BoxFuture<Result<Offset>>> = Vec::new();
         if state.has_room() {
             for stream in &state.streams {
                 for (index, lane) in stream.lanes.iter().enumerate() {
@@ -285,7 +270,7 @@ pub(super) async fn run(
                             &stream.topic,
                             PartitionId(index as u32),
                             Offset(lane.next),
-                        )?);
+                        ));
                     }
                 }
             }
@@ -300,23 +285,25 @@ pub(super) async fn run(
                 }
                 state.shared.observer.in_flight(&state.endpoint.name, state.tasks.len());
             }
-            _ = crate::subscription::any(&mut waits), if !waits.is_empty() => {}
+            (_, woken) = crate::subscription::any(&mut waits), if !waits.is_empty() => {
+                woken?;
+            }
             _ = tokio::time::sleep(IDLE_TICK) => {}
         }
     }
 }
 
-fn open_stream(
+async fn open_stream(
     shared: &Shared,
     topic: &str,
     cursor: String,
     until: Option<&[(u32, u64)]>,
     redrive: bool,
 ) -> Result<Stream> {
-    let positions = match shared.backend.cursor(topic, &cursor) {
+    let positions = match shared.backend.cursor(topic, &cursor).await {
         Ok(positions) => positions.into_iter().map(|position| position.committed).collect(),
         Err(Error::CursorNotFound(_)) => {
-            let count = shared.backend.describe_topic(topic)?.partitions.len();
+            let count = shared.backend.describe_topic(topic).await?.partitions.len();
             vec![None; count]
         }
         Err(error) => return Err(error),
@@ -326,7 +313,7 @@ fn open_stream(
         let partition = PartitionId(index as u32);
         let start = match committed {
             Some(offset) => offset.0,
-            None => shared.backend.earliest(topic, partition)?.0,
+            None => shared.backend.earliest(topic, partition).await?.0,
         };
         let until = until.map(|marks| {
             marks
@@ -356,7 +343,7 @@ impl Loop {
     }
 
     /// Reads what fits into the buffer; returns whether anything was read.
-    fn fill(&mut self) -> Result<bool> {
+    async fn fill(&mut self) -> Result<bool> {
         let mut read_any = false;
         for stream_index in 0..self.streams.len() {
             let lanes_count = self.streams[stream_index].lanes.len();
@@ -364,18 +351,18 @@ impl Loop {
                 if !self.has_room() {
                     return Ok(read_any);
                 }
-                read_any |= self.fill_lane(stream_index, lane_index)?;
+                read_any |= self.fill_lane(stream_index, lane_index).await?;
             }
         }
         Ok(read_any)
     }
 
-    fn fill_lane(&mut self, stream_index: usize, lane_index: usize) -> Result<bool> {
+    async fn fill_lane(&mut self, stream_index: usize, lane_index: usize) -> Result<bool> {
         let backend = Arc::clone(&self.shared.backend);
         let stream = &self.streams[stream_index];
         let lane = &stream.lanes[lane_index];
         let partition = PartitionId(lane_index as u32);
-        let high_watermark = backend.high_watermark(&stream.topic, partition)?.0;
+        let high_watermark = backend.high_watermark(&stream.topic, partition).await?.0;
         let end = lane
             .until
             .map_or(high_watermark, |until| until.min(high_watermark));
@@ -387,34 +374,33 @@ impl Loop {
         let bytes_max = WEBHOOK_BUFFERED_SIZE_BYTES_MAX
             .saturating_sub(self.buffered_size)
             .max(1);
-        let endpoint = Arc::clone(&self.endpoint);
         let topic = stream.topic.clone();
         let redrive = stream.redrive;
+        // Dead letters are picked by their endpoint header, not by the filter.
+        let filter = if redrive {
+            EventFilter::all()
+        } else {
+            self.filter.clone()
+        };
+        let from = lane.next;
+        let scanned = backend
+            .scan(&topic, partition, Offset(from), count_max, bytes_max, &filter)
+            .await;
         let mut jobs = Vec::new();
-        let scanned = backend.scan(
-            &topic,
-            partition,
-            Offset(lane.next),
-            count_max,
-            bytes_max,
-            &mut |view| {
-                if view.offset.0 >= end {
-                    return false;
-                }
-                if redrive {
-                    if dead_letter_endpoint(view) == Some(endpoint.name.as_bytes())
-                        && let Some(job) = Job::from_dead_letter(stream_index, partition.0, view)
+        let next = match scanned {
+            Ok(events) => {
+                // `count_max` keeps the scan below `end`.
+                for event in events.iter().take_while(|event| event.offset.0 < end) {
+                    if !redrive {
+                        jobs.push(Job::from_event(stream_index, &topic, &event));
+                    } else if dead_letter_endpoint(&event) == Some(self.endpoint.name.as_bytes())
+                        && let Some(job) = Job::from_dead_letter(stream_index, &event)
                     {
                         jobs.push(job);
                     }
-                } else if matches(&endpoint, view) {
-                    jobs.push(Job::from_event(stream_index, &topic, partition.0, view));
                 }
-                true
-            },
-        );
-        let next = match scanned {
-            Ok(next) => next.0.min(end),
+                events.next_offset().0.min(end)
+            }
             Err(Error::OffsetOutOfRange { earliest, .. }) => {
                 tracing::warn!(
                     endpoint = %self.endpoint.name, topic = %topic, %partition, from = lane.next, %earliest,
@@ -425,13 +411,14 @@ impl Loop {
             Err(error) => return Err(error),
         };
         let lane = &mut self.streams[stream_index].lanes[lane_index];
+        debug_assert_eq!(lane.next, from, "one read of a lane at a time");
         let progressed = next > lane.next;
         lane.next = lane.next.max(next);
         for job in jobs {
             lane.pending.insert(job.position);
             self.buffered_count += 1;
             self.buffered_size += job.size();
-            let order_key = (job.stream, job.lane, job.key.clone());
+            let order_key = (job.stream, job.lane, job.event.key.clone());
             let queue = self.queues.entry(order_key.clone()).or_default();
             queue.push_back(job);
             if queue.len() == 1 {
@@ -514,10 +501,10 @@ impl Loop {
         }
         self.tasks.abort_all();
         self.shared.observer.in_flight(&self.endpoint.name, 0);
-        self.commit()
+        self.commit().await
     }
 
-    fn commit(&mut self) -> Result<()> {
+    async fn commit(&mut self) -> Result<()> {
         let backend = Arc::clone(&self.shared.backend);
         let mut lag = 0u64;
         for (stream_index, stream) in self.streams.iter_mut().enumerate() {
@@ -529,7 +516,9 @@ impl Loop {
                 }
             }
             if !offsets.is_empty() {
-                backend.commit_cursor(&stream.topic, &stream.cursor, &offsets, false)?;
+                backend
+                    .commit_cursor(&stream.topic, &stream.cursor, offsets.clone(), false)
+                    .await?;
                 for (partition, offset) in offsets {
                     stream.lanes[partition.0 as usize].committed = offset.0;
                 }
@@ -537,7 +526,8 @@ impl Loop {
             if stream_index == 0 {
                 for (index, lane) in stream.lanes.iter().enumerate() {
                     let high_watermark = backend
-                        .high_watermark(&stream.topic, PartitionId(index as u32))?
+                        .high_watermark(&stream.topic, PartitionId(index as u32))
+                        .await?
                         .0;
                     lag += high_watermark.saturating_sub(lane.committed);
                 }
@@ -546,12 +536,6 @@ impl Loop {
         self.shared.observer.lag(&self.endpoint.name, lag);
         Ok(())
     }
-}
-
-/// Whether an event passes the endpoint's filters.
-fn matches(endpoint: &Endpoint, view: &RecordView<'_>) -> bool {
-    (endpoint.event_types.is_empty() || endpoint.event_types.iter().any(|name| name == view.event_type))
-        && view.key.starts_with(&endpoint.key_prefix)
 }
 
 /// Gives the probe back when a delivery is cancelled between admission and result.
@@ -607,17 +591,7 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, 
         backoff_max: Duration::from_millis(settings.backoff_max_ms),
     };
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
-    let body = Bytes::from(render(&BodyEvent {
-        topic: &job.topic,
-        partition: job.partition,
-        offset: job.offset,
-        key: &job.key,
-        event_type: &job.event_type,
-        sequence: job.sequence,
-        timestamp_ms: job.timestamp_ms,
-        headers: &job.headers,
-        payload: &job.payload,
-    }));
+    let body = Bytes::from(render(&job.topic, &job.event.as_event_ref()));
     let target = match super::http::parse_target(&endpoint.url) {
         Ok(target) => target,
         Err(message) => {
@@ -658,7 +632,7 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, 
         match sent.result.verdict() {
             Verdict::Success => {
                 shared.observer.outcome(name, "success", class);
-                let latency_ms = now_ms().saturating_sub(job.timestamp_ms).max(0) as u64;
+                let latency_ms = now_ms().saturating_sub(job.event.timestamp_ms).max(0) as u64;
                 shared.observer.delivered(name, Duration::from_millis(latency_ms));
                 status
                     .delivered
@@ -705,7 +679,8 @@ async fn dead_letter(
     last_status: u16,
     attempts: u32,
 ) -> Finish {
-    let mut headers = job.headers.clone();
+    let original = &job.event;
+    let mut headers = original.headers.clone();
     // Room for the dead-letter headers within the per-event header limits.
     headers.truncate(stele_engine::limits::HEADERS_COUNT_MAX - dl::COUNT);
     let mut reason = reason.to_string();
@@ -716,12 +691,18 @@ async fn dead_letter(
         (dl::STATUS.to_string(), last_status.to_string().into_bytes()),
         (dl::ATTEMPTS.to_string(), attempts.to_string().into_bytes()),
         (dl::TOPIC.to_string(), job.topic.as_bytes().to_vec()),
-        (dl::PARTITION.to_string(), job.partition.to_string().into_bytes()),
-        (dl::OFFSET.to_string(), job.offset.to_string().into_bytes()),
-        (dl::SEQUENCE.to_string(), job.sequence.to_string().into_bytes()),
+        (
+            dl::PARTITION.to_string(),
+            original.partition.to_string().into_bytes(),
+        ),
+        (dl::OFFSET.to_string(), original.offset.to_string().into_bytes()),
+        (
+            dl::SEQUENCE.to_string(),
+            original.sequence.to_string().into_bytes(),
+        ),
         (
             dl::TIMESTAMP_MS.to_string(),
-            job.timestamp_ms.to_string().into_bytes(),
+            original.timestamp_ms.to_string().into_bytes(),
         ),
         (dl::WEBHOOK_ID.to_string(), job.webhook_id.as_bytes().to_vec()),
     ]);
@@ -734,12 +715,12 @@ async fn dead_letter(
     };
     let idempotency_id = format!("dl:{}:{}{}", endpoint.name, job.webhook_id, redrive_part);
     let event = Event {
-        event_type: job.event_type.clone(),
-        payload: job.payload.clone(),
+        event_type: original.event_type.clone(),
+        payload: original.payload.clone(),
         headers,
         idempotency_id: Some(idempotency_id.into_bytes()),
     };
-    let request = AppendRequest::new(job.key.clone(), vec![event]);
+    let request = AppendRequest::new(original.key.clone(), vec![event]);
     loop {
         let outcome = shared
             .backend

@@ -47,6 +47,7 @@ use stele_engine::error::{Error, Result};
 use stele_engine::event::{Offset, PartitionId};
 use stele_engine::limits;
 use stele_engine::webhook::{DeliverySettings, Endpoint, WebhookStore, defaults};
+use stele_engine::{EventFilter, EventRef};
 
 /// The pause before a failed delivery loop is started again.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
@@ -414,7 +415,7 @@ impl Dispatcher {
         }
         let backend = &self.shared.backend;
         for topic in [&request.topic, &settings.dead_letter_topic] {
-            match backend.create_topic(topic, backend.default_topic_options()) {
+            match backend.create_topic(topic, backend.default_topic_options()).await {
                 Ok(_) | Err(Error::TopicExists(_)) => {}
                 Err(error) => return Err(error),
             }
@@ -428,18 +429,20 @@ impl Dispatcher {
             } else {
                 &settings.dead_letter_topic
             };
-            match backend.delete_cursor(topic, &name) {
+            match backend.delete_cursor(topic, &name).await {
                 Ok(()) | Err(Error::CursorNotFound(_)) => {}
                 Err(error) => return Err(error),
             }
         }
         if !request.from_earliest {
-            let partitions = backend.describe_topic(&request.topic)?.partitions;
+            let partitions = backend.describe_topic(&request.topic).await?.partitions;
             let offsets: Vec<(PartitionId, Offset)> = partitions
                 .iter()
                 .map(|info| (info.partition, info.high_watermark))
                 .collect();
-            backend.commit_cursor(&request.topic, &cursor, &offsets, true)?;
+            backend
+                .commit_cursor(&request.topic, &cursor, offsets, true)
+                .await?;
         }
         let endpoint = Endpoint {
             name: request.name.clone(),
@@ -458,7 +461,7 @@ impl Dispatcher {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&endpoint.name);
         self.spawn(endpoint.clone());
-        Ok((self.view(endpoint), signature::encode_secret(&secret)))
+        Ok((self.view(endpoint).await, signature::encode_secret(&secret)))
     }
 
     fn settings(&self, topic: &str, requested: &WebhookSettings) -> Result<DeliverySettings> {
@@ -508,13 +511,14 @@ impl Dispatcher {
         Ok(settings)
     }
 
-    fn view(&self, mut endpoint: Endpoint) -> WebhookView {
+    async fn view(&self, mut endpoint: Endpoint) -> WebhookView {
         let status = self.status(&endpoint);
         endpoint.secret.clear();
         let partitions = self
             .shared
             .backend
             .cursor(&endpoint.topic, &delivery::cursor_name(&endpoint.name))
+            .await
             .unwrap_or_default();
         let lag = partitions.iter().map(|position| position.lag).sum();
         let circuit = status.breaker().state(Instant::now()).name();
@@ -541,12 +545,12 @@ impl Dispatcher {
     }
 
     /// Every endpoint with its state.
-    pub fn list(&self) -> Vec<WebhookView> {
-        self.store
-            .list()
-            .into_iter()
-            .map(|endpoint| self.view(endpoint))
-            .collect()
+    pub async fn list(&self) -> Vec<WebhookView> {
+        let mut views = Vec::new();
+        for endpoint in self.store.list() {
+            views.push(self.view(endpoint).await);
+        }
+        views
     }
 
     /// Stops delivering to an endpoint, durably; in-flight requests are
@@ -589,7 +593,7 @@ impl Dispatcher {
                 delivery::redrive_cursor_name(name),
             ),
         ] {
-            match self.shared.backend.delete_cursor(topic, &cursor) {
+            match self.shared.backend.delete_cursor(topic, &cursor).await {
                 Ok(()) | Err(Error::CursorNotFound(_)) | Err(Error::TopicNotFound(_)) => {}
                 Err(error) => tracing::warn!(%error, "cannot delete a deleted webhook's cursor"),
             }
@@ -604,24 +608,29 @@ impl Dispatcher {
 
     /// Visits an endpoint's dead letters not yet redriven, below `until` (by
     /// partition; the high watermark when absent), while `visit` returns true.
-    fn scan_dead_letters(
+    async fn scan_dead_letters(
         &self,
         endpoint: &Endpoint,
         until: Option<&[(u32, u64)]>,
-        visit: &mut dyn FnMut(DeadLetterView) -> bool,
+        visit: &mut (dyn FnMut(DeadLetterView) -> bool + Send),
     ) -> Result<()> {
         let backend = &self.shared.backend;
         let topic = &endpoint.settings.dead_letter_topic;
-        let positions = match backend.cursor(topic, &delivery::redrive_cursor_name(&endpoint.name)) {
+        let positions = match backend
+            .cursor(topic, &delivery::redrive_cursor_name(&endpoint.name))
+            .await
+        {
             Ok(positions) => positions.into_iter().map(|position| position.committed).collect(),
-            Err(Error::CursorNotFound(_)) => vec![None; backend.describe_topic(topic)?.partitions.len()],
+            Err(Error::CursorNotFound(_)) => {
+                vec![None; backend.describe_topic(topic).await?.partitions.len()]
+            }
             Err(error) => return Err(error),
         };
         for (index, committed) in positions.into_iter().enumerate() {
             let partition = PartitionId(index as u32);
             let mut next = match committed {
                 Some(offset) => offset,
-                None => backend.earliest(topic, partition)?,
+                None => backend.earliest(topic, partition).await?,
             };
             let end = match until {
                 Some(marks) => Offset(
@@ -630,21 +639,28 @@ impl Dispatcher {
                         .find(|(mark, _)| *mark == partition.0)
                         .map_or(0, |(_, offset)| *offset),
                 ),
-                None => backend.high_watermark(topic, partition)?,
+                None => backend.high_watermark(topic, partition).await?,
             };
             let mut going = true;
             // Bounded: each scan advances `next` by at least one event below `end`.
             while going && next < end {
                 let count_max = ((end.0 - next.0) as usize).min(limits::READ_EVENTS_COUNT_MAX);
-                next = backend.scan(topic, partition, next, count_max, 4 << 20, &mut |view| {
-                    if view.offset >= end {
-                        return false;
+                let letters = backend
+                    .scan(topic, partition, next, count_max, 4 << 20, &EventFilter::all())
+                    .await?;
+                next = letters.next_offset();
+                for letter in letters.iter() {
+                    if letter.offset >= end {
+                        next = letter.offset;
+                        break;
                     }
-                    if delivery::dead_letter_endpoint(view) == Some(endpoint.name.as_bytes()) {
-                        going = visit(dead_letter_view(partition.0, view));
+                    if delivery::dead_letter_endpoint(&letter) == Some(endpoint.name.as_bytes()) {
+                        going = visit(dead_letter_view(&letter));
+                        if !going {
+                            break;
+                        }
                     }
-                    going
-                })?;
+                }
             }
             // A visitor that stopped (a listing's bound reached) stops the
             // whole scan, not just this partition's.
@@ -659,13 +675,14 @@ impl Dispatcher {
     ///
     /// # Errors
     /// [`Error::WebhookNotFound`]; topic errors.
-    pub fn dead_letters(&self, name: &str, count_max: usize) -> Result<Vec<DeadLetterView>> {
+    pub async fn dead_letters(&self, name: &str, count_max: usize) -> Result<Vec<DeadLetterView>> {
         let endpoint = self.store.get(name)?;
         let mut letters = Vec::new();
         self.scan_dead_letters(&endpoint, None, &mut |letter| {
             letters.push(letter);
             letters.len() < count_max
-        })?;
+        })
+        .await?;
         Ok(letters)
     }
 
@@ -678,7 +695,7 @@ impl Dispatcher {
         let _serial = self.changes.lock().await;
         let endpoint = self.store.get(name)?;
         let topic = &endpoint.settings.dead_letter_topic;
-        let partitions = self.shared.backend.describe_topic(topic)?.partitions;
+        let partitions = self.shared.backend.describe_topic(topic).await?.partitions;
         let marks: Vec<(u32, u64)> = partitions
             .iter()
             .map(|info| (info.partition.0, info.high_watermark.0))
@@ -687,7 +704,8 @@ impl Dispatcher {
         self.scan_dead_letters(&endpoint, Some(&marks), &mut |_| {
             count += 1;
             true
-        })?;
+        })
+        .await?;
         let endpoint = self
             .store
             .update(name, |endpoint| endpoint.redrive_until = marks)?;
@@ -717,10 +735,10 @@ impl Dispatcher {
     }
 }
 
-fn dead_letter_view(partition: u32, view: &stele_engine::format::record::RecordView<'_>) -> DeadLetterView {
+fn dead_letter_view(view: &EventRef<'_>) -> DeadLetterView {
     use dead_letter_headers as dl;
     let mut letter = DeadLetterView {
-        dead_letter_partition: partition,
+        dead_letter_partition: view.partition.0,
         dead_letter_offset: view.offset.0,
         topic: String::new(),
         partition: 0,
@@ -732,8 +750,7 @@ fn dead_letter_view(partition: u32, view: &stele_engine::format::record::RecordV
         last_status: 0,
         attempts: 0,
     };
-    for (name, value) in stele_engine::format::record::headers(view.headers).filter_map(|header| header.ok())
-    {
+    for (name, value) in view.headers.iter() {
         let text = String::from_utf8_lossy(value).into_owned();
         match name {
             dl::TOPIC => letter.topic = text,
