@@ -179,6 +179,13 @@ pub trait Backend: Send + Sync + 'static {
     fn subscription_started(&self, _topic: &str) -> Box<dyn Send + Sync> {
         Box::new(())
     }
+    /// Stops taking work and waits for work that outlives the call that started
+    /// it (the engine's blocking work runs to its end even when its call is
+    /// cancelled); the server calls it after the last call finished and before
+    /// the storage closes. Later calls answer [`Error::Closed`].
+    fn shutdown(&self) -> BoxFuture<()> {
+        ready(())
+    }
 }
 
 /// Runs `work` on tokio's blocking pool once the future is first polled.
@@ -209,6 +216,44 @@ pub struct EngineBackend {
     log: Arc<Log>,
     defaults: TopicOptions,
     auto_create: bool,
+    running: Arc<Running>,
+}
+
+/// The backend's blocking work still running, so that shutdown can wait for it
+/// before the log closes (and its directory lock is released).
+#[derive(Debug, Default)]
+struct Running {
+    state: Mutex<RunningState>,
+    idle: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct RunningState {
+    count: usize,
+    closed: bool,
+}
+
+impl Running {
+    fn state(&self) -> std::sync::MutexGuard<'_, RunningState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counts one piece of blocking work from its start to its end (dropped with
+/// the work's closure, whether it ran or the pool refused it).
+struct RunningWork(Arc<Running>);
+
+impl Drop for RunningWork {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        assert!(state.count > 0, "blocking work ends that never started");
+        state.count -= 1;
+        if state.count == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl EngineBackend {
@@ -219,12 +264,38 @@ impl EngineBackend {
             log,
             defaults,
             auto_create,
+            running: Arc::default(),
         }
     }
 
     /// The log behind the backend.
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// [`blocking`], counted in `running` from start to end, and refused with
+    /// [`Error::Closed`] once [`Backend::shutdown`] began.
+    fn blocking<T, F>(&self, work: F) -> BoxFuture<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let running = Arc::clone(&self.running);
+        Box::pin(async move {
+            {
+                let mut state = running.state();
+                if state.closed {
+                    return Err(Error::Closed);
+                }
+                state.count += 1;
+            }
+            let counted = RunningWork(running);
+            blocking(move || {
+                let _counted = counted;
+                work()
+            })
+            .await
+        })
     }
 
     fn topic(&self, name: &str) -> Result<Topic> {
@@ -237,6 +308,7 @@ impl EngineBackend {
             log: Arc::clone(&self.log),
             defaults: self.defaults.clone(),
             auto_create: self.auto_create,
+            running: Arc::clone(&self.running),
         }
     }
 
@@ -314,7 +386,7 @@ impl Backend for EngineBackend {
         // Creating a topic makes and syncs files and directories.
         let log = Arc::clone(&self.log);
         let name = name.to_string();
-        blocking(move || Ok(log.create_topic(&name, options)?.options().clone()))
+        self.blocking(move || Ok(log.create_topic(&name, options)?.options().clone()))
     }
 
     fn describe_topic(&self, name: &str) -> BoxFuture<Result<TopicDescription>> {
@@ -324,7 +396,7 @@ impl Backend for EngineBackend {
             Ok(handle) => handle,
             Err(error) => return ready(Err(error)),
         };
-        blocking(move || {
+        self.blocking(move || {
             Ok(TopicDescription {
                 options: handle.options().clone(),
                 partitions: handle.partition_infos(),
@@ -340,7 +412,7 @@ impl Backend for EngineBackend {
         // Waits for the topic's partitions to stop and removes its directory.
         let log = Arc::clone(&self.log);
         let name = name.to_string();
-        blocking(move || log.delete_topic(&name))
+        self.blocking(move || log.delete_topic(&name))
     }
 
     fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>> {
@@ -375,7 +447,7 @@ impl Backend for EngineBackend {
         let backend = self.clone_handle();
         let topic = topic.to_string();
         let name = name.to_string();
-        blocking(move || backend.topic_for_append(&topic)?.open_producer(&name))
+        self.blocking(move || backend.topic_for_append(&topic)?.open_producer(&name))
     }
 
     fn scan(
@@ -393,7 +465,7 @@ impl Backend for EngineBackend {
             Err(error) => return ready(Err(error)),
         };
         let filter = filter.clone();
-        blocking(move || handle.scan_events(partition, from, count_max, bytes_max, &filter))
+        self.blocking(move || handle.scan_events(partition, from, count_max, bytes_max, &filter))
     }
 
     fn read_key(
@@ -409,7 +481,7 @@ impl Backend for EngineBackend {
             Err(error) => return ready(Err(error)),
         };
         let key = key.to_vec();
-        blocking(move || {
+        self.blocking(move || {
             let last_sequence = handle.key_sequence(&key)?;
             let events = handle.read_key_events(&key, from, direction, count_max)?;
             Ok(KeyHistory {
@@ -430,7 +502,7 @@ impl Backend for EngineBackend {
             Ok(handle) => handle,
             Err(error) => return ready(Err(error)),
         };
-        blocking(move || handle.offset_for_timestamp(partition, timestamp_ms))
+        self.blocking(move || handle.offset_for_timestamp(partition, timestamp_ms))
     }
 
     fn high_watermark(&self, topic: &str, partition: PartitionId) -> BoxFuture<Result<Offset>> {
@@ -467,7 +539,7 @@ impl Backend for EngineBackend {
             Err(error) => return ready(Err(error)),
         };
         let name = name.to_string();
-        blocking(move || handle.commit_cursor(&name, &offsets, allow_backwards))
+        self.blocking(move || handle.commit_cursor(&name, &offsets, allow_backwards))
     }
 
     fn cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<Vec<CursorPosition>>> {
@@ -485,6 +557,69 @@ impl Backend for EngineBackend {
             Err(error) => return ready(Err(error)),
         };
         let name = name.to_string();
-        blocking(move || handle.delete_cursor(&name))
+        self.blocking(move || handle.delete_cursor(&name))
+    }
+
+    fn shutdown(&self) -> BoxFuture<()> {
+        let running = Arc::clone(&self.running);
+        Box::pin(async move {
+            running.state().closed = true;
+            // Bounded: no work starts once closed, so the count only falls.
+            loop {
+                let idle = running.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if running.state().count == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::task::{Context, Poll, Waker};
+
+    use stele_engine::LogOptions;
+
+    use super::*;
+
+    fn poll_once<T>(future: &mut BoxFuture<T>) -> Poll<T> {
+        future.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_waits_for_blocking_work_of_cancelled_calls_then_refuses_more() {
+        // Goal: blocking work keeps running after its call is dropped (as a
+        // cursor commit's fdatasync would); shutdown returns only once it ended,
+        // and work asked for afterwards is refused, so the log closes last.
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let log = Arc::new(Log::open(dir.path(), LogOptions::default()).expect("open"));
+        let backend = EngineBackend::new(log, TopicOptions::default(), false);
+        let (started_sender, started) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let mut call = backend.blocking(move || {
+            started_sender.send(()).expect("report the start");
+            released.recv().expect("wait for the release");
+            Ok(())
+        });
+        assert!(
+            poll_once(&mut call).is_pending(),
+            "the work waits for its release"
+        );
+        started.recv().expect("the work started");
+        drop(call);
+        let mut shutdown = backend.shutdown();
+        assert!(
+            poll_once(&mut shutdown).is_pending(),
+            "shutdown finished while the work of a cancelled call still ran"
+        );
+        release.send(()).expect("release the work");
+        shutdown.await;
+        let refused = backend.blocking(|| Ok(())).await;
+        assert!(matches!(refused, Err(Error::Closed)), "{refused:?}");
     }
 }

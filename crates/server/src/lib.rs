@@ -77,6 +77,7 @@ pub struct RunningServer {
     metrics: Arc<metrics::ServerMetrics>,
     metrics_endpoint: Option<metrics::MetricsEndpoint>,
     webhooks: Arc<webhook::Dispatcher>,
+    backend: Arc<dyn Backend>,
 }
 
 impl RunningServer {
@@ -146,7 +147,7 @@ impl RunningServer {
         };
         let webhooks =
             webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
-        let service = SteleService::new(backend, closing).with_webhooks(Arc::clone(&webhooks));
+        let service = SteleService::new(Arc::clone(&backend), closing).with_webhooks(Arc::clone(&webhooks));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<proto::stele_server::SteleServer<SteleService>>()
@@ -201,6 +202,7 @@ impl RunningServer {
             metrics,
             metrics_endpoint,
             webhooks,
+            backend,
         })
     }
 
@@ -240,6 +242,8 @@ impl RunningServer {
         tracing::info!("shutting down: finishing in-flight calls");
         self.stop_serving().await;
         self.webhooks.shutdown().await;
+        // Work of cancelled calls (a cursor commit's fdatasync) may still run.
+        self.backend.shutdown().await;
         let closed = self.log.close();
         tracing::info!("log closed");
         closed

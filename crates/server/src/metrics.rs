@@ -941,6 +941,10 @@ impl Backend for MeteredBackend {
         self.inner.delete_cursor(topic, name)
     }
 
+    fn shutdown(&self) -> BoxFuture<()> {
+        self.inner.shutdown()
+    }
+
     fn subscription_started(&self, topic: &str) -> Box<dyn Send + Sync> {
         let gauge = self
             .requests()
