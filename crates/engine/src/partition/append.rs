@@ -123,6 +123,10 @@ pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<P
     })
 }
 
+/// Most groups an appender writes in a row under `Interval` and `None` (its own,
+/// then those of appends that arrived meanwhile) before the worker takes over.
+const INLINE_GROUPS_MAX: u32 = 8;
+
 /// The earlier event an idempotency id of the key names.
 #[derive(Debug, Clone, Copy)]
 struct Original {
@@ -251,45 +255,61 @@ impl Partition {
     /// publish it inline. The inline write happens without the lock, like the
     /// worker's: the group is the flushing group meanwhile, and appends that
     /// arrive go to the next group, which the worker takes.
-    fn after_encode(&self, mut state: MutexGuard<'_, State>) {
+    fn after_encode<'a>(&'a self, mut state: MutexGuard<'a, State>) {
         match self.context.options.durability {
             Durability::Always => {
                 self.work.notify_one();
             }
             Durability::Interval { .. } | Durability::None => {
                 if state.flushing.is_some() {
-                    // A group is being written; the worker takes this one next.
-                    self.work.notify_one();
+                    // A group is being written (inline by an appender, or by the
+                    // worker): that writer takes this one once it has published,
+                    // with no hand-off to another thread.
                     return;
                 }
-                let (writes, completions) = self.take_group(&mut state);
-                // Waking is a system call: only when an appender waits for room.
-                let waiters = state.room_waiters > 0;
-                drop(state);
-                if waiters {
-                    self.room.notify_all();
+                // Bounded: this thread writes at most INLINE_GROUPS_MAX groups in
+                // a row (the appends that arrived while it wrote), then hands the
+                // rest to the worker, so an appender is never held for long.
+                for round in 1..=INLINE_GROUPS_MAX {
+                    let (writes, completions) = self.take_group(&mut state);
+                    // Waking is a system call: only when an appender waits for room.
+                    let waiters = state.room_waiters > 0;
+                    drop(state);
+                    if waiters {
+                        self.room.notify_all();
+                    }
+                    let outcome = self.write_group(&writes);
+                    state = self.lock();
+                    let published = outcome.is_ok() && !writes.is_empty();
+                    let became_unsynced = published && !state.unsynced;
+                    state.unsynced |= published;
+                    let completions = self.finish_group(&mut state, outcome, writes, completions);
+                    let start_timer = became_unsynced
+                        && matches!(self.context.options.durability, Durability::Interval { .. });
+                    let more = !state.open.is_empty() && round < INLINE_GROUPS_MAX && !self.is_poisoned();
+                    // The worker may be waiting for this group (to take the next
+                    // one), for the sync timer, for jobs that publication made
+                    // due, or for the appends this thread leaves to it.
+                    if start_timer
+                        || state.worker_waits_for_flush
+                        || state.seal_due
+                        || state.dedup_due
+                        || (!state.open.is_empty() && !more)
+                    {
+                        self.work.notify_one();
+                    }
+                    drop(state);
+                    self.tail.notify();
+                    run(completions);
+                    if !more {
+                        return;
+                    }
+                    state = self.lock();
+                    if state.flushing.is_some() || state.open.is_empty() {
+                        // Another appender (or the worker) took the group meanwhile.
+                        return;
+                    }
                 }
-                let outcome = self.write_group(&writes);
-                let mut state = self.lock();
-                let published = outcome.is_ok() && !writes.is_empty();
-                let became_unsynced = published && !state.unsynced;
-                state.unsynced |= published;
-                let completions = self.finish_group(&mut state, outcome, writes, completions);
-                let start_timer =
-                    became_unsynced && matches!(self.context.options.durability, Durability::Interval { .. });
-                // The worker may be waiting for this group (to take the next one),
-                // for the sync timer, or for jobs that publication made due.
-                if start_timer
-                    || state.worker_waits_for_flush
-                    || state.seal_due
-                    || state.dedup_due
-                    || !state.open.is_empty()
-                {
-                    self.work.notify_one();
-                }
-                drop(state);
-                self.tail.notify();
-                run(completions);
             }
         }
     }
