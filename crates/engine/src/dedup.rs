@@ -1483,7 +1483,7 @@ impl DedupIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
     use crate::io::{Fault, FaultyStorage, StdStorage};
     use proptest::prelude::*;
     use xxhash_rust::xxh3::xxh3_64;

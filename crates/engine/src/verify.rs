@@ -818,11 +818,13 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{Event, ExpectedSequence, Log, LogOptions, TopicOptions};
+    use crate::config::{LogOptions, TopicOptions};
+    use crate::event::{Event, ExpectedSequence};
+    use crate::log::Log;
 
     /// A closed data directory with one topic of one partition, holding sealed
     /// segments and an active one.
-    fn populated(dir: &Path) -> crate::Result<()> {
+    fn populated(dir: &Path) -> crate::error::Result<()> {
         let log = Log::open(dir, LogOptions::default())?;
         let topic = log.create_topic(
             "orders",
@@ -854,7 +856,7 @@ mod tests {
     }
 
     #[test]
-    fn a_clean_directory_has_no_problems() -> crate::Result<()> {
+    fn a_clean_directory_has_no_problems() -> crate::error::Result<()> {
         // Goal: a directory written and closed by the engine verifies clean, and
         // every record is checked.
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -868,7 +870,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_bit_in_a_sealed_segment_is_reported_with_file_and_position() -> crate::Result<()> {
+    fn a_flipped_bit_in_a_sealed_segment_is_reported_with_file_and_position() -> crate::error::Result<()> {
         // Goal: damage inside a sealed segment is a problem naming that file and
         // the byte position of the damaged frame. Method: flip a payload bit of
         // the second frame of the first segment.
@@ -893,7 +895,7 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_active_segment_is_a_torn_tail_note() -> crate::Result<()> {
+    fn a_truncated_active_segment_is_a_torn_tail_note() -> crate::error::Result<()> {
         // Goal: a cut in the active segment's last frame is what a crash leaves;
         // it is a note at the last call end, not a problem. Method: remove the
         // checkpoint written at close (a crash before any checkpoint, so no byte

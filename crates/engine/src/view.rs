@@ -435,11 +435,12 @@ mod tests {
     use super::*;
     use crate::config::{Durability, LogOptions, TopicOptions};
     use crate::event::{AppendRequest, Direction, Event};
-    use crate::{Log, limits};
+    use crate::limits;
+    use crate::log::Log;
 
     /// A log with one topic of one partition in segments of the smallest size,
     /// holding `count` events of 3 types over 7 keys, some with headers and ids.
-    fn sample_log(count: u64) -> (tempfile::TempDir, Log, crate::Topic) {
+    fn sample_log(count: u64) -> (tempfile::TempDir, Log, crate::topic::Topic) {
         let dir = tempfile::tempdir().expect("temporary directory");
         let log = Log::open(dir.path(), LogOptions::default()).expect("open");
         let options = TopicOptions::default()

@@ -23,7 +23,7 @@ use stele_wire::status::{OrStatus, error_detail, invalid_field, map_transport_st
 const READ_EVENTS_DEFAULT: usize = 1000;
 const READ_BYTES_DEFAULT: u64 = 4 << 20;
 /// The most bytes of events one Read returns: well inside the largest message.
-const READ_BYTES_MAX: u64 = (super::MESSAGE_SIZE_BYTES_MAX as u64) / 2;
+const READ_BYTES_MAX: u64 = (stele_wire::MESSAGE_SIZE_BYTES_MAX as u64) / 2;
 /// Requests of one AppendSession in flight at once; more wait (back-pressure).
 const SESSION_IN_FLIGHT_MAX: usize = 1024;
 /// Cursors whose names start with this belong to webhook endpoints.

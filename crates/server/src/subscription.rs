@@ -212,7 +212,7 @@ impl Subscription {
                     .or_status()?;
                 // Each event is encoded straight from the backend's bytes (the
                 // segments' mappings, for the engine).
-                let mut batch = proto::EventBatch::new(partition.0);
+                let mut batch = stele_wire::batch::EventBatch::new(partition.0);
                 for event in events.iter() {
                     batch.push_event(&event);
                 }

@@ -4,8 +4,9 @@
 tonic::include_proto!("stele.v1");
 include!(concat!(env!("OUT_DIR"), "/server/stele.v1.rs"));
 
-/// `stele.v1.EventBatch` is hand-written: see [`crate::batch`].
-pub use crate::batch::EventBatch;
+// `stele.v1.EventBatch` is hand-written (`crate::batch::EventBatch`): the
+// generated `SubscribeResponse` names it through prost's `extern_path`
+// (build.rs), the one place where generated code refers to this crate.
 
 /// The encoded file descriptor set of `stele.v1`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stele_descriptor.bin"));

@@ -16,10 +16,10 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::{Durability, LogOptions, ManualClock, TopicOptions};
+use crate::event::{AppendRequest, Event, ExpectedSequence, Offset, PartitionId};
 use crate::io::{Map, OpenMode, StdStorage, Storage, StorageFile};
-use crate::{
-    Durability, Event, ExpectedSequence, Log, LogOptions, ManualClock, Offset, PartitionId, TopicOptions,
-};
+use crate::log::Log;
 
 /// How long a test waits for another thread before it fails.
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -349,12 +349,9 @@ fn a_roll_creates_the_next_segment_without_the_lock_and_a_crash_there_recovers()
     let (first_tx, first_rx) = channel();
     let first = topic.clone();
     std::thread::spawn(move || {
-        first.submit(
-            crate::AppendRequest::new(b"k".to_vec(), vec![event(4)]),
-            move |result| {
-                let _ = first_tx.send(result);
-            },
-        );
+        first.submit(AppendRequest::new(b"k".to_vec(), vec![event(4)]), move |result| {
+            let _ = first_tx.send(result);
+        });
     });
     let parked = gate.wait_reached();
     assert_eq!(file_name(&parked), "00000000000000000004.log");
@@ -362,12 +359,9 @@ fn a_roll_creates_the_next_segment_without_the_lock_and_a_crash_there_recovers()
     let other = topic.clone();
     std::thread::spawn(move || {
         let (second_tx, second_rx) = channel();
-        other.submit(
-            crate::AppendRequest::new(b"k".to_vec(), vec![event(5)]),
-            move |result| {
-                let _ = second_tx.send(result);
-            },
-        );
+        other.submit(AppendRequest::new(b"k".to_vec(), vec![event(5)]), move |result| {
+            let _ = second_tx.send(result);
+        });
         let infos = other.partition_infos();
         let sequence = other.key_sequence(b"k");
         let _ = done_tx.send((infos, sequence, second_rx));
