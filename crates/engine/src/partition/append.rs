@@ -1058,6 +1058,11 @@ impl Partition {
     /// `.idx` written. Segments are sealed in order, so only those after the
     /// newest sealed one are looked at. A worker job: never under the state lock.
     pub(super) fn seal_full_segments(&self) {
+        // One sealer at a time: two would race on a segment's index file.
+        let _sealing = self
+            .sealing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let full: Vec<Arc<Segment>> = {
             let segments = self.segments();
             let mut full = Vec::new();

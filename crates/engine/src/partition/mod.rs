@@ -113,6 +113,10 @@ pub(crate) struct Partition {
     tail: Notifier,
     poisoned: AtomicBool,
     closing: AtomicBool,
+    /// Held while full segments are sealed: by the worker after a roll, and by
+    /// retention, which seals what is full before it judges segments, so that
+    /// an explicit `enforce_retention` does not depend on the worker's timing.
+    sealing: Mutex<()>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// `Durability::Always`: acknowledgements are delivered by a second thread,
     /// so that waking many appenders overlaps with the next group commit.

@@ -400,6 +400,7 @@ impl Partition {
             tail: Notifier::default(),
             poisoned: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            sealing: Mutex::new(()),
             worker: Mutex::new(None),
             completer: Mutex::new(None),
             recovery: report,
@@ -508,6 +509,11 @@ impl Partition {
         let options = &self.context.options;
         if options.retention_age_ms.is_none() && options.retention_bytes.is_none() {
             return Ok(0);
+        }
+        // Only sealed segments are deleted; seal the full ones first (without
+        // the state lock) rather than leave them to the worker's next round.
+        if !self.is_poisoned() {
+            self.seal_full_segments();
         }
         let now = self.context.clock.now_ms();
         let doomed: Vec<Arc<Segment>> = {
