@@ -21,7 +21,7 @@
 //! is at-least-once: events delivered but not yet committed when a consumer
 //! crashes are delivered again to the next consumer of the cursor.
 //!
-//! [`start_test_server`] (feature `test-server`) starts an in-process server on a free port over a
+//! `start_test_server` (feature `test-server`) starts an in-process server on a free port over a
 //! temporary directory, for embedders' tests.
 //!
 //! Invariant: at most [`PRODUCER_IN_FLIGHT_PER_PARTITION_MAX`] stamped appends

@@ -1,4 +1,4 @@
-//! One endpoint's delivery loop: read events through the [`Backend`], deliver
+//! One endpoint's delivery loop: read events through the [`Backend`](crate::backend::Backend), deliver
 //! them with per-key ordering and bounded concurrency, retry, dead-letter, and
 //! commit the endpoint's cursor.
 //!
