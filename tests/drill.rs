@@ -965,7 +965,10 @@ mod linux {
                     Err(error) if error.kind() == Some(ErrorKind::WrongExpectedSequence) => {
                         // Lost the race. Ids are checked before the condition, so
                         // even after an unknown outcome nothing of this was stored.
-                        let actual = error.details().and_then(|details| details.actual_sequence);
+                        let actual = error
+                            .details()
+                            .and_then(|details| details.actual_sequence)
+                            .map(|sequence| sequence.0);
                         ensure!(
                             actual != view[slot] && error.code() == Some(GrpcCode::FailedPrecondition),
                             "append to {key} expecting {expected} refused with {error} (actual {actual:?})"

@@ -167,7 +167,7 @@ async fn appends_and_reads_round_trip_events_through_every_read_rpc() {
     );
     assert_eq!(
         stale.details().and_then(|details| details.actual_sequence),
-        Some(1)
+        Some(Sequence(1))
     );
     assert_eq!(outcomes[2].as_ref().expect("third").first_offset, Offset(2));
 
@@ -243,7 +243,7 @@ async fn wrong_expected_sequence_is_failed_precondition_with_actual_sequence_and
     assert_eq!(error.error_code(), Some(10));
     assert_eq!(
         error.details().and_then(|details| details.actual_sequence),
-        Some(0)
+        Some(Sequence(0))
     );
 
     let mut raw = SteleClient::connect(server.url()).await.expect("raw client");
@@ -468,7 +468,7 @@ async fn stamped_appends_are_deduplicated_and_older_epochs_are_aborted() {
     assert_eq!(
         gap.details()
             .and_then(|details| details.expected_producer_sequence),
-        Some(2)
+        Some(Sequence(2))
     );
 
     let (again, newer) = client.open_producer("t", "writer").await.expect("reopen");

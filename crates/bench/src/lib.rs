@@ -686,11 +686,11 @@ async fn cas(
         Err(error) => json!({
             "rejected": error.code() == Some(GrpcCode::FailedPrecondition)
                 && error.kind() == Some(ErrorKind::WrongExpectedSequence)
-                && error.details().and_then(|details| details.actual_sequence) == Some(actual),
+                && error.details().and_then(|details| details.actual_sequence) == Some(Sequence(actual)),
             "code": error.code().map(|code| format!("{code:?}")),
             "kind": error.kind().map(|kind| format!("{kind:?}")),
             "expected_sent": stale.to_string(),
-            "actual_sequence": error.details().and_then(|details| details.actual_sequence),
+            "actual_sequence": error.details().and_then(|details| details.actual_sequence).map(|sequence| sequence.0),
             "actual_sequence_wanted": actual,
         }),
     };
@@ -759,7 +759,10 @@ async fn cas_stream(
                 outcome.errors += 1;
                 if error.kind() == Some(ErrorKind::WrongExpectedSequence) {
                     outcome.conflicts += 1;
-                    last[slot] = error.details().and_then(|details| details.actual_sequence);
+                    last[slot] = error
+                        .details()
+                        .and_then(|details| details.actual_sequence)
+                        .map(|sequence| sequence.0);
                 }
             }
             None => {}

@@ -221,9 +221,9 @@ pub struct LimitDetail {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorDetails {
     /// Wrong expected sequence: the key's actual last sequence (`None` = no events).
-    pub actual_sequence: Option<u64>,
+    pub actual_sequence: Option<Sequence>,
     /// Producer out of order: the sequence the server expects next.
-    pub expected_producer_sequence: Option<u64>,
+    pub expected_producer_sequence: Option<Sequence>,
     /// Producer fenced: the current epoch.
     pub current_epoch: Option<Epoch>,
     /// Offset out of range: the partition's oldest retained offset.
@@ -369,8 +369,8 @@ fn from_detail(code: GrpcCode, detail: proto::ErrorDetail) -> ClientError {
         error_code,
         message: detail.message,
         details: Box::new(ErrorDetails {
-            actual_sequence: detail.actual_sequence,
-            expected_producer_sequence: detail.expected_producer_sequence,
+            actual_sequence: detail.actual_sequence.map(Sequence),
+            expected_producer_sequence: detail.expected_producer_sequence.map(Sequence),
             current_epoch: detail.current_epoch.map(Epoch),
             earliest_offset: detail.earliest_offset.map(Offset),
             high_watermark: detail.high_watermark.map(Offset),

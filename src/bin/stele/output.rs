@@ -233,8 +233,8 @@ pub(crate) struct DetailJson<'a> {
 impl<'a> DetailJson<'a> {
     pub(crate) fn of(details: &'a ErrorDetails) -> DetailJson<'a> {
         DetailJson {
-            actual_sequence: details.actual_sequence,
-            expected_producer_sequence: details.expected_producer_sequence,
+            actual_sequence: details.actual_sequence.map(|sequence| sequence.0),
+            expected_producer_sequence: details.expected_producer_sequence.map(|sequence| sequence.0),
             current_epoch: details.current_epoch.map(|epoch| epoch.0),
             earliest_offset: details.earliest_offset.map(|offset| offset.0),
             high_watermark: details.high_watermark.map(|offset| offset.0),
