@@ -246,6 +246,9 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The token given to [`ConnectOptions`] cannot be sent.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
     /// The server could not be reached when connecting.
     #[error("{}", connect_message(url, reason))]
     Connect {
@@ -480,18 +483,99 @@ impl ServerUrl {
     }
 }
 
+/// How a [`Client`] authenticates and which servers it trusts.
+///
+/// `Debug` never prints the token or the private key.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// A bearer token (`stele_...`), sent as `authorization: Bearer <token>`
+    /// with every call.
+    pub token: Option<String>,
+    /// PEM certificates of the certificate authorities that sign the server's
+    /// certificate, instead of Mozilla's roots (`https://` only).
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// A PEM client certificate chain and its PEM private key, for servers
+    /// that ask for one (mTLS, `https://` only).
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(Vec::len))
+            .field("client_identity", &self.client_identity_pem.is_some())
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// Options with a bearer token.
+    pub fn with_token(mut self, token: impl Into<String>) -> ConnectOptions {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Options that trust the CA certificates in PEM `ca_cert_pem`.
+    pub fn with_ca_cert(mut self, ca_cert_pem: impl Into<Vec<u8>>) -> ConnectOptions {
+        self.ca_cert_pem = Some(ca_cert_pem.into());
+        self
+    }
+
+    /// Options that present a client certificate (PEM chain and PEM key).
+    pub fn with_client_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> ConnectOptions {
+        self.client_identity_pem = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The `authorization` value of the token.
+    fn authorization(&self) -> ClientResult<Option<tonic::metadata::AsciiMetadataValue>> {
+        let Some(token) = &self.token else {
+            return Ok(None);
+        };
+        let mut value: tonic::metadata::AsciiMetadataValue = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| ClientError::InvalidToken("a token must be printable ASCII".to_string()))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+}
+
+/// Adds the `authorization` metadata to every request of a stub.
+#[derive(Clone)]
+struct Credentials(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The generated stub with [`Credentials`].
+type Stub = SteleClient<tonic::service::interceptor::InterceptedService<Channel, Credentials>>;
+
 /// An endpoint for `url`: plaintext for `http://`, TLS for `https://` with the
-/// server's certificate checked against Mozilla's roots (never plaintext).
-fn endpoint(url: &str) -> ClientResult<Endpoint> {
+/// server's certificate checked against Mozilla's roots or the options' CA
+/// (never plaintext).
+fn endpoint(url: &str, options: &ConnectOptions) -> ClientResult<Endpoint> {
     let invalid = |error: tonic::transport::Error| ClientError::InvalidUrl {
         url: url.to_string(),
         reason: error.to_string(),
     };
     let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(invalid)?;
     if is_https(url) {
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().with_webpki_roots())
-            .map_err(invalid)?;
+        let mut tls = ClientTlsConfig::new();
+        tls = match &options.ca_cert_pem {
+            Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            None => tls.with_webpki_roots(),
+        };
+        if let Some((cert, key)) = &options.client_identity_pem {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(invalid)?;
     }
     Ok(endpoint
         .tcp_nodelay(true)
@@ -811,6 +895,8 @@ pub struct Client {
     url: ServerUrl,
     /// The channel and the URL it was made for; replaced when the URL changes.
     channel: Arc<Mutex<(String, Channel)>>,
+    options: Arc<ConnectOptions>,
+    credentials: Credentials,
 }
 
 impl std::fmt::Debug for Client {
@@ -835,8 +921,18 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn connect_to(url: ServerUrl) -> ClientResult<Client> {
+        Client::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connects with a token and TLS settings.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; [`ClientError::InvalidToken`] for a token that
+    /// is not printable ASCII.
+    pub async fn connect_with(url: ServerUrl, options: ConnectOptions) -> ClientResult<Client> {
         let current = url.get();
-        let channel = endpoint(&current)?
+        let credentials = Credentials(options.authorization()?);
+        let channel = endpoint(&current, &options)?
             .connect()
             .await
             .map_err(|error| ClientError::Connect {
@@ -846,6 +942,8 @@ impl Client {
         Ok(Client {
             url,
             channel: Arc::new(Mutex::new((current, channel))),
+            options: Arc::new(options),
+            credentials,
         })
     }
 
@@ -856,16 +954,17 @@ impl Client {
 
     /// A stub for the current URL. The channel reconnects by itself after a
     /// broken connection; a changed URL gets a new channel.
-    fn stub(&self) -> ClientResult<(String, SteleClient<Channel>)> {
+    fn stub(&self) -> ClientResult<(String, Stub)> {
         let current = self.url.get();
         let mut guard = self
             .channel
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if guard.0 != current {
-            *guard = (current.clone(), endpoint(&current)?.connect_lazy());
+            *guard = (current.clone(), endpoint(&current, &self.options)?.connect_lazy());
         }
-        let stub = SteleClient::new(guard.1.clone()).max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX);
+        let stub = SteleClient::with_interceptor(guard.1.clone(), self.credentials.clone())
+            .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX);
         Ok((current, stub))
     }
 

@@ -613,6 +613,34 @@ impl Stele for SteleService {
             redriven_count,
         }))
     }
+
+    async fn create_token(
+        &self,
+        _request: Request<proto::CreateTokenRequest>,
+    ) -> Result<Response<proto::CreateTokenResponse>, Status> {
+        Err(Status::unimplemented("tokens: in progress"))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<proto::ListTokensRequest>,
+    ) -> Result<Response<proto::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("tokens: in progress"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _request: Request<proto::RevokeTokenRequest>,
+    ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("tokens: in progress"))
+    }
+
+    async fn who_am_i(
+        &self,
+        _request: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::WhoAmIResponse>, Status> {
+        Err(Status::unimplemented("tokens: in progress"))
+    }
 }
 
 fn cursor_to_proto(name: String, positions: Vec<stele_engine::CursorPosition>) -> proto::Cursor {

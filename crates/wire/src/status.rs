@@ -131,6 +131,12 @@ error_codes! {
         MessageTooLarge, ResourceExhausted;
         // A client touched a cursor a webhook endpoint owns.
         CursorReserved, FailedPrecondition;
+        // No valid credential (`--auth required`).
+        Unauthenticated, Unauthenticated;
+        // The credential's grants do not cover the call.
+        PermissionDenied, PermissionDenied;
+        // RevokeToken named no token.
+        TokenNotFound, NotFound;
     }
 }
 
@@ -341,6 +347,37 @@ pub fn message_too_large(message: impl Into<String>) -> Status {
     };
     let code = grpc_code_of(ErrorCode::MessageTooLarge).expect("MESSAGE_TOO_LARGE is in the table");
     status_of_detail(code, detail, None)
+}
+
+/// A status of a code only the wire layer raises, with `message`.
+pub fn wire_status(code: ErrorCode, message: impl Into<String>, field: Option<&str>) -> Status {
+    let detail = ErrorDetail {
+        code: code as i32,
+        message: message.into(),
+        ..ErrorDetail::default()
+    };
+    let grpc = grpc_code_of(code).unwrap_or(Code::Unknown);
+    status_of_detail(grpc, detail, field)
+}
+
+/// UNAUTHENTICATED with code `UNAUTHENTICATED`. The message is always the same,
+/// so that it never tells whether a token exists, expired or was revoked.
+pub fn unauthenticated() -> Status {
+    wire_status(
+        ErrorCode::Unauthenticated,
+        "a valid credential is required: send `authorization: Bearer <token>`",
+        None,
+    )
+}
+
+/// PERMISSION_DENIED with code `PERMISSION_DENIED`: the caller lacks `grant`
+/// (e.g. `write:orders`).
+pub fn permission_denied(grant: &str) -> Status {
+    wire_status(
+        ErrorCode::PermissionDenied,
+        format!("permission denied: this call needs the grant {grant}"),
+        None,
+    )
 }
 
 /// Request bytes that do not decode as the RPC's message (truncated, wrong
