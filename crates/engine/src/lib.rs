@@ -58,6 +58,7 @@ pub mod paths;
 mod producer;
 mod segment;
 pub mod subscribe;
+pub mod token;
 mod topic;
 pub mod verify;
 pub mod view;

@@ -137,6 +137,21 @@ pub const WEBHOOK_IN_FLIGHT_MAX: u32 = 1024;
 /// Most attempts per event.
 pub const WEBHOOK_ATTEMPTS_MAX: u32 = 1000;
 
+/// Most tokens (and certificate principals) on one server, revoked ones included.
+pub const TOKENS_COUNT_MAX: usize = 100_000;
+/// Length of a token id: `[A-Za-z0-9]`.
+pub const TOKEN_ID_LEN: usize = 16;
+/// Longest token name: ASCII letters, digits, `.`, `_` and `-`.
+pub const TOKEN_NAME_SIZE_MAX: usize = 64;
+/// Most grants of one token.
+pub const TOKEN_GRANTS_COUNT_MAX: usize = 64;
+/// Longest grant, `<group>:<topic pattern>`.
+pub const TOKEN_GRANT_SIZE_MAX: usize = 16 + TOPIC_NAME_SIZE_MAX;
+/// Longest client-certificate subject a principal may name.
+pub const CERTIFICATE_SUBJECT_SIZE_MAX: usize = 256;
+/// Longest principal (`token:<id>`, `certificate:<subject>`) recorded as a token's creator.
+pub const PRINCIPAL_SIZE_MAX: usize = 16 + CERTIFICATE_SUBJECT_SIZE_MAX;
+
 // The webhook journal encodes names, URLs and types with u16 lengths.
 const _: () = assert!(WEBHOOK_NAME_SIZE_MAX <= TOPIC_NAME_SIZE_MAX);
 const _: () = assert!(WEBHOOK_URL_SIZE_MAX <= u16::MAX as usize);

@@ -4,6 +4,7 @@
 //! ```text
 //! {data}/LOCK                                   lock_file
 //! {data}/webhooks.journal                       webhooks_journal
+//! {data}/tokens.journal                         tokens_journal
 //! {data}/topics/                                topics_dir
 //! {data}/topics/{topic}/                        topic_dir
 //! {data}/topics/{topic}/topic.meta              topic_meta
@@ -34,6 +35,8 @@ use crate::event::Offset;
 
 /// The lock file in the data directory (exclusive advisory lock, empty).
 pub const LOCK_FILE: &str = "LOCK";
+/// The tokens and certificate principals in the data directory (journal `STELETOK`).
+pub const TOKENS_FILE: &str = "tokens.journal";
 /// The directory of the topics in the data directory.
 pub const TOPICS_DIR: &str = "topics";
 /// The webhook endpoint definitions in the data directory (journal `STELEWHK`).
@@ -77,6 +80,11 @@ pub fn lock_file(data: &Path) -> PathBuf {
 /// `{data}/webhooks.journal`.
 pub fn webhooks_journal(data: &Path) -> PathBuf {
     data.join(WEBHOOKS_FILE)
+}
+
+/// `{data}/tokens.journal`.
+pub fn tokens_journal(data: &Path) -> PathBuf {
+    data.join(TOKENS_FILE)
 }
 
 /// `{data}/topics`.

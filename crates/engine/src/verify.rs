@@ -26,6 +26,7 @@ use crate::format::index::{INDEX_ENTRY_LEN, SegmentIndex};
 use crate::format::journal::{self, JOURNAL_HEADER_LEN, JournalRecord};
 use crate::format::producer::ProducerRecord;
 use crate::format::segment::SEGMENT_HEADER_LEN;
+use crate::format::token::TokenRecord;
 use crate::format::webhook::WebhookRecord;
 use crate::format::{self, record};
 use crate::io::{self, OpenMode, StdStorage, Storage};
@@ -114,6 +115,10 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
         } else {
             verifier.note(&path, None, "unexpected file");
         }
+    }
+    let tokens_path = paths::tokens_journal(dir);
+    if tokens_path.exists() {
+        verifier.journal::<TokenRecord>(&tokens_path, ());
     }
     let webhooks_path = paths::webhooks_journal(dir);
     if webhooks_path.exists() {

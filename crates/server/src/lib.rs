@@ -9,10 +9,12 @@
 //! ends subscriptions and append sessions after their in-flight work, lets
 //! in-flight calls finish, then closes the log (sync, checkpoint).
 
+pub mod auth;
 pub mod backend;
 pub mod metrics;
 mod service;
 mod subscription;
+pub mod tls;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Webhook delivery: the SSRF allow-list, concurrency and default timeout.
     pub webhooks: webhook::WebhookConfig,
+    /// Tokens, grants and the audit log; `--auth none` by default.
+    pub auth: auth::AuthConfig,
 }
 
 impl ServerConfig {
@@ -64,6 +68,7 @@ impl ServerConfig {
             default_topic: TopicOptions::default(),
             metrics_listen: None,
             webhooks: webhook::WebhookConfig::default(),
+            auth: auth::AuthConfig::default(),
         }
     }
 }
@@ -78,6 +83,7 @@ pub struct RunningServer {
     metrics_endpoint: Option<metrics::MetricsEndpoint>,
     webhooks: Arc<webhook::Dispatcher>,
     backend: Arc<dyn Backend>,
+    auth: Arc<auth::Authenticator>,
 }
 
 impl RunningServer {
@@ -119,6 +125,7 @@ impl RunningServer {
         extra_observer: Option<Arc<dyn webhook::DeliveryObserver>>,
     ) -> Result<RunningServer> {
         config.default_topic.validate()?;
+        let authenticator = auth::Authenticator::open(log.dir(), &config.auth)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| Error::io("bind listener", config.listen.to_string(), error))?;
@@ -147,7 +154,16 @@ impl RunningServer {
         };
         let webhooks =
             webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
-        let service = SteleService::new(Arc::clone(&backend), closing).with_webhooks(Arc::clone(&webhooks));
+        if config.auth.mode == auth::AuthMode::None && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "listening beyond loopback WITHOUT AUTHENTICATION: anyone who can reach this port can read, \
+                 write and delete every topic; start with --auth required (README, \"Security\")"
+            );
+        }
+        let service = SteleService::new(Arc::clone(&backend), closing)
+            .with_webhooks(Arc::clone(&webhooks))
+            .with_auth(Arc::clone(&authenticator));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<proto::stele_server::SteleServer<SteleService>>()
@@ -203,6 +219,7 @@ impl RunningServer {
             metrics_endpoint,
             webhooks,
             backend,
+            auth: authenticator,
         })
     }
 
@@ -227,6 +244,11 @@ impl RunningServer {
     /// [`metrics::ServerMetrics::webhook`]).
     pub fn metrics(&self) -> &Arc<metrics::ServerMetrics> {
         &self.metrics
+    }
+
+    /// The authenticator: tokens, grants, the audit log.
+    pub fn auth(&self) -> &Arc<auth::Authenticator> {
+        &self.auth
     }
 
     /// The webhook dispatcher.

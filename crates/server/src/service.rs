@@ -9,6 +9,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::rpc::Rpc;
+use super::auth::{Authenticator, Caller, NewToken};
 use super::backend::Backend;
 use super::subscription;
 use super::webhook::Dispatcher;
@@ -36,6 +38,8 @@ pub struct SteleService {
     closing: watch::Receiver<bool>,
     /// Webhook delivery; the webhook RPCs fail as unimplemented without it.
     webhooks: Option<Arc<Dispatcher>>,
+    /// Who may call what (`auth::rpc`); anonymous by default.
+    auth: Arc<Authenticator>,
 }
 
 impl SteleService {
@@ -45,7 +49,38 @@ impl SteleService {
             backend,
             closing,
             webhooks: None,
+            auth: Authenticator::anonymous(),
         }
+    }
+
+    /// Authenticates and authorizes calls with `auth`.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> SteleService {
+        self.auth = auth;
+        self
+    }
+
+    /// The caller of `request`, authenticated for `rpc`; the first thing every
+    /// handler does.
+    fn caller<T>(&self, rpc: Rpc, request: &Request<T>) -> Result<Caller, Status> {
+        let connection = crate::tls::connection_info(request);
+        self.auth.caller(
+            rpc,
+            request.metadata(),
+            connection.and_then(|info| info.remote).or_else(|| request.remote_addr()),
+            connection.and_then(|info| info.certificate_subject.as_deref()),
+        )
+    }
+
+    /// The caller of a webhook RPC naming endpoint `name`, allowed on its topic
+    /// (an unknown endpoint's topic is the empty name, which only `admin:*` reaches).
+    async fn webhook_caller<T>(&self, rpc: Rpc, request: &Request<T>, name: &str) -> Result<Caller, Status> {
+        let caller = self.caller(rpc, request)?;
+        let topic = match &self.webhooks {
+            Some(webhooks) => webhooks.topic_of(name),
+            None => None,
+        };
+        caller.allow(topic.as_deref().unwrap_or_default())?;
+        Ok(caller)
     }
 
     /// Serves the webhook RPCs with `webhooks`.
@@ -111,18 +146,19 @@ enum SessionItem {
             stele_engine::Result<Vec<stele_engine::Result<stele_engine::AppendAck>>>,
         >,
     },
+    /// A request refused before it was submitted (a missing grant).
+    Refused {
+        correlation_id: u64,
+        count: usize,
+        detail: proto::ErrorDetail,
+    },
     /// The stream failed; answered after every earlier request.
     End(Status),
 }
 
 /// The answer to a session request refused as a whole (nothing of it applied):
 /// `error` set, and the same error as the outcome of each append.
-fn refused_request(
-    correlation_id: u64,
-    count: usize,
-    error: &stele_engine::Error,
-) -> proto::AppendSessionResponse {
-    let detail = error_detail(error);
+fn refused_request(correlation_id: u64, count: usize, detail: proto::ErrorDetail) -> proto::AppendSessionResponse {
     proto::AppendSessionResponse {
         correlation_id,
         outcomes: (0..count)
@@ -166,24 +202,34 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::CreateTopicRequest>,
     ) -> Result<Response<proto::CreateTopicResponse>, Status> {
+        let caller = self.caller(Rpc::CreateTopic, &request)?;
         let request = request.into_inner();
-        let options = convert::options_from_settings(request.settings, &self.backend.default_topic_options())
-            .map_err(|message| invalid_field("settings", message))?;
-        let options = self
-            .backend
-            .create_topic(&request.topic, options)
-            .await
-            .or_status()?;
-        Ok(Response::new(proto::CreateTopicResponse {
-            settings: Some(convert::settings_from_options(&options)),
-        }))
+        caller.allow(&request.topic)?;
+        let result = async {
+            let options =
+                convert::options_from_settings(request.settings, &self.backend.default_topic_options())
+                    .map_err(|message| invalid_field("settings", message))?;
+            let options = self
+                .backend
+                .create_topic(&request.topic, options)
+                .await
+                .or_status()?;
+            Ok(Response::new(proto::CreateTopicResponse {
+                settings: Some(convert::settings_from_options(&options)),
+            }))
+        }
+        .await;
+        caller.audit(Some(&request.topic), None, &result);
+        result
     }
 
     async fn describe_topic(
         &self,
         request: Request<proto::DescribeTopicRequest>,
     ) -> Result<Response<proto::DescribeTopicResponse>, Status> {
+        let caller = self.caller(Rpc::DescribeTopic, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let description = self.backend.describe_topic(&request.topic).await.or_status()?;
         Ok(Response::new(proto::DescribeTopicResponse {
             topic: request.topic,
@@ -205,29 +251,38 @@ impl Stele for SteleService {
 
     async fn list_topics(
         &self,
-        _request: Request<proto::ListTopicsRequest>,
+        request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
-        Ok(Response::new(proto::ListTopicsResponse {
-            topics: self.backend.list_topics().await.or_status()?,
-        }))
+        let caller = self.caller(Rpc::ListTopics, &request)?;
+        let mut topics = self.backend.list_topics().await.or_status()?;
+        topics.retain(|topic| caller.sees(topic));
+        Ok(Response::new(proto::ListTopicsResponse { topics }))
     }
 
     async fn delete_topic(
         &self,
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
-        self.backend
-            .delete_topic(&request.into_inner().topic)
+        let caller = self.caller(Rpc::DeleteTopic, &request)?;
+        let topic = request.into_inner().topic;
+        caller.allow(&topic)?;
+        let result = self
+            .backend
+            .delete_topic(&topic)
             .await
-            .or_status()?;
-        Ok(Response::new(proto::DeleteTopicResponse {}))
+            .or_status()
+            .map(|()| Response::new(proto::DeleteTopicResponse {}));
+        caller.audit(Some(&topic), None, &result);
+        result
     }
 
     async fn append(
         &self,
         request: Request<proto::AppendRequest>,
     ) -> Result<Response<proto::AppendResponse>, Status> {
+        let caller = self.caller(Rpc::Append, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let append = convert::append_from_proto(proto::BatchAppend {
             key: request.key,
             expected: request.expected,
@@ -252,7 +307,9 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::AppendBatchRequest>,
     ) -> Result<Response<proto::AppendBatchResponse>, Status> {
+        let caller = self.caller(Rpc::AppendBatch, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         check_appends(&request.appends).or_status()?;
         let appends = request
             .appends
@@ -271,6 +328,7 @@ impl Stele for SteleService {
         &self,
         request: Request<Streaming<proto::AppendSessionRequest>>,
     ) -> Result<Response<Self::AppendSessionStream>, Status> {
+        let caller = self.caller(Rpc::AppendSession, &request)?;
         let mut inbound = request.into_inner();
         let backend = Arc::clone(&self.backend);
         // Appends start in arrival order (so they join group commits early) and
@@ -288,10 +346,22 @@ impl Stele for SteleService {
                 let next = tokio::select! {
                     next = inbound.message() => next,
                     _ = closing.wait_for(|closing| *closing) => break,
+                    () = caller.ended() => Err(stele_wire::status::unauthenticated()),
                 };
                 let item = match next {
                     Ok(Some(message)) => {
                         let count = message.appends.len();
+                        if let Err(status) = caller.allow(&message.topic) {
+                            let item = SessionItem::Refused {
+                                correlation_id: message.correlation_id,
+                                count,
+                                detail: stele_wire::status::detail_of(&status).unwrap_or_default(),
+                            };
+                            if pending_sender.send(item).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         let future = match check_appends(&message.appends) {
                             Ok(()) => backend.append(
                                 &message.topic,
@@ -331,8 +401,13 @@ impl Stele for SteleService {
                             outcomes: outcomes(results),
                             error: None,
                         },
-                        Err(error) => refused_request(correlation_id, count, &error),
+                        Err(error) => refused_request(correlation_id, count, error_detail(&error)),
                     }),
+                    SessionItem::Refused {
+                        correlation_id,
+                        count,
+                        detail,
+                    } => Ok(refused_request(correlation_id, count, detail)),
                     SessionItem::End(status) => Err(status),
                 };
                 let end = response.is_err();
@@ -348,7 +423,9 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::OpenProducerRequest>,
     ) -> Result<Response<proto::OpenProducerResponse>, Status> {
+        let caller = self.caller(Rpc::OpenProducer, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let (producer, epoch) = self
             .backend
             .open_producer(&request.topic, &request.name)
@@ -364,7 +441,9 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::ReadRequest>,
     ) -> Result<Response<proto::ReadResponse>, Status> {
+        let caller = self.caller(Rpc::Read, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let count_max = match request.max_events {
             0 => READ_EVENTS_DEFAULT,
             count => (count as usize).min(limits::READ_EVENTS_COUNT_MAX),
@@ -407,7 +486,9 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::ReadKeyRequest>,
     ) -> Result<Response<proto::ReadKeyResponse>, Status> {
+        let caller = self.caller(Rpc::ReadKey, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let direction = match proto::ReadDirection::try_from(request.direction) {
             Ok(proto::ReadDirection::Forwards) => Direction::Forwards,
             Ok(proto::ReadDirection::Backwards) => Direction::Backwards,
@@ -449,20 +530,20 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let stream = subscription::start(
-            Arc::clone(&self.backend),
-            request.into_inner(),
-            self.closing.clone(),
-        )
-        .await?;
-        Ok(Response::new(stream))
+        let caller = self.caller(Rpc::Subscribe, &request)?;
+        let request = request.into_inner();
+        caller.allow(&request.topic)?;
+        let stream = subscription::start(Arc::clone(&self.backend), request, self.closing.clone()).await?;
+        Ok(Response::new(until_ended(stream, caller)))
     }
 
     async fn commit_cursor(
         &self,
         request: Request<proto::CommitCursorRequest>,
     ) -> Result<Response<proto::CommitCursorResponse>, Status> {
+        let caller = self.caller(Rpc::CommitCursor, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let mut offsets: Vec<(PartitionId, Offset)> = request
             .offsets
             .iter()
@@ -481,7 +562,9 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::GetCursorRequest>,
     ) -> Result<Response<proto::GetCursorResponse>, Status> {
+        let caller = self.caller(Rpc::GetCursor, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let positions = self
             .backend
             .cursor(&request.topic, &request.cursor)
@@ -496,7 +579,9 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::ListCursorsRequest>,
     ) -> Result<Response<proto::ListCursorsResponse>, Status> {
+        let caller = self.caller(Rpc::ListCursors, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         let cursors = self.backend.cursors(&request.topic).await.or_status()?;
         Ok(Response::new(proto::ListCursorsResponse {
             cursors: cursors
@@ -510,7 +595,9 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::DeleteCursorRequest>,
     ) -> Result<Response<proto::DeleteCursorResponse>, Status> {
+        let caller = self.caller(Rpc::DeleteCursor, &request)?;
         let request = request.into_inner();
+        caller.allow(&request.topic)?;
         self.check_cursor_owner(&request.cursor)?;
         self.backend
             .delete_cursor(&request.topic, &request.cursor)
@@ -523,26 +610,42 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::CreateWebhookRequest>,
     ) -> Result<Response<proto::CreateWebhookResponse>, Status> {
+        let caller = self.caller(Rpc::CreateWebhook, &request)?;
         let request = request.into_inner();
-        if proto::WebhookStart::try_from(request.start).is_err() {
-            return Err(invalid_field(
-                "start",
-                format!("unknown webhook start {}", request.start),
-            ));
+        caller.allow(&request.topic)?;
+        let topic = request.topic.clone();
+        let name = request.name.clone();
+        if let Some(settings) = &request.settings
+            && !settings.dead_letter_topic.is_empty()
+        {
+            caller.allow(&settings.dead_letter_topic)?;
         }
-        let request = convert::new_webhook_from_proto(request);
-        let (view, secret) = self.webhooks()?.create(request).await.or_status()?;
-        Ok(Response::new(proto::CreateWebhookResponse {
-            webhook: Some(convert::webhook_to_proto(&view)),
-            secret,
-        }))
+        let result = async {
+            if proto::WebhookStart::try_from(request.start).is_err() {
+                return Err(invalid_field(
+                    "start",
+                    format!("unknown webhook start {}", request.start),
+                ));
+            }
+            let request = convert::new_webhook_from_proto(request);
+            let (view, secret) = self.webhooks()?.create(request).await.or_status()?;
+            Ok(Response::new(proto::CreateWebhookResponse {
+                webhook: Some(convert::webhook_to_proto(&view)),
+                secret,
+            }))
+        }
+        .await;
+        caller.audit(Some(&topic), Some(&format!("webhook {name}")), &result);
+        result
     }
 
     async fn list_webhooks(
         &self,
-        _request: Request<proto::ListWebhooksRequest>,
+        request: Request<proto::ListWebhooksRequest>,
     ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
-        let webhooks = self.webhooks()?.list().await;
+        let caller = self.caller(Rpc::ListWebhooks, &request)?;
+        let mut webhooks = self.webhooks()?.list().await;
+        webhooks.retain(|view| caller.sees(&view.endpoint.topic));
         Ok(Response::new(proto::ListWebhooksResponse {
             webhooks: webhooks.iter().map(convert::webhook_to_proto).collect(),
         }))
@@ -552,94 +655,221 @@ impl Stele for SteleService {
         &self,
         request: Request<proto::PauseWebhookRequest>,
     ) -> Result<Response<proto::PauseWebhookResponse>, Status> {
-        self.webhooks()?
-            .pause(&request.into_inner().name)
-            .await
-            .or_status()?;
-        Ok(Response::new(proto::PauseWebhookResponse {}))
+        let name = request.get_ref().name.clone();
+        let caller = self.webhook_caller(Rpc::PauseWebhook, &request, &name).await?;
+        let result = async {
+            self.webhooks()?.pause(&name).await.or_status()?;
+            Ok(Response::new(proto::PauseWebhookResponse {}))
+        }
+        .await;
+        caller.audit(None, Some(&format!("webhook {name}")), &result);
+        result
     }
 
     async fn resume_webhook(
         &self,
         request: Request<proto::ResumeWebhookRequest>,
     ) -> Result<Response<proto::ResumeWebhookResponse>, Status> {
-        self.webhooks()?
-            .resume(&request.into_inner().name)
-            .await
-            .or_status()?;
-        Ok(Response::new(proto::ResumeWebhookResponse {}))
+        let name = request.get_ref().name.clone();
+        let caller = self.webhook_caller(Rpc::ResumeWebhook, &request, &name).await?;
+        let result = async {
+            self.webhooks()?.resume(&name).await.or_status()?;
+            Ok(Response::new(proto::ResumeWebhookResponse {}))
+        }
+        .await;
+        caller.audit(None, Some(&format!("webhook {name}")), &result);
+        result
     }
 
     async fn delete_webhook(
         &self,
         request: Request<proto::DeleteWebhookRequest>,
     ) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
-        self.webhooks()?
-            .delete(&request.into_inner().name)
-            .await
-            .or_status()?;
-        Ok(Response::new(proto::DeleteWebhookResponse {}))
+        let name = request.get_ref().name.clone();
+        let caller = self.webhook_caller(Rpc::DeleteWebhook, &request, &name).await?;
+        let result = async {
+            self.webhooks()?.delete(&name).await.or_status()?;
+            Ok(Response::new(proto::DeleteWebhookResponse {}))
+        }
+        .await;
+        caller.audit(None, Some(&format!("webhook {name}")), &result);
+        result
     }
 
     async fn list_dead_letters(
         &self,
         request: Request<proto::ListDeadLettersRequest>,
     ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let caller = self.webhook_caller(Rpc::ListDeadLetters, &request, &name).await?;
         let request = request.into_inner();
         let count_max = match request.max_events {
             0 => READ_EVENTS_DEFAULT,
             count => (count as usize).min(limits::READ_EVENTS_COUNT_MAX),
         };
-        let letters = self
-            .webhooks()?
-            .dead_letters(&request.name, count_max)
-            .await
-            .or_status()?;
-        Ok(Response::new(proto::ListDeadLettersResponse {
-            dead_letters: letters.iter().map(convert::dead_letter_to_proto).collect(),
-        }))
+        let result = async {
+            let letters = self
+                .webhooks()?
+                .dead_letters(&request.name, count_max)
+                .await
+                .or_status()?;
+            Ok(Response::new(proto::ListDeadLettersResponse {
+                dead_letters: letters.iter().map(convert::dead_letter_to_proto).collect(),
+            }))
+        }
+        .await;
+        caller.audit(None, Some(&format!("webhook {name}")), &result);
+        result
     }
 
     async fn redrive_dead_letters(
         &self,
         request: Request<proto::RedriveDeadLettersRequest>,
     ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
-        let redriven_count = self
-            .webhooks()?
-            .redrive(&request.into_inner().name)
-            .await
-            .or_status()?;
-        Ok(Response::new(proto::RedriveDeadLettersResponse {
-            redriven_count,
-        }))
+        let name = request.get_ref().name.clone();
+        let caller = self.webhook_caller(Rpc::RedriveDeadLetters, &request, &name).await?;
+        let result = async {
+            let redriven_count = self.webhooks()?.redrive(&name).await.or_status()?;
+            Ok(Response::new(proto::RedriveDeadLettersResponse {
+                redriven_count,
+            }))
+        }
+        .await;
+        caller.audit(None, Some(&format!("webhook {name}")), &result);
+        result
     }
 
     async fn create_token(
         &self,
-        _request: Request<proto::CreateTokenRequest>,
+        request: Request<proto::CreateTokenRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
-        Err(Status::unimplemented("tokens: in progress"))
+        let caller = self.caller(Rpc::CreateToken, &request)?;
+        caller.allow_global()?;
+        let request = request.into_inner();
+        let new = NewToken {
+            name: request.name,
+            grants: request.grants,
+            expires_in: (request.expires_in_ms != 0).then(|| std::time::Duration::from_millis(request.expires_in_ms)),
+            certificate_subject: (!request.certificate_subject.is_empty()).then_some(request.certificate_subject),
+        };
+        let name = new.name.clone();
+        let auth = Arc::clone(&self.auth);
+        let creator = caller.clone();
+        let result = match tokio::task::spawn_blocking(move || auth.create(&creator, new)).await {
+            Ok(result) => result.or_status(),
+            Err(error) => Err(Status::internal(format!("token creation failed: {error}"))),
+        };
+        let detail = match &result {
+            Ok((entry, _)) => format!("token {} ({name})", entry.id),
+            Err(_) => format!("token ({name})"),
+        };
+        let result = result.map(|(entry, secret)| {
+            Response::new(proto::CreateTokenResponse {
+                token: Some(token_to_proto(entry)),
+                secret: secret.unwrap_or_default(),
+            })
+        });
+        caller.audit(None, Some(&detail), &result);
+        result
     }
 
     async fn list_tokens(
         &self,
-        _request: Request<proto::ListTokensRequest>,
+        request: Request<proto::ListTokensRequest>,
     ) -> Result<Response<proto::ListTokensResponse>, Status> {
-        Err(Status::unimplemented("tokens: in progress"))
+        let caller = self.caller(Rpc::ListTokens, &request)?;
+        caller.allow_global()?;
+        let result = Ok(Response::new(proto::ListTokensResponse {
+            tokens: self.auth.list().into_iter().map(token_to_proto).collect(),
+        }));
+        caller.audit(None, None, &result);
+        result
     }
 
     async fn revoke_token(
         &self,
-        _request: Request<proto::RevokeTokenRequest>,
+        request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
-        Err(Status::unimplemented("tokens: in progress"))
+        let caller = self.caller(Rpc::RevokeToken, &request)?;
+        caller.allow_global()?;
+        let id = request.into_inner().id;
+        let auth = Arc::clone(&self.auth);
+        let revoking = id.clone();
+        let result = match tokio::task::spawn_blocking(move || auth.revoke(&revoking)).await {
+            Ok(Ok(Some(entry))) => Ok(Response::new(proto::RevokeTokenResponse {
+                token: Some(token_to_proto(entry)),
+            })),
+            Ok(Ok(None)) => Err(stele_wire::status::wire_status(
+                proto::ErrorCode::TokenNotFound,
+                format!("no token has id {id:?}"),
+                Some("id"),
+            )),
+            Ok(Err(error)) => Err(stele_wire::status::to_status(&error)),
+            Err(error) => Err(Status::internal(format!("token revocation failed: {error}"))),
+        };
+        caller.audit(None, Some(&format!("token {id}")), &result);
+        result
     }
 
     async fn who_am_i(
         &self,
-        _request: Request<proto::WhoAmIRequest>,
+        request: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::WhoAmIResponse>, Status> {
-        Err(Status::unimplemented("tokens: in progress"))
+        let caller = self.caller(Rpc::WhoAmI, &request)?;
+        Ok(Response::new(proto::WhoAmIResponse {
+            principal: caller.principal(),
+            name: caller.name().to_string(),
+            grants: caller.grants().texts(),
+            auth_required: caller.auth_required(),
+        }))
+    }
+}
+
+fn token_to_proto(entry: stele_engine::token::TokenEntry) -> proto::TokenInfo {
+    proto::TokenInfo {
+        id: entry.id,
+        name: entry.name,
+        grants: entry.grants,
+        created_at_ms: entry.created_at_ms,
+        expires_at_ms: entry.expires_at_ms,
+        revoked_at_ms: entry.revoked_at_ms,
+        certificate_subject: entry.certificate_subject,
+        created_by: entry.created_by,
+    }
+}
+
+/// `stream`, ended with UNAUTHENTICATED as soon as the caller's credential is
+/// revoked or expires.
+fn until_ended<T: Send + 'static>(stream: BoxStream<T>, caller: Caller) -> BoxStream<T> {
+    Box::pin(UntilEnded {
+        stream,
+        ended: Box::pin(async move { caller.ended().await }),
+        done: false,
+    })
+}
+
+/// The stream of [`until_ended`].
+struct UntilEnded<T> {
+    stream: BoxStream<T>,
+    ended: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl<T> Stream for UntilEnded<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.done {
+            return std::task::Poll::Ready(None);
+        }
+        if self.ended.as_mut().poll(context).is_ready() {
+            self.done = true;
+            return std::task::Poll::Ready(Some(Err(stele_wire::status::unauthenticated())));
+        }
+        self.stream.as_mut().poll_next(context)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod journal;
 pub mod producer;
 pub mod record;
 pub mod segment;
+pub mod token;
 pub mod topic_meta;
 pub mod webhook;
 

@@ -544,6 +544,11 @@ impl Dispatcher {
         self.store.contains(name)
     }
 
+    /// The topic of endpoint `name`, when it exists.
+    pub fn topic_of(&self, name: &str) -> Option<String> {
+        self.store.get(name).ok().map(|endpoint| endpoint.topic)
+    }
+
     /// Every endpoint with its state.
     pub async fn list(&self) -> Vec<WebhookView> {
         let mut views = Vec::new();
