@@ -50,9 +50,15 @@ async fn every_scenario_runs_and_checks() {
     for durability in [Durability::Always, Durability::None] {
         let name = stele::loadgen::durability_name(durability);
         for scenario in Scenario::ALL {
-            let line = run_scenario(&url, scenario, durability, &config, 0)
-                .await
-                .expect("the scenario runs");
+            let line = run_scenario(
+                &stele::loadgen::Target::new(url.clone()),
+                scenario,
+                durability,
+                &config,
+                0,
+            )
+            .await
+            .expect("the scenario runs");
             let events = match scenario {
                 // 300 unique events, every 10th sent twice.
                 Scenario::Dedup => 330,

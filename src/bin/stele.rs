@@ -46,6 +46,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod output;
 #[path = "stele/tail.rs"]
 mod tail;
+#[path = "stele/token.rs"]
+mod token;
 #[path = "stele/webhook.rs"]
 mod webhook;
 
@@ -125,6 +127,9 @@ enum Command {
     /// and run a test receiver.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
+    /// Issue, list and revoke tokens (servers run with --auth required).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Drive a running server with load scenarios; one JSON line per run and per median.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
@@ -143,9 +148,8 @@ sequences_ok, dedup_ok, read_ok).";
 
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// Server URL: http://HOST:PORT.
-    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT, value_parser = parse_url)]
-    url: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Events per scenario run [default: per scenario, see below].
     #[arg(long)]
     count: Option<u64>,
@@ -273,6 +277,25 @@ struct ServeArgs {
     #[arg(long, env = "STELE_WEBHOOK_TIMEOUT", value_name = "DURATION",
           default_value_t = Millis(stele::server::webhook::store::defaults::TIMEOUT_MS))]
     webhook_timeout: Millis,
+    /// Whether calls need a credential: none (anyone who reaches the port may do
+    /// everything: for a laptop) or required (a token or a registered client certificate).
+    #[arg(long, env = "STELE_AUTH", value_enum, value_name = "MODE", default_value_t = AuthArg::None)]
+    auth: AuthArg,
+    /// File holding the first administrator's token (made with `stele token generate`),
+    /// stored with every grant when no token exists yet; STELE_BOOTSTRAP_TOKEN may hold
+    /// the token itself instead.
+    #[arg(long, env = "STELE_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
+    bootstrap_token_file: Option<PathBuf>,
+    /// Audit log of admin and token operations and of every refused call: off, stderr,
+    /// or a file (JSON lines) [default: stderr with --auth required, else off].
+    #[arg(long, env = "STELE_AUDIT_LOG", value_name = "TARGET")]
+    audit_log: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthArg {
+    None,
+    Required,
 }
 
 /// `stele serve`'s TOML file: every key is optional and named like its flag.
@@ -294,6 +317,9 @@ struct FileConfig {
     webhook_allow: Option<Vec<String>>,
     webhook_in_flight: Option<usize>,
     webhook_timeout: Option<Scalar>,
+    auth: Option<String>,
+    bootstrap_token_file: Option<PathBuf>,
+    audit_log: Option<String>,
 }
 
 /// A TOML value given either as a string with a unit or as a bare number.
@@ -452,12 +478,70 @@ impl fmt::Display for ByteSize {
 /// How to reach the server, and the output format.
 #[derive(Debug, Args)]
 struct ClientArgs {
-    /// Server URL: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS).
-    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT, value_parser = parse_url)]
-    url: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Print one JSON object per line instead of text, and errors as JSON on stderr.
     #[arg(long)]
     json: bool,
+}
+
+/// How to reach and authenticate to the server.
+#[derive(Debug, Clone, Args)]
+struct ConnectArgs {
+    /// Server URL: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS).
+    #[arg(long, env = "STELE_URL", default_value = URL_DEFAULT, value_parser = parse_url)]
+    url: String,
+    /// Bearer token for servers run with --auth required (prefer STELE_TOKEN or
+    /// --token-file: a flag is visible to other local users in the process list).
+    #[arg(long, env = "STELE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, env = "STELE_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to check the server's certificate against, instead of
+    /// Mozilla's roots (https:// only).
+    #[arg(long, env = "STELE_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate for servers that ask for one (mTLS); needs --client-key.
+    #[arg(long, env = "STELE_CLIENT_CERT", value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "STELE_CLIENT_KEY", value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The client's options: the token and the TLS files, read now.
+    fn options(&self) -> Result<stele::client::ConnectOptions, CliError> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path)
+                .map_err(|error| CliError::Usage(format!("cannot read {what} {}: {error}", path.display())))
+        };
+        let mut options = stele::client::ConnectOptions::default();
+        if let Some(token) = &self.token {
+            options.token = Some(token.trim().to_string());
+        }
+        if let Some(path) = &self.token_file {
+            let text = String::from_utf8(read(path, "token file")?)
+                .map_err(|_| CliError::Usage(format!("token file {} is not text", path.display())))?;
+            options.token = Some(text.trim().to_string());
+        }
+        if let Some(path) = &self.ca_cert {
+            options.ca_cert_pem = Some(read(path, "CA certificate")?);
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            options.client_identity_pem = Some((read(cert, "client certificate")?, read(key, "client key")?));
+        }
+        Ok(options)
+    }
+
+    /// The load generator's target.
+    fn target(&self) -> Result<stele::loadgen::Target, CliError> {
+        Ok(stele::loadgen::Target {
+            url: self.url.clone(),
+            options: self.options()?,
+        })
+    }
 }
 
 /// Checks a server URL: an http or https scheme and a host.
@@ -942,6 +1026,67 @@ fn pick<T>(matches: &ArgMatches, id: &str, argument: T, file: Option<T>) -> T {
     }
 }
 
+/// The security settings: flags, then the environment, then the file.
+fn resolve_auth(
+    args: &ServeArgs,
+    matches: &ArgMatches,
+    file: &FileConfig,
+) -> Result<stele::server::auth::AuthConfig, CliError> {
+    use stele::server::auth::{AuthConfig, AuthMode, audit::AuditTarget};
+    let file_auth = file
+        .auth
+        .as_deref()
+        .map(|text| {
+            AuthArg::from_str(text, true).map_err(|_| {
+                CliError::Usage(format!(
+                    "configuration key auth: {text:?} is not none or required"
+                ))
+            })
+        })
+        .transpose()?;
+    let mode = match pick(matches, "auth", args.auth, file_auth) {
+        AuthArg::None => AuthMode::None,
+        AuthArg::Required => AuthMode::Required,
+    };
+    let token_file = pick(
+        matches,
+        "bootstrap_token_file",
+        args.bootstrap_token_file.clone(),
+        file.bootstrap_token_file.clone().map(Some),
+    );
+    let bootstrap_token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|error| {
+                    CliError::Usage(format!("cannot read bootstrap token {}: {error}", path.display()))
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("STELE_BOOTSTRAP_TOKEN")
+            .ok()
+            .map(|token| token.trim().to_string())
+            .filter(|token| !token.is_empty()),
+    };
+    let audit = match pick(
+        matches,
+        "audit_log",
+        args.audit_log.clone(),
+        file.audit_log.clone().map(Some),
+    ) {
+        Some(text) => text
+            .parse::<AuditTarget>()
+            .map_err(|error| CliError::Usage(format!("--audit-log: {error}")))?,
+        None if mode == AuthMode::Required => AuditTarget::Stderr,
+        None => AuditTarget::Off,
+    };
+    Ok(AuthConfig {
+        mode,
+        bootstrap_token,
+        audit,
+    })
+}
+
 fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, CliError> {
     let file = match &args.config {
         Some(path) => {
@@ -959,6 +1104,7 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
     let parse_size = |value: &Option<Scalar>, key: &str| -> Result<Option<ByteSize>, CliError> {
         value.as_ref().map(|value| value.parse(key)).transpose()
     };
+    let auth = resolve_auth(&args, matches, &file)?;
     let file_listen = file
         .listen
         .as_deref()
@@ -1089,6 +1235,7 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
         in_flight_max: webhook_in_flight,
         timeout_default_ms: webhook_timeout.0,
     };
+    server.auth = auth;
     server.listen = listen;
     server.metrics_listen = metrics_listen;
     server.auto_create_topics = auto_create;
@@ -1257,6 +1404,7 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
         read_batch_events: args.read_batch,
         server_pid: args.server_pid,
     };
+    let target = args.connect.target()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1267,7 +1415,7 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
             for durability in &durabilities {
                 let mut runs = Vec::with_capacity(args.repeat);
                 for run in 0..args.repeat {
-                    let line = stele::loadgen::run_scenario(&args.url, scenario, *durability, &config, run)
+                    let line = stele::loadgen::run_scenario(&target, scenario, *durability, &config, run)
                         .await
                         .map_err(|error| match error {
                             stele::loadgen::LoadgenError::Client(error)
@@ -1316,6 +1464,7 @@ fn client_command(command: Command) -> Result<u8, CliError> {
             Command::Tail(args) => tail::tail(args).await,
             Command::Cursor(command) => cursor(command).await,
             Command::Webhook(command) => webhook::run(command).await,
+            Command::Token(command) => token::run(command).await,
             Command::Serve(_) | Command::Verify(_) | Command::Bench(_) => {
                 unreachable!("handled without a client")
             }
@@ -1325,8 +1474,9 @@ fn client_command(command: Command) -> Result<u8, CliError> {
 
 /// Connects to a URL checked by [`parse_url`]: plaintext for http, TLS for https
 /// (never plaintext: a failed handshake is an error).
-async fn connect(url: &str) -> Result<Client, CliError> {
-    Ok(Client::connect(url).await?)
+async fn connect(client: &ClientArgs) -> Result<Client, CliError> {
+    let options = client.connect.options()?;
+    Ok(Client::connect_with(stele::client::ServerUrl::new(client.connect.url.clone()), options).await?)
 }
 
 async fn topic(command: TopicCommand) -> Result<u8, CliError> {
@@ -1347,7 +1497,7 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
                 segment_size_bytes: settings.segment_size.map(|size| size.0),
                 payload_size_max: None,
             };
-            let options = connect(&client.url)
+            let options = connect(&client)
                 .await?
                 .create_topic_with(&name, &settings)
                 .await?;
@@ -1362,7 +1512,7 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
             }
         }
         TopicCommand::List { client } => {
-            for name in connect(&client.url).await?.list_topics().await? {
+            for name in connect(&client).await?.list_topics().await? {
                 if client.json {
                     print_json(&json!({ "topic": name }));
                 } else {
@@ -1371,7 +1521,7 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
             }
         }
         TopicCommand::Describe { name, client } => {
-            let description = connect(&client.url).await?.describe_topic(&name).await?;
+            let description = connect(&client).await?.describe_topic(&name).await?;
             if client.json {
                 print_json(&TopicJson {
                     topic: &description.topic,
@@ -1402,7 +1552,7 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
             }
         }
         TopicCommand::Delete { name, client } => {
-            connect(&client.url).await?.delete_topic(&name).await?;
+            connect(&client).await?.delete_topic(&name).await?;
             if client.json {
                 print_json(&json!({ "deleted": name }));
             } else {
@@ -1561,7 +1711,7 @@ async fn append(args: AppendArgs) -> Result<u8, CliError> {
     } else {
         vec![events]
     };
-    let client = connect(&args.client.url).await?;
+    let client = connect(&args.client).await?;
     let mut expect = args.expect;
     for events in calls {
         let count = events.len() as u64;
@@ -1624,7 +1774,7 @@ fn print_append(ack: &AppendAck, key: &[u8], count: u64, json_output: bool) {
 }
 
 async fn read(args: ReadArgs) -> Result<u8, CliError> {
-    let client = connect(&args.client.url).await?;
+    let client = connect(&args.client).await?;
     let json_output = args.client.json;
     if let Some(key) = &args.key {
         let max_events = args
@@ -1740,7 +1890,7 @@ async fn cursor(command: CursorCommand) -> Result<u8, CliError> {
                 .iter()
                 .map(|(partition, offset)| (PartitionId(*partition), Offset(*offset)))
                 .collect();
-            connect(&client.url)
+            connect(&client)
                 .await?
                 .commit_cursor(&topic, &name, &positions, allow_backwards)
                 .await?;
@@ -1755,16 +1905,16 @@ async fn cursor(command: CursorCommand) -> Result<u8, CliError> {
             }
         }
         CursorCommand::Get { topic, name, client } => {
-            let positions = connect(&client.url).await?.get_cursor(&topic, &name).await?;
+            let positions = connect(&client).await?.get_cursor(&topic, &name).await?;
             print_cursor(&name, &positions, client.json);
         }
         CursorCommand::List { topic, client } => {
-            for (name, positions) in connect(&client.url).await?.list_cursors(&topic).await? {
+            for (name, positions) in connect(&client).await?.list_cursors(&topic).await? {
                 print_cursor(&name, &positions, client.json);
             }
         }
         CursorCommand::Delete { topic, name, client } => {
-            connect(&client.url).await?.delete_cursor(&topic, &name).await?;
+            connect(&client).await?.delete_cursor(&topic, &name).await?;
             if client.json {
                 print_json(&json!({ "deleted": name }));
             } else {

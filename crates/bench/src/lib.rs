@@ -37,7 +37,10 @@ use stele_engine::Sequence;
 
 use serde_json::{Value, json};
 
-use stele_client::{Client, ClientError, GrpcCode, StartPosition, SubscribeOptions, SubscriptionItem};
+use stele_client::{
+    Client, ClientError, ClientResult, ConnectOptions, GrpcCode, ServerUrl, StartPosition, SubscribeOptions,
+    SubscriptionItem,
+};
 use stele_engine::config::{Durability, TopicOptions};
 use stele_engine::error::ErrorKind;
 use stele_engine::event::{AppendAck, AppendRequest, Event, ExpectedSequence};
@@ -418,7 +421,7 @@ async fn pipeline(
 
 /// Runs `streams` pipelines concurrently, each over its own connection.
 async fn run_streams(
-    url: &str,
+    target: &Target,
     topic: &str,
     per_stream: Vec<Vec<(u64, Vec<AppendRequest>)>>,
     window: usize,
@@ -426,7 +429,7 @@ async fn run_streams(
 ) -> LoadgenResult<(Duration, StreamOutcome)> {
     let mut clients = Vec::with_capacity(per_stream.len());
     for _ in 0..per_stream.len() {
-        clients.push(Client::connect(url).await?);
+        clients.push(target.connect().await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(per_stream.len());
@@ -461,28 +464,51 @@ pub fn deal<T>(items: impl Iterator<Item = T>, streams: usize) -> Vec<Vec<T>> {
     dealt
 }
 
+/// The server a load generator drives, and how it connects (token, TLS).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub url: String,
+    /// The token and TLS settings of every connection.
+    pub options: ConnectOptions,
+}
+
+impl Target {
+    /// A plaintext target without credentials.
+    pub fn new(url: impl Into<String>) -> Target {
+        Target {
+            url: url.into(),
+            options: ConnectOptions::default(),
+        }
+    }
+
+    async fn connect(&self) -> ClientResult<Client> {
+        Client::connect_with(ServerUrl::new(self.url.clone()), self.options.clone()).await
+    }
+}
+
 /// Runs one scenario once on a fresh topic and returns its JSON line.
 ///
 /// # Errors
 /// A call that failed as a whole (transport, unknown topic); per-append
 /// failures are counted in `errors` instead.
 pub async fn run_scenario(
-    url: &str,
+    target: &Target,
     scenario: Scenario,
     durability: Durability,
     config: &BenchConfig,
     run: usize,
 ) -> LoadgenResult<Value> {
-    let client = Client::connect(url).await?;
+    let client = target.connect().await?;
     let topic = topic_name(scenario, durability, run);
     create_topic(&client, &topic, durability, config).await?;
     let mut line = match scenario {
-        Scenario::Pipelined => pipelined(url, &topic, durability, config).await?,
-        Scenario::Batched => batched(url, &topic, durability, config).await?,
+        Scenario::Pipelined => pipelined(target, &topic, durability, config).await?,
+        Scenario::Batched => batched(target, &topic, durability, config).await?,
         Scenario::Sequential => sequential(&client, &topic, durability, config).await?,
-        Scenario::Cas => cas(url, &client, &topic, durability, config).await?,
-        Scenario::Dedup => dedup(url, &client, &topic, durability, config).await?,
-        Scenario::Read => read(url, &client, &topic, durability, config).await?,
+        Scenario::Cas => cas(target, &client, &topic, durability, config).await?,
+        Scenario::Dedup => dedup(target, &client, &topic, durability, config).await?,
+        Scenario::Read => read(target, &client, &topic, durability, config).await?,
     };
     line.insert("run".into(), json!(run));
     line.insert("topic".into(), json!(topic));
@@ -495,7 +521,7 @@ pub async fn run_scenario(
 }
 
 async fn pipelined(
-    url: &str,
+    target: &Target,
     topic: &str,
     durability: Durability,
     config: &BenchConfig,
@@ -512,7 +538,7 @@ async fn pipelined(
         )
     });
     let per_stream = deal(requests, config.concurrency);
-    let (elapsed, mut outcome) = run_streams(url, topic, per_stream, config.in_flight, false).await?;
+    let (elapsed, mut outcome) = run_streams(target, topic, per_stream, config.in_flight, false).await?;
     let mut line = result_line(
         Scenario::Pipelined,
         durability,
@@ -544,7 +570,7 @@ fn batch_requests(count: u64, config: &BenchConfig, payload: &[u8]) -> Vec<(u64,
 }
 
 async fn batched(
-    url: &str,
+    target: &Target,
     topic: &str,
     durability: Durability,
     config: &BenchConfig,
@@ -554,7 +580,7 @@ async fn batched(
     let requests = batch_requests(count, config, &payload);
     let window = batched_window(config);
     let per_stream = deal(requests.into_iter(), config.concurrency);
-    let (elapsed, mut outcome) = run_streams(url, topic, per_stream, window, false).await?;
+    let (elapsed, mut outcome) = run_streams(target, topic, per_stream, window, false).await?;
     let errors = outcome.errors * config.batch.max(1) as u64;
     let mut line = result_line(
         Scenario::Batched,
@@ -613,7 +639,7 @@ async fn sequential(
 }
 
 async fn cas(
-    url: &str,
+    target: &Target,
     client: &Client,
     topic: &str,
     durability: Durability,
@@ -625,7 +651,7 @@ async fn cas(
     let mut tasks = Vec::with_capacity(streams);
     let mut clients = Vec::with_capacity(streams);
     for _ in 0..streams {
-        clients.push(Client::connect(url).await?);
+        clients.push(target.connect().await?);
     }
     let started = Instant::now();
     for (stream, stream_client) in clients.into_iter().enumerate() {
@@ -776,7 +802,7 @@ async fn cas_stream(
 }
 
 async fn dedup(
-    url: &str,
+    target: &Target,
     client: &Client,
     topic: &str,
     durability: Durability,
@@ -805,7 +831,7 @@ async fn dedup(
         let (id, _) = repeats[request.0 as usize];
         per_stream[(id as usize / 10) % streams].push(request);
     }
-    let (elapsed, mut outcome) = run_streams(url, topic, per_stream, config.in_flight, true).await?;
+    let (elapsed, mut outcome) = run_streams(target, topic, per_stream, config.in_flight, true).await?;
     let mut duplicates_expected = 0u64;
     let mut duplicates_reported = 0u64;
     let mut wrong = 0u64;
@@ -864,7 +890,7 @@ async fn dedup(
 }
 
 async fn read(
-    url: &str,
+    target: &Target,
     client: &Client,
     topic: &str,
     durability: Durability,
@@ -875,7 +901,7 @@ async fn read(
     // Fill the topic (untimed).
     let requests = batch_requests(count, config, &payload);
     let per_stream = deal(requests.into_iter(), config.concurrency);
-    let (fill_elapsed, fill) = run_streams(url, topic, per_stream, batched_window(config), false).await?;
+    let (fill_elapsed, fill) = run_streams(target, topic, per_stream, batched_window(config), false).await?;
     if fill.errors > 0 {
         return Err(LoadgenError::Failed(format!(
             "read: {} appends failed while filling the topic",

@@ -483,6 +483,11 @@ impl ServerUrl {
     }
 }
 
+/// A token or certificate principal as the server lists it (never its secret).
+pub use stele_wire::proto::TokenInfo;
+/// The caller's principal and grants.
+pub use stele_wire::proto::WhoAmIResponse as WhoAmI;
+
 /// How a [`Client`] authenticates and which servers it trusts.
 ///
 /// `Debug` never prints the token or the private key.
@@ -523,7 +528,11 @@ impl ConnectOptions {
     }
 
     /// Options that present a client certificate (PEM chain and PEM key).
-    pub fn with_client_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> ConnectOptions {
+    pub fn with_client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> ConnectOptions {
         self.client_identity_pem = Some((cert_pem.into(), key_pem.into()));
         self
     }
@@ -932,13 +941,14 @@ impl Client {
     pub async fn connect_with(url: ServerUrl, options: ConnectOptions) -> ClientResult<Client> {
         let current = url.get();
         let credentials = Credentials(options.authorization()?);
-        let channel = endpoint(&current, &options)?
-            .connect()
-            .await
-            .map_err(|error| ClientError::Connect {
-                url: current.clone(),
-                reason: with_causes(String::new(), &error),
-            })?;
+        let channel =
+            endpoint(&current, &options)?
+                .connect()
+                .await
+                .map_err(|error| ClientError::Connect {
+                    url: current.clone(),
+                    reason: with_causes(String::new(), &error),
+                })?;
         Ok(Client {
             url,
             channel: Arc::new(Mutex::new((current, channel))),
@@ -1454,6 +1464,109 @@ impl Client {
             .map_err(|status| status_error(&url, &status))?
             .into_inner();
         Ok(response.redriven_count)
+    }
+
+    /// Issues a token named `name` with `grants` (`read:orders.*`, ...) that
+    /// expires after `expires_in` (never when `None`); returns it and its
+    /// secret, shown only now.
+    ///
+    /// # Errors
+    /// `PermissionDenied` without the grant `tokens:*`; `InvalidArgument` for a
+    /// bad name or grant, or a grant the caller does not hold itself.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        grants: &[String],
+        expires_in: Option<Duration>,
+    ) -> ClientResult<(TokenInfo, String)> {
+        let response = self
+            .create_token_request(proto::CreateTokenRequest {
+                name: name.to_string(),
+                grants: grants.to_vec(),
+                expires_in_ms: expires_in.map_or(0, |lifetime| lifetime.as_millis() as u64),
+                certificate_subject: String::new(),
+            })
+            .await?;
+        let token = response
+            .token
+            .ok_or_else(|| ClientError::Protocol("CreateToken answered without the token".into()))?;
+        Ok((token, response.secret))
+    }
+
+    /// Registers the client certificates whose subject is `subject` (mTLS) as
+    /// a principal with `grants`.
+    ///
+    /// # Errors
+    /// As [`Client::create_token`].
+    pub async fn register_certificate(
+        &self,
+        name: &str,
+        subject: &str,
+        grants: &[String],
+        expires_in: Option<Duration>,
+    ) -> ClientResult<TokenInfo> {
+        self.create_token_request(proto::CreateTokenRequest {
+            name: name.to_string(),
+            grants: grants.to_vec(),
+            expires_in_ms: expires_in.map_or(0, |lifetime| lifetime.as_millis() as u64),
+            certificate_subject: subject.to_string(),
+        })
+        .await?
+        .token
+        .ok_or_else(|| ClientError::Protocol("CreateToken answered without the token".into()))
+    }
+
+    async fn create_token_request(
+        &self,
+        request: proto::CreateTokenRequest,
+    ) -> ClientResult<proto::CreateTokenResponse> {
+        let (url, mut stub) = self.stub()?;
+        Ok(stub
+            .create_token(request)
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner())
+    }
+
+    /// Every token and certificate principal, without secrets.
+    ///
+    /// # Errors
+    /// `PermissionDenied` without the grant `tokens:*`.
+    pub async fn list_tokens(&self) -> ClientResult<Vec<TokenInfo>> {
+        let (url, mut stub) = self.stub()?;
+        Ok(stub
+            .list_tokens(proto::ListTokensRequest {})
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner()
+            .tokens)
+    }
+
+    /// Revokes a token by id; its open streams end within a second.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id; `PermissionDenied` without `tokens:*`.
+    pub async fn revoke_token(&self, id: &str) -> ClientResult<TokenInfo> {
+        let (url, mut stub) = self.stub()?;
+        stub.revoke_token(proto::RevokeTokenRequest { id: id.to_string() })
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner()
+            .token
+            .ok_or_else(|| ClientError::Protocol("RevokeToken answered without the token".into()))
+    }
+
+    /// The caller's principal and grants.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a valid credential.
+    pub async fn who_am_i(&self) -> ClientResult<WhoAmI> {
+        let (url, mut stub) = self.stub()?;
+        Ok(stub
+            .who_am_i(proto::WhoAmIRequest {})
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner())
     }
 
     /// Follows a topic from `options.start` through lost connections: see

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-pub use crate::format::token::{SECRET_HASH_LEN, TokenEntry};
 use crate::format::token::TokenRecord;
+pub use crate::format::token::{SECRET_HASH_LEN, TokenEntry};
 use crate::io::Storage;
 use crate::journal::JournalMap;
 use crate::limits::TOKENS_COUNT_MAX;

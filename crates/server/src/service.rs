@@ -66,7 +66,9 @@ impl SteleService {
         self.auth.caller(
             rpc,
             request.metadata(),
-            connection.and_then(|info| info.remote).or_else(|| request.remote_addr()),
+            connection
+                .and_then(|info| info.remote)
+                .or_else(|| request.remote_addr()),
             connection.and_then(|info| info.certificate_subject.as_deref()),
         )
     }
@@ -158,7 +160,11 @@ enum SessionItem {
 
 /// The answer to a session request refused as a whole (nothing of it applied):
 /// `error` set, and the same error as the outcome of each append.
-fn refused_request(correlation_id: u64, count: usize, detail: proto::ErrorDetail) -> proto::AppendSessionResponse {
+fn refused_request(
+    correlation_id: u64,
+    count: usize,
+    detail: proto::ErrorDetail,
+) -> proto::AppendSessionResponse {
     proto::AppendSessionResponse {
         correlation_id,
         outcomes: (0..count)
@@ -727,7 +733,9 @@ impl Stele for SteleService {
         request: Request<proto::RedriveDeadLettersRequest>,
     ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let caller = self.webhook_caller(Rpc::RedriveDeadLetters, &request, &name).await?;
+        let caller = self
+            .webhook_caller(Rpc::RedriveDeadLetters, &request, &name)
+            .await?;
         let result = async {
             let redriven_count = self.webhooks()?.redrive(&name).await.or_status()?;
             Ok(Response::new(proto::RedriveDeadLettersResponse {
@@ -749,8 +757,10 @@ impl Stele for SteleService {
         let new = NewToken {
             name: request.name,
             grants: request.grants,
-            expires_in: (request.expires_in_ms != 0).then(|| std::time::Duration::from_millis(request.expires_in_ms)),
-            certificate_subject: (!request.certificate_subject.is_empty()).then_some(request.certificate_subject),
+            expires_in: (request.expires_in_ms != 0)
+                .then(|| std::time::Duration::from_millis(request.expires_in_ms)),
+            certificate_subject: (!request.certificate_subject.is_empty())
+                .then_some(request.certificate_subject),
         };
         let name = new.name.clone();
         let auth = Arc::clone(&self.auth);

@@ -222,7 +222,7 @@ pub(crate) async fn tail(args: TailArgs) -> Result<u8, CliError> {
         return Err(CliError::Usage("--commit-interval must be above 0".to_string()));
     }
     let json_output = args.client.json;
-    let client = connect(&args.client.url).await?;
+    let client = connect(&args.client).await?;
     let description = client.describe_topic(&args.topic).await?;
     let followed: Vec<PartitionId> = if args.partitions.is_empty() {
         description
@@ -359,7 +359,7 @@ pub(crate) async fn tail(args: TailArgs) -> Result<u8, CliError> {
                     json_output,
                     &format!(
                         "reconnected to {}; resuming at {}",
-                        args.client.url,
+                        args.client.connect.url,
                         positions_text(&follower, followed.len(), timestamp_start)
                     ),
                     None,

@@ -147,7 +147,7 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
     match command {
         WebhookCommand::Create(args) => create(*args).await,
         WebhookCommand::List { client } => {
-            let webhooks = connect(&client.url).await?.list_webhooks().await?;
+            let webhooks = connect(&client).await?.list_webhooks().await?;
             if !client.json && webhooks.is_empty() {
                 println!("no webhooks");
             }
@@ -166,7 +166,7 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
             change(&name, &client, WebhookChange::Delete, "deleted").await
         }
         WebhookCommand::DeadLetters { name, max, client } => {
-            let letters = connect(&client.url)
+            let letters = connect(&client)
                 .await?
                 .dead_letters(&name, max.unwrap_or(0))
                 .await?;
@@ -182,7 +182,7 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
             Ok(EXIT_OK)
         }
         WebhookCommand::Redrive { name, client } => {
-            let redriven = connect(&client.url).await?.redrive_dead_letters(&name).await?;
+            let redriven = connect(&client).await?.redrive_dead_letters(&name).await?;
             if client.json {
                 print_json(&json!({"webhook": name, "redriven": redriven}));
             } else {
@@ -196,7 +196,7 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
 
 /// Pauses, resumes or deletes an endpoint and says so (`what` it became).
 async fn change(name: &str, client: &ClientArgs, change: WebhookChange, what: &str) -> Result<u8, CliError> {
-    connect(&client.url).await?.change_webhook(name, change).await?;
+    connect(&client).await?.change_webhook(name, change).await?;
     if client.json {
         print_json(&json!({ what: name }));
     } else {
@@ -206,7 +206,7 @@ async fn change(name: &str, client: &ClientArgs, change: WebhookChange, what: &s
 }
 
 async fn create(args: CreateArgs) -> Result<u8, CliError> {
-    let client = connect(&args.client.url).await?;
+    let client = connect(&args.client).await?;
     let millis = |value: Option<Millis>| value.map_or(0, |value| value.0);
     let request = NewWebhook {
         name: args.name.clone(),

@@ -95,11 +95,17 @@ fn decode_put(reader: &mut Reader<'_>) -> Result<TokenEntry, DecodeError> {
             bytes.copy_from_slice(hash);
             Some(bytes)
         }
-        _ => return Err(DecodeError::Invalid("a token has a 32-byte hash, a principal none")),
+        _ => {
+            return Err(DecodeError::Invalid(
+                "a token has a 32-byte hash, a principal none",
+            ));
+        }
     };
     let certificate_subject = decode_string(reader, CERTIFICATE_SUBJECT_SIZE_MAX)?;
     if secret_hash.is_none() == certificate_subject.is_empty() {
-        return Err(DecodeError::Invalid("a certificate principal, and only one, names a subject"));
+        return Err(DecodeError::Invalid(
+            "a certificate principal, and only one, names a subject",
+        ));
     }
     let grants_count = reader.u16()? as usize;
     check_len(grants_count as u64, TOKEN_GRANTS_COUNT_MAX as u64)?;
@@ -134,7 +140,11 @@ impl JournalRecord for TokenRecord {
         out.put_u8(KIND_PUT);
         out.put_bytes16(entry.id.as_bytes());
         out.put_bytes16(entry.name.as_bytes());
-        out.put_u8(if entry.secret_hash.is_none() { FLAG_CERTIFICATE } else { 0 });
+        out.put_u8(if entry.secret_hash.is_none() {
+            FLAG_CERTIFICATE
+        } else {
+            0
+        });
         out.put_bytes16(entry.secret_hash.as_ref().map_or(&[][..], |hash| &hash[..]));
         out.put_bytes16(entry.certificate_subject.as_bytes());
         out.put_u16(entry.grants.len() as u16);
@@ -164,11 +174,17 @@ impl JournalRecord for TokenRecord {
         &entry.id
     }
 
-    fn apply(&self, current: Option<&TokenEntry>, _index: &(), _context: ()) -> Result<Option<TokenEntry>, ReplayError> {
+    fn apply(
+        &self,
+        current: Option<&TokenEntry>,
+        _index: &(),
+        _context: (),
+    ) -> Result<Option<TokenEntry>, ReplayError> {
         let TokenRecord::Put(entry) = self;
         // A revocation is final, and a token's secret never changes.
         if let Some(current) = current
-            && ((current.revoked_at_ms != 0 && entry.revoked_at_ms == 0) || current.secret_hash != entry.secret_hash)
+            && ((current.revoked_at_ms != 0 && entry.revoked_at_ms == 0)
+                || current.secret_hash != entry.secret_hash)
         {
             return Err(ReplayError::Invalid(DecodeError::Invalid(
                 "a token record un-revokes a token or changes its secret",

@@ -144,7 +144,8 @@ impl AuditLog {
         let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
         if suppressed > 0 {
             lines.push_str(
-                &serde_json::json!({"time": time, "event": "audit_suppressed", "count": suppressed}).to_string(),
+                &serde_json::json!({"time": time, "event": "audit_suppressed", "count": suppressed})
+                    .to_string(),
             );
             lines.push('\n');
         }
@@ -165,7 +166,10 @@ impl AuditLog {
     }
 
     fn take(&self) -> bool {
-        let mut bucket = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bucket = self
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * LINES_PER_SECOND).min(LINES_BURST);

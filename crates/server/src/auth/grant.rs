@@ -22,7 +22,13 @@ pub enum Group {
 
 impl Group {
     /// Every group.
-    pub const ALL: [Group; 5] = [Group::Read, Group::Write, Group::Consume, Group::Admin, Group::Tokens];
+    pub const ALL: [Group; 5] = [
+        Group::Read,
+        Group::Write,
+        Group::Consume,
+        Group::Admin,
+        Group::Tokens,
+    ];
 
     /// The group's name in a grant.
     pub fn name(self) -> &'static str {
@@ -101,7 +107,9 @@ impl Grant {
             return Err(format!("grant {text:?} is not <group>:<topic pattern>"));
         };
         let group = Group::parse(group).ok_or_else(|| {
-            format!("grant {text:?}: unknown group {group:?}; groups are read, write, consume, admin and tokens")
+            format!(
+                "grant {text:?}: unknown group {group:?}; groups are read, write, consume, admin and tokens"
+            )
         })?;
         let pattern = match pattern.strip_suffix('*') {
             Some(prefix) => Pattern::Prefix(prefix.to_string()),
@@ -221,7 +229,9 @@ mod tests {
             assert!(Grant::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Grants::parse::<&str>(&[]).is_err());
-        let too_many: Vec<String> = (0..=TOKEN_GRANTS_COUNT_MAX).map(|i| format!("read:t{i}")).collect();
+        let too_many: Vec<String> = (0..=TOKEN_GRANTS_COUNT_MAX)
+            .map(|i| format!("read:t{i}"))
+            .collect();
         assert!(Grants::parse(&too_many).is_err());
     }
 
@@ -237,7 +247,11 @@ mod tests {
             ("read:*", false),
             ("write:orders.eu", false),
         ] {
-            assert_eq!(held.covers(&Grant::parse(grant).expect("parse")), covered, "{grant}");
+            assert_eq!(
+                held.covers(&Grant::parse(grant).expect("parse")),
+                covered,
+                "{grant}"
+            );
         }
         assert!(Grants::all().covers(&Grant::parse("tokens:*").expect("parse")));
     }

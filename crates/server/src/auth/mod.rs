@@ -77,7 +77,10 @@ impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
             .field("mode", &self.mode)
-            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("audit", &self.audit)
             .finish()
     }
@@ -118,9 +121,10 @@ impl Credentials {
                     .get(&credential.entry.certificate_subject)
                     .is_some_and(|other| other.entry.revoked_at_ms == 0 && !live);
                 if !keep {
-                    credentials
-                        .by_subject
-                        .insert(credential.entry.certificate_subject.clone(), Arc::clone(&credential));
+                    credentials.by_subject.insert(
+                        credential.entry.certificate_subject.clone(),
+                        Arc::clone(&credential),
+                    );
                 }
             }
             credentials.by_id.insert(credential.entry.id.clone(), credential);
@@ -258,7 +262,12 @@ impl Authenticator {
     }
 
     fn credentials(&self) -> Arc<Credentials> {
-        Arc::clone(&self.credentials.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .credentials
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Authenticates a call of `rpc`: its `authorization` metadata, else its
@@ -296,7 +305,10 @@ impl Authenticator {
         let credentials = self.credentials();
         if let Some(value) = metadata.get("authorization") {
             let Some(text) = value.to_str().ok().and_then(bearer) else {
-                return Err(refuse("unauthenticated", "the authorization value is not `Bearer <token>`"));
+                return Err(refuse(
+                    "unauthenticated",
+                    "the authorization value is not `Bearer <token>`",
+                ));
             };
             let parsed = match token::parse(text) {
                 Ok(parsed) => parsed,
@@ -315,7 +327,11 @@ impl Authenticator {
                 return Err(refuse(&principal, "wrong secret"));
             }
             if !credential.is_valid(now_ms()) {
-                let reason = if credential.entry.revoked_at_ms != 0 { "revoked" } else { "expired" };
+                let reason = if credential.entry.revoked_at_ms != 0 {
+                    "revoked"
+                } else {
+                    "expired"
+                };
                 return Err(refuse(&principal, reason));
             }
             return Ok(caller(Principal::Token(Arc::clone(credential))));
@@ -356,7 +372,9 @@ impl Authenticator {
         let expires_at_ms = match new.expires_in {
             None => 0,
             Some(lifetime) if lifetime.is_zero() => {
-                return Err(Error::InvalidArgument("an expiry must be in the future".to_string()));
+                return Err(Error::InvalidArgument(
+                    "an expiry must be in the future".to_string(),
+                ));
             }
             Some(lifetime) => created_at_ms.saturating_add(lifetime.as_millis() as u64),
         };
@@ -411,7 +429,10 @@ impl Authenticator {
 
     fn refresh(&self) {
         let credentials = Arc::new(Credentials::of(self.list()));
-        *self.credentials.write().unwrap_or_else(std::sync::PoisonError::into_inner) = credentials;
+        *self
+            .credentials
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = credentials;
         self.changes.send_modify(|generation| *generation += 1);
     }
 
@@ -460,7 +481,9 @@ impl Caller {
         match &self.principal {
             Principal::Anonymous => "anonymous".to_string(),
             Principal::Token(credential) => format!("token:{}", credential.entry.id),
-            Principal::Certificate(credential) => format!("certificate:{}", credential.entry.certificate_subject),
+            Principal::Certificate(credential) => {
+                format!("certificate:{}", credential.entry.certificate_subject)
+            }
         }
     }
 
@@ -528,13 +551,20 @@ impl Caller {
     pub fn sees(&self, topic: &str) -> bool {
         match self.rpc.rule().group {
             Some(group) => self.grants().allows(group, topic),
-            None => Group::ALL.into_iter().any(|group| self.grants().allows(group, topic)),
+            None => Group::ALL
+                .into_iter()
+                .any(|group| self.grants().allows(group, topic)),
         }
     }
 
     /// Writes the call's outcome to the audit log when the RPC is audited
     /// (admin and token operations).
-    pub fn audit<T>(&self, topic: Option<&str>, detail: Option<&str>, result: &std::result::Result<T, Status>) {
+    pub fn audit<T>(
+        &self,
+        topic: Option<&str>,
+        detail: Option<&str>,
+        result: &std::result::Result<T, Status>,
+    ) {
         if !self.rpc.is_audited() || !self.auth.audit.is_on() {
             return;
         }
@@ -542,7 +572,10 @@ impl Caller {
             Ok(_) => "ok".to_string(),
             Err(status) => stele_wire::status::detail_of(status)
                 .and_then(|detail| stele_wire::proto::ErrorCode::try_from(detail.code).ok())
-                .map_or_else(|| format!("{:?}", status.code()), |code| stele_wire::status::error_name(code).to_string()),
+                .map_or_else(
+                    || format!("{:?}", status.code()),
+                    |code| stele_wire::status::error_name(code).to_string(),
+                ),
         };
         self.auth.audit.record(AuditEvent {
             principal: &self.principal(),

@@ -153,7 +153,10 @@ mod tests {
             }
         }
         assert_eq!(parse(&text[1..]), Err(MalformedToken::Shape));
-        assert_eq!(parse(&text.replace("stele_", "stale_")), Err(MalformedToken::Shape));
+        assert_eq!(
+            parse(&text.replace("stele_", "stale_")),
+            Err(MalformedToken::Shape)
+        );
         assert_ne!(generate().expect("random").1, text);
     }
 
@@ -172,6 +175,9 @@ mod tests {
         let parsed = parse(&text).expect("parse");
         assert!(hashes_equal(&secret_hash(&parsed), &secret_hash(&parsed)));
         let (_, other) = generate().expect("random");
-        assert!(!hashes_equal(&secret_hash(&parsed), &secret_hash(&parse(&other).expect("parse"))));
+        assert!(!hashes_equal(
+            &secret_hash(&parsed),
+            &secret_hash(&parse(&other).expect("parse"))
+        ));
     }
 }
