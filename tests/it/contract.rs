@@ -19,7 +19,7 @@ use stele::{AppendRequest, Event, ExpectedSequence, TopicOptions};
 
 /// Sends request bytes as they are and decodes responses as `U`: what a
 /// broken or hostile client puts on the wire.
-struct RawCodec<U>(PhantomData<U>);
+pub(super) struct RawCodec<U>(PhantomData<U>);
 
 impl<U> Default for RawCodec<U> {
     fn default() -> Self {
@@ -27,8 +27,8 @@ impl<U> Default for RawCodec<U> {
     }
 }
 
-struct RawEncoder;
-struct MessageDecoder<U>(PhantomData<U>);
+pub(super) struct RawEncoder;
+pub(super) struct MessageDecoder<U>(PhantomData<U>);
 
 impl Encoder for RawEncoder {
     type Item = Vec<u8>;
@@ -69,7 +69,7 @@ impl<U: Message + Default + Send + 'static> Codec for RawCodec<U> {
 /// Asserts the whole error contract on a status: the gRPC code, the
 /// `stele-error-code` trailer, and a `google.rpc.Status` in the details with
 /// our `ErrorDetail` and the standard `ErrorInfo` (reason, domain `stele`).
-fn assert_contract(status: &tonic::Status, code: tonic::Code, error_code: proto::ErrorCode) {
+pub(super) fn assert_contract(status: &tonic::Status, code: tonic::Code, error_code: proto::ErrorCode) {
     assert_eq!(status.code(), code, "{status:?}");
     let trailer = status
         .metadata()

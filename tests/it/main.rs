@@ -1,5 +1,6 @@
 //! Integration tests through the public API and through real gRPC.
 
+mod auth;
 mod compat;
 mod contract;
 mod embed;
