@@ -552,3 +552,59 @@ async fn revoking_a_token_fails_its_next_call_and_ends_its_live_streams_within_a
     let unknown = stranger.describe_topic("orders").await.expect_err("unknown");
     assert_eq!(unknown.to_string(), error.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_needs_no_token_and_reflection_needs_a_valid_one() {
+    // Goal: load balancers probe health without a credential; the schema is
+    // served only to callers with a valid token (any grant).
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let secured = Secured::start().await;
+    let channel = tonic::transport::Channel::from_shared(secured.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let response = step(health.check(tonic_health::pb::HealthCheckRequest {
+        service: "stele.v1.Stele".to_string(),
+    }))
+    .await
+    .expect("health without a token")
+    .into_inner();
+    assert_eq!(
+        response.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let (_, token) = secured
+        .admin
+        .create_token("reader", &["read:nothing".to_string()], None)
+        .await
+        .expect("token");
+    for (token, allowed) in [(None, false), (Some(token.as_str()), true)] {
+        let intercepted = tonic::service::interceptor::InterceptedService::new(
+            channel.clone(),
+            Bearer(token.map(|t| format!("Bearer {t}"))),
+        );
+        let mut reflection = ServerReflectionClient::new(intercepted);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let result = match step(reflection.server_reflection_info(tokio_stream::iter(vec![request]))).await {
+            Ok(response) => step(response.into_inner().message()).await.map(|_| ()),
+            Err(status) => Err(status),
+        };
+        match (allowed, result) {
+            (true, Ok(())) => {}
+            (false, Err(status)) => assert_contract(
+                &status,
+                tonic::Code::Unauthenticated,
+                proto::ErrorCode::Unauthenticated,
+            ),
+            (allowed, result) => panic!("reflection with token {token:?}: allowed {allowed}, got {result:?}"),
+        }
+    }
+}

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use backend::{Backend, EngineBackend};
 pub use service::SteleService;
@@ -178,6 +179,26 @@ impl RunningServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|error| Error::Config(format!("reflection: {error}")))?;
+        // Reflection tells the schema only, but under --auth required it still
+        // needs a valid credential (any grant): nothing is served to strangers
+        // but health, which load balancers probe without one.
+        let reflection_auth = {
+            let auth = Arc::clone(&authenticator);
+            move |request: tonic::Request<()>| {
+                let connection = request.extensions().get::<tls::ConnectionInfo>();
+                auth.authenticate(
+                    "ServerReflectionInfo",
+                    request.metadata(),
+                    connection
+                        .and_then(|info| info.remote)
+                        .or_else(|| request.remote_addr()),
+                    connection.and_then(|info| info.certificate_subject.as_deref()),
+                )?;
+                Ok(request)
+            }
+        };
+        let reflection_v1 = InterceptedService::new(reflection_v1, reflection_auth.clone());
+        let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, reflection_auth);
         let stele = proto::stele_server::SteleServer::new(service)
             .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);

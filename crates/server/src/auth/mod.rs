@@ -282,20 +282,46 @@ impl Authenticator {
         peer: Option<SocketAddr>,
         certificate_subject: Option<&str>,
     ) -> std::result::Result<Caller, Status> {
-        let caller = |principal| Caller {
+        let principal = self.principal(rpc.name(), metadata, peer, certificate_subject)?;
+        Ok(Caller {
             rpc,
             principal,
             peer,
             auth: Arc::clone(self),
-        };
+        })
+    }
+
+    /// Authenticates a call of a service other than `stele.v1.Stele` (server
+    /// reflection, named `service` in the audit log): any valid credential.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED, the same for every reason.
+    pub fn authenticate(
+        &self,
+        service: &str,
+        metadata: &tonic::metadata::MetadataMap,
+        peer: Option<SocketAddr>,
+        certificate_subject: Option<&str>,
+    ) -> std::result::Result<(), Status> {
+        self.principal(service, metadata, peer, certificate_subject)
+            .map(|_| ())
+    }
+
+    fn principal(
+        &self,
+        rpc: &str,
+        metadata: &tonic::metadata::MetadataMap,
+        peer: Option<SocketAddr>,
+        certificate_subject: Option<&str>,
+    ) -> std::result::Result<Principal, Status> {
         if self.mode == AuthMode::None {
-            return Ok(caller(Principal::Anonymous));
+            return Ok(Principal::Anonymous);
         }
         let refuse = |principal: &str, reason: &str| {
             self.audit.record(AuditEvent {
                 principal,
                 peer,
-                rpc: rpc.name(),
+                rpc,
                 topic: None,
                 result: "UNAUTHENTICATED",
                 detail: Some(reason),
@@ -334,13 +360,13 @@ impl Authenticator {
                 };
                 return Err(refuse(&principal, reason));
             }
-            return Ok(caller(Principal::Token(Arc::clone(credential))));
+            return Ok(Principal::Token(Arc::clone(credential)));
         }
         if let Some(subject) = certificate_subject {
             let principal = format!("certificate:{subject}");
             return match credentials.by_subject.get(subject) {
                 Some(credential) if credential.is_valid(now_ms()) => {
-                    Ok(caller(Principal::Certificate(Arc::clone(credential))))
+                    Ok(Principal::Certificate(Arc::clone(credential)))
                 }
                 Some(_) => Err(refuse(&principal, "principal revoked or expired")),
                 None => Err(refuse(&principal, "no principal registered for the certificate")),
