@@ -68,6 +68,7 @@ pub struct AuditEvent<'a> {
 /// The audit log of a server.
 pub struct AuditLog {
     sender: Option<mpsc::SyncSender<String>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     bucket: Mutex<Bucket>,
     suppressed: AtomicU64,
 }
@@ -99,11 +100,11 @@ impl AuditLog {
                 std::fs::OpenOptions::new().create(true).append(true).open(path)?,
             )),
         };
-        let sender = match out {
-            None => None,
+        let (sender, writer) = match out {
+            None => (None, None),
             Some(mut out) => {
                 let (sender, receiver) = mpsc::sync_channel::<String>(QUEUE_LINES_MAX);
-                std::thread::Builder::new()
+                let writer = std::thread::Builder::new()
                     .name("stele-audit".to_string())
                     .spawn(move || {
                         for line in receiver {
@@ -112,11 +113,12 @@ impl AuditLog {
                             }
                         }
                     })?;
-                Some(sender)
+                (Some(sender), Some(writer))
             }
         };
         Ok(AuditLog {
             sender,
+            writer,
             bucket: Mutex::new(Bucket {
                 tokens: LINES_BURST,
                 refilled: Instant::now(),
@@ -185,5 +187,15 @@ impl AuditLog {
     /// Lines dropped since the last line written.
     pub fn suppressed_count(&self) -> u64 {
         self.suppressed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AuditLog {
+    /// Writes every queued line before returning.
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }

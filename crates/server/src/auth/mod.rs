@@ -649,3 +649,192 @@ impl Caller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(token: &str) -> tonic::metadata::MetadataMap {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        metadata
+    }
+
+    fn required(bootstrap: &str, audit: AuditTarget) -> AuthConfig {
+        AuthConfig {
+            mode: AuthMode::Required,
+            bootstrap_token: Some(bootstrap.to_string()),
+            audit,
+        }
+    }
+
+    #[test]
+    fn required_auth_needs_a_first_token_and_a_well_formed_one() {
+        // Goal: the server refuses to start locked out, or with a mistyped token.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AuthConfig {
+            mode: AuthMode::Required,
+            ..AuthConfig::default()
+        };
+        let error = Authenticator::open(dir.path(), &config).expect_err("no token");
+        assert!(error.to_string().contains("stele token generate"), "{error}");
+        let (_, token) = token::generate().expect("random");
+        let mistyped = format!("{}x", &token[..token.len() - 1]);
+        assert!(Authenticator::open(dir.path(), &required(&mistyped, AuditTarget::Off)).is_err());
+        assert!(Authenticator::open(dir.path(), &required(&token, AuditTarget::Off)).is_ok());
+        // A later bootstrap token is ignored once tokens exist.
+        let (_, later) = token::generate().expect("random");
+        let auth = Authenticator::open(dir.path(), &required(&later, AuditTarget::Off)).expect("reopen");
+        assert!(auth.caller(Rpc::WhoAmI, &metadata(&later), None, None).is_err());
+        assert!(auth.caller(Rpc::WhoAmI, &metadata(&token), None, None).is_ok());
+    }
+
+    #[test]
+    fn expired_revoked_and_wrong_secret_tokens_are_one_refusal() {
+        // Goal: every failure is the same UNAUTHENTICATED; the audit log says why.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, admin) = token::generate().expect("random");
+        let audit_path = dir.path().join("audit.jsonl");
+        let auth = Authenticator::open(
+            dir.path(),
+            &required(&admin, AuditTarget::File(audit_path.clone())),
+        )
+        .expect("open");
+        let root = auth
+            .caller(Rpc::CreateToken, &metadata(&admin), None, None)
+            .expect("admin");
+        // An entry that expired a second ago, stored directly.
+        let (id, expired) = token::generate().expect("random");
+        auth.store()
+            .expect("store")
+            .create(TokenEntry {
+                id,
+                name: "old".to_string(),
+                secret_hash: Some(token::secret_hash(&token::parse(&expired).expect("parse"))),
+                grants: vec!["read:*".to_string()],
+                created_at_ms: now_ms() - 10_000,
+                expires_at_ms: now_ms() - 1_000,
+                ..TokenEntry::default()
+            })
+            .expect("store an expired token");
+        auth.refresh();
+        let new = |name: &str| NewToken {
+            name: name.to_string(),
+            grants: vec!["read:*".to_string()],
+            ..NewToken::default()
+        };
+        let (revoked_entry, revoked) = auth.create(&root, new("revoked")).expect("create");
+        let revoked = revoked.expect("a secret");
+        auth.revoke(&revoked_entry.id).expect("revoke");
+        let (live_entry, live) = auth.create(&root, new("live")).expect("create");
+        let live = live.expect("a secret");
+        // The right id with another token's secret: rebuild a well-formed token.
+        let (_, other) = token::generate().expect("random");
+        let mut forged = format!("stele_{}_{}", live_entry.id, &other[23..23 + token::SECRET_LEN]);
+        let check = crc32c::crc32c(forged.as_bytes());
+        forged.push_str(std::str::from_utf8(&token_check(check)).expect("ascii"));
+        assert!(token::parse(&forged).is_ok());
+        let refusals: Vec<String> = [
+            expired.as_str(),
+            revoked.as_str(),
+            forged.as_str(),
+            "stele_nonsense",
+        ]
+        .iter()
+        .map(|token| {
+            auth.caller(Rpc::Read, &metadata(token), None, None)
+                .expect_err("refused")
+                .message()
+                .to_string()
+        })
+        .collect();
+        assert!(refusals.windows(2).all(|pair| pair[0] == pair[1]), "{refusals:?}");
+        assert!(auth.caller(Rpc::Read, &metadata(&live), None, None).is_ok());
+        // Dropping the log writes every queued line.
+        drop(root);
+        drop(auth);
+        let text = std::fs::read_to_string(&audit_path).expect("audit log");
+        for reason in ["expired", "revoked", "wrong secret", "not a Stele token"] {
+            assert!(text.contains(reason), "{reason} missing from {text}");
+        }
+        for secret in [&admin, &expired, &revoked, &live] {
+            assert!(!text.contains(&secret[23..]), "a secret in the audit log");
+        }
+    }
+
+    fn token_check(value: u32) -> [u8; token::CHECK_LEN] {
+        const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut digits = [b'0'; token::CHECK_LEN];
+        let mut value = value;
+        for digit in digits.iter_mut().rev() {
+            *digit = ALPHABET[(value % 62) as usize];
+            value /= 62;
+        }
+        digits
+    }
+
+    #[test]
+    fn certificate_principals_authenticate_by_subject_until_revoked() {
+        // Goal: a registered subject gets its grants; an unknown or revoked one nothing.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, admin) = token::generate().expect("random");
+        let auth = Authenticator::open(dir.path(), &required(&admin, AuditTarget::Off)).expect("open");
+        let root = auth
+            .caller(Rpc::CreateToken, &metadata(&admin), None, None)
+            .expect("admin");
+        let (entry, secret) = auth
+            .create(
+                &root,
+                NewToken {
+                    name: "orders-service".to_string(),
+                    grants: vec!["write:orders".to_string()],
+                    certificate_subject: Some("orders.internal".to_string()),
+                    ..NewToken::default()
+                },
+            )
+            .expect("register");
+        assert!(secret.is_none());
+        let empty = tonic::metadata::MetadataMap::new();
+        let caller = auth
+            .caller(Rpc::Append, &empty, None, Some("orders.internal"))
+            .expect("certificate principal");
+        assert_eq!(caller.principal(), "certificate:orders.internal");
+        assert!(caller.allow("orders").is_ok());
+        assert!(caller.allow("payments").is_err());
+        assert!(
+            auth.caller(Rpc::Append, &empty, None, Some("other.internal"))
+                .is_err()
+        );
+        auth.revoke(&entry.id).expect("revoke");
+        assert!(
+            auth.caller(Rpc::Append, &empty, None, Some("orders.internal"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_audit_log_is_rate_limited_and_says_how_much_it_dropped() {
+        // Goal: a flood of refusals writes at most the burst, then a count.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::start(&AuditTarget::File(path.clone())).expect("start");
+        let event = AuditEvent {
+            principal: "unauthenticated",
+            peer: None,
+            rpc: "Read",
+            topic: None,
+            result: "UNAUTHENTICATED",
+            detail: None,
+        };
+        let flood = audit::LINES_BURST as usize * 3;
+        for _ in 0..flood {
+            log.record(event);
+        }
+        assert!(log.suppressed_count() > 0);
+        drop(log);
+        let lines = std::fs::read_to_string(&path).expect("audit log").lines().count();
+        assert!(lines >= audit::LINES_BURST as usize / 2, "{lines} lines");
+        assert!(lines < flood, "{lines} lines for {flood} events");
+        assert!(lines as f64 <= audit::LINES_BURST + 1.0 + audit::LINES_PER_SECOND * 10.0);
+    }
+}
