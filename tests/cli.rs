@@ -31,6 +31,8 @@ struct Server {
     child: Child,
     url: String,
     stderr: Receiver<String>,
+    /// Every stderr line so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -57,9 +59,12 @@ impl Server {
             .expect("spawn stele serve");
         let stderr = child.stderr.take().expect("piped stderr");
         let (sender, receiver) = channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                kept.lock().expect("log").push(line.clone());
                 if sender.send(line).is_err() {
                     break;
                 }
@@ -69,6 +74,7 @@ impl Server {
             child,
             url: String::new(),
             stderr: receiver,
+            log,
         };
         let line = server.wait_for_line("listening on ");
         let address = line
@@ -96,6 +102,16 @@ impl Server {
         let mut all = args.to_vec();
         all.extend_from_slice(&["--url", &self.url]);
         command(&all).output().expect("run stele")
+    }
+
+    /// Runs a client command against this server with `token` in STELE_TOKEN.
+    fn run_as(&self, token: &str, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--url", &self.url]);
+        command(&all)
+            .env("STELE_TOKEN", token)
+            .output()
+            .expect("run stele")
     }
 
     /// The address the server listens on, `HOST:PORT`.
@@ -1103,4 +1119,134 @@ fn tail_with_a_cursor_and_commit_starts_at_its_offsets_and_commits_what_it_print
     assert!(rest.is_empty(), "{rest:?}");
     let without_cursor = server.run(&["tail", "t", "--commit"]);
     assert_eq!(without_cursor.status.code(), Some(2));
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("list directory") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn tokens_from_the_command_line_and_no_secret_is_stored_or_logged() {
+    // Goal: the whole token workflow through `stele` (generate, bootstrap, create
+    // with grants and expiry, use, list, revoke), and no secret in any file of
+    // the data directory, in the audit log or in the server's debug log.
+    let (_dir, data) = temporary();
+    let bootstrap = stdout(&command(&["token", "generate"]).output().expect("generate"))
+        .trim()
+        .to_string();
+    assert!(
+        bootstrap.starts_with("stele_") && bootstrap.len() == 72,
+        "{bootstrap}"
+    );
+    let token_file = data.with_extension("token");
+    std::fs::write(&token_file, format!("{bootstrap}\n")).expect("write token file");
+    let audit = data.with_extension("audit");
+    let server = Server::start_with(
+        &data,
+        &[
+            "--auth",
+            "required",
+            "--bootstrap-token-file",
+            token_file.to_str().expect("UTF-8"),
+            "--audit-log",
+            audit.to_str().expect("UTF-8"),
+            "--log-level",
+            "debug",
+        ],
+        &[],
+    );
+    let refused = server.run(&["topic", "list"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("UNAUTHENTICATED"),
+        "{}",
+        stderr(&refused)
+    );
+    ok(server.run_as(&bootstrap, &["topic", "create", "orders"]));
+    let ci = ok(server.run_as(
+        &bootstrap,
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--grant",
+            "read:orders",
+            "--expires",
+            "30d",
+        ],
+    ))
+    .trim()
+    .to_string();
+    assert!(ci.starts_with("stele_"), "{ci}");
+    let denied = server.run_as(&ci, &["append", "orders", "k", "x", "--type", "t"]);
+    assert!(
+        stderr(&denied).contains("PERMISSION_DENIED"),
+        "{}",
+        stderr(&denied)
+    );
+    ok(server.run_as(&bootstrap, &["append", "orders", "k", "x", "--type", "t"]));
+    assert!(ok(server.run_as(&ci, &["read", "orders"])).contains("k@0"));
+    let whoami = ok(server.run_as(&ci, &["token", "whoami"]));
+    assert!(
+        whoami.contains("read:orders") && whoami.contains("(ci)"),
+        "{whoami}"
+    );
+    let listed = json_lines(&ok(server.run_as(&bootstrap, &["token", "list", "--json"])));
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let ci_entry = listed
+        .iter()
+        .find(|token| token["name"] == "ci")
+        .expect("ci listed");
+    assert!(ci_entry["expires_at_ms"].as_u64().expect("expiry") > 0);
+    let id = ci_entry["id"].as_str().expect("id").to_string();
+    assert_eq!(&ci[6..22], id);
+    ok(server.run_as(&bootstrap, &["token", "revoke", &id]));
+    let revoked = server.run_as(&ci, &["read", "orders"]);
+    assert!(
+        stderr(&revoked).contains("UNAUTHENTICATED"),
+        "{}",
+        stderr(&revoked)
+    );
+    let log = std::sync::Arc::clone(&server.log);
+    assert!(server.terminate().success());
+
+    let secrets = [&bootstrap[23..], &ci[23..]];
+    let mut searched = files_under(&data);
+    searched.push(audit.clone());
+    for path in &searched {
+        let bytes = std::fs::read(path).expect("read");
+        for secret in secrets {
+            assert!(
+                !bytes
+                    .windows(secret.len())
+                    .any(|window| window == secret.as_bytes()),
+                "a token secret in {}",
+                path.display()
+            );
+        }
+    }
+    let log = log.lock().expect("log").join("\n");
+    assert!(log.contains("DEBUG"), "the server logged at debug");
+    for secret in secrets {
+        assert!(!log.contains(secret), "a token secret in the server log");
+    }
+    let audit = std::fs::read_to_string(&audit).expect("audit log");
+    for rpc in ["\"CreateToken\"", "\"RevokeToken\"", "\"CreateTopic\""] {
+        assert!(audit.contains(rpc), "{rpc} not audited: {audit}");
+    }
+    assert!(
+        audit.contains("PERMISSION_DENIED") && audit.contains("UNAUTHENTICATED"),
+        "{audit}"
+    );
 }
