@@ -35,6 +35,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("recover_segment", stele_proof::recover_segment),
     ("grpc_requests", stele_proof::grpc_requests),
     ("engine_ops", stele_proof::engine_ops),
+    ("auth_credentials", stele_proof::auth_credentials),
 ];
 
 fn corpus_dir(name: &str) -> PathBuf {

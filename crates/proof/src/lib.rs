@@ -425,7 +425,7 @@ fn create_closed_topic(
 /// exercises the frames); `data[1]`: the topic's partition count, 1..=4.
 pub fn journal_records(data: &[u8]) {
     use stele_engine::format::journal::encode_header;
-    use stele_engine::format::{cursor, producer, webhook};
+    use stele_engine::format::{cursor, producer, token, webhook};
 
     let (Some(&mode), Some(&partitions)) = (data.first(), data.get(1)) else {
         return;
@@ -434,7 +434,9 @@ pub fn journal_records(data: &[u8]) {
         return;
     };
     let partitions = u32::from(partitions % 4) + 1;
-    let kind = if mode & 4 != 0 {
+    let kind = if mode & 8 != 0 {
+        Journal::Tokens
+    } else if mode & 4 != 0 {
         Journal::Webhooks
     } else if mode & 1 != 0 {
         Journal::Producers
@@ -451,6 +453,7 @@ pub fn journal_records(data: &[u8]) {
         Journal::Cursors => (paths::cursors_journal(&topic_dir), cursor::CURSOR_MAGIC),
         Journal::Producers => (paths::producers_journal(&topic_dir), producer::PRODUCER_MAGIC),
         Journal::Webhooks => (paths::webhooks_journal(scratch.path()), webhook::WEBHOOK_MAGIC),
+        Journal::Tokens => (paths::tokens_journal(scratch.path()), token::TOKEN_MAGIC),
     };
     let mut bytes = Vec::new();
     if mode & 2 != 0 {
@@ -462,6 +465,10 @@ pub fn journal_records(data: &[u8]) {
     }
     if kind == Journal::Webhooks {
         webhook_journal(scratch.path());
+        return;
+    }
+    if kind == Journal::Tokens {
+        token_journal(scratch.path());
         return;
     }
     let log = match Log::open(scratch.path(), fixed_clock_options()) {
@@ -532,6 +539,144 @@ enum Journal {
     Cursors,
     Producers,
     Webhooks,
+    Tokens,
+}
+
+/// The token store of `dir`, as `journal_records` checks the others; then
+/// the server's authenticator opens it without panicking.
+fn token_journal(dir: &Path) {
+    use stele_engine::token::{TokenEntry, TokenStore};
+
+    let storage: Arc<dyn stele_engine::io::Storage> = Arc::new(stele_engine::io::StdStorage);
+    let store = match TokenStore::open(Arc::clone(&storage), dir) {
+        Ok(store) => store,
+        Err(error) => {
+            assert!(is_bad_bytes(error.kind()), "token journal open: {error}");
+            return;
+        }
+    };
+    let listed = store.list();
+    let entry = TokenEntry {
+        id: "FuzzFuzzFuzz0000".to_string(),
+        name: "fuzz".to_string(),
+        secret_hash: Some([9; 32]),
+        grants: vec!["read:*".to_string()],
+        created_at_ms: 1,
+        ..TokenEntry::default()
+    };
+    let created = store.create(entry.clone());
+    let revoked = created.is_ok() && matches!(store.revoke(&entry.id, 2), Ok(Some(_)));
+    drop(store);
+    let again = match TokenStore::open(storage, dir) {
+        Ok(store) => store,
+        Err(error) => panic!("a token journal that opened once fails to reopen: {error}"),
+    };
+    let mut relisted = again.list();
+    let mut expected = listed;
+    if created.is_ok() {
+        let found = again.get(&entry.id);
+        assert_eq!(
+            found.as_ref().map(|found| found.revoked_at_ms != 0),
+            Some(revoked),
+            "reopened token"
+        );
+        relisted.retain(|listed| listed.id != entry.id);
+        expected.retain(|listed| listed.id != entry.id);
+    }
+    assert_eq!(relisted, expected, "token journal replay is not stable");
+    drop(again);
+    let config = stele_server::auth::AuthConfig::default();
+    if let Err(error) = stele_server::auth::Authenticator::open(dir, &config) {
+        panic!("the authenticator refuses a token store that opened: {error}");
+    }
+}
+
+/// The credential parsers on arbitrary bytes: the token format, grants, and
+/// the `authorization` metadata through a server's authenticator, which
+/// answers every value with a caller or UNAUTHENTICATED and never panics.
+///
+/// `data[0]` picks what the rest is: 0, a token's text; 1, a grant; 2, an
+/// `authorization` value; 3, a byte position and a byte written into a valid
+/// token, which must then be refused unless it is unchanged.
+pub fn auth_credentials(data: &[u8]) {
+    use stele_server::auth::grant::Grant;
+    use stele_server::auth::rpc::Rpc;
+    use stele_server::auth::{AuthConfig, AuthMode, Authenticator, token};
+
+    // Opened once per process; nothing here writes to its store, so its
+    // directory goes at once.
+    static AUTH: std::sync::OnceLock<Option<(Arc<Authenticator>, String)>> = std::sync::OnceLock::new();
+    let Some((auth, valid)) = AUTH.get_or_init(|| {
+        let scratch = Scratch::new()?;
+        let (_, valid) = token::generate().ok()?;
+        let config = AuthConfig {
+            mode: AuthMode::Required,
+            bootstrap_token: Some(valid.clone()),
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::open(scratch.path(), &config).ok()?;
+        drop(scratch);
+        Some((auth, valid))
+    }) else {
+        return;
+    };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match mode % 4 {
+        0 => {
+            if let Ok(parsed) = token::parse(&text) {
+                assert_eq!(parsed.text.len(), token::TOKEN_LEN);
+                assert!(parsed.text.starts_with(token::TOKEN_PREFIX));
+                assert!(parsed.id.bytes().all(|byte| byte.is_ascii_alphanumeric()));
+            }
+        }
+        1 => {
+            if let Ok(grant) = Grant::parse(&text) {
+                let shown = grant.to_string();
+                assert_eq!(
+                    Grant::parse(&shown).as_ref(),
+                    Ok(&grant),
+                    "grant {shown:?} does not round-trip"
+                );
+            }
+        }
+        2 => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Ok(value) = tonic::metadata::AsciiMetadataValue::try_from(rest) {
+                metadata.insert("authorization", value);
+            }
+            let expected_ok = metadata
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| {
+                    value
+                        .split_once(' ')
+                        .is_some_and(|(_, token)| token.trim() == valid)
+                });
+            let result = auth.caller(Rpc::Read, &metadata, None, None);
+            if let Err(status) = &result {
+                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+            }
+            if !expected_ok {
+                assert!(result.is_err(), "a value that is not the token authenticated");
+            }
+        }
+        _ => {
+            let (Some(&at), Some(&byte)) = (rest.first(), rest.get(1)) else {
+                return;
+            };
+            let mut changed = valid.clone().into_bytes();
+            let at = usize::from(at) % changed.len();
+            changed[at] = byte;
+            let Ok(changed) = String::from_utf8(changed) else {
+                return;
+            };
+            let accepted = token::parse(&changed).is_ok();
+            assert_eq!(accepted, &changed == valid, "a changed token parsed: {changed:?}");
+        }
+    }
 }
 
 /// The webhook store of `dir`, as `journal_records` checks the others.
