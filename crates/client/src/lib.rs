@@ -523,7 +523,11 @@ impl ConnectOptions {
     }
 
     /// Options that present a client certificate (PEM chain and PEM key).
-    pub fn with_client_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> ConnectOptions {
+    pub fn with_client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> ConnectOptions {
         self.client_identity_pem = Some((cert_pem.into(), key_pem.into()));
         self
     }
@@ -932,13 +936,14 @@ impl Client {
     pub async fn connect_with(url: ServerUrl, options: ConnectOptions) -> ClientResult<Client> {
         let current = url.get();
         let credentials = Credentials(options.authorization()?);
-        let channel = endpoint(&current, &options)?
-            .connect()
-            .await
-            .map_err(|error| ClientError::Connect {
-                url: current.clone(),
-                reason: with_causes(String::new(), &error),
-            })?;
+        let channel =
+            endpoint(&current, &options)?
+                .connect()
+                .await
+                .map_err(|error| ClientError::Connect {
+                    url: current.clone(),
+                    reason: with_causes(String::new(), &error),
+                })?;
         Ok(Client {
             url,
             channel: Arc::new(Mutex::new((current, channel))),
