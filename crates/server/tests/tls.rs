@@ -18,7 +18,7 @@ use rcgen::{
 };
 use stele_client::{Client, ConnectOptions, ServerUrl};
 use stele_engine::event::{AppendRequest, Event};
-use stele_server::tls::{ClientAuth, ReloadCounts, TlsAcceptor, TlsConfig};
+use stele_server::tls::{ClientAuth, ConnectionInfo, ReloadCounts, TlsAcceptor, TlsConfig};
 use stele_server::{RunningServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
@@ -228,6 +228,33 @@ async fn tls_serves_clients_that_trust_its_ca_only() {
 }
 
 #[tokio::test]
+async fn a_silent_client_does_not_hold_up_other_handshakes() {
+    // Goal: handshakes run in their own tasks, so connections that never send
+    // a ClientHello do not stop others from getting in. Method: open a few
+    // silent TCP connections first, then connect a real client (whose connect
+    // timeout, 5 s, is shorter than the handshake timeout, 10 s).
+    let authority = Authority::new("stele test CA");
+    let files = Files::new(&authority.server(), &authority);
+    let server = start(&files.data_dir(), files.tls(), false).await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(
+            tokio::net::TcpStream::connect(server.local_addr())
+                .await
+                .expect("a TCP connection"),
+        );
+    }
+    let client = connect(&https(&server), trusting(&authority))
+        .await
+        .expect("a client gets in past the silent ones");
+    append_and_read(&client, "orders", b"past")
+        .await
+        .expect("append and read");
+    drop(silent);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
 async fn required_client_certificates_refuse_missing_foreign_and_expired_ones() {
     // Goal: with a client CA and `Required`, only a valid certificate of that
     // CA gets in. Method: four clients against one server.
@@ -426,6 +453,96 @@ async fn the_listener_reports_the_client_certificate_subject_and_plaintext_conne
         .expect("an accepted connection");
     assert_eq!(accepted.info().certificate_subject, None);
     assert_eq!(accepted.info().remote, Some(plain.local_addr().expect("address")));
+}
+
+/// Serves gRPC health on `listener` (with `tls` when given) behind an
+/// interceptor that records each request's connection info, as a handler
+/// would read it.
+async fn serve_recording(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+) -> Arc<std::sync::Mutex<Vec<Option<ConnectionInfo>>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&seen);
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let health =
+        tonic::service::interceptor::InterceptedService::new(health, move |request: tonic::Request<()>| {
+            recorded
+                .lock()
+                .expect("not poisoned")
+                .push(stele_server::tls::connection_info(&request).cloned());
+            Ok(request)
+        });
+    let (incoming, _accepting) = stele_server::tls::incoming(listener, tls);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
+    seen
+}
+
+async fn health_check(endpoint: tonic::transport::Endpoint) -> Result<()> {
+    let channel = tokio::time::timeout(WAIT_MAX, endpoint.connect()).await??;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    tokio::time::timeout(
+        WAIT_MAX,
+        client.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn grpc_requests_carry_the_connection_info_of_their_connection() {
+    // Goal: what a service handler finds in its request's extensions:
+    // the client certificate's subject over mTLS, and a `ConnectionInfo`
+    // without one over plaintext. Method: tonic serving `tls::incoming` with
+    // an interceptor that records `connection_info` of every request.
+    let authority = Authority::new("stele test CA");
+    let files = Files::new(&authority.server(), &authority);
+    let acceptor = Arc::new(TlsAcceptor::new(files.mtls(ClientAuth::Required)).expect("the files load"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let seen = serve_recording(listener, Some(acceptor)).await;
+    let identity = authority.client("audit-reader");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&authority.pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &identity.cert,
+            &identity.key,
+        ));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+        .expect("a URL")
+        .tls_config(tls)
+        .expect("TLS settings");
+    health_check(endpoint).await.expect("a health check over mTLS");
+    let recorded = seen.lock().expect("not poisoned").clone();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let info = recorded[0].as_ref().expect("the request carries connection info");
+    assert_eq!(info.certificate_subject.as_deref(), Some("audit-reader"));
+    assert!(
+        info.remote.is_some_and(|remote| remote.ip().is_loopback()),
+        "{info:?}"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let seen = serve_recording(listener, None).await;
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).expect("a URL");
+    health_check(endpoint)
+        .await
+        .expect("a health check over plaintext");
+    let recorded = seen.lock().expect("not poisoned").clone();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let info = recorded[0]
+        .as_ref()
+        .expect("a plaintext request carries connection info too");
+    assert_eq!(info.certificate_subject, None);
+    assert!(info.remote.is_some(), "{info:?}");
 }
 
 #[tokio::test]
