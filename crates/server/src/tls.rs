@@ -325,9 +325,11 @@ impl TlsAcceptor {
         })
     }
 
-    /// Polls the files every [`POLL_INTERVAL`] and reloads on a change, until
-    /// the task is aborted (the server aborts it at shutdown; a reload runs
-    /// between awaits, so an abort never lands inside one).
+    /// Polls the files every [`POLL_INTERVAL`] and reloads on a change (of
+    /// the file a symbolic link points to, too, as when a mounted secret
+    /// swaps its links), until the task is aborted (the server aborts it at
+    /// shutdown; a reload runs between awaits, so an abort never lands inside
+    /// one).
     pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let acceptor = Arc::clone(self);
         tokio::spawn(async move {
@@ -460,6 +462,10 @@ pub fn certificate_subject(der: &[u8]) -> Option<String> {
 
 /// What the server knows about the client of a connection; every request's
 /// extensions carry it (plaintext connections too), see [`connection_info`].
+///
+/// It takes the place of tonic's own connection info, so
+/// `tonic::Request::remote_addr` is `None` on this server: read
+/// [`ConnectionInfo::remote`] instead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionInfo {
     /// The client's address.
