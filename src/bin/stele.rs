@@ -27,6 +27,7 @@ use stele::config::{
     DEDUP_WINDOW_MS_DEFAULT, PARTITIONS_COUNT_DEFAULT, SEGMENT_SIZE_BYTES_MAX_DEFAULT,
     SYNC_INTERVAL_MS_DEFAULT,
 };
+use stele::server::tls::{ClientAuth, TlsConfig};
 use stele::server::{PORT_DEFAULT, RunningServer, ServerConfig};
 use stele::wire::proto;
 use stele::{
@@ -215,7 +216,12 @@ Durations take a unit (100ms, 30s, 2m, 12h, 7d, 1w; a bare number other than 0 i
 refused); sizes take an optional unit (4096 bytes, 64KiB, 128MiB, 10GiB, 1GB). SIGINT or SIGTERM shuts down gracefully.
 With --metrics-listen (or `metrics-listen = \"127.0.0.1:9187\"`), Prometheus metrics are
 served at http://ADDR/metrics on that separate port; deploy/ has a Grafana dashboard and
-alert rules, docs/runbooks/ what to do when an alert fires.";
+alert rules, docs/runbooks/ what to do when an alert fires.
+With --tls-cert and --tls-key (PEM files) both listeners speak TLS (https://, also for
+metrics); with --tls-client-ca clients must present a certificate of that CA (mTLS), or
+may with --tls-client-auth optional. The files are reloaded when they change (checked
+every second) and on SIGHUP; open connections keep their certificate, and a failed reload
+is logged and keeps the previous one.";
 
 #[derive(Debug, Args)]
 struct ServeArgs {
@@ -232,6 +238,18 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 [default: off].
     #[arg(long, env = "STELE_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key) [default: plaintext].
+    #[arg(long, env = "STELE_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "STELE_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Ask clients for a certificate signed by a CA in this PEM file (mTLS; needs --tls-cert).
+    #[arg(long, env = "STELE_TLS_CLIENT_CA", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: whether a client certificate is required [default: required].
+    #[arg(long, env = "STELE_TLS_CLIENT_AUTH", value_enum)]
+    tls_client_auth: Option<ClientAuthArg>,
     /// Do not create unknown topics on first append [default: topics are auto-created].
     #[arg(long, env = "STELE_NO_AUTO_CREATE")]
     no_auto_create: bool,
@@ -305,6 +323,10 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     metrics_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_client_auth: Option<String>,
     auto_create: Option<bool>,
     partitions: Option<u32>,
     durability: Option<String>,
@@ -339,6 +361,13 @@ impl Scalar {
         text.parse()
             .map_err(|error| CliError::Usage(format!("configuration key {key}: {error}")))
     }
+}
+
+/// `--tls-client-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientAuthArg {
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1141,6 +1170,33 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
         args.metrics_listen,
         file_metrics_listen,
     );
+    let file_client_auth = file
+        .tls_client_auth
+        .as_deref()
+        .map(|text| {
+            ClientAuthArg::from_str(text, true).map_err(|_| {
+                CliError::Usage(format!(
+                    "configuration key tls-client-auth: {text:?} is not required or optional"
+                ))
+            })
+        })
+        .transpose()?;
+    let tls = resolve_tls(
+        pick(matches, "tls_cert", args.tls_cert, file.tls_cert.map(Some)),
+        pick(matches, "tls_key", args.tls_key, file.tls_key.map(Some)),
+        pick(
+            matches,
+            "tls_client_ca",
+            args.tls_client_ca,
+            file.tls_client_ca.map(Some),
+        ),
+        pick(
+            matches,
+            "tls_client_auth",
+            args.tls_client_auth,
+            file_client_auth.map(Some),
+        ),
+    )?;
     let auto_create = if given(matches, "no_auto_create") {
         !args.no_auto_create
     } else {
@@ -1238,9 +1294,50 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
     server.auth = auth;
     server.listen = listen;
     server.metrics_listen = metrics_listen;
+    server.tls = tls;
     server.auto_create_topics = auto_create;
     server.default_topic = default_topic;
     Ok(ServeConfig { server, log_filter })
+}
+
+/// The TLS settings from the resolved flags: a certificate and a key go
+/// together, and the client settings need them.
+fn resolve_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<ClientAuthArg>,
+) -> Result<Option<TlsConfig>, CliError> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            return match (client_ca, client_auth) {
+                (None, None) => Ok(None),
+                _ => Err(CliError::Usage(
+                    "--tls-client-ca and --tls-client-auth need --tls-cert and --tls-key".to_string(),
+                )),
+            };
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "--tls-cert and --tls-key go together: give both or neither".to_string(),
+            ));
+        }
+    };
+    let config = TlsConfig::new(cert, key);
+    match (client_ca, client_auth) {
+        (None, None) => Ok(Some(config)),
+        (None, Some(_)) => Err(CliError::Usage(
+            "--tls-client-auth needs --tls-client-ca".to_string(),
+        )),
+        (Some(client_ca), client_auth) => {
+            let client_auth = match client_auth {
+                None | Some(ClientAuthArg::Required) => ClientAuth::Required,
+                Some(ClientAuthArg::Optional) => ClientAuth::Optional,
+            };
+            Ok(Some(config.with_client_ca(client_ca, client_auth)))
+        }
+    }
 }
 
 fn serve(args: ServeArgs, matches: &ArgMatches) -> Result<u8, CliError> {
@@ -1266,6 +1363,8 @@ async fn run_server(config: ServerConfig) -> Result<u8, CliError> {
         .map_err(|error| CliError::Failed(format!("cannot handle SIGTERM: {error}")))?;
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|error| CliError::Failed(format!("cannot handle SIGINT: {error}")))?;
+    let mut hangup = signal(SignalKind::hangup())
+        .map_err(|error| CliError::Failed(format!("cannot handle SIGHUP: {error}")))?;
     let data_dir = config.data_dir.clone();
     let server = RunningServer::start(config)
         .await
@@ -1288,13 +1387,36 @@ async fn run_server(config: ServerConfig) -> Result<u8, CliError> {
         server.local_addr(),
         data_dir.display()
     );
+    let scheme = if server.is_tls() { "https" } else { "http" };
     if let Some(address) = server.metrics_addr() {
         tracing::info!(%address, "serving metrics");
-        eprintln!("stele: metrics on http://{address}/metrics");
+        eprintln!("stele: metrics on {scheme}://{address}/metrics");
     }
-    let signal_name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+    if let Some(tls) = server.tls() {
+        let config = tls.config();
+        let clients = match (&config.client_ca, config.client_auth) {
+            (None, _) => "no client certificates".to_string(),
+            (Some(ca), ClientAuth::Required) => format!("client certificates required ({})", ca.display()),
+            (Some(ca), ClientAuth::Optional) => format!("client certificates optional ({})", ca.display()),
+        };
+        eprintln!(
+            "stele: TLS with {}, {clients}; SIGHUP reloads",
+            config.cert.display()
+        );
+    }
+    let signal_name = loop {
+        tokio::select! {
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            _ = hangup.recv() => match server.tls() {
+                None => tracing::info!("SIGHUP received; no TLS to reload"),
+                Some(_) => match server.reload_tls() {
+                    // The acceptor logs the reload and its failure itself.
+                    Ok(()) => eprintln!("stele: SIGHUP received, TLS certificate reloaded"),
+                    Err(error) => eprintln!("stele: SIGHUP received, TLS reload failed (keeping the previous certificate): {error}"),
+                },
+            },
+        }
     };
     eprintln!("stele: {signal_name} received, shutting down");
     server
@@ -2049,6 +2171,121 @@ mod tests {
         assert!(parse_url("localhost:7077").is_err());
         assert!(parse_url("ftp://example.com").is_err());
         assert!(parse_url("http://").is_err());
+    }
+
+    /// Resolves `stele serve ARGS` as the command would.
+    fn resolve(arguments: &[&str]) -> Result<ServeConfig, CliError> {
+        let matches = Cli::command()
+            .try_get_matches_from(["stele", "serve"].iter().chain(arguments))
+            .map_err(|error| CliError::Usage(error.to_string()))?;
+        let serve_matches = matches.subcommand_matches("serve").expect("serve");
+        match Cli::from_arg_matches(&matches)
+            .map_err(|error| CliError::Usage(error.to_string()))?
+            .command
+        {
+            Command::Serve(args) => resolve_serve(args, serve_matches),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    fn usage_error(result: Result<ServeConfig, CliError>) -> String {
+        match result {
+            Err(CliError::Usage(message)) => message,
+            Err(other) => panic!("not a usage error: {other:?}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn tls_settings_come_from_flags_then_the_configuration_file() {
+        // Goal: --tls-* flags and the tls-* TOML keys give the same TlsConfig,
+        // a flag overrides its key, and the client policy defaults to required.
+        if std::env::vars().any(|(name, _)| name.starts_with("STELE_TLS_")) {
+            panic!("unset the STELE_TLS_* variables to run this test");
+        }
+        let none = resolve(&[])
+            .map_err(|error| format!("{error:?}"))
+            .expect("resolves");
+        assert_eq!(none.server.tls, None);
+        let flags = resolve(&["--tls-cert", "server.pem", "--tls-key", "server.key"])
+            .map_err(|error| format!("{error:?}"))
+            .expect("resolves");
+        assert_eq!(flags.server.tls, Some(TlsConfig::new("server.pem", "server.key")));
+        let mtls = resolve(&[
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .map_err(|error| format!("{error:?}"))
+        .expect("resolves");
+        assert_eq!(
+            mtls.server.tls,
+            Some(TlsConfig::new("server.pem", "server.key").with_client_ca("ca.pem", ClientAuth::Required))
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("stele.toml");
+        std::fs::write(
+            &file,
+            "tls-cert = \"/etc/stele/server.pem\"\ntls-key = \"/etc/stele/server.key\"\n\
+             tls-client-ca = \"/etc/stele/clients.pem\"\ntls-client-auth = \"optional\"\n",
+        )
+        .expect("write the configuration");
+        let file = file.to_str().expect("a UTF-8 path");
+        let from_file = resolve(&["--config", file])
+            .map_err(|error| format!("{error:?}"))
+            .expect("resolves");
+        let expected = TlsConfig::new("/etc/stele/server.pem", "/etc/stele/server.key")
+            .with_client_ca("/etc/stele/clients.pem", ClientAuth::Optional);
+        assert_eq!(from_file.server.tls, Some(expected.clone()));
+        let overridden = resolve(&["--config", file, "--tls-client-auth", "required"])
+            .map_err(|error| format!("{error:?}"))
+            .expect("resolves");
+        assert_eq!(
+            overridden.server.tls,
+            Some(TlsConfig {
+                client_auth: ClientAuth::Required,
+                ..expected
+            })
+        );
+    }
+
+    #[test]
+    fn tls_settings_that_do_not_go_together_are_refused() {
+        // Goal: a certificate without its key (or the reverse) and client
+        // settings without a certificate are usage errors naming the flags.
+        let message = usage_error(resolve(&["--tls-cert", "server.pem"]));
+        assert!(
+            message.contains("--tls-cert and --tls-key go together"),
+            "{message}"
+        );
+        let message = usage_error(resolve(&["--tls-key", "server.key"]));
+        assert!(
+            message.contains("--tls-cert and --tls-key go together"),
+            "{message}"
+        );
+        let message = usage_error(resolve(&["--tls-client-ca", "ca.pem"]));
+        assert!(message.contains("need --tls-cert"), "{message}");
+        let message = usage_error(resolve(&[
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+            "--tls-client-auth",
+            "optional",
+        ]));
+        assert!(
+            message.contains("--tls-client-auth needs --tls-client-ca"),
+            "{message}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("stele.toml");
+        std::fs::write(&file, "tls-client-auth = \"sometimes\"\n").expect("write the configuration");
+        let message = usage_error(resolve(&["--config", file.to_str().expect("a UTF-8 path")]));
+        assert!(message.contains("tls-client-auth"), "{message}");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! reflection (v1 and v1alpha) on a TCP listener, and with
 //! [`ServerConfig::metrics_listen`] Prometheus metrics on a second one
 //! ([`metrics`]); every backend call goes through [`metrics::MeteredBackend`].
+//! With [`ServerConfig::tls`] both listeners speak TLS (and mTLS with a client
+//! CA), and the certificate reloads on a file change or
+//! [`RunningServer::reload_tls`] ([`tls`]).
 //! Shutdown stops the metrics listener, stops accepting,
 //! ends subscriptions and append sessions after their in-flight work, lets
 //! in-flight calls finish, then closes the log (sync, checkpoint).
@@ -23,8 +26,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 pub use backend::{Backend, EngineBackend};
@@ -57,6 +58,9 @@ pub struct ServerConfig {
     pub webhooks: webhook::WebhookConfig,
     /// Tokens, grants and the audit log; `--auth none` by default.
     pub auth: auth::AuthConfig,
+    /// TLS (and client certificates) for the gRPC listener and the metrics
+    /// endpoint; `None` (the default) serves plaintext.
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl ServerConfig {
@@ -70,6 +74,7 @@ impl ServerConfig {
             metrics_listen: None,
             webhooks: webhook::WebhookConfig::default(),
             auth: auth::AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -85,6 +90,9 @@ pub struct RunningServer {
     webhooks: Arc<webhook::Dispatcher>,
     backend: Arc<dyn Backend>,
     auth: Arc<auth::Authenticator>,
+    tls: Option<Arc<tls::TlsAcceptor>>,
+    tls_watcher: Option<tokio::task::JoinHandle<()>>,
+    accepting: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -93,7 +101,7 @@ impl RunningServer {
     ///
     /// # Errors
     /// [`Error::Locked`] when another process has the directory; I/O errors for
-    /// the directory or the listener.
+    /// the directory or the listener; [`Error::Config`] for unusable TLS files.
     pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         let log = Arc::new(Log::open(&config.data_dir, LogOptions::default())?);
         RunningServer::start_with_log(log, config).await
@@ -127,6 +135,10 @@ impl RunningServer {
     ) -> Result<RunningServer> {
         config.default_topic.validate()?;
         let authenticator = auth::Authenticator::open(log.dir(), &config.auth)?;
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(tls::TlsAcceptor::new(tls.clone())?)),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| Error::io("bind listener", config.listen.to_string(), error))?;
@@ -145,7 +157,9 @@ impl RunningServer {
         metrics.count_recovery_damage(&log);
         let backend: Arc<dyn Backend> = Arc::new(metrics::MeteredBackend::new(backend, Arc::clone(&metrics)));
         let metrics_endpoint = match config.metrics_listen {
-            Some(listen) => Some(metrics::MetricsEndpoint::start(listen, Arc::clone(&metrics)).await?),
+            Some(listen) => Some(
+                metrics::MetricsEndpoint::start_with_tls(listen, Arc::clone(&metrics), tls.clone()).await?,
+            ),
             None => None,
         };
         let (closing_sender, closing) = watch::channel(false);
@@ -204,16 +218,10 @@ impl RunningServer {
             .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);
         let stele = MessageLimitStatus { inner: stele };
         let (stop, stopped) = oneshot::channel::<()>();
-        // Without TCP_NODELAY, a response written in several pieces waits for the
-        // client's delayed ACK (about 40 ms on Linux) before its last piece goes out.
-        let incoming = TcpListenerStream::new(listener).map(|accepted| {
-            if let Ok(stream) = &accepted
-                && let Err(error) = stream.set_nodelay(true)
-            {
-                tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
-            }
-            accepted
-        });
+        // Plaintext connections go through the same IO type, so that every
+        // request carries a `tls::ConnectionInfo`.
+        let (incoming, accepting) = tls::incoming(listener, tls.clone());
+        let tls_watcher = tls.as_ref().map(tls::TlsAcceptor::spawn_watcher);
         let served = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
@@ -230,7 +238,7 @@ impl RunningServer {
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         });
-        tracing::info!(%local_addr, "serving stele.v1");
+        tracing::info!(%local_addr, tls = tls.is_some(), "serving stele.v1");
         Ok(RunningServer {
             local_addr,
             log,
@@ -241,12 +249,39 @@ impl RunningServer {
             webhooks,
             backend,
             auth: authenticator,
+            tls,
+            tls_watcher,
+            accepting: Some(accepting),
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether the listeners speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS configuration in use, with its reload counters; `None` for a
+    /// plaintext server.
+    pub fn tls(&self) -> Option<&Arc<tls::TlsAcceptor>> {
+        self.tls.as_ref()
+    }
+
+    /// Reloads the TLS certificate, key and client CA from their files; new
+    /// connections use them, open ones keep theirs. Does nothing without TLS.
+    ///
+    /// # Errors
+    /// [`tls::TlsError`] when a file is missing or unusable; the previous
+    /// configuration stays in use.
+    pub fn reload_tls(&self) -> std::result::Result<(), tls::TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// The log behind the server.
@@ -302,6 +337,15 @@ impl RunningServer {
         if let Some(served) = self.served.take() {
             let _ = served.await;
         }
+        // Tonic has dropped the incoming stream: the accept task ends and
+        // closes the listener.
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.await;
+        }
+        if let Some(watcher) = self.tls_watcher.take() {
+            watcher.abort();
+            let _ = watcher.await;
+        }
     }
 }
 
@@ -309,6 +353,9 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(watcher) = self.tls_watcher.take() {
+            watcher.abort();
         }
     }
 }

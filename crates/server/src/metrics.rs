@@ -9,7 +9,8 @@
 //! [`MeteredBackend`] wraps any [`Backend`], so the gRPC service stays
 //! unaware of metrics and every backend is metered alike.
 //! [`MetricsEndpoint`] serves `GET /metrics` in the Prometheus text format
-//! (version 0.0.4) on its own port.
+//! (version 0.0.4) on its own port, over HTTPS with the gRPC listener's
+//! certificate and client-CA policy when the server has TLS.
 //!
 //! Invariant: label values are only topic names, partition numbers, cursor
 //! names, webhook endpoint names and the fixed words of `result`, `outcome` and
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::backend::{Backend, BoxFuture, KeyHistory, NamedCursors, TopicDescription};
+use super::tls::{ServerIo, TlsAcceptor};
 use stele_engine::Log;
 use stele_engine::config::TopicOptions;
 use stele_engine::error::{Error, ErrorKind, Result};
@@ -969,6 +971,20 @@ impl MetricsEndpoint {
     /// # Errors
     /// I/O errors binding the listener.
     pub async fn start(listen: SocketAddr, metrics: Arc<ServerMetrics>) -> Result<MetricsEndpoint> {
+        MetricsEndpoint::start_with_tls(listen, metrics, None).await
+    }
+
+    /// As [`MetricsEndpoint::start`], over HTTPS with `tls` when given (its
+    /// `http/1.1` configuration current at each handshake, so that it follows
+    /// reloads).
+    ///
+    /// # Errors
+    /// I/O errors binding the listener.
+    pub async fn start_with_tls(
+        listen: SocketAddr,
+        metrics: Arc<ServerMetrics>,
+        tls: Option<Arc<TlsAcceptor>>,
+    ) -> Result<MetricsEndpoint> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|error| Error::io("bind metrics listener", listen.to_string(), error))?;
@@ -976,8 +992,9 @@ impl MetricsEndpoint {
             .local_addr()
             .map_err(|error| Error::io("read metrics listener address", listen.to_string(), error))?;
         let (stop, stopped) = watch::channel(false);
-        let served = tokio::spawn(accept(listener, metrics, stopped));
-        tracing::info!(%local_addr, "serving metrics on {METRICS_PATH}");
+        let https = tls.is_some();
+        let served = tokio::spawn(accept(listener, metrics, tls, stopped));
+        tracing::info!(%local_addr, https, "serving metrics on {METRICS_PATH}");
         Ok(MetricsEndpoint {
             local_addr,
             stop,
@@ -1005,7 +1022,12 @@ impl Drop for MetricsEndpoint {
     }
 }
 
-async fn accept(listener: TcpListener, metrics: Arc<ServerMetrics>, mut stopped: watch::Receiver<bool>) {
+async fn accept(
+    listener: TcpListener,
+    metrics: Arc<ServerMetrics>,
+    tls: Option<Arc<TlsAcceptor>>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         // Finished connections are reaped so that the set stays bounded.
@@ -1016,9 +1038,9 @@ async fn accept(listener: TcpListener, metrics: Arc<ServerMetrics>, mut stopped:
                 _ = stop_requested(&mut stopped) => break,
             }
         }
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, for example: back off instead of spinning.
                     tracing::warn!(%error, "metrics listener cannot accept");
@@ -1030,7 +1052,21 @@ async fn accept(listener: TcpListener, metrics: Arc<ServerMetrics>, mut stopped:
         };
         let metrics = Arc::clone(&metrics);
         let mut stopped = stopped.clone();
+        // The configuration current now, so that a reload applies to later scrapes.
+        let tls_config = tls.as_ref().map(|tls| tls.http1_config());
         connections.spawn(async move {
+            // The handshake runs in the connection's task (bounded by the
+            // connection count), under its own timeout.
+            let stream = match tls_config {
+                None => ServerIo::plain(stream, Some(remote)),
+                Some(config) => match TlsAcceptor::handshake(config, stream, Some(remote)).await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(%error, %remote, "metrics TLS handshake failed");
+                        return;
+                    }
+                },
+            };
             let service = hyper::service::service_fn(move |request| respond(request, Arc::clone(&metrics)));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
