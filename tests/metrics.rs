@@ -130,11 +130,16 @@ fn parse(text: &str) -> Scrape {
 
 /// GET `path` over HTTP/1.1; returns (status line, content type, body).
 fn http_get(address: SocketAddr, path: &str) -> (String, String, String) {
+    http_get_with(address, path, "")
+}
+
+/// As [`http_get`] with `headers` (each line ending in CRLF) in the request.
+fn http_get_with(address: SocketAddr, path: &str, headers: &str) -> (String, String, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
     stream.set_read_timeout(Some(WAIT_MAX)).expect("read timeout");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Connection: close\r\n\r\n"
     )
     .expect("send the request");
     let mut response = String::new();
@@ -827,4 +832,59 @@ async fn the_dashboard_and_alert_rules_name_only_exposed_metrics() {
     ] {
         assert!(names.contains(wanted), "no alert {wanted}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_required_auth_scraping_needs_a_token_with_the_metrics_grant() {
+    // Goal: `/metrics` follows `--auth required`: 401 without a credential,
+    // 403 without `metrics:*`, 200 with it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, admin) = stele::server::auth::token::generate().expect("random");
+    let mut config = ServerConfig::new(dir.path());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.auth = stele::server::auth::AuthConfig {
+        mode: stele::server::auth::AuthMode::Required,
+        bootstrap_token: Some(admin.clone()),
+        ..stele::server::auth::AuthConfig::default()
+    };
+    let server = RunningServer::start(config).await.expect("start");
+    let address = server.metrics_addr().expect("metrics listener");
+    let client = stele::client::Client::connect_with(
+        stele::client::ServerUrl::new(format!("http://{}", server.local_addr())),
+        stele::client::ConnectOptions::default().with_token(admin.clone()),
+    )
+    .await
+    .expect("connect");
+    let (_, reader) = client
+        .create_token("reader", &["read:*".to_string()], None)
+        .await
+        .expect("token");
+    let (_, scraper) = client
+        .create_token("prometheus", &["metrics:*".to_string()], None)
+        .await
+        .expect("token");
+    let answers = tokio::task::spawn_blocking(move || {
+        [None, Some(reader), Some(scraper), Some(admin)]
+            .into_iter()
+            .map(|token| {
+                let header = token.map_or(String::new(), |token| {
+                    format!("Authorization: Bearer {token}\r\n")
+                });
+                http_get_with(address, "/metrics", &header).0
+            })
+            .collect::<Vec<String>>()
+    })
+    .await
+    .expect("scrapes");
+    assert_eq!(
+        answers,
+        vec![
+            "HTTP/1.1 401 Unauthorized",
+            "HTTP/1.1 403 Forbidden",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK"
+        ]
+    );
+    server.shutdown().await.expect("shutdown");
 }

@@ -158,7 +158,13 @@ impl RunningServer {
         let backend: Arc<dyn Backend> = Arc::new(metrics::MeteredBackend::new(backend, Arc::clone(&metrics)));
         let metrics_endpoint = match config.metrics_listen {
             Some(listen) => Some(
-                metrics::MetricsEndpoint::start_with_tls(listen, Arc::clone(&metrics), tls.clone()).await?,
+                metrics::MetricsEndpoint::start_with_tls(
+                    listen,
+                    Arc::clone(&metrics),
+                    tls.clone(),
+                    Some(Arc::clone(&authenticator)),
+                )
+                .await?,
             ),
             None => None,
         };

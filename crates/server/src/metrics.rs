@@ -41,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::auth::Authenticator;
 use super::backend::{Backend, BoxFuture, KeyHistory, NamedCursors, TopicDescription};
 use super::tls::{ServerIo, TlsAcceptor};
 use stele_engine::Log;
@@ -971,12 +972,13 @@ impl MetricsEndpoint {
     /// # Errors
     /// I/O errors binding the listener.
     pub async fn start(listen: SocketAddr, metrics: Arc<ServerMetrics>) -> Result<MetricsEndpoint> {
-        MetricsEndpoint::start_with_tls(listen, metrics, None).await
+        MetricsEndpoint::start_with_tls(listen, metrics, None, None).await
     }
 
     /// As [`MetricsEndpoint::start`], over HTTPS with `tls` when given (its
     /// `http/1.1` configuration current at each handshake, so that it follows
-    /// reloads).
+    /// reloads), and with `auth` deciding who may scrape (a bearer token or a
+    /// client certificate holding `metrics:*` under `--auth required`).
     ///
     /// # Errors
     /// I/O errors binding the listener.
@@ -984,6 +986,7 @@ impl MetricsEndpoint {
         listen: SocketAddr,
         metrics: Arc<ServerMetrics>,
         tls: Option<Arc<TlsAcceptor>>,
+        auth: Option<Arc<Authenticator>>,
     ) -> Result<MetricsEndpoint> {
         let listener = TcpListener::bind(listen)
             .await
@@ -993,7 +996,7 @@ impl MetricsEndpoint {
             .map_err(|error| Error::io("read metrics listener address", listen.to_string(), error))?;
         let (stop, stopped) = watch::channel(false);
         let https = tls.is_some();
-        let served = tokio::spawn(accept(listener, metrics, tls, stopped));
+        let served = tokio::spawn(accept(listener, metrics, tls, auth, stopped));
         tracing::info!(%local_addr, https, "serving metrics on {METRICS_PATH}");
         Ok(MetricsEndpoint {
             local_addr,
@@ -1026,6 +1029,7 @@ async fn accept(
     listener: TcpListener,
     metrics: Arc<ServerMetrics>,
     tls: Option<Arc<TlsAcceptor>>,
+    auth: Option<Arc<Authenticator>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -1051,6 +1055,7 @@ async fn accept(
             _ = stop_requested(&mut stopped) => break,
         };
         let metrics = Arc::clone(&metrics);
+        let auth = auth.clone();
         let mut stopped = stopped.clone();
         // The configuration current now, so that a reload applies to later scrapes.
         let tls_config = tls.as_ref().map(|tls| tls.http1_config());
@@ -1067,7 +1072,15 @@ async fn accept(
                     }
                 },
             };
-            let service = hyper::service::service_fn(move |request| respond(request, Arc::clone(&metrics)));
+            let connection_info = tonic::transport::server::Connected::connect_info(&stream);
+            let service = hyper::service::service_fn(move |request| {
+                respond(
+                    request,
+                    Arc::clone(&metrics),
+                    auth.clone(),
+                    connection_info.clone(),
+                )
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -1101,6 +1114,8 @@ async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
 async fn respond(
     request: Request<Incoming>,
     metrics: Arc<ServerMetrics>,
+    auth: Option<Arc<Authenticator>>,
+    connection: crate::tls::ConnectionInfo,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -1124,6 +1139,35 @@ async fn respond(
             "text/plain; charset=utf-8",
             "use GET\n".to_string(),
         );
+    }
+    if let Some(auth) = &auth {
+        let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+        if let Err(status) = auth.authorize_metrics(
+            &metadata,
+            connection.remote,
+            connection.certificate_subject.as_deref(),
+        ) {
+            let (code, text) = if status.code() == tonic::Code::Unauthenticated {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    "a valid credential is required: send `Authorization: Bearer <token>`\n",
+                )
+            } else {
+                (
+                    StatusCode::FORBIDDEN,
+                    "permission denied: scraping needs the grant metrics:*\n",
+                )
+            };
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            *response.status_mut() = code;
+            if code == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return Ok(response);
+        }
     }
     // What blocks (partition summaries, the free-space call) runs off the
     // async threads, through the backend; encoding is formatting only.

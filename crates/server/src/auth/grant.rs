@@ -18,17 +18,23 @@ pub enum Group {
     Admin,
     /// Issuing and revoking tokens.
     Tokens,
+    /// Scraping `/metrics` (not an RPC; pattern `*`).
+    Metrics,
 }
 
 impl Group {
     /// Every group.
-    pub const ALL: [Group; 5] = [
+    pub const ALL: [Group; 6] = [
         Group::Read,
         Group::Write,
         Group::Consume,
         Group::Admin,
         Group::Tokens,
+        Group::Metrics,
     ];
+
+    /// The groups whose grants make a topic visible in listings.
+    pub const ON_TOPICS: [Group; 4] = [Group::Read, Group::Write, Group::Consume, Group::Admin];
 
     /// The group's name in a grant.
     pub fn name(self) -> &'static str {
@@ -38,6 +44,7 @@ impl Group {
             Group::Consume => "consume",
             Group::Admin => "admin",
             Group::Tokens => "tokens",
+            Group::Metrics => "metrics",
         }
     }
 
@@ -108,7 +115,7 @@ impl Grant {
         };
         let group = Group::parse(group).ok_or_else(|| {
             format!(
-                "grant {text:?}: unknown group {group:?}; groups are read, write, consume, admin and tokens"
+                "grant {text:?}: unknown group {group:?}; groups are read, write, consume, admin, tokens and metrics"
             )
         })?;
         let pattern = match pattern.strip_suffix('*') {

@@ -291,6 +291,40 @@ impl Authenticator {
         })
     }
 
+    /// Authorizes a scrape of `/metrics`: under [`AuthMode::Required`], a
+    /// credential holding `metrics:*`.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED or PERMISSION_DENIED (audited).
+    pub fn authorize_metrics(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        peer: Option<SocketAddr>,
+        certificate_subject: Option<&str>,
+    ) -> std::result::Result<(), Status> {
+        let (principal, credential) =
+            match self.principal("GET /metrics", metadata, peer, certificate_subject)? {
+                Principal::Anonymous => return Ok(()),
+                Principal::Token(credential) => (format!("token:{}", credential.entry.id), credential),
+                Principal::Certificate(credential) => (
+                    format!("certificate:{}", credential.entry.certificate_subject),
+                    credential,
+                ),
+            };
+        if credential.grants.allows(Group::Metrics, "") {
+            return Ok(());
+        }
+        self.audit.record(AuditEvent {
+            principal: &principal,
+            peer,
+            rpc: "GET /metrics",
+            topic: None,
+            result: "PERMISSION_DENIED",
+            detail: Some("needs metrics:*"),
+        });
+        Err(permission_denied("metrics:*"))
+    }
+
     /// Authenticates a call of a service other than `stele.v1.Stele` (server
     /// reflection, named `service` in the audit log): any valid credential.
     ///
@@ -577,7 +611,7 @@ impl Caller {
     pub fn sees(&self, topic: &str) -> bool {
         match self.rpc.rule().group {
             Some(group) => self.grants().allows(group, topic),
-            None => Group::ALL
+            None => Group::ON_TOPICS
                 .into_iter()
                 .any(|group| self.grants().allows(group, topic)),
         }
