@@ -664,3 +664,87 @@ async fn a_server_without_tls_reloads_nothing_and_refuses_bad_files_at_start() {
     assert_eq!(error.kind(), stele_engine::error::ErrorKind::Config, "{error}");
     assert!(error.to_string().contains("none.pem"), "{error}");
 }
+
+#[tokio::test]
+async fn a_registered_client_certificate_is_a_principal_with_its_grants() {
+    // Goal: under `--auth required` over mTLS, a verified certificate whose
+    // subject is registered acts with that entry's grants and no token; an
+    // unregistered or revoked subject is UNAUTHENTICATED; a token still works
+    // beside a certificate. Method: register `billing` with `write:orders`.
+    let authority = Authority::new("stele test CA");
+    let files = Files::new(&authority.server(), &authority);
+    let (_, admin_token) = stele_server::auth::token::generate().expect("random");
+    let mut config = ServerConfig::new(files.data_dir());
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.tls = Some(files.mtls(ClientAuth::Required));
+    config.auth = stele_server::auth::AuthConfig {
+        mode: stele_server::auth::AuthMode::Required,
+        bootstrap_token: Some(admin_token.clone()),
+        ..stele_server::auth::AuthConfig::default()
+    };
+    let server = RunningServer::start(config).await.expect("start");
+    let url = https(&server);
+    let admin_identity = authority.client("operator");
+    let admin = connect(
+        &url,
+        presenting(&authority, &admin_identity).with_token(admin_token.clone()),
+    )
+    .await
+    .expect("the admin token works over mTLS");
+    admin
+        .create_topic("orders", &stele_engine::TopicOptions::default())
+        .await
+        .expect("create");
+    let entry = admin
+        .register_certificate(
+            "billing",
+            "billing",
+            &["write:orders".to_string(), "read:orders".to_string()],
+            None,
+        )
+        .await
+        .expect("register");
+
+    let billing = Client::connect_with(
+        ServerUrl::new(url.clone()),
+        presenting(&authority, &authority.client("billing")),
+    )
+    .await
+    .expect("connect");
+    append_and_read(&billing, "orders", b"by certificate")
+        .await
+        .expect("the certificate's grants");
+    let me = billing.who_am_i().await.expect("whoami");
+    assert_eq!(me.principal, "certificate:billing");
+    let denied = billing
+        .create_topic("other", &stele_engine::TopicOptions::default())
+        .await
+        .expect_err("no admin grant");
+    assert_eq!(
+        denied.code(),
+        Some(stele_client::GrpcCode::PermissionDenied),
+        "{denied}"
+    );
+
+    let stranger = Client::connect_with(
+        ServerUrl::new(url.clone()),
+        presenting(&authority, &authority.client("payroll")),
+    )
+    .await
+    .expect("connect");
+    let error = stranger.list_topics().await.expect_err("unregistered subject");
+    assert_eq!(
+        error.code(),
+        Some(stele_client::GrpcCode::Unauthenticated),
+        "{error}"
+    );
+
+    admin.revoke_token(&entry.id).await.expect("revoke");
+    let error = billing.list_topics().await.expect_err("revoked subject");
+    assert_eq!(
+        error.code(),
+        Some(stele_client::GrpcCode::Unauthenticated),
+        "{error}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
