@@ -4,6 +4,10 @@
 # `target/debug/stele serve` over TLS, with certificates made by openssl.
 #
 # Checks, each printed on its own line, then "python-tls: N passed, N failed":
+#   - the server runs with --auth required and a bootstrap token from
+#     `stele token generate`; every call sends it as gRPC access-token call
+#     credentials (`authorization: Bearer ...`), and a call without it is
+#     UNAUTHENTICATED with `stele-error-code: 28`;
 #   - a secure channel trusting the CA creates a topic, appends and reads back;
 #   - with --tls-client-auth optional, a client certificate of the client CA is
 #     accepted and one of another CA is refused; a plaintext channel is refused;
@@ -101,6 +105,13 @@ def read(name):
 
 environment = {name: value for name, value in os.environ.items() if not name.startswith("STELE_")}
 environment.pop("RUST_LOG", None)
+# --auth required with a bootstrap token made by the command: every call below
+# sends it the standard way, as gRPC access-token call credentials.
+TOKEN = subprocess.run(
+    [BINARY, "token", "generate"], check=True, capture_output=True, text=True, env=environment
+).stdout.strip()
+with open(os.path.join(WORK, "admin.token"), "w") as token_file:
+    token_file.write(TOKEN + "\n")
 server = subprocess.Popen(
     [
         BINARY, "serve",
@@ -110,6 +121,9 @@ server = subprocess.Popen(
         "--tls-key", os.path.join(WORK, "tls.key"),
         "--tls-client-ca", os.path.join(WORK, "ca.pem"),
         "--tls-client-auth", "optional",
+        "--auth", "required",
+        "--bootstrap-token-file", os.path.join(WORK, "admin.token"),
+        "--audit-log", "off",
     ],
     stdin=subprocess.DEVNULL,
     stdout=subprocess.DEVNULL,
@@ -136,9 +150,11 @@ def wait_for(prefix):
             return line
 
 
-def channel(ca, identity=None):
+def channel(ca, identity=None, token=TOKEN):
     key, chain = (read(identity + ".key"), read(identity + ".pem")) if identity else (None, None)
     credentials = grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=key, certificate_chain=chain)
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(target, credentials)
 
 
@@ -173,6 +189,17 @@ try:
         == [(b"order-1", "created", b'{"total": 7}')],
         str(read_back),
     )
+
+    try:
+        rpc.SteleStub(channel("ca.pem", token=None)).ListTopics(pb.ListTopicsRequest(), timeout=10)
+        check("a call without a token is refused", False)
+    except grpc.RpcError as error:
+        trailers = dict(error.trailing_metadata() or ())
+        check(
+            "a call without a token is UNAUTHENTICATED with the stable code 28",
+            error.code() == grpc.StatusCode.UNAUTHENTICATED and trailers.get("stele-error-code") == "28",
+            f"{error.code()} {trailers}",
+        )
 
     with_certificate = rpc.SteleStub(channel("ca.pem", "client"))
     listed = with_certificate.ListTopics(pb.ListTopicsRequest(), timeout=10)
