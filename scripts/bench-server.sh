@@ -3,24 +3,47 @@
 # `stele bench` against it with the arguments given, then stops the server.
 # Usage: scripts/bench-server.sh [stele bench arguments...]
 # Environment: STELE_BIN (default $CARGO_TARGET_DIR/release/stele or target/release/stele),
-#              BENCH_DIR (parent of the data directory; default ./bench-tmp, a real disk).
+#              BENCH_DIR (parent of the data directory; default ./bench-tmp, a real disk),
+#              BENCH_TLS=1 (serve TLS with a certificate made by openssl; bench over https),
+#              BENCH_AUTH=1 (serve --auth required; bench with a token holding every grant).
 set -euo pipefail
 bin=${STELE_BIN:-${CARGO_TARGET_DIR:-target}/release/stele}
 parent=${BENCH_DIR:-./bench-tmp}
 mkdir -p "$parent"
 work=$(mktemp -d "$parent/stele-bench.XXXXXX")
 mkfifo "$work/stderr"
-"$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 2>"$work/stderr" &
+serve_args=()
+bench_args=()
+scheme=http
+if [ "${BENCH_TLS:-0}" = 1 ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+    serve_args+=(--tls-cert "$work/tls.pem" --tls-key "$work/tls.key")
+    bench_args+=(--ca-cert "$work/tls.pem")
+    scheme=https
+fi
+if [ "${BENCH_AUTH:-0}" = 1 ]; then
+    "$bin" token generate >"$work/admin.token"
+    serve_args+=(--auth required --bootstrap-token-file "$work/admin.token" --audit-log off)
+    bench_args+=(--token-file "$work/admin.token")
+fi
+"$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 "${serve_args[@]}" 2>"$work/stderr" &
 server=$!
 exec 3<"$work/stderr"
 # The server announces its address once it listens: `stele: listening on ADDR, data in DIR`.
-IFS= read -r line <&3
+while IFS= read -r line <&3; do
+    case "$line" in "stele: listening on "*) break ;; esac
+done
 cat <&3 >"$work/server.log" &
 addr=${line#stele: listening on }
 addr=${addr%%,*}
-echo "server pid $server on $addr, data in $work/data" >&2
+host=${addr%%:*}
+[ "$scheme" = https ] && host=localhost
+echo "server pid $server on $scheme://$host:${addr##*:}, data in $work/data" >&2
 status=0
-"$bin" bench --url "http://$addr" --fsync-probe-dir "$work/data" --server-pid "$server" "$@" || status=$?
+"$bin" bench --url "$scheme://$host:${addr##*:}" --fsync-probe-dir "$work/data" --server-pid "$server" \
+    "${bench_args[@]}" "$@" || status=$?
 kill -TERM "$server"
 wait "$server" || true
 rm -rf "$work"

@@ -221,7 +221,11 @@ With --tls-cert and --tls-key (PEM files) both listeners speak TLS (https://, al
 metrics); with --tls-client-ca clients must present a certificate of that CA (mTLS), or
 may with --tls-client-auth optional. The files are reloaded when they change (checked
 every second) and on SIGHUP; open connections keep their certificate, and a failed reload
-is logged and keeps the previous one.";
+is logged and keeps the previous one.
+With --auth required every call needs a token (`stele token generate` makes the first one,
+for --bootstrap-token-file) or a registered client certificate; health never does,
+reflection needs any valid credential and /metrics one with the grant metrics:*. README,
+\"Security\", has the whole model.";
 
 #[derive(Debug, Args)]
 struct ServeArgs {
