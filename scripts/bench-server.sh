@@ -16,11 +16,16 @@ serve_args=()
 bench_args=()
 scheme=http
 if [ "${BENCH_TLS:-0}" = 1 ]; then
+    # A CA, and a P-256 server certificate for localhost signed by it.
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+        -subj "/CN=stele bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+        -keyout "$work/tls.key" -out "$work/tls.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$work/ext"
+    openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+        -days 2 -extfile "$work/ext" -out "$work/tls.pem" 2>/dev/null
     serve_args+=(--tls-cert "$work/tls.pem" --tls-key "$work/tls.key")
-    bench_args+=(--ca-cert "$work/tls.pem")
+    bench_args+=(--ca-cert "$work/ca.pem")
     scheme=https
 fi
 if [ "${BENCH_AUTH:-0}" = 1 ]; then

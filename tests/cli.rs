@@ -1166,7 +1166,7 @@ fn tokens_from_the_command_line_and_no_secret_is_stored_or_logged() {
         &[],
     );
     let refused = server.run(&["topic", "list"]);
-    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert_eq!(refused.status.code(), Some(6), "{}", stderr(&refused));
     assert!(
         stderr(&refused).contains("UNAUTHENTICATED"),
         "{}",
@@ -1190,6 +1190,7 @@ fn tokens_from_the_command_line_and_no_secret_is_stored_or_logged() {
     .to_string();
     assert!(ci.starts_with("stele_"), "{ci}");
     let denied = server.run_as(&ci, &["append", "orders", "k", "x", "--type", "t"]);
+    assert_eq!(denied.status.code(), Some(6), "{}", stderr(&denied));
     assert!(
         stderr(&denied).contains("PERMISSION_DENIED"),
         "{}",

@@ -80,7 +80,9 @@ Exit codes:
      ALREADY_EXISTS (topic exists), ABORTED (producer fenced)
   4  not found: unknown topic, cursor or webhook
   5  server unavailable: connection refused, failed TLS handshake, UNAVAILABLE, server
-     shutting down";
+     shutting down
+  6  denied: UNAUTHENTICATED (no valid token or certificate) or PERMISSION_DENIED (a
+     grant is missing)";
 
 const READ_HELP: &str = "\
 Without --key and --partition, read prints every partition of the topic one after the
@@ -968,6 +970,7 @@ fn exit_code_of_grpc(code: GrpcCode) -> u8 {
         GrpcCode::FailedPrecondition | GrpcCode::AlreadyExists | GrpcCode::Aborted => EXIT_CONFLICT,
         GrpcCode::NotFound => EXIT_NOT_FOUND,
         GrpcCode::Unavailable => EXIT_UNAVAILABLE,
+        GrpcCode::Unauthenticated | GrpcCode::PermissionDenied => EXIT_DENIED,
         _ => EXIT_FAILED,
     }
 }
@@ -978,6 +981,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_CONFLICT: u8 = 3;
 const EXIT_NOT_FOUND: u8 = 4;
 const EXIT_UNAVAILABLE: u8 = 5;
+const EXIT_DENIED: u8 = 6;
 
 /// Exit code of a clean `verify`, and of `verify` finding problems.
 const EXIT_OK: u8 = 0;
