@@ -49,6 +49,9 @@ echo "server pid $server on $scheme://$host:${addr##*:}, data in $work/data" >&2
 status=0
 "$bin" bench --url "$scheme://$host:${addr##*:}" --fsync-probe-dir "$work/data" --server-pid "$server" \
     "${bench_args[@]}" "$@" || status=$?
+# The server's CPU time over the whole run (user + system), for per-event costs.
+ticks=$(awk '{print $14 + $15}' "/proc/$server/stat")
+echo "server cpu seconds $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')" >&2
 kill -TERM "$server"
 wait "$server" || true
 rm -rf "$work"

@@ -348,11 +348,15 @@ impl Stele for SteleService {
         let (sender, receiver) = mpsc::channel(64);
         let mut closing = self.closing.clone();
         tokio::spawn(async move {
+            // One future for the stream's life: a revoked or expired token ends
+            // the session after the answers of every request read before.
+            let ended = caller.ended();
+            tokio::pin!(ended);
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
                     _ = closing.wait_for(|closing| *closing) => break,
-                    () = caller.ended() => Err(stele_wire::status::unauthenticated()),
+                    () = &mut ended => Err(stele_wire::status::unauthenticated()),
                 };
                 let item = match next {
                     Ok(Some(message)) => {
