@@ -52,8 +52,10 @@ impl Secured {
     }
 
     async fn client_of(url: &str, token: Option<&str>) -> Client {
-        let mut options = ConnectOptions::default();
-        options.token = token.map(str::to_string);
+        let options = ConnectOptions {
+            token: token.map(str::to_string),
+            ..ConnectOptions::default()
+        };
         Client::connect_with(ServerUrl::new(url), options)
             .await
             .expect("connect")

@@ -196,7 +196,7 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<u8, CliError> {
 
 /// Pauses, resumes or deletes an endpoint and says so (`what` it became).
 async fn change(name: &str, client: &ClientArgs, change: WebhookChange, what: &str) -> Result<u8, CliError> {
-    connect(&client).await?.change_webhook(name, change).await?;
+    connect(client).await?.change_webhook(name, change).await?;
     if client.json {
         print_json(&json!({ what: name }));
     } else {
