@@ -375,6 +375,11 @@ async fn every_rpc_is_refused_without_a_token_and_without_its_grant_and_nothing_
     assert!(tokens.iter().all(|token| token.revoked_at_ms == 0));
 }
 
+/// One more event for key `k`.
+fn second_event() -> AppendRequest {
+    AppendRequest::new("k", vec![Event::new("t", b"2".to_vec())])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_token_reads_and_a_prefix_token_stays_inside_its_prefix() {
     // Goal: grants mean what they say through the typed client.
@@ -421,15 +426,7 @@ async fn a_read_only_token_reads_and_a_prefix_token_stays_inside_its_prefix() {
         let error = result.expect_err("refused");
         assert_eq!(error.code(), Some(GrpcCode::PermissionDenied), "{error}");
     };
-    denied(
-        reader
-            .append(
-                "orders",
-                &AppendRequest::new("k", vec![Event::new("t", b"2".to_vec())]),
-            )
-            .await
-            .map(|_| ()),
-    );
+    denied(reader.append("orders", &second_event()).await.map(|_| ()));
     denied(
         reader
             .create_topic("new", &TopicOptions::default())
@@ -446,37 +443,13 @@ async fn a_read_only_token_reads_and_a_prefix_token_stays_inside_its_prefix() {
     );
 
     let (writer, _) = secured.client_with(&["write:orders.*", "read:orders.*"]).await;
-    assert!(
-        writer
-            .append(
-                "orders.eu",
-                &AppendRequest::new("k", vec![Event::new("t", b"2".to_vec())])
-            )
-            .await
-            .is_ok()
-    );
+    assert!(writer.append("orders.eu", &second_event()).await.is_ok());
     assert_eq!(
         writer.list_topics().await.expect("list"),
         vec!["orders.eu".to_string()]
     );
-    denied(
-        writer
-            .append(
-                "payments",
-                &AppendRequest::new("k", vec![Event::new("t", b"2".to_vec())]),
-            )
-            .await
-            .map(|_| ()),
-    );
-    denied(
-        writer
-            .append(
-                "orders",
-                &AppendRequest::new("k", vec![Event::new("t", b"2".to_vec())]),
-            )
-            .await
-            .map(|_| ()),
-    );
+    denied(writer.append("payments", &second_event()).await.map(|_| ()));
+    denied(writer.append("orders", &second_event()).await.map(|_| ()));
     // A token holder cannot hand out more than it holds.
     let (issuer, _) = secured.client_with(&["tokens:*", "read:orders.*"]).await;
     assert!(
