@@ -1416,14 +1416,18 @@ async fn run_server(config: ServerConfig) -> Result<u8, CliError> {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => match server.tls() {
-                None => tracing::info!("SIGHUP received; no TLS to reload"),
-                Some(_) => match server.reload_tls() {
-                    // The acceptor logs the reload and its failure itself.
-                    Ok(()) => eprintln!("stele: SIGHUP received, TLS certificate reloaded"),
-                    Err(error) => eprintln!("stele: SIGHUP received, TLS reload failed (keeping the previous certificate): {error}"),
-                },
-            },
+            _ = hangup.recv() => {
+                // The audit log's file is reopened (log rotation) in any case.
+                server.auth().audit().reopen();
+                match server.tls() {
+                    None => tracing::info!("SIGHUP received; no TLS to reload"),
+                    Some(_) => match server.reload_tls() {
+                        // The acceptor logs the reload and its failure itself.
+                        Ok(()) => eprintln!("stele: SIGHUP received, TLS certificate reloaded"),
+                        Err(error) => eprintln!("stele: SIGHUP received, TLS reload failed (keeping the previous certificate): {error}"),
+                    },
+                }
+            }
         }
     };
     eprintln!("stele: {signal_name} received, shutting down");

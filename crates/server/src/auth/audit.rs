@@ -3,6 +3,9 @@
 //! certificate subject, never a secret), the peer address, the RPC, the topic
 //! and the result.
 //!
+//! A file target is reopened by [`AuditLog::reopen`] (the server calls it on
+//! SIGHUP), so that logrotate can move the file away and signal the server.
+//!
 //! Lines go through a bounded queue to a writer thread, so a slow disk never
 //! stalls a call, and through a token bucket ([`LINES_PER_SECOND`], burst
 //! [`LINES_BURST`]) so that a flood of bad requests cannot fill the disk. Lines
@@ -67,7 +70,7 @@ pub struct AuditEvent<'a> {
 
 /// The audit log of a server.
 pub struct AuditLog {
-    sender: Option<mpsc::SyncSender<String>>,
+    sender: Option<mpsc::SyncSender<Message>>,
     writer: Option<std::thread::JoinHandle<()>>,
     bucket: Mutex<Bucket>,
     suppressed: AtomicU64,
@@ -80,6 +83,19 @@ impl std::fmt::Debug for AuditLog {
             .field("suppressed", &self.suppressed.load(Ordering::Relaxed))
             .finish()
     }
+}
+
+/// What the writer thread receives.
+enum Message {
+    /// Lines to append.
+    Lines(String),
+    /// Reopen the file (it was moved away by a log rotation).
+    Reopen,
+}
+
+/// Opens a file target for appending.
+fn open_target(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
 struct Bucket {
@@ -96,20 +112,33 @@ impl AuditLog {
         let out: Option<Box<dyn Write + Send>> = match target {
             AuditTarget::Off => None,
             AuditTarget::Stderr => Some(Box::new(std::io::stderr())),
-            AuditTarget::File(path) => Some(Box::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(path)?,
-            )),
+            AuditTarget::File(path) => Some(Box::new(open_target(path)?)),
+        };
+        let path = match target {
+            AuditTarget::File(path) => Some(path.clone()),
+            AuditTarget::Off | AuditTarget::Stderr => None,
         };
         let (sender, writer) = match out {
             None => (None, None),
             Some(mut out) => {
-                let (sender, receiver) = mpsc::sync_channel::<String>(QUEUE_LINES_MAX);
+                let (sender, receiver) = mpsc::sync_channel::<Message>(QUEUE_LINES_MAX);
                 let writer = std::thread::Builder::new()
                     .name("stele-audit".to_string())
                     .spawn(move || {
-                        for line in receiver {
-                            if out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_err() {
-                                tracing::error!("cannot write the audit log; audit lines are lost");
+                        for message in receiver {
+                            match message {
+                                Message::Lines(lines) => {
+                                    if out.write_all(lines.as_bytes()).and_then(|()| out.flush()).is_err() {
+                                        tracing::error!("cannot write the audit log; audit lines are lost");
+                                    }
+                                }
+                                Message::Reopen => match path.as_deref().map(open_target) {
+                                    None => {}
+                                    Some(Ok(file)) => out = Box::new(file),
+                                    Some(Err(error)) => {
+                                        tracing::error!(%error, "cannot reopen the audit log; writing on to the old file");
+                                    }
+                                },
                             }
                         }
                     })?;
@@ -162,7 +191,7 @@ impl AuditLog {
         });
         lines.push_str(&line.to_string());
         lines.push('\n');
-        if sender.try_send(lines).is_err() {
+        if sender.try_send(Message::Lines(lines)).is_err() {
             self.suppressed.fetch_add(1 + suppressed, Ordering::Relaxed);
         }
     }
@@ -181,6 +210,15 @@ impl AuditLog {
             true
         } else {
             false
+        }
+    }
+
+    /// Reopens a file target after the lines queued so far (for log
+    /// rotation); nothing for stderr or off.
+    pub fn reopen(&self) {
+        if let Some(sender) = &self.sender {
+            // Blocks only while the queue is full, which the writer drains.
+            let _ = sender.send(Message::Reopen);
         }
     }
 

@@ -847,6 +847,37 @@ mod tests {
     }
 
     #[test]
+    fn reopening_the_audit_log_follows_a_rotation() {
+        // Goal: after logrotate moves the file and the server reopens it,
+        // new lines go to a new file at the old path and none is lost.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::start(&AuditTarget::File(path.clone())).expect("start");
+        let event = |rpc| AuditEvent {
+            principal: "token:x",
+            peer: None,
+            rpc,
+            topic: None,
+            result: "ok",
+            detail: None,
+        };
+        log.record(event("Before"));
+        let rotated = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).expect("rotate");
+        log.record(event("Between"));
+        log.reopen();
+        log.record(event("After"));
+        drop(log);
+        let old = std::fs::read_to_string(&rotated).expect("rotated file");
+        let new = std::fs::read_to_string(&path).expect("new file");
+        assert!(
+            old.contains("Before") && old.contains("Between") && !old.contains("After"),
+            "{old}"
+        );
+        assert!(new.contains("After") && !new.contains("Before"), "{new}");
+    }
+
+    #[test]
     fn the_audit_log_is_rate_limited_and_says_how_much_it_dropped() {
         // Goal: a flood of refusals writes at most the burst, then a count.
         let dir = tempfile::tempdir().expect("tempdir");
