@@ -1,5 +1,5 @@
-//! The README's tours run verbatim: each `sh` block under "## A tour" and
-//! "## A webhook tour" is extracted and run with `bash -e` in a temporary
+//! The README's tours run verbatim: each `sh` block under "## A tour",
+//! "## A webhook tour" and "## A security tour" is extracted and run with `bash -e` in a temporary
 //! directory. A `cargo` on PATH that does nothing stands in for the build, and
 //! `target/release/stele` there is this build's binary; the server's port and the
 //! receiver's address come from the variables the tours honour (`STELE_LISTEN`,
@@ -114,6 +114,23 @@ fn check(name: &str, stdout: &str, work: &Path) {
             assert!(stdout.contains("redriving 1 dead letters to billing"), "{stdout}");
             assert!(stdout.contains("dead-lettered=1"), "{stdout}");
         }
+        "security-tour" => {
+            for outcome in ["refused, exit 6", "denied, exit 6", "revoked, exit 6"] {
+                assert!(stdout.contains(outcome), "{outcome} missing: {stdout}");
+            }
+            assert!(
+                stdout.contains("invoice-42"),
+                "the read-only token reads: {stdout}"
+            );
+            for result in ["\"result\":\"PERMISSION_DENIED\"", "\"rpc\":\"RevokeToken\""] {
+                assert!(stdout.contains(result), "{result} not audited: {stdout}");
+            }
+            for token in ["admin.token", "dashboard.token"] {
+                let text = std::fs::read_to_string(work.join(token)).expect("the token file");
+                let secret = text.trim().get(23..).expect("a whole token");
+                assert!(!stdout.contains(secret), "a secret of {token} was printed");
+            }
+        }
         _ => unreachable!("known tours only"),
     }
 }
@@ -125,4 +142,5 @@ fn the_readme_tours_run_verbatim() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     run_tour(&block_after(&readme, "## A tour"), "tour");
     run_tour(&block_after(&readme, "## A webhook tour"), "webhook-tour");
+    run_tour(&block_after(&readme, "## A security tour"), "security-tour");
 }
