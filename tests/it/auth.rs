@@ -583,3 +583,54 @@ async fn health_needs_no_token_and_reflection_needs_a_valid_one() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_ends_its_live_subscription_at_its_expiry() {
+    // Goal: expiry acts like revocation, for open streams too. Method: a token
+    // valid for 2 s subscribes and catches up; the stream must end with
+    // UNAUTHENTICATED at the expiry (not before, and within a second after),
+    // and the next call fails. No sleep: the test awaits the stream's end.
+    let lifetime = Duration::from_secs(2);
+    let secured = Secured::start().await;
+    secured
+        .admin
+        .create_topic("orders", &TopicOptions::default())
+        .await
+        .expect("create");
+    let created = Instant::now();
+    let (_, secret) = secured
+        .admin
+        .create_token("short", &["read:orders".to_string()], Some(lifetime))
+        .await
+        .expect("token");
+    let client = Secured::client_of(&secured.url, Some(&secret)).await;
+    let mut subscription = client
+        .subscribe(
+            "orders",
+            &SubscribeOptions {
+                start: StartPosition::Earliest,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe before the expiry");
+    let ended = loop {
+        match step(subscription.next()).await {
+            Some(Err(error)) => break error,
+            Some(Ok(_)) => {}
+            None => panic!("the subscription ended without an error"),
+        }
+    };
+    let elapsed = created.elapsed();
+    assert_eq!(ended.code(), Some(GrpcCode::Unauthenticated), "{ended}");
+    assert!(
+        elapsed >= lifetime,
+        "ended {elapsed:?} after creation, before the expiry"
+    );
+    assert!(
+        elapsed < lifetime + Duration::from_secs(1),
+        "ended {elapsed:?} after creation"
+    );
+    let error = client.describe_topic("orders").await.expect_err("expired");
+    assert_eq!(error.code(), Some(GrpcCode::Unauthenticated), "{error}");
+}
