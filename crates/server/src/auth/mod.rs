@@ -144,6 +144,10 @@ enum Principal {
     Certificate(Arc<Credential>),
 }
 
+/// What an unknown id's presented hash is compared with (no SHA-256 equals it
+/// but by chance).
+const UNKNOWN_HASH: [u8; stele_engine::token::SECRET_HASH_LEN] = [0; stele_engine::token::SECRET_HASH_LEN];
+
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -375,15 +379,18 @@ impl Authenticator {
                 Err(error) => return Err(refuse("unauthenticated", &error.to_string())),
             };
             let principal = format!("token:{}", parsed.id);
-            let Some(credential) = credentials.by_id.get(parsed.id) else {
+            // The hash is computed and compared whether or not the id exists,
+            // so that the time taken does not tell either.
+            let presented = token::secret_hash(&parsed);
+            let credential = credentials.by_id.get(parsed.id);
+            let stored = credential
+                .and_then(|credential| credential.entry.secret_hash.as_ref())
+                .unwrap_or(&UNKNOWN_HASH);
+            let matches = token::hashes_equal(stored, &presented);
+            let Some(credential) = credential else {
                 return Err(refuse(&principal, "unknown token"));
             };
-            let matches = credential
-                .entry
-                .secret_hash
-                .as_ref()
-                .is_some_and(|stored| token::hashes_equal(stored, &token::secret_hash(&parsed)));
-            if !matches {
+            if !matches || credential.entry.secret_hash.is_none() {
                 return Err(refuse(&principal, "wrong secret"));
             }
             if !credential.is_valid(now_ms()) {
