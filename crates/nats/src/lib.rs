@@ -134,6 +134,9 @@ pub enum NatsError {
     /// The server has JetStream off.
     #[error("JetStream is not enabled on the NATS server")]
     JetStreamDisabled,
+    /// JetStream is on but did not answer (no metadata leader yet, a timeout).
+    #[error("JetStream does not answer: {0}")]
+    JetStreamUnavailable(String),
     /// Connecting failed.
     #[error("cannot connect to NATS: {0}")]
     Connect(String),
@@ -177,11 +180,14 @@ pub async fn connect(config: &NatsConfig) -> Result<Connection, NatsError> {
             min: SERVER_VERSION_MIN,
         });
     }
+    if !info.jetstream {
+        return Err(NatsError::JetStreamDisabled);
+    }
     let jetstream = async_nats::jetstream::new(client.clone());
     jetstream
         .query_account()
         .await
-        .map_err(|_| NatsError::JetStreamDisabled)?;
+        .map_err(|error| NatsError::JetStreamUnavailable(error.to_string()))?;
     Ok(Connection {
         client,
         jetstream,

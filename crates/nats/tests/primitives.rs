@@ -51,10 +51,17 @@ fn nats_server() -> PathBuf {
     binary
 }
 
-/// A cluster of its own for each test, and a checked connection to it (the
-/// venv is made once, under a lock, by whichever test comes first).
-async fn cluster() -> (Cluster, stele_nats::Connection) {
+/// A cluster of its own for each test, a checked connection to it, and the
+/// guard that runs these tests one at a time: on two cores, several 3-node
+/// clusters syncing every write at once time each other out.
+async fn cluster() -> (
+    Cluster,
+    stele_nats::Connection,
+    tokio::sync::MutexGuard<'static, ()>,
+) {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = SERIAL.lock().await;
     let binary = {
         let _guard = VENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         nats_server()
@@ -64,8 +71,47 @@ async fn cluster() -> (Cluster, stele_nats::Connection) {
         .expect("start task")
         .expect("the cluster starts");
     let config: NatsConfig = cluster.urls().parse().expect("urls");
-    let connection = connect(&config).await.expect("connect");
-    (cluster, connection)
+    // JetStream may not answer the account query at once on a fresh cluster.
+    let deadline = Instant::now() + WAIT_MAX;
+    let connection = loop {
+        match connect(&config).await {
+            Ok(connection) => break connection,
+            Err(stele_nats::NatsError::JetStreamUnavailable(reason)) => {
+                assert!(Instant::now() < deadline, "JetStream unavailable: {reason}");
+            }
+            Err(error) => panic!("connect: {error}"),
+        }
+    };
+    let mut connection = connection;
+    connection.jetstream.set_timeout(WAIT_MAX);
+    ready_for_r3(&connection.jetstream).await;
+    (cluster, connection, serial)
+}
+
+/// Waits (bounded) until the cluster places an R3 stream: every node knowing
+/// the metadata leader does not yet mean the leader counts three peers with
+/// JetStream resources. Each try is a real request the cluster answers.
+async fn ready_for_r3(jetstream: &jetstream::Context) {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let created = jetstream
+            .create_stream(stream::Config {
+                name: "stele-probe".to_string(),
+                subjects: vec!["stele-probe".to_string()],
+                num_replicas: 3,
+                ..stream::Config::default()
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(error) => assert!(Instant::now() < deadline, "no R3 stream in time: {error}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    jetstream
+        .delete_stream("stele-probe")
+        .await
+        .expect("delete the probe");
 }
 
 /// An R3 stream `name` on subjects `name.>`, atomic batches allowed.
@@ -83,6 +129,28 @@ async fn partition_stream(jetstream: &jetstream::Context, name: &str) -> stream:
         .expect("create the stream")
 }
 
+/// The first publish to a new stream: retried (bounded) while the server the
+/// client talks to has not yet learnt the stream's subjects (StreamNotFound,
+/// nothing stored), as the backend must do after creating a partition.
+async fn first_publish(jetstream: &jetstream::Context, subject: &str, payload: &str) -> u64 {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let acked = jetstream
+            .publish_with_headers(subject.to_string(), expecting(0), payload.to_string().into())
+            .await
+            .expect("publish")
+            .await;
+        match acked {
+            Ok(ack) => return ack.sequence,
+            Err(error) if error.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                assert!(Instant::now() < deadline, "the stream is not reachable in time");
+            }
+            Err(error) => panic!("the first publish failed: {error}"),
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 fn expecting(last: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
@@ -91,7 +159,7 @@ fn expecting(last: u64) -> HeaderMap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_checks_the_server_version() {
-    let (_cluster, connection) = cluster().await;
+    let (_cluster, connection, _serial) = cluster().await;
     assert!(
         connection.server_version >= SERVER_VERSION_MIN,
         "{}",
@@ -103,16 +171,10 @@ async fn the_connection_checks_the_server_version() {
 async fn a_publish_expecting_a_stale_last_sequence_is_refused_and_writes_nothing() {
     // Goal: the fence of a partition's owner. A writer that believes the
     // stream ends at N can append only if it does: a stale owner cannot write.
-    let (_cluster, connection) = cluster().await;
+    let (_cluster, connection, _serial) = cluster().await;
     let jetstream = &connection.jetstream;
     let mut stream = partition_stream(jetstream, "p0").await;
-    let first = jetstream
-        .publish_with_headers("p0.a", expecting(0), "one".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    assert_eq!(first.sequence, 1);
+    assert_eq!(first_publish(jetstream, "p0.a", "one").await, 1);
     let stale = jetstream
         .publish_with_headers("p0.b", expecting(0), "stale".into())
         .await
@@ -132,10 +194,12 @@ async fn an_atomic_batch_commits_all_or_nothing() {
     // Goal: a multi-event append is one atomic batch (ADR-50): its messages
     // are stored together or, when the commit is refused (here by a stale
     // expected sequence on the first message), not at all.
-    let (_cluster, connection) = cluster().await;
+    let (_cluster, connection, _serial) = cluster().await;
     let jetstream = &connection.jetstream;
     let client = &connection.client;
     let mut stream = partition_stream(jetstream, "p1").await;
+    // One event first, so that the batches go to a stream every server knows.
+    assert_eq!(first_publish(jetstream, "p1.k", "event").await, 1);
     let batch = |id: &str, expected: u64, count: u64| {
         (1..=count)
             .map(|sequence| {
@@ -153,7 +217,7 @@ async fn an_atomic_batch_commits_all_or_nothing() {
             })
             .collect::<Vec<_>>()
     };
-    for (id, expected, stored) in [("b1", 0, 3), ("b2", 0, 3), ("b3", 3, 6)] {
+    for (id, expected, stored) in [("b1", 1, 4), ("b2", 1, 4), ("b3", 4, 7)] {
         let mut headers = batch(id, expected, 3);
         let commit = headers.pop().expect("three messages");
         for headers in headers {
@@ -167,10 +231,10 @@ async fn an_atomic_batch_commits_all_or_nothing() {
             .await
             .expect("publish the commit")
             .await;
-        match expected {
-            0 if id == "b1" => assert_eq!(acked.expect("the first batch commits").sequence, 3),
-            0 => assert!(acked.is_err(), "a batch with a stale expectation committed"),
-            _ => assert_eq!(acked.expect("the third batch commits").sequence, 6),
+        match id {
+            "b1" => assert_eq!(acked.expect("the first batch commits").sequence, 4),
+            "b2" => assert!(acked.is_err(), "a batch with a stale expectation committed"),
+            _ => assert_eq!(acked.expect("the third batch commits").sequence, 7),
         }
         assert_eq!(
             stream.info().await.expect("info").state.messages,
@@ -184,7 +248,7 @@ async fn an_atomic_batch_commits_all_or_nothing() {
 async fn key_value_updates_compare_revisions() {
     // Goal: cursors and producers can be stored with compare-and-set: an
     // update naming an older revision is refused and changes nothing.
-    let (_cluster, connection) = cluster().await;
+    let (_cluster, connection, _serial) = cluster().await;
     let bucket = connection
         .jetstream
         .create_key_value(kv::Config {
@@ -195,11 +259,27 @@ async fn key_value_updates_compare_revisions() {
         })
         .await
         .expect("create the bucket");
-    let created = bucket.create("orders.c1", "0".into()).await.expect("create");
-    assert!(
-        bucket.create("orders.c1", "0".into()).await.is_err(),
-        "create is create-only"
-    );
+    // The first write to a new bucket is retried (bounded) while the server
+    // has not learnt its subjects yet ("no responders": nothing stored).
+    let deadline = Instant::now() + WAIT_MAX;
+    let created = loop {
+        match bucket.create("orders.c1", "0".into()).await {
+            Ok(revision) => break revision,
+            Err(error) => {
+                assert_ne!(error.kind(), kv::CreateErrorKind::AlreadyExists, "{error}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the bucket is not reachable in time: {error}"
+                );
+            }
+        }
+        tokio::task::yield_now().await;
+    };
+    let again = bucket
+        .create("orders.c1", "0".into())
+        .await
+        .expect_err("create is create-only");
+    assert_eq!(again.kind(), kv::CreateErrorKind::AlreadyExists, "{again}");
     let updated = bucket
         .update("orders.c1", "5".into(), created)
         .await
@@ -217,10 +297,11 @@ async fn key_value_updates_compare_revisions() {
 async fn acknowledged_messages_survive_a_kill_of_the_stream_leader() {
     // Goal: an acknowledgement means a quorum has the message: SIGKILL of the
     // stream's leader loses none, and appends go on with the new leader.
-    let (mut cluster, connection) = cluster().await;
+    let (mut cluster, connection, _serial) = cluster().await;
     let jetstream = &connection.jetstream;
     let mut stream = partition_stream(jetstream, "p2").await;
-    for index in 0..100u64 {
+    assert_eq!(first_publish(jetstream, "p2.k", "0").await, 1);
+    for index in 1..100u64 {
         let ack = jetstream
             .publish_with_headers("p2.k", expecting(index), index.to_string().into())
             .await
