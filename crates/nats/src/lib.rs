@@ -10,6 +10,7 @@
 
 #[cfg(feature = "test-cluster")]
 pub mod cluster;
+pub mod topics;
 
 use std::fmt;
 use std::path::PathBuf;

