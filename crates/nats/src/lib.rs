@@ -1,8 +1,8 @@
 //! Stele on a NATS JetStream cluster (issue 12, in progress).
 //!
-//! What is here: [`NatsConfig`] (the `--backend nats://H1,H2,H3` value) and
+//! What is here: [`NatsConfig`] (the `--backend nats://H1,H2,H3` value),
 //! [`connect`], which refuses a server older than [`SERVER_VERSION_MIN`] or
-//! without JetStream; and, behind the feature `test-cluster`,
+//! without JetStream, [`topics::TopicCatalog`]; and, behind the feature `test-cluster`,
 //! [`cluster::Cluster`], a loopback cluster for tests. The `Backend` over
 //! JetStream is not built yet, so nothing here is reachable from `stele serve`.
 //! The design it follows, and what tests on a real 3-node cluster showed of
