@@ -36,9 +36,17 @@ pub struct Cluster {
     _dir: TempDir,
 }
 
-/// A free TCP port on 127.0.0.1 (bound to port 0, then released).
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `count` distinct free TCP ports on 127.0.0.1: all are held bound (port 0)
+/// until every one is picked, so that the kernel cannot hand out one twice,
+/// then released for the nodes to bind.
+fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }
 
 impl Cluster {
@@ -50,10 +58,11 @@ impl Cluster {
     /// that exits or stays without a leader for a minute.
     pub fn start(binary: &Path, size: usize) -> std::io::Result<Cluster> {
         let dir = TempDir::new()?;
-        let mut ports = Vec::with_capacity(size);
-        for _ in 0..size {
-            ports.push((free_port()?, free_port()?, free_port()?));
-        }
+        let picked = free_ports(3 * size)?;
+        let ports: Vec<(u16, u16, u16)> = picked
+            .chunks(3)
+            .map(|chunk| (chunk[0], chunk[1], chunk[2]))
+            .collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, cluster, _)| format!("nats-route://127.0.0.1:{cluster}"))
@@ -128,14 +137,21 @@ impl Cluster {
             return Err(std::io::Error::other(format!("{name} is not running")));
         };
         let deadline = Instant::now() + READY_WAIT_MAX;
+        let mut seen = std::collections::VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) if line.contains(READY_LINE) => return Ok(()),
-                Ok(_) => {}
+                Ok(line) => {
+                    if seen.len() == 20 {
+                        seen.pop_front();
+                    }
+                    seen.push_back(line);
+                }
                 Err(error) => {
                     return Err(std::io::Error::other(format!(
-                        "{name} did not find the JetStream metadata leader: {error}"
+                        "{name} did not find the JetStream metadata leader ({error}); its last lines:\n{}",
+                        Vec::from(seen).join("\n")
                     )));
                 }
             }

@@ -10,6 +10,7 @@
 
 #[cfg(feature = "test-cluster")]
 pub mod cluster;
+pub mod lease;
 pub mod topics;
 
 use std::fmt;
