@@ -11,6 +11,7 @@
 #[cfg(feature = "test-cluster")]
 pub mod cluster;
 pub mod lease;
+pub mod message;
 pub mod topics;
 
 use std::fmt;

@@ -87,3 +87,59 @@ async fn topics_are_created_listed_described_and_deleted_through_the_catalog() {
         .await
         .expect("create again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_message_round_trips_through_a_partition_stream() {
+    // Goal: the headers of `message.rs` survive JetStream as they are, binary
+    // values included, and the subject lands in the partition's stream.
+    use stele_engine::event::{Event, Sequence};
+    use stele_nats::message::{StoredMessage, decode, headers, subject};
+
+    let (_cluster, connection, _serial) = cluster().await;
+    let catalog = TopicCatalog::open(&connection).await.expect("open the catalog");
+    catalog
+        .create("orders", &TopicOptions::default().partitions(2))
+        .await
+        .expect("create");
+    let message = StoredMessage {
+        key: vec![0, b'k', 255],
+        sequence: Sequence(0),
+        timestamp_ms: 1_764_000_000_000,
+        previous: None,
+        producer: None,
+        event: Event {
+            event_type: "created".to_string(),
+            payload: vec![1, 2, 3, 0],
+            headers: vec![("trace id".to_string(), vec![b'\r', b'\n', 0])],
+            idempotency_id: Some(b"id-1".to_vec()),
+        },
+    };
+    let deadline = std::time::Instant::now() + support::WAIT_MAX;
+    let ack = loop {
+        let acked = connection
+            .jetstream
+            .publish_with_headers(
+                subject("orders", 1, &message.key),
+                headers(&message),
+                message.event.payload.clone().into(),
+            )
+            .await
+            .expect("publish")
+            .await;
+        match acked {
+            Ok(ack) => break ack,
+            Err(error) => assert!(std::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(ack.stream, stream_name("orders", 1));
+    let stream = connection
+        .jetstream
+        .get_stream(stream_name("orders", 1))
+        .await
+        .expect("stream");
+    let stored = stream.get_raw_message(ack.sequence).await.expect("read back");
+    let decoded = decode(&stored.headers, &stored.payload).expect("a Stele event");
+    assert_eq!(decoded, message);
+    assert_eq!(ack.sequence, 1, "offset 0 of the partition is stream sequence 1");
+}
