@@ -96,6 +96,9 @@ impl LeaseBucket {
             })
             .await
             .map_err(|error| unavailable("open the lease bucket", error))?;
+        crate::until_reachable(&bucket)
+            .await
+            .map_err(|error| unavailable("reach the lease bucket", error))?;
         Ok(LeaseBucket { bucket })
     }
 

@@ -26,6 +26,28 @@ pub const SERVER_VERSION_MIN: Version = Version {
     patch: 0,
 };
 
+/// How long a just-created stream or bucket may stay unreachable ("no
+/// responders" while the server learns its subjects) before that is an error.
+pub const REACHABLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits (at most [`REACHABLE_WAIT_MAX`]) until `bucket` answers a read: right
+/// after its creation, the server a client talks to may not know it yet.
+///
+/// # Errors
+/// The last read's error, when the bucket does not answer in time.
+pub(crate) async fn until_reachable(
+    bucket: &async_nats::jetstream::kv::Store,
+) -> Result<(), async_nats::jetstream::kv::EntryError> {
+    let deadline = tokio::time::Instant::now() + REACHABLE_WAIT_MAX;
+    loop {
+        match bucket.entry("stele-reachable").await {
+            Ok(_) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
 /// A nats-server version, `major.minor.patch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {

@@ -21,9 +21,7 @@ use crate::Connection;
 /// The KV bucket of topic options.
 pub const CATALOG_BUCKET: &str = "stele_topics";
 
-/// How long a first write to a just-created stream or bucket is retried while
-/// the server has not learnt its subjects ("no responders", nothing stored).
-const REACHABLE_WAIT_MAX: Duration = Duration::from_secs(30);
+use crate::REACHABLE_WAIT_MAX;
 
 /// The base64url (unpadded) of `bytes`: a token valid in subjects, stream
 /// names and KV keys (topic names may hold `.`, which separates subject tokens).
@@ -94,6 +92,9 @@ impl TopicCatalog {
             })
             .await
             .map_err(|error| unavailable("open the topic catalog", error))?;
+        crate::until_reachable(&bucket)
+            .await
+            .map_err(|error| unavailable("reach the topic catalog", error))?;
         Ok(TopicCatalog { jetstream, bucket })
     }
 
