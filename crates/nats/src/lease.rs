@@ -64,6 +64,9 @@ impl Lease {
 #[derive(Debug, Clone)]
 pub struct LeaseBucket {
     bucket: kv::Store,
+    /// The bucket's stream, for reads by its leader: the KV API reads any
+    /// replica (direct get), which may not have applied the latest change.
+    stream: async_nats::jetstream::stream::Stream,
 }
 
 fn now_ms() -> u64 {
@@ -99,7 +102,12 @@ impl LeaseBucket {
         crate::until_reachable(&bucket)
             .await
             .map_err(|error| unavailable("reach the lease bucket", error))?;
-        Ok(LeaseBucket { bucket })
+        let stream = connection
+            .jetstream
+            .get_stream(format!("KV_{LEASE_BUCKET}"))
+            .await
+            .map_err(|error| unavailable("open the lease bucket's stream", error))?;
+        Ok(LeaseBucket { bucket, stream })
     }
 
     /// Who holds `key` now, if anyone ever did.
@@ -107,22 +115,27 @@ impl LeaseBucket {
     /// # Errors
     /// I/O errors; [`Error::Inconsistent`] for a value that does not decode.
     pub async fn holder(&self, key: &str) -> Result<Option<(Holder, u64)>> {
-        let entry = self
-            .bucket
-            .entry(key)
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        // Read by the stream's leader, so that a change just acknowledged is seen.
+        let message = match self
+            .stream
+            .get_last_raw_message_by_subject(&format!("$KV.{LEASE_BUCKET}.{key}"))
             .await
-            .map_err(|error| unavailable("read a lease", error))?;
-        let Some(entry) = entry else {
-            return Ok(None);
+        {
+            Ok(message) => message,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(error) => return Err(unavailable("read a lease", error)),
         };
-        if entry.operation != kv::Operation::Put {
+        if message.headers.get("KV-Operation").is_some() {
+            // DEL or PURGE: nobody holds it.
             return Ok(None);
         }
-        let holder = serde_json::from_slice(&entry.value).map_err(|error| Error::Inconsistent {
+        let entry = (message.payload, message.sequence);
+        let holder = serde_json::from_slice(&entry.0).map_err(|error| Error::Inconsistent {
             path: format!("nats:kv/{LEASE_BUCKET}/{key}").into(),
             reason: format!("a lease value that does not decode: {error}"),
         })?;
-        Ok(Some((holder, entry.revision)))
+        Ok(Some((holder, entry.1)))
     }
 
     /// Takes the lease of `key` for `owner` for `duration` when nobody holds
