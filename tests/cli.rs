@@ -1251,3 +1251,21 @@ fn tokens_from_the_command_line_and_no_secret_is_stored_or_logged() {
         "{audit}"
     );
 }
+
+#[test]
+fn serving_beyond_loopback_without_auth_is_warned_about() {
+    // Goal: the laptop default stays quiet on loopback, and says loudly when
+    // the same default listens where others can reach it.
+    let (_dir, data) = temporary();
+    let open = Server::start_on(&data, "0.0.0.0:0", &[], &[]);
+    let lines = std::sync::Arc::clone(&open.log);
+    assert!(open.terminate().success());
+    let text = lines.lock().expect("log").join("\n");
+    assert!(text.contains("WITHOUT AUTHENTICATION"), "{text}");
+    let (_dir, data) = temporary();
+    let local = Server::start(&data);
+    let lines = std::sync::Arc::clone(&local.log);
+    assert!(local.terminate().success());
+    let text = lines.lock().expect("log").join("\n");
+    assert!(!text.contains("WITHOUT AUTHENTICATION"), "{text}");
+}

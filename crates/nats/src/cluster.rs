@@ -24,7 +24,6 @@ struct Node {
     name: String,
     client_port: u16,
     config: PathBuf,
-    store: PathBuf,
     process: Option<(Child, Receiver<String>)>,
 }
 
@@ -33,7 +32,7 @@ struct Node {
 pub struct Cluster {
     binary: PathBuf,
     nodes: Vec<Node>,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 /// `count` distinct free TCP ports on 127.0.0.1: all are held bound (port 0)
@@ -57,7 +56,7 @@ impl Cluster {
     /// I/O errors writing the configuration or starting a node, or a node
     /// that exits or stays without a leader for a minute.
     pub fn start(binary: &Path, size: usize) -> std::io::Result<Cluster> {
-        let dir = TempDir::new()?;
+        let dir = tempfile::Builder::new().prefix("stele-nats-").tempdir()?;
         let picked = free_ports(3 * size)?;
         let ports: Vec<(u16, u16, u16)> = picked
             .chunks(3)
@@ -70,8 +69,8 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(size);
         for (index, (client, cluster, monitor)) in ports.iter().enumerate() {
             let name = format!("n{index}");
-            let store = dir.path.join(format!("{name}-store"));
-            let config = dir.path.join(format!("{name}.conf"));
+            let store = dir.path().join(format!("{name}-store"));
+            let config = dir.path().join(format!("{name}.conf"));
             std::fs::write(
                 &config,
                 format!(
@@ -86,7 +85,6 @@ impl Cluster {
                 name,
                 client_port: *client,
                 config,
-                store,
                 process: None,
             });
         }
@@ -193,24 +191,6 @@ impl Cluster {
         }
         Ok(())
     }
-
-    /// Starts node `index` again (after [`Cluster::kill`]) and waits until it
-    /// knows the metadata leader; `wipe` deletes its store first.
-    ///
-    /// # Errors
-    /// As [`Cluster::start`].
-    pub fn restart(&mut self, index: usize, wipe: bool) -> std::io::Result<()> {
-        self.kill(index)?;
-        if wipe {
-            match std::fs::remove_dir_all(&self.nodes[index].store) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error),
-            }
-        }
-        self.spawn(index)?;
-        self.wait_ready(index)
-    }
 }
 
 impl Drop for Cluster {
@@ -221,29 +201,5 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-    }
-}
-
-/// A directory under the system's temporary directory, removed on drop.
-#[derive(Debug)]
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        use std::hash::{BuildHasher, Hasher};
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let path = std::env::temp_dir().join(format!("stele-nats-{}-{random:016x}", std::process::id()));
-        std::fs::create_dir(&path)?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

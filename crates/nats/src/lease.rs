@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::kv;
 use stele_engine::error::{Error, Result};
 
-use crate::Connection;
+use crate::{Connection, unavailable};
 
 /// The KV bucket of partition leases.
 pub const LEASE_BUCKET: &str = "stele_owners";
@@ -75,10 +75,6 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-fn unavailable(what: &'static str, error: impl std::fmt::Display) -> Error {
-    Error::io(what, "NATS", std::io::Error::other(error.to_string()))
-}
-
 fn encode(holder: &Holder) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(holder).expect("a Holder (strings and integers) serializes"))
 }
@@ -130,12 +126,11 @@ impl LeaseBucket {
             // DEL or PURGE: nobody holds it.
             return Ok(None);
         }
-        let entry = (message.payload, message.sequence);
-        let holder = serde_json::from_slice(&entry.0).map_err(|error| Error::Inconsistent {
+        let holder = serde_json::from_slice(&message.payload).map_err(|error| Error::Inconsistent {
             path: format!("nats:kv/{LEASE_BUCKET}/{key}").into(),
             reason: format!("a lease value that does not decode: {error}"),
         })?;
-        Ok(Some((holder, entry.1)))
+        Ok(Some((holder, message.sequence)))
     }
 
     /// Takes the lease of `key` for `owner` for `duration` when nobody holds

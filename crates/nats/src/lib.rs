@@ -30,6 +30,13 @@ pub const SERVER_VERSION_MIN: Version = Version {
 /// responders" while the server learns its subjects) before that is an error.
 pub const REACHABLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A JetStream request that failed, as the engine's I/O error (INTERNAL to
+/// clients by the one error table; the backend will need UNAVAILABLE for
+/// timeouts and lost quorums, so that clients retry).
+pub(crate) fn unavailable(what: &'static str, error: impl std::fmt::Display) -> stele_engine::Error {
+    stele_engine::Error::io(what, "NATS", std::io::Error::other(error.to_string()))
+}
+
 /// Waits (at most [`REACHABLE_WAIT_MAX`]) until `bucket` answers a read: right
 /// after its creation, the server a client talks to may not know it yet.
 ///

@@ -109,8 +109,8 @@ pub fn headers(message: &StoredMessage) -> HeaderMap {
     headers
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, MessageError> {
-    Ok(headers.get(name).map(|value| value.as_str()))
+fn text<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<&'a str> {
+    headers.get(name).map(|value| value.as_str())
 }
 
 fn bytes(value: &str, name: &'static str, size_max: usize) -> Result<Vec<u8>, MessageError> {
@@ -139,7 +139,7 @@ fn number<T: std::str::FromStr>(value: &str, name: &'static str) -> Result<T, Me
 /// # Errors
 /// [`MessageError`] for a message Stele did not write.
 pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<StoredMessage, MessageError> {
-    let required = |name: &'static str| text(headers, name)?.ok_or(MessageError::Missing(name));
+    let required = |name: &'static str| text(headers, name).ok_or(MessageError::Missing(name));
     let key = bytes(required(KEY)?, KEY, KEY_SIZE_MAX)?;
     if key.is_empty() {
         return Err(MessageError::Malformed(KEY));
@@ -148,13 +148,13 @@ pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<StoredMessage, Mess
         .map_err(|_| MessageError::Malformed(TYPE))?;
     let sequence = Sequence(number(required(SEQUENCE)?, SEQUENCE)?);
     let timestamp_ms = number(required(TIMESTAMP)?, TIMESTAMP)?;
-    let previous = text(headers, PREVIOUS)?
+    let previous = text(headers, PREVIOUS)
         .map(|value| number(value, PREVIOUS).map(Offset))
         .transpose()?;
-    let idempotency_id = text(headers, ID)?
+    let idempotency_id = text(headers, ID)
         .map(|value| bytes(value, ID, stele_engine::limits::IDEMPOTENCY_ID_SIZE_MAX))
         .transpose()?;
-    let producer = text(headers, PRODUCER)?
+    let producer = text(headers, PRODUCER)
         .map(|value| {
             let mut parts = value.split('.');
             let mut part = || parts.next().unwrap_or_default();

@@ -16,7 +16,7 @@ use stele_engine::config::TopicOptions;
 use stele_engine::error::{Error, Result};
 use stele_engine::format::topic_meta;
 
-use crate::Connection;
+use crate::{Connection, unavailable};
 
 /// The KV bucket of topic options.
 pub const CATALOG_BUCKET: &str = "stele_topics";
@@ -26,17 +26,8 @@ use crate::REACHABLE_WAIT_MAX;
 /// The base64url (unpadded) of `bytes`: a token valid in subjects, stream
 /// names and KV keys (topic names may hold `.`, which separates subject tokens).
 pub fn token(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let value = chunk.iter().enumerate().fold(0u32, |value, (index, byte)| {
-            value | (u32::from(*byte) << (16 - 8 * index))
-        });
-        for index in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((value >> (18 - 6 * index)) & 63) as usize]));
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The stream of partition `partition` of `topic`: `STELE_<token>_P<partition>`.
@@ -70,10 +61,6 @@ pub struct TopicCatalog {
 /// The catalog entry of `key`, named as a path for errors.
 fn catalog_path(key: &str) -> std::path::PathBuf {
     format!("nats:kv/{CATALOG_BUCKET}/{key}").into()
-}
-
-fn unavailable(what: &'static str, error: impl std::fmt::Display) -> Error {
-    Error::io(what, "NATS", std::io::Error::other(error.to_string()))
 }
 
 impl TopicCatalog {

@@ -205,15 +205,8 @@ impl RunningServer {
         let reflection_auth = {
             let auth = Arc::clone(&authenticator);
             move |request: tonic::Request<()>| {
-                let connection = request.extensions().get::<tls::ConnectionInfo>();
-                auth.authenticate(
-                    "ServerReflectionInfo",
-                    request.metadata(),
-                    connection
-                        .and_then(|info| info.remote)
-                        .or_else(|| request.remote_addr()),
-                    connection.and_then(|info| info.certificate_subject.as_deref()),
-                )?;
+                let (peer, subject) = tls::peer_of(&request);
+                auth.authenticate("ServerReflectionInfo", request.metadata(), peer, subject)?;
                 Ok(request)
             }
         };

@@ -62,15 +62,8 @@ impl SteleService {
     /// The caller of `request`, authenticated for `rpc`; the first thing every
     /// handler does.
     fn caller<T>(&self, rpc: Rpc, request: &Request<T>) -> Result<Caller, Status> {
-        let connection = crate::tls::connection_info(request);
-        self.auth.caller(
-            rpc,
-            request.metadata(),
-            connection
-                .and_then(|info| info.remote)
-                .or_else(|| request.remote_addr()),
-            connection.and_then(|info| info.certificate_subject.as_deref()),
-        )
+        let (peer, subject) = crate::tls::peer_of(request);
+        self.auth.caller(rpc, request.metadata(), peer, subject)
     }
 
     /// The caller of a webhook RPC naming endpoint `name`, allowed on its topic

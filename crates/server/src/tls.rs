@@ -481,6 +481,19 @@ pub fn connection_info<T>(request: &tonic::Request<T>) -> Option<&ConnectionInfo
     request.extensions().get::<ConnectionInfo>()
 }
 
+/// Who sent `request`: the peer's address (from [`ConnectionInfo`], else from
+/// tonic's own connection info when the service is served some other way) and
+/// the verified client certificate's subject.
+pub fn peer_of<T>(request: &tonic::Request<T>) -> (Option<SocketAddr>, Option<&str>) {
+    let connection = connection_info(request);
+    (
+        connection
+            .and_then(|info| info.remote)
+            .or_else(|| request.remote_addr()),
+        connection.and_then(|info| info.certificate_subject.as_deref()),
+    )
+}
+
 enum Transport {
     Plain(TcpStream),
     // Boxed: the TLS state is large and most of it is not touched per call.

@@ -191,11 +191,6 @@ impl Grants {
         self.0.iter().any(|grant| grant.allows(group, topic))
     }
 
-    /// Whether some grant of `group` could reach some topic (for listings).
-    pub fn has_group(&self, group: Group) -> bool {
-        self.0.iter().any(|grant| grant.group == group)
-    }
-
     /// Whether some grant covers `grant` (no caller hands out more than it holds).
     pub fn covers(&self, grant: &Grant) -> bool {
         self.0.iter().any(|held| held.covers(grant))

@@ -79,10 +79,16 @@ pub fn parse(text: &str) -> Result<ParsedToken<'_>, MalformedToken> {
 pub fn generate() -> Result<(String, String), getrandom::Error> {
     let id = random_alphanumeric(TOKEN_ID_LEN)?;
     let secret = random_alphanumeric(SECRET_LEN)?;
+    let text = assemble(&id, &secret);
+    Ok((id, text))
+}
+
+/// The token of `id` and `secret`: the prefix, both parts and the check digits.
+pub(crate) fn assemble(id: &str, secret: &str) -> String {
     let mut text = format!("{TOKEN_PREFIX}{id}_{secret}");
     let check = encode_check(crc32c::crc32c(text.as_bytes()));
     text.push_str(std::str::from_utf8(&check).expect("the alphabet is ASCII"));
-    Ok((id, text))
+    text
 }
 
 /// A new random token id (for a certificate principal, which has no secret).
