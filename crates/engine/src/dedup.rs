@@ -64,10 +64,10 @@ const NO_PREVIOUS: u32 = u32::MAX;
 
 /// The fingerprints an idempotency id of a key is looked up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fingerprint {
+pub struct Fingerprint {
     /// xxh3-64 of the key's length (u32, little-endian), the key, then the id: what
     /// the memtable and runs of the current version hold.
-    pub(crate) keyed: u64,
+    pub keyed: u64,
     /// xxh3-64 of the id alone: what runs of version 1 hold.
     pub(crate) legacy: u64,
 }
@@ -75,7 +75,11 @@ pub(crate) struct Fingerprint {
 impl Fingerprint {
     /// The fingerprints of idempotency id `id` on key `key`. The key's length comes
     /// first, so no two (key, id) pairs hash the same bytes.
-    pub(crate) fn of(key: &[u8], id: &[u8]) -> Fingerprint {
+    ///
+    /// # Panics
+    /// When the key is longer than `u32::MAX` bytes (keys are bounded by
+    /// `limits::KEY_SIZE_MAX`).
+    pub fn of(key: &[u8], id: &[u8]) -> Fingerprint {
         let key_len = u32::try_from(key.len()).expect("keys are bounded by KEY_SIZE_MAX");
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(&key_len.to_le_bytes());

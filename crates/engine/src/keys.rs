@@ -23,9 +23,11 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
 
 /// A key's state: its last sequence and the offset of its last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct KeyState {
-    pub(crate) last_sequence: Sequence,
-    pub(crate) last_offset: Offset,
+pub struct KeyState {
+    /// The sequence of the key's last event.
+    pub last_sequence: Sequence,
+    /// The offset of the key's last event.
+    pub last_offset: Offset,
 }
 
 /// Passes a precomputed 64-bit hash through.

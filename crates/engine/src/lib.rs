@@ -56,6 +56,7 @@ pub mod metrics;
 mod partition;
 pub mod paths;
 mod producer;
+pub mod rules;
 mod segment;
 pub mod subscribe;
 pub mod token;

@@ -1,5 +1,5 @@
-//! The write path: validation, conditions, encoding into the open group, the
-//! group commit, publication and rollback.
+//! The write path: the partition's view for the append rules (`crate::rules`),
+//! encoding into the open group, the group commit, publication and rollback.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -7,193 +7,155 @@ use std::sync::{Arc, MutexGuard};
 
 use super::{Completion, Partition, Pending, PendingCall, PendingKey, SegmentWrite, State};
 use crate::config::Durability;
-use crate::dedup::Fingerprint;
 use crate::error::{Error, Result};
-use crate::event::{AppendAck, AppendRequest, Event, ExpectedSequence, Offset, ProducerStamp, Sequence};
-use crate::format::checkpoint::{ProducerSnapshot, RecentAppend};
+use crate::event::{AppendAck, AppendRequest, Epoch, Offset, PartitionId, ProducerId, Sequence};
+use crate::format::checkpoint::ProducerSnapshot;
 use crate::format::index::IndexEntry;
 use crate::format::record::{self, FLAG_CALL_END, NO_PREVIOUS, RecordView};
-use crate::keys::{KeyState, key_hash};
+use crate::keys::KeyState;
 use crate::limits;
+use crate::rules::{self, Decision, Fingerprint, PartitionView, Prepared, StoredEvent, remember_append};
 use crate::segment::Segment;
-
-/// An append request checked against the limits, with its hashes computed.
-pub(crate) struct Prepared {
-    request: AppendRequest,
-    hash: u64,
-    fingerprints: Vec<Option<Fingerprint>>,
-    size: u64,
-}
-
-/// Checks every bound of a request; computes hashes outside the lock.
-pub(crate) fn prepare(request: AppendRequest, payload_size_max: u32) -> Result<Prepared> {
-    let limit = |what: &'static str, value: usize, max: usize| -> Result<()> {
-        if value > max {
-            Err(Error::LimitExceeded {
-                what,
-                value: value as u64,
-                max: max as u64,
-            })
-        } else {
-            Ok(())
-        }
-    };
-    if request.key.is_empty() {
-        return Err(Error::InvalidArgument("key is empty".to_string()));
-    }
-    limit("key size", request.key.len(), limits::KEY_SIZE_MAX)?;
-    if request.events.is_empty() {
-        return Err(Error::InvalidArgument("append has no events".to_string()));
-    }
-    limit(
-        "events in one append",
-        request.events.len(),
-        limits::APPEND_EVENTS_COUNT_MAX,
-    )?;
-    let mut size = 0u64;
-    let mut fingerprints = Vec::with_capacity(request.events.len());
-    let ids_count = request
-        .events
-        .iter()
-        .filter(|event| event.idempotency_id.is_some())
-        .count();
-    let mut seen: HashMap<&[u8], usize> = HashMap::with_capacity(if ids_count > 1 { ids_count } else { 0 });
-    for (index, event) in request.events.iter().enumerate() {
-        if event.event_type.is_empty() {
-            return Err(Error::InvalidArgument(format!("event {index} has an empty type")));
-        }
-        if event.event_type.bytes().any(|byte| byte < 0x20 || byte == 0x7f) {
-            return Err(Error::InvalidArgument(format!(
-                "event {index} type contains ASCII control characters"
-            )));
-        }
-        limit(
-            "event type size",
-            event.event_type.len(),
-            limits::EVENT_TYPE_SIZE_MAX,
-        )?;
-        limit("payload size", event.payload.len(), payload_size_max as usize)?;
-        limit("headers count", event.headers.len(), limits::HEADERS_COUNT_MAX)?;
-        for (name, _) in &event.headers {
-            if name.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "event {index} has an empty header name"
-                )));
-            }
-            limit("header name size", name.len(), limits::HEADER_NAME_SIZE_MAX)?;
-        }
-        let headers_size = record::headers_size(&event.headers);
-        limit("headers size", headers_size, limits::HEADERS_SIZE_MAX)?;
-        let id = event.idempotency_id.as_deref();
-        if let Some(id) = id {
-            if id.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "event {index} has an empty idempotency id"
-                )));
-            }
-            limit("idempotency id size", id.len(), limits::IDEMPOTENCY_ID_SIZE_MAX)?;
-            if ids_count > 1
-                && let Some(first) = seen.insert(id, index)
-            {
-                return Err(Error::RepeatedIdempotencyId { first, second: index });
-            }
-        }
-        fingerprints.push(id.map(|id| Fingerprint::of(&request.key, id)));
-        size += record::frame_size(
-            request.key.len(),
-            event.event_type.len(),
-            id.map_or(0, <[u8]>::len),
-            headers_size,
-            event.payload.len(),
-        );
-    }
-    if size > limits::APPEND_SIZE_BYTES_MAX {
-        return Err(Error::LimitExceeded {
-            what: "append size",
-            value: size,
-            max: limits::APPEND_SIZE_BYTES_MAX,
-        });
-    }
-    let hash = key_hash(&request.key);
-    Ok(Prepared {
-        request,
-        hash,
-        fingerprints,
-        size,
-    })
-}
 
 /// Most groups an appender writes in a row under `Interval` and `None` (its own,
 /// then those of appends that arrived meanwhile) before the worker takes over.
 const INLINE_GROUPS_MAX: u32 = 8;
 
-/// The earlier event an idempotency id of the key names.
-#[derive(Debug, Clone, Copy)]
-struct Original {
-    offset: Offset,
-    sequence: Sequence,
-    timestamp_ms: i64,
-    /// Below the high watermark (else in the open or flushing group).
-    published: bool,
-    /// Same type, payload and headers as the event asking.
-    same_content: bool,
+/// The partition as the append rules read it: its locked state as the writer
+/// sees it, open overlay, then flushing overlay, then published state.
+struct WriterView<'a> {
+    partition: &'a Partition,
+    state: &'a mut State,
 }
 
-/// An event as the writer sees it: in a pending group or in the log.
-struct Stored<'a> {
-    key: &'a [u8],
-    sequence: Sequence,
-    timestamp_ms: i64,
-    published: bool,
-    event: EventContent<'a>,
-}
-
-/// The parts of an event a retry must repeat, borrowed.
-struct EventContent<'a> {
-    event_type: &'a str,
-    payload: &'a [u8],
-    headers: Vec<(&'a str, &'a [u8])>,
-    idempotency_id: Option<&'a [u8]>,
-}
-
-impl EventContent<'_> {
-    /// Same type, payload and headers (in any order: the wire form of headers is a
-    /// map, so their order is not the client's to keep).
-    fn same_content(&self, event: &Event) -> bool {
-        if self.event_type != event.event_type
-            || self.payload != event.payload.as_slice()
-            || self.headers.len() != event.headers.len()
-        {
-            return false;
-        }
-        let mut given: Vec<(&str, &[u8])> = event
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_slice()))
-            .collect();
-        if given == self.headers {
-            return true;
-        }
-        let mut stored = self.headers.clone();
-        stored.sort_unstable();
-        given.sort_unstable();
-        stored == given
+impl State {
+    /// A producer's state as the writer sees it.
+    fn writer_producer(&self, producer: ProducerId) -> Option<&ProducerSnapshot> {
+        self.open
+            .producers
+            .get(&producer)
+            .or_else(|| {
+                self.flushing
+                    .as_ref()
+                    .and_then(|group| group.producers.get(&producer))
+            })
+            .or_else(|| self.producers.get(&producer))
     }
 }
 
-/// What the conditions say about an append.
-enum Decision {
-    /// Write it.
-    Write { key: Option<KeyState>, owns_hash: bool },
-    /// A retry of an append already stored: answer with the original.
-    Duplicate { ack: AppendAck, published: bool },
+impl PartitionView for WriterView<'_> {
+    fn partition(&self) -> PartitionId {
+        self.partition.id
+    }
+
+    fn dedup_window_ms(&self) -> u64 {
+        self.partition.context.options.dedup_window_ms
+    }
+
+    fn current_epoch(&self, producer: ProducerId) -> Option<Epoch> {
+        (self.partition.context.epoch_of)(producer)
+    }
+
+    fn producer(&self, producer: ProducerId) -> Option<&ProducerSnapshot> {
+        self.state.writer_producer(producer)
+    }
+
+    /// Open overlay, flushing overlay, then published state confirmed against
+    /// the log.
+    fn key_state(&mut self, key: &[u8], hash: u64) -> Result<(Option<KeyState>, bool)> {
+        let state = &mut *self.state;
+        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
+            if let Some(pending) = group.keys.get(key) {
+                return Ok((Some(pending.state), pending.owns_hash));
+            }
+        }
+        let partition = self.partition;
+        let found = state
+            .keys
+            .get(key, hash, |offset| partition.is_key_at(key, offset))?;
+        let owns_hash = match found {
+            Some(_) => !state.keys.is_collided(key),
+            None => !state.keys.contains_hash(hash),
+        };
+        Ok((found, owns_hash))
+    }
+
+    /// The open group, the flushing group, then the dedup index.
+    fn id_candidates(
+        &self,
+        fingerprint: Fingerprint,
+        now_ms: i64,
+        candidates: &mut Vec<Offset>,
+    ) -> Result<usize> {
+        let state = &*self.state;
+        let first = candidates.len();
+        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
+            if let Some(offsets) = group.ids.get(&fingerprint.keyed) {
+                candidates.extend(offsets.iter().rev());
+            }
+        }
+        let pending = candidates.len() - first;
+        state.dedup.candidates(fingerprint, now_ms, candidates)?;
+        Ok(pending)
+    }
+
+    /// The open group, the flushing group, else the published log.
+    fn with_event_at<T>(&self, offset: Offset, f: impl FnOnce(&StoredEvent<'_>) -> T) -> Result<Option<T>> {
+        let state = &*self.state;
+        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
+            if let Some((call, index)) = group.call_at(offset) {
+                let event = &call.events[index];
+                let stored = StoredEvent {
+                    key: &call.key,
+                    sequence: call.ack.first_sequence + index as u64,
+                    timestamp_ms: call.ack.timestamp_ms,
+                    published: false,
+                    event_type: &event.event_type,
+                    payload: &event.payload,
+                    headers: event
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_slice()))
+                        .collect(),
+                    idempotency_id: event.idempotency_id.as_deref(),
+                };
+                return Ok(Some(f(&stored)));
+            }
+        }
+        if offset >= self.partition.high_watermark() {
+            return Ok(None);
+        }
+        let result = self.partition.with_record(offset, |view| {
+            let stored = StoredEvent {
+                key: view.key,
+                sequence: view.sequence,
+                timestamp_ms: view.timestamp_ms,
+                published: true,
+                event_type: view.event_type,
+                payload: view.payload,
+                // Decoding checked the header block, so every header parses.
+                headers: record::headers(view.headers).filter_map(Result::ok).collect(),
+                idempotency_id: view.idempotency_id,
+            };
+            f(&stored)
+        });
+        match result {
+            Ok(found) => Ok(Some(found)),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn high_watermark(&self) -> Offset {
+        self.partition.high_watermark()
+    }
 }
 
 impl Partition {
     /// Appends, calling `completion` once with the outcome: at once for a rejected
     /// or already-published duplicate append, else when the group is acknowledged.
     pub(crate) fn submit(&self, request: AppendRequest, completion: Completion) {
-        let prepared = match prepare(request, self.context.options.payload_size_max) {
+        let prepared = match rules::prepare(request, self.context.options.payload_size_max) {
             Ok(prepared) => prepared,
             Err(error) => return completion(Err(error)),
         };
@@ -221,7 +183,16 @@ impl Partition {
             drop(state);
             return completion(Err(Error::Closed));
         }
-        match self.decide(&mut state, &prepared) {
+        let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
+        let decision = rules::decide(
+            &mut WriterView {
+                partition: self,
+                state: &mut state,
+            },
+            &prepared,
+            now,
+        );
+        match decision {
             Err(error) => {
                 drop(state);
                 completion(Err(error));
@@ -314,353 +285,6 @@ impl Partition {
         }
     }
 
-    /// The current state of a key as the writer sees it: open overlay, flushing
-    /// overlay, then published state confirmed against the log.
-    fn key_state(&self, state: &mut State, key: &[u8], hash: u64) -> Result<(Option<KeyState>, bool)> {
-        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
-            if let Some(pending) = group.keys.get(key) {
-                return Ok((Some(pending.state), pending.owns_hash));
-            }
-        }
-        let found = state.keys.get(key, hash, |offset| self.is_key_at(key, offset))?;
-        let owns_hash = match found {
-            Some(_) => !state.keys.is_collided(key),
-            None => !state.keys.contains_hash(hash),
-        };
-        Ok((found, owns_hash))
-    }
-
-    fn decide(&self, state: &mut State, prepared: &Prepared) -> Result<Decision> {
-        let request = &prepared.request;
-        let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
-        if let Some(stamp) = request.producer
-            && let Some(decision) = self.check_producer(state, request, stamp)?
-        {
-            return Ok(decision);
-        }
-        if let Some(decision) = self.check_ids(state, prepared, now)? {
-            return Ok(decision);
-        }
-        let (key, owns_hash) = self.key_state(state, &request.key, prepared.hash)?;
-        let actual = key.map(|key| key.last_sequence);
-        let matches = match request.expected {
-            ExpectedSequence::Any => true,
-            ExpectedSequence::NoEvents => actual.is_none(),
-            ExpectedSequence::Exact(expected) => actual == Some(expected),
-        };
-        if !matches {
-            return Err(Error::WrongExpectedSequence {
-                expected: request.expected,
-                actual,
-            });
-        }
-        Ok(Decision::Write { key, owns_hash })
-    }
-
-    fn producer_state<'a>(&self, state: &'a State, stamp: &ProducerStamp) -> Option<&'a ProducerSnapshot> {
-        state
-            .open
-            .producers
-            .get(&stamp.producer)
-            .or_else(|| {
-                state
-                    .flushing
-                    .as_ref()
-                    .and_then(|group| group.producers.get(&stamp.producer))
-            })
-            .or_else(|| state.producers.get(&stamp.producer))
-    }
-
-    fn check_producer(
-        &self,
-        state: &State,
-        request: &AppendRequest,
-        stamp: ProducerStamp,
-    ) -> Result<Option<Decision>> {
-        let current = (self.context.epoch_of)(stamp.producer).ok_or(Error::UnknownProducer {
-            producer: stamp.producer,
-            epoch: stamp.epoch,
-        })?;
-        if stamp.epoch < current {
-            return Err(Error::ProducerFenced {
-                producer: stamp.producer,
-                epoch: stamp.epoch,
-                current,
-            });
-        }
-        if stamp.epoch > current {
-            return Err(Error::UnknownProducer {
-                producer: stamp.producer,
-                epoch: stamp.epoch,
-            });
-        }
-        let Some(producer) = self.producer_state(state, &stamp) else {
-            // Unknown here: new in this partition, or forgotten after idleness or
-            // eviction. The partition cannot tell the two apart, so either way the
-            // sequence starts at 0.
-            return if stamp.sequence == Sequence(0) {
-                Ok(None)
-            } else {
-                Err(self.out_of_order(stamp, Sequence(0)))
-            };
-        };
-        if producer.epoch < stamp.epoch {
-            // A new epoch restarts the sequence at 0.
-            return if stamp.sequence == Sequence(0) {
-                Ok(None)
-            } else {
-                Err(self.out_of_order(stamp, Sequence(0)))
-            };
-        }
-        if producer.epoch > stamp.epoch {
-            return Err(Error::ProducerFenced {
-                producer: stamp.producer,
-                epoch: stamp.epoch,
-                current: producer.epoch,
-            });
-        }
-        if stamp.sequence == Sequence(producer.last_sequence.0.wrapping_add(1)) {
-            return Ok(None);
-        }
-        if let Some(recent) = producer
-            .recent
-            .iter()
-            .find(|recent| recent.sequence == stamp.sequence)
-        {
-            // The same sequence with other events is not a retry: never answer with
-            // positions of events that are not the caller's.
-            self.check_producer_retry(state, request, recent)?;
-            let ack = AppendAck {
-                partition: self.id,
-                first_offset: recent.first_offset,
-                first_sequence: recent.first_sequence,
-                last_sequence: recent.last_sequence,
-                timestamp_ms: recent.timestamp_ms,
-                duplicate: true,
-            };
-            let published = recent.first_offset < self.high_watermark();
-            return Ok(Some(Decision::Duplicate { ack, published }));
-        }
-        Err(self.out_of_order(stamp, Sequence(producer.last_sequence.0.wrapping_add(1))))
-    }
-
-    fn out_of_order(&self, stamp: ProducerStamp, expected: Sequence) -> Error {
-        Error::ProducerOutOfOrder {
-            producer: stamp.producer,
-            partition: self.id,
-            expected,
-            got: stamp.sequence,
-        }
-    }
-
-    /// Finds events of the request whose idempotency ids (scoped to the key) were
-    /// seen within the window. All are retries of events stored one after another in
-    /// this order: the original positions. Some: `PartialDuplicate`. None: `None`.
-    /// An id whose event differs, or originals out of order: `IdempotencyIdReused`.
-    fn check_ids(&self, state: &State, prepared: &Prepared, now: i64) -> Result<Option<Decision>> {
-        if prepared.fingerprints.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        let request = &prepared.request;
-        let events = &request.events;
-        let mut originals: Vec<Option<Original>> = Vec::with_capacity(events.len());
-        let mut candidates = Vec::new();
-        for (index, (event, fingerprint)) in events.iter().zip(&prepared.fingerprints).enumerate() {
-            let (Some(id), Some(fingerprint)) = (event.idempotency_id.as_deref(), fingerprint) else {
-                originals.push(None);
-                continue;
-            };
-            let found =
-                self.find_original(state, &request.key, id, event, *fingerprint, now, &mut candidates)?;
-            if let Some(original) = &found
-                && !original.same_content
-            {
-                return Err(self.id_reused(index, original));
-            }
-            originals.push(found);
-        }
-        let duplicates = originals.iter().filter(|original| original.is_some()).count();
-        if duplicates == 0 {
-            return Ok(None);
-        }
-        if duplicates < events.len() {
-            return Err(Error::PartialDuplicate {
-                duplicates,
-                events: events.len(),
-            });
-        }
-        let first = originals[0].expect("every event is a duplicate");
-        // The answer names a contiguous range: it must hold exactly the caller's
-        // events, in the caller's order.
-        for (index, original) in originals.iter().enumerate() {
-            let original = original.expect("every event is a duplicate");
-            if original.offset.0 != first.offset.0 + index as u64
-                || original.sequence != first.sequence + index as u64
-            {
-                return Err(self.id_reused(index, &original));
-            }
-        }
-        let last = originals[events.len() - 1].expect("every event is a duplicate");
-        let ack = AppendAck {
-            partition: self.id,
-            first_offset: first.offset,
-            first_sequence: first.sequence,
-            last_sequence: last.sequence,
-            timestamp_ms: first.timestamp_ms,
-            duplicate: true,
-        };
-        let published = originals.iter().flatten().all(|original| original.published);
-        Ok(Some(Decision::Duplicate { ack, published }))
-    }
-
-    /// The event of `key` that idempotency id `id` names within the window, if any:
-    /// the open group, the flushing group, then the dedup index confirmed against the
-    /// log. Only an event of the same key with the same id counts.
-    #[allow(clippy::too_many_arguments)]
-    fn find_original(
-        &self,
-        state: &State,
-        key: &[u8],
-        id: &[u8],
-        event: &Event,
-        fingerprint: Fingerprint,
-        now: i64,
-        candidates: &mut Vec<Offset>,
-    ) -> Result<Option<Original>> {
-        let window = self.context.options.dedup_window_ms as i64;
-        candidates.clear();
-        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
-            if let Some(offsets) = group.ids.get(&fingerprint.keyed) {
-                candidates.extend(offsets.iter().rev());
-            }
-        }
-        let pending = candidates.len();
-        state.dedup.candidates(fingerprint, now, candidates)?;
-        for (index, offset) in candidates.iter().enumerate() {
-            let found = self.with_event_at(state, *offset, |stored| {
-                let in_window = index < pending || now.saturating_sub(stored.timestamp_ms) < window;
-                (stored.key == key && stored.event.idempotency_id == Some(id) && in_window).then(|| {
-                    Original {
-                        offset: *offset,
-                        sequence: stored.sequence,
-                        timestamp_ms: stored.timestamp_ms,
-                        published: stored.published,
-                        same_content: stored.event.same_content(event),
-                    }
-                })
-            })?;
-            if let Some(Some(original)) = found {
-                return Ok(Some(original));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Calls `f` with the event at `offset` as the writer sees it (open group,
-    /// flushing group, else the published log); `None` when no retained event is
-    /// there.
-    fn with_event_at<T>(
-        &self,
-        state: &State,
-        offset: Offset,
-        f: impl FnOnce(&Stored<'_>) -> T,
-    ) -> Result<Option<T>> {
-        for group in [Some(&state.open), state.flushing.as_ref()].into_iter().flatten() {
-            if let Some((call, index)) = group.call_at(offset) {
-                let event = &call.events[index];
-                let stored = Stored {
-                    key: &call.key,
-                    sequence: call.ack.first_sequence + index as u64,
-                    timestamp_ms: call.ack.timestamp_ms,
-                    published: false,
-                    event: EventContent {
-                        event_type: &event.event_type,
-                        payload: &event.payload,
-                        headers: event
-                            .headers
-                            .iter()
-                            .map(|(name, value)| (name.as_str(), value.as_slice()))
-                            .collect(),
-                        idempotency_id: event.idempotency_id.as_deref(),
-                    },
-                };
-                return Ok(Some(f(&stored)));
-            }
-        }
-        if offset >= self.high_watermark() {
-            return Ok(None);
-        }
-        let result = self.with_record(offset, |view| {
-            let stored = Stored {
-                key: view.key,
-                sequence: view.sequence,
-                timestamp_ms: view.timestamp_ms,
-                published: true,
-                event: EventContent {
-                    event_type: view.event_type,
-                    payload: view.payload,
-                    // Decoding checked the header block, so every header parses.
-                    headers: record::headers(view.headers).filter_map(Result::ok).collect(),
-                    idempotency_id: view.idempotency_id,
-                },
-            };
-            f(&stored)
-        });
-        match result {
-            Ok(found) => Ok(Some(found)),
-            Err(Error::OffsetOutOfRange { .. }) => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
-
-    fn id_reused(&self, index: usize, original: &Original) -> Error {
-        Error::IdempotencyIdReused {
-            index,
-            partition: self.id,
-            offset: original.offset,
-            sequence: original.sequence,
-        }
-    }
-
-    /// Checks that a producer's retry carries the same key and events as the append
-    /// it retries (`recent`, still retained); `IdempotencyIdReused` naming the first
-    /// differing event otherwise.
-    fn check_producer_retry(
-        &self,
-        state: &State,
-        request: &AppendRequest,
-        recent: &RecentAppend,
-    ) -> Result<()> {
-        let stored_count = recent.last_sequence.0 - recent.first_sequence.0 + 1;
-        let count = request.events.len() as u64;
-        for index in 0..count.max(stored_count) {
-            let event_index = index.min(count - 1);
-            let stored_index = index.min(stored_count - 1);
-            let offset = Offset(recent.first_offset.0 + stored_index);
-            let same = index < count
-                && index < stored_count
-                && self
-                    .with_event_at(state, offset, |stored| {
-                        let event = &request.events[event_index as usize];
-                        stored.key == request.key.as_slice()
-                            && stored.event.idempotency_id == event.idempotency_id.as_deref()
-                            && stored.event.same_content(event)
-                    })?
-                    // An original that retention removed cannot be compared; the
-                    // sequence alone identifies it, as it did when it was stored.
-                    .unwrap_or(true);
-            if !same {
-                return Err(Error::IdempotencyIdReused {
-                    index: event_index as usize,
-                    partition: self.id,
-                    offset,
-                    sequence: recent.first_sequence + stored_index,
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Encodes an accepted append into the open group. On failure (a roll that
     /// could not create its segment) the completion is handed back unanswered.
     fn encode(
@@ -671,10 +295,10 @@ impl Partition {
         owns_hash: bool,
         completion: Completion,
     ) -> std::result::Result<(), (Completion, Error)> {
-        if let Err(error) = self.roll_if_needed(state, prepared.size) {
+        if let Err(error) = self.roll_if_needed(state, prepared.size()) {
             return Err((completion, error));
         }
-        let request = &prepared.request;
+        let request = prepared.request();
         let now = self.context.clock.now_ms().max(state.last_timestamp_ms);
         state.last_timestamp_ms = now;
         let first_offset = state.next_offset;
@@ -700,7 +324,7 @@ impl Partition {
                 open.writes.push(SegmentWrite {
                     segment: Arc::clone(&active),
                     position: write_end,
-                    bytes: Vec::with_capacity(prepared.size as usize),
+                    bytes: Vec::with_capacity(prepared.size() as usize),
                     end_offset: first_offset,
                     timestamp_max: now,
                     index: Vec::new(),
@@ -710,7 +334,7 @@ impl Partition {
             }
         };
         let mut previous = key.map_or(NO_PREVIOUS, |key| key.last_offset.0);
-        for (index, (event, fingerprint)) in request.events.iter().zip(&prepared.fingerprints).enumerate() {
+        for (index, (event, fingerprint)) in request.events.iter().zip(prepared.fingerprints()).enumerate() {
             let offset = Offset(first_offset.0 + index as u64);
             if last_index_position.is_none_or(|last| write_end - last >= interval) {
                 write.index.push(IndexEntry {
@@ -757,11 +381,11 @@ impl Partition {
         open.first_offset.get_or_insert(first_offset);
         open.end_offset = Some(end_offset);
         open.records_count += count;
-        open.bytes += prepared.size;
+        open.bytes += prepared.size();
         open.keys.insert(
             request.key.clone(),
             PendingKey {
-                hash: prepared.hash,
+                hash: prepared.key_hash(),
                 state: KeyState {
                     last_sequence,
                     last_offset: Offset(end_offset.0 - 1),
@@ -770,8 +394,8 @@ impl Partition {
             },
         );
         if let Some(stamp) = request.producer {
-            let mut producer = self
-                .producer_state(state, &stamp)
+            let mut producer = state
+                .writer_producer(stamp.producer)
                 .filter(|producer| producer.epoch == stamp.epoch)
                 .cloned()
                 .unwrap_or(ProducerSnapshot {
@@ -789,9 +413,9 @@ impl Partition {
         state.last_index_position = last_index_position;
         // Retries are compared with the events themselves until they are published
         // and can be read back from the log.
-        let compared = request.producer.is_some() || prepared.fingerprints.iter().any(Option::is_some);
+        let compared = request.producer.is_some() || prepared.fingerprints().iter().any(Option::is_some);
         if compared {
-            let Prepared { request, .. } = prepared;
+            let request = prepared.into_request();
             state.open.calls.push(PendingCall {
                 ack,
                 key: request.key,
@@ -1159,23 +783,6 @@ impl Partition {
         state.active = active;
         Ok(())
     }
-}
-
-/// Remembers a producer's append so that a retry is answered as a duplicate.
-pub(super) fn remember_append(producer: &mut ProducerSnapshot, stamp: ProducerStamp, ack: &AppendAck) {
-    producer.epoch = stamp.epoch;
-    producer.last_sequence = stamp.sequence;
-    producer.last_timestamp_ms = ack.timestamp_ms;
-    if producer.recent.len() == limits::PRODUCER_RECENT_APPENDS_COUNT {
-        producer.recent.remove(0);
-    }
-    producer.recent.push(RecentAppend {
-        sequence: stamp.sequence,
-        first_offset: ack.first_offset,
-        first_sequence: ack.first_sequence,
-        last_sequence: ack.last_sequence,
-        timestamp_ms: ack.timestamp_ms,
-    });
 }
 
 fn evict_idlest(producers: &mut HashMap<crate::event::ProducerId, ProducerSnapshot>) {

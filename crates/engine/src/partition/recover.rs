@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use super::append::remember_append;
 use super::{Partition, PartitionContext, Pending, State};
 use crate::dedup::{DedupIndex, Fingerprint};
 use crate::error::{Error, Result};
@@ -17,6 +16,7 @@ use crate::io;
 use crate::keys::{KeyIndex, KeyState, key_hash};
 use crate::limits;
 use crate::paths;
+use crate::rules::remember_append;
 use crate::segment::{ExcessKind, OpenedSegment, SealedExcess, Segment, TailRecovery};
 use crate::subscribe::Notifier;
 
