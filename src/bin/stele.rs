@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::Arc;
 use stele::Sequence;
 
 use clap::parser::ValueSource;
@@ -314,6 +315,22 @@ struct ServeArgs {
     /// or a file (JSON lines) [default: stderr with --auth required, else off].
     #[arg(long, env = "STELE_AUDIT_LOG", value_name = "TARGET")]
     audit_log: Option<String>,
+    /// Store events on a NATS JetStream cluster instead of the data directory, e.g.
+    /// nats://h1:4222,h2:4222,h3:4222 (README, "Running on a NATS JetStream cluster");
+    /// the data directory then holds only this server's tokens and webhook definitions
+    /// [default: the embedded engine].
+    #[arg(long, env = "STELE_BACKEND", value_name = "URL")]
+    backend: Option<String>,
+    /// With --backend: a NATS credentials file (JWT and nkey seed).
+    #[arg(long, env = "STELE_NATS_CREDENTIALS", value_name = "FILE")]
+    nats_credentials: Option<PathBuf>,
+    /// With --backend: PEM CA certificates to trust for tls:// servers.
+    #[arg(long, env = "STELE_NATS_CA_CERT", value_name = "FILE")]
+    nats_ca_cert: Option<PathBuf>,
+    /// With --backend: a namespace (letters and digits) for this deployment's streams
+    /// and buckets, so that several deployments share one cluster [default: none].
+    #[arg(long, env = "STELE_NATS_NAMESPACE", value_name = "NAME")]
+    nats_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -348,6 +365,10 @@ struct FileConfig {
     auth: Option<String>,
     bootstrap_token_file: Option<PathBuf>,
     audit_log: Option<String>,
+    backend: Option<String>,
+    nats_credentials: Option<PathBuf>,
+    nats_ca_cert: Option<PathBuf>,
+    nats_namespace: Option<String>,
 }
 
 /// A TOML value given either as a string with a unit or as a bare number.
@@ -952,7 +973,9 @@ fn exit_code_of_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::CursorBackwards
         | ErrorKind::CursorAheadOfHighWatermark => EXIT_CONFLICT,
         ErrorKind::TopicNotFound | ErrorKind::CursorNotFound | ErrorKind::WebhookNotFound => EXIT_NOT_FOUND,
-        ErrorKind::Poisoned | ErrorKind::Locked | ErrorKind::Closed => EXIT_UNAVAILABLE,
+        ErrorKind::Poisoned | ErrorKind::Locked | ErrorKind::Closed | ErrorKind::Unavailable => {
+            EXIT_UNAVAILABLE
+        }
         ErrorKind::Io
         | ErrorKind::DiskFull
         | ErrorKind::Corruption
@@ -1044,6 +1067,8 @@ fn usage_failure(error: clap::Error) -> ! {
 struct ServeConfig {
     server: ServerConfig,
     log_filter: String,
+    /// `--backend`: a NATS JetStream cluster instead of the embedded engine.
+    backend: Option<stele_nats::NatsConfig>,
 }
 
 /// Whether an argument was given on the command line or in the environment.
@@ -1205,6 +1230,36 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
             file_client_auth.map(Some),
         ),
     )?;
+    let backend = match pick(matches, "backend", args.backend, file.backend.map(Some)) {
+        None => None,
+        Some(url) => {
+            let mut config: stele_nats::NatsConfig = url
+                .parse()
+                .map_err(|error: stele_nats::NatsError| CliError::Usage(format!("--backend: {error}")))?;
+            config.credentials = pick(
+                matches,
+                "nats_credentials",
+                args.nats_credentials,
+                file.nats_credentials.map(Some),
+            );
+            config.ca_cert = pick(
+                matches,
+                "nats_ca_cert",
+                args.nats_ca_cert,
+                file.nats_ca_cert.map(Some),
+            );
+            config.namespace = pick(
+                matches,
+                "nats_namespace",
+                args.nats_namespace,
+                file.nats_namespace.map(Some),
+            )
+            .unwrap_or_default();
+            stele_nats::topics::Names::new(&config.namespace)
+                .map_err(|error| CliError::Usage(format!("--nats-namespace: {error}")))?;
+            Some(config)
+        }
+    };
     let auto_create = if given(matches, "no_auto_create") {
         !args.no_auto_create
     } else {
@@ -1305,7 +1360,11 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
     server.tls = tls;
     server.auto_create_topics = auto_create;
     server.default_topic = default_topic;
-    Ok(ServeConfig { server, log_filter })
+    Ok(ServeConfig {
+        server,
+        log_filter,
+        backend,
+    })
 }
 
 /// The TLS settings from the resolved flags: a certificate and a key go
@@ -1360,10 +1419,34 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> Result<u8, CliError> {
         .enable_all()
         .build()
         .map_err(|error| CliError::Failed(format!("cannot start the runtime: {error}")))?;
-    runtime.block_on(run_server(config.server))
+    runtime.block_on(run_server(config.server, config.backend))
 }
 
-async fn run_server(config: ServerConfig) -> Result<u8, CliError> {
+/// Connects to the cluster of `--backend` and opens Stele's buckets there.
+async fn open_nats_backend(
+    config: &ServerConfig,
+    nats: &stele_nats::NatsConfig,
+) -> Result<Arc<dyn stele::server::Backend>, CliError> {
+    let connection = stele_nats::connect(nats)
+        .await
+        .map_err(|error| CliError::Failed(format!("--backend {}: {error}", nats.servers.join(","))))?;
+    tracing::info!(
+        servers = nats.servers.join(","),
+        version = %connection.server_version,
+        namespace = nats.namespace,
+        "connected to NATS JetStream"
+    );
+    let backend = stele_nats::backend::NatsBackend::open(
+        connection,
+        config.default_topic.clone(),
+        config.auto_create_topics,
+    )
+    .await
+    .map_err(|error| CliError::Failed(format!("--backend {}: {error}", nats.servers.join(","))))?;
+    Ok(Arc::new(backend))
+}
+
+async fn run_server(config: ServerConfig, nats: Option<stele_nats::NatsConfig>) -> Result<u8, CliError> {
     use tokio::signal::unix::{SignalKind, signal};
     // Registered before the server announces itself, so that a signal sent right
     // after the announcement is a graceful shutdown, not the default death.
@@ -1374,21 +1457,28 @@ async fn run_server(config: ServerConfig) -> Result<u8, CliError> {
     let mut hangup = signal(SignalKind::hangup())
         .map_err(|error| CliError::Failed(format!("cannot handle SIGHUP: {error}")))?;
     let data_dir = config.data_dir.clone();
-    let server = RunningServer::start(config)
-        .await
-        .map_err(|error| match error.kind() {
-            stele::ErrorKind::Locked => CliError::Failed(format!(
-                "data directory {} is locked by another process (is another `stele serve` running on it?)",
-                data_dir.display()
-            )),
-            stele::ErrorKind::Config | stele::ErrorKind::InvalidArgument => {
-                CliError::Usage(error.to_string())
-            }
-            _ => CliError::Failed(format!(
-                "cannot start the server on {}: {error}",
-                data_dir.display()
-            )),
-        })?;
+    let started = match &nats {
+        None => RunningServer::start(config).await,
+        Some(nats) => {
+            let backend = open_nats_backend(&config, nats).await?;
+            let storage = stele::server::Storage::Backend {
+                backend,
+                state_dir: data_dir.clone(),
+            };
+            RunningServer::start_with_storage(storage, config).await
+        }
+    };
+    let server = started.map_err(|error| match error.kind() {
+        stele::ErrorKind::Locked => CliError::Failed(format!(
+            "data directory {} is locked by another process (is another `stele serve` running on it?)",
+            data_dir.display()
+        )),
+        stele::ErrorKind::Config | stele::ErrorKind::InvalidArgument => CliError::Usage(error.to_string()),
+        _ => CliError::Failed(format!(
+            "cannot start the server on {}: {error}",
+            data_dir.display()
+        )),
+    })?;
     tracing::info!(address = %server.local_addr(), data_dir = %data_dir.display(), "serving");
     eprintln!(
         "stele: listening on {}, data in {}",

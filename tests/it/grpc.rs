@@ -335,7 +335,11 @@ async fn reads_outside_the_retained_range_are_out_of_range_with_the_range() {
     for _ in 0..40 {
         client.append("t", &append("k", &payload)).await.expect("append");
     }
-    let log = server.server().expect("running").log();
+    let log = server
+        .server()
+        .expect("running")
+        .log()
+        .expect("the engine backend");
     let deleted = log
         .topic("t")
         .expect("topic")

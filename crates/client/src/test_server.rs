@@ -1,4 +1,10 @@
 //! A real server for tests: in-process, on a free port, over a temporary directory.
+//!
+//! With `STELE_TEST_BACKEND` set to a NATS cluster's URLs (`nats://h1:p1,...`),
+//! every test server stores its events on that cluster instead, each in a
+//! namespace of its own (so tests share one cluster without seeing each
+//! other's topics); its directory then holds only tokens and webhooks. This is
+//! how the integration suite runs against both backends (scripts/it-nats.sh).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -12,6 +18,15 @@ pub struct TestServer {
     pub client: Client,
     server: Option<stele_server::RunningServer>,
     dir: TempDir,
+    namespace: String,
+}
+
+/// The NATS cluster the test servers use, from `STELE_TEST_BACKEND`; `None`
+/// for the embedded engine.
+pub fn test_backend() -> Option<String> {
+    std::env::var("STELE_TEST_BACKEND")
+        .ok()
+        .filter(|urls| !urls.is_empty())
 }
 
 impl TestServer {
@@ -35,7 +50,7 @@ impl TestServer {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("shut the test server down");
         }
-        let server = start_server(&self.dir.path).await;
+        let server = start_server(&self.dir.path, &self.namespace).await;
         self.client
             .server_url()
             .set(format!("http://{}", server.local_addr()));
@@ -58,10 +73,36 @@ impl TestServer {
     }
 }
 
-async fn start_server(dir: &std::path::Path) -> stele_server::RunningServer {
+async fn start_server(dir: &std::path::Path, namespace: &str) -> stele_server::RunningServer {
     let mut config = stele_server::ServerConfig::new(dir);
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    stele_server::RunningServer::start(config)
+    let Some(urls) = test_backend() else {
+        return stele_server::RunningServer::start(config)
+            .await
+            .expect("start the test server");
+    };
+    let mut nats: stele_nats::NatsConfig = urls.parse().expect("STELE_TEST_BACKEND holds NATS URLs");
+    nats.namespace = namespace.to_string();
+    let mut connection = stele_nats::connect(&nats)
+        .await
+        .expect("connect to the test cluster");
+    // Two cores running a 3-node cluster that syncs every write and the tests
+    // at once: JetStream's 5 s default is too short for some API requests.
+    connection
+        .jetstream
+        .set_timeout(std::time::Duration::from_secs(30));
+    let backend = stele_nats::backend::NatsBackend::open(
+        connection,
+        config.default_topic.clone(),
+        config.auto_create_topics,
+    )
+    .await
+    .expect("open the NATS backend");
+    let storage = stele_server::Storage::Backend {
+        backend: std::sync::Arc::new(backend),
+        state_dir: dir.to_path_buf(),
+    };
+    stele_server::RunningServer::start_with_storage(storage, config)
         .await
         .expect("start the test server")
 }
@@ -75,7 +116,8 @@ async fn start_server(dir: &std::path::Path) -> stele_server::RunningServer {
 /// test support.
 pub async fn start_test_server() -> TestServer {
     let dir = TempDir::new().expect("create a temporary directory");
-    let server = start_server(&dir.path).await;
+    let namespace = format!("t{:016x}", RandomState::new().build_hasher().finish());
+    let server = start_server(&dir.path, &namespace).await;
     let client = Client::connect(format!("http://{}", server.local_addr()))
         .await
         .expect("connect to the test server");
@@ -83,6 +125,7 @@ pub async fn start_test_server() -> TestServer {
         client,
         server: Some(server),
         dir,
+        namespace,
     }
 }
 

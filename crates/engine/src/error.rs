@@ -207,6 +207,16 @@ pub enum Error {
     /// The log or topic was closed.
     #[error("closed")]
     Closed,
+    /// A distributed backend cannot serve the call now (no quorum, a timeout,
+    /// its cluster unreachable); the outcome of a write is not known unless the
+    /// reason says so. Retrying later is safe with idempotency ids.
+    #[error("backend unavailable during {what}: {reason}")]
+    Unavailable {
+        /// What was being done, e.g. `"publish to a partition stream"`.
+        what: &'static str,
+        /// What the backend said.
+        reason: String,
+    },
     /// No webhook endpoint of that name exists.
     #[error("webhook {0:?} not found")]
     WebhookNotFound(String),
@@ -272,6 +282,8 @@ pub enum ErrorKind {
     Locked,
     /// The log or topic was closed: [`Error::Closed`].
     Closed,
+    /// A distributed backend cannot serve the call now: [`Error::Unavailable`].
+    Unavailable,
     /// No such webhook: [`Error::WebhookNotFound`].
     WebhookNotFound,
     /// The webhook exists already: [`Error::WebhookExists`].
@@ -305,6 +317,7 @@ impl Error {
             Error::Poisoned { .. } => ErrorKind::Poisoned,
             Error::Locked { .. } => ErrorKind::Locked,
             Error::Closed => ErrorKind::Closed,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::WebhookNotFound(_) => ErrorKind::WebhookNotFound,
             Error::WebhookExists(_) => ErrorKind::WebhookExists,
         }
@@ -332,7 +345,7 @@ impl Error {
 
     /// A copy for delivering one failure to many waiters. I/O sources are not
     /// `Clone`; their kind and message are kept.
-    pub(crate) fn duplicate(&self) -> Error {
+    pub fn duplicate(&self) -> Error {
         match self {
             Error::Io { op, path, source } => Error::Io {
                 op,
@@ -445,6 +458,10 @@ impl Error {
             },
             Error::Locked { path } => Error::Locked { path: path.clone() },
             Error::Closed => Error::Closed,
+            Error::Unavailable { what, reason } => Error::Unavailable {
+                what,
+                reason: reason.clone(),
+            },
             Error::WebhookNotFound(name) => Error::WebhookNotFound(name.clone()),
             Error::WebhookExists(name) => Error::WebhookExists(name.clone()),
         }

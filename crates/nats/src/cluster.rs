@@ -203,3 +203,38 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Waits (at most `wait_max`) until the cluster places an R3 stream: every
+/// node knowing the metadata leader does not yet mean the leader counts three
+/// peers with JetStream resources. Each try is a real request the cluster
+/// answers (a probe stream, deleted afterwards).
+///
+/// # Errors
+/// The last try's error when no R3 stream could be placed in time.
+pub async fn wait_for_r3(
+    jetstream: &async_nats::jetstream::Context,
+    wait_max: Duration,
+) -> Result<(), String> {
+    use async_nats::jetstream::stream;
+    let deadline = Instant::now() + wait_max;
+    loop {
+        let created = jetstream
+            .create_stream(stream::Config {
+                name: "stele-probe".to_string(),
+                subjects: vec!["stele-probe".to_string()],
+                num_replicas: 3,
+                ..stream::Config::default()
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(error) if Instant::now() >= deadline => return Err(format!("no R3 stream in time: {error}")),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+    jetstream
+        .delete_stream("stele-probe")
+        .await
+        .map(|_| ())
+        .map_err(|error| format!("delete the probe stream: {error}"))
+}

@@ -8,11 +8,16 @@
 //! The design it follows, and what tests on a real 3-node cluster showed of
 //! the JetStream primitives it relies on, is `docs/design/nats-backend.md`.
 
+pub mod backend;
 #[cfg(feature = "test-cluster")]
 pub mod cluster;
+pub mod cursors;
 pub mod lease;
 pub mod message;
+pub mod producers;
+pub mod read;
 pub mod topics;
+pub mod writer;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,11 +35,13 @@ pub const SERVER_VERSION_MIN: Version = Version {
 /// responders" while the server learns its subjects) before that is an error.
 pub const REACHABLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A JetStream request that failed, as the engine's I/O error (INTERNAL to
-/// clients by the one error table; the backend will need UNAVAILABLE for
-/// timeouts and lost quorums, so that clients retry).
+/// A JetStream request that failed: [`stele_engine::Error::Unavailable`]
+/// (UNAVAILABLE to clients, who retry).
 pub(crate) fn unavailable(what: &'static str, error: impl std::fmt::Display) -> stele_engine::Error {
-    stele_engine::Error::io(what, "NATS", std::io::Error::other(error.to_string()))
+    stele_engine::Error::Unavailable {
+        what,
+        reason: error.to_string(),
+    }
 }
 
 /// Waits (at most [`REACHABLE_WAIT_MAX`]) until `bucket` answers a read: right
@@ -102,6 +109,8 @@ pub struct NatsConfig {
     pub credentials: Option<PathBuf>,
     /// PEM CA certificates to trust for `tls://` servers.
     pub ca_cert: Option<PathBuf>,
+    /// The namespace of this deployment's streams and buckets (empty: the default).
+    pub namespace: String,
 }
 
 impl FromStr for NatsConfig {
@@ -142,6 +151,7 @@ impl FromStr for NatsConfig {
             servers,
             credentials: None,
             ca_cert: None,
+            namespace: String::new(),
         })
     }
 }
@@ -183,6 +193,8 @@ pub struct Connection {
     pub jetstream: async_nats::jetstream::Context,
     /// The version of the server connected to.
     pub server_version: Version,
+    /// The names of this deployment's streams and buckets.
+    pub names: topics::Names,
 }
 
 /// Connects and checks the server: at least [`SERVER_VERSION_MIN`], JetStream on.
@@ -190,6 +202,8 @@ pub struct Connection {
 /// # Errors
 /// [`NatsError`].
 pub async fn connect(config: &NatsConfig) -> Result<Connection, NatsError> {
+    let names =
+        topics::Names::new(&config.namespace).map_err(|error| NatsError::BadUrl(error.to_string()))?;
     let mut options = async_nats::ConnectOptions::new();
     if let Some(path) = &config.credentials {
         options = options
@@ -224,6 +238,7 @@ pub async fn connect(config: &NatsConfig) -> Result<Connection, NatsError> {
         client,
         jetstream,
         server_version,
+        names,
     })
 }
 

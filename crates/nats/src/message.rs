@@ -22,8 +22,6 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use stele_engine::event::{Epoch, Event, Offset, ProducerId, ProducerStamp, Sequence};
 use stele_engine::limits::{EVENT_TYPE_SIZE_MAX, KEY_SIZE_MAX};
 
-use crate::topics::token;
-
 /// The longest key token written as the key's own base64url.
 pub const KEY_TOKEN_LEN_MAX: usize = 128;
 
@@ -70,16 +68,22 @@ pub enum MessageError {
     TooLarge(&'static str),
 }
 
-/// The subject of `key` in partition `partition` of `topic`.
+/// The subject of `key` in partition `partition` of `topic`, in the default
+/// namespace ([`crate::topics::Names::subject`] for another).
 pub fn subject(topic: &str, partition: u32, key: &[u8]) -> String {
+    crate::topics::Names::default().subject(topic, partition, key)
+}
+
+/// The subject token(s) of a key: its base64url, or `h.` and the base64url of
+/// its XXH3-128 when that is longer than [`KEY_TOKEN_LEN_MAX`].
+pub fn key_token(key: &[u8]) -> String {
     let encoded = URL_SAFE_NO_PAD.encode(key);
-    let key_token = if encoded.len() <= KEY_TOKEN_LEN_MAX {
+    if encoded.len() <= KEY_TOKEN_LEN_MAX {
         encoded
     } else {
         let hash = xxhash_rust::xxh3::xxh3_128(key);
         format!("h.{}", URL_SAFE_NO_PAD.encode(hash.to_be_bytes()))
-    };
-    format!("stele.{}.{partition}.{key_token}", token(topic.as_bytes()))
+    }
 }
 
 /// The headers of `message` (its payload is the message body).

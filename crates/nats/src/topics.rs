@@ -30,14 +30,95 @@ pub fn token(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The stream of partition `partition` of `topic`: `STELE_<token>_P<partition>`.
+/// The stream of partition `partition` of `topic` in the default namespace:
+/// `STELE_<token>_P<partition>`.
 pub fn stream_name(topic: &str, partition: u32) -> String {
-    format!("STELE_{}_P{partition}", token(topic.as_bytes()))
+    Names::default().stream(topic, partition)
 }
 
-/// The subjects of a partition's stream: `stele.<token>.<partition>.>`.
+/// The subjects of a partition's stream in the default namespace:
+/// `stele.<token>.<partition>.>`.
 pub fn partition_subjects(topic: &str, partition: u32) -> String {
-    format!("stele.{}.{partition}.>", token(topic.as_bytes()))
+    Names::default().subjects(topic, partition)
+}
+
+/// The longest namespace.
+pub const NAMESPACE_LEN_MAX: usize = 32;
+
+/// The names of everything one Stele deployment keeps in a cluster. Several
+/// deployments (or test servers) share a cluster in distinct namespaces: the
+/// default one uses the names above; namespace `N` uses `STELE-N_...`
+/// streams, `stele-N.` subjects and `<bucket>-N` buckets, which no other
+/// namespace's names can equal (`-` never appears in the default prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    namespace: Option<String>,
+}
+
+impl Names {
+    /// The names of namespace `namespace` (`[A-Za-z0-9]`, at most
+    /// [`NAMESPACE_LEN_MAX`]); the empty string is the default namespace.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for another character or a longer name.
+    pub fn new(namespace: &str) -> Result<Names> {
+        if namespace.is_empty() {
+            return Ok(Names::default());
+        }
+        if namespace.len() > NAMESPACE_LEN_MAX || !namespace.bytes().all(|byte| byte.is_ascii_alphanumeric())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "NATS namespace {namespace:?}: use 1 to {NAMESPACE_LEN_MAX} ASCII letters and digits"
+            )));
+        }
+        Ok(Names {
+            namespace: Some(namespace.to_string()),
+        })
+    }
+
+    /// The namespace; `None` for the default one.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The stream of a partition.
+    pub fn stream(&self, topic: &str, partition: u32) -> String {
+        match &self.namespace {
+            None => format!("STELE_{}_P{partition}", token(topic.as_bytes())),
+            Some(namespace) => format!("STELE-{namespace}_{}_P{partition}", token(topic.as_bytes())),
+        }
+    }
+
+    /// The first subject token of every event subject.
+    fn root(&self) -> String {
+        match &self.namespace {
+            None => "stele".to_string(),
+            Some(namespace) => format!("stele-{namespace}"),
+        }
+    }
+
+    /// The subjects of a partition's stream.
+    pub fn subjects(&self, topic: &str, partition: u32) -> String {
+        format!("{}.{}.{partition}.>", self.root(), token(topic.as_bytes()))
+    }
+
+    /// The subject of `key`'s events in a partition.
+    pub fn subject(&self, topic: &str, partition: u32, key: &[u8]) -> String {
+        format!(
+            "{}.{}.{partition}.{}",
+            self.root(),
+            token(topic.as_bytes()),
+            crate::message::key_token(key)
+        )
+    }
+
+    /// A KV bucket: `base`, or `base-<namespace>`.
+    pub fn bucket(&self, base: &str) -> String {
+        match &self.namespace {
+            None => base.to_string(),
+            Some(namespace) => format!("{base}-{namespace}"),
+        }
+    }
 }
 
 /// One partition as the cluster holds it.
@@ -56,11 +137,12 @@ pub struct PartitionState {
 pub struct TopicCatalog {
     jetstream: jetstream::Context,
     bucket: kv::Store,
+    names: Names,
 }
 
 /// The catalog entry of `key`, named as a path for errors.
-fn catalog_path(key: &str) -> std::path::PathBuf {
-    format!("nats:kv/{CATALOG_BUCKET}/{key}").into()
+fn catalog_path(bucket: &str, key: &str) -> std::path::PathBuf {
+    format!("nats:kv/{bucket}/{key}").into()
 }
 
 impl TopicCatalog {
@@ -72,7 +154,7 @@ impl TopicCatalog {
         let jetstream = connection.jetstream.clone();
         let bucket = jetstream
             .create_key_value(kv::Config {
-                bucket: CATALOG_BUCKET.to_string(),
+                bucket: connection.names.bucket(CATALOG_BUCKET),
                 num_replicas: 3,
                 history: 1,
                 ..kv::Config::default()
@@ -82,7 +164,11 @@ impl TopicCatalog {
         crate::until_reachable(&bucket)
             .await
             .map_err(|error| unavailable("reach the topic catalog", error))?;
-        Ok(TopicCatalog { jetstream, bucket })
+        Ok(TopicCatalog {
+            jetstream,
+            bucket,
+            names: connection.names.clone(),
+        })
     }
 
     /// Creates `name` with `options`: its partition streams, then its entry.
@@ -105,7 +191,7 @@ impl TopicCatalog {
         }
         for partition in 0..options.partitions {
             self.jetstream
-                .get_or_create_stream(stream_config(name, partition, options))
+                .get_or_create_stream(stream_config(&self.names, name, partition, options))
                 .await
                 .map_err(|error| unavailable("create a partition stream", error))?;
         }
@@ -138,13 +224,13 @@ impl TopicCatalog {
             .map_err(|error| unavailable("read the topic catalog", error))?
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         let (stored, options) = topic_meta::decode(&entry).map_err(|reason| Error::Corruption {
-            path: catalog_path(&token(name.as_bytes())),
+            path: catalog_path(&self.names.bucket(CATALOG_BUCKET), &token(name.as_bytes())),
             position: 0,
             reason,
         })?;
         if stored != name {
             return Err(Error::Inconsistent {
-                path: catalog_path(&token(name.as_bytes())),
+                path: catalog_path(&self.names.bucket(CATALOG_BUCKET), &token(name.as_bytes())),
                 reason: format!("the entry of topic {name:?} names {stored:?}"),
             });
         }
@@ -174,7 +260,7 @@ impl TopicCatalog {
                 continue;
             };
             let (name, _) = topic_meta::decode(&entry).map_err(|reason| Error::Corruption {
-                path: catalog_path(&key),
+                path: catalog_path(&self.names.bucket(CATALOG_BUCKET), &key),
                 position: 0,
                 reason,
             })?;
@@ -195,10 +281,10 @@ impl TopicCatalog {
         for partition in 0..options.partitions {
             let mut stream = self
                 .jetstream
-                .get_stream(stream_name(name, partition))
+                .get_stream(self.names.stream(name, partition))
                 .await
                 .map_err(|error| Error::Inconsistent {
-                    path: stream_name(name, partition).into(),
+                    path: self.names.stream(name, partition).into(),
                     reason: format!("topic {name:?} partition {partition} has no stream: {error}"),
                 })?;
             let info = stream
@@ -233,7 +319,11 @@ impl TopicCatalog {
             .await
             .map_err(|error| unavailable("write the topic catalog", error))?;
         for partition in 0..options.partitions {
-            match self.jetstream.delete_stream(stream_name(name, partition)).await {
+            match self
+                .jetstream
+                .delete_stream(self.names.stream(name, partition))
+                .await
+            {
                 Ok(_) => {}
                 Err(error)
                     if matches!(error.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(inner)
@@ -247,10 +337,10 @@ impl TopicCatalog {
 
 /// The stream of one partition: R3, file storage, atomic batches and direct
 /// gets allowed, the topic's retention as the stream's limits.
-fn stream_config(topic: &str, partition: u32, options: &TopicOptions) -> stream::Config {
+fn stream_config(names: &Names, topic: &str, partition: u32, options: &TopicOptions) -> stream::Config {
     stream::Config {
-        name: stream_name(topic, partition),
-        subjects: vec![partition_subjects(topic, partition)],
+        name: names.stream(topic, partition),
+        subjects: vec![names.subjects(topic, partition)],
         num_replicas: 3,
         storage: stream::StorageType::File,
         allow_atomic_publish: true,
@@ -279,5 +369,13 @@ mod tests {
         assert_eq!(token(&[0xfb, 0xff]), "-_8");
         assert_eq!(stream_name("orders.eu", 3), "STELE_b3JkZXJzLmV1_P3");
         assert_eq!(partition_subjects("orders.eu", 3), "stele.b3JkZXJzLmV1.3.>");
+        let names = Names::new("t42").expect("a namespace");
+        assert_eq!(names.stream("orders.eu", 3), "STELE-t42_b3JkZXJzLmV1_P3");
+        assert_eq!(names.subjects("orders.eu", 3), "stele-t42.b3JkZXJzLmV1.3.>");
+        assert_eq!(names.subject("orders", 2, b"k"), "stele-t42.b3JkZXJz.2.aw");
+        assert_eq!(names.bucket(CATALOG_BUCKET), "stele_topics-t42");
+        assert!(Names::new("a.b").is_err());
+        assert!(Names::new(&"x".repeat(NAMESPACE_LEN_MAX + 1)).is_err());
+        assert_eq!(Names::new("").expect("default"), Names::default());
     }
 }

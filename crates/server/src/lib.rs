@@ -79,10 +79,25 @@ impl ServerConfig {
     }
 }
 
+/// Where a server keeps its events.
+pub enum Storage {
+    /// The embedded engine over an open log (its directory also holds tokens
+    /// and webhook definitions).
+    Engine(Arc<Log>),
+    /// Another backend (a cluster); `state_dir` holds this server's tokens,
+    /// audit defaults and webhook definitions.
+    Backend {
+        /// The backend.
+        backend: Arc<dyn Backend>,
+        /// This server's own directory.
+        state_dir: PathBuf,
+    },
+}
+
 /// A server running on a tokio runtime.
 pub struct RunningServer {
     local_addr: SocketAddr,
-    log: Arc<Log>,
+    log: Option<Arc<Log>>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
     metrics: Arc<metrics::ServerMetrics>,
@@ -112,7 +127,15 @@ impl RunningServer {
     /// # Errors
     /// I/O errors binding the listener.
     pub async fn start_with_log(log: Arc<Log>, config: ServerConfig) -> Result<RunningServer> {
-        RunningServer::start_observed(log, config, None).await
+        RunningServer::start_observed(Storage::Engine(log), config, None).await
+    }
+
+    /// Starts serving over `storage`: the embedded engine or another backend.
+    ///
+    /// # Errors
+    /// I/O errors binding the listener or opening the state directory.
+    pub async fn start_with_storage(storage: Storage, config: ServerConfig) -> Result<RunningServer> {
+        RunningServer::start_observed(storage, config, None).await
     }
 
     /// Starts serving an already open log, reporting webhook deliveries to
@@ -125,16 +148,32 @@ impl RunningServer {
         config: ServerConfig,
         observer: Arc<dyn webhook::DeliveryObserver>,
     ) -> Result<RunningServer> {
-        RunningServer::start_observed(log, config, Some(observer)).await
+        RunningServer::start_observed(Storage::Engine(log), config, Some(observer)).await
     }
 
     async fn start_observed(
-        log: Arc<Log>,
+        storage: Storage,
         config: ServerConfig,
         extra_observer: Option<Arc<dyn webhook::DeliveryObserver>>,
     ) -> Result<RunningServer> {
         config.default_topic.validate()?;
-        let authenticator = auth::Authenticator::open(log.dir(), &config.auth)?;
+        let (log, backend, state_dir): (Option<Arc<Log>>, Arc<dyn Backend>, PathBuf) = match storage {
+            Storage::Engine(log) => {
+                let backend = Arc::new(EngineBackend::new(
+                    Arc::clone(&log),
+                    config.default_topic.clone(),
+                    config.auto_create_topics,
+                ));
+                let dir = log.dir().to_path_buf();
+                (Some(log), backend, dir)
+            }
+            Storage::Backend { backend, state_dir } => {
+                std::fs::create_dir_all(&state_dir)
+                    .map_err(|error| Error::io("create the state directory", &state_dir, error))?;
+                (None, backend, state_dir)
+            }
+        };
+        let authenticator = auth::Authenticator::open(&state_dir, &config.auth)?;
         let tls = match &config.tls {
             Some(tls) => Some(Arc::new(tls::TlsAcceptor::new(tls.clone())?)),
             None => None,
@@ -145,16 +184,10 @@ impl RunningServer {
         let local_addr = listener
             .local_addr()
             .map_err(|error| Error::io("read listener address", config.listen.to_string(), error))?;
-        let backend: Arc<dyn Backend> = Arc::new(EngineBackend::new(
-            Arc::clone(&log),
-            config.default_topic.clone(),
-            config.auto_create_topics,
-        ));
-        let metrics = Arc::new(metrics::ServerMetrics::new(
-            Arc::clone(&backend),
-            Some(Arc::clone(&log)),
-        ));
-        metrics.count_recovery_damage(&log);
+        let metrics = Arc::new(metrics::ServerMetrics::new(Arc::clone(&backend), log.clone()));
+        if let Some(log) = &log {
+            metrics.count_recovery_damage(log);
+        }
         let backend: Arc<dyn Backend> = Arc::new(metrics::MeteredBackend::new(backend, Arc::clone(&metrics)));
         let metrics_endpoint = match config.metrics_listen {
             Some(listen) => Some(
@@ -173,8 +206,12 @@ impl RunningServer {
             None => Arc::clone(&metrics) as Arc<dyn webhook::DeliveryObserver>,
             Some(extra) => Arc::new(webhook::Observers(vec![metrics.clone(), extra])),
         };
-        let webhooks =
-            webhook::Dispatcher::start(Arc::clone(&backend), log.dir(), config.webhooks.clone(), observer)?;
+        let webhooks = webhook::Dispatcher::start(
+            Arc::clone(&backend),
+            &state_dir,
+            config.webhooks.clone(),
+            observer,
+        )?;
         if config.auth.mode == auth::AuthMode::None && !local_addr.ip().is_loopback() {
             tracing::warn!(
                 %local_addr,
@@ -283,9 +320,9 @@ impl RunningServer {
         }
     }
 
-    /// The log behind the server.
-    pub fn log(&self) -> &Arc<Log> {
-        &self.log
+    /// The log behind the server; `None` on another backend.
+    pub fn log(&self) -> Option<&Arc<Log>> {
+        self.log.as_ref()
     }
 
     /// The address of the `/metrics` endpoint, when it is on.
@@ -321,9 +358,14 @@ impl RunningServer {
         self.webhooks.shutdown().await;
         // Work of cancelled calls (a cursor commit's fdatasync) may still run.
         self.backend.shutdown().await;
-        let closed = self.log.close();
-        tracing::info!("log closed");
-        closed
+        match &self.log {
+            Some(log) => {
+                let closed = log.close();
+                tracing::info!("log closed");
+                closed
+            }
+            None => Ok(()),
+        }
     }
 
     async fn stop_serving(&mut self) {

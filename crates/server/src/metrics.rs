@@ -146,7 +146,8 @@ impl AppendResult {
             | ErrorKind::Config
             | ErrorKind::Poisoned
             | ErrorKind::Locked
-            | ErrorKind::Closed => AppendResult::Error,
+            | ErrorKind::Closed
+            | ErrorKind::Unavailable => AppendResult::Error,
         }
     }
 

@@ -125,6 +125,7 @@ error_codes! {
         Closed => Closed, Unavailable;
         WebhookNotFound => WebhookNotFound, NotFound;
         WebhookExists => WebhookExists, AlreadyExists;
+        Unavailable => BackendUnavailable, Unavailable;
     }
     wire_only {
         // A request message above the server's size limit (`message_too_large`).

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
 use stele_nats::cluster::Cluster;
 use stele_nats::{NatsConfig, connect};
 
@@ -61,32 +60,8 @@ pub async fn cluster() -> (
     };
     let mut connection = connection;
     connection.jetstream.set_timeout(WAIT_MAX);
-    ready_for_r3(&connection.jetstream).await;
-    (cluster, connection, serial)
-}
-
-/// Waits (bounded) until the cluster places an R3 stream: every node knowing
-/// the metadata leader does not yet mean the leader counts three peers with
-/// JetStream resources. Each try is a real request the cluster answers.
-async fn ready_for_r3(jetstream: &jetstream::Context) {
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        let created = jetstream
-            .create_stream(stream::Config {
-                name: "stele-probe".to_string(),
-                subjects: vec!["stele-probe".to_string()],
-                num_replicas: 3,
-                ..stream::Config::default()
-            })
-            .await;
-        match created {
-            Ok(_) => break,
-            Err(error) => assert!(Instant::now() < deadline, "no R3 stream in time: {error}"),
-        }
-        tokio::task::yield_now().await;
-    }
-    jetstream
-        .delete_stream("stele-probe")
+    stele_nats::cluster::wait_for_r3(&connection.jetstream, WAIT_MAX)
         .await
-        .expect("delete the probe");
+        .expect("the cluster places an R3 stream");
+    (cluster, connection, serial)
 }
