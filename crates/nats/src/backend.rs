@@ -9,7 +9,7 @@
 //! history is the serial history of its appends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
@@ -23,7 +23,7 @@ use stele_engine::{
     CursorPosition, EventFilter, PartitionInfo, StoredEvents, limits, partition_for_key, rules,
 };
 use stele_server::backend::{Backend, BoxFuture, KeyHistory, NamedCursors, TopicDescription};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cursors::CursorStore;
 use crate::producers::ProducerRegistry;
@@ -47,7 +47,21 @@ struct Inner {
     auto_create: bool,
     writer_id: String,
     topics: Mutex<HashMap<String, Arc<TopicState>>>,
+    /// Appends to topics not in `topics` yet, in call order, per topic.
+    queues: Mutex<HashMap<String, Arc<AppendQueue>>>,
     closed: watch::Sender<bool>,
+}
+
+type Acks = Result<Vec<Result<AppendAck>>>;
+
+/// Appends that wait for their topic to be read from the catalog (or
+/// created), handed to the partition writers in the order they were made:
+/// calls made one after another must be decided in that order, as the
+/// engine decides them.
+struct AppendQueue {
+    sender: mpsc::UnboundedSender<(Vec<AppendRequest>, oneshot::Sender<Acks>)>,
+    /// Calls queued and not yet handed to their writers.
+    pending: AtomicUsize,
 }
 
 /// What this server knows of one topic.
@@ -64,6 +78,8 @@ struct PartitionSlot {
     /// The high watermark as last seen (by this server's writer or the tail watcher).
     tail: watch::Sender<u64>,
     watching: AtomicBool,
+    /// The creation time (Unix ns) of the stream first seen; 0 before.
+    created_ns: AtomicI64,
 }
 
 impl NatsBackend {
@@ -92,6 +108,7 @@ impl NatsBackend {
                 auto_create,
                 writer_id,
                 topics: Mutex::new(HashMap::new()),
+                queues: Mutex::new(HashMap::new()),
                 closed,
             }),
         })
@@ -133,6 +150,7 @@ impl Inner {
         if let Some(topic) = self.cached(name) {
             return Ok(topic);
         }
+        stele_engine::validate_topic_name(name)?;
         let options = self.catalog.options(name).await?;
         let partitions = (0..options.partitions)
             .map(|partition| PartitionSlot {
@@ -141,6 +159,7 @@ impl Inner {
                 writer: Mutex::new(None),
                 tail: watch::channel(0).0,
                 watching: AtomicBool::new(false),
+                created_ns: AtomicI64::new(0),
             })
             .collect();
         let topic = Arc::new(TopicState {
@@ -175,6 +194,17 @@ impl Inner {
         let slot = slot(topic, partition)?;
         match slot.stream.bounds().await? {
             Some(bounds) => {
+                let created_ns = i64::try_from(bounds.created_ns).unwrap_or(i64::MAX);
+                let first =
+                    slot.created_ns
+                        .compare_exchange(0, created_ns, Ordering::AcqRel, Ordering::Acquire);
+                if let Err(seen) = first
+                    && seen != created_ns
+                {
+                    // Deleted and created again elsewhere: its options may
+                    // differ; the next call reads them again.
+                    self.forget(&topic.name);
+                }
                 let _ = slot.tail.send_if_modified(|tail| {
                     let changed = bounds.high_watermark.0 > *tail;
                     *tail = (*tail).max(bounds.high_watermark.0);
@@ -210,6 +240,77 @@ impl Inner {
             .clone())
     }
 
+    /// Whether no call to `name` waits in its append queue.
+    fn queue_idle(&self, name: &str) -> bool {
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .is_none_or(|queue| queue.pending.load(Ordering::Acquire) == 0)
+    }
+
+    /// Queues a call behind the earlier ones to a topic not known yet.
+    fn enqueue(self: &Arc<Self>, name: &str, requests: Vec<AppendRequest>) -> oneshot::Receiver<Acks> {
+        let queue = {
+            let mut queues = self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let queue = queues.entry(name.to_string()).or_insert_with(|| {
+                let (sender, calls) = mpsc::unbounded_channel();
+                let queue = Arc::new(AppendQueue {
+                    sender,
+                    pending: AtomicUsize::new(0),
+                });
+                tokio::spawn(Arc::clone(self).forward(name.to_string(), Arc::clone(&queue), calls));
+                queue
+            });
+            queue.pending.fetch_add(1, Ordering::AcqRel);
+            Arc::clone(queue)
+        };
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError((_, reply))) = queue.sender.send((requests, reply)) {
+            queue.pending.fetch_sub(1, Ordering::AcqRel);
+            let _ = reply.send(Err(Error::Closed));
+        }
+        answer
+    }
+
+    /// Hands queued calls to their writers in order; ends with the backend.
+    async fn forward(
+        self: Arc<Self>,
+        name: String,
+        queue: Arc<AppendQueue>,
+        mut calls: mpsc::UnboundedReceiver<(Vec<AppendRequest>, oneshot::Sender<Acks>)>,
+    ) {
+        let mut closed = self.closed.subscribe();
+        loop {
+            let call = tokio::select! {
+                call = calls.recv() => call,
+                _ = closed.wait_for(|closed| *closed) => None,
+            };
+            let Some((requests, reply)) = call else {
+                return;
+            };
+            match self.topic_for_append(&name).await {
+                Ok(topic) => {
+                    let appends: Vec<_> = requests
+                        .into_iter()
+                        .map(|request| self.submit(&topic, request))
+                        .collect();
+                    queue.pending.fetch_sub(1, Ordering::AcqRel);
+                    tokio::spawn(async move {
+                        let _ = reply.send(Ok(futures_util::future::join_all(appends).await));
+                    });
+                }
+                Err(error) => {
+                    queue.pending.fetch_sub(1, Ordering::AcqRel);
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+
     /// Queues an append with its partition's writer at once; resolves with its outcome.
     fn submit(self: &Arc<Self>, topic: &TopicState, request: AppendRequest) -> BoxFuture<Result<AppendAck>> {
         let prepared = match rules::prepare(request, topic.options.payload_size_max) {
@@ -224,10 +325,22 @@ impl Inner {
         let appended = writer.submit(prepared);
         let inner = Arc::clone(self);
         let name = topic.name.clone();
+        let stream = slot(topic, partition).map(|slot| slot.stream.clone());
         Box::pin(async move {
             let result = appended.await;
-            if matches!(result, Err(Error::TopicNotFound(_))) {
-                inner.forget(&name);
+            match &result {
+                Err(Error::TopicNotFound(_)) => inner.forget(&name),
+                // A stream deleted under a read or a publish answers like an
+                // unreachable one: for the caller the topic is gone (NOT_FOUND).
+                Err(Error::Unavailable { .. }) => {
+                    if let Ok(stream) = stream
+                        && matches!(stream.bounds().await, Ok(None))
+                    {
+                        inner.forget(&name);
+                        return Err(Error::TopicNotFound(name));
+                    }
+                }
+                _ => {}
             }
             result
         })
@@ -643,28 +756,22 @@ impl Backend for NatsBackend {
     }
 
     fn append(&self, topic: &str, requests: Vec<AppendRequest>) -> BoxFuture<Result<Vec<Result<AppendAck>>>> {
-        // A known topic's appends are queued before this returns, like the
-        // engine's, so that calls made one after another keep their order.
-        if let Some(topic) = self
-            .inner
-            .cached(topic)
-            .filter(|_| self.inner.check_open().is_ok())
-        {
+        // Appends are queued before this returns, like the engine's, so that
+        // calls made one after another keep their order: with the writers at
+        // once for a known topic (and no earlier call still waiting for it),
+        // else behind the earlier calls in the topic's queue.
+        if let Err(error) = self.inner.check_open() {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        if let Some(known) = self.inner.cached(topic).filter(|_| self.inner.queue_idle(topic)) {
             let appends: Vec<_> = requests
                 .into_iter()
-                .map(|request| self.inner.submit(&topic, request))
+                .map(|request| self.inner.submit(&known, request))
                 .collect();
             return Box::pin(async move { Ok(futures_util::future::join_all(appends).await) });
         }
-        let name = topic.to_string();
-        owned(&self.inner, |inner| async move {
-            let topic = inner.topic_for_append(&name).await?;
-            let appends: Vec<_> = requests
-                .into_iter()
-                .map(|request| inner.submit(&topic, request))
-                .collect();
-            Ok(futures_util::future::join_all(appends).await)
-        })
+        let answer = self.inner.enqueue(topic, requests);
+        Box::pin(async move { answer.await.unwrap_or(Err(Error::Closed)) })
     }
 
     fn open_producer(&self, topic: &str, name: &str) -> BoxFuture<Result<(ProducerId, Epoch)>> {

@@ -42,6 +42,9 @@ pub struct Bounds {
     pub high_watermark: Offset,
     /// Bytes the stream holds.
     pub size_bytes: u64,
+    /// When the stream was made (Unix ns): a topic deleted and created again
+    /// under its name has new streams, whose offsets start again.
+    pub created_ns: i128,
 }
 
 /// One message of a partition, decoded.
@@ -87,6 +90,7 @@ pub struct Batch {
 /// One partition's stream.
 #[derive(Debug, Clone)]
 pub struct PartitionStream {
+    topic: String,
     jetstream: jetstream::Context,
     client: async_nats::Client,
     name: String,
@@ -96,6 +100,7 @@ impl PartitionStream {
     /// The stream of `partition` of `topic` (no request is made).
     pub fn new(connection: &crate::Connection, topic: &str, partition: u32) -> PartitionStream {
         PartitionStream {
+            topic: topic.to_string(),
             jetstream: connection.jetstream.clone(),
             client: connection.client.clone(),
             name: connection.names.stream(topic, partition),
@@ -137,6 +142,7 @@ impl PartitionStream {
                     earliest,
                     high_watermark,
                     size_bytes: state.bytes,
+                    created_ns: info.created.unix_timestamp_nanos(),
                 }))
             }
             Response::Err { error } if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
@@ -302,7 +308,7 @@ impl PartitionStream {
         known: Offset,
     ) -> Result<Batch> {
         let deadline = tokio::time::Instant::now() + crate::REACHABLE_WAIT_MAX;
-        loop {
+        for tries in 1.. {
             let batch = self.batch(from, count, bytes_max, subject).await?;
             let reached = batch.messages.last().is_some_and(|last| last.offset >= known);
             let limited =
@@ -316,7 +322,17 @@ impl PartitionStream {
                     "no replica caught up with the leader in time",
                 ));
             }
+            if tries % 8 == 0 {
+                // Still short: the stream may have been deleted (and made
+                // again, smaller) since the leader told the caller of `known`.
+                match self.bounds().await? {
+                    None => return Err(Error::TopicNotFound(self.topic.clone())),
+                    Some(bounds) if bounds.high_watermark <= known => return Ok(batch),
+                    Some(_) => {}
+                }
+            }
             tokio::time::sleep(STALE_RETRY_PAUSE).await;
         }
+        unreachable!("the loop returns")
     }
 }

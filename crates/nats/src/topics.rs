@@ -206,7 +206,10 @@ impl TopicCatalog {
                 Err(error) if tokio::time::Instant::now() >= deadline => {
                     return Err(unavailable("write the topic catalog", error));
                 }
-                Err(_) => tokio::task::yield_now().await,
+                Err(error) => {
+                    tracing::debug!(%error, "writing a topic's catalog entry is tried again");
+                    tokio::task::yield_now().await
+                }
             }
         }
     }
@@ -217,6 +220,7 @@ impl TopicCatalog {
     /// [`Error::TopicNotFound`]; [`Error::Corruption`] for an entry that does
     /// not decode; I/O errors.
     pub async fn options(&self, name: &str) -> Result<TopicOptions> {
+        stele_engine::validate_topic_name(name)?;
         let entry = self
             .bucket
             .get(token(name.as_bytes()))

@@ -38,6 +38,10 @@ use crate::unavailable;
 /// Most messages in one publish: JetStream's default atomic batch limit.
 pub const GROUP_EVENTS_MAX: usize = 1_000;
 
+/// How long an unanswered publish waits before each check that its stream
+/// still exists.
+const ACK_LATE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Appends waiting for a writer before callers wait for room.
 const QUEUE_DEPTH: usize = 4_096;
 
@@ -116,6 +120,8 @@ impl PartitionWriter {
 /// The view of the stream's prefix `[0, high_watermark)`.
 #[derive(Default)]
 struct Committed {
+    /// The creation time of the stream this view describes.
+    created_ns: i128,
     high_watermark: Offset,
     last_timestamp_ms: i64,
     keys: HashMap<Vec<u8>, KeyState>,
@@ -391,6 +397,7 @@ impl Writer {
             let (epochs, now_ms) = match prepared.await {
                 Ok(prepared) => prepared,
                 Err(error) => {
+                    tracing::debug!(%error, topic = self.context.topic, "an append round could not start");
                     answer_all(jobs, &error);
                     return Vec::new();
                 }
@@ -408,10 +415,15 @@ impl Writer {
                     return rest;
                 }
                 Err(Published::Conflict) => {
+                    tracing::debug!(
+                        topic = self.context.topic,
+                        "another server wrote first: deciding again"
+                    );
                     // Another server wrote first: catch up and decide again.
                     jobs.extend(rest);
                 }
                 Err(Published::Unknown(reason)) => {
+                    tracing::debug!(%reason, topic = self.context.topic, "a publish went unanswered");
                     // Stored or not, the stream says once it answers. When the
                     // catch-up does not find the group, it may still land later
                     // (a publish in flight): the appends are answered as
@@ -516,6 +528,14 @@ impl Writer {
             .await?
             .ok_or_else(|| Error::TopicNotFound(self.context.topic.clone()))?;
         let committed = self.committed.get_or_insert_with(Committed::default);
+        if committed.created_ns != bounds.created_ns {
+            // The topic was deleted and created again (or this is the first
+            // look): the view starts from the new stream's beginning.
+            *committed = Committed {
+                created_ns: bounds.created_ns,
+                ..Committed::default()
+            };
+        }
         if committed.high_watermark > bounds.high_watermark {
             return Err(Error::Inconsistent {
                 path: format!("nats:stream/{}", self.stream.name()).into(),
@@ -665,7 +685,30 @@ impl Writer {
             );
         }
         let acked = acked.expect("a group has messages");
-        match acked.await {
+        // A stream deleted under a publish may answer nothing until the
+        // publish times out: while the ack is late, check that the stream is
+        // still there (a publish cannot land in a stream that is gone).
+        let stream = &self.stream;
+        let created_ns = self
+            .committed
+            .as_ref()
+            .map_or(0, |committed| committed.created_ns);
+        let gone = async {
+            loop {
+                tokio::time::sleep(ACK_LATE).await;
+                match stream.bounds().await {
+                    Ok(None) => return,
+                    // Deleted and made again: this stream is not the one.
+                    Ok(Some(bounds)) if bounds.created_ns != created_ns => return,
+                    _ => {}
+                }
+            }
+        };
+        let acked = tokio::select! {
+            acked = acked => acked,
+            () = gone => return Err(Published::Failed(Error::TopicNotFound(self.context.topic.clone()))),
+        };
+        match acked {
             Ok(ack) => {
                 let expected = group.first_offset.0 + count as u64;
                 if ack.sequence != expected {
