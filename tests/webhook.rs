@@ -354,13 +354,11 @@ async fn start_observed_server(
     if allow_loopback {
         config.webhooks.allow = vec!["127.0.0.0/8".parse().expect("network")];
     }
-    let server = RunningServer::start_with_observer(
-        Arc::new(stele::Log::open(dir, stele::LogOptions::default()).expect("open the log")),
-        config,
-        observer,
-    )
-    .await
-    .expect("server starts");
+    // The embedded engine, or the NATS backend under scripts/it-nats.sh.
+    let storage = stele::client::test_storage(dir, &config).await;
+    let server = RunningServer::start_with_storage_observed(storage, config, observer)
+        .await
+        .expect("server starts");
     let client = Client::connect(format!("http://{}", server.local_addr()))
         .await
         .expect("connect");
@@ -987,6 +985,15 @@ fn spawn_serve(data_dir: &Path) -> ServeProcess {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(match stele::client::test_backend() {
+            Some(urls) => vec![
+                "--backend".to_string(),
+                urls,
+                "--nats-namespace".to_string(),
+                stele::client::test_namespace(data_dir),
+            ],
+            None => Vec::new(),
+        })
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn stele serve");

@@ -54,7 +54,7 @@
 #[cfg(feature = "test-server")]
 mod test_server;
 #[cfg(feature = "test-server")]
-pub use test_server::{TestServer, start_test_server, test_backend};
+pub use test_server::{TestServer, start_test_server, test_backend, test_namespace, test_storage};
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};

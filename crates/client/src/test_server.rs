@@ -18,7 +18,6 @@ pub struct TestServer {
     pub client: Client,
     server: Option<stele_server::RunningServer>,
     dir: TempDir,
-    namespace: String,
 }
 
 /// The NATS cluster the test servers use, from `STELE_TEST_BACKEND`; `None`
@@ -50,7 +49,7 @@ impl TestServer {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("shut the test server down");
         }
-        let server = start_server(&self.dir.path, &self.namespace).await;
+        let server = start_server(&self.dir.path).await;
         self.client
             .server_url()
             .set(format!("http://{}", server.local_addr()));
@@ -73,16 +72,31 @@ impl TestServer {
     }
 }
 
-async fn start_server(dir: &std::path::Path, namespace: &str) -> stele_server::RunningServer {
-    let mut config = stele_server::ServerConfig::new(dir);
-    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+/// The namespace on the test cluster of the server over `dir`: derived from
+/// the directory, so that a server restarted over it finds its topics again,
+/// and a `stele serve` child over it (`--nats-namespace`) shares them.
+pub fn test_namespace(dir: &std::path::Path) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(dir.as_os_str().as_encoded_bytes());
+    format!("t{:016x}", hasher.finish())
+}
+
+/// The storage of a test server over `dir`: the embedded engine on the
+/// directory, or with `STELE_TEST_BACKEND` the NATS backend in the
+/// directory's [`test_namespace`].
+///
+/// # Panics
+/// When the log or the cluster cannot be opened: this is test support.
+pub async fn test_storage(
+    dir: &std::path::Path,
+    config: &stele_server::ServerConfig,
+) -> stele_server::Storage {
     let Some(urls) = test_backend() else {
-        return stele_server::RunningServer::start(config)
-            .await
-            .expect("start the test server");
+        let log = stele_engine::Log::open(dir, stele_engine::LogOptions::default()).expect("open the log");
+        return stele_server::Storage::Engine(std::sync::Arc::new(log));
     };
     let mut nats: stele_nats::NatsConfig = urls.parse().expect("STELE_TEST_BACKEND holds NATS URLs");
-    nats.namespace = namespace.to_string();
+    nats.namespace = test_namespace(dir);
     let mut connection = stele_nats::connect(&nats)
         .await
         .expect("connect to the test cluster");
@@ -98,10 +112,16 @@ async fn start_server(dir: &std::path::Path, namespace: &str) -> stele_server::R
     )
     .await
     .expect("open the NATS backend");
-    let storage = stele_server::Storage::Backend {
+    stele_server::Storage::Backend {
         backend: std::sync::Arc::new(backend),
         state_dir: dir.to_path_buf(),
-    };
+    }
+}
+
+async fn start_server(dir: &std::path::Path) -> stele_server::RunningServer {
+    let mut config = stele_server::ServerConfig::new(dir);
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let storage = test_storage(dir, &config).await;
     stele_server::RunningServer::start_with_storage(storage, config)
         .await
         .expect("start the test server")
@@ -116,8 +136,7 @@ async fn start_server(dir: &std::path::Path, namespace: &str) -> stele_server::R
 /// test support.
 pub async fn start_test_server() -> TestServer {
     let dir = TempDir::new().expect("create a temporary directory");
-    let namespace = format!("t{:016x}", RandomState::new().build_hasher().finish());
-    let server = start_server(&dir.path, &namespace).await;
+    let server = start_server(&dir.path).await;
     let client = Client::connect(format!("http://{}", server.local_addr()))
         .await
         .expect("connect to the test server");
@@ -125,7 +144,6 @@ pub async fn start_test_server() -> TestServer {
         client,
         server: Some(server),
         dir,
-        namespace,
     }
 }
 

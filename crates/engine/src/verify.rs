@@ -81,12 +81,19 @@ impl VerifyReport {
 
 /// Checks the data directory `dir` without modifying it.
 ///
+/// A directory without `topics/` but with a token or webhook journal is the
+/// state directory of a server on another backend (`--backend nats://...`):
+/// its journals are checked and a note says there are no topics.
+///
 /// # Errors
-/// When `dir` is not a readable Stele data directory (it has no `topics/`), or a
-/// directory listing fails. Unreadable or damaged files are problems, not errors.
+/// When `dir` is not a readable Stele data directory (it has no `topics/` and
+/// no journal), or a directory listing fails. Unreadable or damaged files are
+/// problems, not errors.
 pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
     let topics_dir = paths::topics_dir(dir);
-    if !topics_dir.is_dir() {
+    let state_only = !topics_dir.is_dir()
+        && (paths::tokens_journal(dir).exists() || paths::webhooks_journal(dir).exists());
+    if !topics_dir.is_dir() && !state_only {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
@@ -102,7 +109,19 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
             ..VerifyReport::default()
         },
     };
-    for name in verifier.storage.read_dir(&topics_dir)? {
+    if state_only {
+        verifier.note(
+            &topics_dir,
+            None,
+            "no topics: the state directory of a server whose events are on another backend",
+        );
+    }
+    let names = if state_only {
+        Vec::new()
+    } else {
+        verifier.storage.read_dir(&topics_dir)?
+    };
+    for name in names {
         let path = paths::topic_dir(&topics_dir, &name);
         if paths::is_unfinished_topic(&name) {
             verifier.note(
@@ -986,5 +1005,20 @@ mod tests {
     fn a_directory_without_topics_is_an_error() {
         let dir = tempfile::tempdir().expect("temporary directory");
         assert!(verify_dir(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_state_directory_without_topics_is_checked_with_a_note() {
+        // Goal: a server on the NATS backend keeps only its journals locally;
+        // verify checks them and says there are no topics, instead of refusing.
+        let dir = tempfile::tempdir().expect("temporary directory");
+        crate::token::TokenStore::open(std::sync::Arc::new(StdStorage), dir.path()).expect("a token journal");
+        let report = verify_dir(dir.path()).expect("verify a state directory");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert!(
+            report.notes.iter().any(|note| note.message.contains("no topics")),
+            "{:?}",
+            report.notes
+        );
     }
 }

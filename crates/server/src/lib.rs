@@ -138,6 +138,19 @@ impl RunningServer {
         RunningServer::start_observed(storage, config, None).await
     }
 
+    /// [`RunningServer::start_with_storage`], reporting webhook deliveries to
+    /// `observer` as well as to the server's metrics.
+    ///
+    /// # Errors
+    /// As [`RunningServer::start_with_storage`].
+    pub async fn start_with_storage_observed(
+        storage: Storage,
+        config: ServerConfig,
+        observer: Arc<dyn webhook::DeliveryObserver>,
+    ) -> Result<RunningServer> {
+        RunningServer::start_observed(storage, config, Some(observer)).await
+    }
+
     /// Starts serving an already open log, reporting webhook deliveries to
     /// `observer` as well as to the server's metrics.
     ///
