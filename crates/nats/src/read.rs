@@ -30,6 +30,11 @@ pub const WRITE_HEADER: &str = "Stele-Write";
 /// larger; this bounds one reply's memory).
 pub const BATCH_COUNT_MAX: usize = 1_000;
 
+/// The longest one batched direct get waits for its next reply: any replica
+/// answers within milliseconds, so silence means the request was lost (sent
+/// to a node that just died, or during a reconnection) and is sent again.
+const REPLY_WAIT_MAX: Duration = Duration::from_secs(2);
+
 /// The pause between tries of a range that a lagging replica answered short.
 const STALE_RETRY_PAUSE: Duration = Duration::from_millis(2);
 
@@ -217,7 +222,8 @@ impl PartitionStream {
         let count = count.clamp(1, BATCH_COUNT_MAX);
         let mut request = serde_json::json!({ "seq": from.0 + 1, "batch": count });
         if let Some(bytes_max) = bytes_max {
-            request["max_bytes"] = bytes_max.into();
+            // The server parses an int: a larger figure is a malformed request.
+            request["max_bytes"] = bytes_max.min(i32::MAX as u64).into();
         }
         if let Some(subject) = subject {
             request["next_by_subj"] = subject.into();
@@ -237,7 +243,7 @@ impl PartitionStream {
             .await
             .map_err(|error| unavailable("read a partition range", error))?;
         let mut batch = Batch::default();
-        let deadline = tokio::time::Instant::now() + crate::REACHABLE_WAIT_MAX;
+        let deadline = tokio::time::Instant::now() + REPLY_WAIT_MAX;
         loop {
             let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
                 Ok(Some(reply)) => reply,
@@ -309,7 +315,14 @@ impl PartitionStream {
     ) -> Result<Batch> {
         let deadline = tokio::time::Instant::now() + crate::REACHABLE_WAIT_MAX;
         for tries in 1.. {
-            let batch = self.batch(from, count, bytes_max, subject).await?;
+            let batch = match self.batch(from, count, bytes_max, subject).await {
+                Ok(batch) => batch,
+                Err(Error::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(STALE_RETRY_PAUSE).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let reached = batch.messages.last().is_some_and(|last| last.offset >= known);
             let limited =
                 batch.messages.len() >= count.clamp(1, BATCH_COUNT_MAX) || batch.pending.unwrap_or(0) > 0;

@@ -221,12 +221,22 @@ impl TopicCatalog {
     /// not decode; I/O errors.
     pub async fn options(&self, name: &str) -> Result<TopicOptions> {
         stele_engine::validate_topic_name(name)?;
-        let entry = self
+        let key = token(name.as_bytes());
+        let found = self
             .bucket
-            .get(token(name.as_bytes()))
+            .get(&key)
             .await
-            .map_err(|error| unavailable("read the topic catalog", error))?
-            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+            .map_err(|error| unavailable("read the topic catalog", error))?;
+        let entry = match found {
+            Some(entry) => entry,
+            // The KV read went to any replica, which may not have applied a
+            // creation just acknowledged elsewhere: only the leader can say
+            // that the topic does not exist.
+            None => self
+                .leader_entry(&key)
+                .await?
+                .ok_or_else(|| Error::TopicNotFound(name.to_string()))?,
+        };
         let (stored, options) = topic_meta::decode(&entry).map_err(|reason| Error::Corruption {
             path: catalog_path(&self.names.bucket(CATALOG_BUCKET), &token(name.as_bytes())),
             position: 0,
@@ -239,6 +249,32 @@ impl TopicCatalog {
             });
         }
         Ok(options)
+    }
+
+    /// The entry `key` as the catalog stream's leader has it: `None` when it
+    /// was never written, or deleted or purged last.
+    async fn leader_entry(&self, key: &str) -> Result<Option<bytes::Bytes>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let bucket = self.names.bucket(CATALOG_BUCKET);
+        let stream = self
+            .jetstream
+            .get_stream_no_info(format!("KV_{bucket}"))
+            .await
+            .map_err(|error| unavailable("read the topic catalog", error))?;
+        match stream
+            .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
+            .await
+        {
+            Ok(message) => {
+                let removed = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+                Ok((!removed).then_some(message.payload))
+            }
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(error) => Err(unavailable("read the topic catalog", error)),
+        }
     }
 
     /// Every topic, in name order.
