@@ -30,7 +30,7 @@ use crate::producers::ProducerRegistry;
 use crate::read::{Bounds, PartitionStream, Positioned};
 use crate::topics::TopicCatalog;
 use crate::writer::{PartitionWriter, WriterContext};
-use crate::{Connection, unavailable};
+use crate::{Connection, message, unavailable};
 
 /// Stele on a JetStream cluster.
 #[derive(Clone)]
@@ -317,6 +317,19 @@ impl Inner {
             Ok(prepared) => prepared,
             Err(error) => return Box::pin(std::future::ready(Err(error))),
         };
+        // Refused before anything is published: an event the cluster would
+        // refuse for its size (nats-server's max_payload, 1 MiB by default).
+        let max_payload = self.connection.client.server_info().max_payload;
+        for event in &prepared.request().events {
+            let size = message::size_bound(&prepared.request().key, event);
+            if size > max_payload {
+                return Box::pin(std::future::ready(Err(Error::LimitExceeded {
+                    what: "event size with its headers on the NATS backend (the cluster's max_payload)",
+                    value: size as u64,
+                    max: max_payload as u64,
+                })));
+            }
+        }
         let partition = partition_for_key(&prepared.request().key, topic.options.partitions);
         let writer = match self.writer(topic, partition) {
             Ok(writer) => writer,

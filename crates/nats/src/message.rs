@@ -86,6 +86,40 @@ pub fn key_token(key: &[u8]) -> String {
     }
 }
 
+/// An upper bound of the bytes a NATS server counts against `max_payload`
+/// for an event of `key` (headers and body): what a publish would be
+/// refused for, known before anything is published.
+pub fn size_bound(key: &[u8], event: &Event) -> usize {
+    let base64 = |bytes: usize| bytes.div_ceil(3) * 4;
+    // "NATS/1.0\r\n", the blank line, and per header "Name: value\r\n".
+    let line = |name: &str, value: usize| name.len() + 2 + value + 2;
+    // Numbers (sequence, timestamp, previous, producer stamp, the fence and
+    // the writer's id) at their longest.
+    let fixed = 12
+        + 2
+        + 6 * line("Stele-Timestamp", 60)
+        + line("Nats-Expected-Last-Sequence", 20)
+        + line("Nats-Batch-Sequence", 20)
+        + line("Nats-Batch-Commit", 1)
+        + line("Nats-Batch-Id", 64)
+        + line("Stele-Write", 64);
+    let mut size = fixed
+        + line(KEY, base64(key.len()))
+        + line(TYPE, base64(event.event_type.len()))
+        + event
+            .idempotency_id
+            .as_ref()
+            .map_or(0, |id| line(ID, base64(id.len())))
+        + event.payload.len();
+    for (index, (name, value)) in event.headers.iter().enumerate() {
+        size += line(
+            USER_HEADER,
+            20 + index.to_string().len() + base64(name.len()) + 1 + base64(value.len()),
+        );
+    }
+    size
+}
+
 /// The headers of `message` (its payload is the message body).
 pub fn headers(message: &StoredMessage) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -229,6 +263,38 @@ mod tests {
                 idempotency_id: Some(b"pay-1".to_vec()),
             },
         }
+    }
+
+    #[test]
+    fn the_size_bound_covers_every_header_stele_writes() {
+        // Goal: an event refused for its size is refused before publishing,
+        // and one that fits is never refused by the server: the bound is at
+        // least the encoded headers (with the writer's own) plus the body.
+        let mut message = message();
+        message.event.headers.push(("empty".to_string(), Vec::new()));
+        let mut headers = headers(&message);
+        headers.insert("Nats-Expected-Last-Sequence", u64::MAX.to_string().as_str());
+        headers.insert("Stele-Write", "x".repeat(40).as_str());
+        headers.insert("Nats-Batch-Id", "x".repeat(40).as_str());
+        headers.insert("Nats-Batch-Sequence", "1000");
+        headers.insert("Nats-Batch-Commit", "1");
+        let encoded: usize = 12
+            + headers
+                .iter()
+                .map(|(name, values)| {
+                    values
+                        .iter()
+                        .map(|value| name.to_string().len() + 2 + value.as_str().len() + 2)
+                        .sum::<usize>()
+                })
+                .sum::<usize>()
+            + message.event.payload.len();
+        let bound = size_bound(&message.key, &message.event);
+        assert!(bound >= encoded, "bound {bound} below the encoded {encoded}");
+        assert!(
+            bound < encoded + 1024,
+            "bound {bound} far above the encoded {encoded}"
+        );
     }
 
     #[test]
