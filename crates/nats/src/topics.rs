@@ -189,11 +189,27 @@ impl TopicCatalog {
         {
             return Err(Error::TopicExists(name.to_string()));
         }
+        let deadline = tokio::time::Instant::now() + REACHABLE_WAIT_MAX;
         for partition in 0..options.partitions {
-            self.jetstream
-                .get_or_create_stream(stream_config(&self.names, name, partition, options))
-                .await
-                .map_err(|error| unavailable("create a partition stream", error))?;
+            // Idempotent, so tried again (bounded): a young or loaded cluster's
+            // metadata leader may refuse a placement for a peer it briefly
+            // sees offline.
+            loop {
+                match self
+                    .jetstream
+                    .get_or_create_stream(stream_config(&self.names, name, partition, options))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(error) if tokio::time::Instant::now() >= deadline => {
+                        return Err(unavailable("create a partition stream", error));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "creating a partition stream is tried again");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
         }
         let meta = topic_meta::encode(name, options);
         let deadline = tokio::time::Instant::now() + REACHABLE_WAIT_MAX;

@@ -338,6 +338,9 @@ struct Writer {
     groups_written: u64,
     /// Whether the last catch-up met the group this writer published last.
     own_group_found: bool,
+    /// Whether the view ends where this writer's last publish ended the
+    /// stream, as far as this writer knows (no catch-up needed to write).
+    at_tail: bool,
 }
 
 async fn run(context: WriterContext, mut jobs: mpsc::Receiver<Job>) {
@@ -349,6 +352,7 @@ async fn run(context: WriterContext, mut jobs: mpsc::Receiver<Job>) {
         fetched: HashMap::new(),
         groups_written: 0,
         own_group_found: false,
+        at_tail: false,
     };
     let mut carried: Vec<Job> = Vec::new();
     loop {
@@ -387,8 +391,21 @@ impl Writer {
     /// returns the jobs left for the next round.
     async fn round(&mut self, mut jobs: Vec<Job>) -> Vec<Job> {
         for _ in 0..GROUP_TRIES_MAX {
+            // A view that the last publish left at the tail is used as it is:
+            // a write decided on it is checked by the fence anyway. A refusal
+            // is not, so one decided on an unchecked view is decided again
+            // after a catch-up (another server may have moved the key on).
+            let checked = !self.at_tail;
             let prepared = async {
-                self.catch_up().await?;
+                if checked {
+                    self.catch_up().await?;
+                } else {
+                    let now_ms = self.now_ms();
+                    let window = self.context.dedup_window_ms;
+                    if let Some(committed) = self.committed.as_mut() {
+                        committed.expire_ids(now_ms, window);
+                    }
+                }
                 let epochs = self.epochs(&jobs).await?;
                 let now_ms = self.now_ms();
                 self.fetch(&jobs, &epochs, now_ms).await?;
@@ -403,14 +420,24 @@ impl Writer {
                 }
             };
             let (group, outcomes) = self.decide(&jobs, &epochs, now_ms);
+            if !checked
+                && outcomes
+                    .iter()
+                    .any(|outcome| matches!(outcome, Outcome::Answer(Err(_))))
+            {
+                self.at_tail = false;
+                continue;
+            }
             let rest = jobs.split_off(outcomes.len());
             if group.messages.is_empty() {
                 answer(jobs, outcomes);
                 return rest;
             }
+            self.at_tail = false;
             match self.publish(&group).await {
                 Ok(()) => {
                     self.commit(group);
+                    self.at_tail = true;
                     answer(jobs, outcomes);
                     return rest;
                 }
@@ -724,9 +751,14 @@ impl Writer {
             }
             Err(error) => match error.kind() {
                 PublishErrorKind::WrongLastSequence => Err(Published::Conflict),
-                PublishErrorKind::StreamNotFound => Err(Published::Failed(Error::TopicNotFound(
-                    self.context.topic.clone(),
-                ))),
+                // "No responders": no stream, or none of its replicas leads
+                // at the moment (an election): only the stream's state says.
+                PublishErrorKind::StreamNotFound => match self.stream.bounds().await {
+                    Ok(None) => Err(Published::Failed(Error::TopicNotFound(
+                        self.context.topic.clone(),
+                    ))),
+                    _ => Err(Published::Unknown(error.to_string())),
+                },
                 PublishErrorKind::MaxPayloadExceeded => Err(Published::Failed(Error::LimitExceeded {
                     what: "message size on the NATS backend (the cluster's max_payload)",
                     value: 0,
