@@ -298,6 +298,66 @@ impl PartitionStream {
         }
     }
 
+    /// Calls `visit` with every message from `from` up to `until` (exclusive),
+    /// headers only (payloads empty), pushed by an ordered consumer: for
+    /// rebuilding a writer's view of a long partition, several times faster
+    /// than ranges of direct gets (no payloads, no request per batch).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the consumer cannot be made or goes quiet
+    /// for [`crate::REACHABLE_WAIT_MAX`]; [`Error::Inconsistent`] for a
+    /// message Stele did not write; `visit`'s error.
+    pub async fn replay(
+        &self,
+        from: Offset,
+        until: Offset,
+        mut visit: impl FnMut(Positioned) -> Result<()>,
+    ) -> Result<()> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, push};
+        if from >= until {
+            return Ok(());
+        }
+        let stream = self
+            .jetstream
+            .get_stream_no_info(&self.name)
+            .await
+            .map_err(|error| unavailable("name a partition stream", error))?;
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                headers_only: true,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from.0 + 1,
+                },
+                ..push::OrderedConfig::default()
+            })
+            .await
+            .map_err(|error| unavailable("replay a partition", error))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|error| unavailable("replay a partition", error))?;
+        loop {
+            let message = match tokio::time::timeout(crate::REACHABLE_WAIT_MAX, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => return Err(unavailable("replay a partition", error)),
+                Ok(None) => return Err(unavailable("replay a partition", "the consumer ended")),
+                Err(_) => return Err(unavailable("replay a partition", "the consumer went quiet")),
+            };
+            let sequence = message
+                .info()
+                .map_err(|error| unavailable("replay a partition", error))?
+                .stream_sequence;
+            let headers = message.headers.clone().unwrap_or_default();
+            let positioned = self.decoded(sequence, &headers, &[])?;
+            let done = positioned.offset.next() >= until;
+            visit(positioned)?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
     /// [`PartitionStream::batch`], asked again while the answer stops short of
     /// `known` (an offset the leader said is stored) though the replica said
     /// nothing is pending: a lagging replica answered.

@@ -42,6 +42,10 @@ pub const GROUP_EVENTS_MAX: usize = 1_000;
 /// still exists.
 const ACK_LATE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Catch-ups longer than this many events read headers through a consumer
+/// ([`PartitionStream::replay`]) instead of ranges of direct gets.
+const REPLAY_BY_CONSUMER_MIN: u64 = 10_000;
+
 /// Appends waiting for a writer before callers wait for room.
 const QUEUE_DEPTH: usize = 4_096;
 
@@ -579,6 +583,31 @@ impl Writer {
             // are unknown. Only a fresh view (this server's first append) starts
             // past zero; keys seen only in removed events start again.
             committed.high_watermark = from;
+        }
+        if bounds.high_watermark.0 - from.0 > REPLAY_BY_CONSUMER_MIN {
+            // A long way behind (this server's first append to a big
+            // partition): headers pushed by a consumer, no payloads.
+            let committed = self.committed.as_mut().expect("made above");
+            let stream_name = self.stream.name().to_string();
+            let mut found = false;
+            self.stream
+                .replay(from, bounds.high_watermark, |positioned| {
+                    if positioned.offset != committed.high_watermark {
+                        return Err(Error::Inconsistent {
+                            path: format!("nats:stream/{stream_name}").into(),
+                            reason: format!(
+                                "offset {} follows {}: the stream has a gap",
+                                positioned.offset, committed.high_watermark
+                            ),
+                        });
+                    }
+                    found |= positioned.write.as_deref() == Some(own.as_str());
+                    committed.apply(&positioned);
+                    Ok(())
+                })
+                .await?;
+            self.own_group_found |= found;
+            from = bounds.high_watermark;
         }
         while from < bounds.high_watermark {
             let known = Offset(bounds.high_watermark.0 - 1);
