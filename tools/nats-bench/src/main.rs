@@ -203,6 +203,10 @@ struct Args {
     /// read: messages per pull request.
     #[arg(long, default_value_t = 10_000)]
     read_batch: usize,
+    /// Replicas of every stream: 1 for one server, 3 on a cluster (the NATS
+    /// backend's setting, to compare it with the raw JetStream it runs on).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// The server's process id, to report its memory (`/proc/PID/status`).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -271,6 +275,7 @@ fn result_line(
     let mut line = measured_line(measured, latencies_us);
     line.insert("system".into(), json!("nats"));
     line.insert("server_sync".into(), json!(args.durability.server_setting()));
+    line.insert("replicas".into(), json!(args.replicas));
     line
 }
 
@@ -409,7 +414,7 @@ async fn run_scenario(args: &Args, scenario: Scenario, run: usize) -> BenchResul
             name: name.clone(),
             subjects: vec![format!("bench.{name}.*")],
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            num_replicas: args.replicas,
             duplicate_window: Duration::from_secs(120),
             allow_atomic_publish: args.batch_mode == BatchMode::Atomic,
             ..stream::Config::default()
