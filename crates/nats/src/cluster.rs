@@ -3,8 +3,10 @@
 //! `sync_interval: always`, killed when the cluster is dropped.
 //!
 //! Readiness is read from each node's log, not guessed with sleeps: a node is
-//! up once it logs that it knows the JetStream metadata leader.
+//! up once it logs that it knows the JetStream metadata leader. Each node's
+//! last [`LOG_LINES_KEPT`] log lines are kept for failure reports.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,13 +20,39 @@ const READY_WAIT_MAX: Duration = Duration::from_secs(60);
 /// What a node logs once it knows the JetStream metadata leader (itself or another).
 const READY_LINE: &str = "metadata leader";
 
+/// Log lines kept per node (the newest), across its restarts.
+pub const LOG_LINES_KEPT: usize = 400;
+
 /// One node's ports and files.
 #[derive(Debug)]
 struct Node {
     name: String,
     client_port: u16,
     config: PathBuf,
+    store: PathBuf,
     process: Option<(Child, Receiver<String>)>,
+    /// The newest log lines read so far, oldest first.
+    log: VecDeque<String>,
+}
+
+impl Node {
+    fn keep(&mut self, line: String) {
+        if self.log.len() == LOG_LINES_KEPT {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
+    }
+
+    /// Moves the lines logged since the last look into `log`.
+    fn drain(&mut self) {
+        let mut lines = Vec::new();
+        if let Some((_, receiver)) = &self.process {
+            lines.extend(receiver.try_iter());
+        }
+        for line in lines {
+            self.keep(line);
+        }
+    }
 }
 
 /// A running cluster; every node is killed on drop.
@@ -85,7 +113,9 @@ impl Cluster {
                 name,
                 client_port: *client,
                 config,
+                store,
                 process: None,
+                log: VecDeque::new(),
             });
         }
         let mut cluster = Cluster {
@@ -104,6 +134,7 @@ impl Cluster {
 
     fn spawn(&mut self, index: usize) -> std::io::Result<()> {
         let node = &mut self.nodes[index];
+        node.drain();
         let mut child = Command::new(&self.binary)
             .arg("-c")
             .arg(&node.config)
@@ -130,26 +161,26 @@ impl Cluster {
 
     fn wait_ready(&mut self, index: usize) -> std::io::Result<()> {
         let node = &mut self.nodes[index];
-        let name = node.name.clone();
-        let Some((_, lines)) = &node.process else {
-            return Err(std::io::Error::other(format!("{name} is not running")));
-        };
         let deadline = Instant::now() + READY_WAIT_MAX;
-        let mut seen = std::collections::VecDeque::new();
         loop {
+            let Some((_, lines)) = &node.process else {
+                return Err(std::io::Error::other(format!("{} is not running", node.name)));
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
-                Ok(line) if line.contains(READY_LINE) => return Ok(()),
                 Ok(line) => {
-                    if seen.len() == 20 {
-                        seen.pop_front();
+                    let ready = line.contains(READY_LINE);
+                    node.keep(line);
+                    if ready {
+                        return Ok(());
                     }
-                    seen.push_back(line);
                 }
                 Err(error) => {
+                    let seen: Vec<&str> = node.log.iter().rev().take(20).rev().map(String::as_str).collect();
                     return Err(std::io::Error::other(format!(
-                        "{name} did not find the JetStream metadata leader ({error}); its last lines:\n{}",
-                        Vec::from(seen).join("\n")
+                        "{} did not find the JetStream metadata leader ({error}); its last lines:\n{}",
+                        node.name,
+                        seen.join("\n")
                     )));
                 }
             }
@@ -185,11 +216,66 @@ impl Cluster {
     /// # Errors
     /// The signal or the wait failed.
     pub fn kill(&mut self, index: usize) -> std::io::Result<()> {
-        if let Some((mut child, _)) = self.nodes[index].process.take() {
+        let node = &mut self.nodes[index];
+        node.drain();
+        if let Some((mut child, lines)) = node.process.take() {
             child.kill()?;
             child.wait()?;
+            // The reader thread ends with the pipe: whatever the node wrote last is kept.
+            while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+                node.keep(line);
+            }
         }
         Ok(())
+    }
+
+    /// Starts node `index` again with its configuration (the same name and
+    /// ports; it must have been killed), first deleting its store when `wipe`,
+    /// and waits until it knows the metadata leader.
+    ///
+    /// # Errors
+    /// The node is still running; deleting the store or starting failed; the
+    /// node exits or stays without a leader for a minute.
+    pub fn restart(&mut self, index: usize, wipe: bool) -> std::io::Result<()> {
+        let node = &self.nodes[index];
+        if node.process.is_some() {
+            return Err(std::io::Error::other(format!("{} is still running", node.name)));
+        }
+        if wipe {
+            match std::fs::remove_dir_all(&node.store) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.spawn(index)?;
+        self.wait_ready(index)
+    }
+
+    /// The newest log lines of node `index` (at most [`LOG_LINES_KEPT`],
+    /// across its restarts), oldest first.
+    pub fn log(&mut self, index: usize) -> Vec<String> {
+        let node = &mut self.nodes[index];
+        node.drain();
+        node.log.iter().cloned().collect()
+    }
+
+    /// The newest `count` log lines of every node, labelled, for a failure report.
+    pub fn logs(&mut self, count: usize) -> String {
+        let mut report = String::new();
+        for index in 0..self.nodes.len() {
+            let lines = self.log(index);
+            let name = &self.nodes[index].name;
+            report.push_str(&format!(
+                "--- {name}, its last {} lines:\n",
+                count.min(lines.len())
+            ));
+            for line in &lines[lines.len().saturating_sub(count)..] {
+                report.push_str(line);
+                report.push('\n');
+            }
+        }
+        report
     }
 }
 
