@@ -127,7 +127,8 @@ impl PartitionStream {
     /// The stream's bounds, from its leader.
     ///
     /// # Errors
-    /// [`Error::Unavailable`]; `None` for a stream that does not exist.
+    /// [`Error::Unavailable`], also when the stream has no leader (a replica
+    /// answered); `None` for a stream that does not exist.
     pub async fn bounds(&self) -> Result<Option<Bounds>> {
         let response: Response<jetstream::stream::Info> = self
             .jetstream
@@ -135,6 +136,21 @@ impl PartitionStream {
             .await
             .map_err(|error| unavailable("read a partition stream's state", error))?;
         match response {
+            // A stream without a leader is answered by one of its replicas,
+            // with that replica's state: one that lags, or one restarted with
+            // a wiped store (which reports an empty stream), must not say
+            // where the partition ends.
+            Response::Ok(info)
+                if info
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|cluster| cluster.leader.is_none()) =>
+            {
+                Err(unavailable(
+                    "read a partition stream's state",
+                    "the stream has no leader",
+                ))
+            }
             Response::Ok(info) => {
                 let state = &info.state;
                 let high_watermark = Offset(state.last_sequence);
