@@ -121,17 +121,6 @@ impl Names {
     }
 }
 
-/// One partition as the cluster holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionState {
-    /// The earliest offset still held (stream first sequence - 1).
-    pub earliest: u64,
-    /// One past the newest offset (the stream's last sequence).
-    pub high_watermark: u64,
-    /// Bytes the stream holds (one replica).
-    pub size_bytes: u64,
-}
-
 /// The catalog of one cluster.
 #[derive(Debug, Clone)]
 pub struct TopicCatalog {
@@ -324,44 +313,6 @@ impl TopicCatalog {
         }
         names.sort();
         Ok(names)
-    }
-
-    /// Each partition's offsets and size.
-    ///
-    /// # Errors
-    /// As [`TopicCatalog::options`]; [`Error::Inconsistent`] when a partition's
-    /// stream is missing.
-    pub async fn partitions(&self, name: &str) -> Result<Vec<PartitionState>> {
-        let options = self.options(name).await?;
-        let mut states = Vec::with_capacity(options.partitions as usize);
-        for partition in 0..options.partitions {
-            let mut stream = self
-                .jetstream
-                .get_stream(self.names.stream(name, partition))
-                .await
-                .map_err(|error| Error::Inconsistent {
-                    path: self.names.stream(name, partition).into(),
-                    reason: format!("topic {name:?} partition {partition} has no stream: {error}"),
-                })?;
-            let info = stream
-                .info()
-                .await
-                .map_err(|error| unavailable("read a partition stream", error))?;
-            let state = &info.state;
-            states.push(PartitionState {
-                earliest: state
-                    .first_sequence
-                    .saturating_sub(1)
-                    .max(if state.messages == 0 {
-                        state.last_sequence
-                    } else {
-                        0
-                    }),
-                high_watermark: state.last_sequence,
-                size_bytes: state.bytes,
-            });
-        }
-        Ok(states)
     }
 
     /// Deletes `name`: its entry, then its streams.

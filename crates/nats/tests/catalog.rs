@@ -53,14 +53,18 @@ async fn topics_are_created_listed_described_and_deleted_through_the_catalog() {
         }
         tokio::task::yield_now().await;
     }
-    let partitions = seen.partitions("orders.eu").await.expect("partitions");
+    let mut partitions = Vec::new();
+    for partition in 0..3 {
+        let stream = stele_nats::read::PartitionStream::new(&connection, "orders.eu", partition);
+        partitions.push(stream.bounds().await.expect("bounds").expect("the stream exists"));
+    }
     let watermarks: Vec<u64> = partitions
         .iter()
-        .map(|partition| partition.high_watermark)
+        .map(|partition| partition.high_watermark.0)
         .collect();
     assert_eq!(watermarks, vec![0, 1, 0]);
     assert!(
-        partitions.iter().all(|partition| partition.earliest == 0),
+        partitions.iter().all(|partition| partition.earliest.0 == 0),
         "{partitions:?}"
     );
     assert!(partitions[1].size_bytes > 0);
