@@ -53,9 +53,12 @@ const READ_CHUNK_SIZE: usize = 1 << 20;
 /// Checks a user-chosen name (of a cursor, of a producer): 1 to `size_max` bytes of
 /// UTF-8 without control characters.
 ///
+/// Every backend checks names with it, so that a bad name gets the same
+/// error everywhere.
+///
 /// # Errors
-/// [`Error::InvalidArgument`] otherwise.
-pub(crate) fn check_name(name: &str, size_max: usize, what: &str) -> Result<()> {
+/// [`Error::InvalidArgument`] otherwise; [`Error::LimitExceeded`] above `size_max`.
+pub fn check_name(name: &str, size_max: usize, what: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::InvalidArgument(format!("{what} name is empty")));
     }

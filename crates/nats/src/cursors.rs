@@ -47,7 +47,8 @@ use stele_engine::format::{DecodeError, Reader};
 use stele_engine::limits::{CURSOR_NAME_SIZE_MAX, CURSORS_COUNT_MAX, PARTITIONS_COUNT_MAX};
 
 use crate::topics::token;
-use bucket::{Bucket, CAS_TRIES_MAX, check_name};
+use bucket::{Bucket, CAS_TRIES_MAX};
+use stele_engine::journal::check_name;
 
 /// The KV bucket of consumer cursors.
 pub const CURSOR_BUCKET: &str = "stele_cursors";
@@ -377,35 +378,6 @@ pub(crate) mod bucket {
 
     /// The header of a marker the server writes (removal, purge, age).
     const MARKER_REASON: &str = "Nats-Marker-Reason";
-
-    /// Checks a user-chosen name (of a cursor, of a producer) as the engine
-    /// does, with its errors: 1 to `size_max` bytes without control characters.
-    /// A copy of the engine's `journal::check_name`, which is crate-private.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`]; [`Error::LimitExceeded`] above `size_max`.
-    pub(crate) fn check_name(name: &str, size_max: usize, what: &str) -> Result<()> {
-        if name.is_empty() {
-            return Err(Error::InvalidArgument(format!("{what} name is empty")));
-        }
-        if name.len() > size_max {
-            return Err(Error::LimitExceeded {
-                what: match what {
-                    "cursor" => "cursor name size",
-                    "producer" => "producer name size",
-                    _ => "name size",
-                },
-                value: name.len() as u64,
-                max: size_max as u64,
-            });
-        }
-        if name.chars().any(char::is_control) {
-            return Err(Error::InvalidArgument(format!(
-                "{what} name {name:?} contains a control character"
-            )));
-        }
-        Ok(())
-    }
 
     /// Whether a publish expecting a subject's last sequence was refused,
     /// with nothing stored, because that sequence was not the last: a lost

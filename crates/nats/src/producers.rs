@@ -42,8 +42,9 @@ use stele_engine::event::{Epoch, ProducerId};
 use stele_engine::format::{DecodeError, Reader};
 use stele_engine::limits::{PRODUCER_NAME_SIZE_MAX, PRODUCERS_COUNT_MAX};
 
-use crate::cursors::bucket::{Bucket, CAS_TRIES_MAX, check_name};
+use crate::cursors::bucket::{Bucket, CAS_TRIES_MAX};
 use crate::topics::token;
+use stele_engine::journal::check_name;
 
 /// The KV bucket of idempotent producers.
 pub const PRODUCER_BUCKET: &str = "stele_producers";
