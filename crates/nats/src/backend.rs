@@ -737,7 +737,7 @@ impl Backend for NatsBackend {
                     high_watermark: bounds.high_watermark,
                     size_bytes: bounds.size_bytes,
                     segments_count: 0,
-                    keys_count: 0,
+                    keys_count: usize::try_from(bounds.keys_count).unwrap_or(usize::MAX),
                     dedup_memory_bytes: 0,
                     dedup_runs_count: 0,
                 });

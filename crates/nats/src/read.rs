@@ -47,6 +47,9 @@ pub struct Bounds {
     pub high_watermark: Offset,
     /// Bytes the stream holds.
     pub size_bytes: u64,
+    /// Distinct subjects, that is keys with a retained event (two long keys
+    /// whose hashes collide count once).
+    pub keys_count: u64,
     /// When the stream was made (Unix ns): a topic deleted and created again
     /// under its name has new streams, whose offsets start again.
     pub created_ns: i128,
@@ -163,6 +166,7 @@ impl PartitionStream {
                     earliest,
                     high_watermark,
                     size_bytes: state.bytes,
+                    keys_count: state.subjects_count,
                     created_ns: info.created.unix_timestamp_nanos(),
                 }))
             }

@@ -68,6 +68,14 @@ async fn topics_are_created_listed_described_and_deleted_through_the_catalog() {
         "{partitions:?}"
     );
     assert!(partitions[1].size_bytes > 0);
+    assert_eq!(
+        partitions
+            .iter()
+            .map(|partition| partition.keys_count)
+            .collect::<Vec<_>>(),
+        vec![0, 1, 0],
+        "one key has an event"
+    );
 
     seen.delete("orders.eu").await.expect("delete");
     assert!(catalog.list().await.expect("list").is_empty());
