@@ -14,6 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+/// The longest one try of [`wait_for_r3`] waits for its answer.
+const PROBE_TRY_MAX: Duration = Duration::from_secs(2);
+
 /// How long a node may take to find the metadata leader.
 const READY_WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -302,6 +305,11 @@ pub async fn wait_for_r3(
     wait_max: Duration,
 ) -> Result<(), String> {
     use async_nats::jetstream::stream;
+    // Each try is short: on a young cluster a request can go unanswered
+    // (lost in the metadata leader's election), and one such try must not
+    // use up the whole wait.
+    let mut jetstream = jetstream.clone();
+    jetstream.set_timeout(PROBE_TRY_MAX);
     let deadline = Instant::now() + wait_max;
     loop {
         let created = jetstream
@@ -318,9 +326,13 @@ pub async fn wait_for_r3(
             Err(_) => tokio::task::yield_now().await,
         }
     }
-    jetstream
-        .delete_stream("stele-probe")
-        .await
-        .map(|_| ())
-        .map_err(|error| format!("delete the probe stream: {error}"))
+    loop {
+        match jetstream.delete_stream("stele-probe").await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(format!("delete the probe stream: {error}"));
+            }
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
 }
