@@ -46,6 +46,9 @@ struct Inner {
     defaults: TopicOptions,
     auto_create: bool,
     writer_id: String,
+    /// The cluster's `max_payload`, read once at open (`server_info` clones
+    /// the whole server description: not once per append).
+    max_payload: usize,
     topics: Mutex<HashMap<String, Arc<TopicState>>>,
     /// Appends to topics not in `topics` yet, in call order, per topic.
     queues: Mutex<HashMap<String, Arc<AppendQueue>>>,
@@ -98,6 +101,7 @@ impl NatsBackend {
         let producers = Arc::new(ProducerRegistry::open(&connection).await?);
         let writer_id = connection.client.new_inbox().replace("_INBOX.", "");
         let (closed, _) = watch::channel(false);
+        let max_payload = connection.client.server_info().max_payload;
         Ok(NatsBackend {
             inner: Arc::new(Inner {
                 connection,
@@ -107,6 +111,7 @@ impl NatsBackend {
                 defaults,
                 auto_create,
                 writer_id,
+                max_payload,
                 topics: Mutex::new(HashMap::new()),
                 queues: Mutex::new(HashMap::new()),
                 closed,
@@ -319,7 +324,7 @@ impl Inner {
         };
         // Refused before anything is published: an event the cluster would
         // refuse for its size (nats-server's max_payload, 1 MiB by default).
-        let max_payload = self.connection.client.server_info().max_payload;
+        let max_payload = self.max_payload;
         for event in &prepared.request().events {
             let size = message::size_bound(&prepared.request().key, event);
             if size > max_payload {

@@ -155,7 +155,7 @@ impl Committed {
             self.ids_by_age.push_back((message.timestamp_ms, keyed, offset));
         }
         if let Some(stamp) = message.producer {
-            apply_stamp(&mut self.producers, &self.keys, stamp, positioned);
+            apply_stamp(&mut self.producers, stamp, positioned);
         }
     }
 
@@ -181,7 +181,6 @@ impl Committed {
 /// first event of an append starts a recent entry, the next ones extend it.
 fn apply_stamp(
     producers: &mut HashMap<ProducerId, ProducerSnapshot>,
-    _keys: &HashMap<Vec<u8>, KeyState>,
     stamp: ProducerStamp,
     positioned: &Positioned,
 ) {
