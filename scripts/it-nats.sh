@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The integration suite's server tests (tests/it's grpc:: and contract::, and
-# tests/webhook.rs) against the NATS JetStream backend:
+# The integration suite's server tests (tests/it's grpc:: and contract::,
+# tests/webhook.rs and tests/groups.rs) against the NATS JetStream backend:
 # one 3-node cluster on loopback (crates/nats/examples/test_cluster.rs, fresh
 # stores, free ports, `sync_interval: always`) serves every test server of the
 # run, each in a namespace of its own; STELE_TEST_BACKEND tells the test
@@ -53,6 +53,7 @@ echo "it-nats: cluster at $urls"
 if [ "$#" -eq 0 ]; then
     STELE_TEST_BACKEND="$urls" cargo test --test it -- grpc:: contract::
     STELE_TEST_BACKEND="$urls" cargo test --test webhook
+    STELE_TEST_BACKEND="$urls" cargo test --test groups
 else
     STELE_TEST_BACKEND="$urls" cargo test "$@"
 fi

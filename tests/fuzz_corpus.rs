@@ -284,6 +284,14 @@ fn generate_seed_corpus() {
         "webhooks",
         &[&[4u8, 0][..], &webhooks].concat(),
     );
+    let groups = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/groups-v1/groups.journal");
+    let groups = std::fs::read(groups).expect("the group journal fixture");
+    write_seed("journal_records", "groups", &[&[16u8, 0][..], &groups].concat());
+    write_seed(
+        "journal_records",
+        "group-frames",
+        &[&[18u8, 0][..], &groups[16..]].concat(),
+    );
     let mut runs = Vec::new();
     files_under(dir.path(), ".run", &mut runs);
     for (at, run) in runs.iter().enumerate().take(2) {

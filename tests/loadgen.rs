@@ -1,14 +1,16 @@
 //! Smoke test of `stele bench`'s library: every scenario with tiny counts
 //! against an in-process server, with both durabilities; the JSON fields and
-//! the correctness checks (cas stale rejection, dedup exact repeats).
+//! the correctness checks (cas stale rejection, dedup exact repeats, group
+//! settles in per-key order with lag 0).
 
 use std::time::Duration;
 
 use serde_json::Value;
 use stele::Durability;
-use stele::loadgen::{BenchConfig, Scenario, median_run, run_scenario};
+use stele::loadgen::{AnyScenario, BenchConfig, GroupScenario, Scenario, median_run, run_scenario};
 
-fn assert_common(line: &Value, scenario: Scenario, durability: &str, events: u64) {
+fn assert_common(line: &Value, scenario: impl Into<AnyScenario>, durability: &str, events: u64) {
+    let scenario = scenario.into();
     assert_eq!(line["scenario"], scenario.name(), "{line}");
     assert_eq!(line["durability"], durability, "{line}");
     assert_eq!(line["events"].as_u64(), Some(events), "{line}");
@@ -117,4 +119,74 @@ async fn every_scenario_runs_and_checks() {
     let median = median_run(&runs).expect("a median");
     assert_eq!(median["events_per_s"].as_u64(), Some(3));
     assert_eq!(median["run"], "median");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_scenarios_settle_everything_in_key_order() {
+    // Goal: the consumer-group scenarios run end to end and report their
+    // checks. Method: `group` and `group-baseline` with 300 events over 20
+    // keys and 4 partitions, 4 members (or subscriptions) with small windows,
+    // both durabilities, against an in-process server.
+    let server = stele::client::start_test_server().await;
+    let config = BenchConfig {
+        count: Some(300),
+        keys: 20,
+        concurrency: 4,
+        in_flight: 8,
+        batch: 10,
+        read_batch_events: 50,
+        server_pid: Some(std::process::id()),
+        ..BenchConfig::default()
+    };
+    let target = stele::loadgen::Target::new(server.url());
+    for durability in [Durability::Always, Durability::None] {
+        let name = stele::loadgen::durability_name(durability);
+        for scenario in GroupScenario::ALL {
+            let line = run_scenario(&target, scenario, durability, &config, 0)
+                .await
+                .expect("the scenario runs");
+            assert_common(&line, scenario, name, 300);
+            assert!(stele::loadgen::checks_passed(&line), "{line}");
+            assert_eq!(line["redelivered"].as_u64(), Some(0), "{line}");
+            assert_eq!(line["order_violations"].as_u64(), Some(0), "{line}");
+            assert!(line["fill_events_per_s"].as_u64().is_some(), "{line}");
+            assert!(line["server_cpu_seconds"].as_f64().is_some(), "{line}");
+            match scenario {
+                GroupScenario::Group => {
+                    assert_eq!(line["group_ok"], true, "{line}");
+                    assert_eq!(line["members"].as_u64(), Some(4), "{line}");
+                    assert_eq!(line["window"], serde_json::json!([8, 8, 8, 8]), "{line}");
+                    assert_eq!(line["deliveries"].as_u64(), Some(300), "{line}");
+                    assert_eq!(line["refused"].as_u64(), Some(0), "{line}");
+                    assert_eq!(line["stalled"], false, "{line}");
+                    assert_eq!(line["described"]["lag"].as_u64(), Some(0), "{line}");
+                    assert_eq!(line["described"]["in_flight"].as_u64(), Some(0), "{line}");
+                    assert!(
+                        line["ack_messages"]
+                            .as_u64()
+                            .is_some_and(|messages| messages >= 1),
+                        "{line}"
+                    );
+                    assert!(
+                        line["unacked_max"].as_u64().is_some_and(|unacked| unacked <= 20),
+                        "at most one unsettled delivery per key: {line}"
+                    );
+                }
+                GroupScenario::Baseline => {
+                    assert_eq!(line["read_ok"], true, "{line}");
+                    assert_eq!(line["caught_up"], true, "{line}");
+                    assert_eq!(line["subscribers"].as_u64(), Some(4), "{line}");
+                }
+            }
+        }
+    }
+    // Both kinds of scenario are selectable by name.
+    assert_eq!(
+        AnyScenario::from_name("group-baseline"),
+        Some(AnyScenario::Group(GroupScenario::Baseline))
+    );
+    assert_eq!(
+        AnyScenario::from_name("read"),
+        Some(AnyScenario::Log(Scenario::Read))
+    );
 }

@@ -5,6 +5,8 @@
 //! directory, or the interpreter in `STELE_PYTHON`).
 //! The shipped Grafana dashboard and Prometheus alert rules are checked to name
 //! only metric families the server exposes.
+//! Consumer group figures are reported into the server's metrics directly (as
+//! a group runner does) and by a real group with a member over gRPC.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,8 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stele::Sequence;
 
-use stele::client::{Client, StartPosition, SubscribeOptions, SubscriptionItem};
+use stele::client::{
+    Client, ConsumeItem, ConsumeStream, GroupOptions, GroupStart, StartPosition, SubscribeOptions,
+    SubscriptionItem,
+};
 use stele::io::FaultyStorage;
+use stele::server::group::{GroupFigures, GroupObserver};
 use stele::server::{RunningServer, ServerConfig};
 use stele::{
     AppendRequest, Event, ExpectedSequence, Log, LogOptions, ManualClock, Offset, PartitionId, ProducerStamp,
@@ -448,6 +454,306 @@ async fn scraped_metrics_count_what_the_server_did() {
     );
 }
 
+/// A group's figures with these members and counts (redelivered, parked, acked).
+fn group_figures(members: &[(&str, u64)], (redelivered, parked, acked): (u64, u64, u64)) -> GroupFigures {
+    GroupFigures {
+        topic: "orders".to_string(),
+        lag: 40,
+        floors: vec![(100, 3)],
+        in_flight: members.iter().map(|(_, held)| held).sum(),
+        members: members
+            .iter()
+            .map(|(member, held)| (member.to_string(), *held))
+            .collect(),
+        redelivered,
+        parked,
+        acked,
+        blocked_keys: 2,
+        oldest_unsettled_age_ms: 61_500,
+    }
+}
+
+/// Every sample with a `group` label equal to `group`.
+fn group_samples<'a>(scrape: &'a Scrape, group: &str) -> Vec<&'a (String, BTreeMap<String, String>, f64)> {
+    scrape
+        .samples
+        .iter()
+        .filter(|(_, labels, _)| labels.get("group").is_some_and(|value| value == group))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_figures_are_exposed_with_monotonic_counters_and_live_members() {
+    // Goal: what a group runner reports is exposed under the documented names,
+    // types and labels; the counters never fall although the runner's counts
+    // restart at 0 with the runner; members that left lose their series; a
+    // deleted group leaves the exposition whole. Method: report into a real
+    // server's metrics as a runner does, scrape over HTTP and parse with the
+    // reference parser after each step (a member id with quotes and a
+    // backslash must come back intact through the escaping).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(Log::open(dir.path(), LogOptions::default()).expect("open"));
+    let server = start(log, dir.path(), true).await;
+    let address = server.metrics_addr().expect("metrics on");
+    let metrics = Arc::clone(server.metrics());
+    let odd = r#"web "7" \ 1234"#;
+    let group = |name| [("group", name)];
+
+    metrics.report("billing", &group_figures(&[("web-1", 2), (odd, 3)], (1, 0, 10)));
+    metrics.report("audit", &group_figures(&[("a-1", 1)], (0, 0, 4)));
+    metrics.report("billing", &group_figures(&[("web-1", 2), (odd, 3)], (4, 1, 25)));
+    let scrape = scrape_metrics(address).await;
+    for (family, kind) in [
+        ("stele_group_lag_events", "gauge"),
+        ("stele_group_in_flight", "gauge"),
+        ("stele_group_member_in_flight", "gauge"),
+        ("stele_group_members", "gauge"),
+        ("stele_group_redeliveries", "counter"),
+        ("stele_group_parked", "counter"),
+        ("stele_group_acked", "counter"),
+        ("stele_group_blocked_keys", "gauge"),
+        ("stele_group_oldest_unsettled_age_seconds", "gauge"),
+    ] {
+        assert_eq!(
+            scrape.families.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+    assert_eq!(
+        scrape.value(
+            "stele_group_lag_events",
+            &[("group", "billing"), ("topic", "orders")]
+        ),
+        Some(40.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_in_flight", &group("billing")),
+        Some(5.0)
+    );
+    assert_eq!(scrape.value("stele_group_members", &group("billing")), Some(2.0));
+    assert_eq!(
+        scrape.value(
+            "stele_group_member_in_flight",
+            &[("group", "billing"), ("member", odd)]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_redeliveries_total", &group("billing")),
+        Some(4.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_parked_total", &group("billing")),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_acked_total", &group("billing")),
+        Some(25.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_blocked_keys", &group("billing")),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_oldest_unsettled_age_seconds", &group("billing")),
+        Some(61.5)
+    );
+
+    // The runner restarts: its counts start again from 0 and have grown a
+    // little by its first report; the odd member left.
+    metrics.report("billing", &group_figures(&[("web-1", 1)], (0, 0, 3)));
+    metrics.report(
+        "billing",
+        &group_figures(&[("web-1", 0), ("web-2", 4)], (2, 1, 7)),
+    );
+    let scrape = scrape_metrics(address).await;
+    assert_eq!(
+        scrape.value("stele_group_redeliveries_total", &group("billing")),
+        Some(6.0),
+        "4, then 0 after the restart, then 2 more"
+    );
+    assert_eq!(
+        scrape.value("stele_group_parked_total", &group("billing")),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_acked_total", &group("billing")),
+        Some(32.0),
+        "25, then 3 after the restart, then 4 more"
+    );
+    let members: BTreeSet<&str> = scrape
+        .samples
+        .iter()
+        .filter(|(name, labels, _)| {
+            name == "stele_group_member_in_flight"
+                && labels.get("group").map(String::as_str) == Some("billing")
+        })
+        .map(|(_, labels, _)| labels["member"].as_str())
+        .collect();
+    assert_eq!(members, BTreeSet::from(["web-1", "web-2"]));
+    assert_eq!(scrape.value("stele_group_members", &group("billing")), Some(2.0));
+    assert_eq!(
+        scrape.value(
+            "stele_group_member_in_flight",
+            &[("group", "billing"), ("member", "web-1")]
+        ),
+        Some(0.0)
+    );
+
+    // Deleting billing removes every series of it, and only of it.
+    metrics.remove("billing");
+    let scrape = scrape_metrics(address).await;
+    assert!(
+        group_samples(&scrape, "billing").is_empty(),
+        "{:?}",
+        group_samples(&scrape, "billing")
+    );
+    assert_eq!(
+        scrape.value("stele_group_acked_total", &group("audit")),
+        Some(4.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "stele_group_member_in_flight",
+            &[("group", "audit"), ("member", "a-1")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        scrape.families.contains_key("stele_group_member_in_flight"),
+        "families stay declared"
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+/// The next delivery of `stream`, skipping other messages.
+async fn next_delivery(stream: &mut ConsumeStream) -> stele::client::Delivery {
+    loop {
+        let item = tokio::time::timeout(WAIT_MAX, stream.next())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("message");
+        if let ConsumeItem::Delivery(delivery) = item {
+            return delivery;
+        }
+    }
+}
+
+/// Scrapes until `done` holds for a scrape, which it returns.
+async fn scrape_until(address: SocketAddr, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let scrape = scrape_metrics(address).await;
+        if done(&scrape) {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_group_reports_its_lag_deliveries_and_members() {
+    // Goal: the group runner's reports reach the exposition: lag, deliveries
+    // held per member, members and acks; a member that leaves loses its series;
+    // deleting the group removes the rest. Method: a real server, three events
+    // of three keys, a group from the earliest event and one member (with an
+    // instance id that needs escaping) that holds all three, then acks them,
+    // then leaves; scrape until each report shows.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(Log::open(dir.path(), LogOptions::default()).expect("open"));
+    let server = start(log, dir.path(), true).await;
+    let address = server.metrics_addr().expect("metrics on");
+    let client = Client::connect(format!("http://{}", server.local_addr()))
+        .await
+        .expect("connect");
+    client
+        .create_topic("orders", &TopicOptions::default().partitions(1))
+        .await
+        .expect("create topic");
+    for key in ["k1", "k2", "k3"] {
+        client
+            .append("orders", &AppendRequest::new(key, vec![event(key)]))
+            .await
+            .expect("append");
+    }
+    client
+        .create_group(
+            "billing",
+            "orders",
+            &GroupOptions {
+                start: GroupStart::Earliest,
+                ..GroupOptions::default()
+            },
+        )
+        .await
+        .expect("create group");
+    let member = r#"host "a" \ 1"#;
+    let mut stream = client.consume("billing", member, 3).await.expect("join");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(next_delivery(&mut stream).await.delivery_id);
+    }
+    let billing = [("group", "billing")];
+    let held = [("group", "billing"), ("member", member)];
+    let scrape = scrape_until(address, "the member holds 3 deliveries", |scrape| {
+        scrape.value("stele_group_member_in_flight", &held) == Some(3.0)
+    })
+    .await;
+    assert_eq!(scrape.value("stele_group_members", &billing), Some(1.0));
+    assert_eq!(scrape.value("stele_group_in_flight", &billing), Some(3.0));
+    assert_eq!(
+        scrape.value(
+            "stele_group_lag_events",
+            &[("group", "billing"), ("topic", "orders")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(scrape.value("stele_group_acked_total", &billing), Some(0.0));
+    assert_eq!(scrape.value("stele_group_blocked_keys", &billing), Some(0.0));
+    assert!(
+        scrape
+            .value("stele_group_oldest_unsettled_age_seconds", &billing)
+            .is_some()
+    );
+
+    stream.ack(ids).await.expect("ack");
+    let scrape = scrape_until(address, "three acks and no lag", |scrape| {
+        scrape.value("stele_group_acked_total", &billing) == Some(3.0)
+            && scrape.value(
+                "stele_group_lag_events",
+                &[("group", "billing"), ("topic", "orders")],
+            ) == Some(0.0)
+    })
+    .await;
+    assert_eq!(scrape.value("stele_group_member_in_flight", &held), Some(0.0));
+    assert_eq!(
+        scrape.value("stele_group_oldest_unsettled_age_seconds", &billing),
+        Some(0.0)
+    );
+    assert_eq!(
+        scrape.value("stele_group_redeliveries_total", &billing),
+        Some(0.0)
+    );
+
+    stream.close().await.expect("leave");
+    let scrape = scrape_until(address, "the member's series gone", |scrape| {
+        scrape.value("stele_group_members", &billing) == Some(0.0)
+    })
+    .await;
+    assert_eq!(scrape.value("stele_group_member_in_flight", &held), None);
+    client.delete_group("billing").await.expect("delete group");
+    let scrape = scrape_metrics(address).await;
+    assert!(
+        group_samples(&scrape, "billing").is_empty(),
+        "{:?}",
+        group_samples(&scrape, "billing")
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn appends_to_unknown_topics_are_counted_without_their_names() {
     // Goal: a client cannot create label values by naming topics that do not
@@ -532,11 +838,11 @@ fn engine_metrics_count_segment_rolls_and_retention_deletions() {
             .expect("append");
         clock.advance(2_000);
     }
-    let before = topic.partition_infos()[0];
+    let before = topic.partition_infos()[0].clone();
     assert_eq!(before.segments_count, 3, "two rolls");
     clock.advance(10_000);
     topic.enforce_retention().expect("retention");
-    let after = topic.partition_infos()[0];
+    let after = topic.partition_infos()[0].clone();
     assert_eq!(after.segments_count, 1, "both sealed segments expired");
 
     let mut registry = prometheus_client::registry::Registry::default();
@@ -626,9 +932,17 @@ fn serve(data_dir: &Path, extra: &[&str]) -> (std::process::Child, Vec<String>) 
             break;
         }
     }
-    // The metrics line, when there is one, follows the listening line.
+    // The metrics line, when there is one, comes after the listening line
+    // (log lines may come between).
     if extra.contains(&"--metrics-listen") || extra.contains(&"--config") {
-        lines.push(receiver.recv_timeout(WAIT_MAX).expect("the metrics line"));
+        loop {
+            let line = receiver.recv_timeout(WAIT_MAX).expect("the metrics line");
+            let metrics = line.starts_with("stele: metrics on ");
+            lines.push(line);
+            if metrics {
+                break;
+            }
+        }
     }
     (child, lines)
 }
@@ -642,7 +956,12 @@ fn the_metrics_listener_exists_only_when_asked_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut off, lines) = serve(dir.path(), &[]);
     assert_eq!(listening_sockets_count(off.id()), 1, "{lines:?}");
-    assert!(!lines.iter().any(|line| line.contains("metrics")), "{lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line.starts_with("stele: metrics") || line.contains("serving metrics")),
+        "{lines:?}"
+    );
     off.kill().expect("kill");
     off.wait().expect("wait");
 
@@ -679,18 +998,21 @@ fn the_metrics_listener_exists_only_when_asked_for() {
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = text.as_bytes();
-    let mut index = 0;
-    while let Some(found) = text[index..].find("stele_") {
-        let start = index + found;
-        let preceded = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        let end = start
-            + text[start..]
-                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-                .unwrap_or(text.len() - start);
-        if !preceded {
-            names.insert(text[start..end].to_string());
+    for prefix in ["stele_", "process_"] {
+        let mut index = 0;
+        while let Some(found) = text[index..].find(prefix) {
+            let start = index + found;
+            let preceded =
+                start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+            let end = start
+                + text[start..]
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(text.len() - start);
+            if !preceded {
+                names.insert(text[start..end].to_string());
+            }
+            index = end;
         }
-        index = end;
     }
     names
 }
@@ -750,6 +1072,10 @@ fn alert_rules(path: &Path) -> Vec<(String, String, String, String)> {
 
 /// Whether a name written in a query (`_total`, `_bucket`, `_sum`, `_count`
 /// included) belongs to `family`.
+/// How every alert's `runbook_url` starts.
+const RUNBOOK_BASE_TEMPLATE: &str =
+    r#"{{ or $externalLabels.stele_runbooks "https://github.com/stele-log/stele/blob/main/docs/runbooks" }}"#;
+
 fn belongs_to(name: &str, family: &str) -> bool {
     name == family
         || ["_total", "_bucket", "_sum", "_count"]
@@ -764,7 +1090,7 @@ async fn the_dashboard_and_alert_rules_name_only_exposed_metrics() {
     // every `stele_*` name from their queries and check each against the
     // families a fresh server exposes (every family is declared before it has
     // samples); every family has a dashboard panel; every alert has a severity
-    // and a runbook that exists; the five alerts the product asks for exist.
+    // and a runbook that exists; the alerts the product asks for exist.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("deploy/grafana/stele.json")).expect("read the dashboard"),
@@ -814,9 +1140,12 @@ async fn the_dashboard_and_alert_rules_name_only_exposed_metrics() {
             severity == "warning" || severity == "critical",
             "{alert} has severity {severity:?}"
         );
+        // An absolute URL: a deployment's own base (the external label
+        // stele_runbooks), else the repository's docs/runbooks/.
         let file = runbook
-            .strip_prefix("docs/runbooks/")
-            .unwrap_or_else(|| panic!("{alert} links {runbook:?}, not a file in docs/runbooks/"));
+            .strip_prefix(RUNBOOK_BASE_TEMPLATE)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or_else(|| panic!("{alert} links {runbook:?}, not {RUNBOOK_BASE_TEMPLATE}/FILE"));
         assert!(
             root.join("docs/runbooks").join(file).exists(),
             "{alert} links the missing runbook {runbook}"
@@ -829,6 +1158,9 @@ async fn the_dashboard_and_alert_rules_name_only_exposed_metrics() {
         "SteleDiskFilling",
         "SteleFsyncSlow",
         "SteleCorruptionDetected",
+        "StelePartitionQuarantined",
+        "SteleGroupStuck",
+        "SteleGroupBlockedKeys",
     ] {
         assert!(names.contains(wanted), "no alert {wanted}");
     }

@@ -1,5 +1,5 @@
 //! The README's tours run verbatim: each `sh` block under "## A tour",
-//! "## A webhook tour" and "## A security tour" is extracted and run with `bash -e` in a temporary
+//! "## A webhook tour", "## A security tour" and "## Consumer groups" is extracted and run with `bash -e` in a temporary
 //! directory. A `cargo` on PATH that does nothing stands in for the build, and
 //! `target/release/stele` there is this build's binary; the server's port and the
 //! receiver's address come from the variables the tours honour (`STELE_LISTEN`,
@@ -131,6 +131,22 @@ fn check(name: &str, stdout: &str, work: &Path) {
                 assert!(!stdout.contains(secret), "a secret of {token} was printed");
             }
         }
+        "groups-tour" => {
+            let mut lines = Vec::new();
+            for member in ["worker-a.out", "worker-b.out"] {
+                let text = std::fs::read_to_string(work.join(member)).expect("a member's output");
+                lines.extend(text.lines().map(str::to_string));
+            }
+            assert_eq!(lines.len(), 12, "each member printed six events: {lines:?}");
+            for invoice in 1..=4 {
+                let steps: Vec<&String> = lines
+                    .iter()
+                    .filter(|line| line.contains(&format!(" invoice-{invoice}@")))
+                    .collect();
+                assert_eq!(steps.len(), 3, "invoice-{invoice}: {steps:?}");
+            }
+            assert!(stdout.contains("lag 0, in flight 0"), "{stdout}");
+        }
         _ => unreachable!("known tours only"),
     }
 }
@@ -143,4 +159,5 @@ fn the_readme_tours_run_verbatim() {
     run_tour(&block_after(&readme, "## A tour"), "tour");
     run_tour(&block_after(&readme, "## A webhook tour"), "webhook-tour");
     run_tour(&block_after(&readme, "## A security tour"), "security-tour");
+    run_tour(&block_after(&readme, "## Consumer groups"), "groups-tour");
 }

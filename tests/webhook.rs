@@ -967,54 +967,9 @@ async fn endpoints_pause_resume_and_delete_and_private_targets_are_denied() {
     server.shutdown().await.expect("shutdown");
 }
 
-/// A `stele serve` child process on port 0.
-struct ServeProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-fn spawn_serve(data_dir: &Path) -> ServeProcess {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stele"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--webhook-allow",
-            "127.0.0.0/8",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(match stele::client::test_backend() {
-            Some(urls) => vec![
-                "--backend".to_string(),
-                urls,
-                "--nats-namespace".to_string(),
-                stele::client::test_namespace(data_dir),
-            ],
-            None => Vec::new(),
-        })
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn stele serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("stele serve announces its address")
-            .expect("read stderr");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split(',').next().expect("address").to_string();
-        }
-    };
-    // Keep draining stderr so that the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    ServeProcess {
-        child,
-        url: format!("http://{address}"),
-    }
-}
+#[path = "common/serve.rs"]
+mod serve;
+use serve::spawn_serve;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_resumes_in_order_after_the_server_is_killed() {

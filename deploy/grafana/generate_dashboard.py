@@ -8,9 +8,11 @@ import json
 import os
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
-T = '{topic=~"$topic"}'
-TI = 'topic=~"$topic"'
-E = 'endpoint=~"$endpoint"'
+I = 'instance=~"$instance"'
+T = '{instance=~"$instance", topic=~"$topic"}'
+TI = 'instance=~"$instance", topic=~"$topic"'
+E = 'instance=~"$instance", endpoint=~"$endpoint"'
+G = 'instance=~"$instance", group=~"$group"'
 R = "$__rate_interval"
 panels = []
 pid = [0]
@@ -88,9 +90,9 @@ panel("Bytes on disk", "Bytes of segment data by topic.",
       [(f'sum by (topic) (stele_partition_size_bytes{T})', "{{topic}}")], "bytes")
 end_row()
 panel("Disk space", "Available and total bytes of the data directory's filesystem.",
-      [('stele_disk_available_bytes', "available {{instance}}"), ('stele_disk_capacity_bytes', "capacity {{instance}}")], "bytes")
+      [(f'stele_disk_available_bytes{{{I}}}', "available {{instance}}"), (f'stele_disk_capacity_bytes{{{I}}}', "capacity {{instance}}")], "bytes")
 panel("Disk used", "Share of the data directory's filesystem in use.",
-      [('1 - stele_disk_available_bytes / stele_disk_capacity_bytes', "{{instance}}")], "percentunit", kind="gauge",
+      [(f'1 - stele_disk_available_bytes{{{I}}} / stele_disk_capacity_bytes{{{I}}}', "{{instance}}")], "percentunit", kind="gauge",
       extra={"min": 0, "max": 1, "thresholds": {"mode": "absolute", "steps": [
           {"color": "green", "value": None}, {"color": "orange", "value": 0.8}, {"color": "red", "value": 0.9}]}})
 panel("Segments", "Segment files per topic (sealed and active).",
@@ -101,8 +103,12 @@ panel("Segment rolls and retention", "Segments started per hour, and sealed segm
        (f'sum by (topic) (increase(stele_retention_deleted_segments_total{T}[1h]))', "deleted {{topic}}")], "short")
 panel("Retention deleted bytes", "Bytes deleted by retention per hour.",
       [(f'sum by (topic) (increase(stele_retention_deleted_bytes_total{T}[1h]))', "{{topic}}")], "bytes")
-panel("Corruption detected", "Damaged stored bytes found since the process started: files repaired at open and corruption errors returned by requests. Anything above 0 needs the corruption runbook.",
-      [('sum by (topic) (stele_corruption_detected_total)', "{{topic}}")], "short", kind="stat",
+panel("Corruption detected", "Damaged stored bytes found since the process started: files repaired at open, partitions quarantined at open, and corruption errors returned by requests. Anything above 0 needs the corruption runbook.",
+      [(f'sum by (topic) (stele_corruption_detected_total{{{I}}})', "{{topic}}")], "short", kind="stat",
+      extra={"thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}]}})
+end_row()
+panel("Quarantined partitions", "Partitions opened quarantined: recovery found damage it may not repair, so they serve only the offsets before it and refuse appends. The other partitions are unaffected. See the corruption runbook (stele repair, or a restore from backup).",
+      [(f'max by (instance, topic, partition) (stele_partition_quarantined{T})', "{{instance}} {{topic}} p{{partition}}")], "short", kind="stat", width=24,
       extra={"thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}]}})
 end_row()
 
@@ -113,6 +119,32 @@ panel("Cursor progress", "Committed offsets per second (events consumed), by cur
       [(f'sum by (topic, cursor) (deriv(stele_cursor_committed_offset{T}[5m]))', "{{topic}} {{cursor}}")], "short")
 panel("Active subscriptions", "Open subscriptions by topic.",
       [(f'sum by (topic) (stele_subscriptions_active{T})', "{{topic}}")], "short")
+end_row()
+panel("Subscription throughput", "Events per second sent to subscribers, by topic.",
+      [(f'sum by (topic) (rate(stele_subscription_events_total{T}[{R}]))', "{{topic}}")], "short", width=12)
+panel("Read throughput", "Events per second read from storage, by topic: Read and ReadKey calls, subscriptions, webhook and consumer group deliveries.",
+      [(f'sum by (topic) (rate(stele_read_events_total{T}[{R}]))', "{{topic}}")], "short", width=12)
+end_row()
+
+row("Consumer groups")
+panel("Group lag", "Events of each group's topic not yet settled (acked or parked) by the group, over all partitions.",
+      [(f'max by (group, topic) (stele_group_lag_events{{{G}}})', "{{group}} ({{topic}})")], "short")
+panel("In flight by member", "Deliveries each member instance holds and has not settled, and the group's total. A member that holds deliveries while its group acks nothing is stuck until its leases expire.",
+      [(f'max by (group, member) (stele_group_member_in_flight{{{G}}})', "{{group}} {{member}}"),
+       (f'max by (group) (stele_group_in_flight{{{G}}})', "total {{group}}")], "short")
+panel("Members", "Member instances connected to each group. With none, nothing is delivered and the lag only grows.",
+      [(f'max by (group) (stele_group_members{{{G}}})', "{{group}}")], "short")
+end_row()
+panel("Acked", "Deliveries acked per second, by group.",
+      [(f'sum by (group) (rate(stele_group_acked_total{{{G}}}[{R}]))', "{{group}}")], "ops")
+panel("Redeliveries and parked", "Deliveries made again (after a retry, an expired lease or a member leaving) and events parked in the dead-letter topic, per second, by group.",
+      [(f'sum by (group) (rate(stele_group_redeliveries_total{{{G}}}[{R}]))', "redelivered {{group}}"),
+       (f'sum by (group) (rate(stele_group_parked_total{{{G}}}[{R}]))', "parked {{group}}")], "ops")
+panel("Oldest unsettled age", "Time since the append of the oldest event each group has read and not settled. It grows a second per second while one event stays unsettled (a stuck delivery, a blocked key); a replay of old events starts it high.",
+      [(f'max by (group) (stele_group_oldest_unsettled_age_seconds{{{G}}})', "{{group}}")], "s")
+end_row()
+panel("Blocked keys", "Keys stopped under on_exhausted block until `stele group redrive`; the group's other keys flow on.",
+      [(f'max by (group) (stele_group_blocked_keys{{{G}}})', "{{group}}")], "short", width=24)
 end_row()
 
 row("Webhooks")
@@ -140,6 +172,31 @@ panel("Dead-lettered events", "Events given up on per hour, per endpoint.",
       [(f'sum by (endpoint) (increase(stele_webhook_dead_lettered_total{{{E}}}[1h]))', "{{endpoint}}")], "short", width=12)
 end_row()
 
+row("Server")
+panel("Calls by method", "gRPC calls finished per second by method (Stele, health, reflection).",
+      [(f'sum by (method) (rate(stele_rpc_handled_total{{{I}}}[{R}]))', "{{method}}")], "reqps")
+panel("Errors by code", "gRPC calls finished per second with a status other than OK, by method and code.",
+      [(f'sum by (method, code) (rate(stele_rpc_handled_total{{{I}, code!="OK"}}[{R}]))', "{{method}} {{code}}")], "reqps")
+panel("Unary latency", "Time from a unary call's request to the end of its response: p50 and p99 by method.",
+      [(q(0.5, "stele_rpc_duration_seconds", "method", I), "p50 {{method}}"),
+       (q(0.99, "stele_rpc_duration_seconds", "method", I), "p99 {{method}}")], "s")
+end_row()
+panel("Calls in flight", "Calls being handled by method; for AppendSession, Subscribe and Consume, the streams open.",
+      [(f'sum by (method) (stele_rpc_in_flight{{{I}}})', "{{method}}")], "short")
+panel("CPU", "CPU time (user and system) per second of wall time: 1 is one core busy.",
+      [(f'rate(process_cpu_seconds_total{{{I}}}[{R}])', "{{instance}}")], "short")
+panel("Memory", "Resident memory of the server (memory maps of segments count as they are read).",
+      [(f'process_resident_memory_bytes{{{I}}}', "{{instance}}")], "bytes")
+end_row()
+panel("Open files", "Open file descriptors (segments, indexes, journals, connections) against the limit.",
+      [(f'process_open_fds{{{I}}}', "open {{instance}}"), (f'process_max_fds{{{I}}}', "limit {{instance}}")], "short")
+panel("Threads", "OS threads: a worker per partition (two under durability always), the runtime's and the blocking pool's.",
+      [(f'process_threads{{{I}}}', "{{instance}}")], "short")
+panel("Build", "The version each instance runs, and since when.",
+      [(f'max by (instance, version) (stele_build_info{{{I}}}) * on (instance) group_left process_start_time_seconds{{{I}}} * 1000', "{{instance}} {{version}}")],
+      "dateTimeAsIso", kind="stat")
+end_row()
+
 def variable(name, label, query):
     return {"name": name, "label": label, "type": "query", "datasource": DS,
             "query": {"query": query, "refId": name}, "definition": query,
@@ -150,7 +207,7 @@ def variable(name, label, query):
 dashboard = {
     "title": "Stele",
     "uid": "stele-overview",
-    "description": "Stele event log: appends, durability, storage, consumers and webhook delivery. Alerts: deploy/prometheus/alerts.yml; runbooks: docs/runbooks/.",
+    "description": "Stele event log: appends, durability, storage, consumers, consumer groups and webhook delivery. Alerts: deploy/prometheus/alerts.yml; runbooks: docs/runbooks/.",
     "tags": ["stele"],
     "timezone": "browser",
     "schemaVersion": 39,
@@ -162,8 +219,10 @@ dashboard = {
     "templating": {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "refresh": 1},
-        variable("topic", "Topic", "label_values(stele_partition_high_watermark, topic)"),
+        variable("instance", "Instance", "label_values(stele_build_info, instance)"),
+        variable("topic", "Topic", "label_values(stele_partition_high_watermark{instance=~\"$instance\"}, topic)"),
         variable("endpoint", "Webhook endpoint", "label_values(stele_webhook_attempts_total, endpoint)"),
+        variable("group", "Consumer group", "label_values(stele_group_members, group)"),
     ]},
     "annotations": {"list": []},
     "panels": panels,

@@ -44,12 +44,26 @@ use output::{escape, print_event, print_json};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "stele/backup.rs"]
+mod backup;
+#[path = "stele/export.rs"]
+mod export;
+#[path = "stele/group.rs"]
+mod group;
+#[path = "stele/import.rs"]
+mod import;
 #[path = "stele/output.rs"]
 mod output;
+#[path = "stele/progress.rs"]
+mod progress;
+#[path = "stele/repair.rs"]
+mod repair;
 #[path = "stele/tail.rs"]
 mod tail;
 #[path = "stele/token.rs"]
 mod token;
+#[path = "stele/topic_alter.rs"]
+mod topic_alter;
 #[path = "stele/webhook.rs"]
 mod webhook;
 
@@ -78,8 +92,9 @@ Exit codes:
   1  `verify` found problems, or the operation failed
   2  usage error: bad arguments or configuration (also INVALID_ARGUMENT from the server)
   3  conflict: FAILED_PRECONDITION (wrong expected sequence, cursor moving backwards, ...),
-     ALREADY_EXISTS (topic exists), ABORTED (producer fenced)
-  4  not found: unknown topic, cursor or webhook
+     ALREADY_EXISTS (topic, webhook or group exists), ABORTED (producer fenced, consume
+     member replaced)
+  4  not found: unknown topic, cursor, webhook or group
   5  server unavailable: connection refused, failed TLS handshake, UNAVAILABLE, server
      shutting down
   6  denied: UNAUTHENTICATED (no valid token or certificate) or PERMISSION_DENIED (a
@@ -94,10 +109,10 @@ to follow a topic live, or `read --key` for one key's history in sequence order.
 
 const URL_DEFAULT: &str = "http://127.0.0.1:7077";
 const DATA_DIR_DEFAULT: &str = "./stele-data";
-const LOG_LEVEL_DEFAULT: &str = "warn";
+const LOG_LEVEL_DEFAULT: &str = "info";
 
-/// Stele: an append-only event log. Run a server, append, read, tail, manage
-/// topics and cursors, and check a data directory offline.
+/// Stele: an append-only event log. Run a server, append, read, tail, consume in
+/// groups, manage topics, cursors and groups, and check a data directory offline.
 #[derive(Debug, Parser)]
 #[command(name = "stele", version, after_help = CLI_HELP, propagate_version = true)]
 struct Cli {
@@ -125,6 +140,14 @@ enum Command {
     /// Commit, get, list and delete named consumer cursors.
     #[command(subcommand)]
     Cursor(CursorCommand),
+    /// Create, list, describe, delete and seek consumer groups; list and redrive
+    /// their parked events.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// Join a consumer group and print each event delivered to this member (as
+    /// `tail` does), acking it; reconnects by itself; Ctrl-C stops.
+    #[command(after_help = group::CONSUME_HELP)]
+    Consume(group::ConsumeArgs),
     /// Check a data directory offline and report every problem with file and position.
     Verify(VerifyArgs),
     /// Deliver a topic's events to HTTP endpoints (Standard Webhooks), manage dead letters,
@@ -137,6 +160,23 @@ enum Command {
     /// Drive a running server with load scenarios; one JSON line per run and per median.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
+    /// Have the server write a consistent backup of everything it stores, while it
+    /// takes writes (full, or incremental from an earlier backup).
+    #[command(after_help = backup::BACKUP_HELP)]
+    Backup(backup::BackupArgs),
+    /// Rebuild a data directory from a backup, offline: check every checksum, copy, verify.
+    #[command(after_help = backup::RESTORE_HELP)]
+    Restore(backup::RestoreArgs),
+    /// Write a topic's events (keys, types, payloads, headers, ids) as JSON lines.
+    #[command(after_help = export::EXPORT_HELP)]
+    Export(export::ExportArgs),
+    /// Append an export to a topic, keeping keys, per-key order, sequences and ids;
+    /// importing the same file again adds nothing.
+    #[command(after_help = import::IMPORT_HELP)]
+    Import(import::ImportArgs),
+    /// Offline: cut a damaged (quarantined) partition at its last good append call,
+    /// moving the cut bytes aside into DIR/repair/ (see docs/runbooks/corruption-detected.md).
+    Repair(repair::RepairArgs),
 }
 
 const BENCH_HELP: &str = "\
@@ -145,10 +185,13 @@ batched (AppendSession requests of --batch events), sequential (one unary append
 flight, compared with an fdatasync probe in --fsync-probe-dir), cas (one append in flight
 per key expecting its previous sequence, then a stale expectation must be refused),
 dedup (idempotency ids, every 10th event sent twice), read (Subscribe from the earliest
-event until CaughtUp). Each run creates a fresh topic. Without --count each scenario
-takes its own default (pipelined, cas, dedup 200000; batched, read 1000000; sequential 2000).
+event until CaughtUp), group (a consumer group from the earliest event, --concurrency
+members with a window of --in-flight, acking every delivery until every settle is confirmed),
+group-baseline (the same events through --concurrency plain subscriptions). Each run
+creates a fresh topic. Without --count each scenario takes its own default (pipelined,
+cas, dedup, group, group-baseline 200000; batched, read 1000000; sequential 2000).
 The exit code is 1 when a correctness check of a line is false (stale_check.rejected,
-sequences_ok, dedup_ok, read_ok).";
+sequences_ok, dedup_ok, read_ok, group_ok).";
 
 #[derive(Debug, Args)]
 struct BenchArgs {
@@ -163,13 +206,16 @@ struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
-    /// AppendSession streams, each on its own connection.
+    /// AppendSession streams, each on its own connection; group members and
+    /// group-baseline subscriptions.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Requests in flight per stream (pipelined, dedup; batched uses a sixteenth).
+    /// Requests in flight per stream (pipelined, dedup; batched uses a sixteenth);
+    /// each group member's window.
     #[arg(long, default_value_t = 256)]
     in_flight: usize,
-    /// Events per request in batched (and when filling read's topic).
+    /// Events per request in batched (and when filling read's topic; single-event
+    /// appends per request when filling the group scenarios' topics).
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Partitions of each fresh topic.
@@ -178,8 +224,8 @@ struct BenchArgs {
     /// Runs per scenario; each run is printed, then the median run.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// Scenario: all, or one of pipelined, batched, sequential, cas, dedup, read
-    /// (comma-separated for several).
+    /// Scenario: all, or one of pipelined, batched, sequential, cas, dedup, read,
+    /// group, group-baseline (comma-separated for several).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Durability of the fresh topics.
@@ -197,7 +243,7 @@ struct BenchArgs {
     /// read: pause per received message, e.g. 20ms or 500us (a slow consumer).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     slow_consumer: Option<std::time::Duration>,
-    /// read: most events per subscription message.
+    /// read, group-baseline: most events per subscription message.
     #[arg(long, default_value_t = 10_000)]
     read_batch: u32,
     /// The server's process id: report its memory (/proc/PID/status) with every run.
@@ -289,6 +335,14 @@ struct ServeArgs {
     /// applies when this flag is not given.
     #[arg(long, env = "STELE_LOG_LEVEL", value_name = "LEVEL", default_value = LOG_LEVEL_DEFAULT)]
     log_level: String,
+    /// Log lines as text (coloured only on a terminal) or as JSON, one object per line.
+    #[arg(long, env = "STELE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Load and check the configuration (flags, environment, --config file) as serve does
+    /// before it opens anything, print the effective configuration as JSON (secrets left
+    /// out) and exit; certificate and key files are read only when serving.
+    #[arg(long)]
+    check_config: bool,
     /// Networks (CIDR or address) webhooks may target although they are private,
     /// loopback or otherwise internal; repeat or separate with commas [default: none,
     /// so only public addresses]. For local development: 127.0.0.0/8.
@@ -333,6 +387,13 @@ struct ServeArgs {
     nats_namespace: Option<String>,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum AuthArg {
     None,
@@ -359,6 +420,7 @@ struct FileConfig {
     retention_bytes: Option<Scalar>,
     segment_size: Option<Scalar>,
     log_level: Option<String>,
+    log_format: Option<String>,
     webhook_allow: Option<Vec<String>>,
     webhook_in_flight: Option<usize>,
     webhook_timeout: Option<Scalar>,
@@ -651,6 +713,10 @@ enum TopicCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a live topic's retention, dedup window, durability, segment size or
+    /// payload limit (the partition count is fixed: make a new topic and copy with
+    /// `stele export` / `stele import`).
+    Alter(topic_alter::AlterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -965,6 +1031,11 @@ fn exit_code_of_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::UnknownProducer => EXIT_USAGE,
         ErrorKind::TopicExists
         | ErrorKind::WebhookExists
+        | ErrorKind::GroupExists
+        | ErrorKind::DeliveryStale
+        | ErrorKind::MemberReplaced
+        | ErrorKind::DestinationNotEmpty
+        | ErrorKind::Unsupported
         | ErrorKind::WrongExpectedSequence
         | ErrorKind::PartialDuplicate
         | ErrorKind::IdempotencyIdReused
@@ -972,7 +1043,10 @@ fn exit_code_of_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::ProducerOutOfOrder
         | ErrorKind::CursorBackwards
         | ErrorKind::CursorAheadOfHighWatermark => EXIT_CONFLICT,
-        ErrorKind::TopicNotFound | ErrorKind::CursorNotFound | ErrorKind::WebhookNotFound => EXIT_NOT_FOUND,
+        ErrorKind::TopicNotFound
+        | ErrorKind::CursorNotFound
+        | ErrorKind::WebhookNotFound
+        | ErrorKind::GroupNotFound => EXIT_NOT_FOUND,
         ErrorKind::Poisoned | ErrorKind::Locked | ErrorKind::Closed | ErrorKind::Unavailable => {
             EXIT_UNAVAILABLE
         }
@@ -980,6 +1054,7 @@ fn exit_code_of_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::DiskFull
         | ErrorKind::Corruption
         | ErrorKind::Inconsistent
+        | ErrorKind::Quarantined
         | ErrorKind::OffsetOutOfRange => EXIT_FAILED,
     }
 }
@@ -1025,6 +1100,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args, serve_matches.expect("the serve subcommand was parsed")),
         Command::Verify(args) => verify(&args),
         Command::Bench(args) => bench(args),
+        Command::Restore(args) => backup::restore(&args),
+        Command::Repair(args) => repair::repair(&args),
         command => client_command(command),
     };
     match result {
@@ -1067,6 +1144,12 @@ fn usage_failure(error: clap::Error) -> ! {
 struct ServeConfig {
     server: ServerConfig,
     log_filter: String,
+    log_format: LogFormat,
+    /// `--check-config`: print `effective` and exit.
+    check_only: bool,
+    /// The effective configuration keyed like the TOML file, secrets left out:
+    /// logged at start, printed by `--check-config`.
+    effective: serde_json::Value,
     /// `--backend`: a NATS JetStream cluster instead of the embedded engine.
     backend: Option<stele_nats::NatsConfig>,
 }
@@ -1304,8 +1387,20 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
         {
             filter
         }
-        _ => log_level,
+        _ => log_directive(&log_level),
     };
+    let file_log_format = file
+        .log_format
+        .as_deref()
+        .map(|text| {
+            LogFormat::from_str(text, true).map_err(|_| {
+                CliError::Usage(format!(
+                    "configuration key log-format: {text:?} is not text or json"
+                ))
+            })
+        })
+        .transpose()?;
+    let log_format = pick(matches, "log_format", args.log_format, file_log_format);
     let default_topic = TopicOptions {
         partitions,
         durability: match durability {
@@ -1360,10 +1455,103 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
     server.tls = tls;
     server.auto_create_topics = auto_create;
     server.default_topic = default_topic;
+    let effective = effective_config(&server, backend.as_ref(), &log_filter, log_format);
     Ok(ServeConfig {
         server,
         log_filter,
+        log_format,
+        check_only: args.check_config,
+        effective,
         backend,
+    })
+}
+
+/// A `--log-level` word applies to Stele's own crates while every other crate
+/// (h2, hyper, tonic, rustls, async-nats) stays at `warn`, so that `debug` is
+/// Stele's story and not HTTP/2 frames; anything else is a tracing directive,
+/// taken as written.
+fn log_directive(level: &str) -> String {
+    const OWN_CRATES: [&str; 6] = [
+        "stele",
+        "stele_engine",
+        "stele_wire",
+        "stele_server",
+        "stele_client",
+        "stele_nats",
+    ];
+    match level {
+        "error" => "error".to_string(),
+        "warn" | "info" | "debug" | "trace" => {
+            let mut directive = "warn".to_string();
+            for name in OWN_CRATES {
+                directive.push_str(&format!(",{name}={level}"));
+            }
+            directive
+        }
+        _ => level.to_string(),
+    }
+}
+
+/// The configuration `stele serve` runs with, keyed like the TOML file; the
+/// bootstrap token is only said to be set.
+fn effective_config(
+    server: &ServerConfig,
+    backend: Option<&stele_nats::NatsConfig>,
+    log_filter: &str,
+    log_format: LogFormat,
+) -> serde_json::Value {
+    use stele::server::auth::{AuthMode, audit::AuditTarget};
+    let path = |path: Option<&PathBuf>| path.map(|path| path.display().to_string());
+    let topic = &server.default_topic;
+    let tls = server.tls.as_ref();
+    json!({
+        "data-dir": server.data_dir.display().to_string(),
+        "backend": backend.map(|nats| nats.servers.join(",")),
+        "nats-credentials": path(backend.and_then(|nats| nats.credentials.as_ref())),
+        "nats-ca-cert": path(backend.and_then(|nats| nats.ca_cert.as_ref())),
+        "nats-namespace": backend.map(|nats| nats.namespace.clone()),
+        "listen": server.listen.to_string(),
+        "metrics-listen": server.metrics_listen.map(|address| address.to_string()),
+        "tls-cert": path(tls.map(|tls| &tls.cert)),
+        "tls-key": path(tls.map(|tls| &tls.key)),
+        "tls-client-ca": path(tls.and_then(|tls| tls.client_ca.as_ref())),
+        "tls-client-auth": tls.and_then(|tls| tls.client_ca.as_ref().map(|_| match tls.client_auth {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+        })),
+        "auth": match server.auth.mode {
+            AuthMode::None => "none",
+            AuthMode::Required => "required",
+        },
+        "bootstrap-token-file": server.auth.bootstrap_token.as_ref().map(|_| "(set; not shown)"),
+        "audit-log": match &server.auth.audit {
+            AuditTarget::Off => "off".to_string(),
+            AuditTarget::Stderr => "stderr".to_string(),
+            AuditTarget::File(file) => file.display().to_string(),
+        },
+        "auto-create": server.auto_create_topics,
+        "partitions": topic.partitions,
+        "durability": match topic.durability {
+            Durability::Always => "always",
+            Durability::Interval { .. } => "interval",
+            Durability::None => "none",
+        },
+        "sync-interval": match topic.durability {
+            Durability::Interval { interval_ms } => Some(format!("{interval_ms}ms")),
+            _ => None,
+        },
+        "dedup-window": format!("{}ms", topic.dedup_window_ms),
+        "retention-age": topic.retention_age_ms.map(|age| format!("{age}ms")),
+        "retention-bytes": topic.retention_bytes,
+        "segment-size": topic.segment_size_bytes_max,
+        "webhook-allow": server.webhooks.allow.iter().map(|network| network.to_string()).collect::<Vec<_>>(),
+        "webhook-in-flight": server.webhooks.in_flight_max,
+        "webhook-timeout": format!("{}ms", server.webhooks.timeout_default_ms),
+        "log-level": log_filter,
+        "log-format": match log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        },
     })
 }
 
@@ -1408,13 +1596,26 @@ fn resolve_tls(
 }
 
 fn serve(args: ServeArgs, matches: &ArgMatches) -> Result<u8, CliError> {
+    use std::io::IsTerminal;
     let config = resolve_serve(args, matches)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
         .map_err(|error| CliError::Usage(format!("invalid log level {:?}: {error}", config.log_filter)))?;
-    tracing_subscriber::fmt()
+    if config.check_only {
+        println!("{}", config.effective);
+        return Ok(EXIT_OK);
+    }
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.effective,
+        "starting stele serve"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1533,8 +1734,14 @@ async fn run_server(config: ServerConfig, nats: Option<stele_nats::NatsConfig>) 
 // verify
 
 fn verify(args: &VerifyArgs) -> Result<u8, CliError> {
-    let report = stele::verify::verify_dir(&args.dir)
+    let progress = if progress::Progress::enabled() && !args.json {
+        progress::Progress::bytes(Some(progress::dir_size_bytes(&args.dir)), "verify")
+    } else {
+        progress::Progress::hidden()
+    };
+    let report = stele::verify::verify_dir_with_progress(&args.dir, &mut |size| progress.inc(size))
         .map_err(|error| CliError::Usage(format!("cannot verify {}: {error}", args.dir.display())))?;
+    progress.finish();
     if report.locked == Some(true) {
         eprintln!(
             "stele: note: {} is locked by a running process; checking anyway (files may change while read)",
@@ -1591,14 +1798,14 @@ fn verify(args: &VerifyArgs) -> Result<u8, CliError> {
 // bench
 
 fn bench(args: BenchArgs) -> Result<u8, CliError> {
-    use stele::loadgen::{BenchConfig, Scenario};
-    let scenarios: Vec<Scenario> = if args.scenario == "all" {
-        Scenario::ALL.to_vec()
+    use stele::loadgen::{AnyScenario, BenchConfig};
+    let scenarios: Vec<AnyScenario> = if args.scenario == "all" {
+        AnyScenario::ALL.to_vec()
     } else {
         args.scenario
             .split(',')
             .map(|name| {
-                Scenario::from_name(name.trim())
+                AnyScenario::from_name(name.trim())
                     .ok_or_else(|| CliError::Usage(format!("unknown scenario {name:?}")))
             })
             .collect::<Result<_, _>>()?
@@ -1687,9 +1894,18 @@ fn client_command(command: Command) -> Result<u8, CliError> {
             Command::Read(args) => read(args).await,
             Command::Tail(args) => tail::tail(args).await,
             Command::Cursor(command) => cursor(command).await,
+            Command::Group(command) => group::run(command).await,
+            Command::Consume(args) => group::consume(args).await,
             Command::Webhook(command) => webhook::run(command).await,
             Command::Token(command) => token::run(command).await,
-            Command::Serve(_) | Command::Verify(_) | Command::Bench(_) => {
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Export(args) => export::export(args).await,
+            Command::Import(args) => import::import(args).await,
+            Command::Serve(_)
+            | Command::Verify(_)
+            | Command::Bench(_)
+            | Command::Restore(_)
+            | Command::Repair(_) => {
                 unreachable!("handled without a client")
             }
         }
@@ -1730,6 +1946,8 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
                     topic: &name,
                     settings: SettingsJson::of(&options),
                     partitions: None,
+                    revision: None,
+                    changed_ms: None,
                 });
             } else {
                 println!("created topic {name}: {}", settings_text(&options));
@@ -1751,6 +1969,8 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
                     topic: &description.topic,
                     settings: SettingsJson::of(&description.options),
                     partitions: Some(description.partitions.iter().map(PartitionJson::of).collect()),
+                    revision: Some(description.revision),
+                    changed_ms: Some(description.changed_ms),
                 });
             } else {
                 println!(
@@ -1758,6 +1978,20 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
                     description.topic,
                     settings_text(&description.options)
                 );
+                if description.revision > 0 {
+                    println!(
+                        "revision {}, changed {}",
+                        description.revision,
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_millis(
+                                    u64::try_from(description.changed_ms).unwrap_or(0)
+                                )
+                        )
+                    );
+                } else {
+                    println!("revision 0 (never changed)");
+                }
                 println!(
                     "{:>9} {:>12} {:>14} {:>12} {:>8} {:>10}",
                     "partition", "earliest", "high_watermark", "size", "segments", "keys"
@@ -1772,9 +2006,20 @@ async fn topic(command: TopicCommand) -> Result<u8, CliError> {
                         partition.segments_count,
                         partition.keys_count
                     );
+                    if let Some(quarantine) = &partition.quarantine {
+                        println!(
+                            "{:>9} quarantined: {} at position {}: {}; offsets from {} are not served (see `stele repair`)",
+                            "",
+                            escape(&quarantine.file),
+                            quarantine.position,
+                            escape(&quarantine.reason),
+                            quarantine.served_end
+                        );
+                    }
                 }
             }
         }
+        TopicCommand::Alter(args) => return topic_alter::run(args).await,
         TopicCommand::Delete { name, client } => {
             connect(&client).await?.delete_topic(&name).await?;
             if client.json {
@@ -1794,6 +2039,12 @@ struct TopicJson<'a> {
     settings: SettingsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     partitions: Option<Vec<PartitionJson>>,
+    /// The topic's revision (describe only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+    /// When its options last changed, Unix ms; 0 when never (describe only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_ms: Option<i64>,
 }
 
 /// A topic's settings in JSON; optional limits that are not set are null.
@@ -1836,6 +2087,18 @@ struct PartitionJson {
     size_bytes: u64,
     segment_count: u32,
     key_count: u64,
+    /// Present only for a quarantined partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantine: Option<QuarantineJson>,
+}
+
+/// Where a quarantined partition is damaged, in `topic describe --json`.
+#[derive(Serialize)]
+struct QuarantineJson {
+    file: String,
+    position: u64,
+    reason: String,
+    served_end: u64,
 }
 
 impl PartitionJson {
@@ -1847,6 +2110,12 @@ impl PartitionJson {
             size_bytes: partition.size_bytes,
             segment_count: partition.segments_count,
             key_count: partition.keys_count,
+            quarantine: partition.quarantine.as_ref().map(|quarantine| QuarantineJson {
+                file: quarantine.file.clone(),
+                position: quarantine.position,
+                reason: quarantine.reason.clone(),
+                served_end: quarantine.served_end.0,
+            }),
         }
     }
 }

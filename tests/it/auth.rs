@@ -208,9 +208,33 @@ fn request_for(method: &str, admin_token_id: &str) -> Vec<u8> {
             id: admin_token_id.into(),
         }
         .encode_to_vec(),
+        "Consume" => proto::ConsumeRequest {
+            kind: Some(proto::consume_request::Kind::Join(proto::Join {
+                group: "group".into(),
+                instance_id: "member".into(),
+                window: 1,
+            })),
+        }
+        .encode_to_vec(),
+        "Backup" => proto::BackupRequest {
+            destination: refused_backup().to_string_lossy().into_owned(),
+            incremental_from: String::new(),
+        }
+        .encode_to_vec(),
+        "UpdateTopic" => proto::UpdateTopicRequest {
+            topic: TOPIC.into(),
+            retention_bytes: Some(1 << 20),
+            ..proto::UpdateTopicRequest::default()
+        }
+        .encode_to_vec(),
         // Reads and the rest name the topic in field 1 where they have one.
         _ => proto::DescribeTopicRequest { topic: TOPIC.into() }.encode_to_vec(),
     }
+}
+
+/// Where a refused Backup would have written (it must not exist afterwards).
+fn refused_backup() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("stele-auth-refused-backup-{}", std::process::id()))
 }
 
 /// Calls `method` with `body` the way its streaming kind needs; returns the
@@ -361,6 +385,7 @@ async fn every_rpc_is_refused_without_a_token_and_without_its_grant_and_nothing_
             .iter()
             .all(|partition| partition.high_watermark.0 == 0)
     );
+    assert_eq!(description.revision, 0, "a refused UpdateTopic changed nothing");
     let cursors: Vec<String> = admin
         .list_cursors(TOPIC)
         .await
@@ -370,9 +395,11 @@ async fn every_rpc_is_refused_without_a_token_and_without_its_grant_and_nothing_
         .collect();
     assert_eq!(cursors, vec!["kept".to_string()]);
     assert!(admin.list_webhooks().await.expect("webhooks").is_empty());
+    assert!(admin.list_groups(None).await.expect("groups").is_empty());
     let tokens = admin.list_tokens().await.expect("tokens");
     assert_eq!(tokens.len(), 4, "bootstrap, two test tokens, other: {tokens:?}");
     assert!(tokens.iter().all(|token| token.revoked_at_ms == 0));
+    assert!(!refused_backup().exists(), "a refused Backup wrote nothing");
 }
 
 /// One more event for key `k`.

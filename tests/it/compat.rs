@@ -105,7 +105,7 @@ fn v1_fixture_opens_with_current_code() {
     let clock = Arc::new(ManualClock::new(FIXTURE_CLOCK_MS + 10_000));
     let log = Log::open(dir.path(), LogOptions::default().clock(clock)).expect("the v1 fixture opens");
     let topic = log.topic("fixture").expect("topic");
-    assert_eq!(*topic.options(), options());
+    assert_eq!(topic.options(), options());
     for report in topic.recovery_reports() {
         assert_eq!(
             report.tail,

@@ -358,7 +358,7 @@ fn retention_deletes_old_segments_but_key_sequences_continue() {
         }
         let deleted = topic.enforce_retention().expect("retention");
         assert!(deleted > 0);
-        let info = topic.partition_infos()[0];
+        let info = topic.partition_infos()[0].clone();
         assert!(info.earliest > Offset(0));
         let error = topic
             .read(PartitionId(0), Offset(0), 10, u64::MAX)

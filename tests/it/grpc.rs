@@ -119,6 +119,80 @@ async fn topic_rpcs_create_describe_list_and_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn update_topic_changes_limits_on_every_backend_and_refuses_what_one_cannot_apply() {
+    // Goal: UpdateTopic's contract on the backend under test (the engine, or
+    // NATS under scripts/it-nats.sh): retention and the payload limit change
+    // and DescribeTopic shows the new revision; durability and segment size
+    // change on the engine and are FAILED_PRECONDITION (UNSUPPORTED) on NATS,
+    // changing nothing; an unknown topic is NOT_FOUND.
+    let server = start_test_server().await;
+    let client = &server.client;
+    topic(&server, "altered", 2).await;
+    let update = client
+        .update_topic(
+            "altered",
+            &stele::TopicChange {
+                retention_age_ms: Some(Some(3_600_000)),
+                payload_size_max: Some(4096),
+                ..stele::TopicChange::default()
+            },
+        )
+        .await
+        .expect("limits change on every backend");
+    assert_eq!(update.revision, 1);
+    assert_eq!(update.previous.retention_age_ms, None);
+    assert_eq!(update.options.retention_age_ms, Some(3_600_000));
+    let description = client.describe_topic("altered").await.expect("describe");
+    assert_eq!(description.revision, 1);
+    assert_eq!(description.options.payload_size_max, 4096);
+    let refused = client
+        .append(
+            "altered",
+            &AppendRequest::new("k", vec![event("big", &"x".repeat(4097))]),
+        )
+        .await
+        .expect_err("over the new limit");
+    assert_eq!(refused.kind(), Some(ErrorKind::LimitExceeded), "{refused}");
+    client
+        .append(
+            "altered",
+            &AppendRequest::new("k", vec![event("fits", &"x".repeat(4096))]),
+        )
+        .await
+        .expect("at the new limit");
+    let durability = client
+        .update_topic(
+            "altered",
+            &stele::TopicChange {
+                durability: Some(stele::Durability::None),
+                ..stele::TopicChange::default()
+            },
+        )
+        .await;
+    if stele::client::test_backend().is_some() {
+        let error = durability.expect_err("NATS cannot change durability");
+        assert_status(&error, GrpcCode::FailedPrecondition, ErrorKind::Unsupported);
+        assert_eq!(
+            client.describe_topic("altered").await.expect("describe").revision,
+            1
+        );
+    } else {
+        assert_eq!(durability.expect("the engine changes durability").revision, 2);
+    }
+    let unknown = client
+        .update_topic(
+            "no-such-topic",
+            &stele::TopicChange {
+                retention_bytes: Some(None),
+                ..stele::TopicChange::default()
+            },
+        )
+        .await
+        .expect_err("unknown");
+    assert_status(&unknown, GrpcCode::NotFound, ErrorKind::TopicNotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn appends_and_reads_round_trip_events_through_every_read_rpc() {
     // Goal: Append, AppendBatch, Read and ReadKey carry every event field, and a
     // batch reports each append's own outcome in request order.
@@ -760,6 +834,14 @@ impl Backend for CountingBackend {
     }
     fn delete_topic(&self, name: &str) -> BoxFuture<stele::Result<()>> {
         self.inner.delete_topic(name)
+    }
+    fn update_topic(
+        &self,
+        name: &str,
+        change: stele::TopicChange,
+        principal: &str,
+    ) -> BoxFuture<stele::Result<stele::TopicUpdate>> {
+        self.inner.update_topic(name, change, principal)
     }
     fn append(
         &self,

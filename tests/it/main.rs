@@ -5,6 +5,7 @@ mod compat;
 mod contract;
 mod embed;
 mod faults;
+mod group_client;
 mod grpc;
 mod idempotency;
 mod model;

@@ -397,7 +397,7 @@ fn compare(topic: &Topic, model: &Model) -> Result<(), String> {
             ));
         }
         let earliest = model.earliest[partition];
-        let info = topic.partition_infos()[partition];
+        let info = topic.partition_infos()[partition].clone();
         if info.earliest != Offset(earliest) {
             return Err(format!(
                 "partition {partition}: earliest {}, model {earliest}",

@@ -1,6 +1,10 @@
 //! Torn-write tables: every byte boundary of the newest append calls, and every
 //! bit of frame headers, damaged on disk; recovery must cut exactly the torn call
-//! at the tail of the active segment and report `Corruption` anywhere else.
+//! at the tail of the active segment, and anywhere else open the partition
+//! quarantined (serving the offsets before the damage, refusing the rest with
+//! `Quarantined` naming the file and position) or, for damage open does not
+//! read, fail that read with `Corruption`. The quarantine decision table is at
+//! the end.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -384,15 +388,117 @@ fn assert_corruption_in(error: &stele::Error, file: &Path, context: &str) {
     );
 }
 
+/// The data-directory-relative name of a file of partition 0 of topic `t`.
+fn relative_name(file: &Path) -> String {
+    format!(
+        "topics/t/p00000/{}",
+        file.file_name().expect("file name").to_string_lossy()
+    )
+}
+
+/// Checks that partition 0 of topic `t` was opened quarantined by damage in
+/// `file` (at `position`, when given), serving exactly the offsets below
+/// `served_end`, whose payloads (when given) read back; that a read from
+/// there, a key read and an append fail with `Quarantined` naming the file;
+/// and that the recovery report records it. Returns the quarantine.
+fn assert_quarantined(
+    log: &Log,
+    file: &Path,
+    position: Option<u64>,
+    served_end: Offset,
+    payloads: Option<&[String]>,
+    context: &str,
+) -> stele::Quarantine {
+    let topic = log.topic("t").expect("topic");
+    let quarantines = topic.quarantines();
+    assert_eq!(quarantines.len(), 1, "{context}: {quarantines:?}");
+    let (partition, quarantine) = quarantines[0].clone();
+    assert_eq!(partition, PartitionId(0), "{context}");
+    assert_eq!(quarantine.file, relative_name(file), "{context}: {quarantine:?}");
+    if let Some(position) = position {
+        assert_eq!(quarantine.position, position, "{context}: {quarantine:?}");
+    }
+    assert_eq!(quarantine.served_end, served_end, "{context}: {quarantine:?}");
+    assert_eq!(
+        topic.recovery_reports()[0].quarantine.as_ref(),
+        Some(&quarantine),
+        "{context}"
+    );
+    assert_eq!(
+        topic.partition_infos()[0].quarantine.as_ref(),
+        Some(&quarantine),
+        "{context}"
+    );
+    assert_eq!(
+        topic.high_watermark(PartitionId(0)).expect("hw"),
+        served_end,
+        "{context}"
+    );
+    // An empty prefix is refused like the rest (the read starts at the end).
+    let read = if served_end == Offset(0) {
+        Vec::new()
+    } else {
+        topic
+            .read(PartitionId(0), Offset(0), 1000, u64::MAX)
+            .unwrap_or_else(|error| panic!("{context}: the good prefix reads: {error}"))
+    };
+    assert_eq!(read.len() as u64, served_end.0, "{context}");
+    if let Some(payloads) = payloads {
+        for event in &read {
+            assert_eq!(
+                event.payload,
+                payloads[event.offset.0 as usize].as_bytes(),
+                "{context}: offset {}",
+                event.offset
+            );
+        }
+    }
+    let refused = |error: stele::Error, what: &str| {
+        assert_eq!(error.kind(), ErrorKind::Quarantined, "{context}: {what}: {error}");
+        assert!(
+            error.to_string().contains(&quarantine.file),
+            "{context}: {what}: {error} does not name {}",
+            quarantine.file
+        );
+        assert!(
+            !error.to_string().contains(&*log.dir().to_string_lossy()),
+            "{context}: {what}: {error} names the data directory"
+        );
+    };
+    refused(
+        topic
+            .read(PartitionId(0), served_end, 10, u64::MAX)
+            .expect_err("read from the served end"),
+        "read",
+    );
+    refused(
+        topic
+            .append("k0", ExpectedSequence::Any, vec![Event::new("e", b"x".to_vec())])
+            .expect_err("append"),
+        "append",
+    );
+    refused(
+        topic
+            .read_key(b"k0", None, Direction::Forwards, 10)
+            .expect_err("key read"),
+        "key read",
+    );
+    quarantine
+}
+
 #[test]
-fn a_flipped_bit_in_a_sealed_segment_frame_header_is_corruption_naming_the_file() {
+fn a_flipped_bit_in_a_sealed_segment_frame_header_quarantines_the_partition_naming_the_file() {
     // Goal: only the active segment's tail may be torn; damage in a sealed segment
-    // is never cut silently. Method: delete the `.idx` files so that opening scans
-    // every sealed segment; for every header bit of a middle frame (and every
-    // fifth bit of the first and the last frame) of the first segment, flip it, open (expect Corruption naming the
-    // file), flip it back. With the `.idx` kept, the open may succeed, but then
-    // reading the segment must fail with Corruption instead of serving bad bytes.
-    let (dir, segments, _) = sealed_fixture();
+    // is never cut silently, and it does not fail the log either: the partition
+    // opens quarantined, serving exactly the offsets before the damaged frame.
+    // Method: delete the `.idx` files so that opening scans every sealed
+    // segment; for every header bit of a middle frame (and every fifth bit of
+    // the first and the last frame) of the first segment, flip it, open (expect
+    // the partition quarantined naming the file and the frame's position), flip
+    // it back. With the `.idx` kept, opening may not read the frame: then the
+    // partition opens normally and reading the segment fails with Corruption
+    // instead of serving bad bytes; else it is quarantined the same way.
+    let (dir, segments, payloads) = sealed_fixture();
     let partition = support::partition_dir(dir.path(), "t", 0);
     let first = &segments[0];
     let bytes = std::fs::read(first).expect("read");
@@ -403,9 +509,12 @@ fn a_flipped_bit_in_a_sealed_segment_frame_header_is_corruption_naming_the_file(
         .iter()
         .map(|path| std::fs::read(path).unwrap_or_default())
         .collect();
+    let chosen_offsets = [0, frames.len() / 2, frames.len() - 1];
     for (index, frame) in chosen.into_iter().enumerate() {
         // Every bit of the middle frame; every 5th bit of the first and last.
         let step = if index == 1 { 1 } else { 5 };
+        // One event per call: the frame's offset is where the good prefix ends.
+        let served_end = Offset(chosen_offsets[index] as u64);
         for bit in (0..RECORD_HEADER_LEN * 8).step_by(step) {
             let position = frame.start * 8 + bit;
             let context = format!("bit {bit} of the frame at byte {}", frame.start);
@@ -413,26 +522,34 @@ fn a_flipped_bit_in_a_sealed_segment_frame_header_is_corruption_naming_the_file(
                 let _ = std::fs::remove_file(path);
             }
             support::flip_bit(first, position);
-            let error = open(dir.path()).expect_err(&context);
-            assert_corruption_in(&error, first, &context);
+            let log = open(dir.path()).unwrap_or_else(|error| panic!("{context}: open: {error}"));
+            assert_quarantined(
+                &log,
+                first,
+                Some(frame.start as u64),
+                served_end,
+                Some(&payloads),
+                &context,
+            );
+            log.close().expect("close");
             for (path, saved) in indexes.iter().zip(&saved_indexes) {
                 if !saved.is_empty() {
                     std::fs::write(path, saved).expect("restore index");
                 }
             }
-            // With the index present the damage is found on read.
-            match open(dir.path()) {
-                Err(error) => assert_corruption_in(&error, first, &context),
-                Ok(log) => {
-                    let topic = log.topic("t").expect("topic");
-                    let error = topic
-                        .read(PartitionId(0), Offset(0), 1000, u64::MAX)
-                        .expect_err(&context);
-                    assert_corruption_in(&error, first, &context);
-                    drop(topic);
-                    log.close().expect("close");
-                }
+            // With the index present the damage may only be found on read.
+            let log = open(dir.path()).unwrap_or_else(|error| panic!("{context}: open: {error}"));
+            let topic = log.topic("t").expect("topic");
+            if topic.quarantines().is_empty() {
+                let error = topic
+                    .read(PartitionId(0), Offset(0), 1000, u64::MAX)
+                    .expect_err(&context);
+                assert_corruption_in(&error, first, &context);
+            } else {
+                assert_quarantined(&log, first, Some(frame.start as u64), served_end, None, &context);
             }
+            drop(topic);
+            log.close().expect("close");
             support::flip_bit(first, position);
         }
     }
@@ -712,12 +829,13 @@ fn zeros_past_a_sealed_segment_without_its_index_are_reported_and_the_index_rebu
 }
 
 #[test]
-fn a_sealed_segment_shorter_than_its_index_is_corruption_naming_it() {
+fn a_sealed_segment_shorter_than_its_index_quarantines_the_partition_naming_it() {
     // Goal: a sealed segment that lost bytes its index covers is never served
-    // short nor mapped past its end: open fails with Corruption naming the
-    // file. Method: cut one byte, then a whole frame, off the first sealed
-    // segment, keeping its `.idx`.
-    let (dir, segments, _) = sealed_fixture();
+    // past what it still holds nor mapped past its end, and the rest of the
+    // partition is not served after the hole: it opens quarantined naming the
+    // file, serving the whole frames before the loss. Method: cut one byte,
+    // then a whole frame, off the first sealed segment, keeping its `.idx`.
+    let (dir, segments, payloads) = sealed_fixture();
     let first = &segments[0];
     let original = std::fs::read(first).expect("read");
     let frames = support::frames(&original);
@@ -725,9 +843,281 @@ fn a_sealed_segment_shorter_than_its_index_is_corruption_naming_it() {
     for cut in [original.len() - 1, last_frame_start] {
         let context = format!("cut to {cut} bytes of {}", original.len());
         std::fs::write(first, &original[..cut]).expect("cut segment");
-        let error = open(dir.path()).expect_err(&context);
-        assert_corruption_in(&error, first, &context);
+        let log = open(dir.path()).unwrap_or_else(|error| panic!("{context}: open: {error}"));
+        let served_end = Offset(frames.len() as u64 - 1);
+        let position = if cut == last_frame_start {
+            cut
+        } else {
+            last_frame_start
+        };
+        assert_quarantined(
+            &log,
+            first,
+            Some(position as u64),
+            served_end,
+            Some(&payloads),
+            &context,
+        );
+        log.close().expect("close");
         std::fs::write(first, &original).expect("restore segment");
     }
     open(dir.path()).expect("open restored").close().expect("close");
+}
+
+/// Runs the repair of partition 0 of topic `t` through the engine's API (as
+/// `stele repair` does) and checks that it cuts at `served_end`, that the
+/// directory then verifies clean, opens without quarantine with the kept
+/// events, and takes an append at `served_end`.
+fn repair_and_check(dir: &Path, served_end: Offset, payloads: &[String], context: &str) {
+    let storage = stele::io::StdStorage;
+    {
+        let _lock = stele::repair::lock_data_dir(&storage, dir).expect("lock");
+        let plan = stele::repair::plan(&storage, dir, "t", PartitionId(0))
+            .unwrap_or_else(|error| panic!("{context}: plan: {error}"));
+        assert_eq!(plan.cut_offset, served_end, "{context}: {plan:?}");
+        assert!(!plan.is_empty(), "{context}: {plan:?}");
+        let saved = stele::repair::apply(&storage, dir, &plan, "test")
+            .unwrap_or_else(|error| panic!("{context}: apply: {error}"));
+        assert!(saved.starts_with(dir.join("repair")), "{context}");
+    }
+    let report = stele::verify::verify_dir(dir).expect("verify");
+    assert!(
+        report.is_clean(),
+        "{context}: verify after repair: {:?}",
+        report.problems
+    );
+    let log = open(dir).unwrap_or_else(|error| panic!("{context}: open after repair: {error}"));
+    let topic = log.topic("t").expect("topic");
+    assert!(
+        topic.quarantines().is_empty(),
+        "{context}: {:?}",
+        topic.quarantines()
+    );
+    assert_eq!(
+        topic.high_watermark(PartitionId(0)).expect("hw"),
+        served_end,
+        "{context}"
+    );
+    let read = if served_end == Offset(0) {
+        Vec::new()
+    } else {
+        topic
+            .read(PartitionId(0), Offset(0), 1000, u64::MAX)
+            .expect("read after repair")
+    };
+    let read: Vec<&[u8]> = read.iter().map(|event| event.payload.as_slice()).collect();
+    let kept: Vec<&[u8]> = payloads[..served_end.0 as usize]
+        .iter()
+        .map(|payload| payload.as_bytes())
+        .collect();
+    assert_eq!(read, kept, "{context}");
+    let ack = topic
+        .append(
+            "k0",
+            ExpectedSequence::Any,
+            vec![Event::new("e", b"after repair".to_vec())],
+        )
+        .unwrap_or_else(|error| panic!("{context}: append after repair: {error}"));
+    assert_eq!(ack.first_offset, served_end, "{context}");
+    drop(topic);
+    log.close().expect("close");
+}
+
+/// What opening after one kind of damage must do.
+enum Expect {
+    /// Cut silently as a torn tail: the first `calls` calls stay, nothing is
+    /// quarantined.
+    Cut { calls: usize },
+    /// Quarantine naming the active segment at `position`, serving the
+    /// offsets below `served_end`.
+    Quarantine { position: u64, served_end: Offset },
+}
+
+#[test]
+fn the_quarantine_decision_table_holds_for_each_kind_of_damage_to_the_active_segment() {
+    // Goal: the line between damage recovery repairs by itself (a torn or zero
+    // tail, cut silently) and damage that quarantines (anything that is not the
+    // tail: a bad frame with valid frames after it, a cut below what the
+    // checkpoint says was synced) is exactly where FORMAT.md draws it. Method:
+    // for each row, damage a fresh copy of the fixture (four checkpointed calls,
+    // two newer acknowledged ones), open it, and check either the calls kept
+    // (reads, key reads, appends) or the quarantine (file, position, the good
+    // prefix served, reads past it, key reads and appends refused).
+    let fixture = fixture();
+    let frames = &fixture.frames;
+    let call_frames = fixture.call_frames();
+    let call_start_offset = |call: usize| -> Offset {
+        Offset(
+            fixture.calls[..call]
+                .iter()
+                .map(|call| call.payloads.len() as u64)
+                .sum(),
+        )
+    };
+    let payloads: Vec<String> = fixture
+        .calls
+        .iter()
+        .flat_map(|call| call.payloads.iter().cloned())
+        .collect();
+    let last = fixture.calls.len() - 1;
+    let newer = fixture.first_uncheckpointed;
+    let last_frame = *frames.last().expect("frames");
+    let newer_first = call_frames[newer][0];
+    let last_call_first = call_frames[last][0];
+    let checkpointed_frame = call_frames[1][0];
+    type Damage = Box<dyn Fn(&Path)>;
+    let flip = |bit: usize| -> Damage { Box::new(move |segment: &Path| support::flip_bit(segment, bit)) };
+    let cut = |length: usize| -> Damage {
+        Box::new(move |segment: &Path| {
+            let bytes = std::fs::read(segment).expect("read");
+            std::fs::write(segment, &bytes[..length]).expect("cut");
+        })
+    };
+    let rows: Vec<(&str, Damage, Expect)> = vec![
+        (
+            "a cut inside the last call is a torn tail",
+            cut(last_frame.start + 10),
+            Expect::Cut { calls: last },
+        ),
+        (
+            "zeros after the last call are a zero tail",
+            Box::new(|segment: &Path| extend_file(segment, &[0u8; 4096])),
+            Expect::Cut { calls: last + 1 },
+        ),
+        (
+            "a flipped CRC bit in the very last frame is a torn tail",
+            flip((last_frame.start + 4) * 8),
+            Expect::Cut { calls: last },
+        ),
+        (
+            "a flipped CRC bit in the last call's first frame, its later frames valid, quarantines",
+            flip((last_call_first.start + 4) * 8),
+            Expect::Quarantine {
+                position: last_call_first.start as u64,
+                served_end: call_start_offset(last),
+            },
+        ),
+        (
+            "a flipped payload bit above the checkpoint with a valid call after it quarantines",
+            flip((newer_first.end - 1) * 8),
+            Expect::Quarantine {
+                position: newer_first.start as u64,
+                served_end: call_start_offset(newer),
+            },
+        ),
+        (
+            "a flipped length bit above the checkpoint with a valid call after it quarantines",
+            flip(newer_first.start * 8 + 1),
+            Expect::Quarantine {
+                position: newer_first.start as u64,
+                served_end: call_start_offset(newer),
+            },
+        ),
+        (
+            "a cut below the checkpoint's sync floor quarantines",
+            cut(checkpointed_frame.start + 10),
+            Expect::Quarantine {
+                position: checkpointed_frame.start as u64,
+                served_end: call_start_offset(1),
+            },
+        ),
+        (
+            "a flipped bit below the checkpoint's sync floor quarantines",
+            flip((checkpointed_frame.start + 4) * 8),
+            Expect::Quarantine {
+                position: checkpointed_frame.start as u64,
+                served_end: call_start_offset(1),
+            },
+        ),
+    ];
+    let root = tempfile::tempdir().expect("tempdir");
+    for (index, (context, damage, expect)) in rows.iter().enumerate() {
+        let case = root.path().join(format!("case-{index}"));
+        let segment = fixture.copy(&case);
+        damage(&segment);
+        let damaged = std::fs::read(&segment).expect("read damaged");
+        let log = open(&case).unwrap_or_else(|error| panic!("{context}: open: {error}"));
+        match expect {
+            Expect::Cut { calls } => {
+                let topic = log.topic("t").expect("topic");
+                assert!(
+                    topic.quarantines().is_empty(),
+                    "{context}: {:?}",
+                    topic.quarantines()
+                );
+                assert_eq!(topic.recovery_reports()[0].quarantine, None, "{context}");
+                drop(topic);
+                check_present(&log, &fixture.calls[..*calls], context);
+            }
+            Expect::Quarantine { position, served_end } => {
+                assert_quarantined(
+                    &log,
+                    &segment,
+                    Some(*position),
+                    *served_end,
+                    Some(&payloads),
+                    context,
+                );
+                // A quarantined partition writes nothing: the damaged bytes stay
+                // for `stele repair` (or a restore) to deal with.
+                log.close().expect("close");
+                assert_eq!(
+                    std::fs::read(&segment).expect("read"),
+                    damaged,
+                    "{context}: file changed"
+                );
+                let log = open(&case).expect("reopen");
+                assert_quarantined(&log, &segment, Some(*position), *served_end, None, context);
+                log.close().expect("close");
+                drop(log);
+                repair_and_check(&case, *served_end, &payloads, context);
+                continue;
+            }
+        }
+        log.close().expect("close");
+    }
+}
+
+#[test]
+fn a_missing_sealed_segment_or_a_damaged_checkpoint_is_judged_by_the_same_table() {
+    // Goal: damage outside segment frames follows the same line: a segment
+    // missing from the middle of a partition quarantines it (naming the segment
+    // after the gap, serving what precedes it), while an unreadable checkpoint
+    // with every segment present is rebuilt from the log without quarantine.
+    // Method: on the sealed fixture, remove the second segment and its `.idx`
+    // and open; on a fresh copy, overwrite the checkpoint with garbage and open.
+    let (dir, segments, payloads) = sealed_fixture();
+    let partition = support::partition_dir(dir.path(), "t", 0);
+    let copy = tempfile::tempdir().expect("tempdir");
+    support::copy_dir(dir.path(), copy.path());
+    let first_count = support::frames(&std::fs::read(&segments[0]).expect("read")).len() as u64;
+    std::fs::remove_file(&segments[1]).expect("remove segment");
+    let _ = std::fs::remove_file(segments[1].with_extension("idx"));
+    let log = open(dir.path()).expect("open with a gap");
+    assert_quarantined(
+        &log,
+        &segments[2],
+        Some(0),
+        Offset(first_count),
+        Some(&payloads),
+        "gap",
+    );
+    log.close().expect("close");
+
+    let checkpoint = support::partition_dir(copy.path(), "t", 0).join("checkpoint");
+    assert!(partition.join("checkpoint").exists());
+    std::fs::write(&checkpoint, b"not a checkpoint").expect("damage checkpoint");
+    let log = open(copy.path()).expect("open with a bad checkpoint");
+    let topic = log.topic("t").expect("topic");
+    assert!(topic.quarantines().is_empty(), "{:?}", topic.quarantines());
+    assert!(topic.recovery_reports()[0].checkpoint_rebuilt);
+    assert_eq!(
+        topic
+            .read(PartitionId(0), Offset(0), 1000, u64::MAX)
+            .expect("read")
+            .len(),
+        payloads.len()
+    );
+    drop(topic);
+    log.close().expect("close");
 }

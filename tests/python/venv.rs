@@ -34,3 +34,22 @@ pub fn python(name: &str, packages: &[&str]) -> PathBuf {
     }
     python
 }
+
+/// The packages of the Python gRPC clients nobody on the project wrote
+/// (`tests/python/interop.py` and `examples/python/`): gRPC, its code
+/// generator, health, reflection, and `google.rpc.Status` decoding.
+#[allow(dead_code)] // Not every test that includes this module runs a gRPC client.
+pub const GRPC_PACKAGES: &[&str] = &[
+    "grpcio",
+    "grpcio-tools",
+    "grpcio-health-checking",
+    "grpcio-reflection",
+    "grpcio-status",
+];
+
+/// The interpreter of the shared environment with [`GRPC_PACKAGES`] (as
+/// [`python`]: created on first use, or `STELE_PYTHON`).
+#[allow(dead_code)] // Not every test that includes this module runs a gRPC client.
+pub fn grpc_python() -> PathBuf {
+    python("python-venv", GRPC_PACKAGES)
+}

@@ -24,11 +24,23 @@
 //!   topic filled (untimed) with `count` events; optionally a slow consumer
 //!   that sleeps per message.
 //!
+//! Consumer-group scenarios ([`GroupScenario`], in `group`; Stele only, so
+//! `tools/nats-bench`, which mirrors [`Scenario`], does not know them):
+//! - `group`: members of a consumer group acking every delivery over a
+//!   prefilled topic, until every event's settle is confirmed durable.
+//! - `group-baseline`: the same events through plain subscriptions.
+//!
+//! [`AnyScenario`] is either kind, as the command selects them.
+//!
 //! Load shapes only: nothing here sleeps to wait for the server, except the
 //! slow consumer's deliberate per-message pause.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+
+mod group;
+
+pub use group::GroupScenario;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -116,6 +128,57 @@ impl Scenario {
             Scenario::Batched | Scenario::Read => 1_000_000,
             Scenario::Sequential => 2_000,
         }
+    }
+}
+
+/// A scenario of either kind: the log's ([`Scenario`]) or consumer groups'
+/// ([`GroupScenario`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyScenario {
+    /// Appends and reads.
+    Log(Scenario),
+    /// Consumer groups.
+    Group(GroupScenario),
+}
+
+impl AnyScenario {
+    /// Every scenario, in the order `all` runs them: the log's, then the groups'.
+    pub const ALL: [AnyScenario; 8] = [
+        AnyScenario::Log(Scenario::Pipelined),
+        AnyScenario::Log(Scenario::Batched),
+        AnyScenario::Log(Scenario::Sequential),
+        AnyScenario::Log(Scenario::Cas),
+        AnyScenario::Log(Scenario::Dedup),
+        AnyScenario::Log(Scenario::Read),
+        AnyScenario::Group(GroupScenario::Group),
+        AnyScenario::Group(GroupScenario::Baseline),
+    ];
+
+    /// The scenario's name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnyScenario::Log(scenario) => scenario.name(),
+            AnyScenario::Group(scenario) => scenario.name(),
+        }
+    }
+
+    /// The scenario of a name.
+    pub fn from_name(name: &str) -> Option<AnyScenario> {
+        AnyScenario::ALL
+            .into_iter()
+            .find(|scenario| scenario.name() == name)
+    }
+}
+
+impl From<Scenario> for AnyScenario {
+    fn from(scenario: Scenario) -> AnyScenario {
+        AnyScenario::Log(scenario)
+    }
+}
+
+impl From<GroupScenario> for AnyScenario {
+    fn from(scenario: GroupScenario) -> AnyScenario {
+        AnyScenario::Group(scenario)
     }
 }
 
@@ -313,8 +376,30 @@ fn result_line(
     latencies_us: &mut [u64],
     errors: u64,
 ) -> serde_json::Map<String, Value> {
+    line_of(
+        scenario.name(),
+        durability,
+        config,
+        events,
+        elapsed,
+        latencies_us,
+        errors,
+    )
+}
+
+/// The common fields of the result of the scenario named `name` (also the
+/// consumer-group scenarios', `group.rs`).
+pub(crate) fn line_of(
+    name: &'static str,
+    durability: Durability,
+    config: &BenchConfig,
+    events: u64,
+    elapsed: Duration,
+    latencies_us: &mut [u64],
+    errors: u64,
+) -> serde_json::Map<String, Value> {
     let measured = Measured {
-        scenario: scenario.name(),
+        scenario: name,
         durability: durability_name(durability),
         events,
         elapsed,
@@ -336,7 +421,7 @@ fn event(payload: &[u8]) -> Event {
 }
 
 /// A fresh topic name for one run.
-fn topic_name(scenario: Scenario, durability: Durability, run: usize) -> String {
+fn topic_name(scenario: AnyScenario, durability: Durability, run: usize) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_nanos())
@@ -494,21 +579,25 @@ impl Target {
 /// failures are counted in `errors` instead.
 pub async fn run_scenario(
     target: &Target,
-    scenario: Scenario,
+    scenario: impl Into<AnyScenario>,
     durability: Durability,
     config: &BenchConfig,
     run: usize,
 ) -> LoadgenResult<Value> {
+    let scenario = scenario.into();
     let client = target.connect().await?;
     let topic = topic_name(scenario, durability, run);
     create_topic(&client, &topic, durability, config).await?;
     let mut line = match scenario {
-        Scenario::Pipelined => pipelined(target, &topic, durability, config).await?,
-        Scenario::Batched => batched(target, &topic, durability, config).await?,
-        Scenario::Sequential => sequential(&client, &topic, durability, config).await?,
-        Scenario::Cas => cas(target, &client, &topic, durability, config).await?,
-        Scenario::Dedup => dedup(target, &client, &topic, durability, config).await?,
-        Scenario::Read => read(target, &client, &topic, durability, config).await?,
+        AnyScenario::Log(Scenario::Pipelined) => pipelined(target, &topic, durability, config).await?,
+        AnyScenario::Log(Scenario::Batched) => batched(target, &topic, durability, config).await?,
+        AnyScenario::Log(Scenario::Sequential) => sequential(&client, &topic, durability, config).await?,
+        AnyScenario::Log(Scenario::Cas) => cas(target, &client, &topic, durability, config).await?,
+        AnyScenario::Log(Scenario::Dedup) => dedup(target, &client, &topic, durability, config).await?,
+        AnyScenario::Log(Scenario::Read) => read(target, &client, &topic, durability, config).await?,
+        AnyScenario::Group(scenario) => {
+            group::run(target, &client, scenario, &topic, durability, config).await?
+        }
     };
     line.insert("run".into(), json!(run));
     line.insert("topic".into(), json!(topic));
@@ -1078,13 +1167,16 @@ pub fn process_memory_kb(pid: u32) -> LoadgenResult<Value> {
 
 /// False when a line reports a failed correctness check: a stale CAS
 /// expectation accepted, CAS sequences off, wrong duplicate flags or
-/// watermarks, or a read that did not deliver every event.
+/// watermarks, a read that did not deliver every event (or, for
+/// `group-baseline`, out of order), or a group run that did not settle every
+/// event exactly in per-key order with lag 0 at the end.
 pub fn checks_passed(line: &Value) -> bool {
     let failed = |value: &Value| value == &Value::Bool(false);
     !(failed(&line["stale_check"]["rejected"])
         || failed(&line["sequences_ok"])
         || failed(&line["dedup_ok"])
-        || failed(&line["read_ok"]))
+        || failed(&line["read_ok"])
+        || failed(&line["group_ok"]))
 }
 
 /// The median run by `events_per_s` (the middle one of an odd count, the

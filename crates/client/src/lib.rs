@@ -21,6 +21,13 @@
 //! is at-least-once: events delivered but not yet committed when a consumer
 //! crashes are delivered again to the next consumer of the cursor.
 //!
+//! [`GroupConsumer`] is a member of a consumer group: the server hands each
+//! key's events to one member at a time, in order, and the member settles
+//! every delivery (ack, retry, park) with its handler's result; the admin
+//! calls ([`Client::create_group`], ...) and the raw stream
+//! ([`Client::consume`]) are in the same module. Delivery is at least once:
+//! process effects idempotently by (topic, partition, offset).
+//!
 //! `start_test_server` (feature `test-server`) starts an in-process server on a free port over a
 //! temporary directory, for embedders' tests.
 //!
@@ -51,8 +58,17 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backup;
+mod group;
 #[cfg(feature = "test-server")]
 mod test_server;
+pub use backup::BackupSummary;
+pub use group::{
+    ConsumeItem, ConsumeSender, ConsumeStream, Delivery, ExhaustedPolicy, GROUP_CLOSE_TIMEOUT_DEFAULT,
+    GROUP_IDLE_TIMEOUT_DEFAULT, GroupConsumer, GroupConsumerBuilder, GroupConsumerOptions, GroupCounters,
+    GroupCounts, GroupInfo, GroupMemberInfo, GroupOptions, GroupPartitionInfo, GroupSeek, GroupSettings,
+    GroupStart, Joined, ParkedEventInfo, Redriven, SettleRefused, Settlement, ShutdownHandle,
+};
 #[cfg(feature = "test-server")]
 pub use test_server::{TestServer, start_test_server, test_backend, test_namespace, test_storage};
 
@@ -232,6 +248,9 @@ pub struct ErrorDetails {
     pub high_watermark: Option<Offset>,
     /// Limit exceeded: what, the value and the limit.
     pub limit: Option<LimitDetail>,
+    /// Quarantined: the partition's damaged file (relative to the server's
+    /// data directory), the byte position and the end of what it serves.
+    pub quarantine: Option<stele_engine::Quarantine>,
 }
 
 /// Everything that can go wrong talking to a server.
@@ -382,6 +401,7 @@ fn from_detail(code: GrpcCode, detail: proto::ErrorDetail) -> ClientError {
                 value: detail.limit_value,
                 max: detail.limit_max,
             }),
+            quarantine: detail.quarantine.map(stele_wire::convert::quarantine_from_proto),
         }),
     }
 }
@@ -645,10 +665,14 @@ pub struct TopicDescription {
     pub options: TopicOptions,
     /// Every partition, by index.
     pub partitions: Vec<PartitionDescription>,
+    /// 0 when the topic's options never changed, then one more per change.
+    pub revision: u64,
+    /// When the options last changed, Unix ms; 0 when never.
+    pub changed_ms: i64,
 }
 
 /// One partition's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionDescription {
     /// The partition's index.
     pub partition: PartitionId,
@@ -662,6 +686,9 @@ pub struct PartitionDescription {
     pub segments_count: u32,
     /// Keys that ever had an event in the partition.
     pub keys_count: u64,
+    /// Set when the server opened the partition quarantined: where it is
+    /// damaged and which offsets it still serves.
+    pub quarantine: Option<stele_engine::Quarantine>,
 }
 
 /// The answer to a partition read.
@@ -1043,8 +1070,56 @@ impl Client {
                     size_bytes: partition.size_bytes,
                     segments_count: partition.segment_count,
                     keys_count: partition.key_count,
+                    quarantine: partition
+                        .quarantine
+                        .map(stele_wire::convert::quarantine_from_proto),
                 })
                 .collect(),
+            revision: response.revision,
+            changed_ms: response.changed_ms,
+        })
+    }
+
+    /// Changes a topic's options while it serves: each field `change` sets
+    /// (retention, dedup window, durability, segment size, payload limit). The
+    /// partition count cannot change (see [`stele_engine::TopicChange`]).
+    /// Answers with the options before and after and the topic's revision.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown topic; `InvalidArgument` (with the field) for
+    /// a bad value or a change that sets nothing; `FailedPrecondition` for an
+    /// option the server's backend cannot change.
+    pub async fn update_topic(
+        &self,
+        topic: &str,
+        change: &stele_engine::TopicChange,
+    ) -> ClientResult<stele_engine::TopicUpdate> {
+        let (durability, sync_interval_ms) = match change.durability {
+            None => (proto::Durability::Unspecified, None),
+            Some(Durability::Always) => (proto::Durability::Always, None),
+            Some(Durability::Interval { interval_ms }) => (proto::Durability::Interval, Some(interval_ms)),
+            Some(Durability::None) => (proto::Durability::None, None),
+        };
+        let (url, mut stub) = self.stub()?;
+        let response = stub
+            .update_topic(proto::UpdateTopicRequest {
+                topic: topic.to_string(),
+                retention_age_ms: change.retention_age_ms.map(|age| age.unwrap_or(0)),
+                retention_bytes: change.retention_bytes.map(|bytes| bytes.unwrap_or(0)),
+                dedup_window_ms: change.dedup_window_ms,
+                durability: durability as i32,
+                sync_interval_ms,
+                segment_size_bytes: change.segment_size_bytes_max,
+                payload_size_max: change.payload_size_max,
+            })
+            .await
+            .map_err(|status| status_error(&url, &status))?
+            .into_inner();
+        Ok(stele_engine::TopicUpdate {
+            previous: options_of(response.previous)?,
+            options: options_of(response.settings)?,
+            revision: response.revision,
+            changed_ms: response.changed_ms,
         })
     }
 

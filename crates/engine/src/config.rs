@@ -208,6 +208,175 @@ impl TopicOptions {
     }
 }
 
+/// A change of a live topic's options ([`crate::Topic::update_options`]): each
+/// field that is `Some` is set, the others keep their value.
+///
+/// The partition count is not here: the key-to-partition mapping (FNV-1a 64 of
+/// the key modulo the partition count) would move keys to other partitions and
+/// break their order and sequences. A topic that needs more partitions is a new
+/// topic, filled with `stele export` and `stele import`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicChange {
+    /// Retention by age: `Some(None)` removes the limit.
+    pub retention_age_ms: Option<Option<u64>>,
+    /// Retention by size: `Some(None)` removes the limit.
+    pub retention_bytes: Option<Option<u64>>,
+    /// The dedup window. Shrinking it stops matching ids older than the new
+    /// window at once (a retry of one is a new append) and drops their runs at
+    /// the next dedup upkeep; growing it does not bring back ids already
+    /// dropped, so it is fully in effect once the new window has passed.
+    pub dedup_window_ms: Option<u64>,
+    /// The durability, from the next append on (appends accepted before are
+    /// acknowledged under the durability they were accepted with).
+    pub durability: Option<Durability>,
+    /// The size at which the active segment rolls, from the next append on.
+    pub segment_size_bytes_max: Option<u64>,
+    /// The largest payload, for appends from now on; stored events stay readable.
+    pub payload_size_max: Option<u32>,
+}
+
+impl TopicChange {
+    /// Whether the change sets nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == TopicChange::default()
+    }
+
+    /// `options` with the change applied (not validated).
+    pub fn apply_to(&self, options: &TopicOptions) -> TopicOptions {
+        let mut next = options.clone();
+        if let Some(age) = self.retention_age_ms {
+            next.retention_age_ms = age;
+        }
+        if let Some(bytes) = self.retention_bytes {
+            next.retention_bytes = bytes;
+        }
+        if let Some(window) = self.dedup_window_ms {
+            next.dedup_window_ms = window;
+        }
+        if let Some(durability) = self.durability {
+            next.durability = durability;
+        }
+        if let Some(size) = self.segment_size_bytes_max {
+            next.segment_size_bytes_max = size;
+        }
+        if let Some(size) = self.payload_size_max {
+            next.payload_size_max = size;
+        }
+        next
+    }
+}
+
+/// The options that differ between `previous` and `next`, each as (name,
+/// previous value, next value) in text, in a fixed order; "none" is no limit.
+/// Names are the fields of [`TopicOptions`].
+pub fn option_differences(
+    previous: &TopicOptions,
+    next: &TopicOptions,
+) -> Vec<(&'static str, String, String)> {
+    fn limit(value: Option<u64>) -> String {
+        value.map_or_else(|| "none".to_string(), |value| value.to_string())
+    }
+    let pairs = [
+        (
+            "partitions",
+            previous.partitions.to_string(),
+            next.partitions.to_string(),
+        ),
+        (
+            "retention_age_ms",
+            limit(previous.retention_age_ms),
+            limit(next.retention_age_ms),
+        ),
+        (
+            "retention_bytes",
+            limit(previous.retention_bytes),
+            limit(next.retention_bytes),
+        ),
+        (
+            "dedup_window_ms",
+            previous.dedup_window_ms.to_string(),
+            next.dedup_window_ms.to_string(),
+        ),
+        (
+            "durability",
+            previous.durability.to_string(),
+            next.durability.to_string(),
+        ),
+        (
+            "segment_size_bytes_max",
+            previous.segment_size_bytes_max.to_string(),
+            next.segment_size_bytes_max.to_string(),
+        ),
+        (
+            "segment_age_ms_max",
+            limit(previous.segment_age_ms_max),
+            limit(next.segment_age_ms_max),
+        ),
+        (
+            "payload_size_max",
+            previous.payload_size_max.to_string(),
+            next.payload_size_max.to_string(),
+        ),
+        (
+            "index_interval_bytes",
+            previous.index_interval_bytes.to_string(),
+            next.index_interval_bytes.to_string(),
+        ),
+        (
+            "preallocate",
+            previous.preallocate.to_string(),
+            next.preallocate.to_string(),
+        ),
+        (
+            "producer_idle_ms_max",
+            previous.producer_idle_ms_max.to_string(),
+            next.producer_idle_ms_max.to_string(),
+        ),
+        (
+            "checkpoint_interval_bytes",
+            previous.checkpoint_interval_bytes.to_string(),
+            next.checkpoint_interval_bytes.to_string(),
+        ),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, before, after)| before != after)
+        .collect()
+}
+
+/// The options every partition of a topic reads: one cell per topic, replaced
+/// whole by a change, so that a reader sees the options before or after it,
+/// never a mixture.
+#[derive(Debug)]
+pub(crate) struct LiveOptions {
+    current: std::sync::RwLock<Arc<TopicOptions>>,
+}
+
+impl LiveOptions {
+    pub(crate) fn new(options: TopicOptions) -> LiveOptions {
+        LiveOptions {
+            current: std::sync::RwLock::new(Arc::new(options)),
+        }
+    }
+
+    /// The options now. A leaf lock: nothing else is taken while it is held.
+    pub(crate) fn get(&self) -> Arc<TopicOptions> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    pub(crate) fn set(&self, options: TopicOptions) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(options);
+    }
+}
+
 /// A source of wall-clock time in Unix milliseconds. Tests inject a manual clock.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Now, in Unix milliseconds.

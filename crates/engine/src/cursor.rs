@@ -63,6 +63,15 @@ impl CursorStore {
         self.cursors.torn_bytes_count()
     }
 
+    /// Writes the durable cursors as a fresh compacted journal at `path`, for a
+    /// backup; returns the file's bytes.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub(crate) fn write_snapshot(&self, storage: &dyn Storage, path: &std::path::Path) -> Result<Vec<u8>> {
+        self.cursors.write_snapshot(storage, path)
+    }
+
     /// Commits offsets for some partitions of cursor `name` (created on first
     /// commit), durably before returning. `high_watermark` is called with this
     /// store's lock held, so it must not call back into the store.

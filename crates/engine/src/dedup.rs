@@ -899,6 +899,23 @@ impl DedupIndex {
         DedupIndex::open_with(storage, dir, window_ms, DEDUP_MEMTABLE_ENTRIES_MAX)
     }
 
+    /// An empty index over `dir` that has read and will write nothing: for a
+    /// quarantined partition, which takes no appends.
+    pub(crate) fn detached(storage: Arc<dyn Storage>, directory: PathBuf, window_ms: u64) -> DedupIndex {
+        DedupIndex {
+            storage,
+            directory,
+            window_ms,
+            memtable_entries_max: DEDUP_MEMTABLE_ENTRIES_MAX,
+            memtable: Memtable::default(),
+            runs: Vec::new(),
+            frozen: VecDeque::new(),
+            persisted_end: 0,
+            next_sequence: 0,
+            truncation_pending: None,
+        }
+    }
+
     fn open_with(
         storage: Arc<dyn Storage>,
         directory: PathBuf,
@@ -1465,6 +1482,14 @@ impl DedupIndex {
     #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<()> {
         self.run_jobs(0, true)
+    }
+
+    /// Changes the window (a topic's options changed). Lookups filter every
+    /// entry by the window, so a shorter one stops matching older ids at once
+    /// and their runs go at the next upkeep; a longer one matches what is
+    /// still held, never what an upkeep already dropped.
+    pub(crate) fn set_window_ms(&mut self, window_ms: u64) {
+        self.window_ms = window_ms;
     }
 
     /// Bytes of RAM held: the memtable and per-run metadata (not the mappings).

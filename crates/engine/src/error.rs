@@ -223,6 +223,67 @@ pub enum Error {
     /// A webhook endpoint of that name exists already.
     #[error("webhook {0:?} already exists")]
     WebhookExists(String),
+    /// No consumer group of that name exists.
+    #[error("consumer group {0:?} not found")]
+    GroupNotFound(String),
+    /// A consumer group of that name exists already.
+    #[error("consumer group {0:?} already exists")]
+    GroupExists(String),
+    /// A settle names a delivery its member no longer holds (lease expired,
+    /// member joined again, group seeked, settled already); nothing changed.
+    #[error("delivery {delivery_id} is not held by this member: {reason}")]
+    DeliveryStale {
+        /// The delivery id as the member sent it.
+        delivery_id: String,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// A newer stream joined the group with the same instance id.
+    #[error("member {0:?} was replaced by a newer stream with the same instance id")]
+    MemberReplaced(String),
+    /// A backup or restore destination exists and is not empty: nothing was
+    /// written there.
+    #[error("destination {path} exists and is not empty")]
+    DestinationNotEmpty {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// The backend cannot do what was asked (an option that cannot change live
+    /// on it); nothing changed.
+    #[error("not supported here: {0}")]
+    Unsupported(String),
+    /// The partition was opened quarantined: recovery found damage it may not
+    /// repair by itself. Offsets below the damage stay readable; a read that
+    /// reaches the damage, a key read and every append fail with this error
+    /// until `stele repair` cuts the partition or a backup is restored.
+    #[error(
+        "partition {partition} is quarantined: damage in {} at position {}: {}; offsets from {} are not served (see `stele repair`)",
+        quarantine.file,
+        quarantine.position,
+        quarantine.reason,
+        quarantine.served_end
+    )]
+    Quarantined {
+        /// The quarantined partition.
+        partition: PartitionId,
+        /// Where it is damaged and what it still serves.
+        quarantine: Box<Quarantine>,
+    },
+}
+
+/// Where a quarantined partition is damaged and what it still serves (see
+/// [`Error::Quarantined`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The damaged file, relative to the data directory, `/`-separated (for
+    /// example `topics/orders/p00001/00000000000000000034.log`).
+    pub file: String,
+    /// The byte position of the damage within the file.
+    pub position: u64,
+    /// What is wrong there, in words.
+    pub reason: String,
+    /// One past the last offset served: offsets below it read normally.
+    pub served_end: Offset,
 }
 
 fn display_sequence(sequence: Option<Sequence>) -> String {
@@ -288,6 +349,20 @@ pub enum ErrorKind {
     WebhookNotFound,
     /// The webhook exists already: [`Error::WebhookExists`].
     WebhookExists,
+    /// No such consumer group: [`Error::GroupNotFound`].
+    GroupNotFound,
+    /// The consumer group exists already: [`Error::GroupExists`].
+    GroupExists,
+    /// A settle of a delivery no longer held: [`Error::DeliveryStale`].
+    DeliveryStale,
+    /// A member stream replaced by a newer one: [`Error::MemberReplaced`].
+    MemberReplaced,
+    /// A backup or restore destination holds files: [`Error::DestinationNotEmpty`].
+    DestinationNotEmpty,
+    /// Not supported by the backend: [`Error::Unsupported`].
+    Unsupported,
+    /// The partition is quarantined after damage found at open: [`Error::Quarantined`].
+    Quarantined,
 }
 
 impl Error {
@@ -320,6 +395,13 @@ impl Error {
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::WebhookNotFound(_) => ErrorKind::WebhookNotFound,
             Error::WebhookExists(_) => ErrorKind::WebhookExists,
+            Error::GroupNotFound(_) => ErrorKind::GroupNotFound,
+            Error::GroupExists(_) => ErrorKind::GroupExists,
+            Error::DeliveryStale { .. } => ErrorKind::DeliveryStale,
+            Error::MemberReplaced(_) => ErrorKind::MemberReplaced,
+            Error::DestinationNotEmpty { .. } => ErrorKind::DestinationNotEmpty,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Quarantined { .. } => ErrorKind::Quarantined,
         }
     }
 
@@ -464,6 +546,22 @@ impl Error {
             },
             Error::WebhookNotFound(name) => Error::WebhookNotFound(name.clone()),
             Error::WebhookExists(name) => Error::WebhookExists(name.clone()),
+            Error::GroupNotFound(name) => Error::GroupNotFound(name.clone()),
+            Error::GroupExists(name) => Error::GroupExists(name.clone()),
+            Error::DeliveryStale { delivery_id, reason } => Error::DeliveryStale {
+                delivery_id: delivery_id.clone(),
+                reason,
+            },
+            Error::MemberReplaced(name) => Error::MemberReplaced(name.clone()),
+            Error::DestinationNotEmpty { path } => Error::DestinationNotEmpty { path: path.clone() },
+            Error::Unsupported(message) => Error::Unsupported(message.clone()),
+            Error::Quarantined {
+                partition,
+                quarantine,
+            } => Error::Quarantined {
+                partition: *partition,
+                quarantine: quarantine.clone(),
+            },
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Journal-backed maps: a map kept in memory and replayed at open from an
 //! append-only journal of CRC-32C framed records (FORMAT.md, "Journals"), with
-//! group commit and compaction. The cursor store, the producer registry and the
-//! webhook endpoint store are thin wrappers over [`JournalMap`]; any other state
-//! that is a map changed one key at a time can be stored the same way, with a
-//! record kind of its own (a [`JournalRecord`] in `format/`).
+//! group commit and compaction. The cursor store, the producer registry, the
+//! webhook endpoint store, the token store and the consumer group store are thin
+//! wrappers over [`JournalMap`]; any other state that is a map changed one key at
+//! a time can be stored the same way, with a record kind of its own (a
+//! [`JournalRecord`] in `format/`).
 //!
 //! Two layers. [`JournalMap`] owns the map and its rules: every change is one
 //! record, applied with the same pure rules as replay (`format::journal::apply`),
@@ -76,6 +77,35 @@ pub fn check_name(name: &str, size_max: usize, what: &str) -> Result<()> {
     if name.chars().any(char::is_control) {
         return Err(Error::InvalidArgument(format!(
             "{what} name {name:?} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a name of the ASCII alphabet (webhook and consumer group names): 1 to
+/// `size_max` ASCII letters, digits, `.`, `_` and `-`. `what` names the kind in
+/// messages; `size_what` is the limit's name in [`Error::LimitExceeded`].
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an empty name or another character;
+/// [`Error::LimitExceeded`] above `size_max`.
+pub fn check_ascii_name(name: &str, size_max: usize, what: &str, size_what: &'static str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} name is empty")));
+    }
+    if name.len() > size_max {
+        return Err(Error::LimitExceeded {
+            what: size_what,
+            value: name.len() as u64,
+            max: size_max as u64,
+        });
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii() && codec::is_ascii_name_byte(*c as u8)))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{what} name {name:?} contains {bad:?}; use letters, digits, '.', '_' and '-'"
         )));
     }
     Ok(())
@@ -530,7 +560,17 @@ impl<R: JournalRecord> JournalMap<R> {
         R::Key: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        self.get(key).is_some()
+        // As `get`, without cloning a value that may be large.
+        let state = self.lock();
+        let pending = state
+            .in_flight
+            .iter()
+            .chain(&state.next.undo)
+            .find(|undo| undo.key.borrow() == key);
+        match pending {
+            Some(undo) => undo.previous.is_some(),
+            None => state.entries.contains_key(key),
+        }
     }
 
     /// Every durable entry, in key order.
@@ -552,6 +592,23 @@ impl<R: JournalRecord> JournalMap<R> {
         } else {
             f(&durable_view(&state.entries, &state.in_flight, &state.next.undo))
         }
+    }
+
+    /// Writes the durable view as a fresh compacted journal at `path` (a file
+    /// that must not exist yet), through `storage`: header and one record per
+    /// entry, written to a temporary file, fdatasynced, renamed into place and
+    /// the directory fsynced. Returns the bytes of the new file. The map's own
+    /// journal is not touched; this is how a backup takes a journal that is
+    /// being appended to (FORMAT.md, "Backup").
+    ///
+    /// # Errors
+    /// I/O errors; nothing is left at `path` then.
+    pub fn write_snapshot(&self, storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
+        let frames = self.read(codec::encode_snapshot::<R>);
+        install(storage, path, R::MAGIC, &frames).map_err(|(error, _)| error)?;
+        let mut bytes = encode_header(R::MAGIC);
+        bytes.extend_from_slice(&frames);
+        Ok(bytes)
     }
 
     /// Makes one change durably: `make` sees the written view (the durable view

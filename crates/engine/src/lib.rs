@@ -40,6 +40,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod civil;
 pub mod config;
 mod cursor;
@@ -47,6 +48,7 @@ mod dedup;
 pub mod error;
 pub mod event;
 pub mod format;
+pub mod group;
 pub mod io;
 pub mod journal;
 mod keys;
@@ -56,6 +58,7 @@ pub mod metrics;
 mod partition;
 pub mod paths;
 mod producer;
+pub mod repair;
 pub mod rules;
 mod segment;
 pub mod subscribe;
@@ -65,14 +68,15 @@ pub mod verify;
 pub mod view;
 pub mod webhook;
 
-pub use config::{Clock, Durability, LogOptions, ManualClock, SystemClock, TopicOptions};
+pub use config::{Clock, Durability, LogOptions, ManualClock, SystemClock, TopicChange, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{
     AppendAck, AppendRequest, Direction, Epoch, Event, ExpectedSequence, Offset, PartitionId, ProducerId,
     ProducerStamp, RecordedEvent, Sequence,
 };
+pub use format::topic_change::TopicChangeRecord;
 pub use log::{Log, validate_topic_name};
-pub use partition::{PartitionInfo, RecoveryReport};
+pub use partition::{PartitionInfo, Quarantine, RecoveryReport};
 pub use segment::{ExcessKind, SealedExcess, TailRecovery};
-pub use topic::{CursorPosition, Topic, partition_for_key};
+pub use topic::{CursorPosition, Topic, TopicUpdate, partition_for_key};
 pub use view::{EventFilter, EventRef, Headers, StoredEvents};

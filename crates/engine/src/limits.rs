@@ -157,3 +157,26 @@ const _: () = assert!(WEBHOOK_NAME_SIZE_MAX <= TOPIC_NAME_SIZE_MAX);
 const _: () = assert!(WEBHOOK_URL_SIZE_MAX <= u16::MAX as usize);
 // The webhook's cursor is named `webhook.<name>.redrive` at most.
 const _: () = assert!(WEBHOOK_NAME_SIZE_MAX + 16 <= CURSOR_NAME_SIZE_MAX);
+
+/// Most consumer groups on one server.
+pub const GROUPS_COUNT_MAX: usize = 1000;
+/// Longest consumer group name: ASCII letters, digits, `.`, `_` and `-`.
+pub const GROUP_NAME_SIZE_MAX: usize = 100;
+/// Most progress entries of one consumer group: settled ranges above a floor plus
+/// pending offsets, over every partition of both of its streams. It bounds the
+/// group's memory and its snapshot record.
+pub const GROUP_PROGRESS_ENTRIES_MAX: usize = 100_000;
+/// Most progress changes in one record of the group journal.
+pub const GROUP_PROGRESS_CHANGES_COUNT_MAX: usize = 10_000;
+
+// The group journal encodes names with u16 lengths.
+const _: () = assert!(GROUP_NAME_SIZE_MAX <= u16::MAX as usize);
+// One progress record can seek every partition of both streams of a group.
+const _: () = assert!(GROUP_PROGRESS_CHANGES_COUNT_MAX >= 2 * PARTITIONS_COUNT_MAX as usize);
+
+/// Most recorded changes of one topic's options (`changes.journal`); a change
+/// past it is refused.
+pub const TOPIC_CHANGES_COUNT_MAX: usize = 10_000;
+/// Longest principal recorded with a topic change, in bytes; a longer one is
+/// cut at a character boundary.
+pub const CHANGE_PRINCIPAL_SIZE_MAX: usize = 1024;

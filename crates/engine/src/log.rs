@@ -12,14 +12,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::config::{LogOptions, TopicOptions};
+use crate::config::{LogOptions, TopicChange, TopicOptions};
 use crate::error::{Error, Result};
 use crate::format::topic_meta;
 use crate::io::{self, OpenMode, StorageFile};
 use crate::limits;
 use crate::metrics::EngineMetrics;
 use crate::paths;
-use crate::topic::Topic;
+use crate::topic::{Topic, TopicUpdate};
+
+/// How often opening a large data directory says how far it got.
+const RECOVERY_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An open data directory.
 pub struct Log {
@@ -86,8 +89,10 @@ impl Log {
     ///
     /// # Errors
     /// [`Error::Locked`] when another process has it open; [`Error::Corruption`]
-    /// naming file and position when stored bytes fail their checks outside a
-    /// torn tail; I/O errors.
+    /// or [`Error::Inconsistent`] naming the file when a topic's meta file or a
+    /// journal fails its checks; I/O errors. Damage inside a partition that
+    /// recovery may not repair does not fail the open: that partition opens
+    /// quarantined ([`Topic::quarantines`](crate::Topic::quarantines)).
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
         let storage_handle = Arc::clone(&options.storage);
@@ -118,7 +123,20 @@ impl Log {
         let names = storage
             .read_dir(&topics_dir)
             .map_err(|error| Error::io("list topics", &topics_dir, error))?;
-        for name in names {
+        let started = std::time::Instant::now();
+        let mut progress_logged = started;
+        let topics_count = names.len();
+        for (opened, name) in names.into_iter().enumerate() {
+            if progress_logged.elapsed() >= RECOVERY_PROGRESS_INTERVAL {
+                progress_logged = std::time::Instant::now();
+                tracing::info!(
+                    dir = %log.dir.display(),
+                    topics_opened = opened,
+                    topics = topics_count,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "recovery in progress"
+                );
+            }
             let path = paths::topic_dir(&topics_dir, &name);
             if paths::is_unfinished_topic(&name) {
                 // A topic half-created or half-deleted when the process stopped.
@@ -130,18 +148,46 @@ impl Log {
             let meta_path = paths::topic_meta(&path);
             let bytes = io::read_file(storage, &meta_path, 4096)
                 .map_err(|error| Error::io("read topic meta", &meta_path, error))?;
-            let (stored_name, topic_options) =
-                topic_meta::decode(&bytes).map_err(|reason| Error::corruption(&meta_path, 0, reason))?;
-            if stored_name != name {
+            let meta =
+                topic_meta::decode_meta(&bytes).map_err(|reason| Error::corruption(&meta_path, 0, reason))?;
+            if meta.name != name {
                 return Err(Error::Inconsistent {
                     path: meta_path,
-                    reason: format!("meta names topic {stored_name:?}"),
+                    reason: format!("meta names topic {:?}", meta.name),
                 });
             }
-            let topic = Topic::open(name.clone(), path, topic_options, &log.options, &log.metrics)?;
+            let topic = Topic::open(path, meta, &log.options, &log.metrics)?;
             log.topics_mut().insert(name, topic);
         }
+        log.log_recovery(started.elapsed());
         Ok(log)
+    }
+
+    /// One line on what opening found: sizes, what recovery replayed and cut,
+    /// and how long it took.
+    fn log_recovery(&self, elapsed: std::time::Duration) {
+        let topics = self.topics_read();
+        let (mut partitions, mut replayed, mut bytes_cut, mut records_cut, mut rebuilt) = (0, 0, 0, 0, 0);
+        for topic in topics.values() {
+            for report in topic.recovery_reports() {
+                partitions += 1;
+                replayed += report.records_replayed;
+                bytes_cut += report.tail.bytes_cut;
+                records_cut += report.tail.records_cut;
+                rebuilt += u64::from(report.checkpoint_rebuilt);
+            }
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            topics = topics.len(),
+            partitions,
+            records_replayed = replayed,
+            torn_bytes_cut = bytes_cut,
+            torn_records_cut = records_cut,
+            checkpoints_rebuilt = rebuilt,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "data directory opened"
+        );
     }
 
     fn topics_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Topic>> {
@@ -226,8 +272,16 @@ impl Log {
         storage
             .sync_dir(&topics_dir)
             .map_err(io_error("sync topics", &topics_dir))?;
-        let topic = Topic::open(name.to_string(), path, options, &self.options, &self.metrics)?;
+        let (partitions, durability) = (options.partitions, options.durability);
+        let meta = topic_meta::TopicMeta {
+            name: name.to_string(),
+            options,
+            revision: 0,
+            changed_ms: 0,
+        };
+        let topic = Topic::open(path, meta, &self.options, &self.metrics)?;
         topics.insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, partitions, %durability, "topic created");
         Ok(topic)
     }
 
@@ -238,7 +292,7 @@ impl Log {
     /// [`Log::create_topic`] otherwise.
     pub fn ensure_topic(&self, name: &str, options: TopicOptions) -> Result<Topic> {
         if let Some(topic) = self.topics_read().get(name) {
-            return if *topic.options() == options {
+            return if topic.options() == options {
                 Ok(topic.clone())
             } else {
                 Err(Error::TopicExists(name.to_string()))
@@ -248,6 +302,22 @@ impl Log {
             Err(Error::TopicExists(_)) => self.ensure_topic(name, options),
             other => other,
         }
+    }
+
+    /// Changes a topic's options while it is open; see [`Topic::update_options`].
+    /// `principal` names who asked, for the topic's history (empty when unknown).
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`]; [`Error::InvalidArgument`] for a bad name; as
+    /// [`Topic::update_options`].
+    pub fn update_topic(&self, name: &str, change: &TopicChange, principal: &str) -> Result<TopicUpdate> {
+        // Serialised with deletion, so that a change never writes into the
+        // directory of a topic being deleted.
+        let _directory_change = self
+            .directory_change
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.topic(name)?.update_options(change, principal)
     }
 
     /// An open topic.
@@ -262,6 +332,27 @@ impl Log {
         }
         validate_topic_name(name)?;
         Err(Error::TopicNotFound(name.to_string()))
+    }
+
+    /// Writes a consistent backup of every topic into `dest` (absolute; a new
+    /// or empty directory) while the log keeps taking appends, with the server
+    /// stores `options` names; see [`crate::backup`] for what "consistent"
+    /// means and FORMAT.md, "Backup", for the layout. Blocks for the copy.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a relative path or one inside the data
+    /// directory; [`Error::DestinationNotEmpty`];
+    /// [`Error::Inconsistent`] or [`Error::Corruption`] for an `incremental_from`
+    /// that is not a complete backup; I/O errors (the destination is then
+    /// left without a manifest).
+    pub fn backup(
+        &self,
+        dest: &Path,
+        options: crate::backup::BackupOptions<'_>,
+    ) -> Result<crate::backup::BackupReport> {
+        let topics: Vec<Topic> = self.topics_read().values().cloned().collect();
+        let clock = Arc::clone(&self.options.clock);
+        crate::backup::run(topics, &|| clock.now_ms(), &self.dir, dest, options)
     }
 
     /// The names of all topics, sorted.
@@ -296,7 +387,9 @@ impl Log {
             .map_err(|error| Error::io("sync topics", &topics_dir, error))?;
         storage
             .remove_dir_all(&doomed)
-            .map_err(|error| Error::io("delete topic", &doomed, error))
+            .map_err(|error| Error::io("delete topic", &doomed, error))?;
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
     }
 
     /// True once [`Log::close`] has started.

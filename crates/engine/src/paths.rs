@@ -5,6 +5,7 @@
 //! {data}/LOCK                                   lock_file
 //! {data}/webhooks.journal                       webhooks_journal
 //! {data}/tokens.journal                         tokens_journal
+//! {data}/groups.journal                         groups_journal
 //! {data}/topics/                                topics_dir
 //! {data}/topics/{topic}/                        topic_dir
 //! {data}/topics/{topic}/topic.meta              topic_meta
@@ -37,6 +38,9 @@ use crate::event::Offset;
 pub const LOCK_FILE: &str = "LOCK";
 /// The tokens and certificate principals in the data directory (journal `STELETOK`).
 pub const TOKENS_FILE: &str = "tokens.journal";
+/// The consumer groups' definitions and progress in the data directory (journal
+/// `STELEGRP`).
+pub const GROUPS_FILE: &str = "groups.journal";
 /// The directory of the topics in the data directory.
 pub const TOPICS_DIR: &str = "topics";
 /// The webhook endpoint definitions in the data directory (journal `STELEWHK`).
@@ -47,6 +51,8 @@ pub const TOPIC_META_FILE: &str = "topic.meta";
 pub const PRODUCERS_FILE: &str = "producers";
 /// A topic's cursor journal in its directory (`STELECUR`).
 pub const CURSORS_FILE: &str = "cursors";
+/// A topic's history of option changes in its directory (`STELECHG`).
+pub const TOPIC_CHANGES_FILE: &str = "changes.journal";
 /// A partition's checkpoint in its directory (envelope `STELECKP`).
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// A partition's directory of dedup runs.
@@ -65,12 +71,19 @@ pub const RUN_SUFFIX: &str = ".run";
 pub const TEMPORARY_SUFFIX: &str = ".tmp";
 /// Suffix of the temporary file of a journal compaction.
 pub const COMPACT_SUFFIX: &str = ".compact";
+/// A backup's manifest, written last (FORMAT.md, "Backup").
+pub const BACKUP_MANIFEST_FILE: &str = "MANIFEST";
 
 const CREATING_PREFIX: &str = ".creating-";
 const DELETING_PREFIX: &str = ".deleting-";
 const PARTITION_PREFIX: char = 'p';
 const PARTITION_DIGITS: usize = 5;
 const OFFSET_DIGITS: usize = 20;
+
+/// `{backup}/MANIFEST`.
+pub fn backup_manifest(backup: &Path) -> PathBuf {
+    backup.join(BACKUP_MANIFEST_FILE)
+}
 
 /// `{data}/LOCK`.
 pub fn lock_file(data: &Path) -> PathBuf {
@@ -85,6 +98,11 @@ pub fn webhooks_journal(data: &Path) -> PathBuf {
 /// `{data}/tokens.journal`.
 pub fn tokens_journal(data: &Path) -> PathBuf {
     data.join(TOKENS_FILE)
+}
+
+/// `{data}/groups.journal`.
+pub fn groups_journal(data: &Path) -> PathBuf {
+    data.join(GROUPS_FILE)
 }
 
 /// `{data}/topics`.
@@ -121,6 +139,11 @@ pub fn topic_meta(topic: &Path) -> PathBuf {
 /// `{topic}/producers`.
 pub fn producers_journal(topic: &Path) -> PathBuf {
     topic.join(PRODUCERS_FILE)
+}
+
+/// `{topic}/changes.journal`.
+pub fn topic_changes_journal(topic: &Path) -> PathBuf {
+    topic.join(TOPIC_CHANGES_FILE)
 }
 
 /// `{topic}/cursors`.

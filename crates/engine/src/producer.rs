@@ -66,6 +66,15 @@ impl ProducerRegistry {
         self.producers.torn_bytes_count()
     }
 
+    /// Writes the durable producer registry as a fresh compacted journal at `path`, for a
+    /// backup; returns the file's bytes.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub(crate) fn write_snapshot(&self, storage: &dyn Storage, path: &std::path::Path) -> Result<Vec<u8>> {
+        self.producers.write_snapshot(storage, path)
+    }
+
     /// Registers `name` (a new id, epoch 0) or bumps its epoch, durably before
     /// returning.
     ///

@@ -137,6 +137,11 @@ impl OpenedSegment {
         })
     }
 
+    /// The file's size, measured once on its descriptor.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Whether the file is shorter than a header or its header is all zero: a
     /// crash while the segment was being created.
     pub(crate) fn is_unfinished(&self) -> Result<bool> {
@@ -537,7 +542,14 @@ impl Segment {
             },
         )?;
         if let Some((position, reason)) = scan.failure
-            && position < durable_floor
+            && (position < durable_floor
+                || valid_frame_follows(
+                    &**segment.file(),
+                    &segment.path,
+                    scan.readable_size,
+                    position,
+                    scan.failure_offset,
+                )?)
         {
             return Err(Error::corruption(&segment.path, position, reason));
         }
@@ -576,6 +588,107 @@ impl Segment {
         }
         segment.publish(end, scan.end_offset, scan.timestamp_max, &scan.index);
         Ok((segment, tail))
+    }
+
+    /// Opens a segment read-only for a quarantined partition: every frame is
+    /// scanned, CRC checked, through the descriptor up to the end the segment
+    /// may serve (its indexed end when its `.idx` fits, else the file's size);
+    /// nothing is written. The segment serves its frames up to the last
+    /// complete call before the first bad one. For the `last` segment a bad
+    /// frame without a valid frame after it is a torn tail, not damage; for
+    /// the others zeros after the last call are excess, anything else damage.
+    pub(crate) fn open_prefix(
+        storage: &dyn Storage,
+        dir: &Path,
+        partition: PartitionId,
+        mut opened: OpenedSegment,
+        index_interval_bytes: u32,
+        last: bool,
+    ) -> Result<PrefixOpen> {
+        let created_ms = match opened.header(partition) {
+            Ok(header) => header.created_ms,
+            Err(error @ (Error::Corruption { .. } | Error::Inconsistent { .. })) => {
+                return Ok(PrefixOpen {
+                    segment: None,
+                    damage: Some((0, damage_reason(&error))),
+                    size: opened.size,
+                    tail_nonzero: true,
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        let size = opened.size;
+        // The end the `.idx` records (a sealed segment only): at most that is
+        // served, and a file shorter than it lost bytes.
+        let index_end = if last {
+            None
+        } else {
+            opened
+                .index(storage, dir)
+                .map(|index| index.segment_size)
+                .filter(|end| *end >= SEGMENT_HEADER_LEN as u64)
+        };
+        let limit = index_end.filter(|end| *end <= size).unwrap_or(size);
+        let OpenedSegment {
+            base_offset,
+            path,
+            file,
+            ..
+        } = opened;
+        let scan = scan_file(
+            &*file,
+            &path,
+            base_offset,
+            limit,
+            index_interval_bytes,
+            |_, _, _| Ok(()),
+        )?;
+        let end = scan.call_end_size;
+        let failure = |default_position: u64, default: &str| match scan.failure {
+            Some((position, reason)) => (position, reason.to_string()),
+            None => (default_position, default.to_string()),
+        };
+        let damage = if index_end.is_some_and(|index_end| index_end > size) {
+            Some(failure(size, "sealed segment is shorter than its index"))
+        } else if end >= limit {
+            None
+        } else if last {
+            match scan.failure {
+                Some((position, _))
+                    if valid_frame_follows(
+                        &*file,
+                        &path,
+                        scan.readable_size,
+                        position,
+                        scan.failure_offset,
+                    )? =>
+                {
+                    Some(failure(end, "a valid frame follows a bad one"))
+                }
+                _ => None,
+            }
+        } else {
+            match zero_check(&*file, &path, end, limit)? {
+                ZeroCheck::Zero => None,
+                ZeroCheck::Short => Some((
+                    scan.readable_size,
+                    "the file ends before its indexed end".to_string(),
+                )),
+                ZeroCheck::NonZero => Some(failure(end, "sealed segment ends inside an append call")),
+            }
+        };
+        let tail_nonzero = end < size && zero_check(&*file, &path, end, size)? != ZeroCheck::Zero;
+        let map = map_sealed(&*file, &path, end)?;
+        let segment = Segment::header_only(path, file, map, base_offset, created_ms);
+        segment.publish(end, scan.end_offset, scan.timestamp_max, &scan.index);
+        // Nothing seals, trims or appends to a quarantined partition's segments.
+        segment.sealed.store(true, Ordering::Release);
+        Ok(PrefixOpen {
+            segment: Some(segment),
+            damage,
+            size,
+            tail_nonzero,
+        })
     }
 
     /// Makes frames up to `size` visible to readers. Called only with complete
@@ -797,6 +910,21 @@ impl Segment {
     }
 }
 
+/// One past the last offset a segment's `.idx` records, when it decodes and
+/// agrees with the base offset (for `stele repair`, counting what it cuts).
+pub(crate) fn indexed_end_offset(storage: &dyn Storage, dir: &Path, base_offset: Offset) -> Option<Offset> {
+    load_index(storage, dir, base_offset).map(|index| Offset(base_offset.0 + index.records_count))
+}
+
+/// What is wrong, in words, for a damage error (without its path).
+pub(crate) fn damage_reason(error: &Error) -> String {
+    match error {
+        Error::Corruption { reason, .. } => reason.to_string(),
+        Error::Inconsistent { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The segment's `.idx`, when it exists, decodes and agrees with the segment's
 /// base offset. Whether it fits the file is for the caller to check against the
 /// size measured on the segment's descriptor.
@@ -996,12 +1124,14 @@ fn scan_file(
         timestamp_max: i64::MIN,
         index: Vec::new(),
         failure: None,
+        failure_offset: base_offset,
     };
     let mut last_index_position: Option<u64> = None;
     let mut pending_index = Vec::new();
     let mut timestamp_max = scan.timestamp_max;
     // Bounded: every iteration consumes one whole frame, or stops.
     while position < reader.end {
+        scan.failure_offset = expected;
         reader.fill_frame(position)?;
         let (view, frame_size) = match reader.decode(position) {
             Ok((view, _)) if view.offset != expected => {
@@ -1052,6 +1182,59 @@ struct Scan {
     timestamp_max: i64,
     index: Vec<IndexEntry>,
     failure: Option<(u64, DecodeError)>,
+    /// The offset the frame at the failure's position should have held.
+    failure_offset: Offset,
+}
+
+/// Whether a valid frame holding `offset + 1` starts after the bad frame at
+/// `position` (which should have held `offset`), within the largest frame's
+/// reach. A torn tail is followed by nothing (or zeros, or garbage); a valid
+/// frame after a bad one means the bad one is damage, not a torn write. Its
+/// length field may be the damaged part, so every position is tried where the
+/// next offset's bytes appear, and each candidate is decoded with its CRC.
+fn valid_frame_follows(
+    file: &dyn StorageFile,
+    path: &Path,
+    size: u64,
+    position: u64,
+    offset: Offset,
+) -> Result<bool> {
+    let mut reader = ChunkReader::new(file, path, size);
+    if position >= size {
+        return Ok(false);
+    }
+    let reach = format::record::RECORD_FRAME_SIZE_MAX + RECORD_HEADER_LEN as u64;
+    reader.fill(position, reach)?;
+    let window = reader.bytes(position);
+    let wanted = offset.next().0.to_le_bytes();
+    // The offset field sits at byte 8 of a frame.
+    let candidates: Vec<u64> = window
+        .windows(8)
+        .enumerate()
+        .skip(9)
+        .filter(|(_, bytes)| *bytes == wanted)
+        .map(|(index, _)| position + index as u64 - 8)
+        .collect();
+    for candidate in candidates {
+        reader.fill_frame(candidate)?;
+        if matches!(reader.decode(candidate), Ok((view, _)) if view.offset == offset.next()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// What [`Segment::open_prefix`] found.
+pub(crate) struct PrefixOpen {
+    /// The segment serving its good prefix; `None` when its header is damaged.
+    pub(crate) segment: Option<Segment>,
+    /// The first damage: its position and what is wrong there.
+    pub(crate) damage: Option<(u64, String)>,
+    /// The file's size, measured on its descriptor.
+    pub(crate) size: u64,
+    /// Bytes past the served end that are not all zero (a torn tail, for the
+    /// last segment).
+    pub(crate) tail_nonzero: bool,
 }
 
 fn read_header(file: &dyn StorageFile, path: &Path, size: u64) -> Result<SegmentHeader> {

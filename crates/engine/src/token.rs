@@ -34,6 +34,15 @@ impl TokenStore {
         })
     }
 
+    /// Writes the durable tokens as a fresh compacted journal at `path` (a
+    /// backup's copy, `Log::backup`); returns the file's bytes.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_snapshot(&self, storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
+        self.tokens.write_snapshot(storage, path)
+    }
+
     /// Every entry, by id.
     pub fn list(&self) -> Vec<TokenEntry> {
         self.tokens.read(|tokens| tokens.values().cloned().collect())

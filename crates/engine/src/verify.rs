@@ -1,8 +1,8 @@
 //! Offline integrity check of a data directory (`stele verify`).
 //!
 //! [`verify_dir`] walks every topic and partition and checks each file kind of
-//! FORMAT.md with the crate's own decoders: topic meta, journals (producers, webhooks,
-//! cursors), segment headers and every record frame, segment indexes and
+//! FORMAT.md with the crate's own decoders: topic meta, journals (producers, cursors,
+//! and the server's tokens, webhooks and consumer groups), segment headers and every record frame, segment indexes and
 //! checkpoints. It reports every problem it finds with the file and, where it
 //! has one, the byte position, and keeps going after each.
 //!
@@ -22,16 +22,20 @@ use std::path::{Path, PathBuf};
 use crate::event::{Offset, PartitionId};
 use crate::format::cursor::CursorRecord;
 use crate::format::envelope::ENVELOPE_HEADER_LEN;
+use crate::format::group::GroupRecord;
 use crate::format::index::{INDEX_ENTRY_LEN, SegmentIndex};
 use crate::format::journal::{self, JOURNAL_HEADER_LEN, JournalRecord};
 use crate::format::producer::ProducerRecord;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::format::token::TokenRecord;
+use crate::format::topic_change::TopicChangeRecord;
 use crate::format::webhook::WebhookRecord;
 use crate::format::{self, record};
 use crate::io::{self, OpenMode, StdStorage, Storage};
 use crate::limits;
-use crate::paths::{self, CURSORS_FILE, DEDUP_DIR, PRODUCERS_FILE, TOPIC_META_FILE, TOPICS_DIR};
+use crate::paths::{
+    self, CURSORS_FILE, DEDUP_DIR, PRODUCERS_FILE, TOPIC_CHANGES_FILE, TOPIC_META_FILE, TOPICS_DIR,
+};
 
 /// Byte position of the first entry in an `.idx` file.
 const INDEX_ENTRIES_POSITION: u64 = ENVELOPE_HEADER_LEN as u64 + 36;
@@ -81,7 +85,7 @@ impl VerifyReport {
 
 /// Checks the data directory `dir` without modifying it.
 ///
-/// A directory without `topics/` but with a token or webhook journal is the
+/// A directory without `topics/` but with a token, webhook or group journal is the
 /// state directory of a server on another backend (`--backend nats://...`):
 /// its journals are checked and a note says there are no topics.
 ///
@@ -90,9 +94,24 @@ impl VerifyReport {
 /// no journal), or a directory listing fails. Unreadable or damaged files are
 /// problems, not errors.
 pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
+    verify_dir_with_progress(dir, &mut |_| {})
+}
+
+/// [`verify_dir`], calling `progress` with the size in bytes of each file as it
+/// is checked (for a progress display; the report is the same).
+///
+/// # Errors
+/// As [`verify_dir`].
+pub fn verify_dir_with_progress(dir: &Path, progress: &mut dyn FnMut(u64)) -> std::io::Result<VerifyReport> {
     let topics_dir = paths::topics_dir(dir);
     let state_only = !topics_dir.is_dir()
-        && (paths::tokens_journal(dir).exists() || paths::webhooks_journal(dir).exists());
+        && [
+            paths::tokens_journal(dir),
+            paths::webhooks_journal(dir),
+            paths::groups_journal(dir),
+        ]
+        .iter()
+        .any(|journal| journal.exists());
     if !topics_dir.is_dir() && !state_only {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -104,6 +123,7 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
     }
     let mut verifier = Verifier {
         storage: StdStorage,
+        progress,
         report: VerifyReport {
             locked: lock_held(&paths::lock_file(dir)),
             ..VerifyReport::default()
@@ -143,6 +163,10 @@ pub fn verify_dir(dir: &Path) -> std::io::Result<VerifyReport> {
     if webhooks_path.exists() {
         verifier.journal::<WebhookRecord>(&webhooks_path, ());
     }
+    let groups_path = paths::groups_journal(dir);
+    if groups_path.exists() {
+        verifier.journal::<GroupRecord>(&groups_path, ());
+    }
     Ok(verifier.report)
 }
 
@@ -175,12 +199,14 @@ struct SegmentScan {
     timestamp_max: i64,
 }
 
-struct Verifier {
+struct Verifier<'a> {
     storage: StdStorage,
+    /// Called with each checked file's size.
+    progress: &'a mut dyn FnMut(u64),
     report: VerifyReport,
 }
 
-impl Verifier {
+impl Verifier<'_> {
     fn problem(&mut self, path: &Path, position: Option<u64>, message: impl Into<String>) {
         self.report.problems.push(Problem {
             path: path.to_path_buf(),
@@ -202,6 +228,7 @@ impl Verifier {
         match io::read_file(&self.storage, path, size_max) {
             Ok(bytes) => {
                 self.report.files_checked += 1;
+                (self.progress)(bytes.len() as u64);
                 Some(bytes)
             }
             Err(error) => {
@@ -234,6 +261,11 @@ impl Verifier {
             }
         }
         self.journal::<ProducerRecord>(&paths::producers_journal(dir), ());
+        // A topic whose options never changed has no change journal.
+        let changes = paths::topic_changes_journal(dir);
+        if changes.exists() {
+            self.journal::<TopicChangeRecord>(&changes, ());
+        }
         let cursor_partitions = partitions.unwrap_or(limits::PARTITIONS_COUNT_MAX);
         self.journal::<CursorRecord>(&paths::cursors_journal(dir), cursor_partitions);
         let mut seen = Vec::new();
@@ -255,7 +287,8 @@ impl Verifier {
                     seen.push(index);
                     self.partition(&path, PartitionId(index))?;
                 }
-                _ if [TOPIC_META_FILE, PRODUCERS_FILE, CURSORS_FILE].contains(&entry.as_str()) => {}
+                _ if [TOPIC_META_FILE, PRODUCERS_FILE, CURSORS_FILE, TOPIC_CHANGES_FILE]
+                    .contains(&entry.as_str()) => {}
                 _ if paths::is_temporary(&entry) => {
                     self.note(&path, None, "leftover temporary file (removed at open)");
                 }
@@ -512,6 +545,7 @@ impl Verifier {
             }
         };
         self.report.files_checked += 1;
+        (self.progress)(size);
         if size < SEGMENT_HEADER_LEN as u64 {
             self.problem(
                 path,
@@ -894,6 +928,34 @@ mod tests {
     }
 
     #[test]
+    fn progress_counts_every_segment_byte_and_leaves_the_report_unchanged() -> crate::error::Result<()> {
+        // Goal: the progress hook sees each checked file once (so every segment's
+        // bytes) and the report is the one `verify_dir` gives. Method: sum the
+        // calls and compare with the segment files' sizes on disk.
+        let dir = tempfile::tempdir().expect("temporary directory");
+        populated(dir.path())?;
+        let mut calls = 0u64;
+        let mut bytes = 0u64;
+        let report = verify_dir_with_progress(dir.path(), &mut |size| {
+            calls += 1;
+            bytes += size;
+        })
+        .expect("verify");
+        assert_eq!(report, verify_dir(dir.path()).expect("verify"));
+        assert_eq!(calls, report.files_checked);
+        let segment_bytes: u64 = segments(dir.path())
+            .iter()
+            .map(|path| std::fs::metadata(path).expect("segment metadata").len())
+            .sum();
+        assert!(segment_bytes > 0, "the test needs segment bytes");
+        assert!(
+            bytes >= segment_bytes,
+            "progress saw {bytes} bytes, the segments hold {segment_bytes}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn a_flipped_bit_in_a_sealed_segment_is_reported_with_file_and_position() -> crate::error::Result<()> {
         // Goal: damage inside a sealed segment is a problem naming that file and
         // the byte position of the damaged frame. Method: flip a payload bit of
@@ -1005,6 +1067,45 @@ mod tests {
     fn a_directory_without_topics_is_an_error() {
         let dir = tempfile::tempdir().expect("temporary directory");
         assert!(verify_dir(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_state_directory_with_only_a_group_journal_is_checked() {
+        // Goal: a group journal alone makes a state directory, like a token or
+        // webhook journal; its records are replayed, and damage is a problem at
+        // the bad frame. Method: write two groups, verify, then flip a byte of the
+        // first record's body (a valid frame follows it) and verify again.
+        use crate::group::{GroupDefinition, GroupSettings, GroupState, GroupStore};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = GroupStore::open(std::sync::Arc::new(StdStorage), dir.path()).expect("a group journal");
+        for name in ["a", "b"] {
+            let definition = GroupDefinition {
+                name: name.to_string(),
+                topic: "orders".to_string(),
+                settings: GroupSettings::defaults_for("orders"),
+                created_ms: 0,
+                redrive_until: Vec::new(),
+            };
+            store.create(GroupState::new(definition)).expect("create");
+        }
+        drop(store);
+        let report = verify_dir(dir.path()).expect("verify a state directory");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.files_checked, 1);
+        assert!(report.notes.iter().any(|note| note.message.contains("no topics")));
+        let path = paths::groups_journal(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[JOURNAL_HEADER_LEN + 12] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        let report = verify_dir(dir.path()).expect("verify a state directory");
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|problem| problem.path == path && problem.position == Some(JOURNAL_HEADER_LEN as u64)),
+            "{:?}",
+            report.problems
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::webhook::WebhookRecord;
 pub use crate::format::webhook::{DeliverySettings, Endpoint};
 use crate::io::Storage;
-use crate::journal::JournalMap;
+use crate::journal::{JournalMap, check_ascii_name};
 use crate::limits::{WEBHOOK_NAME_SIZE_MAX, WEBHOOKS_COUNT_MAX};
 use crate::paths;
 
@@ -46,25 +46,7 @@ pub mod defaults {
 /// # Errors
 /// [`Error::InvalidArgument`] saying what is wrong.
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::InvalidArgument("webhook name is empty".to_string()));
-    }
-    if name.len() > WEBHOOK_NAME_SIZE_MAX {
-        return Err(Error::LimitExceeded {
-            what: "webhook name size",
-            value: name.len() as u64,
-            max: WEBHOOK_NAME_SIZE_MAX as u64,
-        });
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "webhook name {name:?} contains {bad:?}; use letters, digits, '.', '_' and '-'"
-        )));
-    }
-    Ok(())
+    check_ascii_name(name, WEBHOOK_NAME_SIZE_MAX, "webhook", "webhook name size")
 }
 
 /// The durable set of endpoint definitions.
@@ -82,6 +64,15 @@ impl WebhookStore {
         Ok(WebhookStore {
             endpoints: JournalMap::open(storage, paths::webhooks_journal(dir), ())?,
         })
+    }
+
+    /// Writes the durable endpoints as a fresh compacted journal at `path` (a
+    /// backup's copy, `Log::backup`); returns the file's bytes.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_snapshot(&self, storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
+        self.endpoints.write_snapshot(storage, path)
     }
 
     /// Every endpoint, by name.

@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use futures_util::StreamExt as _;
-use stele_engine::config::TopicOptions;
+use stele_engine::TopicUpdate;
+use stele_engine::config::{TopicChange, TopicOptions};
 use stele_engine::error::{Error, Result};
 use stele_engine::event::{
     AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId, Sequence,
 };
+use stele_engine::format::topic_meta;
 use stele_engine::{
     CursorPosition, EventFilter, PartitionInfo, StoredEvents, limits, partition_for_key, rules,
 };
@@ -71,6 +73,9 @@ struct AppendQueue {
 struct TopicState {
     name: String,
     options: TopicOptions,
+    /// The catalog entry's revision these options are of.
+    revision: u64,
+    changed_ms: i64,
     partitions: Vec<PartitionSlot>,
 }
 
@@ -156,7 +161,12 @@ impl Inner {
             return Ok(topic);
         }
         stele_engine::validate_topic_name(name)?;
-        let options = self.catalog.options(name).await?;
+        let topic_meta::TopicMeta {
+            options,
+            revision,
+            changed_ms,
+            ..
+        } = self.catalog.meta(name).await?;
         let partitions = (0..options.partitions)
             .map(|partition| PartitionSlot {
                 id: PartitionId(partition),
@@ -170,6 +180,8 @@ impl Inner {
         let topic = Arc::new(TopicState {
             name: name.to_string(),
             options,
+            revision,
+            changed_ms,
             partitions,
         });
         Ok(Arc::clone(
@@ -732,7 +744,13 @@ impl Backend for NatsBackend {
     fn describe_topic(&self, name: &str) -> BoxFuture<Result<TopicDescription>> {
         let name = name.to_string();
         owned(&self.inner, |inner| async move {
-            let topic = inner.topic(&name).await?;
+            let mut topic = inner.topic(&name).await?;
+            // Options changed on another server since this one loaded them:
+            // load them again (appends here keep the loaded ones until then).
+            if inner.catalog.meta(&name).await?.revision != topic.revision {
+                inner.forget(&name);
+                topic = inner.topic(&name).await?;
+            }
             let mut partitions = Vec::with_capacity(topic.partitions.len());
             for slot in &topic.partitions {
                 let bounds = inner.bounds(&topic, slot.id).await?;
@@ -745,12 +763,33 @@ impl Backend for NatsBackend {
                     keys_count: usize::try_from(bounds.keys_count).unwrap_or(usize::MAX),
                     dedup_memory_bytes: 0,
                     dedup_runs_count: 0,
+                    quarantine: None,
                 });
             }
             Ok(TopicDescription {
                 options: topic.options.clone(),
                 partitions,
+                revision: topic.revision,
+                changed_ms: topic.changed_ms,
             })
+        })
+    }
+
+    fn update_topic(
+        &self,
+        name: &str,
+        change: TopicChange,
+        _principal: &str,
+    ) -> BoxFuture<Result<TopicUpdate>> {
+        // The cluster keeps no history beyond the entry's revision; the server
+        // logs and audits the change with its principal.
+        let name = name.to_string();
+        owned(&self.inner, |inner| async move {
+            inner.check_open()?;
+            let update = inner.catalog.update(&name, &change).await?;
+            // This server's next call loads the new options.
+            inner.forget(&name);
+            Ok(update)
         })
     }
 

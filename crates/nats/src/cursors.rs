@@ -457,11 +457,10 @@ pub(crate) mod bucket {
             crate::until_reachable(&store)
                 .await
                 .map_err(|error| unavailable("reach a state bucket", error))?;
-            let stream = connection
-                .jetstream
-                .get_stream(format!("KV_{name}"))
-                .await
-                .map_err(|error| unavailable("open a state bucket's stream", error))?;
+            // The bucket's stream handle comes with the bucket: asking
+            // JetStream for it again was one more request, the one that timed
+            // out on a young cluster in two CI runs.
+            let stream = store.stream.clone();
             Ok(Bucket {
                 name,
                 jetstream: connection.jetstream.clone(),

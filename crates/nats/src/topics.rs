@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
-use stele_engine::config::TopicOptions;
+use stele_engine::TopicUpdate;
+use stele_engine::config::{TopicChange, TopicOptions};
 use stele_engine::error::{Error, Result};
 use stele_engine::format::topic_meta;
 
@@ -225,6 +226,14 @@ impl TopicCatalog {
     /// [`Error::TopicNotFound`]; [`Error::Corruption`] for an entry that does
     /// not decode; I/O errors.
     pub async fn options(&self, name: &str) -> Result<TopicOptions> {
+        Ok(self.meta(name).await?.options)
+    }
+
+    /// The entry of `name`: its options, revision and change time.
+    ///
+    /// # Errors
+    /// As [`TopicCatalog::options`].
+    pub async fn meta(&self, name: &str) -> Result<topic_meta::TopicMeta> {
         stele_engine::validate_topic_name(name)?;
         let key = token(name.as_bytes());
         let found = self
@@ -242,18 +251,121 @@ impl TopicCatalog {
                 .await?
                 .ok_or_else(|| Error::TopicNotFound(name.to_string()))?,
         };
-        let (stored, options) = topic_meta::decode(&entry).map_err(|reason| Error::Corruption {
+        let meta = topic_meta::decode_meta(&entry).map_err(|reason| Error::Corruption {
             path: catalog_path(&self.names.bucket(CATALOG_BUCKET), &token(name.as_bytes())),
             position: 0,
             reason,
         })?;
-        if stored != name {
+        if meta.name != name {
             return Err(Error::Inconsistent {
                 path: catalog_path(&self.names.bucket(CATALOG_BUCKET), &token(name.as_bytes())),
-                reason: format!("the entry of topic {name:?} names {stored:?}"),
+                reason: format!("the entry of topic {name:?} names {:?}", meta.name),
             });
         }
-        Ok(options)
+        Ok(meta)
+    }
+
+    /// Changes `name`'s options: retention becomes its partition streams'
+    /// limits (applied by JetStream on every server at once), then the entry
+    /// is replaced by a compare-and-set on its KV revision, with the topic's
+    /// revision one more. The payload limit and the dedup window are read from
+    /// the entry by a server when it loads the topic. Durability and segment
+    /// size do not apply to JetStream streams: a change of either is refused.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for durability or segment size;
+    /// [`Error::TopicNotFound`]; [`Error::InvalidArgument`] for a change that
+    /// sets nothing; [`Error::Config`] or [`Error::LimitExceeded`] for bad
+    /// values; [`Error::Unavailable`] when the cluster does not answer or other
+    /// changes keep winning the compare-and-set.
+    pub async fn update(&self, name: &str, change: &TopicChange) -> Result<TopicUpdate> {
+        stele_engine::validate_topic_name(name)?;
+        if change.durability.is_some() {
+            return Err(Error::Unsupported(
+                "durability does not apply on the NATS backend (JetStream replicates and syncs every stream)"
+                    .to_string(),
+            ));
+        }
+        if change.segment_size_bytes_max.is_some() {
+            return Err(Error::Unsupported(
+                "segment size does not apply on the NATS backend (JetStream owns the stream's files)"
+                    .to_string(),
+            ));
+        }
+        if change.is_empty() {
+            return Err(Error::InvalidArgument("the change sets no option".to_string()));
+        }
+        // Not found is decided as reads decide it (the leader's word).
+        self.options(name).await?;
+        let key = token(name.as_bytes());
+        let path = catalog_path(&self.names.bucket(CATALOG_BUCKET), &key);
+        let deadline = tokio::time::Instant::now() + REACHABLE_WAIT_MAX;
+        loop {
+            let entry = self
+                .bucket
+                .entry(&key)
+                .await
+                .map_err(|error| unavailable("read the topic catalog", error))?
+                .filter(|entry| entry.operation == kv::Operation::Put)
+                .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+            let meta = topic_meta::decode_meta(&entry.value).map_err(|reason| Error::Corruption {
+                path: path.clone(),
+                position: 0,
+                reason,
+            })?;
+            let previous = meta.options.clone();
+            let options = change.apply_to(&previous);
+            options.validate()?;
+            if options == previous {
+                return Ok(TopicUpdate {
+                    previous,
+                    options,
+                    revision: meta.revision,
+                    changed_ms: meta.changed_ms,
+                });
+            }
+            if options.retention_age_ms != previous.retention_age_ms
+                || options.retention_bytes != previous.retention_bytes
+            {
+                for partition in 0..options.partitions {
+                    self.jetstream
+                        .update_stream(stream_config(&self.names, name, partition, &options))
+                        .await
+                        .map_err(|error| unavailable("update a partition stream", error))?;
+                }
+            }
+            let changed_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+            let next = topic_meta::TopicMeta {
+                name: name.to_string(),
+                options: options.clone(),
+                revision: meta.revision + 1,
+                changed_ms,
+            };
+            match self
+                .bucket
+                .update(&key, topic_meta::encode_meta(&next).into(), entry.revision)
+                .await
+            {
+                Ok(_) => {
+                    return Ok(TopicUpdate {
+                        previous,
+                        options,
+                        revision: next.revision,
+                        changed_ms,
+                    });
+                }
+                Err(error) if tokio::time::Instant::now() >= deadline => {
+                    return Err(unavailable("write the topic catalog", error));
+                }
+                Err(error) => {
+                    // Another change won (or a replica was behind): read again.
+                    tracing::debug!(%error, "a topic change is tried again");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
     }
 
     /// The entry `key` as the catalog stream's leader has it: `None` when it

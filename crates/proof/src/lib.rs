@@ -313,9 +313,11 @@ fn read_all(topic: &stele_engine::Topic, partition: PartitionId) -> (Offset, Off
     (earliest, high_watermark, events)
 }
 
-/// Arbitrary bytes as the active segment of a one-partition topic: open returns
-/// Ok or Corruption / Inconsistent; after Ok every record reads back with
-/// contiguous offsets, and a second open recovers the same records.
+/// Arbitrary bytes as the active segment of a one-partition topic: open never
+/// fails on bad bytes (damage it may not repair quarantines the partition
+/// instead); every record it serves reads back with contiguous offsets, a
+/// quarantined partition refuses appends, and a second open recovers the same
+/// records under the same quarantine.
 ///
 /// `data[0]` bit 0: prefix a valid segment header; bit 1: remove the checkpoint
 /// and dedup runs written at close, so recovery scans from the start; bit 2:
@@ -362,13 +364,20 @@ pub fn recover_segment(data: &[u8]) {
     }
     let first = match Log::open(scratch.path(), options()) {
         Ok(log) => log,
-        Err(error) => {
-            assert!(is_bad_bytes(error.kind()), "recovery: {error}");
-            return;
-        }
+        Err(error) => panic!("recovery failed instead of quarantining the partition: {error}"),
     };
-    let recovered = match first.topic("t") {
-        Ok(topic) => read_all(&topic, PartitionId(0)),
+    let (recovered, quarantine) = match first.topic("t") {
+        Ok(topic) => {
+            let quarantine = topic.recovery_reports()[0].quarantine.clone();
+            if quarantine.is_some() {
+                let refused = topic.append("k", ExpectedSequence::Any, vec![Event::new("e", Vec::new())]);
+                assert!(
+                    matches!(&refused, Err(error) if error.kind() == ErrorKind::Quarantined),
+                    "a quarantined partition took an append: {refused:?}"
+                );
+            }
+            (read_all(&topic, PartitionId(0)), quarantine)
+        }
         Err(error) => panic!("the topic is gone after recovery: {error}"),
     };
     if let Err(error) = first.close() {
@@ -380,7 +389,14 @@ pub fn recover_segment(data: &[u8]) {
         Err(error) => panic!("recovery is not idempotent: second open fails: {error}"),
     };
     let again = match second.topic("t") {
-        Ok(topic) => read_all(&topic, PartitionId(0)),
+        Ok(topic) => {
+            assert_eq!(
+                topic.recovery_reports()[0].quarantine,
+                quarantine,
+                "quarantine differs between recoveries"
+            );
+            read_all(&topic, PartitionId(0))
+        }
         Err(error) => panic!("the topic is gone after the second recovery: {error}"),
     };
     assert_eq!(again.1, recovered.1, "high watermark differs between recoveries");
@@ -415,17 +431,18 @@ fn create_closed_topic(
     Some(paths::topic_dir(&paths::topics_dir(dir), "t"))
 }
 
-/// A journal file (cursors, producers or webhooks) opened by the engine: open
-/// returns Ok or a Corruption / Inconsistent error; after Ok a reopen sees the
-/// same state and no torn tail, and a write after the recovered tail survives
-/// another reopen.
+/// A journal file (cursors, producers, webhooks, tokens or consumer groups)
+/// opened by the engine: open returns Ok or a Corruption / Inconsistent error;
+/// after Ok a reopen sees the same state and no torn tail, and a write after the
+/// recovered tail survives another reopen.
 ///
-/// `data[0]`: bit 2 picks the webhook store, else bit 0 the producer journal,
-/// else the cursor journal; bit 1 prefixes a valid file header (so that the rest
-/// exercises the frames); `data[1]`: the topic's partition count, 1..=4.
+/// `data[0]`: bit 3 picks the token store, else bit 2 the webhook store, else
+/// bit 4 the group store, else bit 0 the producer journal, else the cursor
+/// journal; bit 1 prefixes a valid file header (so that the rest exercises the
+/// frames); `data[1]`: the topic's partition count, 1..=4.
 pub fn journal_records(data: &[u8]) {
     use stele_engine::format::journal::encode_header;
-    use stele_engine::format::{cursor, producer, token, webhook};
+    use stele_engine::format::{cursor, group, producer, token, webhook};
 
     let (Some(&mode), Some(&partitions)) = (data.first(), data.get(1)) else {
         return;
@@ -438,6 +455,8 @@ pub fn journal_records(data: &[u8]) {
         Journal::Tokens
     } else if mode & 4 != 0 {
         Journal::Webhooks
+    } else if mode & 16 != 0 {
+        Journal::Groups
     } else if mode & 1 != 0 {
         Journal::Producers
     } else {
@@ -454,6 +473,7 @@ pub fn journal_records(data: &[u8]) {
         Journal::Producers => (paths::producers_journal(&topic_dir), producer::PRODUCER_MAGIC),
         Journal::Webhooks => (paths::webhooks_journal(scratch.path()), webhook::WEBHOOK_MAGIC),
         Journal::Tokens => (paths::tokens_journal(scratch.path()), token::TOKEN_MAGIC),
+        Journal::Groups => (paths::groups_journal(scratch.path()), group::GROUP_MAGIC),
     };
     let mut bytes = Vec::new();
     if mode & 2 != 0 {
@@ -469,6 +489,10 @@ pub fn journal_records(data: &[u8]) {
     }
     if kind == Journal::Tokens {
         token_journal(scratch.path());
+        return;
+    }
+    if kind == Journal::Groups {
+        group_journal(scratch.path());
         return;
     }
     let log = match Log::open(scratch.path(), fixed_clock_options()) {
@@ -540,6 +564,7 @@ enum Journal {
     Producers,
     Webhooks,
     Tokens,
+    Groups,
 }
 
 /// The token store of `dir`, as `journal_records` checks the others; then
@@ -721,6 +746,148 @@ fn webhook_journal(dir: &Path) {
         expected.retain(|endpoint| endpoint.name != "fuzz-endpoint");
     }
     assert_eq!(relisted, expected, "webhook journal replay is not stable");
+}
+
+/// The group store of `dir`, as `journal_records` checks the others; every
+/// replayed group also keeps the rules of progress (ranges ordered, apart and
+/// above the floor, pending offsets unsettled, counts that add up, the entry
+/// limit), and progress recorded after open replays to what applying it in
+/// memory gives.
+fn group_journal(dir: &Path) {
+    use stele_engine::group::{
+        GroupDefinition, GroupSettings, GroupState, GroupStore, Pending, ProgressChange,
+    };
+
+    let storage: Arc<dyn stele_engine::io::Storage> = Arc::new(stele_engine::io::StdStorage);
+    let store = match GroupStore::open(Arc::clone(&storage), dir) {
+        Ok(store) => store,
+        Err(error) => {
+            assert!(is_bad_bytes(error.kind()), "group journal open: {error}");
+            return;
+        }
+    };
+    let listed = store.list();
+    for state in &listed {
+        check_group_progress(state);
+    }
+    let definition = GroupDefinition {
+        name: "fuzz-group".to_string(),
+        topic: "t".to_string(),
+        settings: GroupSettings::defaults_for("t"),
+        created_ms: 1,
+        redrive_until: vec![(0, 3)],
+    };
+    let changes = vec![
+        ProgressChange::Settle {
+            stream: 0,
+            partition: 1,
+            start: 0,
+            end: 3,
+        },
+        ProgressChange::Settle {
+            stream: 0,
+            partition: 1,
+            start: 5,
+            end: 8,
+        },
+        ProgressChange::Pending {
+            stream: 1,
+            partition: 0,
+            offset: 2,
+            pending: Some(Pending {
+                attempts: 2,
+                not_before_ms: 9,
+                blocked: true,
+            }),
+        },
+    ];
+    let created = store.create(GroupState::new(definition.clone()));
+    let recorded = created.is_ok() && store.record("fuzz-group", changes.clone()).is_ok();
+    // Progress of a group that the file held, when there is one.
+    let progressed = listed.first().map(|state| {
+        let name = state.definition.name.clone();
+        let change = ProgressChange::Settle {
+            stream: 1,
+            partition: 2,
+            start: 1,
+            end: 4,
+        };
+        let mut expected = state.clone();
+        if let Err(error) = expected.apply(&change) {
+            panic!("a valid change is refused: {error}");
+        }
+        let outcome = store.record(&name, vec![change]);
+        (name, expected, outcome.is_ok())
+    });
+    drop(store);
+    let again = match GroupStore::open(storage, dir) {
+        Ok(store) => store,
+        Err(error) => panic!("a group journal that opened once fails to reopen: {error}"),
+    };
+    let mut relisted = again.list();
+    let mut expected = listed;
+    if created.is_ok() {
+        let mut state = GroupState::new(definition);
+        if recorded {
+            for change in &changes {
+                if let Err(error) = state.apply(change) {
+                    panic!("a valid change is refused: {error}");
+                }
+            }
+        }
+        assert_eq!(again.get("fuzz-group").ok(), Some(state), "reopened group");
+        relisted.retain(|state| state.definition.name != "fuzz-group");
+        expected.retain(|state| state.definition.name != "fuzz-group");
+    }
+    if let Some((name, state, true)) = progressed {
+        assert_eq!(again.get(&name).ok(), Some(state), "reopened progress");
+        relisted.retain(|state| state.definition.name != name);
+        expected.retain(|state| state.definition.name != name);
+    }
+    assert_eq!(relisted, expected, "group journal replay is not stable");
+}
+
+/// Panics unless `state` keeps the rules of progress, checked through the public
+/// API only.
+fn check_group_progress(state: &stele_engine::group::GroupState) {
+    use stele_engine::limits::{GROUP_PROGRESS_ENTRIES_MAX, PARTITIONS_COUNT_MAX};
+
+    let mut entries_count = 0;
+    for stream in &state.streams {
+        assert!(
+            stream.len() <= PARTITIONS_COUNT_MAX as usize,
+            "too many partitions"
+        );
+        for progress in stream {
+            let floor = progress.floor();
+            assert!(!progress.is_settled(floor), "the floor {floor} is settled");
+            let mut previous_end = floor;
+            let mut settled = 0;
+            for (start, end) in progress.ranges() {
+                assert!(
+                    start > previous_end,
+                    "range [{start}, {end}) touches {previous_end}"
+                );
+                assert!(start < end, "empty range [{start}, {end})");
+                assert!(progress.is_settled(start), "range start {start} unsettled");
+                assert!(!progress.is_settled(end), "range end {end} settled");
+                assert_eq!(progress.first_unsettled_from(start), end);
+                settled += end - start;
+                previous_end = end;
+            }
+            assert_eq!(progress.settled_above_floor(), settled, "settled count");
+            for (offset, _) in progress.pendings() {
+                assert!(!progress.is_settled(offset), "pending offset {offset} is settled");
+            }
+            assert_eq!(
+                progress.entries_count(),
+                progress.ranges_count() + progress.pendings_count()
+            );
+            entries_count += progress.entries_count();
+        }
+    }
+    assert_eq!(state.entries_count(), entries_count);
+    assert!(entries_count <= GROUP_PROGRESS_ENTRIES_MAX, "entry limit");
 }
 
 /// An arbitrary file as a dedup run of a partition holding 24 events with
@@ -1418,6 +1585,7 @@ mod tests {
         journal_records(&[&[0u8, 1][..], &cursors].concat());
         journal_records(&[&[1u8, 1][..], &producers].concat());
         journal_records(&[6u8, 0]);
+        journal_records(&[18u8, 0]);
         dedup_run(&[&[0u8][..], &run].concat());
     }
 }

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use stele_engine::Log;
 use stele_engine::PartitionInfo;
-use stele_engine::config::TopicOptions;
+use stele_engine::config::{TopicChange, TopicOptions};
 use stele_engine::error::{Error, Result};
 use stele_engine::event::{AppendAck, AppendRequest, Direction, Epoch, Offset, PartitionId, ProducerId};
-use stele_engine::{CursorPosition, EventFilter, Sequence, StoredEvents, Topic};
+use stele_engine::{CursorPosition, EventFilter, Sequence, StoredEvents, Topic, TopicUpdate};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -34,6 +34,11 @@ pub struct TopicDescription {
     pub options: TopicOptions,
     /// One summary per partition, in partition order.
     pub partitions: Vec<PartitionInfo>,
+    /// The topic's revision: 0 when its options never changed, then one more
+    /// per change ([`Backend::update_topic`]).
+    pub revision: u64,
+    /// When its options last changed, Unix ms; 0 when never.
+    pub changed_ms: i64,
 }
 
 /// Every cursor of a topic, by name, with its positions.
@@ -47,6 +52,14 @@ pub struct KeyHistory {
     /// The key's last sequence; `None` when the key has no events.
     pub last_sequence: Option<Sequence>,
 }
+
+/// What a running subscription reports to its backend (metrics count with it).
+pub trait SubscriptionMeter: Send + Sync {
+    /// `events` were sent to the subscriber.
+    fn sent(&self, _events: usize) {}
+}
+
+impl SubscriptionMeter for () {}
 
 /// Everything the service needs from storage.
 ///
@@ -174,9 +187,10 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Error::TopicNotFound`] when the topic does not exist, [`Error::CursorNotFound`], or I/O.
     fn delete_cursor(&self, topic: &str, name: &str) -> BoxFuture<Result<()>>;
     /// Called when a subscription to `topic` starts; the subscription holds the
-    /// returned value until it ends. A decorator (metrics) counts open
-    /// subscriptions with it; the default holds nothing.
-    fn subscription_started(&self, _topic: &str) -> Box<dyn Send + Sync> {
+    /// returned meter until it ends and tells it of the events it sends. A
+    /// decorator (metrics) counts open subscriptions and their events with it;
+    /// the default counts nothing.
+    fn subscription_started(&self, _topic: &str) -> Box<dyn SubscriptionMeter> {
         Box::new(())
     }
     /// Stops taking work and waits for work that outlives the call that started
@@ -186,6 +200,21 @@ pub trait Backend: Send + Sync + 'static {
     fn shutdown(&self) -> BoxFuture<()> {
         ready(())
     }
+    /// Changes a topic's options while it serves (the fields `change` sets);
+    /// `principal` is recorded with the change. Resolves to the options before
+    /// and after, and the topic's revision.
+    ///
+    /// # Errors
+    /// [`Error::TopicNotFound`]; [`Error::InvalidArgument`] for a change that
+    /// sets nothing; [`Error::Config`] or [`Error::LimitExceeded`] for bad
+    /// values (nothing changes); a backend that cannot apply an option live
+    /// refuses it (the NATS backend: durability, segment size); I/O.
+    fn update_topic(
+        &self,
+        name: &str,
+        change: TopicChange,
+        principal: &str,
+    ) -> BoxFuture<Result<TopicUpdate>>;
 }
 
 /// Runs `work` on tokio's blocking pool once the future is first polled.
@@ -386,7 +415,7 @@ impl Backend for EngineBackend {
         // Creating a topic makes and syncs files and directories.
         let log = Arc::clone(&self.log);
         let name = name.to_string();
-        self.blocking(move || Ok(log.create_topic(&name, options)?.options().clone()))
+        self.blocking(move || Ok(log.create_topic(&name, options)?.options()))
     }
 
     fn describe_topic(&self, name: &str) -> BoxFuture<Result<TopicDescription>> {
@@ -397,15 +426,31 @@ impl Backend for EngineBackend {
             Err(error) => return ready(Err(error)),
         };
         self.blocking(move || {
+            let (revision, changed_ms) = handle.revision();
             Ok(TopicDescription {
-                options: handle.options().clone(),
+                options: handle.options(),
                 partitions: handle.partition_infos(),
+                revision,
+                changed_ms,
             })
         })
     }
 
     fn list_topics(&self) -> BoxFuture<Result<Vec<String>>> {
         ready(Ok(self.log.topics()))
+    }
+
+    fn update_topic(
+        &self,
+        name: &str,
+        change: TopicChange,
+        principal: &str,
+    ) -> BoxFuture<Result<TopicUpdate>> {
+        // A change syncs the change journal and replaces `topic.meta`.
+        let log = Arc::clone(&self.log);
+        let name = name.to_string();
+        let principal = principal.to_string();
+        self.blocking(move || log.update_topic(&name, &change, &principal))
     }
 
     fn delete_topic(&self, name: &str) -> BoxFuture<Result<()>> {

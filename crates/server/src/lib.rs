@@ -14,7 +14,13 @@
 
 pub mod auth;
 pub mod backend;
+mod backup;
+pub mod delivery;
+pub mod group;
+pub mod logging;
 pub mod metrics;
+pub mod process_metrics;
+pub mod rpc_metrics;
 mod service;
 mod subscription;
 pub mod tls;
@@ -31,6 +37,7 @@ use tonic::service::interceptor::InterceptedService;
 pub use backend::{Backend, EngineBackend};
 pub use service::SteleService;
 
+use rpc_metrics::RpcMetered;
 use stele_engine::Log;
 use stele_engine::config::{LogOptions, TopicOptions};
 use stele_engine::error::{Error, Result};
@@ -79,6 +86,30 @@ impl ServerConfig {
     }
 }
 
+/// How often the data directory's free space is checked for the log.
+const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks the data directory's free space every [`DISK_CHECK_INTERVAL`] and
+/// logs each change of level (low, critical, recovered); ends with the log.
+fn spawn_disk_watch(log: std::sync::Weak<Log>) {
+    tokio::spawn(async move {
+        let watch = logging::DiskWatch::default();
+        let mut ticks = tokio::time::interval(DISK_CHECK_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let Some(log) = log.upgrade() else {
+                return;
+            };
+            if log.is_closed() {
+                return;
+            }
+            if let Ok(space) = log.disk_space() {
+                watch.check(log.dir(), space.available_bytes, space.capacity_bytes);
+            }
+        }
+    });
+}
+
 /// Where a server keeps its events.
 pub enum Storage {
     /// The embedded engine over an open log (its directory also holds tokens
@@ -103,6 +134,7 @@ pub struct RunningServer {
     metrics: Arc<metrics::ServerMetrics>,
     metrics_endpoint: Option<metrics::MetricsEndpoint>,
     webhooks: Arc<webhook::Dispatcher>,
+    groups: Arc<group::Groups>,
     backend: Arc<dyn Backend>,
     auth: Arc<auth::Authenticator>,
     tls: Option<Arc<tls::TlsAcceptor>>,
@@ -200,6 +232,7 @@ impl RunningServer {
         let metrics = Arc::new(metrics::ServerMetrics::new(Arc::clone(&backend), log.clone()));
         if let Some(log) = &log {
             metrics.count_recovery_damage(log);
+            spawn_disk_watch(Arc::downgrade(log));
         }
         let backend: Arc<dyn Backend> = Arc::new(metrics::MeteredBackend::new(backend, Arc::clone(&metrics)));
         let metrics_endpoint = match config.metrics_listen {
@@ -225,6 +258,11 @@ impl RunningServer {
             config.webhooks.clone(),
             observer,
         )?;
+        let groups = group::Groups::start(
+            Arc::clone(&backend),
+            &state_dir,
+            Arc::clone(&metrics) as Arc<dyn group::GroupObserver>,
+        )?;
         if config.auth.mode == auth::AuthMode::None && !local_addr.ip().is_loopback() {
             tracing::warn!(
                 %local_addr,
@@ -234,7 +272,12 @@ impl RunningServer {
         }
         let service = SteleService::new(Arc::clone(&backend), closing)
             .with_webhooks(Arc::clone(&webhooks))
+            .with_groups(Arc::clone(&groups))
             .with_auth(Arc::clone(&authenticator));
+        let service = match &log {
+            Some(log) => service.with_log(Arc::clone(log)),
+            None => service,
+        };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<proto::stele_server::SteleServer<SteleService>>()
@@ -266,6 +309,7 @@ impl RunningServer {
             .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);
         let stele = MessageLimitStatus { inner: stele };
+        let rpc = metrics.rpc();
         let (stop, stopped) = oneshot::channel::<()>();
         // Plaintext connections go through the same IO type, so that every
         // request carries a `tls::ConnectionInfo`.
@@ -280,10 +324,10 @@ impl RunningServer {
             tonic::transport::Server::builder()
                 .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(stele)
+                .add_service(RpcMetered::new(health_service, Arc::clone(&rpc)))
+                .add_service(RpcMetered::new(reflection_v1, Arc::clone(&rpc)))
+                .add_service(RpcMetered::new(reflection_v1alpha, Arc::clone(&rpc)))
+                .add_service(RpcMetered::new(stele, rpc))
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         });
@@ -296,6 +340,7 @@ impl RunningServer {
             metrics,
             metrics_endpoint,
             webhooks,
+            groups,
             backend,
             auth: authenticator,
             tls,
@@ -361,6 +406,11 @@ impl RunningServer {
         &self.webhooks
     }
 
+    /// The consumer groups.
+    pub fn groups(&self) -> &Arc<group::Groups> {
+        &self.groups
+    }
+
     /// Stops accepting, finishes in-flight calls, then syncs and closes the log.
     ///
     /// # Errors
@@ -369,6 +419,7 @@ impl RunningServer {
         tracing::info!("shutting down: finishing in-flight calls");
         self.stop_serving().await;
         self.webhooks.shutdown().await;
+        self.groups.shutdown().await;
         // Work of cancelled calls (a cursor commit's fdatasync) may still run.
         self.backend.shutdown().await;
         match &self.log {

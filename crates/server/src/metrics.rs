@@ -1,10 +1,12 @@
 //! Prometheus metrics of the server: the registry, the append decorator, the
-//! scrape-time collector, the webhook families and the `/metrics` endpoint.
+//! scrape-time collector, the webhook and consumer group families and the
+//! `/metrics` endpoint.
 //!
 //! [`ServerMetrics`] owns one `prometheus_client` registry holding the engine's
 //! families ([`EngineMetrics`](stele_engine::metrics::EngineMetrics)), the server's own (appends, subscriptions,
-//! corruption), the webhook families ([`WebhookMetrics`]) and a
-//! [`Collector`] that reads per-partition and per-cursor figures from the
+//! corruption), the webhook families ([`WebhookMetrics`]), the consumer group
+//! families (`GroupMetrics`, fed through [`GroupObserver`](super::group::GroupObserver))
+//! and a [`Collector`] that reads per-partition and per-cursor figures from the
 //! backend when scraped (no background polling).
 //! [`MeteredBackend`] wraps any [`Backend`], so the gRPC service stays
 //! unaware of metrics and every backend is metered alike.
@@ -13,15 +15,22 @@
 //! certificate and client-CA policy when the server has TLS.
 //!
 //! Invariant: label values are only topic names, partition numbers, cursor
-//! names, webhook endpoint names and the fixed words of `result`, `outcome` and
-//! `status_class`; nothing a client sends becomes a label unless it names an
-//! existing topic or cursor.
+//! names, webhook endpoint names, consumer group names, the instance ids of the
+//! members connected to a group now, and the fixed words of `result`, `outcome`
+//! and `status_class`; nothing a client sends becomes a label unless it names an
+//! existing topic, cursor or group, or a member present in a group (a member's
+//! series leave with it, a group's with the group).
 //! Every family is declared (HELP and TYPE) from the first scrape, with or
 //! without samples.
+//! The group counters are monotonic although the runner's counts restart at 0
+//! with the runner: each report adds what a count grew by, or all of it when
+//! it fell.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use stele_engine::Sequence;
 
@@ -138,7 +147,13 @@ impl AppendResult {
             | ErrorKind::CursorBackwards
             | ErrorKind::CursorAheadOfHighWatermark
             | ErrorKind::WebhookNotFound
-            | ErrorKind::WebhookExists => AppendResult::Rejected,
+            | ErrorKind::WebhookExists
+            | ErrorKind::GroupNotFound
+            | ErrorKind::GroupExists
+            | ErrorKind::DeliveryStale
+            | ErrorKind::MemberReplaced
+            | ErrorKind::DestinationNotEmpty
+            | ErrorKind::Unsupported => AppendResult::Rejected,
             ErrorKind::Io
             | ErrorKind::DiskFull
             | ErrorKind::Corruption
@@ -147,7 +162,8 @@ impl AppendResult {
             | ErrorKind::Poisoned
             | ErrorKind::Locked
             | ErrorKind::Closed
-            | ErrorKind::Unavailable => AppendResult::Error,
+            | ErrorKind::Unavailable
+            | ErrorKind::Quarantined => AppendResult::Error,
         }
     }
 
@@ -215,6 +231,8 @@ struct RequestMetrics {
     append_bytes: Family<AppendLabels, Counter>,
     append_duration_seconds: HistogramFamily<TopicLabels>,
     subscriptions_active: Family<TopicLabels, Gauge>,
+    subscription_events: Family<TopicLabels, Counter>,
+    read_events: Family<TopicLabels, Counter>,
     corruption_detected: Family<TopicLabels, Counter>,
 }
 
@@ -226,6 +244,8 @@ impl RequestMetrics {
             append_bytes: Family::default(),
             append_duration_seconds: Family::new_with_constructor(append_histogram),
             subscriptions_active: Family::default(),
+            subscription_events: Family::default(),
+            read_events: Family::default(),
             corruption_detected: Family::default(),
         }
     }
@@ -257,8 +277,18 @@ impl RequestMetrics {
             Declared(self.subscriptions_active.clone()),
         );
         registry.register(
+            "stele_subscription_events",
+            "Events sent to subscribers by topic",
+            Declared(self.subscription_events.clone()),
+        );
+        registry.register(
+            "stele_read_events",
+            "Events read from storage by topic: Read and ReadKey calls, subscriptions, webhook and consumer group deliveries",
+            Declared(self.read_events.clone()),
+        );
+        registry.register(
             "stele_corruption_detected",
-            "Damaged stored bytes found: files repaired at open (checkpoint or dedup run rebuilt) and corruption errors returned by requests",
+            "Damaged stored bytes found: files repaired at open (checkpoint or dedup run rebuilt), partitions quarantined at open, and corruption errors returned by requests",
             Declared(self.corruption_detected.clone()),
         );
     }
@@ -276,7 +306,17 @@ impl RequestMetrics {
         }
         self.append_duration_seconds.remove(&labels);
         self.corruption_detected.remove(&labels);
+        self.read_events.remove(&labels);
+        // Like the gauge below, open subscriptions still count into theirs.
         // The gauge of open subscriptions stays: their guards still decrement it.
+    }
+
+    fn count_read(&self, topic: &str, events: usize) {
+        if events > 0 {
+            self.read_events
+                .get_or_create(&TopicLabels::new(topic))
+                .inc_by(events as u64);
+        }
     }
 
     /// Counts a corruption error in `result`, then returns it.
@@ -451,6 +491,226 @@ impl WebhookMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupTopicLabels {
+    group: String,
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    group: String,
+    member: String,
+}
+
+/// What the group families last took from one group's reports: the label
+/// values to remove later, and the runner's counts the counters mirror.
+#[derive(Debug, Default)]
+struct GroupSeen {
+    topic: String,
+    members: Vec<String>,
+    redelivered: u64,
+    parked: u64,
+    acked: u64,
+}
+
+/// What a counter that mirrors a runner's count adds when the count goes from
+/// `last` to `now`: the growth, or all of `now` after a fall, which means the
+/// runner restarted and counts from 0 again.
+fn counted_since(last: u64, now: u64) -> u64 {
+    if now >= last { now - last } else { now }
+}
+
+/// A count as a gauge value.
+fn gauge_value(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// Per-group consumer group metrics, fed by the group runners' reports
+/// (about once a second per group) through [`super::group::GroupObserver`].
+#[derive(Debug)]
+struct GroupMetrics {
+    lag_events: Family<GroupTopicLabels, Gauge>,
+    in_flight: Family<GroupLabels, Gauge>,
+    member_in_flight: Family<MemberLabels, Gauge>,
+    members: Family<GroupLabels, Gauge>,
+    redeliveries: Family<GroupLabels, Counter>,
+    parked: Family<GroupLabels, Counter>,
+    acked: Family<GroupLabels, Counter>,
+    blocked_keys: Family<GroupLabels, Gauge>,
+    oldest_unsettled_age_seconds: Family<GroupLabels, Gauge<f64, AtomicU64>>,
+    /// By group. Held across each report and removal, so that a removal never
+    /// interleaves with a report of the same group.
+    seen: std::sync::Mutex<HashMap<String, GroupSeen>>,
+}
+
+impl GroupMetrics {
+    fn new() -> GroupMetrics {
+        GroupMetrics {
+            lag_events: Family::default(),
+            in_flight: Family::default(),
+            member_in_flight: Family::default(),
+            members: Family::default(),
+            redeliveries: Family::default(),
+            parked: Family::default(),
+            acked: Family::default(),
+            blocked_keys: Family::default(),
+            oldest_unsettled_age_seconds: Family::default(),
+            seen: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "stele_group_lag_events",
+            "Events of a consumer group's topic not yet settled (acked or parked) by the group, over all partitions",
+            Declared(self.lag_events.clone()),
+        );
+        registry.register(
+            "stele_group_in_flight",
+            "Deliveries of a consumer group held by its members and not yet settled",
+            Declared(self.in_flight.clone()),
+        );
+        registry.register(
+            "stele_group_member_in_flight",
+            "Deliveries held and not yet settled by one member instance of a consumer group",
+            Declared(self.member_in_flight.clone()),
+        );
+        registry.register(
+            "stele_group_members",
+            "Member instances connected to a consumer group",
+            Declared(self.members.clone()),
+        );
+        registry.register(
+            "stele_group_redeliveries",
+            "Deliveries of a consumer group after an event's first: after a retry, an expired lease or a member leaving",
+            Declared(self.redeliveries.clone()),
+        );
+        registry.register(
+            "stele_group_parked",
+            "Events a consumer group stored in its dead-letter topic: parked by a member, or out of deliveries under on_exhausted park",
+            Declared(self.parked.clone()),
+        );
+        registry.register(
+            "stele_group_acked",
+            "Deliveries of a consumer group its members acked",
+            Declared(self.acked.clone()),
+        );
+        registry.register(
+            "stele_group_blocked_keys",
+            "Keys of a consumer group stopped under on_exhausted block until a redrive",
+            Declared(self.blocked_keys.clone()),
+        );
+        registry.register(
+            "stele_group_oldest_unsettled_age_seconds",
+            "Time since the append of the oldest event a consumer group has read and not settled (0: none)",
+            Declared(self.oldest_unsettled_age_seconds.clone()),
+        );
+    }
+
+    fn group(group: &str) -> GroupLabels {
+        GroupLabels {
+            group: group.to_string(),
+        }
+    }
+
+    fn member(group: &str, member: &str) -> MemberLabels {
+        MemberLabels {
+            group: group.to_string(),
+            member: member.to_string(),
+        }
+    }
+
+    fn lag(group: &str, topic: &str) -> GroupTopicLabels {
+        GroupTopicLabels {
+            group: group.to_string(),
+            topic: topic.to_string(),
+        }
+    }
+
+    /// Takes `group`'s figures now: sets the gauges, adds to the counters,
+    /// and drops the series of members no longer present.
+    fn report(&self, group: &str, figures: &super::group::GroupFigures) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = seen.entry(group.to_string()).or_default();
+        let labels = Self::group(group);
+
+        if seen.topic != figures.topic {
+            self.lag_events.remove(&Self::lag(group, &seen.topic));
+            seen.topic = figures.topic.clone();
+        }
+        self.lag_events
+            .get_or_create(&Self::lag(group, &figures.topic))
+            .set(gauge_value(figures.lag));
+        self.in_flight
+            .get_or_create(&labels)
+            .set(gauge_value(figures.in_flight));
+        self.blocked_keys
+            .get_or_create(&labels)
+            .set(gauge_value(figures.blocked_keys));
+        self.oldest_unsettled_age_seconds
+            .get_or_create(&labels)
+            .set(figures.oldest_unsettled_age_ms as f64 / 1000.0);
+
+        // Instance ids are unique among a group's members (a second join with
+        // one replaces the first); should one appear twice, its holdings add up.
+        let mut members: BTreeMap<&str, u64> = BTreeMap::new();
+        for (instance, held) in &figures.members {
+            *members.entry(instance.as_str()).or_default() += held;
+        }
+        for gone in seen
+            .members
+            .iter()
+            .filter(|member| !members.contains_key(member.as_str()))
+        {
+            self.member_in_flight.remove(&Self::member(group, gone));
+        }
+        for (member, held) in &members {
+            self.member_in_flight
+                .get_or_create(&Self::member(group, member))
+                .set(gauge_value(*held));
+        }
+        self.members
+            .get_or_create(&labels)
+            .set(gauge_value(members.len() as u64));
+        seen.members = members.keys().map(|member| member.to_string()).collect();
+
+        for (counter, last, now) in [
+            (&self.redeliveries, &mut seen.redelivered, figures.redelivered),
+            (&self.parked, &mut seen.parked, figures.parked),
+            (&self.acked, &mut seen.acked, figures.acked),
+        ] {
+            // Created even at 0, so that rates and increases have a start.
+            counter.get_or_create(&labels).inc_by(counted_since(*last, now));
+            *last = now;
+        }
+    }
+
+    /// Drops every series of a deleted group.
+    fn remove(&self, group: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let labels = Self::group(group);
+        if let Some(seen) = seen.remove(group) {
+            self.lag_events.remove(&Self::lag(group, &seen.topic));
+            for member in &seen.members {
+                self.member_in_flight.remove(&Self::member(group, member));
+            }
+        }
+        self.in_flight.remove(&labels);
+        self.members.remove(&labels);
+        self.redeliveries.remove(&labels);
+        self.parked.remove(&labels);
+        self.acked.remove(&labels);
+        self.blocked_keys.remove(&labels);
+        self.oldest_unsettled_age_seconds.remove(&labels);
+    }
+}
+
 /// What the collector shows: per-partition and per-cursor figures read from the
 /// backend, and the data directory's free space, gathered (asynchronously, off
 /// the runtime's threads where it blocks) just before each encoding.
@@ -548,6 +808,10 @@ impl Collector for StateCollector {
             "stele_partition_segments",
             "Segment files of a partition, sealed and active",
         );
+        let mut quarantined = GaugeFamily::new(
+            "stele_partition_quarantined",
+            "1 when a partition was opened quarantined (damage recovery may not repair: appends and reads past the damage refused), else 0",
+        );
         let mut committed = GaugeFamily::new(
             "stele_cursor_committed_offset",
             "The next offset a named cursor will read in a partition (absent until committed there)",
@@ -569,7 +833,8 @@ impl Collector for StateCollector {
                 high_watermark.push(labels.clone(), info.high_watermark.0);
                 earliest.push(labels.clone(), info.earliest.0);
                 size.push(labels.clone(), info.size_bytes);
-                segments.push(labels, info.segments_count as u64);
+                segments.push(labels.clone(), info.segments_count as u64);
+                quarantined.push(labels, u64::from(info.quarantine.is_some()));
             }
             for (cursor, positions) in cursors {
                 for position in positions {
@@ -589,6 +854,7 @@ impl Collector for StateCollector {
         earliest.encode(&mut encoder)?;
         size.encode(&mut encoder)?;
         segments.encode(&mut encoder)?;
+        quarantined.encode(&mut encoder)?;
         committed.encode(&mut encoder)?;
         lag.encode(&mut encoder)?;
         let mut available = GaugeFamily::<[(&str, &str); 0]>::new(
@@ -613,6 +879,8 @@ pub struct ServerMetrics {
     registry: Registry,
     requests: RequestMetrics,
     webhook: WebhookMetrics,
+    group: GroupMetrics,
+    rpc: Arc<super::rpc_metrics::RpcMetrics>,
     backend: Arc<dyn Backend>,
     log: Option<Arc<Log>>,
     /// What the collector encodes; one scrape gathers and encodes at a time.
@@ -628,7 +896,7 @@ impl std::fmt::Debug for ServerMetrics {
 
 impl ServerMetrics {
     /// A registry with the engine's families (when there is an engine), the
-    /// server's, the webhook families and a collector reading `backend` (and
+    /// server's, the webhook and group families and a collector reading `backend` (and
     /// `log`'s free disk space) at scrape time.
     pub fn new(backend: Arc<dyn Backend>, log: Option<Arc<Log>>) -> ServerMetrics {
         let mut registry = Registry::default();
@@ -639,14 +907,21 @@ impl ServerMetrics {
         requests.register(&mut registry);
         let webhook = WebhookMetrics::new();
         webhook.register(&mut registry);
+        let group = GroupMetrics::new();
+        group.register(&mut registry);
+        let rpc = Arc::new(super::rpc_metrics::RpcMetrics::default());
+        rpc.register(&mut registry);
         let state = Arc::new(std::sync::Mutex::new(ScrapeState::default()));
         registry.register_collector(Box::new(StateCollector {
             state: Arc::clone(&state),
         }));
+        registry.register_collector(Box::new(super::process_metrics::ProcessCollector));
         ServerMetrics {
             registry,
             requests,
             webhook,
+            group,
+            rpc,
             backend,
             log,
             state,
@@ -659,8 +934,14 @@ impl ServerMetrics {
         &self.webhook
     }
 
+    /// The per-RPC families, for the services' [`RpcMetered`](super::rpc_metrics::RpcMetered) wrappers.
+    pub fn rpc(&self) -> Arc<super::rpc_metrics::RpcMetrics> {
+        Arc::clone(&self.rpc)
+    }
+
     /// Counts the damaged files that opening `log` repaired (an unreadable
-    /// checkpoint rebuilt, damaged dedup runs dropped) as detected corruption.
+    /// checkpoint rebuilt, damaged dedup runs dropped) and the partitions it
+    /// opened quarantined as detected corruption.
     pub fn count_recovery_damage(&self, log: &Log) {
         for name in log.topics() {
             let Ok(topic) = log.topic(&name) else {
@@ -669,7 +950,11 @@ impl ServerMetrics {
             let damaged: u64 = topic
                 .recovery_reports()
                 .iter()
-                .map(|report| u64::from(report.checkpoint_rebuilt) + report.dedup_runs_dropped as u64)
+                .map(|report| {
+                    u64::from(report.checkpoint_rebuilt)
+                        + report.dedup_runs_dropped as u64
+                        + u64::from(report.quarantine.is_some())
+                })
                 .sum();
             if damaged > 0 {
                 self.requests
@@ -699,11 +984,24 @@ impl ServerMetrics {
 }
 
 /// Decreases the open-subscription gauge when the subscription ends.
-struct SubscriptionGuard(Gauge);
+/// A subscription's meter: the open-subscriptions gauge while it lives, its
+/// events counted, and the inner backend's own meter.
+struct SubscriptionGuard {
+    inner: Box<dyn super::backend::SubscriptionMeter>,
+    active: Gauge,
+    events: Counter,
+}
+
+impl super::backend::SubscriptionMeter for SubscriptionGuard {
+    fn sent(&self, events: usize) {
+        self.events.inc_by(events as u64);
+        self.inner.sent(events);
+    }
+}
 
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.active.dec();
     }
 }
 
@@ -804,6 +1102,15 @@ impl Backend for MeteredBackend {
         self.inner.list_topics()
     }
 
+    fn update_topic(
+        &self,
+        name: &str,
+        change: stele_engine::TopicChange,
+        principal: &str,
+    ) -> BoxFuture<Result<stele_engine::TopicUpdate>> {
+        self.watched(name, self.inner.update_topic(name, change, principal))
+    }
+
     fn delete_topic(&self, name: &str) -> BoxFuture<Result<()>> {
         let future = self.inner.delete_topic(name);
         let metrics = Arc::clone(&self.metrics);
@@ -878,11 +1185,20 @@ impl Backend for MeteredBackend {
         bytes_max: u64,
         filter: &EventFilter,
     ) -> BoxFuture<Result<StoredEvents>> {
-        self.watched(
+        let scanned = self.watched(
             topic,
             self.inner
                 .scan(topic, partition, from, count_max, bytes_max, filter),
-        )
+        );
+        let (metrics, topic) = (Arc::clone(&self.metrics), topic.to_string());
+        Box::pin(async move {
+            let result = scanned.await;
+            // Counted only once the topic is known to exist (a label).
+            if let Ok(events) = &result {
+                metrics.requests.count_read(&topic, events.len());
+            }
+            result
+        })
     }
 
     fn read_key(
@@ -893,7 +1209,15 @@ impl Backend for MeteredBackend {
         direction: Direction,
         count_max: usize,
     ) -> BoxFuture<Result<KeyHistory>> {
-        self.watched(topic, self.inner.read_key(topic, key, from, direction, count_max))
+        let read = self.watched(topic, self.inner.read_key(topic, key, from, direction, count_max));
+        let (metrics, topic) = (Arc::clone(&self.metrics), topic.to_string());
+        Box::pin(async move {
+            let result = read.await;
+            if let Ok(history) = &result {
+                metrics.requests.count_read(&topic, history.events.len());
+            }
+            result
+        })
     }
 
     fn offset_for_timestamp(
@@ -949,13 +1273,15 @@ impl Backend for MeteredBackend {
         self.inner.shutdown()
     }
 
-    fn subscription_started(&self, topic: &str) -> Box<dyn Send + Sync> {
-        let gauge = self
-            .requests()
-            .subscriptions_active
-            .get_or_create_owned(&TopicLabels::new(topic));
-        gauge.inc();
-        Box::new((self.inner.subscription_started(topic), SubscriptionGuard(gauge)))
+    fn subscription_started(&self, topic: &str) -> Box<dyn super::backend::SubscriptionMeter> {
+        let labels = TopicLabels::new(topic);
+        let active = self.requests().subscriptions_active.get_or_create_owned(&labels);
+        active.inc();
+        Box::new(SubscriptionGuard {
+            inner: self.inner.subscription_started(topic),
+            active,
+            events: self.requests().subscription_events.get_or_create_owned(&labels),
+        })
     }
 }
 
@@ -1210,6 +1536,16 @@ impl super::webhook::DeliveryObserver for ServerMetrics {
     }
 }
 
+/// The group runners report their figures straight into the group families.
+impl super::group::GroupObserver for ServerMetrics {
+    fn report(&self, group: &str, figures: &super::group::GroupFigures) {
+        self.group.report(group, figures);
+    }
+    fn remove(&self, group: &str) {
+        self.group.remove(group);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1270,6 +1606,164 @@ mod tests {
             text.contains(
                 "stele_webhook_deliveries_total{endpoint=\"audit\",outcome=\"retry\",status_class=\"5xx\"} 1\n"
             ),
+            "{text}"
+        );
+    }
+
+    /// Figures of a group on `topic` with these members and counts.
+    fn figures(
+        topic: &str,
+        members: &[(&str, u64)],
+        (redelivered, parked, acked): (u64, u64, u64),
+    ) -> super::super::group::GroupFigures {
+        super::super::group::GroupFigures {
+            topic: topic.to_string(),
+            lag: 7,
+            floors: vec![(10, 2)],
+            in_flight: members.iter().map(|(_, held)| held).sum(),
+            members: members
+                .iter()
+                .map(|(member, held)| (member.to_string(), *held))
+                .collect(),
+            redelivered,
+            parked,
+            acked,
+            blocked_keys: 1,
+            oldest_unsettled_age_ms: 1_500,
+        }
+    }
+
+    /// The group families alone, registered.
+    fn group_registry() -> (GroupMetrics, Registry) {
+        let group = GroupMetrics::new();
+        let mut registry = Registry::default();
+        group.register(&mut registry);
+        (group, registry)
+    }
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn counted_since_adds_growth_and_restarts_from_a_fall() {
+        // Goal: the counter rule on its own: growth is added, no change adds
+        // nothing, a fall is a runner restart whose whole count is new.
+        assert_eq!(counted_since(0, 0), 0);
+        assert_eq!(counted_since(3, 8), 5);
+        assert_eq!(counted_since(8, 8), 0);
+        assert_eq!(counted_since(8, 2), 2);
+        assert_eq!(counted_since(8, 0), 0);
+    }
+
+    #[test]
+    fn group_counters_stay_monotonic_across_a_runner_restart() {
+        // Goal: the exported counters never fall although the runner's counts
+        // restart at 0. Method: reports of (redelivered, parked, acked) rising,
+        // repeated, then fallen (a restart), then rising again; each counter is
+        // the sum of the growths, a fall adding the new count whole.
+        let (group, registry) = group_registry();
+        for counts in [(1, 0, 5), (2, 1, 8), (2, 1, 8), (0, 0, 2), (1, 0, 6)] {
+            group.report("billing", &figures("orders", &[], counts));
+        }
+        let text = encoded(&registry);
+        for expected in [
+            "stele_group_redeliveries_total{group=\"billing\"} 3\n",
+            "stele_group_parked_total{group=\"billing\"} 1\n",
+            "stele_group_acked_total{group=\"billing\"} 14\n",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+    }
+
+    #[test]
+    fn group_gauges_follow_the_latest_report() {
+        // Goal: each gauge is the latest figure, with the documented labels and
+        // units (the age in seconds).
+        let (group, registry) = group_registry();
+        group.report("billing", &figures("orders", &[("a", 1), ("b", 2)], (0, 0, 0)));
+        let mut latest = figures("orders", &[("a", 4)], (0, 0, 0));
+        latest.lag = 12;
+        latest.blocked_keys = 0;
+        latest.oldest_unsettled_age_ms = 2_250;
+        group.report("billing", &latest);
+        let text = encoded(&registry);
+        for expected in [
+            "stele_group_lag_events{group=\"billing\",topic=\"orders\"} 12\n",
+            "stele_group_in_flight{group=\"billing\"} 4\n",
+            "stele_group_member_in_flight{group=\"billing\",member=\"a\"} 4\n",
+            "stele_group_members{group=\"billing\"} 1\n",
+            "stele_group_blocked_keys{group=\"billing\"} 0\n",
+            "stele_group_oldest_unsettled_age_seconds{group=\"billing\"} 2.25\n",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+    }
+
+    #[test]
+    fn members_no_longer_present_lose_their_series() {
+        // Goal: a member that left (or was replaced) leaves the exposition at
+        // the next report; one that stays keeps its series. An instance id
+        // with quotes and a backslash is escaped. A group whose topic changed
+        // keeps only the new topic's lag series.
+        let (group, registry) = group_registry();
+        let odd = "host \"7\" \\ pid";
+        group.report("billing", &figures("orders", &[("a", 1), (odd, 2)], (0, 0, 0)));
+        let text = encoded(&registry);
+        assert!(
+            text.contains(
+                "stele_group_member_in_flight{group=\"billing\",member=\"host \\\"7\\\" \\\\ pid\"} 2\n"
+            ),
+            "{text}"
+        );
+        group.report("billing", &figures("orders-v2", &[("b", 3), ("a", 0)], (0, 0, 0)));
+        let text = encoded(&registry);
+        assert!(!text.contains("host"), "{text}");
+        assert!(!text.contains("topic=\"orders\""), "{text}");
+        assert!(
+            text.contains("stele_group_lag_events{group=\"billing\",topic=\"orders-v2\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stele_group_member_in_flight{group=\"billing\",member=\"a\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stele_group_member_in_flight{group=\"billing\",member=\"b\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stele_group_members{group=\"billing\"} 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn removing_a_group_drops_every_series_of_it() {
+        // Goal: a deleted group leaves the exposition (every family, every
+        // member), other groups stay, the families stay declared, and a group
+        // created again under the same name counts from 0.
+        let (group, registry) = group_registry();
+        for name in ["billing", "audit"] {
+            group.report(name, &figures("orders", &[("a", 1), ("b", 2)], (4, 2, 9)));
+        }
+        group.remove("billing");
+        let text = encoded(&registry);
+        assert!(!text.contains("billing"), "{text}");
+        assert!(
+            text.contains("stele_group_acked_total{group=\"audit\"} 9\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE stele_group_acked_total counter\n"),
+            "{text}"
+        );
+        group.report("billing", &figures("orders", &[], (0, 0, 1)));
+        let text = encoded(&registry);
+        assert!(
+            text.contains("stele_group_acked_total{group=\"billing\"} 1\n"),
             "{text}"
         );
     }

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::rpc::Rpc;
 use super::auth::{Authenticator, Caller, NewToken};
 use super::backend::Backend;
+use super::delivery::core::Action;
+use super::group::{Groups, SeekTo};
 use super::subscription;
 use super::webhook::Dispatcher;
 use stele_engine::EventFilter;
@@ -38,8 +40,13 @@ pub struct SteleService {
     closing: watch::Receiver<bool>,
     /// Webhook delivery; the webhook RPCs fail as unimplemented without it.
     webhooks: Option<Arc<Dispatcher>>,
+    /// Consumer groups; their RPCs fail as unimplemented without them.
+    groups: Option<Arc<Groups>>,
     /// Who may call what (`auth::rpc`); anonymous by default.
     auth: Arc<Authenticator>,
+    /// The engine's log, when the server runs on it: Backup fails as
+    /// unimplemented without it.
+    log: Option<Arc<stele_engine::Log>>,
 }
 
 impl SteleService {
@@ -49,8 +56,16 @@ impl SteleService {
             backend,
             closing,
             webhooks: None,
+            groups: None,
             auth: Authenticator::anonymous(),
+            log: None,
         }
+    }
+
+    /// Serves Backup over the engine's `log` (`crate::backup`).
+    pub fn with_log(mut self, log: Arc<stele_engine::Log>) -> SteleService {
+        self.log = Some(log);
+        self
     }
 
     /// Authenticates and authorizes calls with `auth`.
@@ -117,6 +132,27 @@ impl SteleService {
             .as_ref()
             .ok_or_else(|| Status::unimplemented("webhooks are not served here"))
     }
+
+    fn groups(&self) -> Result<&Arc<Groups>, Status> {
+        self.groups
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("consumer groups are not served here"))
+    }
+
+    /// Serves the consumer group RPCs with `groups`.
+    pub fn with_groups(mut self, groups: Arc<Groups>) -> SteleService {
+        self.groups = Some(groups);
+        self
+    }
+
+    /// The caller of a group RPC naming group `name`, allowed on its topic (an
+    /// unknown group's topic is the empty name, which only `<group>:*` reaches).
+    fn group_caller<T>(&self, rpc: Rpc, request: &Request<T>, name: &str) -> Result<Caller, Status> {
+        let caller = self.caller(rpc, request)?;
+        let topic = self.groups.as_ref().and_then(|groups| groups.topic_of(name));
+        caller.allow(topic.as_deref().unwrap_or_default())?;
+        Ok(caller)
+    }
 }
 
 fn outcomes(results: Vec<stele_engine::Result<stele_engine::AppendAck>>) -> Vec<proto::BatchAppendOutcome> {
@@ -145,7 +181,7 @@ enum SessionItem {
     Refused {
         correlation_id: u64,
         count: usize,
-        detail: proto::ErrorDetail,
+        detail: Box<proto::ErrorDetail>,
     },
     /// The stream failed; answered after every earlier request.
     End(Status),
@@ -233,6 +269,8 @@ impl Stele for SteleService {
         Ok(Response::new(proto::DescribeTopicResponse {
             topic: request.topic,
             settings: Some(convert::settings_from_options(&description.options)),
+            revision: description.revision,
+            changed_ms: description.changed_ms,
             partitions: description
                 .partitions
                 .iter()
@@ -243,6 +281,7 @@ impl Stele for SteleService {
                     size_bytes: info.size_bytes,
                     segment_count: info.segments_count as u32,
                     key_count: info.keys_count as u64,
+                    quarantine: info.quarantine.as_ref().map(convert::quarantine_to_proto),
                 })
                 .collect(),
         }))
@@ -358,7 +397,7 @@ impl Stele for SteleService {
                             let item = SessionItem::Refused {
                                 correlation_id: message.correlation_id,
                                 count,
-                                detail: stele_wire::status::detail_of(&status).unwrap_or_default(),
+                                detail: Box::new(stele_wire::status::detail_of(&status).unwrap_or_default()),
                             };
                             if pending_sender.send(item).await.is_err() {
                                 break;
@@ -410,7 +449,7 @@ impl Stele for SteleService {
                         correlation_id,
                         count,
                         detail,
-                    } => Ok(refused_request(correlation_id, count, detail)),
+                    } => Ok(refused_request(correlation_id, count, *detail)),
                     SessionItem::End(status) => Err(status),
                 };
                 let end = response.is_err();
@@ -744,6 +783,205 @@ impl Stele for SteleService {
         result
     }
 
+    async fn create_group(
+        &self,
+        request: Request<proto::CreateGroupRequest>,
+    ) -> Result<Response<proto::CreateGroupResponse>, Status> {
+        let caller = self.caller(Rpc::CreateGroup, &request)?;
+        let request = request.into_inner();
+        caller.allow(&request.topic)?;
+        if let Some(settings) = &request.settings
+            && !settings.dead_letter_topic.is_empty()
+        {
+            caller.allow(&settings.dead_letter_topic)?;
+        } else {
+            caller.allow(&format!(
+                "{}{}",
+                request.topic,
+                stele_engine::group::defaults::DEAD_LETTER_SUFFIX
+            ))?;
+        }
+        let topic = request.topic.clone();
+        let name = request.name.clone();
+        let result = async {
+            let group = self.groups()?.create(request).await.or_status()?;
+            Ok(Response::new(proto::CreateGroupResponse { group: Some(group) }))
+        }
+        .await;
+        caller.audit(Some(&topic), Some(&format!("group {name}")), &result);
+        result
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<proto::DescribeGroupRequest>,
+    ) -> Result<Response<proto::DescribeGroupResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let _caller = self.group_caller(Rpc::DescribeGroup, &request, &name)?;
+        let group = self.groups()?.describe(&name).await.or_status()?;
+        Ok(Response::new(proto::DescribeGroupResponse { group: Some(group) }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<proto::ListGroupsRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        let caller = self.caller(Rpc::ListGroups, &request)?;
+        let topic = request.into_inner().topic;
+        let mut groups = self
+            .groups()?
+            .list((!topic.is_empty()).then_some(topic.as_str()))
+            .await;
+        groups.retain(|group| caller.sees(&group.topic));
+        Ok(Response::new(proto::ListGroupsResponse { groups }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<proto::DeleteGroupRequest>,
+    ) -> Result<Response<proto::DeleteGroupResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let caller = self.group_caller(Rpc::DeleteGroup, &request, &name)?;
+        let topic = self.groups()?.topic_of(&name);
+        let result = async {
+            self.groups()?.delete(&name).await.or_status()?;
+            Ok(Response::new(proto::DeleteGroupResponse {}))
+        }
+        .await;
+        caller.audit(topic.as_deref(), Some(&format!("group {name}")), &result);
+        result
+    }
+
+    async fn seek_group(
+        &self,
+        request: Request<proto::SeekGroupRequest>,
+    ) -> Result<Response<proto::SeekGroupResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let caller = self.group_caller(Rpc::SeekGroup, &request, &name)?;
+        let topic = self.groups()?.topic_of(&name);
+        let request = request.into_inner();
+        let result = async {
+            use proto::seek_group_request::Position;
+            let to = match request.position {
+                Some(Position::Offsets(offsets)) => SeekTo::Offsets(offsets.offsets.into_iter().collect()),
+                Some(Position::TimestampMs(timestamp_ms)) => SeekTo::Timestamp(timestamp_ms),
+                Some(Position::Earliest(_)) => SeekTo::Earliest,
+                Some(Position::Latest(_)) => SeekTo::Latest,
+                None => return Err(invalid_field("position", "a seek needs a position".to_string())),
+            };
+            let group = self.groups()?.seek(&name, to).await.or_status()?;
+            Ok(Response::new(proto::SeekGroupResponse { group: Some(group) }))
+        }
+        .await;
+        caller.audit(topic.as_deref(), Some(&format!("group {name}")), &result);
+        result
+    }
+
+    type ConsumeStream = BoxStream<proto::ConsumeResponse>;
+
+    async fn consume(
+        &self,
+        request: Request<Streaming<proto::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let caller = self.caller(Rpc::Consume, &request)?;
+        let mut inbound = request.into_inner();
+        let groups = Arc::clone(self.groups()?);
+        let first = inbound.message().await.map_err(map_transport_status)?;
+        let Some(proto::ConsumeRequest {
+            kind: Some(proto::consume_request::Kind::Join(join)),
+        }) = first
+        else {
+            return Err(invalid_field(
+                "join",
+                "the first message of Consume must be a join".to_string(),
+            ));
+        };
+        caller.allow(groups.topic_of(&join.group).as_deref().unwrap_or_default())?;
+        // The window bounds the deliveries queued to this stream; refusals and
+        // heartbeats are few.
+        let (sender, receiver) = mpsc::channel(join.window.clamp(1, 1024) as usize + 64);
+        let membership = groups
+            .join(&join.group, join.instance_id, join.window, sender.clone())
+            .await
+            .or_status()?;
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = closing.wait_for(|closing| *closing) => break,
+                    () = sender.closed() => break,
+                };
+                let kind = match next {
+                    Ok(Some(message)) => message.kind,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = sender.try_send(Err(map_transport_status(status)));
+                        break;
+                    }
+                };
+                use proto::consume_request::Kind;
+                match kind {
+                    Some(Kind::Ack(ack)) => membership.settle(ack.delivery_ids, Action::Ack),
+                    Some(Kind::Retry(retry)) => membership.settle(
+                        vec![retry.delivery_id],
+                        Action::Retry {
+                            delay_ms: (retry.delay_ms > 0).then_some(retry.delay_ms),
+                        },
+                    ),
+                    Some(Kind::Park(park)) => {
+                        membership.settle(vec![park.delivery_id], Action::Park { reason: park.reason })
+                    }
+                    Some(Kind::Extend(extend)) => membership.settle(extend.delivery_ids, Action::Extend),
+                    Some(Kind::Join(_)) | None => {
+                        let _ = sender.try_send(Err(invalid_field(
+                            "join",
+                            "a Consume stream joins once, with its first message".to_string(),
+                        )));
+                        break;
+                    }
+                }
+            }
+            // Dropping the membership leaves the group: its deliveries go to others.
+            drop(membership);
+        });
+        let stream: BoxStream<proto::ConsumeResponse> = Box::pin(ReceiverStream::new(receiver));
+        Ok(Response::new(until_ended(stream, caller)))
+    }
+
+    async fn list_parked(
+        &self,
+        request: Request<proto::ListParkedRequest>,
+    ) -> Result<Response<proto::ListParkedResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let _caller = self.group_caller(Rpc::ListParked, &request, &name)?;
+        let max = match request.get_ref().max_events {
+            0 => READ_EVENTS_DEFAULT,
+            max => (max as usize).min(READ_EVENTS_DEFAULT * 10),
+        };
+        let events = self.groups()?.parked(&name, max).await.or_status()?;
+        Ok(Response::new(proto::ListParkedResponse { events }))
+    }
+
+    async fn redrive_parked(
+        &self,
+        request: Request<proto::RedriveParkedRequest>,
+    ) -> Result<Response<proto::RedriveParkedResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let caller = self.group_caller(Rpc::RedriveParked, &request, &name)?;
+        let topic = self.groups()?.topic_of(&name);
+        let result = async {
+            let (redriven_count, unblocked_keys_count) = self.groups()?.redrive(&name).await.or_status()?;
+            Ok(Response::new(proto::RedriveParkedResponse {
+                redriven_count,
+                unblocked_keys_count,
+            }))
+        }
+        .await;
+        caller.audit(topic.as_deref(), Some(&format!("group {name}")), &result);
+        result
+    }
+
     async fn create_token(
         &self,
         request: Request<proto::CreateTokenRequest>,
@@ -830,6 +1068,78 @@ impl Stele for SteleService {
             auth_required: caller.auth_required(),
         }))
     }
+
+    async fn backup(
+        &self,
+        request: Request<proto::BackupRequest>,
+    ) -> Result<Response<proto::BackupResponse>, Status> {
+        let caller = self.caller(Rpc::Backup, &request)?;
+        caller.allow_global()?;
+        let request = request.into_inner();
+        let detail = format!("destination {:?}", request.destination);
+        let stores = crate::backup::Stores {
+            log: self.log.clone(),
+            webhooks: self.webhooks.clone(),
+            groups: self.groups.clone(),
+            auth: Arc::clone(&self.auth),
+        };
+        let result = crate::backup::backup(stores, request).await;
+        caller.audit(None, Some(&detail), &result);
+        result.map(Response::new)
+    }
+
+    async fn update_topic(
+        &self,
+        request: Request<proto::UpdateTopicRequest>,
+    ) -> Result<Response<proto::UpdateTopicResponse>, Status> {
+        let caller = self.caller(Rpc::UpdateTopic, &request)?;
+        let request = request.into_inner();
+        caller.allow(&request.topic)?;
+        let mut detail = None;
+        let result = async {
+            let change = convert::change_from_update(&request).map_err(|(field, error)| {
+                if field.is_empty() {
+                    stele_wire::status::to_status(&error)
+                } else {
+                    stele_wire::status::to_status_for_field(&error, field)
+                }
+            })?;
+            let update = self
+                .backend
+                .update_topic(&request.topic, change, &caller.principal())
+                .await
+                .or_status()?;
+            let changes = differences_text(&update.previous, &update.options);
+            if !changes.is_empty() {
+                tracing::info!(
+                    topic = %request.topic,
+                    revision = update.revision,
+                    principal = %caller.principal(),
+                    changes = %changes,
+                    "topic options changed"
+                );
+            }
+            detail = Some(format!("revision {}: {changes}", update.revision));
+            Ok(Response::new(proto::UpdateTopicResponse {
+                settings: Some(convert::settings_from_options(&update.options)),
+                previous: Some(convert::settings_from_options(&update.previous)),
+                revision: update.revision,
+                changed_ms: update.changed_ms,
+            }))
+        }
+        .await;
+        caller.audit(Some(&request.topic), detail.as_deref(), &result);
+        result
+    }
+}
+
+/// "name: old -> new" for every option a change set, "; " apart.
+fn differences_text(previous: &stele_engine::TopicOptions, options: &stele_engine::TopicOptions) -> String {
+    stele_engine::config::option_differences(previous, options)
+        .into_iter()
+        .map(|(name, before, after)| format!("{name}: {before} -> {after}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn token_to_proto(entry: stele_engine::token::TokenEntry) -> proto::TokenInfo {

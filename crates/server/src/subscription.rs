@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::backend::{Backend, BoxFuture};
+use super::backend::{Backend, BoxFuture, SubscriptionMeter};
 use stele_engine::EventFilter;
 use stele_engine::error::{Error, Result};
 use stele_engine::event::{Offset, PartitionId};
@@ -128,9 +128,9 @@ pub async fn start(
         count => (count as usize).min(BATCH_EVENTS_MAX),
     };
     let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER_MESSAGES);
-    let started = backend.subscription_started(&topic);
+    let meter = backend.subscription_started(&topic);
     let task = Subscription {
-        _started: started,
+        meter,
         backend,
         topic,
         partitions,
@@ -158,8 +158,9 @@ struct Subscription {
     batch_events: usize,
     sender: Sender,
     closing: watch::Receiver<bool>,
-    /// Held while the subscription runs (it counts open subscriptions).
-    _started: Box<dyn Send + Sync>,
+    /// Held while the subscription runs (it counts open subscriptions) and
+    /// told of the events sent.
+    meter: Box<dyn SubscriptionMeter>,
 }
 
 impl Subscription {
@@ -216,6 +217,7 @@ impl Subscription {
                 for event in events.iter() {
                     batch.push_event(&event);
                 }
+                self.meter.sent(events.len());
                 let after = events.next_offset();
                 drop(events);
                 self.next[index] = (after, target);

@@ -2,7 +2,7 @@
 //! types, so that generated types never leak into the library API.
 
 use crate::proto;
-use stele_engine::config::{Durability, TopicOptions};
+use stele_engine::config::{Durability, TopicChange, TopicOptions};
 use stele_engine::event::{
     AppendAck, AppendRequest, Epoch, Event, ExpectedSequence, ProducerId, ProducerStamp, RecordedEvent,
     Sequence,
@@ -226,6 +226,125 @@ pub fn settings_from_options(options: &TopicOptions) -> proto::TopicSettings {
     }
 }
 
+/// The change an `UpdateTopicRequest` asks for, each value checked on its own,
+/// so that a bad one is reported with its field (a proto field name).
+///
+/// # Errors
+/// The field and the error: [`stele_engine::Error::InvalidArgument`] for a
+/// request that sets nothing, an unknown durability, a zero dedup window or a
+/// sync interval without `DURABILITY_INTERVAL`; the engine's own validation
+/// error ([`stele_engine::Error::Config`], [`stele_engine::Error::LimitExceeded`])
+/// for a value out of its bounds.
+pub fn change_from_update(
+    request: &proto::UpdateTopicRequest,
+) -> Result<TopicChange, (&'static str, stele_engine::Error)> {
+    let invalid = |field: &'static str, message: &str| {
+        (field, stele_engine::Error::InvalidArgument(message.to_string()))
+    };
+    let limit = |value: u64| (value != 0).then_some(value);
+    let durability = match proto::Durability::try_from(request.durability) {
+        Ok(proto::Durability::Unspecified) => {
+            if request.sync_interval_ms.is_some() {
+                return Err(invalid(
+                    "sync_interval_ms",
+                    "sync_interval_ms needs durability DURABILITY_INTERVAL",
+                ));
+            }
+            None
+        }
+        Ok(proto::Durability::Always) | Ok(proto::Durability::None) if request.sync_interval_ms.is_some() => {
+            return Err(invalid(
+                "sync_interval_ms",
+                "sync_interval_ms needs durability DURABILITY_INTERVAL",
+            ));
+        }
+        Ok(proto::Durability::Always) => Some(Durability::Always),
+        Ok(proto::Durability::None) => Some(Durability::None),
+        Ok(proto::Durability::Interval) => Some(Durability::Interval {
+            interval_ms: request
+                .sync_interval_ms
+                .unwrap_or(stele_engine::config::SYNC_INTERVAL_MS_DEFAULT),
+        }),
+        Err(_) => return Err(invalid("durability", "unknown durability")),
+    };
+    if request.dedup_window_ms == Some(0) {
+        return Err(invalid("dedup_window_ms", "dedup_window_ms must be at least 1"));
+    }
+    let fields: [(&'static str, TopicChange); 6] = [
+        (
+            "retention_age_ms",
+            TopicChange {
+                retention_age_ms: request.retention_age_ms.map(limit),
+                ..TopicChange::default()
+            },
+        ),
+        (
+            "retention_bytes",
+            TopicChange {
+                retention_bytes: request.retention_bytes.map(limit),
+                ..TopicChange::default()
+            },
+        ),
+        (
+            "dedup_window_ms",
+            TopicChange {
+                dedup_window_ms: request.dedup_window_ms,
+                ..TopicChange::default()
+            },
+        ),
+        (
+            "durability",
+            TopicChange {
+                durability,
+                ..TopicChange::default()
+            },
+        ),
+        (
+            "segment_size_bytes",
+            TopicChange {
+                segment_size_bytes_max: request.segment_size_bytes,
+                ..TopicChange::default()
+            },
+        ),
+        (
+            "payload_size_max",
+            TopicChange {
+                payload_size_max: request.payload_size_max,
+                ..TopicChange::default()
+            },
+        ),
+    ];
+    let mut change = TopicChange::default();
+    for (field, single) in fields {
+        if single.is_empty() {
+            continue;
+        }
+        // Every default is valid, so a failure here is this field's.
+        let field = if field == "durability" && request.sync_interval_ms.is_some() {
+            "sync_interval_ms"
+        } else {
+            field
+        };
+        single
+            .apply_to(&TopicOptions::default())
+            .validate()
+            .map_err(|error| (field, error))?;
+        change.retention_age_ms = change.retention_age_ms.or(single.retention_age_ms);
+        change.retention_bytes = change.retention_bytes.or(single.retention_bytes);
+        change.dedup_window_ms = change.dedup_window_ms.or(single.dedup_window_ms);
+        change.durability = change.durability.or(single.durability);
+        change.segment_size_bytes_max = change.segment_size_bytes_max.or(single.segment_size_bytes_max);
+        change.payload_size_max = change.payload_size_max.or(single.payload_size_max);
+    }
+    if change.is_empty() {
+        return Err(invalid(
+            "",
+            "the request changes no option: set at least one field",
+        ));
+    }
+    Ok(change)
+}
+
 /// Webhook delivery settings from their wire form (zero means the default).
 pub fn webhook_settings_from_proto(
     settings: proto::WebhookSettings,
@@ -396,5 +515,26 @@ pub fn dead_letter_from_proto(letter: proto::DeadLetter) -> crate::webhook::Dead
         reason: letter.reason,
         last_status: u16::try_from(letter.last_status).unwrap_or(0),
         attempts: letter.attempts,
+    }
+}
+
+/// A partition's quarantine for the wire (its file is relative to the data
+/// directory already, so it names no server path).
+pub fn quarantine_to_proto(quarantine: &stele_engine::Quarantine) -> proto::PartitionQuarantine {
+    proto::PartitionQuarantine {
+        file: quarantine.file.clone(),
+        position: quarantine.position,
+        reason: quarantine.reason.clone(),
+        served_end: quarantine.served_end.0,
+    }
+}
+
+/// A partition's quarantine from the wire.
+pub fn quarantine_from_proto(quarantine: proto::PartitionQuarantine) -> stele_engine::Quarantine {
+    stele_engine::Quarantine {
+        file: quarantine.file,
+        position: quarantine.position,
+        reason: quarantine.reason,
+        served_end: stele_engine::Offset(quarantine.served_end),
     }
 }

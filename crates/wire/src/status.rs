@@ -126,6 +126,13 @@ error_codes! {
         WebhookNotFound => WebhookNotFound, NotFound;
         WebhookExists => WebhookExists, AlreadyExists;
         Unavailable => BackendUnavailable, Unavailable;
+        GroupNotFound => GroupNotFound, NotFound;
+        GroupExists => GroupExists, AlreadyExists;
+        DeliveryStale => DeliveryStale, Aborted;
+        MemberReplaced => MemberReplaced, Aborted;
+        DestinationNotEmpty => DestinationNotEmpty, FailedPrecondition;
+        Unsupported => Unsupported, FailedPrecondition;
+        Quarantined => Quarantined, DataLoss;
     }
     wire_only {
         // A request message above the server's size limit (`message_too_large`).
@@ -171,6 +178,7 @@ pub fn client_message(error: &Error) -> String {
             format!("inconsistent stored file {}: {reason}", file_name(path))
         }
         Error::Locked { .. } => "the data directory is locked by another process".to_string(),
+        Error::DestinationNotEmpty { .. } => "the destination exists and is not empty".to_string(),
         other => other.to_string(),
     }
 }
@@ -211,6 +219,9 @@ pub fn error_detail(error: &Error) -> ErrorDetail {
             detail.limit_name = what.to_string();
             detail.limit_value = *value;
             detail.limit_max = *max;
+        }
+        Error::Quarantined { quarantine, .. } => {
+            detail.quarantine = Some(crate::convert::quarantine_to_proto(quarantine));
         }
         _ => {}
     }

@@ -1,6 +1,7 @@
-//! Journals (cursors `STELECUR`, producers `STELEPRD`, webhooks `STELEWHK`): the
-//! file header, the CRC-framed records behind it, and the [`JournalRecord`]
-//! trait that says how one kind's records encode, decode and replay into a map.
+//! Journals (cursors `STELECUR`, producers `STELEPRD`, webhooks `STELEWHK`, tokens
+//! `STELETOK`, consumer groups `STELEGRP`): the file header, the CRC-framed records
+//! behind it, and the [`JournalRecord`] trait that says how one kind's records
+//! encode, decode and replay into a map.
 //! See FORMAT.md, "Journals".
 //!
 //! Header: `[u8; 8] magic`, `u16 format_version`, `u16 flags`, `u32 header_crc`
@@ -130,6 +131,12 @@ pub fn decode_name<'a>(reader: &mut Reader<'a>, size_max: usize) -> Result<&'a s
 /// below `u16::MAX`.
 pub fn encode_name(out: &mut Vec<u8>, name: &str) {
     out.put_bytes16(name.as_bytes());
+}
+
+/// Whether `byte` belongs to the alphabet of webhook and consumer group names:
+/// ASCII letters, digits, `.`, `_` and `-`.
+pub fn is_ascii_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'.' || byte == b'_' || byte == b'-'
 }
 
 /// Why a well-framed record cannot be replayed.

@@ -8,12 +8,14 @@ pub mod checkpoint;
 pub mod cursor;
 pub mod dedup_run;
 pub mod envelope;
+pub mod group;
 pub mod index;
 pub mod journal;
 pub mod producer;
 pub mod record;
 pub mod segment;
 pub mod token;
+pub mod topic_change;
 pub mod topic_meta;
 pub mod webhook;
 

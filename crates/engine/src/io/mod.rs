@@ -225,6 +225,12 @@ pub fn write_file_atomic(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> io
     storage.sync_dir(directory)
 }
 
+/// Makes `to` a new name of the file `from` (a hard link); fails across file
+/// systems (`EXDEV`), where a backup copies instead.
+pub fn hard_link(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to)
+}
+
 /// Reads a whole file, refusing files longer than `size_max`.
 pub fn read_file(storage: &dyn Storage, path: &Path, size_max: u64) -> io::Result<Vec<u8>> {
     let file = storage.open(path, OpenMode::Read)?;

@@ -17,6 +17,10 @@ use crate::limits;
 use crate::rules::{self, Decision, Fingerprint, PartitionView, Prepared, StoredEvent, remember_append};
 use crate::segment::Segment;
 
+/// A group taken for writing: its writes, its acknowledgements, and whether
+/// it must be synced before they are delivered.
+type TakenGroup = (Vec<SegmentWrite>, Vec<(Completion, Result<AppendAck>)>, bool);
+
 /// Most groups an appender writes in a row under `Interval` and `None` (its own,
 /// then those of appends that arrived meanwhile) before the worker takes over.
 const INLINE_GROUPS_MAX: u32 = 8;
@@ -49,7 +53,7 @@ impl PartitionView for WriterView<'_> {
     }
 
     fn dedup_window_ms(&self) -> u64 {
-        self.partition.context.options.dedup_window_ms
+        self.partition.context.options().dedup_window_ms
     }
 
     fn current_epoch(&self, producer: ProducerId) -> Option<Epoch> {
@@ -155,7 +159,13 @@ impl Partition {
     /// Appends, calling `completion` once with the outcome: at once for a rejected
     /// or already-published duplicate append, else when the group is acknowledged.
     pub(crate) fn submit(&self, request: AppendRequest, completion: Completion) {
-        let prepared = match rules::prepare(request, self.context.options.payload_size_max) {
+        if let Err(error) = self.refuse_if_quarantined() {
+            return completion(Err(error));
+        }
+        // One reading of the options for the whole append: a change made
+        // meanwhile applies from the next one.
+        let options = self.context.options();
+        let prepared = match rules::prepare(request, options.payload_size_max) {
             Ok(prepared) => prepared,
             Err(error) => return completion(Err(error)),
         };
@@ -206,13 +216,16 @@ impl Partition {
                 published: false,
             }) => {
                 state.open.completions.push((completion, Ok(ack)));
-                self.after_encode(state);
+                self.after_encode(state, options.durability);
             }
             Ok(Decision::Write { key, owns_hash }) => {
                 let failed = self
                     .encode(&mut state, prepared, key, owns_hash, completion)
                     .err();
-                self.after_encode(state);
+                if failed.is_none() && options.durability == Durability::Always {
+                    state.open.sync_required = true;
+                }
+                self.after_encode(state, options.durability);
                 // Encoding fails only when rolling a segment fails; the append is
                 // answered outside the lock, like every other.
                 if let Some((completion, error)) = failed {
@@ -226,8 +239,8 @@ impl Partition {
     /// publish it inline. The inline write happens without the lock, like the
     /// worker's: the group is the flushing group meanwhile, and appends that
     /// arrive go to the next group, which the worker takes.
-    fn after_encode<'a>(&'a self, mut state: MutexGuard<'a, State>) {
-        match self.context.options.durability {
+    fn after_encode<'a>(&'a self, mut state: MutexGuard<'a, State>, durability: Durability) {
+        match durability {
             Durability::Always => {
                 self.work.notify_one();
             }
@@ -242,21 +255,20 @@ impl Partition {
                 // a row (the appends that arrived while it wrote), then hands the
                 // rest to the worker, so an appender is never held for long.
                 for round in 1..=INLINE_GROUPS_MAX {
-                    let (writes, completions) = self.take_group(&mut state);
+                    let (writes, completions, sync) = self.take_group(&mut state);
                     // Waking is a system call: only when an appender waits for room.
                     let waiters = state.room_waiters > 0;
                     drop(state);
                     if waiters {
                         self.room.notify_all();
                     }
-                    let outcome = self.write_group(&writes);
+                    let outcome = self.write_taken(&writes, sync);
                     state = self.lock();
-                    let published = outcome.is_ok() && !writes.is_empty();
-                    let became_unsynced = published && !state.unsynced;
-                    state.unsynced |= published;
+                    let left_unsynced = outcome.is_ok() && !writes.is_empty() && !sync;
+                    let became_unsynced = left_unsynced && !state.unsynced;
+                    state.unsynced |= left_unsynced;
                     let completions = self.finish_group(&mut state, outcome, writes, completions);
-                    let start_timer = became_unsynced
-                        && matches!(self.context.options.durability, Durability::Interval { .. });
+                    let start_timer = became_unsynced && matches!(durability, Durability::Interval { .. });
                     let more = !state.open.is_empty() && round < INLINE_GROUPS_MAX && !self.is_poisoned();
                     // The worker may be waiting for this group (to take the next
                     // one), for the sync timer, for jobs that publication made
@@ -314,7 +326,7 @@ impl Partition {
             duplicate: false,
         };
         let active = Arc::clone(&state.active);
-        let interval = self.context.options.index_interval_bytes as u64;
+        let interval = self.context.options().index_interval_bytes as u64;
         let mut write_end = state.write_end;
         let mut last_index_position = state.last_index_position;
         let open = &mut state.open;
@@ -430,7 +442,7 @@ impl Partition {
     /// active one is too old. The segment is only planned; see
     /// [`Partition::write_group`].
     fn roll_if_needed(&self, state: &mut State, size: u64) -> Result<()> {
-        let options = &self.context.options;
+        let options = self.context.options();
         let active = &state.active;
         let has_records = state.next_offset > active.base_offset;
         if !has_records {
@@ -467,7 +479,10 @@ impl Partition {
 
     /// Takes the open group as the flushing group, numbered: groups are written
     /// and published one at a time, in this order.
-    fn take_group(&self, state: &mut State) -> (Vec<SegmentWrite>, Vec<(Completion, Result<AppendAck>)>) {
+    /// Also says whether the group must be synced before it is acknowledged
+    /// (`Pending::sync_required`); such a group's sync covers every unsealed
+    /// segment, so nothing written before it stays unsynced.
+    fn take_group(&self, state: &mut State) -> TakenGroup {
         assert!(
             state.flushing.is_none(),
             "a group is taken while another is being written"
@@ -477,8 +492,24 @@ impl Partition {
         group.number = state.groups_taken;
         let writes = std::mem::take(&mut group.writes);
         let completions = std::mem::take(&mut group.completions);
+        let sync = group.sync_required;
+        if sync {
+            state.unsynced = false;
+        }
         state.flushing = Some(group);
-        (writes, completions)
+        (writes, completions, sync)
+    }
+
+    /// Writes a taken group and, when it must be durable, fdatasyncs every
+    /// unsealed segment: the group's own, and any written before without a
+    /// sync (the durability was `Interval` or `None` until a change). Without
+    /// the state lock.
+    fn write_taken(&self, writes: &[SegmentWrite], sync: bool) -> Result<()> {
+        self.write_group(writes)?;
+        if sync && !writes.is_empty() {
+            self.sync_unsealed(&self.unsealed_segments())?;
+        }
+        Ok(())
     }
 
     /// Publishes the flushing group after its write, or fails it; returns the
@@ -520,22 +551,16 @@ impl Partition {
             state.flushing.is_none(),
             "the worker flushes only when no group is being written"
         );
-        let (writes, completions) = self.take_group(&mut state);
+        let (writes, completions, sync) = self.take_group(&mut state);
         state.last_group_size = completions.len();
         drop(state);
         self.room.notify_all();
         let started = std::time::Instant::now();
-        let outcome = self.write_group(&writes).and_then(|()| {
-            if self.context.options.durability == Durability::Always {
-                sync_all(&writes, self)
-            } else {
-                Ok(())
-            }
-        });
+        let outcome = self.write_taken(&writes, sync);
         let elapsed = started.elapsed();
         let mut state = self.lock();
         state.last_flush_duration = elapsed;
-        if outcome.is_ok() && !writes.is_empty() && self.context.options.durability != Durability::Always {
+        if outcome.is_ok() && !writes.is_empty() && !sync {
             state.unsynced = true;
         }
         // Groups publish in order: the events of this one start at the high watermark.
@@ -562,7 +587,7 @@ impl Partition {
     pub(super) fn write_group(&self, writes: &[SegmentWrite]) -> Result<()> {
         for write in writes {
             if !write.segment.is_created() {
-                let options = &self.context.options;
+                let options = self.context.options();
                 write.segment.materialize(
                     &*self.context.storage,
                     &self.dir,
@@ -794,17 +819,6 @@ fn evict_idlest(producers: &mut HashMap<crate::event::ProducerId, ProducerSnapsh
             .expect("the map is not empty");
         producers.remove(&idlest);
     }
-}
-
-fn sync_all(writes: &[SegmentWrite], partition: &Partition) -> Result<()> {
-    for write in writes {
-        if let Err(error) = partition.sync_data(&write.segment) {
-            let error = Error::io("sync segment", &write.segment.path, error);
-            partition.poison(&error);
-            return Err(error);
-        }
-    }
-    Ok(())
 }
 
 pub(super) fn run(completions: Vec<(Completion, Result<AppendAck>)>) {

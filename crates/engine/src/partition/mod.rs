@@ -24,6 +24,7 @@
 //! Invariant: a failed fdatasync poisons the partition; it is never retried.
 
 mod append;
+mod quarantine;
 mod read;
 mod recover;
 #[cfg(test)]
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use crate::config::{Clock, TopicOptions};
+use crate::config::{Clock, LiveOptions, TopicOptions};
 use crate::dedup::DedupIndex;
 use crate::error::{Error, Result};
 use crate::event::{AppendAck, Epoch, Offset, PartitionId, ProducerId};
@@ -47,7 +48,9 @@ use crate::limits;
 use crate::segment::Segment;
 use crate::subscribe::{AsNotifier, Notifier};
 
+pub use quarantine::Quarantine;
 pub use recover::RecoveryReport;
+pub(crate) use recover::{PartitionPin, PinnedSegment};
 
 /// The longest a group commit waits for more appends to join.
 const GROUP_COMMIT_WAIT_MAX: Duration = Duration::from_micros(500);
@@ -67,7 +70,10 @@ pub(crate) type EpochOf = Arc<dyn Fn(ProducerId) -> Option<Epoch> + Send + Sync>
 /// What a partition needs from its topic.
 #[derive(Clone)]
 pub(crate) struct PartitionContext {
-    pub(crate) options: Arc<TopicOptions>,
+    /// The topic's options, one cell per partition (see
+    /// [`PartitionContext::for_partition`]), replaced whole by a change
+    /// ([`Partition::options_changed`]).
+    pub(crate) options: Arc<LiveOptions>,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) epoch_of: EpochOf,
@@ -77,8 +83,26 @@ pub(crate) struct PartitionContext {
     pub(crate) metrics: crate::metrics::TopicMetrics,
 }
 
+impl PartitionContext {
+    /// This context with an options cell of its own. Every append reads the
+    /// options (a read lock and a reference count): one cell shared by the
+    /// topic's partitions would make appenders of different partitions write
+    /// the same cache lines on every append.
+    pub(crate) fn for_partition(&self) -> PartitionContext {
+        PartitionContext {
+            options: Arc::new(LiveOptions::new(TopicOptions::clone(&self.options()))),
+            ..self.clone()
+        }
+    }
+
+    /// The topic's options now.
+    pub(crate) fn options(&self) -> Arc<TopicOptions> {
+        self.options.get()
+    }
+}
+
 /// A summary of a partition for callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
     /// The partition described.
     pub partition: PartitionId,
@@ -96,6 +120,9 @@ pub struct PartitionInfo {
     pub dedup_memory_bytes: usize,
     /// Files of the idempotency index.
     pub dedup_runs_count: usize,
+    /// Set when the partition was opened quarantined: where the damage is and
+    /// which offsets are still served.
+    pub quarantine: Option<Quarantine>,
 }
 
 pub(crate) struct Partition {
@@ -122,6 +149,10 @@ pub(crate) struct Partition {
     /// so that waking many appenders overlaps with the next group commit.
     completer: Mutex<Option<(Completer, std::thread::JoinHandle<()>)>>,
     recovery: RecoveryReport,
+    /// Set when recovery found damage it may not repair: the partition serves
+    /// the offsets below it, refuses the rest and every append, has no worker
+    /// and writes nothing.
+    quarantine: Option<Quarantine>,
 }
 
 impl AsNotifier for Partition {
@@ -202,6 +233,87 @@ pub(crate) struct Pending {
     /// The group's number once taken for writing (`State::groups_taken`).
     number: u64,
     bytes: u64,
+    /// Some append of this group was accepted under `Durability::Always`: the
+    /// group is acknowledged only after every unsealed segment is synced,
+    /// whatever the durability is when it is written (it may have changed).
+    sync_required: bool,
+}
+
+impl State {
+    /// The state of a partition just opened: nothing pending, nothing due.
+    #[allow(clippy::too_many_arguments)]
+    fn opened(
+        keys: KeyIndex,
+        producers: HashMap<ProducerId, ProducerSnapshot>,
+        dedup: DedupIndex,
+        active: Arc<Segment>,
+        next_offset: Offset,
+        last_timestamp_ms: i64,
+        checkpoint_offset: Offset,
+    ) -> State {
+        let write_end = active.published_size();
+        let last_index_position = active.last_index_position();
+        State {
+            keys,
+            producers,
+            dedup,
+            open: Pending::default(),
+            flushing: None,
+            next_offset,
+            last_timestamp_ms,
+            active,
+            write_end,
+            last_index_position,
+            unsynced: false,
+            last_sync: std::time::Instant::now(),
+            groups_taken: 0,
+            groups_finished: 0,
+            worker_waits_for_flush: false,
+            room_waiters: 0,
+            seal_due: false,
+            dedup_due: false,
+            last_group_size: 0,
+            last_flush_duration: Duration::ZERO,
+            checkpoint_offset,
+            bytes_since_checkpoint: 0,
+            last_housekeeping: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Partition {
+    /// A partition over recovered segments and state; its worker is not started.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        id: PartitionId,
+        dir: PathBuf,
+        context: PartitionContext,
+        segments: Vec<Arc<Segment>>,
+        state: State,
+        earliest: Offset,
+        recovery: RecoveryReport,
+        quarantine: Option<Quarantine>,
+    ) -> Arc<Partition> {
+        Arc::new(Partition {
+            id,
+            dir,
+            context,
+            segments: RwLock::new(segments),
+            high_watermark: AtomicU64::new(state.next_offset.0),
+            earliest: AtomicU64::new(earliest.0),
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            tail: Notifier::default(),
+            poisoned: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            sealing: Mutex::new(()),
+            worker: Mutex::new(None),
+            completer: Mutex::new(None),
+            recovery,
+            quarantine,
+        })
+    }
 }
 
 impl Pending {
@@ -267,6 +379,19 @@ impl Partition {
         &self.recovery
     }
 
+    /// The quarantine the partition was opened under, if any.
+    pub(crate) fn quarantine(&self) -> Option<&Quarantine> {
+        self.quarantine.as_ref()
+    }
+
+    /// `Err(Quarantined)` when the partition is quarantined.
+    fn refuse_if_quarantined(&self) -> Result<()> {
+        match &self.quarantine {
+            Some(quarantine) => Err(quarantine.error(self.id)),
+            None => Ok(()),
+        }
+    }
+
     fn segments(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Segment>>> {
         self.segments
             .read()
@@ -293,6 +418,7 @@ impl Partition {
             keys_count,
             dedup_memory_bytes,
             dedup_runs_count,
+            quarantine: self.quarantine.clone(),
         }
     }
 
@@ -326,7 +452,7 @@ impl Partition {
             .worker
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
-        if self.context.options.durability == crate::config::Durability::Always {
+        if self.context.options().durability == crate::config::Durability::Always {
             let (sender, receiver) = std::sync::mpsc::channel::<Vec<(Completion, Result<AppendAck>)>>();
             let handle = std::thread::Builder::new()
                 .name(format!("stele-p{}-ack", self.id))
@@ -395,7 +521,7 @@ impl Partition {
             let _ = handle.join();
         }
         self.tail.notify();
-        if self.is_poisoned() {
+        if self.is_poisoned() || self.quarantine.is_some() {
             return Ok(());
         }
         self.sync_unsynced()?;
@@ -485,7 +611,7 @@ impl Partition {
             }
             let housekeeping_interval = self.context.housekeeping_interval;
             if state.last_housekeeping.elapsed() >= housekeeping_interval
-                || state.bytes_since_checkpoint >= self.context.options.checkpoint_interval_bytes
+                || state.bytes_since_checkpoint >= self.context.options().checkpoint_interval_bytes
             {
                 state.last_housekeeping = std::time::Instant::now();
                 drop(state);
@@ -495,7 +621,7 @@ impl Partition {
                 state = self.lock();
                 continue;
             }
-            let wait = match self.context.options.durability {
+            let wait = match self.context.options().durability {
                 crate::config::Durability::Interval { interval_ms } if state.unsynced => {
                     let interval = Duration::from_millis(interval_ms);
                     let elapsed = state.last_sync.elapsed();
@@ -554,7 +680,7 @@ impl Partition {
     /// flush's duration (bounded by `GROUP_COMMIT_WAIT_MAX`), and none at all
     /// for a lone appender (its group had one append).
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        if self.context.options.durability != crate::config::Durability::Always {
+        if self.context.options().durability != crate::config::Durability::Always {
             return state;
         }
         let wait = (state.last_flush_duration / 2).min(GROUP_COMMIT_WAIT_MAX);
@@ -627,7 +753,7 @@ impl Partition {
         let now = self.context.clock.now_ms();
         {
             let mut state = self.lock();
-            let idle_max = self.context.options.producer_idle_ms_max as i64;
+            let idle_max = self.context.options().producer_idle_ms_max as i64;
             state
                 .producers
                 .retain(|_, producer| now.saturating_sub(producer.last_timestamp_ms) < idle_max);
@@ -636,12 +762,35 @@ impl Partition {
             self.dedup_failed(&error);
             return Err(error);
         }
-        let due = self.lock().bytes_since_checkpoint >= self.context.options.checkpoint_interval_bytes;
+        let due = self.lock().bytes_since_checkpoint >= self.context.options().checkpoint_interval_bytes;
         if due {
             self.write_checkpoint()?;
         }
         self.enforce_retention()?;
         Ok(())
+    }
+
+    /// Takes up options the topic has just changed: installs them in the
+    /// partition's own cell, then the
+    /// dedup index's window is changed under the state lock, and the worker is
+    /// woken to re-plan its wait (a sync timer that starts or stops). Every
+    /// other option is read where it is used, so it applies from the next
+    /// append (payload limit, durability, segment size: the next roll) or the
+    /// next housekeeping round (retention).
+    /// Bytes written without a sync are synced now: appends acknowledged under
+    /// `Interval` were promised a sync within the interval, which a switch to
+    /// another durability must not take back (a failure poisons the partition,
+    /// as the worker's timer does).
+    pub(crate) fn options_changed(&self, options: &TopicOptions) {
+        self.context.options.set(options.clone());
+        {
+            let mut state = self.lock();
+            state.dedup.set_window_ms(options.dedup_window_ms);
+            self.work.notify_all();
+        }
+        if !self.is_poisoned() {
+            let _ = self.sync_unsynced();
+        }
     }
 
     fn poison(&self, error: &Error) {

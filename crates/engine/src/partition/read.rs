@@ -25,6 +25,9 @@ impl Partition {
 
     /// The segment holding the published `offset`.
     fn segment_of(&self, offset: Offset) -> Result<Arc<Segment>> {
+        if offset >= self.high_watermark() {
+            self.refuse_if_quarantined()?;
+        }
         if offset >= self.high_watermark() || offset < self.earliest() {
             return Err(self.out_of_range(offset));
         }
@@ -101,6 +104,11 @@ impl Partition {
         let high_watermark = self.high_watermark();
         if from < self.earliest() || from > high_watermark {
             return Err(self.out_of_range(from));
+        }
+        // A quarantined partition's high watermark is where the damage starts:
+        // a reader that gets there hears of it instead of waiting for more.
+        if from == high_watermark {
+            self.refuse_if_quarantined()?;
         }
         let mut offset = from;
         let mut count = 0usize;
@@ -188,6 +196,8 @@ impl Partition {
 
     /// The published state of a key: (last sequence, last offset).
     pub(crate) fn key_last(&self, key: &[u8]) -> Result<Option<(Sequence, Offset)>> {
+        // A quarantined partition's key index is not rebuilt.
+        self.refuse_if_quarantined()?;
         let hash = key_hash(key);
         let mut state = self.lock();
         let found = state.keys.get(key, hash, |offset| self.is_key_at(key, offset))?;
@@ -306,6 +316,8 @@ impl Partition {
                 return Ok(offset.min(high_watermark));
             }
         }
+        // Past a quarantined partition's good prefix the answer is unknown.
+        self.refuse_if_quarantined()?;
         Ok(high_watermark)
     }
 }

@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use super::{Partition, PartitionContext, Pending, State};
+use super::quarantine::{self, Quarantine};
+use super::{Partition, PartitionContext, State};
 use crate::dedup::{DedupIndex, Fingerprint};
 use crate::error::{Error, Result};
 use crate::event::{AppendAck, Offset, PartitionId, ProducerId, Sequence};
@@ -18,7 +19,6 @@ use crate::limits;
 use crate::paths;
 use crate::rules::remember_append;
 use crate::segment::{ExcessKind, OpenedSegment, SealedExcess, Segment, TailRecovery};
-use crate::subscribe::Notifier;
 
 /// What opening a partition found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub struct RecoveryReport {
     pub dedup_runs_dropped: usize,
     /// Sealed segments with bytes past their indexed end, which are not served.
     pub sealed_excess: Vec<SealedExcess>,
+    /// Set when recovery found damage it may not repair: the partition was
+    /// opened quarantined (see [`Quarantine`]).
+    pub quarantine: Option<Quarantine>,
 }
 
 /// Replays records into derived state.
@@ -106,10 +109,22 @@ impl Replayer<'_> {
 }
 
 impl Partition {
-    /// Opens or creates a partition directory, recovering after a crash.
+    /// Opens or creates a partition directory, recovering after a crash. Damage
+    /// recovery may not repair by itself (corruption or an inconsistency, not a
+    /// torn tail) opens the partition quarantined instead of failing.
     pub(crate) fn open(dir: PathBuf, id: PartitionId, context: PartitionContext) -> Result<Arc<Partition>> {
+        match Partition::open_recovering(dir.clone(), id, context.clone()) {
+            Err(error) if quarantine::quarantines(&error) => {
+                Partition::open_quarantined(dir, id, context, &error)
+            }
+            result => result,
+        }
+    }
+
+    /// Opens a partition whose files recovery can make whole.
+    fn open_recovering(dir: PathBuf, id: PartitionId, context: PartitionContext) -> Result<Arc<Partition>> {
         let storage = &*context.storage;
-        let options = &context.options;
+        let options = context.options();
         storage
             .create_dir_all(&dir)
             .map_err(|error| Error::io("create partition directory", &dir, error))?;
@@ -360,51 +375,16 @@ impl Partition {
             dedup.truncate_from(high_watermark);
         }
         let earliest = segments.first().map_or(Offset(0), |segment| segment.base_offset);
-        let write_end = active.published_size();
-        let last_index_position = active.last_index_position();
-        let state = State {
+        let state = State::opened(
             keys,
             producers,
             dedup,
-            open: Pending::default(),
-            flushing: None,
-            next_offset: high_watermark,
-            last_timestamp_ms,
             active,
-            write_end,
-            last_index_position,
-            unsynced: false,
-            last_sync: std::time::Instant::now(),
-            groups_taken: 0,
-            groups_finished: 0,
-            worker_waits_for_flush: false,
-            room_waiters: 0,
-            seal_due: false,
-            dedup_due: false,
-            last_group_size: 0,
-            last_flush_duration: std::time::Duration::ZERO,
-            checkpoint_offset: keys_from,
-            bytes_since_checkpoint: 0,
-            last_housekeeping: std::time::Instant::now(),
-        };
-        let partition = Arc::new(Partition {
-            id,
-            dir,
-            context,
-            segments: RwLock::new(segments),
-            high_watermark: AtomicU64::new(high_watermark.0),
-            earliest: AtomicU64::new(earliest.0),
-            state: Mutex::new(state),
-            work: Condvar::new(),
-            room: Condvar::new(),
-            tail: Notifier::default(),
-            poisoned: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            sealing: Mutex::new(()),
-            worker: Mutex::new(None),
-            completer: Mutex::new(None),
-            recovery: report,
-        });
+            high_watermark,
+            last_timestamp_ms,
+            keys_from,
+        );
+        let partition = Partition::assemble(id, dir, context, segments, state, earliest, report, None);
         debug_assert!(
             partition.segments()[..partition.segments().len() - 1]
                 .iter()
@@ -449,42 +429,16 @@ impl Partition {
     /// (sealing is a worker job, so a complete segment may wait for its seal):
     /// every segment below it was synced whole by its seal.
     pub(crate) fn write_checkpoint(&self) -> Result<()> {
+        if self.quarantine.is_some() {
+            // Its state is not rebuilt: a checkpoint of it would be wrong.
+            return Ok(());
+        }
         let (bytes, high_watermark, unsealed) = {
             let mut state = self.lock();
             let high_watermark = self.high_watermark();
             // Lock order: state, then the segment list.
             let unsealed = self.unsealed_segments();
-            let floor_segment = {
-                let segments = self.segments();
-                let first = segments.partition_point(|segment| segment.is_sealed());
-                Arc::clone(&segments[first.min(segments.len() - 1)])
-            };
-            assert!(
-                floor_segment.base_offset <= state.active.base_offset,
-                "the sync floor {} is past the active segment {}",
-                floor_segment.base_offset,
-                state.active.base_offset
-            );
-            let checkpoint = Checkpoint {
-                partition: self.id,
-                next_offset: high_watermark,
-                floor_base_offset: floor_segment.base_offset,
-                // Published bytes were written before publication, so syncing
-                // after this point covers them.
-                floor_position: floor_segment.published_size(),
-                last_timestamp_ms: state.last_timestamp_ms,
-                keys: state
-                    .keys
-                    .iter_by_hash()
-                    .map(|(hash, key)| (hash, key.last_sequence, key.last_offset))
-                    .collect(),
-                collided: state
-                    .keys
-                    .iter_collided()
-                    .map(|(key, state)| (key.to_vec(), state.last_sequence, state.last_offset))
-                    .collect(),
-                producers: state.producers.values().cloned().collect(),
-            };
+            let checkpoint = self.checkpoint_of(&state, high_watermark);
             state.bytes_since_checkpoint = 0;
             (checkpoint::encode(&checkpoint), high_watermark, unsealed)
         };
@@ -503,11 +457,82 @@ impl Partition {
         Ok(())
     }
 
+    /// Pins the published state for a backup (`backup.rs`), under the lock and
+    /// without I/O: the high watermark, the earliest offset, every segment with
+    /// its published size and whether it is sealed, and the bytes of a
+    /// checkpoint of exactly that state (its sync floor is the oldest segment
+    /// not sealed at its published size, which the backup copies whole). The
+    /// backup then copies the segments without the lock: bytes below a
+    /// published size never change, and a sealed segment never changes at all.
+    pub(crate) fn pin(&self) -> PartitionPin {
+        let state = self.lock();
+        let high_watermark = self.high_watermark();
+        // Lock order: state, then the segment list.
+        let segments = self
+            .segments()
+            .iter()
+            .map(|segment| PinnedSegment {
+                size: segment.published_size(),
+                sealed: segment.is_sealed(),
+                created: segment.is_created(),
+                segment: Arc::clone(segment),
+            })
+            .collect();
+        let checkpoint = checkpoint::encode(&self.checkpoint_of(&state, high_watermark));
+        PartitionPin {
+            id: self.id,
+            high_watermark,
+            earliest: self.earliest(),
+            segments,
+            checkpoint,
+        }
+    }
+
+    /// A checkpoint of the published state (`state` is the locked state) at
+    /// `high_watermark`.
+    fn checkpoint_of(&self, state: &State, high_watermark: Offset) -> Checkpoint {
+        {
+            let floor_segment = {
+                let segments = self.segments();
+                let first = segments.partition_point(|segment| segment.is_sealed());
+                Arc::clone(&segments[first.min(segments.len() - 1)])
+            };
+            assert!(
+                floor_segment.base_offset <= state.active.base_offset,
+                "the sync floor {} is past the active segment {}",
+                floor_segment.base_offset,
+                state.active.base_offset
+            );
+            Checkpoint {
+                partition: self.id,
+                next_offset: high_watermark,
+                floor_base_offset: floor_segment.base_offset,
+                // Published bytes were written before publication, so syncing
+                // after this point covers them.
+                floor_position: floor_segment.published_size(),
+                last_timestamp_ms: state.last_timestamp_ms,
+                keys: state
+                    .keys
+                    .iter_by_hash()
+                    .map(|(hash, key)| (hash, key.last_sequence, key.last_offset))
+                    .collect(),
+                collided: state
+                    .keys
+                    .iter_collided()
+                    .map(|(key, state)| (key.to_vec(), state.last_sequence, state.last_offset))
+                    .collect(),
+                producers: state.producers.values().cloned().collect(),
+            }
+        }
+    }
+
     /// Deletes whole sealed segments beyond the retention limits. Returns how many
     /// were deleted.
     pub(crate) fn enforce_retention(&self) -> Result<usize> {
-        let options = &self.context.options;
-        if options.retention_age_ms.is_none() && options.retention_bytes.is_none() {
+        let options = self.context.options();
+        if self.quarantine.is_some()
+            || (options.retention_age_ms.is_none() && options.retention_bytes.is_none())
+        {
             return Ok(0);
         }
         // Only sealed segments are deleted; seal the full ones first (without
@@ -684,4 +709,26 @@ fn load_checkpoint(
                 }
             }),
     ))
+}
+
+/// A partition's published state pinned for a backup ([`Partition::pin`]).
+pub(crate) struct PartitionPin {
+    pub(crate) id: PartitionId,
+    pub(crate) high_watermark: Offset,
+    pub(crate) earliest: Offset,
+    /// Oldest first.
+    pub(crate) segments: Vec<PinnedSegment>,
+    /// A checkpoint (`STELECKP` envelope) at exactly `high_watermark`.
+    pub(crate) checkpoint: Vec<u8>,
+}
+
+/// One segment of a [`PartitionPin`].
+pub(crate) struct PinnedSegment {
+    /// Holds the segment's mapping alive while the backup reads it.
+    pub(crate) segment: Arc<Segment>,
+    /// The published size when pinned.
+    pub(crate) size: u64,
+    pub(crate) sealed: bool,
+    /// Whether its file exists (a roll plans a segment before its writer creates it).
+    pub(crate) created: bool,
 }

@@ -16,6 +16,11 @@ pub enum TopicFrom {
     Webhook,
     /// The request's `topic` and the `dead_letter_topic` it names (CreateWebhook).
     WebhookTopics,
+    /// The topic of the consumer group the request (for Consume: its `join`)
+    /// names.
+    Group,
+    /// The request's `topic` and its settings' `dead_letter_topic` (CreateGroup).
+    GroupTopics,
     /// No single topic: the response lists only what the grants reach.
     Listing,
     /// Not about a topic: the group's grant on any pattern (`tokens:*`).
@@ -98,10 +103,20 @@ rpcs! {
     DeleteWebhook => ADMIN, Webhook;
     ListDeadLetters => ADMIN, Webhook;
     RedriveDeadLetters => ADMIN, Webhook;
+    CreateGroup => ADMIN, GroupTopics;
+    DescribeGroup => READ, Group;
+    ListGroups => ANY, Listing;
+    DeleteGroup => ADMIN, Group;
+    SeekGroup => ADMIN, Group;
+    Consume => CONSUME, Group;
+    ListParked => READ, Group;
+    RedriveParked => ADMIN, Group;
     CreateToken => TOKENS, None;
     ListTokens => TOKENS, None;
     RevokeToken => TOKENS, None;
     WhoAmI => ANY, None;
+    Backup => ADMIN, None;
+    UpdateTopic => ADMIN, Request;
 }
 
 impl Rpc {

@@ -1,6 +1,9 @@
-//! One endpoint's delivery loop: read events through the [`Backend`](crate::backend::Backend), deliver
-//! them with per-key ordering and bounded concurrency, retry, dead-letter, and
-//! commit the endpoint's cursor.
+//! One endpoint's delivery loop: a sink of the shared delivery engine
+//! (`crate::delivery`). The engine's core reads events through the
+//! [`Backend`](crate::backend::Backend) and holds the per-key order and the
+//! bounds; the endpoint is the core's single member (window `in_flight_max`,
+//! no lease), each delivery a task that POSTs, retries under the breaker and
+//! dead-letters; the loop commits the core's floor to the endpoint's cursor.
 //!
 //! Invariant: the next event of a key (within a stream) is not started before the
 //! previous one finished (delivered or dead-lettered).
@@ -15,10 +18,8 @@
 //! after a redrive, its dead letters up to the redrive mark (cursor
 //! `webhook.<name>.redrive` on the dead-letter topic).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stele_engine::Sequence;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -29,9 +30,11 @@ use super::breaker::Admission;
 use super::policy::{RetryPolicy, Verdict};
 use super::signature::{message_id, sign};
 use super::{EndpointStatus, Shared, dead_letter_headers as dl};
-use crate::backend::BoxFuture;
+use crate::delivery::core::{Action, Core, DeliveryId, Job as CoreJob, MemberId, Position, Settings};
+use crate::delivery::{Source, append_until_stored, fill, now_ms, random_fraction, waits};
 use stele_engine::error::{Error, Result};
 use stele_engine::event::{AppendRequest, Event, Offset, PartitionId, RecordedEvent};
+use stele_engine::group::{Exhausted, PartitionProgress};
 use stele_engine::limits::{WEBHOOK_BUFFERED_EVENTS_COUNT_MAX, WEBHOOK_BUFFERED_SIZE_BYTES_MAX};
 use stele_engine::webhook::Endpoint;
 use stele_engine::{EventFilter, EventRef};
@@ -42,8 +45,6 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a stopping loop waits for its in-flight deliveries to finish.
 const STOP_DRAIN: Duration = Duration::from_millis(500);
-/// The pause before appending a dead letter again after a failure.
-const DEAD_LETTER_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The cursor name of an endpoint's main stream.
 pub fn cursor_name(endpoint: &str) -> String {
@@ -55,13 +56,10 @@ pub fn redrive_cursor_name(endpoint: &str) -> String {
     format!("webhook.{endpoint}.redrive")
 }
 
-/// One event to deliver, with where it was read (its stream position) and what
-/// the receiver is told (its original topic and event).
+/// One event to deliver: what the receiver is told (its original topic and
+/// event). Where it was read is the core's [`Position`].
 #[derive(Debug, Clone)]
 pub(super) struct Job {
-    stream: usize,
-    lane: u32,
-    position: u64,
     topic: String,
     /// The event as the receiver sees it (for a redriven dead letter: its
     /// original partition, offset, sequence and time, without `stele-dl-*`).
@@ -82,11 +80,8 @@ impl Job {
     }
 
     /// A job for an event of the endpoint's topic.
-    fn from_event(stream: usize, topic: &str, event: &EventRef<'_>) -> Job {
+    fn from_event(topic: &str, event: &EventRef<'_>) -> Job {
         Job {
-            stream,
-            lane: event.partition.0,
-            position: event.offset.0,
             topic: topic.to_string(),
             event: event.to_recorded(),
             webhook_id: message_id(
@@ -101,29 +96,16 @@ impl Job {
 
     /// A job for a dead letter being redriven: the original event's fields come
     /// from its `stele-dl-*` headers.
-    fn from_dead_letter(stream: usize, letter: &EventRef<'_>) -> Option<Job> {
+    fn from_dead_letter(letter: &EventRef<'_>) -> Option<Job> {
         let text = |name: &str| {
             letter
                 .headers
                 .get(name)
                 .and_then(|value| std::str::from_utf8(value).ok())
         };
-        let number = |name: &str| text(name).and_then(|value| value.parse::<i64>().ok());
-        let mut event = letter.to_recorded();
-        event.partition = PartitionId(u32::try_from(number(dl::PARTITION)?).ok()?);
-        event.offset = Offset(u64::try_from(number(dl::OFFSET)?).ok()?);
-        event.sequence = Sequence(u64::try_from(number(dl::SEQUENCE)?).ok()?);
-        event.timestamp_ms = number(dl::TIMESTAMP_MS)?;
-        event.headers.retain(|(name, _)| !name.starts_with(dl::PREFIX));
-        // The dead letter's own id is not the original's.
-        event.idempotency_id = None;
-        event.producer = None;
         Some(Job {
-            stream,
-            lane: letter.partition.0,
-            position: letter.offset.0,
             topic: text(dl::TOPIC)?.to_string(),
-            event,
+            event: dl::original_event(letter)?,
             webhook_id: text(dl::WEBHOOK_ID)?.to_string(),
         })
     }
@@ -134,63 +116,31 @@ pub(super) fn dead_letter_endpoint<'a>(letter: &EventRef<'a>) -> Option<&'a [u8]
     letter.headers.get(dl::ENDPOINT)
 }
 
-/// A partition of a stream.
-#[derive(Debug)]
-struct Lane {
-    /// The next offset to read.
-    next: u64,
-    /// The offset last committed (or found at start).
-    committed: u64,
-    /// Offsets read and not finished.
-    pending: BTreeSet<u64>,
-    /// Read nothing at or past this offset (the redrive mark).
-    until: Option<u64>,
-}
-
-impl Lane {
-    fn low_watermark(&self) -> u64 {
-        self.pending.first().copied().unwrap_or(self.next)
-    }
-
-    fn exhausted(&self) -> bool {
-        self.until.is_some_and(|until| self.next >= until)
-    }
-}
-
-#[derive(Debug)]
-struct Stream {
-    topic: String,
-    cursor: String,
-    lanes: Vec<Lane>,
-    /// Whether events come from the dead-letter topic (redrive).
-    redrive: bool,
-}
-
-/// How a job ended.
+/// How a delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Finish {
     Delivered,
     DeadLettered,
 }
 
-/// The key of the per-key order: stream, lane, key bytes.
-type OrderKey = (usize, u32, Vec<u8>);
+/// The single member of an endpoint's core: the endpoint itself.
+const ENDPOINT_MEMBER: &str = "endpoint";
 
 /// The state of one running loop.
 struct Loop {
     shared: Arc<Shared>,
     endpoint: Arc<Endpoint>,
     status: Arc<EndpointStatus>,
-    streams: Vec<Stream>,
-    /// The endpoint's filter, applied to its topic's events (not to dead letters).
-    filter: EventFilter,
-    /// Per key: its jobs in order; the head is in flight or runnable.
-    queues: HashMap<OrderKey, VecDeque<Job>>,
-    /// Keys whose head job may start.
-    runnable: VecDeque<OrderKey>,
-    buffered_count: usize,
-    buffered_size: u64,
-    tasks: JoinSet<(OrderKey, Finish)>,
+    /// Stream 0: the endpoint's topic (with its filter); 1: its dead letters
+    /// up to the redrive mark.
+    sources: Vec<Source>,
+    /// Cursor names by stream.
+    cursors: Vec<String>,
+    /// The offsets last committed (or found at start), by stream and partition.
+    committed: Vec<Vec<u64>>,
+    core: Core<Job>,
+    member: MemberId,
+    tasks: JoinSet<DeliveryId>,
     /// When the cursors were last committed.
     committed_at: Instant,
 }
@@ -214,31 +164,70 @@ pub(super) async fn run(
     status: Arc<EndpointStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut streams =
-        vec![open_stream(&shared, &endpoint.topic, cursor_name(&endpoint.name), None, false).await?];
+    let mut sources = vec![Source {
+        topic: endpoint.topic.clone(),
+        filter: EventFilter::new(endpoint.event_types.iter().cloned(), endpoint.key_prefix.clone()),
+    }];
+    let mut cursors = vec![cursor_name(&endpoint.name)];
+    let mut starts = vec![start_offsets(&shared, &endpoint.topic, &cursors[0]).await?];
+    let mut streams = vec![
+        starts[0]
+            .iter()
+            .map(|start| (PartitionProgress::new(*start), None))
+            .collect::<Vec<_>>(),
+    ];
     if endpoint.redrive_until.iter().any(|(_, until)| *until > 0) {
+        let topic = endpoint.settings.dead_letter_topic.clone();
+        let cursor = redrive_cursor_name(&endpoint.name);
+        let redrive_starts = start_offsets(&shared, &topic, &cursor).await?;
         streams.push(
-            open_stream(
-                &shared,
-                &endpoint.settings.dead_letter_topic,
-                redrive_cursor_name(&endpoint.name),
-                Some(&endpoint.redrive_until),
-                true,
-            )
-            .await?,
+            redrive_starts
+                .iter()
+                .enumerate()
+                .map(|(partition, start)| {
+                    let until = endpoint
+                        .redrive_until
+                        .iter()
+                        .find(|(mark_partition, _)| *mark_partition as usize == partition)
+                        .map_or(0, |(_, offset)| *offset);
+                    (PartitionProgress::new(*start), Some(until))
+                })
+                .collect(),
         );
+        // Dead letters are picked by their endpoint header, not by the filter.
+        sources.push(Source {
+            topic,
+            filter: EventFilter::all(),
+        });
+        cursors.push(cursor);
+        starts.push(redrive_starts);
     }
-    let filter = EventFilter::new(endpoint.event_types.iter().cloned(), endpoint.key_prefix.clone());
+    let settings = Settings {
+        lease_ms: None,
+        // Retries happen within a delivery (`deliver`), under the breaker.
+        deliveries_max: u32::MAX,
+        backoff_initial_ms: 0,
+        backoff_max_ms: 0,
+        exhausted: Exhausted::Park,
+        buffered_count_max: WEBHOOK_BUFFERED_EVENTS_COUNT_MAX,
+        buffered_size_max: WEBHOOK_BUFFERED_SIZE_BYTES_MAX,
+        progress_entries_max: usize::MAX,
+    };
+    let mut core = Core::new(settings, streams, 0);
+    let member = core.join(
+        ENDPOINT_MEMBER.to_string(),
+        endpoint.settings.in_flight_max.max(1),
+        now_ms(),
+    );
     let mut state = Loop {
         shared,
         endpoint,
         status,
-        streams,
-        filter,
-        queues: HashMap::new(),
-        runnable: VecDeque::new(),
-        buffered_count: 0,
-        buffered_size: 0,
+        sources,
+        cursors,
+        committed: starts,
+        core,
+        member,
         tasks: JoinSet::new(),
         committed_at: Instant::now(),
     };
@@ -247,7 +236,7 @@ pub(super) async fn run(
             return state.stop().await;
         }
         let read = state.fill().await?;
-        state.start_runnable();
+        state.start_ready();
         // A cursor commit is a synced journal write (the backend runs it off the
         // runtime's threads, but this loop waits for it): while deliveries are in
         // flight, commit at most every `COMMIT_INTERVAL` (a crash re-delivers
@@ -257,24 +246,15 @@ pub(super) async fn run(
             state.commit().await?;
             state.committed_at = Instant::now();
         }
-        if read && state.has_room() {
+        if read && state.core.has_room() {
             tokio::task::yield_now().await;
             continue;
         }
-        let mut waits: Vec<BoxFuture<Result<Offset>>> = Vec::new();
-        if state.has_room() {
-            for stream in &state.streams {
-                for (index, lane) in stream.lanes.iter().enumerate() {
-                    if !lane.exhausted() {
-                        waits.push(state.shared.backend.wait_past(
-                            &stream.topic,
-                            PartitionId(index as u32),
-                            Offset(lane.next),
-                        ));
-                    }
-                }
-            }
-        }
+        let mut waits = if state.core.has_room() {
+            waits(&mut state.core, &state.shared.backend, &state.sources)
+        } else {
+            Vec::new()
+        };
         let has_tasks = !state.tasks.is_empty();
         tokio::select! {
             _ = async { let _ = stop.wait_for(|stop| *stop).await; } => return state.stop().await,
@@ -293,14 +273,10 @@ pub(super) async fn run(
     }
 }
 
-async fn open_stream(
-    shared: &Shared,
-    topic: &str,
-    cursor: String,
-    until: Option<&[(u32, u64)]>,
-    redrive: bool,
-) -> Result<Stream> {
-    let positions = match shared.backend.cursor(topic, &cursor).await {
+/// The committed offsets of `cursor` on `topic`, or each partition's earliest
+/// offset where it was never committed.
+async fn start_offsets(shared: &Shared, topic: &str, cursor: &str) -> Result<Vec<u64>> {
+    let positions = match shared.backend.cursor(topic, cursor).await {
         Ok(positions) => positions.into_iter().map(|position| position.committed).collect(),
         Err(Error::CursorNotFound(_)) => {
             let count = shared.backend.describe_topic(topic).await?.partitions.len();
@@ -308,151 +284,72 @@ async fn open_stream(
         }
         Err(error) => return Err(error),
     };
-    let mut lanes = Vec::new();
+    let mut starts = Vec::with_capacity(positions.len());
     for (index, committed) in positions.into_iter().enumerate() {
-        let partition = PartitionId(index as u32);
-        let start = match committed {
+        starts.push(match committed {
             Some(offset) => offset.0,
-            None => shared.backend.earliest(topic, partition).await?.0,
-        };
-        let until = until.map(|marks| {
-            marks
-                .iter()
-                .find(|(mark_partition, _)| *mark_partition == partition.0)
-                .map_or(0, |(_, offset)| *offset)
-        });
-        lanes.push(Lane {
-            next: start,
-            committed: start,
-            pending: BTreeSet::new(),
-            until,
+            None => shared.backend.earliest(topic, PartitionId(index as u32)).await?.0,
         });
     }
-    Ok(Stream {
-        topic: topic.to_string(),
-        cursor,
-        lanes,
-        redrive,
-    })
+    Ok(starts)
 }
 
 impl Loop {
-    fn has_room(&self) -> bool {
-        self.buffered_count < WEBHOOK_BUFFERED_EVENTS_COUNT_MAX
-            && self.buffered_size < WEBHOOK_BUFFERED_SIZE_BYTES_MAX
-    }
-
     /// Reads what fits into the buffer; returns whether anything was read.
     async fn fill(&mut self) -> Result<bool> {
-        let mut read_any = false;
-        for stream_index in 0..self.streams.len() {
-            let lanes_count = self.streams[stream_index].lanes.len();
-            for lane_index in 0..lanes_count {
-                if !self.has_room() {
-                    return Ok(read_any);
-                }
-                read_any |= self.fill_lane(stream_index, lane_index).await?;
-            }
-        }
-        Ok(read_any)
+        let topic = self.endpoint.topic.clone();
+        let name = self.endpoint.name.clone();
+        let decode = move |stream: u8, event: &EventRef<'_>| -> Option<CoreJob<Job>> {
+            let job = if stream == 0 {
+                Job::from_event(&topic, event)
+            } else if dead_letter_endpoint(event) == Some(name.as_bytes()) {
+                Job::from_dead_letter(event)?
+            } else {
+                return None;
+            };
+            Some(CoreJob {
+                position: Position {
+                    stream,
+                    partition: event.partition.0,
+                    offset: event.offset.0,
+                },
+                key: job.event.key.clone(),
+                timestamp_ms: job.event.timestamp_ms,
+                size: job.size(),
+                payload: Arc::new(job),
+            })
+        };
+        fill(
+            &mut self.core,
+            &self.shared.backend,
+            &self.sources,
+            &decode,
+            now_ms,
+        )
+        .await
     }
 
-    async fn fill_lane(&mut self, stream_index: usize, lane_index: usize) -> Result<bool> {
-        let backend = Arc::clone(&self.shared.backend);
-        let stream = &self.streams[stream_index];
-        let lane = &stream.lanes[lane_index];
-        let partition = PartitionId(lane_index as u32);
-        let high_watermark = backend.high_watermark(&stream.topic, partition).await?.0;
-        let end = lane
-            .until
-            .map_or(high_watermark, |until| until.min(high_watermark));
-        if lane.next >= end {
-            return Ok(false);
-        }
-        let count_max =
-            ((end - lane.next) as usize).min(WEBHOOK_BUFFERED_EVENTS_COUNT_MAX - self.buffered_count);
-        let bytes_max = WEBHOOK_BUFFERED_SIZE_BYTES_MAX
-            .saturating_sub(self.buffered_size)
-            .max(1);
-        let topic = stream.topic.clone();
-        let redrive = stream.redrive;
-        // Dead letters are picked by their endpoint header, not by the filter.
-        let filter = if redrive {
-            EventFilter::all()
-        } else {
-            self.filter.clone()
-        };
-        let from = lane.next;
-        let scanned = backend
-            .scan(&topic, partition, Offset(from), count_max, bytes_max, &filter)
-            .await;
-        let mut jobs = Vec::new();
-        let next = match scanned {
-            Ok(events) => {
-                // `count_max` keeps the scan below `end`.
-                for event in events.iter().take_while(|event| event.offset.0 < end) {
-                    if !redrive {
-                        jobs.push(Job::from_event(stream_index, &topic, &event));
-                    } else if dead_letter_endpoint(&event) == Some(self.endpoint.name.as_bytes())
-                        && let Some(job) = Job::from_dead_letter(stream_index, &event)
-                    {
-                        jobs.push(job);
-                    }
-                }
-                events.next_offset().0.min(end)
-            }
-            Err(Error::OffsetOutOfRange { earliest, .. }) => {
-                tracing::warn!(
-                    endpoint = %self.endpoint.name, topic = %topic, %partition, from = lane.next, %earliest,
-                    "events were deleted by retention before delivery; skipping to the earliest"
-                );
-                earliest.0
-            }
-            Err(error) => return Err(error),
-        };
-        let lane = &mut self.streams[stream_index].lanes[lane_index];
-        debug_assert_eq!(lane.next, from, "one read of a lane at a time");
-        let progressed = next > lane.next;
-        lane.next = lane.next.max(next);
-        for job in jobs {
-            lane.pending.insert(job.position);
-            self.buffered_count += 1;
-            self.buffered_size += job.size();
-            let order_key = (job.stream, job.lane, job.event.key.clone());
-            let queue = self.queues.entry(order_key.clone()).or_default();
-            queue.push_back(job);
-            if queue.len() == 1 {
-                self.runnable.push_back(order_key);
-            }
-        }
-        Ok(progressed)
-    }
-
-    fn start_runnable(&mut self) {
-        let in_flight_max = self.endpoint.settings.in_flight_max.max(1) as usize;
+    fn start_ready(&mut self) {
         let before = self.tasks.len();
-        while self.tasks.len() < in_flight_max {
-            let Some(order_key) = self.runnable.pop_front() else {
-                break;
-            };
-            let Some(job) = self
-                .queues
-                .get(&order_key)
-                .and_then(|queue| queue.front())
-                .cloned()
-            else {
-                continue;
-            };
+        for outgoing in self.core.dispatch(now_ms()) {
+            debug_assert_eq!(outgoing.member, self.member, "the endpoint is the only member");
             let shared = Arc::clone(&self.shared);
             let endpoint = Arc::clone(&self.endpoint);
             let status = Arc::clone(&self.status);
             self.tasks.spawn(async move {
-                let finish = deliver(&shared, &endpoint, &status, &job).await;
-                (order_key, finish)
+                deliver(
+                    &shared,
+                    &endpoint,
+                    &status,
+                    &outgoing.payload,
+                    outgoing.id.position,
+                )
+                .await;
+                outgoing.id
             });
         }
         debug_assert!(
-            self.tasks.len() <= in_flight_max,
+            self.tasks.len() <= self.endpoint.settings.in_flight_max.max(1) as usize,
             "at most in_flight_max keys in flight"
         );
         if self.tasks.len() != before {
@@ -462,31 +359,18 @@ impl Loop {
         }
     }
 
-    fn finished(&mut self, joined: std::result::Result<(OrderKey, Finish), tokio::task::JoinError>) {
-        let Ok((order_key, _finish)) = joined else {
-            // A delivery task panicked: a bug. Its event stays pending, so the
+    fn finished(&mut self, joined: std::result::Result<DeliveryId, tokio::task::JoinError>) {
+        let Ok(id) = joined else {
+            // A delivery task panicked: a bug. Its event stays in flight, so the
             // cursor holds and a restart re-delivers it.
             tracing::error!(endpoint = %self.endpoint.name, "a delivery task failed");
             return;
         };
-        let Some(queue) = self.queues.get_mut(&order_key) else {
-            return;
-        };
-        if let Some(job) = queue.pop_front() {
-            self.streams[job.stream].lanes[job.lane as usize]
-                .pending
-                .remove(&job.position);
-            self.buffered_count -= 1;
-            self.buffered_size -= job.size();
-        }
-        if queue.is_empty() {
-            self.queues.remove(&order_key);
-        } else {
-            self.runnable.push_back(order_key);
-        }
+        // Delivered or dead-lettered: either way the event is finished.
+        let settled = self.core.settle(self.member, id, Action::Ack, now_ms(), 0.0);
+        debug_assert!(settled.is_ok(), "the endpoint's deliveries never expire");
     }
 
-    /// Commits every lane whose low watermark moved.
     /// Ends the loop (pause, delete, redrive, shutdown): deliveries that finish
     /// within `STOP_DRAIN` are settled and the cursors committed, so a loop
     /// started next does not send again what this one finished; the rest are
@@ -504,32 +388,36 @@ impl Loop {
         self.commit().await
     }
 
+    /// Commits every lane whose floor moved.
     async fn commit(&mut self) -> Result<()> {
+        // The floor is all an endpoint keeps (its cursor): settled ranges above
+        // it are delivered again after a restart.
+        drop(self.core.take_changes());
         let backend = Arc::clone(&self.shared.backend);
         let mut lag = 0u64;
-        for (stream_index, stream) in self.streams.iter_mut().enumerate() {
+        for (stream, source) in self.sources.iter().enumerate() {
             let mut offsets = Vec::new();
-            for (index, lane) in stream.lanes.iter().enumerate() {
-                let low = lane.low_watermark();
-                if low > lane.committed {
-                    offsets.push((PartitionId(index as u32), Offset(low)));
+            for (partition, committed) in self.committed[stream].iter().enumerate() {
+                let floor = self.core.lane(stream as u8, partition as u32).floor;
+                if floor > *committed {
+                    offsets.push((PartitionId(partition as u32), Offset(floor)));
                 }
             }
             if !offsets.is_empty() {
                 backend
-                    .commit_cursor(&stream.topic, &stream.cursor, offsets.clone(), false)
+                    .commit_cursor(&source.topic, &self.cursors[stream], offsets.clone(), false)
                     .await?;
                 for (partition, offset) in offsets {
-                    stream.lanes[partition.0 as usize].committed = offset.0;
+                    self.committed[stream][partition.0 as usize] = offset.0;
                 }
             }
-            if stream_index == 0 {
-                for (index, lane) in stream.lanes.iter().enumerate() {
+            if stream == 0 {
+                for (partition, committed) in self.committed[stream].iter().enumerate() {
                     let high_watermark = backend
-                        .high_watermark(&stream.topic, PartitionId(index as u32))
+                        .high_watermark(&source.topic, PartitionId(partition as u32))
                         .await?
                         .0;
-                    lag += high_watermark.saturating_sub(lane.committed);
+                    lag += high_watermark.saturating_sub(*committed);
                 }
             }
         }
@@ -574,14 +462,14 @@ async fn admit(status: &EndpointStatus) -> bool {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
-/// Delivers one job until it succeeds or is dead-lettered.
-async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, job: &Job) -> Finish {
+/// Delivers one job, read at `position`, until it succeeds or is dead-lettered.
+async fn deliver(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    status: &EndpointStatus,
+    job: &Job,
+    position: Position,
+) -> Finish {
     let name = endpoint.name.as_str();
     let settings = &endpoint.settings;
     let policy = RetryPolicy {
@@ -596,7 +484,7 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, 
         Ok(target) => target,
         Err(message) => {
             status.set_last_error(message.clone(), 0);
-            return dead_letter(shared, endpoint, status, job, &message, 0, 0).await;
+            return dead_letter(shared, endpoint, status, job, position, &message, 0, 0).await;
         }
     };
     let first_attempt = Instant::now();
@@ -620,9 +508,21 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, 
         drop(permit);
         {
             let mut breaker = status.breaker();
+            let before = breaker.state(Instant::now()).name();
             breaker.record(sent.result.is_receiver_failure(), probe, Instant::now());
             let state = breaker.state(Instant::now());
             drop(breaker);
+            match (before, state.name()) {
+                (before, after) if before == after => {}
+                (_, "open") => tracing::warn!(
+                    endpoint = %name, last_error = %sent.message,
+                    "webhook circuit opened: deliveries to the endpoint pause"
+                ),
+                (_, "closed") => {
+                    tracing::info!(endpoint = %name, "webhook circuit closed: deliveries resume")
+                }
+                _ => {}
+            }
             guard.armed = false;
             status.changed.notify_waiters();
             shared.observer.circuit(name, state.gauge());
@@ -643,14 +543,34 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, 
                 shared.observer.outcome(name, "permanent_failure", class);
                 status.set_last_error(sent.message.clone(), status_code);
                 let reason = format!("permanent failure: {}", sent.message);
-                return dead_letter(shared, endpoint, status, job, &reason, status_code, attempt).await;
+                return dead_letter(
+                    shared,
+                    endpoint,
+                    status,
+                    job,
+                    position,
+                    &reason,
+                    status_code,
+                    attempt,
+                )
+                .await;
             }
             Verdict::Retry => {
                 status.set_last_error(sent.message.clone(), status_code);
                 if policy.exhausted(attempt, first_attempt.elapsed()) {
                     shared.observer.outcome(name, "dead_lettered", class);
                     let reason = format!("gave up after {attempt} attempts: {}", sent.message);
-                    return dead_letter(shared, endpoint, status, job, &reason, status_code, attempt).await;
+                    return dead_letter(
+                        shared,
+                        endpoint,
+                        status,
+                        job,
+                        position,
+                        &reason,
+                        status_code,
+                        attempt,
+                    )
+                    .await;
                 }
                 shared.observer.outcome(name, "retry", class);
                 let delay = policy.delay(attempt, &sent.result, random_fraction());
@@ -661,20 +581,14 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, status: &EndpointStatus, 
     }
 }
 
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Appends the job to the dead-letter topic, retrying until it is stored.
+#[allow(clippy::too_many_arguments)]
 async fn dead_letter(
     shared: &Shared,
     endpoint: &Endpoint,
     status: &EndpointStatus,
     job: &Job,
+    position: Position,
     reason: &str,
     last_status: u16,
     attempts: u32,
@@ -683,11 +597,11 @@ async fn dead_letter(
     let mut headers = original.headers.clone();
     // Room for the dead-letter headers within the per-event header limits.
     headers.truncate(stele_engine::limits::HEADERS_COUNT_MAX - dl::COUNT);
-    let mut reason = reason.to_string();
-    reason.truncate(1024);
+    let mut reason_header = reason.to_string();
+    reason_header.truncate(1024);
     headers.extend([
         (dl::ENDPOINT.to_string(), endpoint.name.as_bytes().to_vec()),
-        (dl::REASON.to_string(), reason.into_bytes()),
+        (dl::REASON.to_string(), reason_header.into_bytes()),
         (dl::STATUS.to_string(), last_status.to_string().into_bytes()),
         (dl::ATTEMPTS.to_string(), attempts.to_string().into_bytes()),
         (dl::TOPIC.to_string(), job.topic.as_bytes().to_vec()),
@@ -708,8 +622,8 @@ async fn dead_letter(
     ]);
     // The idempotency id makes a dead letter appended again after a crash a
     // duplicate; a redriven event that fails again gets a new one.
-    let redrive_part = if shared_stream_is_redrive(job) {
-        format!(":redrive:{}:{}", job.lane, job.position)
+    let redrive_part = if position.stream > 0 {
+        format!(":redrive:{}:{}", position.partition, position.offset)
     } else {
         String::new()
     };
@@ -721,30 +635,30 @@ async fn dead_letter(
         idempotency_id: Some(idempotency_id.into_bytes()),
     };
     let request = AppendRequest::new(original.key.clone(), vec![event]);
-    loop {
-        let outcome = shared
-            .backend
-            .append(&endpoint.settings.dead_letter_topic, vec![request.clone()])
-            .await;
-        let error = match outcome {
-            Ok(mut results) => match results.pop() {
-                Some(Ok(_)) => break,
-                Some(Err(error)) => error,
-                None => Error::Closed,
-            },
-            Err(error) => error,
-        };
-        tracing::warn!(endpoint = %endpoint.name, %error, "cannot append a dead letter; retrying");
-        status.set_last_error(format!("cannot append a dead letter: {error}"), last_status);
-        tokio::time::sleep(DEAD_LETTER_RETRY_PAUSE).await;
-    }
+    append_until_stored(
+        &shared.backend,
+        &endpoint.settings.dead_letter_topic,
+        request,
+        &|error| {
+            crate::limited!(warn, endpoint = %endpoint.name, %error, "cannot append a dead letter; retrying");
+            status.set_last_error(format!("cannot append a dead letter: {error}"), last_status);
+        },
+    )
+    .await;
+    crate::limited!(
+        warn,
+        endpoint = %endpoint.name,
+        topic = %job.topic,
+        partition = original.partition.0,
+        offset = original.offset.0,
+        dead_letter_topic = %endpoint.settings.dead_letter_topic,
+        attempts,
+        reason,
+        "webhook event dead-lettered"
+    );
     shared.observer.dead_lettered(&endpoint.name);
     status
         .dead_lettered
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Finish::DeadLettered
-}
-
-fn shared_stream_is_redrive(job: &Job) -> bool {
-    job.stream > 0
 }

@@ -170,6 +170,31 @@ pub mod dead_letter_headers {
     pub const WEBHOOK_ID: &str = "stele-dl-webhook-id";
     /// How many headers the above are.
     pub const COUNT: usize = 10;
+
+    /// The original event a dead letter (or a group's parked event) carries:
+    /// its partition, offset, sequence and time from these headers, without
+    /// them, and without the letter's own idempotency id and stamp; `None`
+    /// when a header is missing or malformed.
+    pub fn original_event(letter: &stele_engine::EventRef<'_>) -> Option<stele_engine::event::RecordedEvent> {
+        use stele_engine::event::{Offset, PartitionId, Sequence};
+        let number = |name: &str| {
+            letter
+                .headers
+                .get(name)
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .and_then(|value| value.parse::<i64>().ok())
+        };
+        let mut event = letter.to_recorded();
+        event.partition = PartitionId(u32::try_from(number(PARTITION)?).ok()?);
+        event.offset = Offset(u64::try_from(number(OFFSET)?).ok()?);
+        event.sequence = Sequence(u64::try_from(number(SEQUENCE)?).ok()?);
+        event.timestamp_ms = number(TIMESTAMP_MS)?;
+        event.headers.retain(|(name, _)| !name.starts_with(PREFIX));
+        // The letter's own id is not the original's.
+        event.idempotency_id = None;
+        event.producer = None;
+        Some(event)
+    }
 }
 
 /// Server-wide webhook settings.
@@ -263,6 +288,11 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
+    /// The durable endpoint definitions (for a backup).
+    pub fn store(&self) -> &WebhookStore {
+        &self.store
+    }
+
     /// Opens the endpoint store in `data_dir` and starts a loop per active
     /// endpoint. Must be called within a tokio runtime.
     ///
