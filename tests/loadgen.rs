@@ -73,6 +73,12 @@ async fn every_scenario_runs_and_checks() {
                 Scenario::Sequential => {
                     assert!(line["fsync_p50_us"].as_u64().is_some(), "{line}");
                     assert!(line["p50_minus_fsync_p50_us"].as_i64().is_some(), "{line}");
+                    assert_eq!(line["rpc_probe"]["calls"], line["events"], "{line}");
+                    assert!(
+                        line["rpc_probe"]["p50_us"].as_u64().is_some_and(|p50| p50 > 0),
+                        "{line}"
+                    );
+                    assert!(line["p50_minus_rpc_p50_us"].as_i64().is_some(), "{line}");
                 }
                 Scenario::Cas => {
                     assert_eq!(line["conflicts"].as_u64(), Some(0), "{line}");

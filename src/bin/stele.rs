@@ -249,6 +249,11 @@ struct BenchArgs {
     /// The server's process id: report its memory (/proc/PID/status) with every run.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// The load generator's own runtime: `multi` (tokio's work-stealing
+    /// runtime, a worker per core) or `current` (one thread: a lone appender
+    /// pays no thread hand-offs in the client).
+    #[arg(long, value_name = "RUNTIME", default_value = "multi", value_parser = ["multi", "current"])]
+    runtime: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1836,11 +1841,15 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
         server_pid: args.server_pid,
     };
     let target = args.connect.target()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| CliError::Failed(format!("cannot start the runtime: {error}")))?;
-    runtime.block_on(async move {
+    let runtime = match args.runtime.as_str() {
+        "current" => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+    .map_err(|error| CliError::Failed(format!("cannot start the runtime: {error}")))?;
+    // The scenarios run in a task, as an application's work does: on the
+    // multi-threaded runtime, `block_on`'s own thread is not one of its
+    // workers, and every request would cross threads twice more in the client.
+    let scenarios_run = async move {
         let mut failed_checks = Vec::new();
         for scenario in scenarios {
             for durability in &durabilities {
@@ -1876,6 +1885,11 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
             )));
         }
         Ok(EXIT_OK)
+    };
+    runtime.block_on(async move {
+        tokio::spawn(scenarios_run)
+            .await
+            .map_err(|error| CliError::Failed(format!("the load generator failed: {error}")))?
     })
 }
 

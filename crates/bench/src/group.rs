@@ -120,13 +120,13 @@ fn process_cpu_seconds(pid: u32) -> LoadgenResult<f64> {
 }
 
 /// The server's CPU time while `timed` ran, when its process id is known.
-struct CpuMeter {
+pub(crate) struct CpuMeter {
     pid: Option<u32>,
     started: f64,
 }
 
 impl CpuMeter {
-    fn start(pid: Option<u32>) -> LoadgenResult<CpuMeter> {
+    pub(crate) fn start(pid: Option<u32>) -> LoadgenResult<CpuMeter> {
         let started = match pid {
             Some(pid) => process_cpu_seconds(pid)?,
             None => 0.0,
@@ -135,7 +135,7 @@ impl CpuMeter {
     }
 
     /// Adds `server_cpu_seconds` (since the start) and its cost per event.
-    fn insert(&self, line: &mut serde_json::Map<String, Value>, events: u64) -> LoadgenResult<()> {
+    pub(crate) fn insert(&self, line: &mut serde_json::Map<String, Value>, events: u64) -> LoadgenResult<()> {
         if let Some(pid) = self.pid {
             let seconds = process_cpu_seconds(pid)? - self.started;
             line.insert("server_cpu_seconds".into(), json!(round(seconds, 2)));

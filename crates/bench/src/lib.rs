@@ -627,6 +627,7 @@ async fn pipelined(
         )
     });
     let per_stream = deal(requests, config.concurrency);
+    let cpu = group::CpuMeter::start(config.server_pid)?;
     let (elapsed, mut outcome) = run_streams(target, topic, per_stream, config.in_flight, false).await?;
     let mut line = result_line(
         Scenario::Pipelined,
@@ -639,6 +640,7 @@ async fn pipelined(
     );
     line.insert("streams".into(), json!(config.concurrency));
     line.insert("in_flight_per_stream".into(), json!(config.in_flight));
+    cpu.insert(&mut line, count)?;
     Ok(line)
 }
 
@@ -669,6 +671,7 @@ async fn batched(
     let requests = batch_requests(count, config, &payload);
     let window = batched_window(config);
     let per_stream = deal(requests.into_iter(), config.concurrency);
+    let cpu = group::CpuMeter::start(config.server_pid)?;
     let (elapsed, mut outcome) = run_streams(target, topic, per_stream, window, false).await?;
     let errors = outcome.errors * config.batch.max(1) as u64;
     let mut line = result_line(
@@ -684,6 +687,7 @@ async fn batched(
     line.insert("streams".into(), json!(config.concurrency));
     line.insert("in_flight_per_stream".into(), json!(window));
     line.insert("latency_per".into(), json!("request"));
+    cpu.insert(&mut line, count)?;
     Ok(line)
 }
 
@@ -701,9 +705,11 @@ async fn sequential(
 ) -> LoadgenResult<serde_json::Map<String, Value>> {
     let count = config.count_of(Scenario::Sequential);
     let probe = fsync_probe(config.fsync_probe_dir.clone(), config.fsync_probe_duration).await?;
+    let rpc_probe = rpc_probe(client, count).await?;
     let payload = vec![b's'; config.size];
     let mut latencies = Vec::with_capacity(count as usize);
     let mut errors = 0;
+    let cpu = group::CpuMeter::start(config.server_pid)?;
     let started = Instant::now();
     for index in 0..count {
         let request = AppendRequest::new(key_of(index % config.keys), vec![event(&payload)]);
@@ -724,7 +730,33 @@ async fn sequential(
         errors,
     );
     insert_fsync_comparison(&mut line, &probe);
+    cpu.insert(&mut line, count)?;
+    let p50 = line["latency_us"]["p50"].as_u64().unwrap_or_default();
+    line.insert("rpc_probe".into(), rpc_probe.clone());
+    line.insert(
+        "p50_minus_rpc_p50_us".into(),
+        json!(p50 as i64 - rpc_probe["p50_us"].as_i64().unwrap_or_default()),
+    );
     Ok(line)
+}
+
+/// The floor of one unary call on this connection: `count` WhoAmI calls one
+/// at a time (no log work, the same gRPC stack, interceptors and metrics as
+/// Append), so that `sequential` can tell the transport from Stele's own cost.
+async fn rpc_probe(client: &Client, count: u64) -> LoadgenResult<Value> {
+    let mut latencies = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let sent = Instant::now();
+        client.who_am_i().await?;
+        latencies.push(micros(sent.elapsed()));
+    }
+    let percentiles = percentiles(&mut latencies);
+    Ok(json!({
+        "method": "WhoAmI, one unary call in flight",
+        "calls": count,
+        "p50_us": percentiles["p50"],
+        "p99_us": percentiles["p99"],
+    }))
 }
 
 async fn cas(

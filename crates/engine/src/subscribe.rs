@@ -14,20 +14,32 @@ use std::time::{Duration, Instant};
 /// Wakes blocked and async waiters when a partition publishes.
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
-    wakers: Mutex<Vec<Waker>>,
+    waiters: Mutex<Waiters>,
     condvar: Condvar,
+}
+
+/// Who waits on a [`Notifier`], behind its lock.
+#[derive(Debug, Default)]
+struct Waiters {
+    wakers: Vec<Waker>,
+    /// Threads blocked in [`Notifier::wait_until`]: waking the condition
+    /// variable is a system call even with no one waiting, and `notify` runs
+    /// on every publication (every append of a lone appender).
+    sleepers: usize,
 }
 
 impl Notifier {
     /// Wakes every waiter. Call after storing the new high watermark.
     pub(crate) fn notify(&self) {
         let wakers = {
-            let mut wakers = self
-                .wakers
+            let mut waiters = self
+                .waiters
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.condvar.notify_all();
-            std::mem::take(&mut *wakers)
+            if waiters.sleepers > 0 {
+                self.condvar.notify_all();
+            }
+            std::mem::take(&mut waiters.wakers)
         };
         for waker in wakers {
             waker.wake();
@@ -38,7 +50,7 @@ impl Notifier {
     pub(crate) fn wait_until(&self, timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = self
-            .wakers
+            .waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
@@ -49,25 +61,27 @@ impl Notifier {
             if now >= deadline {
                 return false;
             }
+            guard.sleepers += 1;
             guard = self
                 .condvar
                 .wait_timeout(guard, deadline - now)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+            guard.sleepers -= 1;
         }
     }
 
     /// Registers `waker` unless `ready()` already holds; returns whether it holds.
     pub(crate) fn register(&self, waker: &Waker, ready: impl FnOnce() -> bool) -> bool {
-        let mut wakers = self
-            .wakers
+        let mut waiters = self
+            .waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if ready() {
             return true;
         }
-        if !wakers.iter().any(|existing| existing.will_wake(waker)) {
-            wakers.push(waker.clone());
+        if !waiters.wakers.iter().any(|existing| existing.will_wake(waker)) {
+            waiters.wakers.push(waker.clone());
         }
         false
     }

@@ -242,7 +242,10 @@ impl Partition {
     fn after_encode<'a>(&'a self, mut state: MutexGuard<'a, State>, durability: Durability) {
         match durability {
             Durability::Always => {
-                self.work.notify_one();
+                // A busy worker takes the open group when it looks next.
+                if state.worker_sleeping {
+                    self.work.notify_one();
+                }
             }
             Durability::Interval { .. } | Durability::None => {
                 if state.flushing.is_some() {
@@ -273,11 +276,12 @@ impl Partition {
                     // The worker may be waiting for this group (to take the next
                     // one), for the sync timer, for jobs that publication made
                     // due, or for the appends this thread leaves to it.
-                    if start_timer
-                        || state.worker_waits_for_flush
-                        || state.seal_due
-                        || state.dedup_due
-                        || (!state.open.is_empty() && !more)
+                    if state.worker_sleeping
+                        && (start_timer
+                            || state.worker_waits_for_flush
+                            || state.seal_due
+                            || state.dedup_due
+                            || (!state.open.is_empty() && !more))
                     {
                         self.work.notify_one();
                     }
@@ -553,8 +557,11 @@ impl Partition {
         );
         let (writes, completions, sync) = self.take_group(&mut state);
         state.last_group_size = completions.len();
+        let waiters = state.room_waiters > 0;
         drop(state);
-        self.room.notify_all();
+        if waiters {
+            self.room.notify_all();
+        }
         let started = std::time::Instant::now();
         let outcome = self.write_taken(&writes, sync);
         let elapsed = started.elapsed();

@@ -191,6 +191,8 @@ pub(crate) struct State {
     groups_finished: u64,
     /// The worker waits for an inline writer's group before taking the next.
     worker_waits_for_flush: bool,
+    /// The worker waits on `work` ([`Partition::wait_for_work`]).
+    worker_sleeping: bool,
     /// Appenders waiting on `room` (back-pressure).
     room_waiters: usize,
     /// A segment may have become complete: the worker seals it.
@@ -269,6 +271,7 @@ impl State {
             groups_taken: 0,
             groups_finished: 0,
             worker_waits_for_flush: false,
+            worker_sleeping: false,
             room_waiters: 0,
             seal_due: false,
             dedup_due: false,
@@ -553,10 +556,7 @@ impl Partition {
                     // An inline writer (`Interval`, `None`) holds the flushing
                     // group; it wakes the worker when it has published.
                     state.worker_waits_for_flush = true;
-                    state = self
-                        .work
-                        .wait(state)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state = self.wait_for_work(state, None);
                     state.worker_waits_for_flush = false;
                     continue;
                 }
@@ -595,10 +595,7 @@ impl Partition {
             if closing {
                 if state.flushing.is_some() {
                     state.worker_waits_for_flush = true;
-                    state = self
-                        .work
-                        .wait(state)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state = self.wait_for_work(state, None);
                     state.worker_waits_for_flush = false;
                     continue;
                 }
@@ -635,11 +632,7 @@ impl Partition {
                 }
                 _ => housekeeping_interval.saturating_sub(state.last_housekeeping.elapsed()),
             };
-            state = self
-                .work
-                .wait_timeout(state, wait)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            state = self.wait_for_work(state, Some(wait));
         }
     }
 
@@ -674,6 +667,31 @@ impl Partition {
         }
     }
 
+    /// The worker waits on `work` (for at most `timeout`), marked as asleep
+    /// meanwhile: appenders wake it only then, since a wake-up is a system
+    /// call and a busy worker looks at the state again before it sleeps.
+    fn wait_for_work<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        state.worker_sleeping = true;
+        let mut state = match timeout {
+            None => self
+                .work
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Some(timeout) => {
+                self.work
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0
+            }
+        };
+        state.worker_sleeping = false;
+        state
+    }
+
     /// Group commit: before flushing a group smaller than the previous one, waits
     /// a moment for the appenders the previous group woke to come back, so that
     /// one fdatasync carries them all. The wait is at most half the previous
@@ -693,11 +711,7 @@ impl Partition {
             if now >= deadline {
                 break;
             }
-            state = self
-                .work
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            state = self.wait_for_work(state, Some(deadline - now));
         }
         state
     }
