@@ -437,6 +437,11 @@ pub struct LogOptions {
     /// How often each partition's worker checks retention, checkpoints, idle
     /// producers and the dedup index (real time, not the injected clock).
     pub housekeeping_interval: std::time::Duration,
+    /// Threads of the pool that runs every partition's background work
+    /// (group commit under `Durability::Always`, seals, dedup jobs, timers);
+    /// 0 sizes it from the cores (twice the cores, at least 4). Partitions do
+    /// not get threads of their own, so this bounds the log's threads.
+    pub worker_threads: usize,
 }
 
 impl Default for LogOptions {
@@ -445,6 +450,7 @@ impl Default for LogOptions {
             storage: Arc::new(StdStorage),
             clock: Arc::new(SystemClock),
             housekeeping_interval: HOUSEKEEPING_INTERVAL_DEFAULT,
+            worker_threads: 0,
         }
     }
 }
@@ -465,6 +471,12 @@ impl LogOptions {
     /// Sets the housekeeping interval.
     pub fn housekeeping_interval(mut self, interval: std::time::Duration) -> LogOptions {
         self.housekeeping_interval = interval;
+        self
+    }
+
+    /// Sets the worker pool's threads (0: from the cores).
+    pub fn worker_threads(mut self, threads: usize) -> LogOptions {
+        self.worker_threads = threads;
         self
     }
 }

@@ -40,6 +40,9 @@ pub struct Log {
     /// deleted waits for the old directory to be gone.
     /// Lock order: `directory_change`, then `topics`.
     directory_change: std::sync::Mutex<()>,
+    /// The threads that run every partition's background work. Declared
+    /// last: it is dropped (its threads joined) after `drop` closed the topics.
+    pool: crate::partition::pool::WorkerPool,
 }
 
 impl std::fmt::Debug for Log {
@@ -84,6 +87,11 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
 }
 
 impl Log {
+    /// Threads of the pool that runs every partition's background work.
+    pub fn worker_threads(&self) -> usize {
+        self.pool.handle().threads()
+    }
+
     /// Opens (creating if needed) a data directory and every topic in it,
     /// recovering from a crash where needed.
     ///
@@ -111,7 +119,9 @@ impl Log {
         {
             return Err(Error::Locked { path: dir });
         }
+        let pool = crate::partition::pool::WorkerPool::start(options.worker_threads)?;
         let log = Log {
+            pool,
             dir,
             options,
             lock: std::sync::Mutex::new(Some(lock)),
@@ -156,7 +166,7 @@ impl Log {
                     reason: format!("meta names topic {:?}", meta.name),
                 });
             }
-            let topic = Topic::open(path, meta, &log.options, &log.metrics)?;
+            let topic = Topic::open(path, meta, &log.options, &log.metrics, log.pool.handle())?;
             log.topics_mut().insert(name, topic);
         }
         log.log_recovery(started.elapsed());
@@ -279,7 +289,7 @@ impl Log {
             revision: 0,
             changed_ms: 0,
         };
-        let topic = Topic::open(path, meta, &self.options, &self.metrics)?;
+        let topic = Topic::open(path, meta, &self.options, &self.metrics, self.pool.handle())?;
         topics.insert(name.to_string(), topic.clone());
         tracing::info!(topic = name, partitions, %durability, "topic created");
         Ok(topic)

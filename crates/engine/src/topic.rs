@@ -145,6 +145,7 @@ impl Topic {
         meta: TopicMeta,
         log_options: &LogOptions,
         metrics: &crate::metrics::EngineMetrics,
+        pool: &Arc<crate::partition::pool::PoolHandle>,
     ) -> Result<Topic> {
         let storage = Arc::clone(&log_options.storage);
         let clock = Arc::clone(&log_options.clock);
@@ -178,6 +179,7 @@ impl Topic {
             epoch_of: Arc::new(move |producer| registry.current_epoch(producer)),
             housekeeping_interval: log_options.housekeeping_interval,
             metrics: metrics.topic(&name),
+            pool: Arc::clone(pool),
         };
         // Partitions recover independently: open them on as many threads as
         // there are cores (recovery is CPU-bound: CRC checks and replay).

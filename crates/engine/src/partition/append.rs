@@ -242,10 +242,7 @@ impl Partition {
     fn after_encode<'a>(&'a self, mut state: MutexGuard<'a, State>, durability: Durability) {
         match durability {
             Durability::Always => {
-                // A busy worker takes the open group when it looks next.
-                if state.worker_sleeping {
-                    self.work.notify_one();
-                }
+                self.wake_worker(&state);
             }
             Durability::Interval { .. } | Durability::None => {
                 if state.flushing.is_some() {
@@ -276,14 +273,13 @@ impl Partition {
                     // The worker may be waiting for this group (to take the next
                     // one), for the sync timer, for jobs that publication made
                     // due, or for the appends this thread leaves to it.
-                    if state.worker_sleeping
-                        && (start_timer
-                            || state.worker_waits_for_flush
-                            || state.seal_due
-                            || state.dedup_due
-                            || (!state.open.is_empty() && !more))
+                    if start_timer
+                        || state.worker_waits_for_flush
+                        || state.seal_due
+                        || state.dedup_due
+                        || (!state.open.is_empty() && !more)
                     {
-                        self.work.notify_one();
+                        self.wake_worker(&state);
                     }
                     drop(state);
                     self.tail.notify();

@@ -24,6 +24,7 @@
 //! Invariant: a failed fdatasync poisons the partition; it is never retried.
 
 mod append;
+pub(crate) mod pool;
 mod quarantine;
 mod read;
 mod recover;
@@ -33,7 +34,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use crate::config::{Clock, LiveOptions, TopicOptions};
@@ -61,8 +62,9 @@ pub(crate) type Completion = Box<dyn FnOnce(Result<AppendAck>) + Send>;
 /// Groups with more acknowledgements than this are delivered by the completer.
 const COMPLETER_GROUP_SIZE_MIN: usize = 16;
 
-/// Hands groups of acknowledgements to the completer thread.
-type Completer = std::sync::mpsc::Sender<Vec<(Completion, Result<AppendAck>)>>;
+/// Group commits one step of the worker makes before the pool thread turns
+/// to other partitions (each may be an fdatasync).
+const STEP_FLUSHES_MAX: usize = 4;
 
 /// Looks up a producer's current epoch in the topic's registry.
 pub(crate) type EpochOf = Arc<dyn Fn(ProducerId) -> Option<Epoch> + Send + Sync>;
@@ -81,6 +83,8 @@ pub(crate) struct PartitionContext {
     pub(crate) housekeeping_interval: Duration,
     /// Where the partition records fsync, group commit, roll and retention figures.
     pub(crate) metrics: crate::metrics::TopicMetrics,
+    /// The log's worker pool, which runs the partition's background work.
+    pub(crate) pool: Arc<pool::PoolHandle>,
 }
 
 impl PartitionContext {
@@ -144,10 +148,14 @@ pub(crate) struct Partition {
     /// retention, which seals what is full before it judges segments, so that
     /// an explicit `enforce_retention` does not depend on the worker's timing.
     sealing: Mutex<()>,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// `Durability::Always`: acknowledgements are delivered by a second thread,
-    /// so that waking many appenders overlaps with the next group commit.
-    completer: Mutex<Option<(Completer, std::thread::JoinHandle<()>)>>,
+    /// This partition, for queueing it in the pool from `&self`.
+    me: Weak<Partition>,
+    /// Its place in the worker pool.
+    schedule: pool::Schedule,
+    /// Set once the worker was started, and once it stopped (at close).
+    worker_started: AtomicBool,
+    worker_stopped: Mutex<bool>,
+    stopped: Condvar,
     recovery: RecoveryReport,
     /// Set when recovery found damage it may not repair: the partition serves
     /// the offsets below it, refuses the rest and every append, has no worker
@@ -297,7 +305,7 @@ impl Partition {
         recovery: RecoveryReport,
         quarantine: Option<Quarantine>,
     ) -> Arc<Partition> {
-        Arc::new(Partition {
+        Arc::new_cyclic(|me| Partition {
             id,
             dir,
             context,
@@ -311,8 +319,11 @@ impl Partition {
             poisoned: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             sealing: Mutex::new(()),
-            worker: Mutex::new(None),
-            completer: Mutex::new(None),
+            me: me.clone(),
+            schedule: pool::Schedule::default(),
+            worker_started: AtomicBool::new(false),
+            worker_stopped: Mutex::new(false),
+            stopped: Condvar::new(),
             recovery,
             quarantine,
         })
@@ -444,85 +455,72 @@ impl Partition {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Starts the worker thread.
+    /// Starts the worker: its first step runs on the pool.
     fn start_worker(self: &Arc<Self>) -> Result<()> {
-        let partition = Arc::clone(self);
-        let handle = std::thread::Builder::new()
-            .name(format!("stele-p{}", self.id))
-            .spawn(move || partition.run_worker())
-            .map_err(|error| Error::io("spawn partition worker", &self.dir, error))?;
-        *self
-            .worker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
-        if self.context.options().durability == crate::config::Durability::Always {
-            let (sender, receiver) = std::sync::mpsc::channel::<Vec<(Completion, Result<AppendAck>)>>();
-            let handle = std::thread::Builder::new()
-                .name(format!("stele-p{}-ack", self.id))
-                .spawn(move || {
-                    for completions in receiver {
-                        append::run(completions);
-                    }
-                })
-                .map_err(|error| Error::io("spawn partition completer", &self.dir, error))?;
-            *self
-                .completer
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((sender, handle));
-        }
+        self.worker_started.store(true, Ordering::Release);
+        self.wake();
         Ok(())
     }
 
-    /// Delivers acknowledgements: a large group on the completer thread, when
-    /// there is one, so that the worker can start the next group commit.
+    /// Wakes the worker: inside a step waiting for appenders to join a group
+    /// (`gather`), through the condition variable; otherwise through the pool.
+    fn wake_worker(&self, state: &State) {
+        if state.worker_sleeping {
+            self.work.notify_one();
+        } else {
+            self.wake();
+        }
+    }
+
+    /// The worker's last step ended: `close` may go on.
+    fn worker_stopped(&self) {
+        *self
+            .worker_stopped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        self.stopped.notify_all();
+    }
+
+    /// Delivers acknowledgements: a large group on the pool's completer
+    /// thread, so that the worker can start the next group commit.
     fn complete(&self, completions: Vec<(Completion, Result<AppendAck>)>) {
         // Waking a few appenders is cheaper than a hop to another thread.
         if completions.len() <= COMPLETER_GROUP_SIZE_MIN {
             append::run(completions);
             return;
         }
-        let completer = self
-            .completer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let unsent = match completer.as_ref() {
-            Some((sender, _)) => match sender.send(completions) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(completions)) => completions,
-            },
-            None => completions,
-        };
-        drop(completer);
-        append::run(unsent);
+        if let Some(unsent) = self.context.pool.complete(completions) {
+            append::run(unsent);
+        }
     }
 
     /// Flushes what is pending, writes a checkpoint, persists the dedup index and
     /// stops the worker. Appends after this fail with `Closed`.
+    ///
+    /// Never called on a pool thread (it waits for the worker's last step).
     pub(crate) fn close(&self) -> Result<()> {
         {
-            let _state = self.lock();
+            let state = self.lock();
             self.closing.store(true, Ordering::Release);
             self.work.notify_all();
             self.room.notify_all();
+            drop(state);
         }
-        let handle = self
-            .worker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        if self.worker_started.load(Ordering::Acquire) {
+            self.wake();
+            let mut stopped = self
+                .worker_stopped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            while !*stopped {
+                stopped = self
+                    .stopped
+                    .wait(stopped)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
         }
-        // The worker delivered its last acknowledgements; let the completer drain.
-        let completer = self
-            .completer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some((sender, handle)) = completer {
-            drop(sender);
-            let _ = handle.join();
-        }
+        // The worker handed over its last acknowledgements; let them be delivered.
+        self.context.pool.drain_completions();
         self.tail.notify();
         if self.is_poisoned() || self.quarantine.is_some() {
             return Ok(());
@@ -532,8 +530,13 @@ impl Partition {
         self.run_dedup_jobs(self.context.clock.now_ms(), true)
     }
 
-    fn run_worker(self: Arc<Self>) {
+    /// One step of the worker, run by a pool thread: jobs, group commits,
+    /// housekeeping and timers, until it would wait (or has made
+    /// `STEP_FLUSHES_MAX` group commits and lets other partitions run).
+    pub(crate) fn work_step(&self) -> pool::Step {
         let mut state = self.lock();
+        state.worker_waits_for_flush = false;
+        let mut flushes = 0;
         loop {
             let closing = self.closing.load(Ordering::Acquire);
             if (state.seal_due || state.dedup_due) && !self.is_poisoned() {
@@ -556,9 +559,7 @@ impl Partition {
                     // An inline writer (`Interval`, `None`) holds the flushing
                     // group; it wakes the worker when it has published.
                     state.worker_waits_for_flush = true;
-                    state = self.wait_for_work(state, None);
-                    state.worker_waits_for_flush = false;
-                    continue;
+                    return pool::Step::Wait(None);
                 }
                 if self.is_poisoned() {
                     // Poisoned outside a flush (a failed seal, checkpoint or sync):
@@ -589,22 +590,24 @@ impl Partition {
                         "high watermark moved backwards: {high_watermark} -> {}",
                         self.high_watermark()
                     );
+                    flushes += 1;
+                    if flushes >= STEP_FLUSHES_MAX && !state.open.is_empty() {
+                        return pool::Step::Yield;
+                    }
                 }
                 continue;
             }
             if closing {
                 if state.flushing.is_some() {
                     state.worker_waits_for_flush = true;
-                    state = self.wait_for_work(state, None);
-                    state.worker_waits_for_flush = false;
-                    continue;
+                    return pool::Step::Wait(None);
                 }
                 drop(state);
                 // The last complete segments are sealed before the worker stops.
                 if !self.is_poisoned() {
                     self.seal_full_segments();
                 }
-                break;
+                return pool::Step::Stopped;
             }
             let housekeeping_interval = self.context.housekeeping_interval;
             if state.last_housekeeping.elapsed() >= housekeeping_interval
@@ -632,7 +635,7 @@ impl Partition {
                 }
                 _ => housekeeping_interval.saturating_sub(state.last_housekeeping.elapsed()),
             };
-            state = self.wait_for_work(state, Some(wait));
+            return pool::Step::Wait(Some(std::time::Instant::now() + wait));
         }
     }
 
@@ -667,27 +670,20 @@ impl Partition {
         }
     }
 
-    /// The worker waits on `work` (for at most `timeout`), marked as asleep
-    /// meanwhile: appenders wake it only then, since a wake-up is a system
-    /// call and a busy worker looks at the state again before it sleeps.
+    /// The worker, inside a step, waits on `work` for at most `timeout`,
+    /// marked as asleep meanwhile: appenders notify the condition variable
+    /// only then (a wake-up is a system call), and the pool otherwise.
     fn wait_for_work<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
-        timeout: Option<Duration>,
+        timeout: Duration,
     ) -> MutexGuard<'a, State> {
         state.worker_sleeping = true;
-        let mut state = match timeout {
-            None => self
-                .work
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            Some(timeout) => {
-                self.work
-                    .wait_timeout(state, timeout)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0
-            }
-        };
+        let mut state = self
+            .work
+            .wait_timeout(state, timeout)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
         state.worker_sleeping = false;
         state
     }
@@ -711,7 +707,7 @@ impl Partition {
             if now >= deadline {
                 break;
             }
-            state = self.wait_for_work(state, Some(deadline - now));
+            state = self.wait_for_work(state, deadline - now);
         }
         state
     }
@@ -800,7 +796,7 @@ impl Partition {
         {
             let mut state = self.lock();
             state.dedup.set_window_ms(options.dedup_window_ms);
-            self.work.notify_all();
+            self.wake_worker(&state);
         }
         if !self.is_poisoned() {
             let _ = self.sync_unsynced();
@@ -812,5 +808,7 @@ impl Partition {
             tracing::error!(dir = %self.dir.display(), %error, "partition poisoned: writes fail until it is reopened");
         }
         self.room.notify_all();
+        // Appends waiting in the open group hear of it from the worker.
+        self.wake();
     }
 }
