@@ -196,3 +196,51 @@ async fn group_scenarios_settle_everything_in_key_order() {
         Some(AnyScenario::Log(Scenario::Read))
     );
 }
+
+/// `partitions` on a small scale: every partition of every topic gets its
+/// share, and the server's footprint is reported before, idle and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partitions_scenario_appends_to_every_partition_and_reports_the_footprint() {
+    let server = stele::client::start_test_server().await;
+    let config = BenchConfig {
+        count: Some(120),
+        topics: 3,
+        topic_partitions: 4,
+        concurrency: 2,
+        in_flight: 8,
+        server_pid: Some(std::process::id()),
+        ..BenchConfig::default()
+    };
+    let scenario = AnyScenario::from_name("partitions").expect("a named scenario");
+    assert!(!AnyScenario::ALL.contains(&scenario), "`all` leaves it out");
+    let line = run_scenario(
+        &stele::loadgen::Target::new(server.url()),
+        scenario,
+        Durability::Always,
+        &config,
+        0,
+    )
+    .await
+    .expect("the scenario runs");
+    assert_eq!(line["scenario"], "partitions", "{line}");
+    assert_eq!(line["partitions"], 12, "{line}");
+    assert_eq!(line["high_watermark_sum"], 120, "{line}");
+    assert_eq!(line["appends_ok"], true, "{line}");
+    assert_eq!(line["errors"], 0, "{line}");
+    for stage in ["before", "idle", "after_appends"] {
+        assert!(
+            line["server"][stage]["threads"]
+                .as_u64()
+                .is_some_and(|threads| threads > 0),
+            "{line}"
+        );
+        assert!(
+            line["server"][stage]["vm_rss_kb"]
+                .as_u64()
+                .is_some_and(|rss| rss > 0),
+            "{line}"
+        );
+    }
+    assert!(line["idle_kb_per_partition"].is_number(), "{line}");
+    assert!(line["server_cpu_us_per_event"].is_number(), "{line}");
+}

@@ -225,7 +225,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Scenario: all, or one of pipelined, batched, sequential, cas, dedup, read,
-    /// group, group-baseline (comma-separated for several).
+    /// group, group-baseline, and partitions (not in all: it creates --topics ×
+    /// --topic-partitions partitions) (comma-separated for several).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Durability of the fresh topics.
@@ -249,6 +250,12 @@ struct BenchArgs {
     /// The server's process id: report its memory (/proc/PID/status) with every run.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// `partitions`: topics to create, each of --topic-partitions partitions.
+    #[arg(long, default_value_t = 100)]
+    topics: usize,
+    /// `partitions`: partitions of each topic it creates.
+    #[arg(long, default_value_t = 100)]
+    topic_partitions: u32,
     /// The load generator's own runtime: `multi` (tokio's work-stealing
     /// runtime, a worker per core) or `current` (one thread: a lone appender
     /// pays no thread hand-offs in the client).
@@ -353,6 +360,11 @@ struct ServeArgs {
     /// so only public addresses]. For local development: 127.0.0.0/8.
     #[arg(long, env = "STELE_WEBHOOK_ALLOW", value_name = "CIDR", value_delimiter = ',')]
     webhook_allow: Vec<String>,
+    /// Threads that run every partition's background work (group commit under
+    /// durability always, seals, dedup upkeep, sync timers, housekeeping),
+    /// shared by all partitions [default: 0, twice the cores and at least 4].
+    #[arg(long, env = "STELE_WORKER_THREADS", value_name = "N", default_value_t = 0)]
+    worker_threads: usize,
     /// Webhook requests in flight at once over all endpoints.
     #[arg(long, env = "STELE_WEBHOOK_IN_FLIGHT", value_name = "N",
           default_value_t = stele::server::webhook::IN_FLIGHT_MAX_DEFAULT)]
@@ -429,6 +441,7 @@ struct FileConfig {
     webhook_allow: Option<Vec<String>>,
     webhook_in_flight: Option<usize>,
     webhook_timeout: Option<Scalar>,
+    worker_threads: Option<usize>,
     auth: Option<String>,
     bootstrap_token_file: Option<PathBuf>,
     audit_log: Option<String>,
@@ -1448,7 +1461,20 @@ fn resolve_serve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, C
             "--webhook-in-flight and --webhook-timeout must be above 0".to_string(),
         ));
     }
+    let worker_threads = pick(
+        matches,
+        "worker_threads",
+        args.worker_threads,
+        file.worker_threads,
+    );
+    if worker_threads > stele::limits::WORKER_THREADS_MAX {
+        return Err(CliError::Usage(format!(
+            "--worker-threads {worker_threads} is above the limit of {}",
+            stele::limits::WORKER_THREADS_MAX
+        )));
+    }
     let mut server = ServerConfig::new(data_dir);
+    server.worker_threads = worker_threads;
     server.webhooks = stele::server::webhook::WebhookConfig {
         allow: webhook_allow,
         in_flight_max: webhook_in_flight,
@@ -1551,6 +1577,7 @@ fn effective_config(
         "segment-size": topic.segment_size_bytes_max,
         "webhook-allow": server.webhooks.allow.iter().map(|network| network.to_string()).collect::<Vec<_>>(),
         "webhook-in-flight": server.webhooks.in_flight_max,
+        "worker-threads": server.worker_threads,
         "webhook-timeout": format!("{}ms", server.webhooks.timeout_default_ms),
         "log-level": log_filter,
         "log-format": match log_format {
@@ -1839,6 +1866,8 @@ fn bench(args: BenchArgs) -> Result<u8, CliError> {
         slow_consumer: args.slow_consumer,
         read_batch_events: args.read_batch,
         server_pid: args.server_pid,
+        topics: args.topics,
+        topic_partitions: args.topic_partitions,
     };
     let target = args.connect.target()?;
     let runtime = match args.runtime.as_str() {

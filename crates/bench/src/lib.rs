@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod group;
+pub mod partitions;
 
 pub use group::GroupScenario;
 
@@ -139,6 +140,9 @@ pub enum AnyScenario {
     Log(Scenario),
     /// Consumer groups.
     Group(GroupScenario),
+    /// Many partitions on one server ([`partitions`]); run only when named,
+    /// since it creates `topics` × `topic_partitions` partitions.
+    Partitions,
 }
 
 impl AnyScenario {
@@ -159,13 +163,15 @@ impl AnyScenario {
         match self {
             AnyScenario::Log(scenario) => scenario.name(),
             AnyScenario::Group(scenario) => scenario.name(),
+            AnyScenario::Partitions => partitions::NAME,
         }
     }
 
-    /// The scenario of a name.
+    /// The scenario of a name (`partitions` too, which `all` leaves out).
     pub fn from_name(name: &str) -> Option<AnyScenario> {
         AnyScenario::ALL
             .into_iter()
+            .chain([AnyScenario::Partitions])
             .find(|scenario| scenario.name() == name)
     }
 }
@@ -218,6 +224,10 @@ pub struct BenchConfig {
     pub read_batch_events: u32,
     /// The server's process id, to report its memory (`/proc/PID/status`).
     pub server_pid: Option<u32>,
+    /// `partitions`: topics to create.
+    pub topics: usize,
+    /// `partitions`: partitions of each of them.
+    pub topic_partitions: u32,
 }
 
 impl Default for BenchConfig {
@@ -235,6 +245,8 @@ impl Default for BenchConfig {
             slow_consumer: None,
             read_batch_events: 10_000,
             server_pid: None,
+            topics: 100,
+            topic_partitions: 100,
         }
     }
 }
@@ -587,7 +599,10 @@ pub async fn run_scenario(
     let scenario = scenario.into();
     let client = target.connect().await?;
     let topic = topic_name(scenario, durability, run);
-    create_topic(&client, &topic, durability, config).await?;
+    // `partitions` makes its own topics, named after this one.
+    if scenario != AnyScenario::Partitions {
+        create_topic(&client, &topic, durability, config).await?;
+    }
     let mut line = match scenario {
         AnyScenario::Log(Scenario::Pipelined) => pipelined(target, &topic, durability, config).await?,
         AnyScenario::Log(Scenario::Batched) => batched(target, &topic, durability, config).await?,
@@ -598,6 +613,7 @@ pub async fn run_scenario(
         AnyScenario::Group(scenario) => {
             group::run(target, &client, scenario, &topic, durability, config).await?
         }
+        AnyScenario::Partitions => partitions::run(target, &client, &topic, durability, config).await?,
     };
     line.insert("run".into(), json!(run));
     line.insert("topic".into(), json!(topic));

@@ -180,3 +180,7 @@ pub const TOPIC_CHANGES_COUNT_MAX: usize = 10_000;
 /// Longest principal recorded with a topic change, in bytes; a longer one is
 /// cut at a character boundary.
 pub const CHANGE_PRINCIPAL_SIZE_MAX: usize = 1024;
+
+/// Most threads of a log's partition worker pool
+/// ([`LogOptions::worker_threads`](crate::LogOptions::worker_threads)).
+pub const WORKER_THREADS_MAX: usize = 256;

@@ -68,6 +68,8 @@ pub struct ServerConfig {
     /// TLS (and client certificates) for the gRPC listener and the metrics
     /// endpoint; `None` (the default) serves plaintext.
     pub tls: Option<tls::TlsConfig>,
+    /// Threads of the engine's partition worker pool (0: from the cores).
+    pub worker_threads: usize,
 }
 
 impl ServerConfig {
@@ -82,6 +84,7 @@ impl ServerConfig {
             webhooks: webhook::WebhookConfig::default(),
             auth: auth::AuthConfig::default(),
             tls: None,
+            worker_threads: 0,
         }
     }
 }
@@ -150,7 +153,14 @@ impl RunningServer {
     /// [`Error::Locked`] when another process has the directory; I/O errors for
     /// the directory or the listener; [`Error::Config`] for unusable TLS files.
     pub async fn start(config: ServerConfig) -> Result<RunningServer> {
-        let log = Arc::new(Log::open(&config.data_dir, LogOptions::default())?);
+        let log = Arc::new(Log::open(
+            &config.data_dir,
+            LogOptions::default().worker_threads(config.worker_threads),
+        )?);
+        tracing::info!(
+            worker_threads = log.worker_threads(),
+            "partition worker pool started"
+        );
         RunningServer::start_with_log(log, config).await
     }
 

@@ -26,14 +26,12 @@ use std::time::{Duration, Instant};
 use super::{Completion, Partition};
 use crate::error::{Error, Result};
 use crate::event::AppendAck;
+use crate::limits::WORKER_THREADS_MAX;
 
 /// The pool's threads when the options leave it to the cores: twice the cores
 /// (pool threads block in fdatasync, so more of them than cores keeps several
 /// syncs in flight), at least this many.
 const WORKER_THREADS_MIN: usize = 4;
-
-/// The most pool threads a log starts.
-pub(crate) const WORKER_THREADS_MAX: usize = 256;
 
 /// A partition's schedule: not queued and not running.
 const IDLE: u8 = 0;
@@ -154,10 +152,14 @@ impl WorkerPool {
             completer: None,
         };
         let spawn_error = |error: std::io::Error| Error::io("spawn partition worker pool", "", error);
+        // `start` returns once every thread runs (and carries its name).
+        let started = Arc::new(Started::default());
+        let completer_started = Arc::clone(&started);
         pool.completer = Some(
             std::thread::Builder::new()
                 .name("stele-ack".into())
                 .spawn(move || {
+                    completer_started.arrive();
                     for job in receiver {
                         match job {
                             CompleterJob::Run(completions) => super::append::run(completions),
@@ -171,19 +173,48 @@ impl WorkerPool {
         );
         for index in 0..threads {
             let handle = Arc::clone(&handle);
+            let thread_started = Arc::clone(&started);
             pool.threads.push(
                 std::thread::Builder::new()
                     .name(format!("stele-w{index}"))
-                    .spawn(move || handle.run())
+                    .spawn(move || {
+                        thread_started.arrive();
+                        handle.run();
+                    })
                     .map_err(spawn_error)?,
             );
         }
+        started.wait_for(threads + 1);
         Ok(pool)
     }
 
     /// What partitions are given to reach the pool.
     pub(crate) fn handle(&self) -> &Arc<PoolHandle> {
         &self.handle
+    }
+}
+
+/// Counts the pool's threads as they start running.
+#[derive(Default)]
+struct Started {
+    count: Mutex<usize>,
+    arrived: Condvar,
+}
+
+impl Started {
+    fn arrive(&self) {
+        *self.count.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += 1;
+        self.arrived.notify_all();
+    }
+
+    fn wait_for(&self, threads: usize) {
+        let mut count = self.count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *count < threads {
+            count = self
+                .arrived
+                .wait(count)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
     }
 }
 
