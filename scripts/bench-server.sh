@@ -5,14 +5,18 @@
 # Environment: STELE_BIN (default $CARGO_TARGET_DIR/release/stele or target/release/stele),
 #              BENCH_DIR (parent of the data directory; default ./bench-tmp, a real disk),
 #              BENCH_TLS=1 (serve TLS with a certificate made by openssl; bench over https),
-#              BENCH_AUTH=1 (serve --auth required; bench with a token holding every grant).
+#              BENCH_AUTH=1 (serve --auth required; bench with a token holding every grant),
+#              STELE_BENCH_BIN (the load generator's binary; default STELE_BIN, so that
+#              an older server can run under a newer load generator),
+#              BENCH_SERVE_ARGS (more `stele serve` arguments, e.g. --worker-threads 64).
 set -euo pipefail
 bin=${STELE_BIN:-${CARGO_TARGET_DIR:-target}/release/stele}
 parent=${BENCH_DIR:-./bench-tmp}
 mkdir -p "$parent"
 work=$(mktemp -d "$parent/stele-bench.XXXXXX")
 mkfifo "$work/stderr"
-serve_args=()
+# shellcheck disable=SC2206 # words on purpose
+serve_args=(${BENCH_SERVE_ARGS:-})
 bench_args=()
 scheme=http
 if [ "${BENCH_TLS:-0}" = 1 ]; then
@@ -47,7 +51,7 @@ host=${addr%%:*}
 [ "$scheme" = https ] && host=localhost
 echo "server pid $server on $scheme://$host:${addr##*:}, data in $work/data" >&2
 status=0
-"$bin" bench --url "$scheme://$host:${addr##*:}" --fsync-probe-dir "$work/data" --server-pid "$server" \
+"${STELE_BENCH_BIN:-$bin}" bench --url "$scheme://$host:${addr##*:}" --fsync-probe-dir "$work/data" --server-pid "$server" \
     "${bench_args[@]}" "$@" || status=$?
 # The server's CPU time over the whole run (user + system), for per-event costs.
 ticks=$(awk '{print $14 + $15}' "/proc/$server/stat")

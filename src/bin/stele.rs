@@ -362,7 +362,7 @@ struct ServeArgs {
     webhook_allow: Vec<String>,
     /// Threads that run every partition's background work (group commit under
     /// durability always, seals, dedup upkeep, sync timers, housekeeping),
-    /// shared by all partitions [default: 0, twice the cores and at least 4].
+    /// shared by all partitions [default: 0, eight per core and at least 16].
     #[arg(long, env = "STELE_WORKER_THREADS", value_name = "N", default_value_t = 0)]
     worker_threads: usize,
     /// Webhook requests in flight at once over all endpoints.

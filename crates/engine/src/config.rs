@@ -439,7 +439,7 @@ pub struct LogOptions {
     pub housekeeping_interval: std::time::Duration,
     /// Threads of the pool that runs every partition's background work
     /// (group commit under `Durability::Always`, seals, dedup jobs, timers);
-    /// 0 sizes it from the cores (twice the cores, at least 4). Partitions do
+    /// 0 sizes it from the cores (eight per core, at least 16). Partitions do
     /// not get threads of their own, so this bounds the log's threads.
     pub worker_threads: usize,
 }
