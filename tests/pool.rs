@@ -39,6 +39,16 @@ fn keys_per_partition(partitions: u32) -> Vec<String> {
     keys.into_iter().flatten().collect()
 }
 
+/// Every partition of `topic` holds `events` events.
+fn assert_every_partition_holds(topic: &stele::Topic, partitions: u32, events: u64) {
+    for partition in 0..partitions {
+        let high_watermark = topic
+            .high_watermark(PartitionId(partition))
+            .expect("high watermark");
+        assert_eq!(high_watermark.0, events, "{} partition {partition}", topic.name());
+    }
+}
+
 #[test]
 fn hundreds_of_partitions_share_the_pool_threads_and_all_of_them_commit() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -106,17 +116,7 @@ fn hundreds_of_partitions_share_the_pool_threads_and_all_of_them_commit() {
         }
     });
     for topic in &opened {
-        for partition in 0..partitions {
-            assert_eq!(
-                topic
-                    .high_watermark(PartitionId(partition))
-                    .expect("high watermark")
-                    .0,
-                3,
-                "{} partition {partition}",
-                topic.name()
-            );
-        }
+        assert_every_partition_holds(topic, partitions, 3);
     }
     assert_eq!(
         threads(),
@@ -129,16 +129,7 @@ fn hundreds_of_partitions_share_the_pool_threads_and_all_of_them_commit() {
     // Reopened, every acknowledged event is there.
     let log = Log::open(dir.path().join("data"), LogOptions::default().worker_threads(3)).expect("reopen");
     for index in 0..topics {
-        let topic = log.topic(&format!("t{index}")).expect("topic");
-        for partition in 0..partitions {
-            assert_eq!(
-                topic
-                    .high_watermark(PartitionId(partition))
-                    .expect("high watermark")
-                    .0,
-                3
-            );
-        }
+        assert_every_partition_holds(&log.topic(&format!("t{index}")).expect("topic"), partitions, 3);
     }
     log.close().expect("close");
 }
