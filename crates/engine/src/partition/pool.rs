@@ -440,8 +440,14 @@ impl PoolHandle {
 impl Partition {
     /// Asks the pool to run a step of this partition's worker: it is queued
     /// if idle, or runs again if a step is under way. Cheap when the worker is
-    /// already scheduled (one atomic operation).
+    /// already scheduled (one atomic operation). Does nothing before the
+    /// worker is started, and never for a quarantined partition.
     pub(crate) fn wake(&self) {
+        // A quarantined partition has no worker and must write nothing: a
+        // topic change or a poisoning does not start one.
+        if !self.worker_started.load(Ordering::Acquire) {
+            return;
+        }
         let mut current = self.schedule.state.load(Ordering::Acquire);
         loop {
             let next = match current {
