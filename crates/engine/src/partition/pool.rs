@@ -12,6 +12,12 @@
 //! waits for time (housekeeping, an `Interval` sync) arms a timer, kept at most
 //! once per partition: the earliest deadline wins.
 //!
+//! Bounds: the run queue holds a partition at most once (only the wake that
+//! finds it idle queues it), so at most the log's partitions; the timer heap
+//! holds one live timer per partition, and a timer replaced by an earlier one
+//! stays until its own deadline (at most a housekeeping interval ahead), then
+//! is dropped unfired.
+//!
 //! Invariant: a partition's steps never run concurrently (its schedule is a
 //! single owner token: idle, scheduled, or scheduled and woken again).
 //! Invariant: a partition that is closing is stepped until it reports that it
