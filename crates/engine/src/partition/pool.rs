@@ -15,7 +15,8 @@
 //! Bounds: the run queue holds a partition at most once (only the wake that
 //! finds it idle queues it), so at most the log's partitions; the timer heap
 //! holds one live timer per partition, and a timer replaced by an earlier one
-//! stays until its own deadline (at most a housekeeping interval ahead), then
+//! stays until its own deadline (at most the longest wait a step asks for:
+//! the housekeeping interval or a topic's sync interval), then
 //! is dropped unfired.
 //!
 //! Invariant: a partition's steps never run concurrently (its schedule is a
