@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use super::{Completion, Partition, Pending, PendingCall, PendingKey, SegmentWrite, State};
-use crate::config::Durability;
+use crate::config::{Durability, TopicOptions};
 use crate::error::{Error, Result};
 use crate::event::{AppendAck, AppendRequest, Epoch, Offset, PartitionId, ProducerId, Sequence};
 use crate::format::checkpoint::ProducerSnapshot;
@@ -30,6 +30,8 @@ const INLINE_GROUPS_MAX: u32 = 8;
 struct WriterView<'a> {
     partition: &'a Partition,
     state: &'a mut State,
+    /// The options of this append, read once by `submit`.
+    options: &'a TopicOptions,
 }
 
 impl State {
@@ -53,7 +55,7 @@ impl PartitionView for WriterView<'_> {
     }
 
     fn dedup_window_ms(&self) -> u64 {
-        self.partition.context.options().dedup_window_ms
+        self.options.dedup_window_ms
     }
 
     fn current_epoch(&self, producer: ProducerId) -> Option<Epoch> {
@@ -198,6 +200,7 @@ impl Partition {
             &mut WriterView {
                 partition: self,
                 state: &mut state,
+                options: &options,
             },
             &prepared,
             now,
@@ -220,7 +223,7 @@ impl Partition {
             }
             Ok(Decision::Write { key, owns_hash }) => {
                 let failed = self
-                    .encode(&mut state, prepared, key, owns_hash, completion)
+                    .encode(&mut state, &options, prepared, key, owns_hash, completion)
                     .err();
                 if failed.is_none() && options.durability == Durability::Always {
                     state.open.sync_required = true;
@@ -302,12 +305,13 @@ impl Partition {
     fn encode(
         &self,
         state: &mut State,
+        options: &TopicOptions,
         prepared: Prepared,
         key: Option<KeyState>,
         owns_hash: bool,
         completion: Completion,
     ) -> std::result::Result<(), (Completion, Error)> {
-        if let Err(error) = self.roll_if_needed(state, prepared.size()) {
+        if let Err(error) = self.roll_if_needed(state, options, prepared.size()) {
             return Err((completion, error));
         }
         let request = prepared.request();
@@ -326,7 +330,7 @@ impl Partition {
             duplicate: false,
         };
         let active = Arc::clone(&state.active);
-        let interval = self.context.options().index_interval_bytes as u64;
+        let interval = options.index_interval_bytes as u64;
         let mut write_end = state.write_end;
         let mut last_index_position = state.last_index_position;
         let open = &mut state.open;
@@ -441,8 +445,7 @@ impl Partition {
     /// Starts a new segment when the append would not fit the active one, or the
     /// active one is too old. The segment is only planned; see
     /// [`Partition::write_group`].
-    fn roll_if_needed(&self, state: &mut State, size: u64) -> Result<()> {
-        let options = self.context.options();
+    fn roll_if_needed(&self, state: &mut State, options: &TopicOptions, size: u64) -> Result<()> {
         let active = &state.active;
         let has_records = state.next_offset > active.base_offset;
         if !has_records {
