@@ -36,8 +36,8 @@ use crate::event::AppendAck;
 use crate::limits::WORKER_THREADS_MAX;
 
 /// Pool threads per core when the options leave it to the cores. Pool
-/// threads mostly wait in fdatasync, which holds no core, and syncs in flight
-/// at once share the file system's journal commits: with 10,000 partitions
+/// threads mostly wait in fdatasync, which holds no core, so more syncs are
+/// in flight at once: with 10,000 partitions
 /// appended to one event at a time under `Always` (`stele bench --scenario
 /// partitions`), 4 threads gave 4,667 events/s, 16 gave 8,270 and 64 gave
 /// 11,752 on the 2-core machine of BENCHMARKS.md.
