@@ -27,6 +27,11 @@ pub const PRODUCER_IDLE_MS_MAX_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 256 << 20;
 /// How often partitions look at retention, checkpoints and idle producers.
 pub const HOUSEKEEPING_INTERVAL_DEFAULT: std::time::Duration = std::time::Duration::from_millis(1000);
+/// An idle partition's housekeeping interval doubles after each round that
+/// found nothing appended since the one before, up to the interval times
+/// `1 << HOUSEKEEPING_BACKOFF_SHIFT_MAX` (32 s by default); an append, or a
+/// change of the topic's options, brings it back to the interval.
+pub const HOUSEKEEPING_BACKOFF_SHIFT_MAX: u32 = 5;
 /// The sync interval of [`Durability::Interval`] when none is given, in milliseconds.
 pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 /// Largest sync interval of [`Durability::Interval`], in milliseconds.
@@ -435,7 +440,9 @@ pub struct LogOptions {
     /// The wall clock; tests inject a manual clock here.
     pub clock: Arc<dyn Clock>,
     /// How often each partition's worker checks retention, checkpoints, idle
-    /// producers and the dedup index (real time, not the injected clock).
+    /// producers and the dedup index (real time, not the injected clock); an
+    /// idle partition backs off to 32 times this
+    /// ([`HOUSEKEEPING_BACKOFF_SHIFT_MAX`]).
     pub housekeeping_interval: std::time::Duration,
     /// Threads of the pool that runs every partition's background work
     /// (group commit under `Durability::Always`, seals, dedup jobs, timers);

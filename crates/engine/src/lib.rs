@@ -76,6 +76,7 @@ pub use event::{
 };
 pub use format::topic_change::TopicChangeRecord;
 pub use log::{Log, validate_topic_name};
+pub use partition::coalesce::coalesce_writes;
 pub use partition::{PartitionInfo, Quarantine, RecoveryReport};
 pub use segment::{ExcessKind, SealedExcess, TailRecovery};
 pub use topic::{CursorPosition, Topic, TopicUpdate, partition_for_key};

@@ -469,6 +469,9 @@ impl Topic {
         let slot = Slot::new();
         let filled = Arc::clone(&slot);
         self.submit(request, move |result| filled.put(result));
+        // Inside a `coalesce_writes` scope the append is held: release it
+        // before waiting for it.
+        crate::partition::coalesce::release_all();
         slot.take()
     }
 
@@ -485,20 +488,26 @@ impl Topic {
             results: Mutex::new(((0..count).map(|_| None).collect(), count)),
             done: Condvar::new(),
         });
-        for (index, request) in requests.into_iter().enumerate() {
-            let batch = Arc::clone(&batch);
-            self.submit(request, move |result| {
-                let mut guard = batch
-                    .results
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                guard.0[index] = Some(result);
-                guard.1 -= 1;
-                if guard.1 == 0 {
-                    batch.done.notify_all();
-                }
-            });
-        }
+        // One write (or worker wake-up) per partition for the whole batch.
+        crate::coalesce_writes(|| {
+            for (index, request) in requests.into_iter().enumerate() {
+                let batch = Arc::clone(&batch);
+                self.submit(request, move |result| {
+                    let mut guard = batch
+                        .results
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    guard.0[index] = Some(result);
+                    guard.1 -= 1;
+                    if guard.1 == 0 {
+                        batch.done.notify_all();
+                    }
+                });
+            }
+        });
+        // Inside a caller's scope, the batch's appends are still held: waiting
+        // for them would wait for this thread.
+        crate::partition::coalesce::release_all();
         let mut guard = batch
             .results
             .lock()

@@ -383,19 +383,22 @@ pub fn append_async(topic: &Topic, requests: Vec<AppendRequest>) -> BoxFuture<Ve
     if count == 0 {
         return Box::pin(async { Vec::new() });
     }
-    for (index, request) in requests.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
-        topic.submit(request, move |result| {
-            let mut guard = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            guard.0[index] = Some(result);
-            guard.1 -= 1;
-            if guard.1 == 0
-                && let Some(sender) = guard.2.take()
-            {
-                let _ = sender.send(());
-            }
-        });
-    }
+    // One write (or worker wake-up) per partition for the whole call.
+    stele_engine::coalesce_writes(|| {
+        for (index, request) in requests.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            topic.submit(request, move |result| {
+                let mut guard = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                guard.0[index] = Some(result);
+                guard.1 -= 1;
+                if guard.1 == 0
+                    && let Some(sender) = guard.2.take()
+                {
+                    let _ = sender.send(());
+                }
+            });
+        }
+    });
     Box::pin(async move {
         let _ = receiver.await;
         let mut guard = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

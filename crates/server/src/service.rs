@@ -30,6 +30,9 @@ const READ_BYTES_DEFAULT: u64 = 4 << 20;
 const READ_BYTES_MAX: u64 = (stele_wire::MESSAGE_SIZE_BYTES_MAX as u64) / 2;
 /// Requests of one AppendSession in flight at once; more wait (back-pressure).
 const SESSION_IN_FLIGHT_MAX: usize = 1024;
+/// Most received requests of one AppendSession submitted together (their
+/// appends coalesced into one write per partition).
+const SESSION_COALESCE_MAX: usize = 64;
 /// Cursors whose names start with this belong to webhook endpoints.
 const WEBHOOK_CURSOR_PREFIX: &str = "webhook.";
 
@@ -185,6 +188,46 @@ enum SessionItem {
     },
     /// The stream failed; answered after every earlier request.
     End(Status),
+}
+
+/// A session request taken off the stream: submitted, or refused when the
+/// caller may not append to its topic or it breaks a bound of the call.
+fn session_item(caller: &Caller, backend: &dyn Backend, message: proto::AppendSessionRequest) -> SessionItem {
+    let count = message.appends.len();
+    if let Err(status) = caller.allow(&message.topic) {
+        return SessionItem::Refused {
+            correlation_id: message.correlation_id,
+            count,
+            detail: Box::new(stele_wire::status::detail_of(&status).unwrap_or_default()),
+        };
+    }
+    let future = match check_appends(&message.appends) {
+        Ok(()) => backend.append(
+            &message.topic,
+            message
+                .appends
+                .into_iter()
+                .map(convert::append_from_proto)
+                .collect(),
+        ),
+        Err(error) => Box::pin(async move { Err(error) }),
+    };
+    SessionItem::Request {
+        correlation_id: message.correlation_id,
+        count,
+        future,
+    }
+}
+
+/// `future`'s output if it is ready at the first poll, without waiting (and
+/// without a waker: the caller polls it again, with its own, before it sleeps).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// The answer to a session request refused as a whole (nothing of it applied):
@@ -384,48 +427,39 @@ impl Stele for SteleService {
             // the session after the answers of every request read before.
             let ended = caller.ended();
             tokio::pin!(ended);
+            let mut items = Vec::with_capacity(SESSION_COALESCE_MAX);
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
                     _ = closing.wait_for(|closing| *closing) => break,
                     () = &mut ended => Err(stele_wire::status::unauthenticated()),
                 };
-                let item = match next {
-                    Ok(Some(message)) => {
-                        let count = message.appends.len();
-                        if let Err(status) = caller.allow(&message.topic) {
-                            let item = SessionItem::Refused {
-                                correlation_id: message.correlation_id,
-                                count,
-                                detail: Box::new(stele_wire::status::detail_of(&status).unwrap_or_default()),
-                            };
-                            if pending_sender.send(item).await.is_err() {
-                                break;
+                // The messages already received are submitted together, so that
+                // their appends share writes (one per partition, not one each);
+                // they are answered one by one, in order, as before.
+                let mut end = false;
+                stele_engine::coalesce_writes(|| {
+                    let mut next = Some(next);
+                    while let Some(received) = next.take() {
+                        match received {
+                            Ok(Some(message)) => items.push(session_item(&caller, backend.as_ref(), message)),
+                            Ok(None) => end = true,
+                            Err(status) => {
+                                items.push(SessionItem::End(map_transport_status(status)));
+                                end = true;
                             }
-                            continue;
                         }
-                        let future = match check_appends(&message.appends) {
-                            Ok(()) => backend.append(
-                                &message.topic,
-                                message
-                                    .appends
-                                    .into_iter()
-                                    .map(convert::append_from_proto)
-                                    .collect(),
-                            ),
-                            Err(error) => Box::pin(async move { Err(error) }),
-                        };
-                        SessionItem::Request {
-                            correlation_id: message.correlation_id,
-                            count,
-                            future,
+                        if !end && items.len() < SESSION_COALESCE_MAX {
+                            next = ready_now(inbound.message());
                         }
                     }
-                    Ok(None) => break,
-                    Err(status) => SessionItem::End(map_transport_status(status)),
-                };
-                let end = matches!(item, SessionItem::End(_));
-                if pending_sender.send(item).await.is_err() || end {
+                });
+                for item in items.drain(..) {
+                    if pending_sender.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                if end {
                     break;
                 }
             }

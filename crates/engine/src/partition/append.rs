@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
-use super::{Completion, Partition, Pending, PendingCall, PendingKey, SegmentWrite, State};
+use super::{Completion, Partition, Pending, PendingCall, PendingKey, SegmentWrite, State, coalesce};
 use crate::config::{Durability, TopicOptions};
 use crate::error::{Error, Result};
 use crate::event::{AppendAck, AppendRequest, Epoch, Offset, PartitionId, ProducerId, Sequence};
@@ -35,6 +35,14 @@ struct WriterView<'a> {
 }
 
 impl State {
+    /// Whether an append must wait for room: the open group is full, or the
+    /// dedup index has frozen memtables to write out first.
+    fn needs_room(&self) -> bool {
+        self.open.completions.len() >= limits::PENDING_APPENDS_COUNT_MAX
+            || self.open.bytes >= limits::PENDING_SIZE_BYTES_MAX
+            || self.dedup.is_backlogged()
+    }
+
     /// A producer's state as the writer sees it.
     fn writer_producer(&self, producer: ProducerId) -> Option<&ProducerSnapshot> {
         self.open
@@ -160,7 +168,7 @@ impl PartitionView for WriterView<'_> {
 impl Partition {
     /// Appends, calling `completion` once with the outcome: at once for a rejected
     /// or already-published duplicate append, else when the group is acknowledged.
-    pub(crate) fn submit(&self, request: AppendRequest, completion: Completion) {
+    pub(crate) fn submit(self: &Arc<Self>, request: AppendRequest, completion: Completion) {
         if let Err(error) = self.refuse_if_quarantined() {
             return completion(Err(error));
         }
@@ -172,14 +180,16 @@ impl Partition {
             Err(error) => return completion(Err(error)),
         };
         let mut state = self.lock();
+        if state.needs_room() && coalesce::is_held(self) {
+            // What fills the open group may be this thread's own held appends:
+            // they are written (or handed to the worker) before it waits.
+            drop(state);
+            coalesce::release_one(self);
+            state = self.lock();
+        }
         // Back-pressure: wait for the worker to take the open group, and for its
         // dedup jobs to write out frozen memtables.
-        while (state.open.completions.len() >= limits::PENDING_APPENDS_COUNT_MAX
-            || state.open.bytes >= limits::PENDING_SIZE_BYTES_MAX
-            || state.dedup.is_backlogged())
-            && !self.is_poisoned()
-            && !self.is_closing()
-        {
+        while state.needs_room() && !self.is_poisoned() && !self.is_closing() {
             state.room_waiters += 1;
             state = self
                 .room
@@ -219,7 +229,7 @@ impl Partition {
                 published: false,
             }) => {
                 state.open.completions.push((completion, Ok(ack)));
-                self.after_encode(state, options.durability);
+                self.after_accept(state, options.durability);
             }
             Ok(Decision::Write { key, owns_hash }) => {
                 let failed = self
@@ -228,7 +238,7 @@ impl Partition {
                 if failed.is_none() && options.durability == Durability::Always {
                     state.open.sync_required = true;
                 }
-                self.after_encode(state, options.durability);
+                self.after_accept(state, options.durability);
                 // Encoding fails only when rolling a segment fails; the append is
                 // answered outside the lock, like every other.
                 if let Some((completion, error)) = failed {
@@ -236,6 +246,28 @@ impl Partition {
                 }
             }
         }
+    }
+
+    /// After an append joined the open group: inside a [`coalesce::coalesce_writes`]
+    /// scope, leave it there until the scope ends; otherwise as `after_encode`.
+    fn after_accept(self: &Arc<Self>, state: MutexGuard<'_, State>, durability: Durability) {
+        if coalesce::hold(self) {
+            return;
+        }
+        self.after_encode(state, durability);
+    }
+
+    /// A scope that held this partition's appends back has ended: what they
+    /// left in the open group is written or handed to the worker now, under
+    /// the durability in force (an append accepted under `Always` is synced
+    /// whichever: its group carries `sync_required`).
+    pub(super) fn release_held(&self) {
+        let state = self.lock();
+        if state.open.is_empty() {
+            return;
+        }
+        let durability = self.context.options().durability;
+        self.after_encode(state, durability);
     }
 
     /// After an append joined the open group: hand it to the worker, or write and

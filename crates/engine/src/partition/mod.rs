@@ -24,6 +24,7 @@
 //! Invariant: a failed fdatasync poisons the partition; it is never retried.
 
 mod append;
+pub(crate) mod coalesce;
 pub(crate) mod pool;
 mod quarantine;
 mod read;
@@ -217,6 +218,11 @@ pub(crate) struct State {
     checkpoint_offset: Offset,
     bytes_since_checkpoint: u64,
     last_housekeeping: std::time::Instant,
+    /// The next offset when housekeeping last ran, and how many rounds in a
+    /// row found it unchanged (capped at `HOUSEKEEPING_BACKOFF_SHIFT_MAX`): an
+    /// idle partition's housekeeping interval is the log's shifted left by it.
+    housekeeping_offset: Offset,
+    housekeeping_backoff: u32,
 }
 
 /// Appends encoded but not yet published, with the state they would publish.
@@ -288,6 +294,31 @@ impl State {
             checkpoint_offset,
             bytes_since_checkpoint: 0,
             last_housekeeping: std::time::Instant::now(),
+            housekeeping_offset: next_offset,
+            housekeeping_backoff: 0,
+        }
+    }
+
+    /// A housekeeping round starts now: an idle partition's next one comes
+    /// twice as late as this one did (up to the cap), a busy one's after the
+    /// base interval.
+    fn housekeeping_started(&mut self) {
+        self.last_housekeeping = std::time::Instant::now();
+        self.housekeeping_backoff = if self.next_offset == self.housekeeping_offset {
+            (self.housekeeping_backoff + 1).min(crate::config::HOUSEKEEPING_BACKOFF_SHIFT_MAX)
+        } else {
+            0
+        };
+        self.housekeeping_offset = self.next_offset;
+    }
+
+    /// Time between housekeeping rounds: `base` after appends, doubled for
+    /// every round in a row that found none (the partition is idle).
+    fn housekeeping_interval(&self, base: Duration) -> Duration {
+        if self.next_offset == self.housekeeping_offset {
+            base.saturating_mul(1 << self.housekeeping_backoff)
+        } else {
+            base
         }
     }
 }
@@ -609,11 +640,11 @@ impl Partition {
                 }
                 return pool::Step::Stopped;
             }
-            let housekeeping_interval = self.context.housekeeping_interval;
+            let housekeeping_interval = state.housekeeping_interval(self.context.housekeeping_interval);
             if state.last_housekeeping.elapsed() >= housekeeping_interval
                 || state.bytes_since_checkpoint >= self.context.options().checkpoint_interval_bytes
             {
-                state.last_housekeeping = std::time::Instant::now();
+                state.housekeeping_started();
                 drop(state);
                 // Housekeeping failures are reported by the next operation that
                 // depends on them (a poisoned partition, an I/O error on append).
@@ -796,6 +827,9 @@ impl Partition {
         {
             let mut state = self.lock();
             state.dedup.set_window_ms(options.dedup_window_ms);
+            // A new retention applies within one housekeeping interval, even on
+            // an idle partition.
+            state.housekeeping_backoff = 0;
             self.wake_worker(&state);
         }
         if !self.is_poisoned() {

@@ -474,3 +474,66 @@ fn dedup_runs_are_written_without_the_lock_and_frozen_ids_still_answer() -> anyh
     }
     Ok(())
 }
+
+#[test]
+fn idle_housekeeping_backs_off_and_an_append_or_an_option_change_resets_it() -> anyhow::Result<()> {
+    // Goal: each housekeeping round that finds nothing appended since the one
+    // before doubles the next interval, up to the cap; an append brings it back
+    // to the base at once, and so does a change of the topic's options.
+    // Method: an hour-long base interval keeps the worker from running rounds
+    // of its own; rounds are started by hand under the partition's lock.
+    let temporary = tempfile::tempdir()?;
+    let base = Duration::from_secs(3600);
+    let log = Log::open(
+        temporary.path().join("data"),
+        LogOptions::default().housekeeping_interval(base),
+    )?;
+    let topic = log.create_topic(
+        "t",
+        TopicOptions::default().partitions(1).durability(Durability::None),
+    )?;
+    let partition = Arc::clone(&topic.partitions()[0]);
+    let cap = base * (1 << crate::config::HOUSEKEEPING_BACKOFF_SHIFT_MAX);
+    let mut intervals = Vec::new();
+    for _ in 0..8 {
+        let mut state = partition.lock();
+        state.housekeeping_started();
+        intervals.push(state.housekeeping_interval(base));
+    }
+    assert_eq!(
+        intervals,
+        [2, 4, 8, 16, 32, 32, 32, 32].map(|factor| base * factor),
+        "idle rounds double the interval up to the cap"
+    );
+    assert_eq!(intervals.last(), Some(&cap));
+    topic.append(b"k".to_vec(), ExpectedSequence::Any, vec![event(0)])?;
+    {
+        let mut state = partition.lock();
+        assert_eq!(
+            state.housekeeping_interval(base),
+            base,
+            "an append: the base interval"
+        );
+        state.housekeeping_started();
+        assert_eq!(
+            state.housekeeping_interval(base),
+            base,
+            "the round after appends stays at the base"
+        );
+        state.housekeeping_started();
+        assert_eq!(state.housekeeping_interval(base), base * 2, "then idle again");
+    }
+    let change = crate::config::TopicChange {
+        retention_age_ms: Some(Some(60_000)),
+        ..Default::default()
+    };
+    topic.update_options(&change, "test")?;
+    assert_eq!(
+        partition.lock().housekeeping_interval(base),
+        base,
+        "a change of options (a new retention) applies within the base interval"
+    );
+    drop(topic);
+    log.close()?;
+    Ok(())
+}
