@@ -446,6 +446,19 @@ async fn scraped_metrics_count_what_the_server_did() {
     );
     assert_eq!(scrape.value("stele_partition_high_watermark", &partition), None);
     assert_eq!(scrape.value("stele_append_requests_total", &orders("ok")), None);
+    // A topic made again under the same name counts from zero, into series
+    // that are exposed (the server keeps each topic's series handles).
+    client
+        .create_topic("orders", &TopicOptions::default().partitions(1))
+        .await
+        .expect("create the topic again");
+    client.append("orders", &second).await.expect("append");
+    let scrape = scrape_metrics(address).await;
+    assert_eq!(scrape.value("stele_append_requests_total", &orders("ok")), Some(1.0));
+    assert_eq!(
+        scrape.value("stele_append_duration_seconds_count", &[("topic", "orders")]),
+        Some(1.0)
+    );
     server.shutdown().await.expect("shutdown");
     // Shutdown stops the endpoint.
     assert!(

@@ -223,9 +223,23 @@ fn delivery_histogram() -> Histogram {
     Histogram::new(DELIVERY_BUCKETS_SECONDS)
 }
 
+/// One topic's append series, found once instead of on every call: for
+/// each result its request, event and byte counters (made on the result's
+/// first use, so that results never seen export no series), and the
+/// duration histogram. Handles share their values with the families'.
+#[derive(Debug)]
+struct TopicAppendHandles {
+    results: [std::sync::OnceLock<[Counter; 3]>; AppendResult::ALL.len()],
+    duration: Histogram,
+}
+
 /// The server's own families about appends, subscriptions and corruption.
 #[derive(Debug, Clone)]
 struct RequestMetrics {
+    /// Each topic's append series (`TopicAppendHandles`). Entries are made and
+    /// removed under the write lock, together with the families' series, so
+    /// that no entry outlives its series (a deleted topic's).
+    append_handles: Arc<std::sync::RwLock<HashMap<String, Arc<TopicAppendHandles>>>>,
     append_requests: Family<AppendLabels, Counter>,
     append_events: Family<AppendLabels, Counter>,
     append_bytes: Family<AppendLabels, Counter>,
@@ -239,6 +253,7 @@ struct RequestMetrics {
 impl RequestMetrics {
     fn new() -> RequestMetrics {
         RequestMetrics {
+            append_handles: Arc::default(),
             append_requests: Family::default(),
             append_events: Family::default(),
             append_bytes: Family::default(),
@@ -294,6 +309,11 @@ impl RequestMetrics {
     }
 
     fn remove_topic(&self, topic: &str) {
+        let mut handles = self
+            .append_handles
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        handles.remove(topic);
         let labels = TopicLabels::new(topic);
         for result in AppendResult::ALL {
             let labels = AppendLabels {
@@ -1056,6 +1076,57 @@ impl AppendTally {
 }
 
 impl RequestMetrics {
+    /// `topic`'s append series, made on its first call.
+    fn append_handles(&self, topic: &str) -> Arc<TopicAppendHandles> {
+        if let Some(handles) = self
+            .append_handles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+        {
+            return Arc::clone(handles);
+        }
+        let mut cache = self
+            .append_handles
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let handles = cache.entry(topic.to_string()).or_insert_with(|| {
+            Arc::new(TopicAppendHandles {
+                results: Default::default(),
+                duration: self
+                    .append_duration_seconds
+                    .get_or_create_owned(&TopicLabels::new(topic)),
+            })
+        });
+        Arc::clone(handles)
+    }
+
+    /// Adds one call's tally to a topic's handles: no label or family lookup
+    /// once each result's series exists.
+    fn record_appends_to(&self, topic: &str, handles: &TopicAppendHandles, tally: &AppendTally) {
+        for ((result, (requests, events, bytes)), slot) in
+            AppendResult::ALL.iter().zip(&tally.0).zip(&handles.results)
+        {
+            if *requests == 0 {
+                continue;
+            }
+            let [requests_counter, events_counter, bytes_counter] = slot.get_or_init(|| {
+                let labels = AppendLabels {
+                    topic: topic.to_string(),
+                    result: result.as_str(),
+                };
+                [
+                    self.append_requests.get_or_create_owned(&labels),
+                    self.append_events.get_or_create_owned(&labels),
+                    self.append_bytes.get_or_create_owned(&labels),
+                ]
+            });
+            requests_counter.inc_by(*requests);
+            events_counter.inc_by(*events);
+            bytes_counter.inc_by(*bytes);
+        }
+    }
+
     /// Adds one call's tally: one family lookup per result present, not per request.
     fn record_appends(&self, topic: &str, tally: &AppendTally) {
         for (result, (requests, events, bytes)) in AppendResult::ALL.iter().zip(&tally.0) {
@@ -1137,20 +1208,18 @@ impl Backend for MeteredBackend {
             match &outcome {
                 Ok(results) => {
                     let elapsed = started.elapsed().as_secs_f64();
-                    let histogram = requests
-                        .append_duration_seconds
-                        .get_or_create_owned(&TopicLabels::new(&topic));
+                    let handles = requests.append_handles(&topic);
                     let mut corrupt = 0;
                     for (result, size) in results.iter().zip(&sizes) {
                         tally.add(AppendResult::of(result), *size);
-                        histogram.observe(elapsed);
+                        handles.duration.observe(elapsed);
                         if let Err(error) = result
                             && error.kind() == ErrorKind::Corruption
                         {
                             corrupt += 1;
                         }
                     }
-                    requests.record_appends(&topic, &tally);
+                    requests.record_appends_to(&topic, &handles, &tally);
                     if corrupt > 0 {
                         requests
                             .corruption_detected
