@@ -454,7 +454,10 @@ async fn scraped_metrics_count_what_the_server_did() {
         .expect("create the topic again");
     client.append("orders", &second).await.expect("append");
     let scrape = scrape_metrics(address).await;
-    assert_eq!(scrape.value("stele_append_requests_total", &orders("ok")), Some(1.0));
+    assert_eq!(
+        scrape.value("stele_append_requests_total", &orders("ok")),
+        Some(1.0)
+    );
     assert_eq!(
         scrape.value("stele_append_duration_seconds_count", &[("topic", "orders")]),
         Some(1.0)
