@@ -230,7 +230,7 @@ fn delivery_histogram() -> Histogram {
 #[derive(Debug)]
 struct TopicAppendHandles {
     results: [std::sync::OnceLock<[Counter; 3]>; AppendResult::ALL.len()],
-    duration: Histogram,
+    duration: std::sync::OnceLock<Histogram>,
 }
 
 /// The server's own families about appends, subscriptions and corruption.
@@ -1093,17 +1093,23 @@ impl RequestMetrics {
         let handles = cache.entry(topic.to_string()).or_insert_with(|| {
             Arc::new(TopicAppendHandles {
                 results: Default::default(),
-                duration: self
-                    .append_duration_seconds
-                    .get_or_create_owned(&TopicLabels::new(topic)),
+                duration: std::sync::OnceLock::new(),
             })
         });
         Arc::clone(handles)
     }
 
+    /// `topic`'s append duration histogram, made on its first observation.
+    fn append_duration<'a>(&self, topic: &str, handles: &'a TopicAppendHandles) -> &'a Histogram {
+        handles.duration.get_or_init(|| {
+            self.append_duration_seconds
+                .get_or_create_owned(&TopicLabels::new(topic))
+        })
+    }
+
     /// Adds one call's tally to a topic's handles: no label or family lookup
     /// once each result's series exists.
-    fn record_appends_to(&self, topic: &str, handles: &TopicAppendHandles, tally: &AppendTally) {
+    fn record_appends(&self, topic: &str, handles: &TopicAppendHandles, tally: &AppendTally) {
         for ((result, (requests, events, bytes)), slot) in
             AppendResult::ALL.iter().zip(&tally.0).zip(&handles.results)
         {
@@ -1124,22 +1130,6 @@ impl RequestMetrics {
             requests_counter.inc_by(*requests);
             events_counter.inc_by(*events);
             bytes_counter.inc_by(*bytes);
-        }
-    }
-
-    /// Adds one call's tally: one family lookup per result present, not per request.
-    fn record_appends(&self, topic: &str, tally: &AppendTally) {
-        for (result, (requests, events, bytes)) in AppendResult::ALL.iter().zip(&tally.0) {
-            if *requests == 0 {
-                continue;
-            }
-            let labels = AppendLabels {
-                topic: topic.to_string(),
-                result: result.as_str(),
-            };
-            self.append_requests.get_or_create(&labels).inc_by(*requests);
-            self.append_events.get_or_create(&labels).inc_by(*events);
-            self.append_bytes.get_or_create(&labels).inc_by(*bytes);
         }
     }
 }
@@ -1209,17 +1199,18 @@ impl Backend for MeteredBackend {
                 Ok(results) => {
                     let elapsed = started.elapsed().as_secs_f64();
                     let handles = requests.append_handles(&topic);
+                    let duration = requests.append_duration(&topic, &handles);
                     let mut corrupt = 0;
                     for (result, size) in results.iter().zip(&sizes) {
                         tally.add(AppendResult::of(result), *size);
-                        handles.duration.observe(elapsed);
+                        duration.observe(elapsed);
                         if let Err(error) = result
                             && error.kind() == ErrorKind::Corruption
                         {
                             corrupt += 1;
                         }
                     }
-                    requests.record_appends_to(&topic, &handles, &tally);
+                    requests.record_appends(&topic, &handles, &tally);
                     if corrupt > 0 {
                         requests
                             .corruption_detected
@@ -1234,7 +1225,7 @@ impl Backend for MeteredBackend {
                     for size in &sizes {
                         tally.add(result, *size);
                     }
-                    requests.record_appends(TOPIC_UNKNOWN, &tally);
+                    requests.record_appends(TOPIC_UNKNOWN, &requests.append_handles(TOPIC_UNKNOWN), &tally);
                 }
             }
             outcome

@@ -438,6 +438,9 @@ impl Stele for SteleService {
                 // their appends share writes (one per partition, not one each);
                 // they are answered one by one, in order, as before.
                 let mut end = false;
+                // At most what the queue has room for (and at least this one), so
+                // that SESSION_IN_FLIGHT_MAX still bounds the requests in flight.
+                let room = pending_sender.capacity().clamp(1, SESSION_COALESCE_MAX);
                 stele_engine::coalesce_writes(|| {
                     let mut next = Some(next);
                     while let Some(received) = next.take() {
@@ -449,7 +452,7 @@ impl Stele for SteleService {
                                 end = true;
                             }
                         }
-                        if !end && items.len() < SESSION_COALESCE_MAX {
+                        if !end && items.len() < room {
                             next = ready_now(inbound.message());
                         }
                     }

@@ -180,9 +180,10 @@ impl Partition {
             Err(error) => return completion(Err(error)),
         };
         let mut state = self.lock();
-        if state.needs_room() && coalesce::is_held(self) {
+        if state.needs_room() {
             // What fills the open group may be this thread's own held appends:
-            // they are written (or handed to the worker) before it waits.
+            // they are written (or handed to the worker) before it waits (a
+            // no-op when this thread holds nothing here).
             drop(state);
             coalesce::release_one(self);
             state = self.lock();

@@ -78,16 +78,6 @@ pub(super) fn hold(partition: &Arc<Partition>) -> bool {
     })
 }
 
-/// Whether this thread's scope holds `partition`.
-pub(super) fn is_held(partition: &Partition) -> bool {
-    HELD.with(|held| {
-        held.borrow().as_ref().is_some_and(|held| {
-            held.iter()
-                .any(|other| std::ptr::eq(Arc::as_ptr(other), partition))
-        })
-    })
-}
-
 /// Releases `partition` from this thread's scope now (the scope stays open).
 pub(super) fn release_one(partition: &Partition) {
     let taken = HELD.with(|held| {
