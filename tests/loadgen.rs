@@ -79,6 +79,16 @@ async fn every_scenario_runs_and_checks() {
                         "{line}"
                     );
                     assert!(line["p50_minus_rpc_p50_us"].as_i64().is_some(), "{line}");
+                    // The transport floor ran its round trips: a microsecond
+                    // at least each, a p99 no lower than its p50.
+                    let floor = &line["transport_floor"];
+                    assert_eq!(floor["calls"], line["events"], "{line}");
+                    for measure in ["tcp_echo", "grpc"] {
+                        let p50 = floor[format!("{measure}_p50_us")].as_u64().unwrap_or_default();
+                        let p99 = floor[format!("{measure}_p99_us")].as_u64().unwrap_or_default();
+                        assert!(p50 > 0 && p99 >= p50, "{measure}: {line}");
+                    }
+                    assert!(line["p50_minus_grpc_floor_p50_us"].as_i64().is_some(), "{line}");
                 }
                 Scenario::Cas => {
                     assert_eq!(line["conflicts"].as_u64(), Some(0), "{line}");

@@ -13,7 +13,9 @@
 //! - `batched`: `AppendSession` requests of `batch` events (one key per
 //!   request), several streams; latency per request.
 //! - `sequential`: one unary append in flight; compared with the disk's own
-//!   fdatasync p50 ([`fsync_probe`]).
+//!   fdatasync p50 ([`fsync_probe`]), with a WhoAmI call through Stele's whole
+//!   stack (`rpc_probe`) and with the transport's floor on this machine (`floor`:
+//!   a TCP echo and a bare tonic Health/Check inside the load generator).
 //! - `cas`: every key has one append in flight expecting the key's previous
 //!   sequence, all keys at once; then a stale expectation must be rejected
 //!   with `FAILED_PRECONDITION` and the actual sequence.
@@ -38,6 +40,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod floor;
 mod group;
 pub mod partitions;
 
@@ -722,6 +725,7 @@ async fn sequential(
     let count = config.count_of(Scenario::Sequential);
     let probe = fsync_probe(config.fsync_probe_dir.clone(), config.fsync_probe_duration).await?;
     let rpc_probe = rpc_probe(client, count).await?;
+    let transport_floor = floor::measure(count).await?;
     let payload = vec![b's'; config.size];
     let mut latencies = Vec::with_capacity(count as usize);
     let mut errors = 0;
@@ -753,6 +757,11 @@ async fn sequential(
         "p50_minus_rpc_p50_us".into(),
         json!(p50 as i64 - rpc_probe["p50_us"].as_i64().unwrap_or_default()),
     );
+    line.insert(
+        "p50_minus_grpc_floor_p50_us".into(),
+        json!(p50 as i64 - transport_floor["grpc_p50_us"].as_i64().unwrap_or_default()),
+    );
+    line.insert("transport_floor".into(), transport_floor);
     Ok(line)
 }
 
