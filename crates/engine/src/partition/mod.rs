@@ -223,6 +223,9 @@ pub(crate) struct State {
     /// idle partition's housekeeping interval is the log's shifted left by it.
     housekeeping_offset: Offset,
     housekeeping_backoff: u32,
+    /// When the first housekeeping rounds started (tests read the gaps).
+    #[cfg(test)]
+    housekeeping_rounds: Vec<std::time::Instant>,
 }
 
 /// Appends encoded but not yet published, with the state they would publish.
@@ -296,6 +299,8 @@ impl State {
             last_housekeeping: std::time::Instant::now(),
             housekeeping_offset: next_offset,
             housekeeping_backoff: 0,
+            #[cfg(test)]
+            housekeeping_rounds: Vec::new(),
         }
     }
 
@@ -304,6 +309,10 @@ impl State {
     /// base interval.
     fn housekeeping_started(&mut self) {
         self.last_housekeeping = std::time::Instant::now();
+        #[cfg(test)]
+        if self.housekeeping_rounds.len() < 16 {
+            self.housekeeping_rounds.push(self.last_housekeeping);
+        }
         self.housekeeping_backoff = if self.next_offset == self.housekeeping_offset {
             (self.housekeeping_backoff + 1).min(crate::config::HOUSEKEEPING_BACKOFF_SHIFT_MAX)
         } else {
@@ -645,6 +654,9 @@ impl Partition {
                 || state.bytes_since_checkpoint >= self.context.options().checkpoint_interval_bytes
             {
                 state.housekeeping_started();
+                // Tests wait for rounds on the condition variable of the state.
+                #[cfg(test)]
+                self.room.notify_all();
                 drop(state);
                 // Housekeeping failures are reported by the next operation that
                 // depends on them (a poisoned partition, an I/O error on append).

@@ -483,6 +483,54 @@ fn dedup_runs_are_written_without_the_lock_and_frozen_ids_still_answer() -> anyh
 }
 
 #[test]
+fn the_worker_spaces_idle_housekeeping_rounds_by_the_backed_off_interval() -> anyhow::Result<()> {
+    // Goal: the worker's schedule uses the backed-off interval, not only the
+    // state's arithmetic: on a partition nothing is appended to, each round
+    // comes at least twice as late after the one before as the previous gap,
+    // up to the cap. Method: a 5 ms base; the worker's own rounds are recorded
+    // (test builds only) and waited for on the state's condition variable. A
+    // round never starts before its interval has passed, so the gaps are lower
+    // bounds: a worker that ignored the back-off would space them by the base.
+    let temporary = tempfile::tempdir()?;
+    let base = Duration::from_millis(5);
+    let log = Log::open(
+        temporary.path().join("data"),
+        LogOptions::default().housekeeping_interval(base),
+    )?;
+    let topic = log.create_topic(
+        "t",
+        TopicOptions::default().partitions(1).durability(Durability::None),
+    )?;
+    let partition = Arc::clone(&topic.partitions()[0]);
+    let rounds_wanted = 8;
+    let rounds = {
+        let state = partition.lock();
+        let (state, timeout) = partition
+            .room
+            .wait_timeout_while(state, WAIT_MAX, |state| {
+                state.housekeeping_rounds.len() < rounds_wanted
+            })
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        assert!(!timeout.timed_out(), "{rounds_wanted} housekeeping rounds ran");
+        state.housekeeping_rounds.clone()
+    };
+    let cap_shift = crate::config::HOUSEKEEPING_BACKOFF_SHIFT_MAX;
+    for (index, pair) in rounds.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        // After the first round (index 0) the interval is 2 * base, then 4 * base...
+        let shift = (index as u32 + 1).min(cap_shift);
+        let interval = base * (1 << shift);
+        assert!(
+            gap >= interval,
+            "gap {index} is {gap:?}, at least {interval:?} expected: {rounds:?}"
+        );
+    }
+    drop(topic);
+    log.close()?;
+    Ok(())
+}
+
+#[test]
 fn idle_housekeeping_backs_off_and_an_append_or_an_option_change_resets_it() -> anyhow::Result<()> {
     // Goal: each housekeeping round that finds nothing appended since the one
     // before doubles the next interval, up to the cap; an append brings it back
