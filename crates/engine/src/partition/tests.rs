@@ -491,17 +491,8 @@ fn the_worker_spaces_idle_housekeeping_rounds_by_the_backed_off_interval() -> an
     // (test builds only) and waited for on the state's condition variable. A
     // round never starts before its interval has passed, so the gaps are lower
     // bounds: a worker that ignored the back-off would space them by the base.
-    let temporary = tempfile::tempdir()?;
     let base = Duration::from_millis(5);
-    let log = Log::open(
-        temporary.path().join("data"),
-        LogOptions::default().housekeeping_interval(base),
-    )?;
-    let topic = log.create_topic(
-        "t",
-        TopicOptions::default().partitions(1).durability(Durability::None),
-    )?;
-    let partition = Arc::clone(&topic.partitions()[0]);
+    let (_temporary, log, topic, partition) = one_partition_log(base)?;
     let rounds_wanted = 8;
     let rounds = {
         let state = partition.lock();
@@ -537,17 +528,8 @@ fn idle_housekeeping_backs_off_and_an_append_or_an_option_change_resets_it() -> 
     // to the base at once, and so does a change of the topic's options.
     // Method: an hour-long base interval keeps the worker from running rounds
     // of its own; rounds are started by hand under the partition's lock.
-    let temporary = tempfile::tempdir()?;
     let base = Duration::from_secs(3600);
-    let log = Log::open(
-        temporary.path().join("data"),
-        LogOptions::default().housekeeping_interval(base),
-    )?;
-    let topic = log.create_topic(
-        "t",
-        TopicOptions::default().partitions(1).durability(Durability::None),
-    )?;
-    let partition = Arc::clone(&topic.partitions()[0]);
+    let (_temporary, log, topic, partition) = one_partition_log(base)?;
     let cap = base * (1 << crate::config::HOUSEKEEPING_BACKOFF_SHIFT_MAX);
     let mut intervals = Vec::new();
     for _ in 0..8 {
@@ -595,6 +577,24 @@ fn idle_housekeeping_backs_off_and_an_append_or_an_option_change_resets_it() -> 
 
 /// Submits `count` single-event appends to key `k` and returns a receiver of
 /// their results.
+/// A log with one topic of one partition under durability none, whose
+/// housekeeping runs every `base` (the directory lives as long as the first).
+fn one_partition_log(
+    base: Duration,
+) -> anyhow::Result<(tempfile::TempDir, Log, crate::Topic, Arc<super::Partition>)> {
+    let temporary = tempfile::tempdir()?;
+    let log = Log::open(
+        temporary.path().join("data"),
+        LogOptions::default().housekeeping_interval(base),
+    )?;
+    let topic = log.create_topic(
+        "t",
+        TopicOptions::default().partitions(1).durability(Durability::None),
+    )?;
+    let partition = Arc::clone(&topic.partitions()[0]);
+    Ok((temporary, log, topic, partition))
+}
+
 fn submit_many(topic: &crate::Topic, first: u64, count: u64) -> Receiver<crate::Result<crate::AppendAck>> {
     let (sender, receiver) = channel();
     for index in first..first + count {
