@@ -24,9 +24,14 @@ use tokio::sync::oneshot;
 
 use crate::{LoadgenError, LoadgenResult, micros, percentiles};
 
-/// Bytes of one TCP echo round trip: about an Append request of a 100-byte
-/// event with its HTTP/2 and gRPC framing.
+/// Bytes of one TCP echo round trip, fixed whatever `--size` is: the order of
+/// an Append request of a 100-byte event with its gRPC and HTTP/2 framing.
 const TCP_ECHO_BYTES: usize = 200;
+
+/// A failure of the floor's own servers or round trips.
+fn failed(what: &str, error: impl std::fmt::Display) -> LoadgenError {
+    LoadgenError::Failed(format!("transport floor: {what}: {error}"))
+}
 
 /// The echo servers, stopped when dropped.
 struct FloorServers {
@@ -41,6 +46,8 @@ impl Drop for FloorServers {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // Brief even on an async thread: the servers' runtime is shut down in
+        // the background, without waiting for its tasks or connections.
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -49,8 +56,6 @@ impl Drop for FloorServers {
 
 /// Starts both echo servers on a runtime of their own.
 fn start() -> LoadgenResult<FloorServers> {
-    let failed =
-        |what: &str, error: std::io::Error| LoadgenError::Failed(format!("transport floor: {what}: {error}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("stele-floor")
@@ -127,15 +132,12 @@ async fn tcp_echo(listener: tokio::net::TcpListener) {
 /// [`LoadgenError::Failed`] when a server cannot start or a round trip fails.
 pub(crate) async fn measure(calls: u64) -> LoadgenResult<Value> {
     let servers = start()?;
-    let failed = |what: &str, error: &dyn std::fmt::Display| {
-        LoadgenError::Failed(format!("transport floor: {what}: {error}"))
-    };
     let mut stream = tokio::net::TcpStream::connect(servers.tcp)
         .await
-        .map_err(|error| failed("connect", &error))?;
+        .map_err(|error| failed("connect", error))?;
     stream
         .set_nodelay(true)
-        .map_err(|error| failed("nodelay", &error))?;
+        .map_err(|error| failed("nodelay", error))?;
     let message = [b'f'; TCP_ECHO_BYTES];
     let mut echoed = [0u8; TCP_ECHO_BYTES];
     let mut tcp = Vec::with_capacity(calls as usize);
@@ -144,11 +146,11 @@ pub(crate) async fn measure(calls: u64) -> LoadgenResult<Value> {
         stream
             .write_all(&message)
             .await
-            .map_err(|error| failed("tcp write", &error))?;
+            .map_err(|error| failed("tcp write", error))?;
         stream
             .read_exact(&mut echoed)
             .await
-            .map_err(|error| failed("tcp read", &error))?;
+            .map_err(|error| failed("tcp read", error))?;
         tcp.push(micros(sent.elapsed()));
     }
     if echoed != message {
@@ -157,11 +159,11 @@ pub(crate) async fn measure(calls: u64) -> LoadgenResult<Value> {
         ));
     }
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", servers.grpc))
-        .map_err(|error| failed("endpoint", &error))?
+        .map_err(|error| failed("endpoint", error))?
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|error| failed("connect", &error))?;
+        .map_err(|error| failed("connect", error))?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let mut grpc = Vec::with_capacity(calls as usize);
     for _ in 0..calls {
@@ -171,7 +173,7 @@ pub(crate) async fn measure(calls: u64) -> LoadgenResult<Value> {
                 service: String::new(),
             })
             .await
-            .map_err(|status| failed("Health/Check", &status))?;
+            .map_err(|status| failed("Health/Check", status))?;
         grpc.push(micros(sent.elapsed()));
         if response.into_inner().status
             != tonic_health::pb::health_check_response::ServingStatus::Serving as i32

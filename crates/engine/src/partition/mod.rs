@@ -142,6 +142,9 @@ pub(crate) struct Partition {
     work: Condvar,
     /// Wakes appenders waiting for room in the open group.
     room: Condvar,
+    /// Signalled when a housekeeping round starts (tests wait for rounds).
+    #[cfg(test)]
+    housekeeping_round: Condvar,
     tail: Notifier,
     poisoned: AtomicBool,
     closing: AtomicBool,
@@ -355,6 +358,8 @@ impl Partition {
             state: Mutex::new(state),
             work: Condvar::new(),
             room: Condvar::new(),
+            #[cfg(test)]
+            housekeeping_round: Condvar::new(),
             tail: Notifier::default(),
             poisoned: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -654,9 +659,8 @@ impl Partition {
                 || state.bytes_since_checkpoint >= self.context.options().checkpoint_interval_bytes
             {
                 state.housekeeping_started();
-                // Tests wait for rounds on the condition variable of the state.
                 #[cfg(test)]
-                self.room.notify_all();
+                self.housekeeping_round.notify_all();
                 drop(state);
                 // Housekeeping failures are reported by the next operation that
                 // depends on them (a poisoned partition, an I/O error on append).

@@ -488,7 +488,7 @@ fn the_worker_spaces_idle_housekeeping_rounds_by_the_backed_off_interval() -> an
     // state's arithmetic: on a partition nothing is appended to, each round
     // comes at least twice as late after the one before as the previous gap,
     // up to the cap. Method: a 5 ms base; the worker's own rounds are recorded
-    // (test builds only) and waited for on the state's condition variable. A
+    // (test builds only) and waited for on a condition variable of their own. A
     // round never starts before its interval has passed, so the gaps are lower
     // bounds: a worker that ignored the back-off would space them by the base.
     let base = Duration::from_millis(5);
@@ -497,7 +497,7 @@ fn the_worker_spaces_idle_housekeeping_rounds_by_the_backed_off_interval() -> an
     let rounds = {
         let state = partition.lock();
         let (state, timeout) = partition
-            .room
+            .housekeeping_round
             .wait_timeout_while(state, WAIT_MAX, |state| {
                 state.housekeeping_rounds.len() < rounds_wanted
             })
@@ -575,8 +575,6 @@ fn idle_housekeeping_backs_off_and_an_append_or_an_option_change_resets_it() -> 
     Ok(())
 }
 
-/// Submits `count` single-event appends to key `k` and returns a receiver of
-/// their results.
 /// A log with one topic of one partition under durability none, whose
 /// housekeeping runs every `base` (the directory lives as long as the first).
 fn one_partition_log(
@@ -595,6 +593,8 @@ fn one_partition_log(
     Ok((temporary, log, topic, partition))
 }
 
+/// Submits `count` single-event appends to key `k` and returns a receiver of
+/// their results.
 fn submit_many(topic: &crate::Topic, first: u64, count: u64) -> Receiver<crate::Result<crate::AppendAck>> {
     let (sender, receiver) = channel();
     for index in first..first + count {
